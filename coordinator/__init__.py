@@ -1,0 +1,1 @@
+"""The coordinator: blocks, compares and clusters encodings, and releases only DP aggregates."""

@@ -1,0 +1,279 @@
+"""``pplink node encode``: validate, drop opt-outs, normalise, encode, sign, write.
+
+The pipeline reads records in chunks; each chunk is validated, normalised and encoded in a
+worker process (both cores on large inputs), with at most two chunks per worker in flight so
+memory stays bounded. The agency's own record ids never enter the encodings file: each encoded
+row gets a random 128-bit token, and the token -> record id map stays at the node.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nodes.records import ChunkResult, RecordSpec, RowProblem, iter_record_chunks, record_spec, validate_chunk
+from nodes.tokens import write_tokens
+from pplink.agreement import AgreementConfig, IdentifierSchema
+from pplink.crypto import SecretBytes, derive_linkage_key
+from pplink.encfile import TOKEN_BYTES, write_encodings
+from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
+from pplink.errors import RecordValidationError, UsageError
+
+__all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
+
+CHUNK_ROWS = 5_000
+#: Below this input size one process is faster than starting workers.
+_PARALLEL_MIN_BYTES = 2_000_000
+_MAX_LISTED_PROBLEMS = 1_000
+
+
+class OutputFormat(StrEnum):
+    """What ``pplink node encode`` writes."""
+
+    PPLINK = "pplink"
+    ANONLINK_JSON = "anonlink-json"
+
+
+@dataclass(frozen=True)
+class EncodedRecords:
+    """The in-memory result of encoding one agency's records."""
+
+    record_ids: list[str]
+    clks: np.ndarray
+    attributes: dict[str, list[str | None]]
+    opted_out: int
+    problems: list[RowProblem]
+    rejected_rows: list[int]
+    columns: list[str]
+
+
+@dataclass(frozen=True)
+class EncodeSummary:
+    """What ``encode_file`` did, for the CLI to render."""
+
+    party: str
+    output: Path
+    tokens: Path
+    encoded: int
+    opted_out: int
+    rejected: int
+    rejects: Path | None
+    seconds: float
+    workers: int
+
+
+# --- worker-process state: built once per process by the initializer --------------------------
+_worker: tuple[RecordSpec, ClkEncoder] | None = None
+
+
+def _init_worker(spec: RecordSpec, identifiers: IdentifierSchema, key: bytes) -> None:
+    global _worker
+    _worker = (spec, ClkEncoder(identifiers, key))
+
+
+def _process_chunk(file: str, columns: list[str], rows: list[tuple[int, list[str]]]) -> tuple[ChunkResult, np.ndarray]:
+    assert _worker is not None, "worker initializer did not run"
+    spec, encoder = _worker
+    result = validate_chunk(spec, file, columns, rows)
+    return result, encoder.encode(result.identifiers)
+
+
+def _run_chunks(
+    chunks: Iterator[list[tuple[int, list[str]]]],
+    file: str,
+    columns: list[str],
+    workers: int,
+    on_rows: Callable[[int], None] | None,
+    init_args: tuple[RecordSpec, IdentifierSchema, bytes],
+) -> Iterable[tuple[list[tuple[int, list[str]]], ChunkResult, np.ndarray]]:
+    if workers <= 1:
+        _init_worker(*init_args)
+        for chunk in chunks:
+            result, clks = _process_chunk(file, columns, chunk)
+            if on_rows:
+                on_rows(len(chunk))
+            yield chunk, result, clks
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args) as pool:
+        pending: deque[tuple[list[tuple[int, list[str]]], Future[tuple[ChunkResult, np.ndarray]]]] = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_process_chunk, file, columns, chunk)))
+            while len(pending) >= 2 * workers:
+                done_chunk, fut = pending.popleft()
+                if on_rows:
+                    on_rows(len(done_chunk))
+                yield done_chunk, *fut.result()
+        while pending:
+            done_chunk, fut = pending.popleft()
+            if on_rows:
+                on_rows(len(done_chunk))
+            yield done_chunk, *fut.result()
+
+
+def encode_records(
+    agreement: AgreementConfig,
+    party: str,
+    secret: SecretBytes,
+    records: Path,
+    *,
+    workers: int | None = None,
+    on_rows: Callable[[int], None] | None = None,
+    keep_rejected_rows: list[tuple[int, list[str]]] | None = None,
+) -> EncodedRecords:
+    """Validate, normalise and encode one agency's records file.
+
+    Args:
+        agreement: the validated agreement.
+        party: the agency encoding.
+        secret: the agencies' shared linkage secret.
+        records: a CSV or Parquet file.
+        workers: processes to use; ``None`` picks both cores for inputs over ~2 MB.
+        on_rows: progress callback, called with the number of rows just processed.
+        keep_rejected_rows: if given, raw rejected rows are appended to it (for a rejects file).
+
+    Returns:
+        The encodings of every valid, not-opted-out row, with every problem found.
+    """
+    agreement.agency(party)
+    spec = record_spec(agreement, party)
+    key = derive_linkage_key(secret, agreement.agreement_id)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if Path(records).stat().st_size > _PARALLEL_MIN_BYTES else 1
+    columns, chunks = iter_record_chunks(Path(records), spec, CHUNK_ROWS)
+    file = str(records)
+    record_ids: list[str] = []
+    clk_parts: list[np.ndarray] = []
+    attr_rows: list[tuple[str | None, ...]] = []
+    problems: list[RowProblem] = []
+    rejected: list[int] = []
+    row_of: dict[str, int] = {}
+    opted_out = 0
+    init_args = (spec, agreement.identifiers, key)
+    for chunk, result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
+        opted_out += result.opted_out
+        problems.extend(result.problems)
+        rejected.extend(result.rejected_rows)
+        if keep_rejected_rows is not None and result.rejected_rows:
+            bad = set(result.rejected_rows)
+            keep_rejected_rows.extend(r for r in chunk if r[0] in bad)
+        keep = np.ones(len(result.record_ids), dtype=bool)
+        for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
+            first = row_of.setdefault(rid, row_number)
+            if first != row_number:
+                problems.append(RowProblem(file, row_number, spec.record_id_column, f"repeats the id of row {first}"))
+                rejected.append(row_number)
+                keep[i] = False
+                if keep_rejected_rows is not None:
+                    keep_rejected_rows.extend(r for r in chunk if r[0] == row_number)
+        record_ids.extend(rid for rid, k in zip(result.record_ids, keep, strict=True) if k)
+        attr_rows.extend(a for a, k in zip(result.attributes, keep, strict=True) if k)
+        clk_parts.append(clks[keep])
+    width = agreement.identifiers.filter_bits // 8
+    clks_all = np.concatenate(clk_parts) if clk_parts else np.zeros((0, width), dtype=np.uint8)
+    attributes = {a.column: [row[i] for row in attr_rows] for i, a in enumerate(spec.attributes)}
+    return EncodedRecords(record_ids, clks_all, attributes, opted_out, problems, sorted(set(rejected)), columns)
+
+
+def _problems_error(records: Path, problems: list[RowProblem]) -> RecordValidationError:
+    rows = len({p.row for p in problems})
+    lines = [str(p) for p in problems[:_MAX_LISTED_PROBLEMS]]
+    more = len(problems) - len(lines)
+    tail = f"\n  … and {more} more; run with --skip-invalid to write them all to a rejects file" if more else ""
+    return RecordValidationError(
+        f"{records}: {len(problems)} problem(s) in {rows} row(s); nothing was encoded "
+        "(fix them, or use --skip-invalid to encode the rest and write the rejects file)\n  "
+        + "\n  ".join(lines)
+        + tail
+    )
+
+
+def _write_rejects(path: Path, columns: list[str], problems: list[RowProblem],
+                   raw_rows: list[tuple[int, list[str]]]) -> None:
+    # The rejects file holds the original rows so nothing is lost; it stays at the node (0600).
+    reasons: dict[int, list[str]] = {}
+    for p in problems:
+        reasons.setdefault(p.row, []).append(f"{p.field}: {p.reason}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["row", "problems", *columns])
+        for row_number, values in sorted(raw_rows, key=lambda r: r[0]):
+            writer.writerow([row_number, "; ".join(reasons.get(row_number, [])), *values])
+
+
+def encode_file(
+    agreement: AgreementConfig,
+    party: str,
+    secret: SecretBytes,
+    key: Ed25519PrivateKey,
+    records: Path,
+    output: Path,
+    *,
+    tokens: Path | None = None,
+    skip_invalid: bool = False,
+    output_format: OutputFormat = OutputFormat.PPLINK,
+    workers: int | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> EncodeSummary:
+    """Encode a records file and write the signed encodings and the node-local token file.
+
+    Args:
+        agreement: the validated agreement.
+        party: the agency encoding; must be an agency in the agreement.
+        secret: the agencies' shared linkage secret.
+        key: the agency's Ed25519 signing key.
+        records: input CSV or Parquet.
+        output: the ``.enc`` (or anonlink JSON) file to write.
+        tokens: where the token -> record id map goes (default: next to ``output``, ``.tokens``).
+        skip_invalid: encode valid rows and write invalid ones, with reasons, to
+            ``<output>.rejects.csv``; otherwise any problem refuses the whole file.
+        output_format: signed pplink encodings or anonlink's ``{"clks": [...]}``.
+        workers: processes (``None``: automatic).
+        on_rows: progress callback.
+
+    Raises:
+        RecordValidationError: problems found and ``skip_invalid`` is false (all listed).
+    """
+    start = time.perf_counter()
+    records, output = Path(records), Path(output)
+    if output.resolve() == records.resolve():
+        raise UsageError(f"{output}: output would overwrite the input records")
+    tokens_path = Path(tokens) if tokens else output.with_suffix(".tokens")
+    raw_rejects: list[tuple[int, list[str]]] = []
+    encoded = encode_records(agreement, party, secret, records, workers=workers, on_rows=on_rows,
+                             keep_rejected_rows=raw_rejects if skip_invalid else None)
+    rejects_path = None
+    if encoded.problems:
+        if not skip_invalid:
+            raise _problems_error(records, encoded.problems)
+        rejects_path = output.with_name(output.stem + ".rejects.csv")
+        _write_rejects(rejects_path, encoded.columns, encoded.problems, raw_rejects)
+    n = len(encoded.record_ids)
+    token_bytes = np.frombuffer(os.urandom(TOKEN_BYTES * n), dtype=np.uint8).reshape(n, TOKEN_BYTES)
+    raw = token_bytes.tobytes()
+    token_hex = [raw[i : i + TOKEN_BYTES].hex() for i in range(0, len(raw), TOKEN_BYTES)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output_format is OutputFormat.ANONLINK_JSON:
+        tmp = output.with_name(output.name + ".partial")
+        tmp.write_text(json.dumps(encodings_to_anonlink_json(encoded.clks)), encoding="ascii")
+        os.replace(tmp, output)
+    else:
+        write_encodings(output, agreement=agreement, party=party, tokens=token_bytes, clks=encoded.clks,
+                        attributes=encoded.attributes, key=key)
+    write_tokens(tokens_path, token_hex, encoded.record_ids)
+    return EncodeSummary(
+        party=party, output=output, tokens=tokens_path, encoded=n, opted_out=encoded.opted_out,
+        rejected=len(encoded.rejected_rows), rejects=rejects_path, seconds=time.perf_counter() - start,
+        workers=workers or 0,
+    )

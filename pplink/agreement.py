@@ -1,0 +1,379 @@
+"""The linkage agreement: one TOML file every party signs up to.
+
+``AgreementConfig`` is the authored file, validated by pydantic. Its agreement id is the SHA-256
+of its canonical JSON (sorted keys, no whitespace) and is stamped on every artefact; an artefact
+made under another agreement is refused.
+
+``load_agreement`` reads TOML, upgrades older ``schema_version`` layouts, then validates and
+raises one :class:`~pplink.errors.AgreementError` listing every problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from pplink.crypto import parse_public_key
+from pplink.errors import AgreementError, KeyFileError
+from pplink.models import PplinkModel
+
+__all__ = [
+    "Accounting",
+    "AgreementConfig",
+    "CURRENT_SCHEMA_VERSION",
+    "FieldKind",
+    "Hardening",
+    "IdentifierField",
+    "IdentifierSchema",
+    "Linkage",
+    "Party",
+    "PrivacyBudget",
+    "ReleaseAttribute",
+    "ReleaseRules",
+    "Retention",
+    "Role",
+    "Scoring",
+    "canonical_json",
+    "load_agreement",
+    "parse_agreement",
+]
+
+CURRENT_SCHEMA_VERSION = 1
+
+PartyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+ColumnName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8. Used for every digest.
+
+    >>> canonical_json({"b": 1, "a": [1, 2]})
+    b'{"a":[1,2],"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Role(StrEnum):
+    """What a party does in the linkage."""
+
+    AGENCY = "agency"
+    COORDINATOR = "coordinator"
+    AUDITOR = "auditor"
+
+
+class Party(PplinkModel):
+    """One party to the agreement and its Ed25519 public key."""
+
+    id: PartyId
+    role: Role
+    name: str = ""
+    public_key: str
+    #: Date formats this agency's records use (strptime), overriding the schema's default list.
+    date_formats: tuple[str, ...] | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _valid_key(cls, value: str) -> str:
+        try:
+            parse_public_key(value)
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class FieldKind(StrEnum):
+    """How an identifier column is validated and normalised."""
+
+    NAME = "name"
+    DATE = "date"
+    SEX = "sex"
+    POSTCODE = "postcode"
+    TEXT = "text"
+
+
+class IdentifierField(PplinkModel):
+    """One identifier column and how it enters the Bloom filter."""
+
+    column: ColumnName
+    kind: FieldKind
+    #: Bits set per n-gram token (clkhash ``bitsPerToken``); weights the field's influence.
+    bits_per_token: Annotated[int, Field(gt=0, le=200)]
+    ngram: Annotated[int, Field(ge=1, le=3)] = 2
+    positional: bool = False
+    #: A missing value in a required field makes the row invalid; optional fields encode as empty.
+    required: bool = True
+
+
+class Hardening(PplinkModel):
+    """Encoding hardening against frequency and pattern attacks.
+
+    ``xor_folds`` halves the filter length per fold by XOR-ing its halves (clkhash ``xor_folds``;
+    not ``xorFolds``, which clkhash accepts and ignores).
+    """
+
+    xor_folds: Annotated[int, Field(ge=0, le=2)] = 0
+
+
+class IdentifierSchema(PplinkModel):
+    """Input columns, their normalisation, and the clkhash settings generated from them."""
+
+    record_id_column: ColumnName = "record_id"
+    opt_out_column: ColumnName | None = "opt_out"
+    #: Opt-out column values (case-insensitive) that mean "do not link me".
+    opt_out_values: tuple[str, ...] = ("y", "yes", "true", "1")
+    date_formats: tuple[str, ...] = ("%Y-%m-%d", "%d/%m/%Y")
+    filter_bits: Literal[512, 1024, 2048, 4096] = 1024
+    fields: Annotated[tuple[IdentifierField, ...], Field(min_length=1)]
+    hardening: Hardening = Hardening()
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> IdentifierSchema:
+        columns = [f.column for f in self.fields]
+        reserved = {self.record_id_column, self.opt_out_column}
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise ValueError(f"identifier columns appear twice: {', '.join(dupes)}")
+        clash = sorted(reserved & set(columns))
+        if clash:
+            raise ValueError(f"identifier columns clash with record id or opt-out column: {', '.join(clash)}")
+        return self
+
+    @property
+    def schema_hash(self) -> str:
+        """SHA-256 of this section's canonical JSON; stamped on every encodings file."""
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+
+
+class Linkage(PplinkModel):
+    """How the coordinator matches encodings."""
+
+    #: Dice similarity at or above which two encodings may be linked.
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    #: Whether a round may continue without an agency that dropped out (it is then named).
+    allow_missing_parties: bool = False
+
+
+class Accounting(StrEnum):
+    """How privacy losses compose: pure epsilon-DP, or zero-concentrated DP (rho) converted to (epsilon, delta)."""
+
+    PURE = "pure"
+    ZCDP = "zcdp"
+
+
+class PrivacyBudget(PplinkModel):
+    """The total privacy loss all releases together may spend."""
+
+    epsilon: Annotated[float, Field(gt=0.0, le=100.0)]
+    delta: Annotated[float, Field(ge=0.0, lt=1e-3)] = 1e-6
+    accounting: Accounting = Accounting.ZCDP
+
+    @model_validator(mode="after")
+    def _delta_for_zcdp(self) -> PrivacyBudget:
+        if self.accounting is Accounting.ZCDP and self.delta == 0.0:
+            raise ValueError("zcdp accounting needs delta > 0 to convert rho to (epsilon, delta)")
+        return self
+
+
+class ReleaseAttribute(PplinkModel):
+    """A non-identifying attribute nodes may send with their encodings for DP releases.
+
+    Categorical attributes list their public values (so counts are pure DP with no threshold);
+    numeric ones give bounds and bins for histograms.
+    """
+
+    column: ColumnName
+    values: tuple[str, ...] | None = None
+    lower: float | None = None
+    upper: float | None = None
+    bins: Annotated[int, Field(gt=0, le=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _categorical_or_numeric(self) -> ReleaseAttribute:
+        numeric = (self.lower, self.upper, self.bins)
+        if self.values is not None and any(v is not None for v in numeric):
+            raise ValueError(f"release attribute {self.column}: give either values or lower/upper/bins, not both")
+        if self.values is None:
+            if any(v is None for v in numeric):
+                raise ValueError(f"release attribute {self.column}: needs values, or lower, upper and bins")
+            assert self.lower is not None and self.upper is not None
+            if not self.lower < self.upper:
+                raise ValueError(f"release attribute {self.column}: lower must be below upper")
+        elif len(set(self.values)) != len(self.values) or not self.values:
+            raise ValueError(f"release attribute {self.column}: values must be distinct and non-empty")
+        return self
+
+
+class ReleaseRules(PplinkModel):
+    """What the coordinator may release, and the minimum noisy cell size it may show."""
+
+    min_cell_size: Annotated[int, Field(ge=0)] = 10
+    attributes: tuple[ReleaseAttribute, ...] = ()
+
+
+class Scoring(PplinkModel):
+    """Who holds the label and which feature columns each agency contributes."""
+
+    label_owner: PartyId
+    label_column: ColumnName = "outcome"
+    subgroup_attribute: ColumnName | None = "deprivation_quintile"
+    features: dict[PartyId, tuple[ColumnName, ...]]
+    holdout_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+
+
+class Retention(PplinkModel):
+    """How long each artefact may be kept, in days."""
+
+    encodings_days: Annotated[int, Field(gt=0)] = 30
+    linkage_days: Annotated[int, Field(gt=0)] = 365
+    ledger_days: Annotated[int, Field(gt=0)] = 2555
+
+
+class AgreementConfig(PplinkModel):
+    """The whole authored agreement file."""
+
+    schema_version: Literal[1] = 1
+    name: Annotated[str, Field(min_length=1)]
+    contact: Annotated[str, Field(min_length=1)]
+    parties: Annotated[tuple[Party, ...], Field(min_length=3)]
+    identifiers: IdentifierSchema
+    linkage: Linkage = Linkage()
+    purposes: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    budget: PrivacyBudget
+    release: ReleaseRules = ReleaseRules()
+    scoring: Scoring | None = None
+    retention: Retention = Retention()
+
+    @model_validator(mode="after")
+    def _parties_consistent(self) -> AgreementConfig:
+        ids = [p.id for p in self.parties]
+        problems = []
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            problems.append(f"party ids appear twice: {', '.join(dupes)}")
+        keys = [p.public_key for p in self.parties]
+        if len(set(keys)) != len(keys):
+            problems.append("two parties share a public key")
+        roles = [p.role for p in self.parties]
+        if roles.count(Role.COORDINATOR) != 1:
+            problems.append("exactly one party must have role 'coordinator'")
+        if roles.count(Role.AGENCY) < 2:
+            problems.append("at least two parties must have role 'agency'")
+        identifier_columns = {f.column for f in self.identifiers.fields} | {self.identifiers.record_id_column}
+        for attr in self.release.attributes:
+            if attr.column in identifier_columns:
+                problems.append(f"release attribute {attr.column} is an identifier column and may not leave a node")
+        release_cols = [a.column for a in self.release.attributes]
+        if len(set(release_cols)) != len(release_cols):
+            problems.append("release attributes appear twice")
+        if self.scoring is not None:
+            agencies = set(self.agency_ids)
+            if self.scoring.label_owner not in agencies:
+                problems.append(f"scoring.label_owner {self.scoring.label_owner} is not an agency")
+            for pid in self.scoring.features:
+                if pid not in agencies:
+                    problems.append(f"scoring.features names {pid}, which is not an agency")
+            if self.scoring.subgroup_attribute is not None and self.scoring.subgroup_attribute not in release_cols:
+                problems.append(
+                    f"scoring.subgroup_attribute {self.scoring.subgroup_attribute} is not a release attribute"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @cached_property
+    def agreement_id(self) -> str:
+        """SHA-256 (hex) of the agreement's canonical JSON: stamped on every artefact."""
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+
+    @property
+    def agency_ids(self) -> list[str]:
+        """Agency party ids in file order."""
+        return [p.id for p in self.parties if p.role is Role.AGENCY]
+
+    @property
+    def coordinator(self) -> Party:
+        """The coordinator party."""
+        return next(p for p in self.parties if p.role is Role.COORDINATOR)
+
+    def party(self, party_id: str) -> Party:
+        """Look up a party by id.
+
+        Raises:
+            AgreementError: no such party.
+        """
+        for p in self.parties:
+            if p.id == party_id:
+                return p
+        raise AgreementError(f"party {party_id!r} is not in agreement {self.agreement_id[:12]}")
+
+    def agency(self, party_id: str) -> Party:
+        """Look up an agency by id; raises AgreementError if the party is not an agency."""
+        party = self.party(party_id)
+        if party.role is not Role.AGENCY:
+            raise AgreementError(f"party {party_id!r} is a {party.role.value}, not an agency")
+        return party
+
+    def date_formats_for(self, party_id: str) -> tuple[str, ...]:
+        """The date formats an agency's records use."""
+        return self.party(party_id).date_formats or self.identifiers.date_formats
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+#: ``from_version -> function(dict) -> dict`` upgrading one step. Empty until version 2 exists.
+_MIGRATIONS: dict[int, Any] = {}
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("schema_version", CURRENT_SCHEMA_VERSION)
+    while isinstance(version, int) and version in _MIGRATIONS:
+        data = _MIGRATIONS[version](data)
+        version = data["schema_version"]
+    return data
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    # Only locations and messages: pydantic's `input` can hold values we must not echo.
+    lines = []
+    for item in err.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: {len(lines)} problem(s) in the agreement\n" + "\n".join(lines)
+
+
+def parse_agreement(data: dict[str, Any], source: str = "<agreement>") -> AgreementConfig:
+    """Validate an agreement given as a dict (already parsed from TOML).
+
+    Raises:
+        AgreementError: listing every problem by its location in the file.
+    """
+    try:
+        return AgreementConfig.model_validate(_migrate(dict(data)))
+    except ValidationError as err:
+        raise AgreementError(_format_validation_error(source, err)) from None
+
+
+def load_agreement(path: Path) -> AgreementConfig:
+    """Read, upgrade and validate an agreement TOML file.
+
+    Raises:
+        AgreementError: the file is missing, not TOML, or invalid (every problem listed).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AgreementError(f"{path}: cannot read agreement ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AgreementError(f"{path}: not valid TOML ({exc})") from None
+    return parse_agreement(data, str(path))

@@ -1,0 +1,170 @@
+"""The commented default agreement that ``pplink agreement init`` writes.
+
+Kept apart from :mod:`pplink.agreement` because it is presentation (a TOML text with comments),
+not validation. The template is validated by the same loader every other agreement goes through,
+and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = ["DEFAULT_AREAS", "DEFAULT_FEATURES", "default_agreement_toml"]
+
+#: Local-authority-like area codes used by `pplink synth` and the default release attributes.
+DEFAULT_AREAS = tuple(f"E0600000{i}" for i in range(1, 9))
+AGE_BANDS = ("0-4", "5-10", "11-15", "16-17", "18+")
+#: Feature columns per well-known agency; other agencies get `<id>_contacts`, `<id>_flags`.
+DEFAULT_FEATURES: Mapping[str, tuple[str, ...]] = {
+    "social_care": ("referrals", "prior_assessments"),
+    "school": ("attendance_pct", "exclusions"),
+    "health": ("ae_visits", "missed_appointments"),
+    "police": ("callouts", "dv_incidents"),
+}
+
+
+def features_for(agency: str) -> tuple[str, ...]:
+    """Feature columns an agency contributes to scoring by default."""
+    return DEFAULT_FEATURES.get(agency, (f"{agency}_contacts", f"{agency}_flags"))
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+
+
+def default_agreement_toml(
+    agencies: Sequence[str],
+    public_keys: Mapping[str, str],
+    *,
+    coordinator: str = "coordinator",
+    auditor: str = "auditor",
+    name: str = "Early help linkage pilot",
+) -> str:
+    """Render a valid, commented default agreement for the given agencies.
+
+    Args:
+        agencies: agency party ids, at least two.
+        public_keys: ``ed25519:`` public key text for every agency, the coordinator and the auditor.
+        coordinator: the coordinator's party id.
+        auditor: the auditor's party id.
+        name: a human name for the linkage.
+
+    Returns:
+        TOML text.
+    """
+    label_owner = "social_care" if "social_care" in agencies else agencies[0]
+    parties = []
+    for pid in agencies:
+        parties.append(f'[[parties]]\nid = "{pid}"\nrole = "agency"\npublic_key = "{public_keys[pid]}"\n')
+    parties.append(f'[[parties]]\nid = "{coordinator}"\nrole = "coordinator"\npublic_key = "{public_keys[coordinator]}"\n')
+    parties.append(f'[[parties]]\nid = "{auditor}"\nrole = "auditor"\npublic_key = "{public_keys[auditor]}"\n')
+    features = "\n".join(f"{pid} = {_toml_list(features_for(pid))}" for pid in agencies)
+    return f'''# pplink linkage agreement. Every party signs up to this file; its SHA-256 (the agreement id)
+# is stamped on every artefact, and anything made under another agreement is refused.
+# Check it with:  pplink agreement check THIS_FILE
+schema_version = 1
+name = "{name}"
+# Who families and staff can contact about this linkage.
+contact = "Information governance lead, data.protection@example.org"
+# What the linkage may be used for. Nothing else.
+purposes = [
+    "Identify families who may benefit from early help, for a practitioner's second look",
+    "Measure how well agency records link, and for whom linkage works less well",
+]
+
+# ---- parties: agencies hold records and the linkage secret; the coordinator never does ----
+{chr(10).join(parties)}
+# ---- identifiers: columns each agency's file must have, and how they are encoded ----
+[identifiers]
+record_id_column = "record_id"
+# Rows whose opt-out column holds one of these values are never encoded (and are counted).
+opt_out_column = "opt_out"
+opt_out_values = ["y", "yes", "true", "1"]
+# Accepted date formats, tried in order; an agency can override with `date_formats` in [[parties]].
+date_formats = ["%Y-%m-%d", "%d/%m/%Y"]
+# Bloom filter length in bits (clkhash `l`).
+filter_bits = 1024
+
+[identifiers.hardening]
+# XOR folding halves the filter by XOR-ing its halves: blunts pattern-mining attacks.
+xor_folds = 0
+
+# bits_per_token weights each field; ngram 2 = bigrams; dates (hashed as YYYYMMDD) use positional
+# unigrams. The weights keep about a third of the bits set, so strangers score low.
+[[identifiers.fields]]
+column = "given_name"
+kind = "name"
+bits_per_token = 15
+
+[[identifiers.fields]]
+column = "surname"
+kind = "name"
+bits_per_token = 15
+
+[[identifiers.fields]]
+column = "date_of_birth"
+kind = "date"
+bits_per_token = 10
+ngram = 1
+positional = true
+
+[[identifiers.fields]]
+column = "sex"
+kind = "sex"
+bits_per_token = 20
+ngram = 1
+required = false
+
+[[identifiers.fields]]
+column = "postcode"
+kind = "postcode"
+bits_per_token = 8
+required = false
+
+# ---- linkage ----
+[linkage]
+# Dice similarity at or above which two encodings may be linked.
+threshold = 0.8
+# Continue a round without an agency that dropped out (it is named in the result)?
+allow_missing_parties = false
+
+# ---- privacy budget for every release, all releases together ----
+[budget]
+epsilon = 4.0
+delta = 1e-6
+# "zcdp": zero-concentrated DP, converted to (epsilon, delta); "pure": epsilon-DP only.
+accounting = "zcdp"
+
+# ---- what the coordinator may release ----
+[release]
+# Noisy counts below this are suppressed (shown as "< min_cell_size"), never released.
+min_cell_size = 10
+
+[[release.attributes]]
+column = "area"
+values = {_toml_list(DEFAULT_AREAS)}
+
+[[release.attributes]]
+column = "deprivation_quintile"
+values = ["1", "2", "3", "4", "5"]
+
+[[release.attributes]]
+column = "age_band"
+values = {_toml_list(AGE_BANDS)}
+
+# ---- scoring: who holds the outcome, which features each agency keeps and uses ----
+[scoring]
+label_owner = "{label_owner}"
+label_column = "outcome"
+subgroup_attribute = "deprivation_quintile"
+holdout_share = 0.2
+
+[scoring.features]
+{features}
+
+# ---- retention, in days ----
+[retention]
+encodings_days = 30
+linkage_days = 365
+ledger_days = 2555
+'''

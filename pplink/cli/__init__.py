@@ -1,0 +1,1 @@
+"""The ``pplink`` command line: the composition root, the only place that imports both sides."""

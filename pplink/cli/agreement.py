@@ -1,0 +1,86 @@
+"""``pplink agreement …``: create and check the linkage agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pplink.cli.options import FORMAT_OPTION
+
+__all__ = ["agreement"]
+
+
+@click.group()
+def agreement() -> None:
+    """Create, check and explain the linkage agreement all parties sign up to."""
+
+
+@agreement.command("init")
+@click.option("--parties", required=True, help="Comma-separated agency ids, e.g. social_care,school,health,police.")
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where party keys live. Existing <party>.pub files are used; missing keys are created. "
+                   "Default: a 'keys' folder next to the agreement.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Agreement file to write (refuses to overwrite).")
+def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
+    """Write a valid, commented default agreement, creating or reusing every party's keys."""
+    from pplink.keystore import ensure_party_keys
+    from pplink.agreement import parse_agreement
+    from pplink.agreement_template import default_agreement_toml
+    from pplink.errors import UsageError
+    import tomllib
+
+    agencies = [p.strip() for p in parties.split(",") if p.strip()]
+    if len(agencies) < 2 or len(set(agencies)) != len(agencies):
+        raise UsageError("--parties needs at least two distinct agency ids")
+    if output.exists():
+        raise UsageError(f"{output}: already exists; refusing to overwrite an agreement")
+    keys_dir = keys_dir or output.parent / "keys"
+    all_parties = [*agencies, "coordinator", "auditor"]
+    public_keys, created = ensure_party_keys(keys_dir, all_parties)
+    text = default_agreement_toml(agencies, public_keys)
+    config = parse_agreement(tomllib.loads(text), str(output))  # never write an invalid default
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output} (agreement id {config.agreement_id})")
+    if created:
+        click.echo(f"created keys in {keys_dir} for: {', '.join(created)}")
+
+
+@agreement.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@FORMAT_OPTION
+def check_command(path: Path, output_format: str) -> None:
+    """Validate an agreement; print its id and a summary, or every problem found."""
+    from pplink.agreement import load_agreement
+
+    config = load_agreement(path)
+    summary = {
+        "agreement_id": config.agreement_id,
+        "name": config.name,
+        "agencies": config.agency_ids,
+        "coordinator": config.coordinator.id,
+        "auditors": [p.id for p in config.parties if p.role == "auditor"],
+        "identifier_columns": [f.column for f in config.identifiers.fields],
+        "threshold": config.linkage.threshold,
+        "budget": config.budget.model_dump(mode="json"),
+        "release_attributes": [a.column for a in config.release.attributes],
+        "purposes": list(config.purposes),
+    }
+    if output_format == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{path}: valid")
+    click.echo(f"  agreement id   {config.agreement_id}")
+    click.echo(f"  name           {config.name}")
+    click.echo(f"  agencies       {', '.join(config.agency_ids)}")
+    click.echo(f"  coordinator    {config.coordinator.id}")
+    click.echo(f"  identifiers    {', '.join(summary['identifier_columns'])}  ({config.identifiers.filter_bits} bits)")
+    click.echo(f"  threshold      {config.linkage.threshold}")
+    b = config.budget
+    click.echo(f"  budget         epsilon {b.epsilon}, delta {b.delta:g}, {b.accounting.value} accounting")
+    click.echo(f"  release attrs  {', '.join(summary['release_attributes']) or '(none)'}")
+    for purpose in config.purposes:
+        click.echo(f"  purpose        {purpose}")

@@ -1,0 +1,80 @@
+"""``pplink node …``: what an agency runs behind its firewall."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pplink.cli.options import FORMAT_OPTION, existing_file, output_path
+
+__all__ = ["node"]
+
+
+@click.group()
+def node() -> None:
+    """Agency side: encode records, resolve pseudonyms. Identifiers never leave the agency."""
+
+
+@node.command("encode")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
+@click.option("--secret", "secret_path", type=existing_file, default=None,
+              help="Linkage secret file (default: $PPLINK_SECRET).")
+@click.option("--key", "key_path", type=existing_file, required=True, help="This agency's private signing key.")
+@click.argument("records", type=existing_file)
+@click.option("-o", "--output", type=output_path, required=True, help="Encodings file to write (.enc).")
+@click.option("--tokens", type=output_path, default=None,
+              help="Token -> record_id map kept at the node (default: OUTPUT with .tokens).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Encode the valid rows and write invalid ones with reasons to OUTPUT.rejects.csv "
+                   "(default: refuse the file, listing every problem).")
+@click.option("--output-format", "enc_format", type=click.Choice(["pplink", "anonlink-json"]), default="pplink", show_default=True,
+              help="Signed pplink encodings, or anonlink's {\"clks\": [...]} layout (unsigned).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes to use (default: all cores for inputs over ~2 MB).")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when on a terminal).")
+@FORMAT_OPTION
+def encode_command(agreement_path: Path, party: str, secret_path: Path | None, key_path: Path, records: Path,
+                   output: Path, tokens: Path | None, skip_invalid: bool, enc_format: str, workers: int | None,
+                   progress: bool | None, output_format: str) -> None:
+    """Validate, drop opt-outs, normalise and encode RECORDS (CSV or Parquet) into signed Bloom-filter encodings."""
+    from nodes.encode import OutputFormat, encode_file
+    from pplink.agreement import load_agreement
+    from pplink.cli.progress import row_progress
+    from pplink.crypto import load_private_key, load_secret
+
+    config = load_agreement(agreement_path)
+    config.agency(party)
+    secret = load_secret(secret_path)
+    key = load_private_key(key_path)
+    with row_progress(records, enabled=progress, label=f"encoding {party}") as on_rows:
+        summary = encode_file(config, party, secret, key, records, output, tokens=tokens, skip_invalid=skip_invalid,
+                              output_format=OutputFormat(enc_format), workers=workers, on_rows=on_rows)
+    result = {
+        "party": summary.party, "output": str(summary.output), "tokens": str(summary.tokens),
+        "encoded": summary.encoded, "opted_out": summary.opted_out, "rejected": summary.rejected,
+        "rejects": str(summary.rejects) if summary.rejects else None, "seconds": round(summary.seconds, 3),
+    }
+    if output_format == "json":
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{summary.party}: encoded {summary.encoded} records in {summary.seconds:.1f} s -> {summary.output}")
+    click.echo(f"  opted out (not encoded): {summary.opted_out}")
+    if summary.rejected:
+        click.echo(f"  rejected (invalid, not encoded): {summary.rejected}, listed with reasons in {summary.rejects}")
+    click.echo(f"  token map (keep at this node): {summary.tokens}")
+
+
+@node.command("resolve")
+@click.option("--tokens", "tokens_path", type=existing_file, required=True, help="This node's .tokens file.")
+@click.option("--map", "map_path", type=existing_file, required=True,
+              help="The pseudonym map the coordinator returned (<party>.map.csv).")
+@click.option("-o", "--output", type=output_path, required=True, help="record_id,entity_id file to write.")
+def resolve_command(tokens_path: Path, map_path: Path, output: Path) -> None:
+    """Join the coordinator's pseudonym map to this agency's record ids (record_id,entity_id)."""
+    from nodes.resolve import resolve_files
+
+    summary = resolve_files(tokens_path, map_path, output)
+    click.echo(f"wrote {summary.output}: {summary.rows} records, {summary.entities} entities")

@@ -1,0 +1,163 @@
+"""Normalisers for identifier values: pure functions from a raw string to a canonical one.
+
+Each returns the canonical string, ``""`` for a missing value, or raises :class:`InvalidValue`
+with a reason that never repeats the value itself. They are cached because identifier values
+repeat heavily (first names, surnames, dates of birth), which keeps validation and normalisation
+well below the cost of hashing.
+
+>>> normalise_name("  José  O'Brien-Smith ")
+'jose obrien smith'
+>>> normalise_postcode("sw1a1aa")
+'SW1A 1AA'
+>>> normalise_sex("female")
+'f'
+>>> normalise_date("03/02/2011", ("%Y-%m-%d", "%d/%m/%Y"))
+'2011-02-03'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from functools import lru_cache
+
+__all__ = [
+    "InvalidValue",
+    "normalise_date",
+    "normalise_name",
+    "normalise_postcode",
+    "normalise_sex",
+    "normalise_text",
+]
+
+_CACHE = 1 << 18
+_EARLIEST = dt.date(1900, 1, 1)
+
+
+class InvalidValue(ValueError):
+    """A value that cannot be normalised. ``str()`` gives the reason, never the value."""
+
+
+def _fold(value: str) -> str:
+    # NFKD splits accented letters into base + combining mark; dropping the marks maps
+    # "José" to "jose" while keeping letters of non-Latin scripts intact.
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+@lru_cache(maxsize=_CACHE)
+def normalise_name(value: str) -> str:
+    """Lower-case, strip accents and punctuation, collapse whitespace.
+
+    Apostrophes vanish (``O'Brien`` and ``OBrien`` agree); hyphens become spaces
+    (``Smith-Jones`` and ``Smith Jones`` agree).
+
+    Raises:
+        InvalidValue: the value has digits but no letters, or is over 100 characters.
+    """
+    folded = _APOSTROPHES.sub("", _fold(value))
+    cleaned = " ".join(_NON_WORD.sub(" ", folded).split())
+    if not cleaned:
+        return ""
+    if len(cleaned) > 100:
+        raise InvalidValue("name is longer than 100 characters")
+    if not any(ch.isalpha() for ch in cleaned):
+        raise InvalidValue("name has no letters")
+    return cleaned
+
+
+@lru_cache(maxsize=_CACHE)
+def normalise_text(value: str) -> str:
+    """Generic free text: lower-case, strip accents, punctuation to spaces, collapse whitespace."""
+    cleaned = " ".join(_NON_WORD.sub(" ", _fold(value)).split())
+    if len(cleaned) > 200:
+        raise InvalidValue("text is longer than 200 characters")
+    return cleaned
+
+
+_ISO = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
+_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+
+
+def _checked(year: int, month: int, day: int) -> str:
+    try:
+        date = dt.date(year, month, day)
+    except ValueError:
+        raise InvalidValue("not a calendar date") from None
+    if date < _EARLIEST or date > dt.date.today():
+        raise InvalidValue("date is before 1900 or in the future")
+    return date.isoformat()
+
+
+@lru_cache(maxsize=_CACHE)
+def normalise_date(value: str, formats: tuple[str, ...]) -> str:
+    """Parse a date in one of ``formats`` (strptime patterns, tried in order) to ``YYYY-MM-DD``.
+
+    The two common formats take a regex fast path; others go through ``strptime``.
+
+    Raises:
+        InvalidValue: matches none of the formats, is not a real date, or is outside 1900..today.
+    """
+    value = value.strip()
+    if not value:
+        return ""
+    for fmt in formats:
+        if fmt == "%Y-%m-%d":
+            m = _ISO.match(value)
+            if m:
+                return _checked(int(m[1]), int(m[2]), int(m[3]))
+        elif fmt == "%d/%m/%Y":
+            m = _DMY.match(value)
+            if m:
+                return _checked(int(m[3]), int(m[2]), int(m[1]))
+        else:
+            try:
+                parsed = dt.datetime.strptime(value, fmt).date()
+            except ValueError:
+                continue
+            return _checked(parsed.year, parsed.month, parsed.day)
+    raise InvalidValue(f"date matches none of the formats {', '.join(formats)}")
+
+
+_SEX = {"m": "m", "male": "m", "f": "f", "female": "f"}
+#: Recorded "unknown" values are missing, not invalid: NHS data uses them routinely.
+_SEX_MISSING = {"", "u", "unknown", "not known", "x", "i", "indeterminate", "9", "0"}
+
+
+@lru_cache(maxsize=64)
+def normalise_sex(value: str) -> str:
+    """``M``/``F``/``Male``/``Female`` in any case to ``m``/``f``; recorded unknowns to ``""``.
+
+    Raises:
+        InvalidValue: any other value.
+    """
+    key = value.strip().casefold()
+    if key in _SEX:
+        return _SEX[key]
+    if key in _SEX_MISSING:
+        return ""
+    raise InvalidValue("sex must be M, F, Male or Female (or unknown)")
+
+
+_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
+
+
+@lru_cache(maxsize=_CACHE)
+def normalise_postcode(value: str) -> str:
+    """A UK postcode in any spacing or case to ``OUTWARD INWARD`` upper case.
+
+    Raises:
+        InvalidValue: not of the UK postcode shape.
+    """
+    compact = "".join(value.split()).upper()
+    if not compact:
+        return ""
+    m = _POSTCODE.match(compact)
+    if not m:
+        raise InvalidValue("not a UK postcode")
+    return f"{m[1]} {m[2]}"

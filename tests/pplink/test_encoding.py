@@ -1,0 +1,86 @@
+"""Encodings: bit-for-bit clkhash, similar people score high, different people low, hardening bites."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import numpy as np
+from clkhash import clk
+from clkhash.schema import from_json_dict
+
+from pplink.crypto import SecretBytes, derive_linkage_key
+from pplink.encoding import ClkEncoder, clkhash_schema_dict
+from tests.support import make_setup
+
+SECRET = SecretBytes(bytes(range(32)))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    ones = int(np.unpackbits(a).sum() + np.unpackbits(b).sum())
+    return 2 * int(np.unpackbits(a & b).sum()) / ones
+
+
+ROWS = [
+    ("oliver", "smith", "20120304", "m", "SW1A 1AA"),
+    ("olivr", "smith", "20120304", "m", "SW1A 1AA"),  # one typo
+    ("amelia", "khan", "20151120", "f", "LS6 2AB"),
+    ("", "khan", "20151120", "", ""),  # missing optional values
+]
+
+
+def test_bit_for_bit_equal_to_clkhash(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # pplink bypasses clkhash's own validation but must produce exactly clkhash's filters.
+    config = make_setup(tmp_path).agreement
+    key = derive_linkage_key(SECRET, config.agreement_id)
+    ours = ClkEncoder(config.identifiers, key).encode(ROWS)
+    schema = from_json_dict(clkhash_schema_dict(config.identifiers))
+    theirs = clk.generate_clks(ROWS, schema, key, validate=True, max_workers=1)
+    assert ours.tobytes() == b"".join(t.tobytes() for t in theirs)
+    assert ours.shape == (4, 128)
+
+
+def test_typo_scores_high_and_strangers_low(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = make_setup(tmp_path).agreement
+    enc = ClkEncoder(config.identifiers, derive_linkage_key(SECRET, config.agreement_id)).encode(ROWS)
+    assert dice(enc[0], enc[1]) > 0.8
+    assert dice(enc[0], enc[2]) < 0.45
+    # Across many pairs of random strangers the Dice score sits far below the 0.8 threshold.
+    rng = random.Random(727)
+
+    def word() -> str:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(4, 8)))
+
+    strangers = [(word(), word(), f"{rng.randint(1950, 2020)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
+                  rng.choice("mf"), f"M{rng.randint(1, 20)} {rng.randint(1, 9)}AB") for _ in range(60)]
+    e = ClkEncoder(config.identifiers, derive_linkage_key(SECRET, config.agreement_id)).encode(strangers)
+    scores = [dice(e[i], e[j]) for i in range(len(e)) for j in range(i + 1, len(e))]
+    assert max(scores) < 0.7 and sum(scores) / len(scores) < 0.45
+
+
+def test_key_depends_on_agreement(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Same secret, two agreements: encodings of the same person must be unrelated.
+    a = make_setup(tmp_path / "a").agreement
+    b = make_setup(tmp_path / "b").agreement
+    ea = ClkEncoder(a.identifiers, derive_linkage_key(SECRET, a.agreement_id)).encode(ROWS[:1])
+    eb = ClkEncoder(b.identifiers, derive_linkage_key(SECRET, b.agreement_id)).encode(ROWS[:1])
+    assert dice(ea[0], eb[0]) < 0.6
+
+
+def test_xor_folding_really_changes_the_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # clkhash ignores `xorFolds`; pplink writes `xor_folds`, so folding must change the bits.
+    plain = make_setup(tmp_path / "p").agreement
+    folded = make_setup(tmp_path / "f", edit=lambda t: t.replace("xor_folds = 0", "xor_folds = 1")).agreement
+    assert clkhash_schema_dict(folded.identifiers)["clkConfig"]["xor_folds"] == 1
+    key = derive_linkage_key(SECRET, plain.agreement_id)
+    e_plain = ClkEncoder(plain.identifiers, key).encode(ROWS)
+    e_fold = ClkEncoder(folded.identifiers, key).encode(ROWS)
+    assert e_fold.shape == e_plain.shape == (4, 128)
+    # Folding 2048 hashed bits into 1024 is not the unfolded filter.
+    assert e_fold.tobytes() != e_plain.tobytes()
+    assert dice(e_fold[0], e_fold[1]) > 0.7
+
+
+def test_empty_input_gives_empty_array(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = make_setup(tmp_path).agreement
+    assert ClkEncoder(config.identifiers, bytes(32)).encode([]).shape == (0, 128)

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nodes.records import ChunkResult, RecordSpec, RowProblem, iter_record_chunks, record_spec, validate_chunk
+from nodes.records import (
+    Chunk,
+    ChunkResult,
+    RecordSpec,
+    RowProblem,
+    iter_record_chunks,
+    parse_chunk,
+    record_spec,
+    validate_chunk,
+)
 from nodes.tokens import write_tokens
 from pplink.agreement import AgreementConfig, IdentifierSchema
 from pplink.crypto import SecretBytes, derive_linkage_key
@@ -32,7 +41,6 @@ from pplink.errors import RecordValidationError, UsageError
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
-CHUNK_ROWS = 5_000
 #: Below this input size one process is faster than starting workers.
 _PARALLEL_MIN_BYTES = 2_000_000
 _MAX_LISTED_PROBLEMS = 1_000
@@ -82,43 +90,45 @@ def _init_worker(spec: RecordSpec, identifiers: IdentifierSchema, key: bytes) ->
     _worker = (spec, ClkEncoder(identifiers, key))
 
 
-def _process_chunk(file: str, columns: list[str], rows: list[tuple[int, list[str]]]) -> tuple[ChunkResult, np.ndarray]:
+def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, ChunkResult, np.ndarray]:
     assert _worker is not None, "worker initializer did not run"
     spec, encoder = _worker
+    rows = parse_chunk(file, chunk)
     result = validate_chunk(spec, file, columns, rows)
-    return result, encoder.encode(result.identifiers)
+    return len(rows), result, encoder.encode(result.identifiers)
 
 
 def _run_chunks(
-    chunks: Iterator[list[tuple[int, list[str]]]],
+    chunks: Iterator[Chunk],
     file: str,
     columns: list[str],
     workers: int,
     on_rows: Callable[[int], None] | None,
     init_args: tuple[RecordSpec, IdentifierSchema, bytes],
-) -> Iterable[tuple[list[tuple[int, list[str]]], ChunkResult, np.ndarray]]:
+) -> Iterator[tuple[ChunkResult, np.ndarray]]:
+    """Process chunks in order, in this process or in a pool with a bounded number in flight."""
     if workers <= 1:
         _init_worker(*init_args)
         for chunk in chunks:
-            result, clks = _process_chunk(file, columns, chunk)
+            n_rows, result, clks = _process_chunk(file, columns, chunk)
             if on_rows:
-                on_rows(len(chunk))
-            yield chunk, result, clks
+                on_rows(n_rows)
+            yield result, clks
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args) as pool:
-        pending: deque[tuple[list[tuple[int, list[str]]], Future[tuple[ChunkResult, np.ndarray]]]] = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(_process_chunk, file, columns, chunk)))
-            while len(pending) >= 2 * workers:
-                done_chunk, fut = pending.popleft()
+        pending: deque[Future[tuple[int, ChunkResult, np.ndarray]]] = deque()
+
+        def drain(limit: int) -> Iterator[tuple[ChunkResult, np.ndarray]]:
+            while len(pending) > limit:
+                n_rows, result, clks = pending.popleft().result()
                 if on_rows:
-                    on_rows(len(done_chunk))
-                yield done_chunk, *fut.result()
-        while pending:
-            done_chunk, fut = pending.popleft()
-            if on_rows:
-                on_rows(len(done_chunk))
-            yield done_chunk, *fut.result()
+                    on_rows(n_rows)
+                yield result, clks
+
+        for chunk in chunks:
+            pending.append(pool.submit(_process_chunk, file, columns, chunk))
+            yield from drain(2 * workers)
+        yield from drain(0)
 
 
 def encode_records(
@@ -129,7 +139,7 @@ def encode_records(
     *,
     workers: int | None = None,
     on_rows: Callable[[int], None] | None = None,
-    keep_rejected_rows: list[tuple[int, list[str]]] | None = None,
+    keep_rejected_rows: list[tuple[int, Sequence[str]]] | None = None,
 ) -> EncodedRecords:
     """Validate, normalise and encode one agency's records file.
 
@@ -150,7 +160,7 @@ def encode_records(
     key = derive_linkage_key(secret, agreement.agreement_id)
     if workers is None:
         workers = (os.cpu_count() or 1) if Path(records).stat().st_size > _PARALLEL_MIN_BYTES else 1
-    columns, chunks = iter_record_chunks(Path(records), spec, CHUNK_ROWS)
+    columns, chunks = iter_record_chunks(Path(records), spec)
     file = str(records)
     record_ids: list[str] = []
     clk_parts: list[np.ndarray] = []
@@ -159,14 +169,14 @@ def encode_records(
     rejected: list[int] = []
     row_of: dict[str, int] = {}
     opted_out = 0
+    duplicates: set[int] = set()
     init_args = (spec, agreement.identifiers, key)
-    for chunk, result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
+    for result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
         opted_out += result.opted_out
         problems.extend(result.problems)
         rejected.extend(result.rejected_rows)
-        if keep_rejected_rows is not None and result.rejected_rows:
-            bad = set(result.rejected_rows)
-            keep_rejected_rows.extend(r for r in chunk if r[0] in bad)
+        if keep_rejected_rows is not None:
+            keep_rejected_rows.extend(result.rejected_values)
         keep = np.ones(len(result.record_ids), dtype=bool)
         for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
             first = row_of.setdefault(rid, row_number)
@@ -174,11 +184,16 @@ def encode_records(
                 problems.append(RowProblem(file, row_number, spec.record_id_column, f"repeats the id of row {first}"))
                 rejected.append(row_number)
                 keep[i] = False
-                if keep_rejected_rows is not None:
-                    keep_rejected_rows.extend(r for r in chunk if r[0] == row_number)
+                duplicates.add(row_number)
         record_ids.extend(rid for rid, k in zip(result.record_ids, keep, strict=True) if k)
         attr_rows.extend(a for a, k in zip(result.attributes, keep, strict=True) if k)
         clk_parts.append(clks[keep])
+    if keep_rejected_rows is not None and duplicates:
+        # Rare: re-read the file once for the raw duplicate rows, rather than carrying every
+        # accepted row's raw values through the pipeline.
+        _, again = iter_record_chunks(Path(records), spec)
+        for chunk in again:
+            keep_rejected_rows.extend(r for r in parse_chunk(file, chunk) if r[0] in duplicates)
     width = agreement.identifiers.filter_bits // 8
     clks_all = np.concatenate(clk_parts) if clk_parts else np.zeros((0, width), dtype=np.uint8)
     attributes = {a.column: [row[i] for row in attr_rows] for i, a in enumerate(spec.attributes)}
@@ -199,7 +214,7 @@ def _problems_error(records: Path, problems: list[RowProblem]) -> RecordValidati
 
 
 def _write_rejects(path: Path, columns: list[str], problems: list[RowProblem],
-                   raw_rows: list[tuple[int, list[str]]]) -> None:
+                   raw_rows: list[tuple[int, Sequence[str]]]) -> None:
     # The rejects file holds the original rows so nothing is lost; it stays at the node (0600).
     reasons: dict[int, list[str]] = {}
     for p in problems:
@@ -250,7 +265,7 @@ def encode_file(
     if output.resolve() == records.resolve():
         raise UsageError(f"{output}: output would overwrite the input records")
     tokens_path = Path(tokens) if tokens else output.with_suffix(".tokens")
-    raw_rejects: list[tuple[int, list[str]]] = []
+    raw_rejects: list[tuple[int, Sequence[str]]] = []
     encoded = encode_records(agreement, party, secret, records, workers=workers, on_rows=on_rows,
                              keep_rejected_rows=raw_rejects if skip_invalid else None)
     rejects_path = None

@@ -8,8 +8,10 @@ row 1) and the field, with a reason that never repeats the value.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,7 +30,10 @@ __all__ = [
     "ChunkResult",
     "RecordSpec",
     "RowProblem",
+    "Chunk",
+    "CsvBlock",
     "iter_record_chunks",
+    "parse_chunk",
     "record_spec",
     "validate_chunk",
 ]
@@ -67,6 +72,7 @@ class RecordSpec:
     fields: tuple[tuple[str, FieldKind, bool], ...]  # (column, kind, required)
     date_formats: tuple[str, ...]
     attributes: tuple[AttributeSpec, ...]
+    min_fields: int = 0
 
     @property
     def required_columns(self) -> list[str]:
@@ -87,6 +93,7 @@ def record_spec(agreement: AgreementConfig, party: str) -> RecordSpec:
             AttributeSpec(a.column, frozenset(a.values) if a.values is not None else None, a.lower, a.upper)
             for a in agreement.release.attributes
         ),
+        min_fields=ids.min_fields,
     )
 
 
@@ -100,20 +107,40 @@ class ChunkResult:
     attributes: list[tuple[str | None, ...]] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
     rejected_rows: list[int] = field(default_factory=list)
+    #: The raw values of rejected rows, so a rejects file loses nothing.
+    rejected_values: list[tuple[int, Sequence[str]]] = field(default_factory=list)
     opted_out: int = 0
 
 
-def _normaliser(kind: FieldKind, date_formats: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    if kind is FieldKind.NAME:
-        return normalise_name
+def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
+    # Returning (not raising) the error lets a whole column go through one cached `map`.
+    @lru_cache(maxsize=1 << 18)
+    def run(value: str) -> str | InvalidValue:
+        try:
+            return fn(value)
+        except InvalidValue as exc:
+            return exc
+
+    return run
+
+
+def _compact_date(formats: tuple[str, ...]) -> Callable[[str], str]:
+    # Hashed as YYYYMMDD: the ISO hyphens would be positional tokens every date shares.
+    return lambda v: normalise_date(v, formats).replace("-", "")
+
+
+@lru_cache(maxsize=64)
+def _normaliser(kind: FieldKind, date_formats: tuple[str, ...]) -> Callable[[str], str | InvalidValue]:
+    """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
     if kind is FieldKind.DATE:
-        # Hashed as YYYYMMDD: the ISO hyphens would be positional tokens every date shares.
-        return lambda v: normalise_date(v, date_formats).replace("-", "")
-    if kind is FieldKind.SEX:
-        return normalise_sex
-    if kind is FieldKind.POSTCODE:
-        return normalise_postcode
-    return normalise_text
+        return _safe(_compact_date(date_formats))
+    plain = {
+        FieldKind.NAME: normalise_name,
+        FieldKind.SEX: normalise_sex,
+        FieldKind.POSTCODE: normalise_postcode,
+        FieldKind.TEXT: normalise_text,
+    }
+    return _safe(plain[kind])
 
 
 def _check_attribute(spec: AttributeSpec, raw: str) -> str | None:
@@ -134,6 +161,18 @@ def _check_attribute(spec: AttributeSpec, raw: str) -> str | None:
     return value
 
 
+@lru_cache(maxsize=64)
+def _attribute_checker(spec: AttributeSpec) -> Callable[[str], str | None | InvalidValue]:
+    @lru_cache(maxsize=1 << 12)
+    def run(value: str) -> str | None | InvalidValue:
+        try:
+            return _check_attribute(spec, value)
+        except InvalidValue as exc:
+            return exc
+
+    return run
+
+
 def validate_chunk(
     spec: RecordSpec,
     file: str,
@@ -141,6 +180,9 @@ def validate_chunk(
     rows: Sequence[tuple[int, Sequence[str]]],
 ) -> ChunkResult:
     """Validate and normalise a chunk of raw rows.
+
+    Works column by column through cached normalisers: identifier values repeat heavily, so most
+    values cost one dictionary lookup.
 
     Args:
         spec: from :func:`record_spec`.
@@ -155,47 +197,62 @@ def validate_chunk(
     index = {name: i for i, name in enumerate(columns)}
     id_at = index[spec.record_id_column]
     opt_at = index.get(spec.opt_out_column) if spec.opt_out_column else None
-    fields = [(col, index[col], _normaliser(kind, spec.date_formats), required) for col, kind, required in spec.fields]
-    attrs = [(a, index[a.column]) for a in spec.attributes]
     width = len(columns)
     result = ChunkResult()
+    problems: list[tuple[int, int, RowProblem]] = []  # (position in chunk, column order, problem)
+    kept: list[tuple[int, Sequence[str]]] = []
     for row_number, values in rows:
         if len(values) != width:
-            result.problems.append(
-                RowProblem(file, row_number, "(row)", f"has {len(values)} fields, header has {width}")
-            )
+            result.problems.append(RowProblem(file, row_number, "(row)", f"has {len(values)} fields, header has {width}"))
             result.rejected_rows.append(row_number)
-            continue
-        if opt_at is not None and values[opt_at].strip().casefold() in spec.opt_out_values:
+            result.rejected_values.append((row_number, values))
+        elif opt_at is not None and values[opt_at].strip().casefold() in spec.opt_out_values:
             result.opted_out += 1
-            continue
-        problems_before = len(result.problems)
-        record_id = values[id_at].strip()
-        if not record_id:
-            result.problems.append(RowProblem(file, row_number, spec.record_id_column, "is empty"))
-        normalised = []
-        for col, at, normalise, required in fields:
-            try:
-                value = normalise(values[at])
-            except InvalidValue as exc:
-                result.problems.append(RowProblem(file, row_number, col, str(exc)))
-                continue
-            if not value and required:
-                result.problems.append(RowProblem(file, row_number, col, "is required but empty"))
-            normalised.append(value)
-        attr_values = []
-        for attr, at in attrs:
-            try:
-                attr_values.append(_check_attribute(attr, values[at]))
-            except InvalidValue as exc:
-                result.problems.append(RowProblem(file, row_number, attr.column, str(exc)))
-        if len(result.problems) != problems_before:
-            result.rejected_rows.append(row_number)
-            continue
-        result.record_ids.append(record_id)
-        result.row_numbers.append(row_number)
-        result.identifiers.append(tuple(normalised))
-        result.attributes.append(tuple(attr_values))
+        else:
+            kept.append((row_number, values))
+    numbers = [n for n, _ in kept]
+    ids = [v[id_at].strip() for _, v in kept]
+    problems.extend((i, -1, RowProblem(file, numbers[i], spec.record_id_column, "is empty"))
+                    for i, rid in enumerate(ids) if not rid)
+    outputs: list[list[str]] = []
+    for order, (col, kind, required) in enumerate(spec.fields):
+        at = index[col]
+        out = list(map(_normaliser(kind, spec.date_formats), [v[at] for _, v in kept]))
+        for i, value in enumerate(out):
+            if value.__class__ is InvalidValue:
+                problems.append((i, order, RowProblem(file, numbers[i], col, str(value))))
+                out[i] = ""
+            elif required and not value:
+                problems.append((i, order, RowProblem(file, numbers[i], col, "is required but empty")))
+        outputs.append(out)  # type: ignore[arg-type]
+    attr_outputs = []
+    for order, attr in enumerate(spec.attributes, start=len(spec.fields)):
+        at = index[attr.column]
+        out_a = list(map(_attribute_checker(attr), [v[at] for _, v in kept]))
+        for i, value in enumerate(out_a):
+            if value.__class__ is InvalidValue:
+                problems.append((i, order, RowProblem(file, numbers[i], attr.column, str(value))))
+        attr_outputs.append(out_a)
+    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * len(kept)
+    if spec.min_fields:
+        order = len(spec.fields) + len(spec.attributes)
+        problems.extend(
+            (i, order, RowProblem(file, numbers[i], "(identifiers)",
+                                  f"has fewer than {spec.min_fields} identifier values"))
+            for i, ident in enumerate(identifiers) if sum(map(bool, ident)) < spec.min_fields
+        )
+    bad = {i for i, _, _ in problems}
+    problems.sort(key=lambda p: (p[0], p[1]))
+    result.problems.extend(p for _, _, p in problems)
+    result.rejected_rows.extend(numbers[i] for i in sorted(bad))
+    result.rejected_values.extend(kept[i] for i in sorted(bad))
+    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * len(kept)
+    for i in range(len(kept)):
+        if i not in bad:
+            result.record_ids.append(ids[i])
+            result.row_numbers.append(numbers[i])
+            result.identifiers.append(identifiers[i])
+            result.attributes.append(attributes[i])  # type: ignore[arg-type]
     return result
 
 
@@ -208,13 +265,67 @@ def _check_header(path: Path, columns: Sequence[str], spec: RecordSpec) -> None:
         raise RecordValidationError(f"{path}: row 1: column(s) appear twice: {', '.join(dupes)}")
 
 
-def iter_record_chunks(
-    path: Path, spec: RecordSpec, chunk_size: int
-) -> tuple[list[str], Iterator[list[tuple[int, list[str]]]]]:
-    """Open a CSV or Parquet file and yield its rows in chunks.
+@dataclass(frozen=True)
+class CsvBlock:
+    """Raw CSV bytes holding whole records, and the file line number its first byte is on.
+
+    Blocks are cut at line ends with an even number of quote characters before the cut, so no
+    quoted field (which may hold a newline) is split; parsing happens in the worker.
+    """
+
+    data: bytes
+    first_line: int
+
+
+#: What ``iter_record_chunks`` yields: unparsed CSV bytes, or rows already read (Parquet).
+Chunk = CsvBlock | list[tuple[int, list[str]]]
+
+
+def parse_chunk(file: str, chunk: Chunk) -> list[tuple[int, list[str]]]:
+    """Turn a chunk into ``(row_number, values)`` rows; row numbers are file line numbers.
+
+    Raises:
+        RecordValidationError: a byte sequence that is not UTF-8, or malformed CSV (naming the row).
+    """
+    if not isinstance(chunk, CsvBlock):
+        return chunk
+    try:
+        text = chunk.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = chunk.first_line + chunk.data.count(b"\n", 0, exc.start)
+        raise RecordValidationError(f"{file}: row {line}: not valid UTF-8 (save the file as UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    base = chunk.first_line - 1
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for values in reader:
+            if values:  # a blank line is not a record
+                rows.append((base + reader.line_num, values))
+    except csv.Error as exc:
+        raise RecordValidationError(f"{file}: row {base + reader.line_num}: malformed CSV ({exc})") from None
+    return rows
+
+
+def _complete_record(fh: BinaryIO, data: bytes) -> bytes:
+    # Extend to the end of a line, and on while a quoted field (which may hold newlines) is open.
+    if data and not data.endswith(b"\n"):
+        data += fh.readline()
+    while data.count(b'"') % 2:
+        more = fh.readline()
+        if not more:
+            break
+        data += more
+    return data
+
+
+def iter_record_chunks(path: Path, spec: RecordSpec, block_bytes: int = 1 << 19) -> tuple[list[str], Iterator[Chunk]]:
+    """Open a CSV or Parquet file, check its header, and yield its records in chunks.
+
+    CSV chunks are raw byte blocks (parsed by :func:`parse_chunk`, typically in a worker), so the
+    reading process only slices bytes and both cores share the parsing.
 
     Returns:
-        ``(columns, chunks)``; each chunk is a list of ``(row_number, values)``.
+        ``(columns, chunks)``.
 
     Raises:
         RecordValidationError: unreadable file, bad encoding, or missing columns (naming them).
@@ -226,58 +337,34 @@ def iter_record_chunks(
     if path.suffix.lower() in {".parquet", ".pq"}:
         columns, rows = _read_parquet(path)
         _check_header(path, columns, spec)
-        return columns, _chunked(rows, chunk_size)
-    fh = open(path, "rb")  # noqa: SIM115 - closed by the chunk generator
-    reader = csv.reader(_decoded_lines(fh, path))
+        return columns, _chunked(rows, max(block_bytes // 100, 1))
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the block generator
     try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        fh.close()
-        raise RecordValidationError(f"{path}: row 1: malformed CSV ({exc})") from None
-    except RecordValidationError:
-        fh.close()
-        raise
-    if header is None:
-        fh.close()
-        raise RecordValidationError(f"{path}: file is empty (no header row)")
-    columns = [c.strip() for c in header]
-    try:
+        head = _complete_record(fh, fh.readline())
+        if not head.strip():
+            raise RecordValidationError(f"{path}: file is empty (no header row)")
+        try:
+            text = head.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            raise RecordValidationError(f"{path}: row 1: not valid UTF-8 (save the file as UTF-8)") from None
+        try:
+            header = next(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise RecordValidationError(f"{path}: row 1: malformed CSV ({exc})") from None
+        columns = [c.strip() for c in header]
         _check_header(path, columns, spec)
     except RecordValidationError:
         fh.close()
         raise
-    return columns, _csv_chunks(path, fh, reader, chunk_size)
+    return columns, _csv_blocks(fh, 1 + head.count(b"\n"), block_bytes)
 
 
-def _csv_chunks(path: Path, fh, reader, chunk_size: int) -> Iterator[list[tuple[int, list[str]]]]:  # type: ignore[no-untyped-def]
+def _csv_blocks(fh: BinaryIO, first_line: int, block_bytes: int) -> Iterator[CsvBlock]:
     with fh:
-        chunk: list[tuple[int, list[str]]] = []
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise RecordValidationError(f"{path}: row {reader.line_num}: malformed CSV ({exc})") from None
-            if not values:
-                continue  # a blank line is not a record
-            chunk.append((reader.line_num, values))
-            if len(chunk) >= chunk_size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-
-def _decoded_lines(fh: BinaryIO, path: Path) -> Iterator[str]:
-    # Decoding line by line (not through a buffered text wrapper) lets an encoding error name
-    # the exact row.
-    for number, raw in enumerate(fh, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RecordValidationError(f"{path}: row {number}: not valid UTF-8 (save the file as UTF-8)") from None
-        yield line.removeprefix("\ufeff") if number == 1 else line
+        line = first_line
+        while data := _complete_record(fh, fh.read(block_bytes)):
+            yield CsvBlock(data, line)
+            line += data.count(b"\n")
 
 
 def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -131,6 +131,8 @@ class IdentifierSchema(PplinkModel):
     date_formats: tuple[str, ...] = ("%Y-%m-%d", "%d/%m/%Y")
     filter_bits: Literal[512, 1024, 2048, 4096] = 1024
     fields: Annotated[tuple[IdentifierField, ...], Field(min_length=1)]
+    #: A row with fewer non-empty identifier values than this cannot be linked and is rejected.
+    min_fields: Annotated[int, Field(ge=0)] = 0
     hardening: Hardening = Hardening()
 
     @model_validator(mode="after")
@@ -143,6 +145,8 @@ class IdentifierSchema(PplinkModel):
         clash = sorted(reserved & set(columns))
         if clash:
             raise ValueError(f"identifier columns clash with record id or opt-out column: {', '.join(clash)}")
+        if self.min_fields > len(self.fields):
+            raise ValueError(f"min_fields {self.min_fields} is more than the {len(self.fields)} identifier fields")
         return self
 
     @property

@@ -84,22 +84,27 @@ opt_out_values = ["y", "yes", "true", "1"]
 date_formats = ["%Y-%m-%d", "%d/%m/%Y"]
 # Bloom filter length in bits (clkhash `l`).
 filter_bits = 1024
+# A row needs at least this many non-empty identifier values to be linkable; fewer: rejected.
+min_fields = 3
 
 [identifiers.hardening]
 # XOR folding halves the filter by XOR-ing its halves: blunts pattern-mining attacks.
 xor_folds = 0
 
+# A missing value in a `required = true` field rejects the row; optional fields may be empty.
 # bits_per_token weights each field; ngram 2 = bigrams; dates (hashed as YYYYMMDD) use positional
 # unigrams. The weights keep about a third of the bits set, so strangers score low.
 [[identifiers.fields]]
 column = "given_name"
 kind = "name"
 bits_per_token = 15
+required = false
 
 [[identifiers.fields]]
 column = "surname"
 kind = "name"
 bits_per_token = 15
+required = false
 
 [[identifiers.fields]]
 column = "date_of_birth"
@@ -107,6 +112,7 @@ kind = "date"
 bits_per_token = 10
 ngram = 1
 positional = true
+required = false
 
 [[identifiers.fields]]
 column = "sex"

@@ -60,11 +60,11 @@ def test_bad_rows_are_listed_by_file_row_and_field(setup: Setup, people, tmp_pat
     msg = str(info.value)
     # Header is row 1, so the i-th person is on row i + 2.
     assert f"{records}: row 4, field date_of_birth: not a calendar date" in msg
-    assert f"{records}: row 7, field surname: is required but empty" in msg
+    assert f"{records}: row 7, field surname: is required but empty" not in msg  # optional by default
     assert f"{records}: row 7, field postcode: not a UK postcode" in msg
     assert f"{records}: row 10, field area: not one of the agreement's declared values" in msg
     assert f"{records}: row 8, field sex" in msg
-    assert "5 problem(s) in 4 row(s)" in msg
+    assert "4 problem(s) in 4 row(s)" in msg
     assert sentinel.lower() not in msg.lower()
     assert not (tmp_path / "school.enc").exists()
 
@@ -141,3 +141,22 @@ def test_encode_refuses_non_agency(setup: Setup, people, tmp_path: Path) -> None
     records = write_records(tmp_path / "s.csv", people(2))
     with pytest.raises(AgreementError, match="not an agency"):
         encode_file(setup.agreement, "coordinator", setup.secret, setup.key("coordinator"), records, tmp_path / "x.enc")
+
+
+def test_required_fields_and_minimum_identifier_count(tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import make_setup
+
+    setup = make_setup(tmp_path / "a", edit=lambda t: t.replace(
+        'column = "surname"\nkind = "name"\nbits_per_token = 15\nrequired = false',
+        'column = "surname"\nkind = "name"\nbits_per_token = 15\nrequired = true'))
+    rows = people(4)
+    rows[1]["surname"] = ""
+    for col in ("given_name", "date_of_birth", "postcode"):
+        rows[2][col] = ""  # leaves surname and sex: 2 of 5, below min_fields = 3
+    records = write_records(tmp_path / "s.csv", rows)
+    with pytest.raises(RecordValidationError) as info:
+        encode_file(setup.agreement, "school", setup.secret, setup.key("school"), records, tmp_path / "s.enc")
+    msg = str(info.value)
+    assert "row 3, field surname: is required but empty" in msg
+    assert "row 4, field (identifiers): has fewer than 3 identifier values" in msg
+    assert "2 problem(s) in 2 row(s)" in msg

@@ -40,6 +40,23 @@ def test_bit_for_bit_equal_to_clkhash(tmp_path) -> None:  # type: ignore[no-unty
     assert ours.shape == (4, 128)
 
 
+def test_bit_for_bit_with_folding_and_other_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The fast assembly must match clkhash for folds, other lengths and n-gram settings too.
+    def edit(t: str) -> str:
+        t = t.replace("xor_folds = 0", "xor_folds = 2").replace("filter_bits = 1024", "filter_bits = 2048")
+        return t.replace('kind = "postcode"\nbits_per_token = 8', 'kind = "postcode"\nbits_per_token = 8\nngram = 3')
+
+    config = make_setup(tmp_path, edit=edit).agreement
+    key = derive_linkage_key(SECRET, config.agreement_id)
+    rows = ROWS * 3  # repeats exercise the per-value caches
+    ours = ClkEncoder(config.identifiers, key).encode(rows)
+    schema = from_json_dict(clkhash_schema_dict(config.identifiers))
+    assert schema.xor_folds == 2 and schema.l == 2048
+    theirs = clk.generate_clks(rows, schema, key, validate=True, max_workers=1)
+    assert ours.tobytes() == b"".join(t.tobytes() for t in theirs)
+    assert ours.shape == (12, 256)
+
+
 def test_typo_scores_high_and_strangers_low(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = make_setup(tmp_path).agreement
     enc = ClkEncoder(config.identifiers, derive_linkage_key(SECRET, config.agreement_id)).encode(ROWS)

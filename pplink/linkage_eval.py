@@ -365,7 +365,7 @@ def evaluate_linkage(
 
 
 def _read_rows(path: Path, required: Sequence[str]) -> Iterable[tuple[int, list[str], dict[str, int]]]:
-    """Yield ``(row_number, fields, column_index)`` for every data row; rows count from 1 after the header."""
+    """Yield ``(row_number, fields, column_index)`` for every data row; the header is row 1."""
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as err:
@@ -380,29 +380,30 @@ def _read_rows(path: Path, required: Sequence[str]) -> Iterable[tuple[int, list[
             absent = [name for name in required if name not in index]
             if absent:
                 raise RecordValidationError(f"{path}: header lacks column(s) {', '.join(absent)}")
-            for row_number, fields in enumerate(reader, start=1):
+            for fields in reader:
+                row_number = reader.line_num
                 if len(fields) != len(header):
                     raise RecordValidationError(
-                        f"{path}, row {row_number}: {len(fields)} fields where the header has {len(header)}"
+                        f"{path}: row {row_number}: {len(fields)} fields where the header has {len(header)}"
                     )
                 yield row_number, fields, index
         except UnicodeDecodeError:
             raise RecordValidationError(f"{path}: not valid UTF-8 text") from None
         except csv.Error as err:
-            raise RecordValidationError(f"{path}, line {reader.line_num}: malformed CSV ({err})") from None
+            raise RecordValidationError(f"{path}: row {reader.line_num}: malformed CSV ({err})") from None
 
 
 def _field(path: Path, row_number: int, fields: list[str], index: dict[str, int], name: str) -> str:
     value = fields[index[name]].strip()
     if not value:
-        raise RecordValidationError(f"{path}, row {row_number}: field '{name}' is empty")
+        raise RecordValidationError(f"{path}: row {row_number}, field {name}: is empty")
     return value
 
 
 def read_truth(path: Path) -> dict[str, dict[str, str]]:
     """Read ``truth.csv`` (header ``agency,record_id,person``) as ``{agency: {record_id: person}}``.
 
-    Rows count from 1 after the header.
+    The header is row 1, as in every pplink message.
 
     Raises:
         UsageError: the file cannot be opened.
@@ -415,7 +416,7 @@ def read_truth(path: Path) -> dict[str, dict[str, str]]:
         agency, record_id, person = (_field(path, row_number, fields, index, name) for name in _TRUTH_HEADER)
         records = truth[agency]
         if record_id in records:
-            raise RecordValidationError(f"{path}, row {row_number}: field 'record_id' repeats an earlier row")
+            raise RecordValidationError(f"{path}: row {row_number}, field record_id: repeats an earlier row")
         records[record_id] = person
     return dict(truth)
 
@@ -433,7 +434,7 @@ def read_entities(path: Path) -> dict[str, str]:
     for row_number, fields, index in _read_rows(path, _ENTITIES_HEADER):
         record_id, entity_id = (_field(path, row_number, fields, index, name) for name in _ENTITIES_HEADER)
         if record_id in entities:
-            raise RecordValidationError(f"{path}, row {row_number}: field 'record_id' repeats an earlier row")
+            raise RecordValidationError(f"{path}: row {row_number}, field record_id: repeats an earlier row")
         entities[record_id] = entity_id
     return entities
 

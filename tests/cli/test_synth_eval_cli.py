@@ -102,4 +102,4 @@ def test_eval_linkage_names_file_and_row_of_a_bad_csv(tmp_path: Path) -> None:
     bad.write_text("record_id,entity_id\nHL1,E1\n,E2\n", encoding="utf-8")
     result = _runner().invoke(cli, ["eval", "linkage", "--truth", summary["truth"], str(bad)])
     assert result.exit_code == RecordValidationError("x").exit_code
-    assert str(bad) in result.stderr and "row 2" in result.stderr and "record_id" in result.stderr
+    assert str(bad) in result.stderr and "row 3" in result.stderr and "record_id" in result.stderr

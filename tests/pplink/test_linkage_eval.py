@@ -224,10 +224,10 @@ def test_readers_round_trip(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("record_id\nSENTINEL7\n", "header lacks column(s) entity_id"),
-        ("record_id,entity_id\n,E1\n", "row 1: field 'record_id' is empty"),
-        ("record_id,entity_id\nSENTINEL7,E1\nSENTINEL8,\n", "row 2: field 'entity_id' is empty"),
-        ("record_id,entity_id\nSENTINEL7,E1\nSENTINEL7,E2\n", "row 2: field 'record_id' repeats"),
-        ("record_id,entity_id\nSENTINEL7,E1,extra\n", "row 1: 3 fields"),
+        ("record_id,entity_id\n,E1\n", "row 2, field record_id: is empty"),
+        ("record_id,entity_id\nSENTINEL7,E1\nSENTINEL8,\n", "row 3, field entity_id: is empty"),
+        ("record_id,entity_id\nSENTINEL7,E1\nSENTINEL7,E2\n", "row 3, field record_id: repeats"),
+        ("record_id,entity_id\nSENTINEL7,E1,extra\n", "row 2: 3 fields"),
         ("", "empty"),
     ],
 )
@@ -247,10 +247,10 @@ def test_bad_truth_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RecordValidationError, match="lacks column"):
         read_truth(no_person)
     blank = _write(tmp_path / "t2.csv", "agency,record_id,person\na,1,p\nb,,p\n")
-    with pytest.raises(RecordValidationError, match="row 2: field 'record_id' is empty"):
+    with pytest.raises(RecordValidationError, match="row 3, field record_id: is empty"):
         read_truth(blank)
     twice = _write(tmp_path / "t3.csv", "agency,record_id,person\na,1,p\nb,1,p\na,1,q\n")
-    with pytest.raises(RecordValidationError, match="row 3"):
+    with pytest.raises(RecordValidationError, match="row 4"):
         read_truth(twice)
     latin1 = tmp_path / "t4.csv"
     latin1.write_bytes("agency,record_id,person\na,1,Zoë\n".encode("latin-1"))

@@ -52,15 +52,18 @@ def cli() -> None:
 
 def _register() -> None:
     # One module per command group (see STYLE.md §5); imported here so `main` stays the registry.
-    from pplink.cli import agreement, keys, node, secret
-    from pplink.cli import evaluate, synth
+    from pplink.cli import agreement, audit, coordinator, demo, evaluate, keys, node, release, secret, synth
 
     cli.add_command(agreement.agreement)
     cli.add_command(keys.keys)
     cli.add_command(secret.secret)
     cli.add_command(node.node)
+    coordinator.coordinator.add_command(release.release_command, name="release")
+    cli.add_command(coordinator.coordinator)
+    cli.add_command(demo.demo)
     cli.add_command(synth.synth)
     cli.add_command(evaluate.eval_group, name="eval")
+    cli.add_command(audit.audit)
 
 
 _register()

@@ -1,0 +1,473 @@
+"""Privacy-loss arithmetic shared by the coordinator's release engine and the auditor.
+
+One module, so that the number the coordinator writes on the ledger and the number the auditor
+re-derives come from the same code path:
+
+* :func:`entry_loss` builds the OpenDP measurement a release used (``make_laplace`` or
+  ``make_gaussian`` over a vector of integer counts) from its mechanism, sensitivity and noise
+  scale, and asks OpenDP's privacy map for the loss: epsilon (pure DP) or rho (zCDP), the latter
+  also converted to (epsilon, delta) with ``make_zCDP_to_approxDP``.
+* :func:`compose` adds losses up: pure epsilons add; zCDP rhos add and the total is converted to
+  epsilon once, at the agreement's delta (far tighter than adding per-release epsilons).
+* :func:`check_budget` refuses a release that would take the total past the agreement's epsilon.
+* :func:`query_sensitivity` states, per query kind, how far one person can move the released
+  vector (the privacy unit is one person: one linked cluster).
+
+The closed forms (``epsilon = sensitivity / scale``; ``rho = sensitivity**2 / (2 * scale**2)``)
+are given as :func:`laplace_epsilon` and :func:`gaussian_rho`; OpenDP's maps agree with them up
+to an upward rounding of a few units in the last place, which is why budget comparisons allow a
+relative slack of :data:`BUDGET_SLACK`.
+
+OpenDP is imported lazily, so ``pplink`` stays importable where it is not installed (an agency
+node never needs it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import StrEnum
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Annotated
+
+from pydantic import Field
+
+from pplink.agreement import Accounting, PrivacyBudget
+from pplink.errors import BudgetExceededError, DependencyMissingError, ReleaseError
+from pplink.models import PplinkModel
+
+__all__ = [
+    "BUDGET_SLACK",
+    "OPENDP_LIBRARY",
+    "Mechanism",
+    "PrivacyLoss",
+    "QueryKind",
+    "Sensitivity",
+    "check_budget",
+    "compose",
+    "count_measurement",
+    "entry_loss",
+    "gaussian_rho",
+    "laplace_epsilon",
+    "losses_agree",
+    "mechanism_for",
+    "opendp",
+    "query_sensitivity",
+    "remaining_epsilon",
+    "rho_for_epsilon",
+    "scale_for",
+    "within_budget",
+    "zcdp_to_epsilon",
+]
+
+#: Relative slack allowed when comparing a total against the budget. OpenDP rounds privacy maps
+#: up by a few ulps (``make_laplace(scale=3).map(1) == 0.33333333333333337``), so three releases
+#: of epsilon 1/3 would otherwise "overspend" a budget of 1 by 2e-16.
+BUDGET_SLACK = 1e-9
+
+#: Relative tolerance when an auditor compares a claimed loss with the re-derived one. Both come
+#: from the same OpenDP map and JSON round-trips floats exactly, so they normally agree bit for bit.
+CLAIM_TOLERANCE = 1e-9
+
+#: The library and version stamped on every ledger entry.
+OPENDP_LIBRARY = "opendp==0.16.0"
+
+
+class Mechanism(StrEnum):
+    """The noise a release adds: Laplace under pure accounting, Gaussian under zCDP."""
+
+    LAPLACE = "laplace"
+    GAUSSIAN = "gaussian"
+
+
+class QueryKind(StrEnum):
+    """The release queries the coordinator answers."""
+
+    OVERLAP = "overlap"
+    COUNT_BY = "count-by"
+    HISTOGRAM = "histogram"
+    LINK_RATE = "link-rate"
+    CONFUSION = "confusion"
+
+
+class PrivacyLoss(PplinkModel):
+    """A privacy loss: one release's, or a running total.
+
+    Attributes:
+        epsilon: pure accounting: epsilon. zCDP: rho converted to epsilon at ``delta``.
+        rho: zCDP only: the zero-concentrated DP parameter (None under pure accounting).
+        delta: zCDP: the delta ``epsilon`` was converted at (the agreement's); pure: 0.
+    """
+
+    epsilon: Annotated[float, Field(ge=0.0)]
+    rho: Annotated[float, Field(ge=0.0)] | None = None
+    delta: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class Sensitivity(PplinkModel):
+    """How far adding or removing one person can move a query's vector of counts.
+
+    Attributes:
+        l1: sum of absolute changes (Laplace is calibrated to this).
+        l2: Euclidean norm of the change (the Gaussian is calibrated to this).
+    """
+
+    l1: Annotated[int, Field(gt=0)]
+    l2: Annotated[int, Field(gt=0)]
+
+    def for_mechanism(self, mechanism: Mechanism) -> int:
+        """The sensitivity in the metric ``mechanism`` is calibrated to.
+
+        >>> Sensitivity(l1=9, l2=3).for_mechanism(Mechanism.GAUSSIAN)
+        3
+        """
+        return self.l1 if mechanism is Mechanism.LAPLACE else self.l2
+
+
+# --- OpenDP, lazily ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def opendp() -> SimpleNamespace:
+    """The parts of OpenDP the accounting uses, with the ``contrib`` feature enabled.
+
+    Shaped like ``opendp.prelude`` (``dp.m``, ``dp.c``, ``dp.vector_domain``, ...), but built from
+    the submodules: ``opendp.prelude`` also imports ``opendp.extras.sklearn``, which pulls in
+    scikit-learn and SciPy when they are installed (about 3 s, against 0.4 s for these).
+
+    Raises:
+        DependencyMissingError: OpenDP is not installed.
+    """
+    try:
+        import opendp.combinators as combinators
+        import opendp.domains as domains
+        import opendp.measurements as measurements
+        import opendp.metrics as metrics
+        from opendp.mod import enable_features
+    except ImportError as exc:  # pragma: no cover - opendp is a core dependency
+        raise DependencyMissingError(
+            "privacy accounting needs OpenDP; install pplink with its default dependencies (opendp==0.16.0)"
+        ) from exc
+    # OpenDP gates every constructor we use behind "contrib" (see shared/FACTS.md).
+    enable_features("contrib")
+    return SimpleNamespace(
+        m=measurements, c=combinators, vector_domain=domains.vector_domain, atom_domain=domains.atom_domain,
+        l1_distance=metrics.l1_distance, l2_distance=metrics.l2_distance,
+        absolute_distance=metrics.absolute_distance,
+    )
+
+
+def count_measurement(mechanism: Mechanism, scale: float):  # noqa: ANN202 - opendp.mod.Measurement
+    """The measurement a release uses: integer noise added to a vector of integer counts.
+
+    Laplace: ``make_laplace`` over ``vector_domain(atom_domain(T=int))`` and ``l1_distance(T=int)``
+    (discrete Laplace, pure DP). Gaussian: ``make_gaussian`` over the same domain with
+    ``l2_distance(T=int)`` (discrete Gaussian, zCDP). Building it draws no noise.
+    """
+    dp = opendp()
+    if mechanism is Mechanism.LAPLACE:
+        space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+        return dp.m.make_laplace(*space, scale=float(scale))
+    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int)
+    return dp.m.make_gaussian(*space, scale=float(scale))
+
+
+# --- closed forms -----------------------------------------------------------------------------
+
+
+def laplace_epsilon(sensitivity: float, scale: float) -> float:
+    """Pure-DP loss of the Laplace mechanism: ``sensitivity / scale``.
+
+    >>> laplace_epsilon(1, 2.0)
+    0.5
+    >>> laplace_epsilon(9, 18.0)
+    0.5
+    """
+    return sensitivity / scale
+
+
+def gaussian_rho(sensitivity: float, scale: float) -> float:
+    """zCDP loss of the Gaussian mechanism: ``sensitivity**2 / (2 * scale**2)``.
+
+    >>> gaussian_rho(1, 4.0)
+    0.03125
+    >>> gaussian_rho(3, 3.0)
+    0.5
+    """
+    return sensitivity**2 / (2.0 * scale**2)
+
+
+# --- OpenDP-derived losses --------------------------------------------------------------------
+
+
+def zcdp_to_epsilon(rho: float, delta: float) -> float:
+    """Convert a zCDP ``rho`` to the epsilon of (epsilon, delta)-DP, with OpenDP's conversion.
+
+    OpenDP converts measurements, not numbers, so this wraps ``rho`` in a proxy Gaussian
+    measurement whose privacy map at ``d_in = 1`` is ``rho`` (rounded up, so never below it) and
+    converts that with ``make_zCDP_to_approxDP``. The conversion is tighter than the classic
+    ``rho + 2 * sqrt(rho * ln(1 / delta))``.
+
+    >>> round(zcdp_to_epsilon(1 / 32, 1e-6), 4)
+    1.1429
+    >>> zcdp_to_epsilon(0.0, 1e-6)
+    0.0
+    >>> zcdp_to_epsilon(1 / 32, 1e-6) < 1 / 32 + 2 * math.sqrt(1 / 32 * math.log(1e6))
+    True
+    """
+    if rho == 0.0:
+        return 0.0
+    if not (rho > 0.0 and math.isfinite(rho)):
+        raise ValueError(f"rho must be finite and non-negative, got {rho}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    dp = opendp()
+    space = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
+    proxy = dp.m.make_gaussian(*space, scale=1.0 / math.sqrt(2.0 * rho))
+    return float(dp.c.make_zCDP_to_approxDP(proxy).map(1.0).epsilon(delta))
+
+
+@lru_cache(maxsize=256)
+def rho_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest rho whose (epsilon, delta) conversion does not exceed ``epsilon``.
+
+    Found by bisection over :func:`zcdp_to_epsilon`, which is increasing in rho.
+
+    >>> rho = rho_for_epsilon(1.1429257095713568, 1e-6)
+    >>> abs(rho - 1 / 32) < 1e-9
+    True
+    >>> zcdp_to_epsilon(rho_for_epsilon(0.5, 1e-6), 1e-6) <= 0.5
+    True
+    """
+    if not (epsilon > 0.0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be positive and finite, got {epsilon}")
+    # rho <= epsilon always holds (the conversion adds a positive term to rho).
+    lo, hi = 0.0, float(epsilon)
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        # A relative precision of 1e-13 in rho is far below anything the noise could notice.
+        if mid in (lo, hi) or hi - lo <= 1e-13 * hi:
+            break
+        if zcdp_to_epsilon(mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def entry_loss(mechanism: Mechanism, sensitivity: int, scale: float, delta: float) -> PrivacyLoss:
+    """The privacy loss of one release, from OpenDP's privacy map of the measurement it used.
+
+    Laplace: ``epsilon = make_laplace(...).map(sensitivity)`` (= sensitivity / scale).
+    Gaussian: ``rho = make_gaussian(...).map(sensitivity)`` (= sensitivity² / 2σ²), and epsilon from
+    ``make_zCDP_to_approxDP(m).map(sensitivity).epsilon(delta)``.
+
+    Args:
+        mechanism: Laplace or Gaussian.
+        sensitivity: L1 (Laplace) or L2 (Gaussian) sensitivity, a positive integer.
+        scale: the noise scale (Laplace b, Gaussian σ).
+        delta: the agreement's delta (ignored for Laplace).
+
+    Returns:
+        The loss; ``rho`` is None for Laplace.
+
+    >>> entry_loss(Mechanism.LAPLACE, 1, 2.0, 0.0)
+    PrivacyLoss(epsilon=0.5, rho=None, delta=0.0)
+    >>> loss = entry_loss(Mechanism.GAUSSIAN, 1, 4.0, 1e-6)
+    >>> loss.rho, round(loss.epsilon, 4), loss.delta
+    (0.03125, 1.1429, 1e-06)
+    """
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ValueError(f"noise scale must be positive and finite, got {scale}")
+    if sensitivity <= 0:
+        raise ValueError(f"sensitivity must be positive, got {sensitivity}")
+    measurement = count_measurement(mechanism, scale)
+    if mechanism is Mechanism.LAPLACE:
+        return PrivacyLoss(epsilon=float(measurement.map(int(sensitivity))))
+    dp = opendp()
+    rho = float(measurement.map(int(sensitivity)))
+    epsilon = float(dp.c.make_zCDP_to_approxDP(measurement).map(int(sensitivity)).epsilon(delta))
+    return PrivacyLoss(epsilon=epsilon, rho=rho, delta=delta)
+
+
+def mechanism_for(accounting: Accounting) -> Mechanism:
+    """Laplace under pure accounting, Gaussian under zCDP.
+
+    >>> mechanism_for(Accounting.ZCDP)
+    <Mechanism.GAUSSIAN: 'gaussian'>
+    """
+    return Mechanism.LAPLACE if accounting is Accounting.PURE else Mechanism.GAUSSIAN
+
+
+def scale_for(
+    budget: PrivacyBudget, sensitivity: Sensitivity, *, epsilon: float | None = None, rho: float | None = None
+) -> tuple[Mechanism, int, float]:
+    """Choose the mechanism and noise scale that make one release cost what was asked.
+
+    Pure accounting: ``scale = l1 / epsilon`` (``rho`` is refused). zCDP: the request gives
+    ``rho`` directly, or ``epsilon``, read as the cost of this release alone at the agreement's
+    delta and turned into ``rho = rho_for_epsilon(epsilon, delta)``; then ``sigma = l2 / sqrt(2 rho)``.
+
+    Returns:
+        ``(mechanism, sensitivity in the mechanism's metric, scale)``.
+
+    Raises:
+        ReleaseError: neither or both of epsilon and rho, a non-positive value, or rho under pure.
+
+    >>> from pplink.agreement import PrivacyBudget
+    >>> scale_for(PrivacyBudget(epsilon=1, accounting="pure"), Sensitivity(l1=4, l2=2), epsilon=0.5)
+    (<Mechanism.LAPLACE: 'laplace'>, 4, 8.0)
+    >>> scale_for(PrivacyBudget(epsilon=1, accounting="zcdp"), Sensitivity(l1=1, l2=1), rho=1 / 32)
+    (<Mechanism.GAUSSIAN: 'gaussian'>, 1, 4.0)
+    """
+    if (epsilon is None) == (rho is None):
+        raise ReleaseError("give exactly one of epsilon or rho for a release")
+    asked = epsilon if epsilon is not None else rho
+    assert asked is not None
+    if not (asked > 0.0 and math.isfinite(asked)):
+        raise ReleaseError(f"the privacy loss asked for must be positive and finite, got {asked}")
+    mechanism = mechanism_for(budget.accounting)
+    d_in = sensitivity.for_mechanism(mechanism)
+    if mechanism is Mechanism.LAPLACE:
+        if rho is not None:
+            raise ReleaseError("the agreement uses pure accounting: ask for epsilon, not rho")
+        assert epsilon is not None
+        return mechanism, d_in, d_in / epsilon
+    if rho is None:
+        assert epsilon is not None
+        rho = rho_for_epsilon(epsilon, budget.delta)
+        if rho <= 0.0:
+            raise ReleaseError(f"epsilon {epsilon} is too small to give any rho at delta {budget.delta}")
+    return mechanism, d_in, d_in / math.sqrt(2.0 * rho)
+
+
+# --- composition and the budget ---------------------------------------------------------------
+
+
+def compose(losses: Sequence[PrivacyLoss], accounting: Accounting, delta: float) -> PrivacyLoss:
+    """Total privacy loss of a sequence of releases.
+
+    Pure: epsilons add (basic composition). zCDP: rhos add, and the sum is converted to epsilon
+    at the agreement's ``delta``.
+
+    >>> compose([PrivacyLoss(epsilon=0.25), PrivacyLoss(epsilon=0.5)], Accounting.PURE, 0.0)
+    PrivacyLoss(epsilon=0.75, rho=None, delta=0.0)
+    >>> total = compose([PrivacyLoss(epsilon=1.0, rho=1 / 64, delta=1e-6)] * 2, Accounting.ZCDP, 1e-6)
+    >>> total.rho, round(total.epsilon, 4)
+    (0.03125, 1.1429)
+    >>> compose([], Accounting.ZCDP, 1e-6)
+    PrivacyLoss(epsilon=0.0, rho=0.0, delta=1e-06)
+    """
+    if accounting is Accounting.PURE:
+        return PrivacyLoss(epsilon=math.fsum(loss.epsilon for loss in losses))
+    rhos = []
+    for loss in losses:
+        if loss.rho is None:
+            raise ValueError("a zCDP total needs rho on every loss")
+        rhos.append(loss.rho)
+    rho = math.fsum(rhos)
+    return PrivacyLoss(epsilon=zcdp_to_epsilon(rho, delta), rho=rho, delta=delta)
+
+
+def within_budget(epsilon: float, budget_epsilon: float) -> bool:
+    """Whether a total epsilon fits the budget, allowing :data:`BUDGET_SLACK` for OpenDP's rounding.
+
+    >>> within_budget(1.0000000000000002, 1.0), within_budget(1.001, 1.0)
+    (True, False)
+    """
+    return epsilon <= budget_epsilon * (1.0 + BUDGET_SLACK)
+
+
+def remaining_epsilon(spent: PrivacyLoss, budget: PrivacyBudget) -> float:
+    """Budget epsilon minus the epsilon spent so far (never below zero).
+
+    >>> from pplink.agreement import PrivacyBudget
+    >>> remaining_epsilon(PrivacyLoss(epsilon=0.75), PrivacyBudget(epsilon=1, accounting="pure"))
+    0.25
+    """
+    return max(0.0, budget.epsilon - spent.epsilon)
+
+
+def check_budget(spent: PrivacyLoss, request: PrivacyLoss, budget: PrivacyBudget) -> PrivacyLoss:
+    """The total after ``request``; refuses it if that would exceed the budget.
+
+    Args:
+        spent: the total of the releases on the ledger.
+        request: the loss of the release being asked for.
+        budget: the agreement's budget.
+
+    Returns:
+        The new total.
+
+    Raises:
+        BudgetExceededError: spent, requested and remaining are named in the message.
+
+    >>> from pplink.agreement import PrivacyBudget
+    >>> b = PrivacyBudget(epsilon=1.0, accounting="pure")
+    >>> check_budget(PrivacyLoss(epsilon=0.5), PrivacyLoss(epsilon=0.5), b).epsilon
+    1.0
+    >>> check_budget(PrivacyLoss(epsilon=0.75), PrivacyLoss(epsilon=0.5), b)
+    Traceback (most recent call last):
+    ...
+    pplink.errors.BudgetExceededError: release refused: spent epsilon=0.75, requested epsilon=0.5, remaining epsilon=0.25 of 1 (pure accounting)
+    """
+    total = compose([spent, request], budget.accounting, budget.delta)
+    if not within_budget(total.epsilon, budget.epsilon):
+        remaining = remaining_epsilon(spent, budget)
+        if budget.accounting is Accounting.PURE:
+            detail = (
+                f"spent epsilon={spent.epsilon:.6g}, requested epsilon={request.epsilon:.6g}, "
+                f"remaining epsilon={remaining:.6g} of {budget.epsilon:g} (pure accounting)"
+            )
+        else:
+            rho_budget = rho_for_epsilon(budget.epsilon, budget.delta)
+            detail = (
+                f"spent rho={spent.rho or 0.0:.6g} (epsilon={spent.epsilon:.6g}), requested rho={request.rho or 0.0:.6g}, "
+                f"remaining rho={max(0.0, rho_budget - (spent.rho or 0.0)):.6g} (epsilon={remaining:.6g}) "
+                f"of epsilon {budget.epsilon:g} at delta {budget.delta:g}; together they would reach "
+                f"epsilon={total.epsilon:.6g} (zcdp accounting)"
+            )
+        raise BudgetExceededError(f"release refused: {detail}")
+    return total
+
+
+def losses_agree(claimed: float, derived: float) -> bool:
+    """Whether a claimed loss equals a re-derived one within :data:`CLAIM_TOLERANCE`.
+
+    >>> losses_agree(0.5, 0.5), losses_agree(0.1, 0.5)
+    (True, False)
+    """
+    return math.isclose(claimed, derived, rel_tol=CLAIM_TOLERANCE, abs_tol=1e-15)
+
+
+# --- per-query sensitivity --------------------------------------------------------------------
+
+
+def query_sensitivity(kind: QueryKind, n_parties: int) -> Sensitivity:
+    """How far one person (one linked cluster) can move a query's vector of counts.
+
+    Every query counts each person once, from a per-person value (see ``docs/privacy-accounting.md``):
+
+    * ``overlap``: the person sits in exactly one agency-combination cell -> L1 = L2 = 1.
+    * ``count-by`` (crossed with combination or not) and ``histogram``: one cell -> 1.
+    * ``confusion``: one (group, outcome) cell -> 1.
+    * ``link-rate``: a person at k agencies adds 1 to k denominators (people at A with value v) and
+      to k(k-1)/2 numerators (people at both A and B, an unordered pair, which serves as the
+      numerator of both the A-in-B and the B-in-A rate) -> L1 = N + N(N-1)/2 = N(N+1)/2, and
+      L2 = sqrt(N(N+1)/2), rounded up to an integer because OpenDP's integer L2 metric takes
+      integer distances (an upper bound, so the stated loss is never too low).
+
+    >>> query_sensitivity(QueryKind.OVERLAP, 4)
+    Sensitivity(l1=1, l2=1)
+    >>> query_sensitivity(QueryKind.LINK_RATE, 3)
+    Sensitivity(l1=6, l2=3)
+    >>> query_sensitivity(QueryKind.LINK_RATE, 2)
+    Sensitivity(l1=3, l2=2)
+    """
+    if kind is QueryKind.LINK_RATE:
+        if n_parties < 2:
+            raise ValueError("link-rate needs at least two agencies")
+        l1 = n_parties * (n_parties + 1) // 2
+        return Sensitivity(l1=l1, l2=math.isqrt(l1 - 1) + 1)  # ceil(sqrt(l1))
+    return Sensitivity(l1=1, l2=1)

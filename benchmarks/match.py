@@ -1,0 +1,463 @@
+"""Benchmark the coordinator's matching: pplink (blocked) against plain anonlink all-pairs.
+
+Synthetic people (clkhash's bundled name frequencies, random dates of birth and UK-style
+postcodes) are spread over ``--agencies`` agencies of ``--records`` records each; each agency's
+copy of a person gets its own typos, so true matches score Dice ~0.75-1.0. The people are encoded
+once with clkhash (schema v3, bigrams, blakeHash, 1024 bits) and cached under ``--cache-dir``.
+
+Each run prints one JSON line (parameters, versions, seconds, comparisons per second, peak memory,
+precision/recall/F1 against the known truth, blocking recall loss), then a table. Each run
+executes in a fresh child process so that its peak RSS is its own (``--no-isolate`` runs
+in-process and reports the tracemalloc peak instead).
+
+When all-pairs would exceed ``--all-pairs-max-comparisons`` (2 x 1M records is 1e12 pairs, nearly
+two hours here), it runs on a subset of the people (every record of a random subset of
+entities, so match density is kept) next to pplink on the same subset, and says so; its
+full-size time is then an estimate from its measured rate.
+
+Usage::
+
+    uv run python benchmarks/match.py --agencies 4 --records 100000
+    uv run python benchmarks/match.py --agencies 2 --records 1000000 --all-pairs-max-comparisons 2e10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Sequence
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Bump when the generator changes so that stale caches are not reused.
+GENERATOR_VERSION = 1
+SECRET = "pplink benchmark secret (synthetic data only)"
+
+SCHEMA: dict[str, Any] = {
+    "version": 3,
+    "clkConfig": {
+        "l": 1024,
+        "kdf": {"type": "HKDF", "hash": "SHA256", "salt": "", "info": "", "keySize": 64},
+    },
+    "features": [
+        {
+            "identifier": "given_name",
+            "format": {"type": "string", "encoding": "utf-8", "case": "lower"},
+            "hashing": {
+                "comparison": {"type": "ngram", "n": 2},
+                "strategy": {"bitsPerToken": 15},
+                "hash": {"type": "blakeHash"},
+                "missingValue": {"sentinel": ""},
+            },
+        },
+        {
+            "identifier": "surname",
+            "format": {"type": "string", "encoding": "utf-8", "case": "lower"},
+            "hashing": {
+                "comparison": {"type": "ngram", "n": 2},
+                "strategy": {"bitsPerToken": 15},
+                "hash": {"type": "blakeHash"},
+                "missingValue": {"sentinel": ""},
+            },
+        },
+        {
+            "identifier": "dob",
+            "format": {"type": "string", "encoding": "utf-8"},
+            "hashing": {
+                "comparison": {"type": "ngram", "n": 1, "positional": True},
+                "strategy": {"bitsPerToken": 10},
+                "hash": {"type": "blakeHash"},
+            },
+        },
+        {
+            "identifier": "sex",
+            "format": {"type": "enum", "values": ["f", "m"]},
+            "hashing": {
+                "comparison": {"type": "ngram", "n": 1},
+                "strategy": {"bitsPerToken": 20},
+                "hash": {"type": "blakeHash"},
+            },
+        },
+        {
+            "identifier": "postcode",
+            "format": {"type": "string", "encoding": "utf-8", "case": "upper"},
+            "hashing": {
+                "comparison": {"type": "ngram", "n": 2},
+                "strategy": {"bitsPerToken": 10},
+                "hash": {"type": "blakeHash"},
+                "missingValue": {"sentinel": ""},
+            },
+        },
+    ],
+}
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_POSTCODE_LETTERS = np.array(list("ABCDEFGHJKLMNOPRSTUWY"))
+_ENCODE_CHUNK = 100_000
+
+
+# --- synthetic people -------------------------------------------------------------------------
+
+
+def _name_table(filename: str) -> tuple[np.ndarray, np.ndarray]:
+    """Names and their frequencies from clkhash's bundled (synthetic-use) name lists."""
+    with (resources.files("clkhash") / "data" / filename).open() as f:
+        reader = csv.reader(f)
+        next(reader)
+        rows = [(row[0].strip().lower(), int(row[1])) for row in reader if row and row[0].strip()]
+    weights = np.array([count for _, count in rows], dtype=np.float64)
+    return np.array([name for name, _ in rows]), weights / weights.sum()
+
+
+class Population:
+    """A seeded population of synthetic people, stored compactly as integer columns."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.female, female_w = _name_table("female-first-names.csv")
+        self.male, male_w = _name_table("male-first-names.csv")
+        self.surnames, surname_w = _name_table("last-names.csv")
+        self.is_female = rng.random(size) < 0.5
+        self.given = np.where(
+            self.is_female,
+            rng.choice(len(self.female), size, p=female_w),
+            rng.choice(len(self.male), size, p=male_w),
+        )
+        self.surname = rng.choice(len(self.surnames), size, p=surname_w)
+        self.dob = (np.datetime64("1940-01-01") + rng.integers(0, 365 * 85, size).astype("timedelta64[D]")).astype(str)
+        letters = rng.integers(0, len(_POSTCODE_LETTERS), (size, 4))
+        self.postcode_letters = _POSTCODE_LETTERS[letters]
+        self.postcode_digits = np.stack([rng.integers(1, 30, size), rng.integers(0, 10, size)], axis=1)
+
+    def row(self, i: int) -> list[str]:
+        """The person's identifier fields in schema order."""
+        given = self.female[self.given[i]] if self.is_female[i] else self.male[self.given[i]]
+        a, b, c, d = self.postcode_letters[i]
+        district, sector = self.postcode_digits[i]
+        postcode = f"{a}{b}{district} {sector}{c}{d}"
+        return [str(given), str(self.surnames[self.surname[i]]), str(self.dob[i]), "f" if self.is_female[i] else "m", postcode]
+
+
+def _typo(value: str, rng: np.random.Generator) -> str:
+    if len(value) < 2:
+        return value
+    op, i = int(rng.integers(4)), int(rng.integers(len(value)))
+    letter = _LETTERS[int(rng.integers(26))]
+    if op == 0:
+        return value[:i] + letter + value[i + 1 :]
+    if op == 1:
+        return value[:i] + value[i + 1 :]
+    if op == 2:
+        return value[:i] + letter + value[i:]
+    i = min(i, len(value) - 2)
+    return value[:i] + value[i + 1] + value[i] + value[i + 2 :]
+
+
+def corrupt(row: list[str], rng: np.random.Generator) -> list[str]:
+    """One agency's copy of a person: 0-3 typos in names, date digits or postcode, or a lost postcode."""
+    row = list(row)
+    for _ in range(int(rng.choice(4, p=[0.35, 0.4, 0.2, 0.05]))):
+        field = int(rng.choice(4, p=[0.3, 0.3, 0.2, 0.2]))
+        if field < 2:
+            row[field] = _typo(row[field], rng)
+        elif field == 2:
+            i = int(rng.choice([2, 3, 5, 6, 8, 9]))
+            row[2] = row[2][:i] + str(int(rng.integers(10))) + row[2][i + 1 :]
+        elif rng.random() < 0.3:
+            row[4] = ""
+        else:
+            row[4] = _typo(row[4], rng).upper()
+    return row
+
+
+def _encode(rows: list[list[str]]) -> np.ndarray:
+    from clkhash import clk
+    from clkhash.schema import from_json_dict
+
+    clks = clk.generate_clks(rows, from_json_dict(SCHEMA), SECRET)
+    return np.frombuffer(b"".join(c.tobytes() for c in clks), dtype=np.uint8).reshape(len(clks), -1)
+
+
+def make_encodings(agencies: int, records: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Encode ``agencies`` datasets of ``records`` synthetic records; return encodings and entity ids.
+
+    The population has ``2 * records`` people, so any two agencies share about half their people.
+
+    Args:
+        agencies: number of datasets.
+        records: records per dataset.
+        seed: seeds people, sampling and typos.
+
+    Returns:
+        ``(encodings, entities)``: per agency a ``uint8 (records, 128)`` array and an int64
+        array of the entity each row belongs to.
+    """
+    rng = np.random.default_rng(seed)
+    population = Population(2 * records, rng)
+    encodings, entities = [], []
+    for _ in range(agencies):
+        ids = rng.choice(2 * records, records, replace=False)
+        parts = []
+        for first in range(0, records, _ENCODE_CHUNK):
+            rows = [corrupt(population.row(int(i)), rng) for i in ids[first : first + _ENCODE_CHUNK]]
+            parts.append(_encode(rows))
+        encodings.append(np.concatenate(parts) if parts else np.zeros((0, 128), dtype=np.uint8))
+        entities.append(ids.astype(np.int64))
+    return encodings, entities
+
+
+def cached_encodings(cache_dir: Path, agencies: int, records: int, seed: int) -> Path:
+    """Path of the cached encodings for these parameters, generating them first if needed."""
+    path = cache_dir / f"encodings-v{GENERATOR_VERSION}-a{agencies}-n{records}-s{seed}.npz"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        encodings, entities = make_encodings(agencies, records, seed)
+        arrays = {f"enc{d}": e for d, e in enumerate(encodings)} | {f"ent{d}": e for d, e in enumerate(entities)}
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    return path
+
+
+def load_encodings(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Load cached encodings and entity ids."""
+    with np.load(path) as data:
+        agencies = sum(1 for name in data.files if name.startswith("enc"))
+        return [data[f"enc{d}"] for d in range(agencies)], [data[f"ent{d}"] for d in range(agencies)]
+
+
+def entity_subset(entities: Sequence[np.ndarray], fraction: float, seed: int) -> list[np.ndarray]:
+    """Row indices, per agency, of every record of a random ``fraction`` of the entities."""
+    if fraction >= 1.0:
+        return [np.arange(len(e)) for e in entities]
+    top = int(max((e.max() for e in entities if len(e)), default=0)) + 1
+    chosen = np.random.default_rng(seed).random(top) < fraction
+    return [np.flatnonzero(chosen[e]) for e in entities]
+
+
+# --- quality ------------------------------------------------------------------------------------
+
+
+def _pairs_within(groups: np.ndarray, agency: np.ndarray, n_agencies: int) -> np.ndarray:
+    """Codes of every cross-agency pair of records that share a group label."""
+    order = np.lexsort((agency, groups))
+    groups, ids = groups[order], order
+    codes = []
+    for step in range(1, n_agencies):
+        same = groups[step:] == groups[:-step]
+        first, second = ids[:-step][same], ids[step:][same]
+        lo, hi = np.minimum(first, second), np.maximum(first, second)
+        codes.append(lo * len(groups) + hi)
+    return np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+
+
+def linkage_quality(labels: Sequence[np.ndarray], entities: Sequence[np.ndarray]) -> dict[str, float]:
+    """Pairwise precision, recall and F1 of clusters against the true entities."""
+    agency = np.concatenate([np.full(len(e), d) for d, e in enumerate(entities)])
+    predicted = _pairs_within(np.concatenate(labels), agency, len(entities))
+    truth = _pairs_within(np.concatenate(entities), agency, len(entities))
+    true_positive = len(np.intersect1d(predicted, truth, assume_unique=True))
+    precision = true_positive / len(predicted) if len(predicted) else 1.0
+    recall = true_positive / len(truth) if len(truth) else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6), "true_pairs": len(truth)}
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def _measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one match (in whatever process calls it) and return its stats and labels."""
+    from coordinator.blocking import BlockingConfig
+    from coordinator.match import match_clks, measure_blocking_recall
+
+    encodings, _ = load_encodings(Path(job["cache"]))
+    if job.get("rows") is not None:
+        encodings = [e[rows] for e, rows in zip(encodings, job["rows"], strict=True)]
+    blocking = BlockingConfig(**job["blocking"]) if job["blocking"] is not None else None
+    if job["kind"] == "recall":
+        assert blocking is not None
+        report = measure_blocking_recall(encodings, job["threshold"], blocking=blocking, workers=job["workers"])
+        return {"recall": report.model_dump(mode="json")}
+    result = match_clks(
+        encodings, job["threshold"], blocking=blocking, workers=job["workers"], histogram_bins=None
+    )
+    return {"stats": result.stats.model_dump(mode="json"), "labels": list(result.labels)}
+
+
+def _child(job: dict[str, Any], conn: Any) -> None:
+    try:
+        out = _measure(job)
+        out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(out)
+    except BaseException as err:  # report, don't hang the parent
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+    finally:
+        conn.close()
+
+
+def run_job(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
+    """Run a job in a fresh child (peak RSS) or in-process (tracemalloc peak)."""
+    started = time.perf_counter()
+    if isolate:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_child, args=(job, child))
+        process.start()
+        child.close()
+        out = parent.recv()
+        process.join()
+        if "error" in out:
+            raise RuntimeError(f"benchmark child failed: {out['error']}")
+        out["memory_method"] = "child ru_maxrss (includes the loaded encodings)"
+    else:
+        tracemalloc.start()
+        try:
+            out = _measure(job)
+            out["peak_memory_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+        out["memory_method"] = "tracemalloc peak (in-process)"
+    out["wall_s"] = time.perf_counter() - started
+    return out
+
+
+def _versions() -> dict[str, str]:
+    names = ("anonlink", "clkhash", "numpy", "pplink")
+    return {name: metadata.version(name) for name in names} | {"python": platform.python_version()}
+
+
+def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequence[np.ndarray], note: str) -> dict:
+    stats = out["stats"]
+    sizes = stats["records"]
+    all_pairs = sum(sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
+    quality = linkage_quality(out["labels"], entities)
+    seconds = stats["seconds_total"]
+    return {
+        "run": run,
+        "agencies": args.agencies,
+        "records": list(stats["records"]),
+        "seed": args.seed,
+        "threshold": args.threshold,
+        "workers": args.workers,
+        "seconds": round(seconds, 3),
+        "seconds_comparing": round(stats["seconds_comparing"], 3),
+        "comparisons": stats["comparisons"],
+        "fraction_of_all_pairs_compared": round(stats["comparisons"] / all_pairs, 6) if all_pairs else None,
+        "pairs_per_s": round(stats["comparisons"] / stats["seconds_comparing"]) if stats["seconds_comparing"] else None,
+        "peak_memory_mb": round(out["peak_memory_mb"], 1),
+        "memory_method": out["memory_method"],
+        "candidate_pairs": stats["candidate_pairs"],
+        "clusters": stats["clusters"],
+        **quality,
+        "blocking": stats["blocking"],
+        "note": note,
+        "versions": _versions(),
+    }
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    head = f"{'run':<28} {'records':>18} {'seconds':>9} {'pairs/s':>10} {'peak MB':>8} {'F1':>8} {'recall loss':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        records = "x".join(str(n) for n in r["records"]) if len(set(r["records"])) > 1 else f"{len(r['records'])}x{r['records'][0]}"
+        pps = f"{r['pairs_per_s']:.2e}" if r.get("pairs_per_s") else "-"
+        loss = f"{r['blocking_recall_loss']:.4%}" if r.get("blocking_recall_loss") is not None else "-"
+        f1 = f"{r['f1']:.4f}" if r.get("f1") is not None else "-"
+        print(f"{r['run']:<28} {records:>18} {r['seconds']:>9.2f} {pps:>10} {r['peak_memory_mb']:>8.0f} {f1:>8} {loss:>11}")
+    for r in rows:
+        if r.get("note"):
+            print(f"note ({r['run']}): {r['note']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print one JSON line per run, then a table.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        The process exit status.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agencies", type=int, default=2)
+    parser.add_argument("--records", type=int, default=10_000, help="records per agency")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--all-pairs", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run plain anonlink all-pairs on the same encodings")
+    parser.add_argument("--all-pairs-max-comparisons", type=float, default=1e11,
+                        help="above this, all-pairs runs on an entity subset of this many comparisons")
+    parser.add_argument("--recall-max-comparisons", type=float, default=4e9,
+                        help="all-pairs comparisons allowed for measuring blocking recall loss (entity subset)")
+    parser.add_argument("--bands", type=int, default=None, help="override BlockingConfig.bands")
+    parser.add_argument("--bits-per-band", type=int, default=None, help="override BlockingConfig.bits_per_band")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/pplink-bench-cache"))
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                        help="run each match in a fresh child process to measure its peak RSS")
+    args = parser.parse_args(argv)
+
+    from coordinator.blocking import BlockingConfig
+
+    overrides = {k: v for k, v in (("bands", args.bands), ("bits_per_band", args.bits_per_band)) if v is not None}
+    blocking = BlockingConfig(**overrides).model_dump()
+    generated = time.perf_counter()
+    cache = cached_encodings(args.cache_dir, args.agencies, args.records, args.seed)
+    print(f"# encodings ready in {time.perf_counter() - generated:.1f}s: {cache}", file=sys.stderr)
+    _, entities = load_encodings(cache)
+    sizes = [len(e) for e in entities]
+    full_comparisons = sum(sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
+    base = {"cache": str(cache), "threshold": args.threshold, "workers": args.workers}
+    rows = []
+
+    # Blocking recall loss against all-pairs, on an entity subset small enough to compare all pairs.
+    fraction = min(1.0, (args.recall_max_comparisons / full_comparisons) ** 0.5) if full_comparisons else 1.0
+    subset = entity_subset(entities, fraction, args.seed)
+    recall = run_job(base | {"kind": "recall", "blocking": blocking, "rows": subset if fraction < 1 else None}, args.isolate)["recall"]
+    recall_note = "measured on all records" if fraction >= 1 else f"measured on the records of {fraction:.1%} of entities"
+
+    out = run_job(base | {"kind": "match", "blocking": blocking}, args.isolate)
+    row = _row("pplink-blocked", args, out, entities, "")
+    row["blocking_recall_loss"] = recall["recall_loss"]
+    row["blocking_recall"] = recall | {"note": recall_note}
+    rows.append(row)
+
+    if args.all_pairs:
+        if full_comparisons <= args.all_pairs_max_comparisons:
+            out = run_job(base | {"kind": "match", "blocking": None}, args.isolate)
+            rows.append(_row("anonlink-all-pairs", args, out, entities, "anonlink dice_coefficient_accelerated, all pairs"))
+        else:
+            fraction = (args.all_pairs_max_comparisons / full_comparisons) ** 0.5
+            subset = entity_subset(entities, fraction, args.seed + 1)
+            sub_entities = [e[rows_] for e, rows_ in zip(entities, subset, strict=True)]
+            note = (
+                f"all-pairs infeasible at full size ({full_comparisons:.2e} comparisons): both runs on the records "
+                f"of {fraction:.1%} of entities"
+            )
+            out = run_job(base | {"kind": "match", "blocking": blocking, "rows": subset}, args.isolate)
+            rows.append(_row("pplink-blocked-subset", args, out, sub_entities, note))
+            out = run_job(base | {"kind": "match", "blocking": None, "rows": subset}, args.isolate)
+            row = _row("anonlink-all-pairs-subset", args, out, sub_entities, note)
+            if row["pairs_per_s"]:
+                row["estimated_full_seconds"] = round(full_comparisons / row["pairs_per_s"])
+                row["note"] += f"; full-size all-pairs estimated at {row['estimated_full_seconds']} s from its rate"
+            rows.append(row)
+    for r in rows:
+        print(json.dumps(r, sort_keys=True))
+    _print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

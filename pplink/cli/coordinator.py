@@ -79,3 +79,209 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
     click.echo(f"  comparisons: {stats.comparisons:,} ({stats.comparisons_per_second / 1e6:.0f} M/s), "
                f"candidate pairs: {stats.candidate_pairs:,}")
     click.echo("Send each agency only its own map; they run `pplink node resolve`.")
+
+
+def _default_keys_dir(agreement_path: Path) -> Path:
+    # `pplink agreement init` puts keys in a `keys` folder next to the agreement by default.
+    return agreement_path.parent / "keys"
+
+
+@coordinator.command("certs")
+@click.option("--dir", "certs_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for ca.crt, ca.key, server.pem and server.key (refuses to overwrite).")
+@click.option("--ip", "ips", multiple=True, default=("127.0.0.1",), show_default=True,
+              help="IP address the SuperLink is reached at (repeatable).")
+@click.option("--dns", "dns_names", multiple=True, default=("localhost",), show_default=True,
+              help="DNS name the SuperLink is reached at (repeatable).")
+def certs_command(certs_dir: Path, ips: tuple[str, ...], dns_names: tuple[str, ...]) -> None:
+    """Create a test CA and the SuperLink's TLS certificate (pilots and tests; use your own CA in production)."""
+    from coordinator.certs import create_test_certificates
+
+    files = create_test_certificates(certs_dir, ip_addresses=ips, dns_names=dns_names)
+    click.echo(f"CA certificate     {files.ca_cert}  (give it to every agency: --root-certificates)")
+    click.echo(f"CA key             {files.ca_key}  (mode 0600; keep it offline)")
+    click.echo(f"server certificate {files.server_cert}  for {', '.join([*ips, *dns_names])}")
+    click.echo(f"server key         {files.server_key}  (mode 0600)")
+
+
+@coordinator.command("serve")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--dir", "state_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The coordinator's state folder (Flower's database, run records, round outputs).")
+@click.option("--address", default="127.0.0.1:9091", show_default=True, help="HOST:PORT the SuperLink listens on.")
+@click.option("--certs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with ca.crt, server.pem, server.key (default: STATE/certs).")
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with each agency's <party>.flwr.pub (default: 'keys' next to the agreement).")
+@click.option("--insecure", is_flag=True, help="No TLS and no node authentication. For tests only.")
+def serve_command(agreement_path: Path, state_dir: Path, address: str, certs_dir: Path | None,
+                  keys_dir: Path | None, insecure: bool) -> None:
+    """Run the coordinator's Flower SuperLink (TLS, agencies' node keys registered) until stopped."""
+    import signal
+    import sys
+
+    from coordinator.superlink import ServeSettings, serve
+    from pplink.agreement import load_agreement
+
+    config = load_agreement(agreement_path)
+    settings = ServeSettings(agreement=config, state_dir=state_dir, address=address, certs_dir=certs_dir,
+                             keys_dir=keys_dir or _default_keys_dir(agreement_path), insecure=insecure)
+
+    def ready(info: dict[str, object]) -> None:
+        mode = "INSECURE (no TLS, no node authentication; tests only)" if insecure else "TLS, node authentication"
+        click.echo(f"SuperLink listening on {address}: {mode}")
+        registered = info.get("registered") or []
+        if registered:
+            click.echo(f"  registered nodes: {', '.join(map(str, registered))}")
+        if info.get("interrupted_runs"):
+            click.echo(f"  runs interrupted by the last stop: {', '.join(map(str, info['interrupted_runs']))}")
+        click.echo(f"  state: {state_dir}  (log: {info['log']})")
+        click.echo(f"  start a round with: pplink coordinator run --agreement {agreement_path} --dir {state_dir}")
+        click.echo("Press Ctrl-C to stop.")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through serve(), which stops the SuperLink
+    try:
+        status = serve(settings, on_ready=ready)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+        return
+    if status:
+        from pplink.errors import TransportError
+
+        raise TransportError(f"the SuperLink exited with status {status}; see {state_dir / 'superlink.log'}")
+
+
+def _error_for(code: int | None, message: str):  # type: ignore[no-untyped-def]
+    """The pplink error class with this code (TransportError if none), carrying ``message``."""
+    from pplink.errors import PplinkError, TransportError
+
+    def walk(cls: type[PplinkError]):  # type: ignore[no-untyped-def]
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from walk(sub)
+
+    for cls in walk(PplinkError):
+        if cls.code == code:
+            return cls(message)
+    return TransportError(message)
+
+
+def _render_run(record, output_format: str) -> None:  # type: ignore[no-untyped-def]
+    if output_format == "json":
+        click.echo(record.model_dump_json(indent=2))
+        return
+    click.echo(f"run {record.run_id}: {record.status.value} ({record.phase.value}), started {record.started}")
+    for party, n in record.records.items():
+        click.echo(f"  {party:<14} {n:>9} records")
+    if record.entities is not None:
+        click.echo(f"  entities: {record.entities} ({record.linked_entities} found at two or more agencies)")
+    if record.missing:
+        click.echo(f"  missing (round continued without): {', '.join(record.missing)}")
+    for party, why in sorted(record.problems.items()):
+        click.echo(f"  {party}: {why}")
+    if record.output_dir:
+        click.echo(f"  coordinator outputs: {record.output_dir}")
+    if record.seconds:
+        click.echo("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in record.seconds.items()))
+
+
+@coordinator.command("run")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--dir", "state_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The state folder of the running `pplink coordinator serve`.")
+@click.option("--key", "key_path", type=existing_file, default=None,
+              help="The coordinator's private signing key (default: keys/coordinator.key next to the agreement).")
+@click.option("--wait-nodes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for every agency's node to be online.")
+@click.option("--reply-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds to wait for the agencies' replies to one step.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for comparison.")
+@FORMAT_OPTION
+def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wait_nodes: float,
+                reply_timeout: float, workers: int, output_format: str) -> None:
+    """Run one match round over Flower with every connected agency and wait for it to finish."""
+    from coordinator.flower_app import RunSettings, launch_round
+    from coordinator.match_round import check_coordinator_key
+    from coordinator.run_records import RunStatus
+    from pplink.agreement import load_agreement
+    from pplink.crypto import load_private_key
+    from pplink.errors import UsageError
+
+    config = load_agreement(agreement_path)
+    if key_path is None:
+        key_path = _default_keys_dir(agreement_path) / "coordinator.key"
+        if not key_path.is_file():
+            raise UsageError(f"{key_path}: not found; give the coordinator's signing key with --key")
+    check_coordinator_key(config, load_private_key(key_path))
+    shown: list[tuple[str, tuple[str, ...]]] = []
+
+    def progress(record) -> None:  # type: ignore[no-untyped-def]
+        view = (record.phase.value, record.waiting_for)
+        if output_format == "json" or (shown and shown[-1] == view):
+            return
+        shown.append(view)
+        waiting = f" (waiting for {', '.join(record.waiting_for)})" if record.waiting_for else ""
+        click.echo(f"[{record.phase.value}]{waiting}", err=True)
+
+    record = launch_round(RunSettings(agreement=config, agreement_path=agreement_path, key_path=key_path,
+                                      state_dir=state_dir, wait_nodes=wait_nodes, reply_timeout=reply_timeout,
+                                      workers=workers), on_update=progress)
+    _render_run(record, output_format)
+    if record.status is not RunStatus.FINISHED:
+        raise _error_for(record.error_code, f"run {record.run_id} failed: {record.error}")
+
+
+@coordinator.command("runs")
+@click.option("--dir", "state_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The coordinator's state folder.")
+@click.option("--run", "run_id", default=None, help="Show one run in full.")
+@FORMAT_OPTION
+def runs_command(state_dir: Path, run_id: str | None, output_format: str) -> None:
+    """List the match rounds run over Flower and how each ended (also after a restart)."""
+    from coordinator.run_records import list_run_records, read_run_record
+
+    if run_id is not None:
+        _render_run(read_run_record(state_dir, run_id), output_format)
+        return
+    records = list_run_records(state_dir)
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    if not records:
+        click.echo(f"no runs recorded in {state_dir}")
+        return
+    for r in records:
+        outcome = r.error.splitlines()[0][:80] if r.error else (f"{r.entities} entities" if r.entities else "")
+        click.echo(f"{r.run_id}  {r.started}  {r.status.value:<11} {r.phase.value:<17} {outcome}")
+
+
+@coordinator.command("suggest-threshold")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.argument("encodings", nargs=-1, required=True, type=existing_file)
+@click.option("--bins", type=click.IntRange(min=10, max=1000), default=100, show_default=True,
+              help="Histogram bins over [0, 1].")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for comparison.")
+@FORMAT_OPTION
+def suggest_threshold_command(agreement_path: Path, encodings: tuple[Path, ...], bins: int, workers: int,
+                              output_format: str) -> None:
+    """Propose a Dice threshold from the similarity distribution of the blocked candidate pairs.
+
+    The suggestion is the valley between the non-match and match modes. The histogram is for the
+    coordinator's eyes: it describes pairs of encodings, not people, and is not a DP release.
+    """
+    from coordinator.match import similarity_histogram
+    from coordinator.match_round import load_inputs
+    from coordinator.threshold import analyse_threshold, render_histogram
+    from pplink.agreement import load_agreement
+
+    config = load_agreement(agreement_path)
+    files = load_inputs(config, encodings)
+    histogram = similarity_histogram([f.clks for f in files], bins=bins, workers=workers)
+    suggestion = analyse_threshold(histogram)
+    if output_format == "json":
+        click.echo(json.dumps({"suggestion": suggestion.model_dump(mode="json"), "counts": list(histogram.counts),
+                               "agreement_threshold": config.linkage.threshold}))
+        return
+    click.echo(render_histogram(histogram, suggestion=suggestion.threshold))
+    click.echo(f"suggested threshold: {suggestion.threshold:.3f} ({suggestion.reason})")
+    click.echo(f"the agreement's threshold: {config.linkage.threshold}; changing it means a new agreement id.")

@@ -117,3 +117,20 @@ def test_missing_party_allowed_by_agreement(tmp_path: Path) -> None:
     summary = run_match_round(setup.agreement, setup.key("coordinator"), paths, tmp_path / "out", workers=1)
     assert summary.missing == ("social_care", "police")
     assert sorted(summary.maps) == ["health", "school"]
+
+
+def test_suggest_threshold_cli_finds_the_valley(setup: Setup, round_inputs: dict[str, Path]) -> None:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from pplink.cli.main import cli
+
+    args = ["coordinator", "suggest-threshold", "--agreement", str(setup.agreement_path),
+            *map(str, round_inputs.values()), "--workers", "1"]
+    text = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert text.exit_code == 0 and "suggested threshold" in text.output
+    data = _json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).output)
+    # Synthetic matches score ~0.9+, strangers ~0.4: the valley lies between them.
+    assert 0.6 < data["suggestion"]["threshold"] < 0.92
+    assert sum(data["counts"]) > 0

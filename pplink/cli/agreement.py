@@ -20,13 +20,14 @@ def agreement() -> None:
 @agreement.command("init")
 @click.option("--parties", required=True, help="Comma-separated agency ids, e.g. social_care,school,health,police.")
 @click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where party keys live. Existing <party>.pub files are used; missing keys are created. "
+              help="Where party keys live. Existing <party>.pub files are used; missing keys are created, "
+                   "with each agency's Flower node key (<party>.flwr, <party>.flwr.pub). "
                    "Default: a 'keys' folder next to the agreement.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Agreement file to write (refuses to overwrite).")
 def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
     """Write a valid, commented default agreement, creating or reusing every party's keys."""
-    from pplink.keystore import ensure_party_keys
+    from pplink.keystore import ensure_flower_node_keys, ensure_party_keys
     from pplink.agreement import parse_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.errors import UsageError
@@ -40,6 +41,7 @@ def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
     keys_dir = keys_dir or output.parent / "keys"
     all_parties = [*agencies, "coordinator", "auditor"]
     public_keys, created = ensure_party_keys(keys_dir, all_parties)
+    flower_created = ensure_flower_node_keys(keys_dir, agencies)
     text = default_agreement_toml(agencies, public_keys)
     config = parse_agreement(tomllib.loads(text), str(output))  # never write an invalid default
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,8 @@ def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
     click.echo(f"wrote {output} (agreement id {config.agreement_id})")
     if created:
         click.echo(f"created keys in {keys_dir} for: {', '.join(created)}")
+    if flower_created:
+        click.echo(f"created Flower node keys in {keys_dir} for: {', '.join(flower_created)}")
 
 
 @agreement.command("check")
@@ -84,3 +88,40 @@ def check_command(path: Path, output_format: str) -> None:
     click.echo(f"  release attrs  {', '.join(summary['release_attributes']) or '(none)'}")
     for purpose in config.purposes:
         click.echo(f"  purpose        {purpose}")
+
+
+@agreement.command("explain")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The privacy ledger: its latest link-rate release shows how accurate linkage was, and for whom. "
+                   "It is verified first; a ledger that fails the audit is refused.")
+@click.option("-o", "--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the notice as Markdown (default: print it).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write it as a self-contained HTML page.")
+def explain_command(path: Path, ledger_path: Path | None, md_path: Path | None, html_path: Path | None) -> None:
+    """Write a plain-language notice about the linkage, for agencies to publish to families."""
+    from pplink.agreement import load_agreement
+    from pplink.audit import verify_ledger
+    from pplink.errors import LedgerError
+    from pplink.ledger import read_ledger
+    from pplink.notice import build_notice, render_html, render_markdown
+
+    config = load_agreement(path)
+    entries = []
+    if ledger_path is not None:
+        verdict = verify_ledger(config, ledger_path)
+        if not verdict.ok:
+            raise LedgerError(f"{ledger_path}: fails the audit ({len(verdict.findings)} findings); "
+                              "run `pplink audit verify` and publish nothing from it")
+        entries = read_ledger(ledger_path, config)
+    notice = build_notice(config, entries)
+    markdown = render_markdown(notice)
+    if md_path is None:
+        click.echo(markdown)
+    else:
+        md_path.write_text(markdown, encoding="utf-8")
+        click.echo(f"wrote {md_path}")
+    if html_path is not None:
+        html_path.write_text(render_html(notice), encoding="utf-8")
+        click.echo(f"wrote {html_path}")

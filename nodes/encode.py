@@ -34,10 +34,10 @@ from nodes.records import (
 )
 from nodes.tokens import write_tokens
 from pplink.agreement import AgreementConfig, IdentifierSchema
-from pplink.crypto import SecretBytes, derive_linkage_key
+from pplink.crypto import SecretBytes, derive_linkage_key, secret_check
 from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
-from pplink.errors import RecordValidationError, UsageError
+from pplink.errors import RecordValidationError, SecretError, UsageError
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
@@ -156,6 +156,9 @@ def encode_records(
         The encodings of every valid, not-opted-out row, with every problem found.
     """
     agreement.agency(party)
+    if agreement.secret_check is not None and secret_check(secret) != agreement.secret_check:
+        raise SecretError("the linkage secret does not match the agreement's secret_check "
+                          "(a wrong or pre-rotation secret); nothing was encoded")
     spec = record_spec(agreement, party)
     key = derive_linkage_key(secret, agreement.agreement_id)
     if workers is None:

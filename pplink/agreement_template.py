@@ -39,6 +39,7 @@ def default_agreement_toml(
     coordinator: str = "coordinator",
     auditor: str = "auditor",
     name: str = "Early help linkage pilot",
+    secret_check: str | None = None,
 ) -> str:
     """Render a valid, commented default agreement for the given agencies.
 
@@ -48,6 +49,7 @@ def default_agreement_toml(
         coordinator: the coordinator's party id.
         auditor: the auditor's party id.
         name: a human name for the linkage.
+        secret_check: ``pplink secret check`` of the agencies' secret, if it exists already.
 
     Returns:
         TOML text.
@@ -58,13 +60,16 @@ def default_agreement_toml(
         parties.append(f'[[parties]]\nid = "{pid}"\nrole = "agency"\npublic_key = "{public_keys[pid]}"\n')
     parties.append(f'[[parties]]\nid = "{coordinator}"\nrole = "coordinator"\npublic_key = "{public_keys[coordinator]}"\n')
     parties.append(f'[[parties]]\nid = "{auditor}"\nrole = "auditor"\npublic_key = "{public_keys[auditor]}"\n')
+    check = (f'# Check value of the agencies\' linkage secret (`pplink secret check`): a node holding another\n'
+             f'# secret is stopped. Rotating the secret means a new value here, so a new agreement id.\n'
+             f'secret_check = "{secret_check}"\n') if secret_check else ""
     features = "\n".join(f"{pid} = {_toml_list(features_for(pid))}" for pid in agencies)
     return f'''# pplink linkage agreement. Every party signs up to this file; its SHA-256 (the agreement id)
 # is stamped on every artefact, and anything made under another agreement is refused.
 # Check it with:  pplink agreement check THIS_FILE
 schema_version = 1
 name = "{name}"
-# Who families and staff can contact about this linkage.
+{check}# Who families and staff can contact about this linkage.
 contact = "Information governance lead, data.protection@example.org"
 # What the linkage may be used for. Nothing else.
 purposes = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets as _secrets
 import stat
@@ -39,6 +40,7 @@ __all__ = [
     "new_secret",
     "parse_public_key",
     "public_key_text",
+    "secret_check",
     "sign",
     "verify",
     "write_private_key",
@@ -244,6 +246,18 @@ def load_secret(path: Path | None) -> SecretBytes:
         raise SecretError(f"{path}: secret file not found")
     _check_private_mode(path, "linkage secret", SecretError)
     return _parse_secret_text(path.read_text(encoding="ascii", errors="replace"), str(path))
+
+
+def secret_check(secret: SecretBytes) -> str:
+    """A check value for the agreement: lets a node detect a wrong secret, reveals nothing of it.
+
+    HMAC-SHA256 of a constant under the secret, truncated to 128 bits: without the 256-bit
+    secret it can neither be computed nor inverted.
+
+    >>> secret_check(SecretBytes(bytes(32)))[:8], len(secret_check(SecretBytes(bytes(32))))
+    ('a5825e08', 32)
+    """
+    return hmac.new(secret.reveal(), b"pplink linkage secret check v1", hashlib.sha256).hexdigest()[:32]
 
 
 def derive_linkage_key(secret: SecretBytes, agreement_id: str) -> bytes:

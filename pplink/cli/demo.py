@@ -42,7 +42,7 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     from nodes.encode import encode_file
     from nodes.resolve import resolve_files
     from pplink.agreement import load_agreement
-    from pplink.crypto import load_private_key, load_secret, new_secret, write_secret
+    from pplink.crypto import load_private_key, load_secret, new_secret, secret_check, write_secret
     from pplink.keystore import ensure_party_keys, private_key_path
     from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
     from pplink.agreement_template import default_agreement_toml
@@ -52,15 +52,18 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     _prepare_dir(work_dir)
     keys_dir = work_dir / "keys"
     public_keys, _ = ensure_party_keys(keys_dir, [*AGENCIES, "coordinator", "auditor"])
-    agreement_path = work_dir / "agreement.toml"
-    agreement_path.write_text(default_agreement_toml(list(AGENCIES), public_keys), encoding="utf-8")
-    config = load_agreement(agreement_path)
-    click.echo(f"1. agreement {config.agreement_id[:16]}… for {', '.join(AGENCIES)} -> {agreement_path}")
-
+    # The agencies' secret: held in a folder the coordinator never sees; only its check value
+    # (which reveals nothing) goes into the agreement.
     secret_path = work_dir / "agencies-only" / "linkage.secret"
     secret_path.parent.mkdir()
     write_secret(new_secret(), secret_path)
     secret = load_secret(secret_path)
+    agreement_path = work_dir / "agreement.toml"
+    agreement_path.write_text(default_agreement_toml(list(AGENCIES), public_keys, secret_check=secret_check(secret)),
+                              encoding="utf-8")
+    config = load_agreement(agreement_path)
+    click.echo(f"1. agreement {config.agreement_id[:16]}… for {', '.join(AGENCIES)} -> {agreement_path}")
+
     data_dir = work_dir / "records"
     write_synth(generate_synth(people, AGENCIES, seed=seed), data_dir)
     truth_path = data_dir / "truth.csv"

@@ -23,3 +23,78 @@ def new_command(output: Path) -> None:
 
     write_secret(new_secret(), output)
     click.echo(f"wrote {output} (mode 0600). Share it with the agencies only, never the coordinator.")
+
+
+@secret.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def check_command(path: Path) -> None:
+    """Print the secret's check value for the agreement's `secret_check` (it reveals nothing of the secret)."""
+    from pplink.crypto import load_secret, secret_check
+
+    click.echo(secret_check(load_secret(path)))
+
+
+@secret.command("exchange-key")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="This agency's Ed25519 signing key (signs the exchange key's public half).")
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for <party>.x25519 (0600) and <party>.x25519.json (public, signed).")
+def exchange_key_command(party: str, key_path: Path, keys_dir: Path) -> None:
+    """Create this agency's X25519 key for receiving the sealed secret; send the .json to the sender."""
+    from pplink.crypto import load_private_key
+    from pplink.secret_sharing import new_exchange_key
+
+    public = new_exchange_key(keys_dir, party, load_private_key(key_path))
+    click.echo(f"wrote {public} (public, signed by {party}); the private key stays in {keys_dir}")
+
+
+@secret.command("seal")
+@click.option("--agreement", "agreement_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="The agreement TOML.")
+@click.option("--from", "sender", required=True, help="The sending agency's id.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="The sending agency's Ed25519 signing key.")
+@click.option("--to", "recipient_public", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="The receiving agency's signed exchange key (<party>.x25519.json).")
+@click.option("--secret", "secret_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The linkage secret (default: $PPLINK_SECRET).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Sealed file to write; safe to send over any channel.")
+def seal_command(agreement_path: Path, sender: str, key_path: Path, recipient_public: Path, secret_path: Path | None,
+                 output: Path) -> None:
+    """Seal the linkage secret for another agency (never for the coordinator or an auditor)."""
+    from pplink.agreement import load_agreement
+    from pplink.crypto import load_private_key, load_secret
+    from pplink.secret_sharing import seal_secret
+
+    config = load_agreement(agreement_path)
+    sealed = seal_secret(config, load_secret(secret_path), sender=sender, signing_key=load_private_key(key_path),
+                         recipient_public=recipient_public)
+    output.write_text(sealed.model_dump_json(indent=2) + "\n", encoding="ascii")
+    click.echo(f"wrote {output}: sealed for {sealed.recipient}, signed by {sender}")
+
+
+@secret.command("open")
+@click.option("--agreement", "agreement_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="The agreement TOML.")
+@click.option("--party", required=True, help="This (receiving) agency's id.")
+@click.option("--exchange-key", "exchange_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="This agency's X25519 private key (<party>.x25519).")
+@click.argument("sealed", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Secret file to create (mode 0600).")
+def open_command(agreement_path: Path, party: str, exchange_path: Path, sealed: Path, output: Path) -> None:
+    """Verify and open a sealed secret addressed to this agency."""
+    from pplink.agreement import load_agreement
+    from pplink.crypto import secret_check, write_secret
+    from pplink.secret_sharing import load_exchange_key, open_secret
+
+    config = load_agreement(agreement_path)
+    value = open_secret(config, sealed, party=party, exchange_key=load_exchange_key(exchange_path))
+    if config.secret_check is not None and secret_check(value) != config.secret_check:
+        from pplink.errors import SecretError
+
+        raise SecretError(f"{sealed}: opened, but the secret does not match the agreement's secret_check")
+    write_secret(value, output)
+    click.echo(f"wrote {output} (mode 0600)")

@@ -103,6 +103,12 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
         click.echo(f"   {a:>12} x {b:<12} F1 {scores.f1:.3f}")
 
     _release_and_audit(config, agreement_path, linkage_dir, keys_dir, work_dir)
+    from pplink.report import build_report
+
+    page, _ = build_report(config, work_dir / "coordinator" / "ledger.jsonl", linkage_dir=linkage_dir)
+    report_path = work_dir / "report.html"
+    report_path.write_text(page, encoding="utf-8")
+    click.echo(f"9. report (open it in a browser; it fetches nothing): {report_path}")
     click.echo(f"Done in {time.perf_counter() - started:.1f} s. Everything is in {work_dir}/")
 
 

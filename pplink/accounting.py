@@ -89,6 +89,10 @@ class QueryKind(StrEnum):
     HISTOGRAM = "histogram"
     LINK_RATE = "link-rate"
     CONFUSION = "confusion"
+    #: Scoring: the label owner's noisy residuals, one per entity, in units of 1/unit (see subject).
+    RESIDUALS = "residuals"
+    #: Scoring: held-out people by score bin and outcome (AUC, calibration, top-k derive from it).
+    SCORE_HISTOGRAM = "score-histogram"
 
 
 class PrivacyLoss(PplinkModel):
@@ -452,6 +456,10 @@ def query_sensitivity(kind: QueryKind, n_parties: int) -> Sensitivity:
     * ``overlap``: the person sits in exactly one agency-combination cell -> L1 = L2 = 1.
     * ``count-by`` (crossed with combination or not) and ``histogram``: one cell -> 1.
     * ``confusion``: one (group, outcome) cell -> 1.
+    * ``score-histogram``: one held-out person in one (score bin, outcome) cell -> 1.
+    * ``residuals``: one person moves one residual entry by at most 1 residual unit (added or
+      removed; clipped to [-1, 1]). Residuals travel in fixed point, so the stated sensitivity is
+      the unit (e.g. 1024); this lower bound of 1 is what the auditor can check from the kind.
     * ``link-rate``: a person at k agencies adds 1 to k denominators (people at A with value v) and
       to k(k-1)/2 numerators (people at both A and B, an unordered pair, which serves as the
       numerator of both the A-in-B and the B-in-A rate) -> L1 = N + N(N-1)/2 = N(N+1)/2, and

@@ -98,8 +98,8 @@ class ReleaseQuery(PplinkModel):
             raise ValueError("query overlap takes no attribute")
         if self.by_combination and self.kind is not QueryKind.COUNT_BY:
             raise ValueError("by_combination applies to count-by only")
-        if self.subject and self.kind is not QueryKind.CONFUSION:
-            raise ValueError("subject applies to confusion counts only")
+        if self.subject and self.kind not in {QueryKind.CONFUSION, QueryKind.RESIDUALS, QueryKind.SCORE_HISTOGRAM}:
+            raise ValueError("subject applies to confusion counts and scoring releases only")
         return self
 
 

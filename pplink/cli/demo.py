@@ -33,11 +33,17 @@ def _prepare_dir(path: Path) -> None:
 @click.command("demo")
 @click.option("--dir", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pplink-demo"),
               show_default=True, help="Folder for everything the demo writes (replaced if it is an earlier demo).")
-@click.option("--people", type=click.IntRange(min=50, max=1_000_000), default=5_000, show_default=True,
+@click.option("--people", type=click.IntRange(min=50, max=1_000_000), default=20_000, show_default=True,
               help="Synthetic population size.")
 @click.option("--seed", type=click.IntRange(min=0), default=727, show_default=True, help="Seed for the synthetic data.")
 def demo(work_dir: Path, people: int, seed: int) -> None:
-    """Run a whole linkage round on synthetic data for four agencies and print what happened."""
+    """Run a whole round on synthetic data for four agencies and print what happened.
+
+    Synthetic records -> agreement and keys -> each agency encodes -> the coordinator matches ->
+    each agency resolves its pseudonyms -> linkage quality against the synthetic truth -> vertical
+    federated scoring with DP -> DP releases on the signed ledger -> the auditor's verdict -> an
+    HTML report.
+    """
     from coordinator.match_round import run_match_round
     from nodes.encode import encode_file
     from nodes.resolve import resolve_files
@@ -102,13 +108,19 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     for (a, b), scores in report.by_agency_pair.items():
         click.echo(f"   {a:>12} x {b:<12} F1 {scores.f1:.3f}")
 
+    from pplink.cli.score import run_demo_scoring
+
+    click.echo("7. vertical logistic regression over the linked people (features stay at each agency; "
+               "partial scores securely summed; residuals released with DP noise, charged to the ledger):")
+    for line in run_demo_scoring(work_dir, config).lines:
+        click.echo(f"   {line}")
     _release_and_audit(config, agreement_path, linkage_dir, keys_dir, work_dir)
     from pplink.report import build_report
 
     page, _ = build_report(config, work_dir / "coordinator" / "ledger.jsonl", linkage_dir=linkage_dir)
     report_path = work_dir / "report.html"
     report_path.write_text(page, encoding="utf-8")
-    click.echo(f"9. report (open it in a browser; it fetches nothing): {report_path}")
+    click.echo(f"10. report (open it in a browser; it fetches nothing): {report_path}")
     click.echo(f"Done in {time.perf_counter() - started:.1f} s. Everything is in {work_dir}/")
 
 
@@ -124,7 +136,7 @@ def _release_and_audit(config, agreement_path: Path, linkage_dir: Path, keys_dir
     ledger = work_dir / "coordinator" / "ledger.jsonl"
     key = load_private_key(private_key_path(keys_dir, "coordinator"))
     overlap = release_query(config, state, ledger, key, ReleaseQuery(kind=QueryKind.OVERLAP), epsilon=0.5)
-    click.echo(f"7. DP release of overlap counts (epsilon 0.5, {overlap.entry.mechanism}, "
+    click.echo(f"8. DP release of overlap counts (epsilon 0.5, {overlap.entry.mechanism}, "
                f"scale {overlap.entry.scale:.2f}), on the ledger before anyone sees it;")
     click.echo("   people known to exactly these agencies:")
     for cell in overlap.cells:
@@ -135,6 +147,6 @@ def _release_and_audit(config, agreement_path: Path, linkage_dir: Path, keys_dir
                f"budget left: epsilon {rates.remaining_epsilon:.2f} of {rates.budget_epsilon}")
     verdict = verify_ledger(config, ledger)
     status = "PASS" if verdict.ok else f"FAIL ({len(verdict.findings)} findings)"
-    click.echo(f"8. auditor: {status}: {len(verdict.rows)} releases, chain and signatures checked, "
+    click.echo(f"9. auditor: {status}: {len(verdict.rows)} releases, chain and signatures checked, "
                f"epsilon re-derived; {verdict.remaining_epsilon:.2f} of {verdict.budget_epsilon} left "
                f"(pplink audit verify --agreement {agreement_path} --ledger {ledger})")

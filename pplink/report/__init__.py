@@ -147,11 +147,32 @@ def _rate(num: float | None, den: float | None) -> float | None:
     return min(max(num / den, 0.0), 1.0)
 
 
-def _model_section(entry: LedgerEntry | None, model: dict[str, Any] | None) -> str:
-    if entry is None and not model:
+def _score_histogram_part(entry: LedgerEntry) -> str:
+    from pplink.scoring_eval import auc_from_histogram, fill_suppressed
+
+    labels = list(dict.fromkeys(c.key[0] for c in entry.cells))
+    cells = {tuple(c.key): c.value for c in entry.cells}
+    pos = fill_suppressed([cells.get((b, "positive")) for b in labels])
+    neg = fill_suppressed([cells.get((b, "negative")) for b in labels])
+    auc = auc_from_histogram(pos, neg)
+    rows = []
+    for b, p, n in zip(labels, pos, neg, strict=True):
+        total = p + n
+        rows.append((b, f"{total:.0f}", "–" if total <= 0 else f"{min(max(p / total, 0), 1):.0%}"))
+    auc_text = "not computable (a class was suppressed)" if math.isnan(auc) else f"{auc:.3f}"
+    return (f"<p>Held-out people by score band and outcome: AUC {auc_text}, derived from the noisy counts. "
+            f"{_e(_cost(entry))}.</p>"
+            + _table(["score band (logit)", "people (noisy)", "observed share with the outcome"], rows))
+
+
+def _model_section(entry: LedgerEntry | None, model: dict[str, Any] | None,
+                   histogram: LedgerEntry | None = None) -> str:
+    if entry is None and not model and histogram is None:
         return ""
     parts = ["<section><h2>Model accuracy and errors by group</h2>",
              "<p>A score is a prompt for a person to take a second look, never a decision.</p>"]
+    if histogram is not None:
+        parts.append(_score_histogram_part(histogram))
     if model:
         metrics = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in model.get("metrics", {}).items()]
         if metrics:
@@ -200,7 +221,8 @@ def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Seque
         _budget_section(config, entries),
         _overlap_section(_latest(entries, QueryKind.OVERLAP)),
         _link_rate_section(_latest(entries, QueryKind.LINK_RATE)),
-        _model_section(_latest(entries, QueryKind.CONFUSION), model),
+        _model_section(_latest([e for e in entries if e.cells and len(e.cells[0].key) == 2], QueryKind.CONFUSION),
+                       model, _latest(entries, QueryKind.SCORE_HISTOGRAM)),
         _count_sections(entries),
         _similarity_section(match_report, config.linkage.threshold),
     ]

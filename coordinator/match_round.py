@@ -32,10 +32,12 @@ __all__ = [
     "MANIFEST_FILE",
     "MatchRoundSummary",
     "assign_pseudonyms",
+    "check_coordinator_key",
     "check_inputs",
     "load_inputs",
     "match_files",
     "run_match_round",
+    "write_round_outputs",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -146,29 +148,33 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_match_round(
+def check_coordinator_key(agreement: AgreementConfig, key: Ed25519PrivateKey) -> None:
+    """Refuse a signing key that is not the agreement's coordinator key.
+
+    Raises:
+        KeyFileError: the key is another party's (or no party's).
+    """
+    if public_key_text(key) != agreement.coordinator.public_key:
+        raise KeyFileError("the signing key given is not the coordinator's key in the agreement")
+
+
+def write_round_outputs(
     agreement: AgreementConfig,
     key: Ed25519PrivateKey,
-    paths: Sequence[Path],
+    files: Sequence[EncodingsFile],
+    state: LinkageState,
+    result: MatchResult,
+    missing: Sequence[str],
     out_dir: Path,
-    *,
-    workers: int = 2,
-    blocking: BlockingConfig | None = BlockingConfig(),
-    progress: Callable[[int, int], None] | None = None,
-) -> MatchRoundSummary:
-    """Verify, match, and write every agency's pseudonym map plus the coordinator's state.
+) -> dict[str, Path]:
+    """Write a matched round's outputs all-or-nothing; return each agency's map path.
 
     Writes ``<out>/<party>.map.csv`` (``row_token,entity_id``, one line per row sent),
     ``<out>/coordinator/linkage.npz`` (for releases), ``<out>/coordinator/match.json`` (stats and
     similarity histogram: coordinator-only) and ``<out>/manifest.json`` with its Ed25519
-    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs.
+    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs. Every file
+    is written under a temporary name first and renamed only once all of them are complete.
     """
-    started = time.perf_counter()
-    if public_key_text(key) != agreement.coordinator.public_key:
-        raise KeyFileError("the signing key given is not the coordinator's key in the agreement")
-    files = load_inputs(agreement, paths)
-    missing = check_inputs(agreement, files)
-    state, result = match_files(agreement, files, workers=workers, blocking=blocking, progress=progress)
     out_dir = Path(out_dir)
     (out_dir / "coordinator").mkdir(parents=True, exist_ok=True)
     entity_hex = state.entity_hex()
@@ -213,9 +219,35 @@ def run_match_round(
     partials += [(manifest_tmp, manifest_final), (sig_tmp, sig_final)]
     for tmp, final in partials:
         os.replace(tmp, final)
+    return maps
+
+
+def run_match_round(
+    agreement: AgreementConfig,
+    key: Ed25519PrivateKey,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    workers: int = 2,
+    blocking: BlockingConfig | None = BlockingConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> MatchRoundSummary:
+    """Verify, match, and write every agency's pseudonym map plus the coordinator's state.
+
+    Writes ``<out>/<party>.map.csv`` (``row_token,entity_id``, one line per row sent),
+    ``<out>/coordinator/linkage.npz`` (for releases), ``<out>/coordinator/match.json`` (stats and
+    similarity histogram: coordinator-only) and ``<out>/manifest.json`` with its Ed25519
+    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs.
+    """
+    started = time.perf_counter()
+    check_coordinator_key(agreement, key)
+    files = load_inputs(agreement, paths)
+    missing = check_inputs(agreement, files)
+    state, result = match_files(agreement, files, workers=workers, blocking=blocking, progress=progress)
+    maps = write_round_outputs(agreement, key, files, state, result, missing, out_dir)
     membership = state.membership()
     return MatchRoundSummary(
-        out_dir=out_dir,
+        out_dir=Path(out_dir),
         parties=state.parties,
         records={f.header.party: f.header.n_records for f in files},
         missing=missing,

@@ -39,6 +39,8 @@ __all__ = [
     "EncodingsFile",
     "EncodingsHeader",
     "TOKEN_BYTES",
+    "encodings_from_bytes",
+    "encodings_to_bytes",
     "read_encodings",
     "write_encodings",
 ]
@@ -97,6 +99,34 @@ def _digest(parts: list[bytes]) -> bytes:
     return _SIGN_CONTEXT + h.digest()
 
 
+def _signed_parts(
+    *,
+    agreement: AgreementConfig,
+    party: str,
+    tokens: np.ndarray,
+    clks: np.ndarray,
+    attributes: dict[str, list[str | None]],
+    key: Ed25519PrivateKey,
+    where: str,
+) -> tuple[EncodingsHeader, list[bytes]]:
+    """Build the header and every part of the file, the signature last."""
+    n = clks.shape[0]
+    if tokens.shape != (n, TOKEN_BYTES) or any(len(v) != n for v in attributes.values()):
+        raise EncodingFileError(f"{where}: tokens, encodings and attributes disagree on the row count")
+    header = EncodingsHeader(
+        agreement_id=agreement.agreement_id,
+        schema_hash=agreement.identifiers.schema_hash,
+        party=party,
+        file_id=os.urandom(16).hex(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        n_records=n,
+        filter_bits=clks.shape[1] * 8,
+        attributes=tuple(sorted(attributes)),
+    )
+    parts = _content(header, np.ascontiguousarray(tokens), np.ascontiguousarray(clks), attributes)
+    return header, [*parts, sign(key, _digest(parts))]
+
+
 def write_encodings(
     path: Path,
     *,
@@ -112,35 +142,42 @@ def write_encodings(
     Returns:
         The header written.
     """
-    n = clks.shape[0]
-    if tokens.shape != (n, TOKEN_BYTES) or any(len(v) != n for v in attributes.values()):
-        raise EncodingFileError(f"{path}: tokens, encodings and attributes disagree on the row count")
-    header = EncodingsHeader(
-        agreement_id=agreement.agreement_id,
-        schema_hash=agreement.identifiers.schema_hash,
-        party=party,
-        file_id=os.urandom(16).hex(),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        n_records=n,
-        filter_bits=clks.shape[1] * 8,
-        attributes=tuple(sorted(attributes)),
-    )
-    parts = _content(header, np.ascontiguousarray(tokens), np.ascontiguousarray(clks), attributes)
-    signature = sign(key, _digest(parts))
     path = Path(path)
+    header, parts = _signed_parts(agreement=agreement, party=party, tokens=tokens, clks=clks,
+                                  attributes=attributes, key=key, where=str(path))
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as fh:
         for part in parts:
             fh.write(part)
-        fh.write(signature)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return header
 
 
+def encodings_to_bytes(
+    *,
+    agreement: AgreementConfig,
+    party: str,
+    tokens: np.ndarray,
+    clks: np.ndarray,
+    attributes: dict[str, list[str | None]],
+    key: Ed25519PrivateKey,
+) -> tuple[EncodingsHeader, bytes]:
+    """Sign encodings into the bytes of an ``.enc`` file, in memory (for sending over Flower).
+
+    The bytes are exactly what :func:`write_encodings` would write for the same header.
+
+    Returns:
+        ``(header, file bytes)``.
+    """
+    header, parts = _signed_parts(agreement=agreement, party=party, tokens=tokens, clks=clks,
+                                  attributes=attributes, key=key, where=f"encodings of {party}")
+    return header, b"".join(parts)
+
+
 class _Cursor:
-    def __init__(self, data: memoryview, path: Path) -> None:
+    def __init__(self, data: memoryview, path: Path | str) -> None:
         self.data, self.pos, self.path = data, 0, path
 
     def take(self, n: int, what: str) -> memoryview:
@@ -171,6 +208,27 @@ def read_encodings(path: Path, agreement: AgreementConfig, *, expected_party: st
         raw = path.read_bytes()
     except OSError as exc:
         raise EncodingFileError(f"{path}: cannot read ({exc.strerror})") from None
+    return _parse(raw, agreement, path, expected_party=expected_party, origin=path)
+
+
+def encodings_from_bytes(
+    data: bytes, agreement: AgreementConfig, *, source: str = "<encodings>", expected_party: str | None = None
+) -> EncodingsFile:
+    """Parse and verify the bytes of an ``.enc`` file received in memory.
+
+    Makes exactly the checks of :func:`read_encodings`; error messages name ``source`` (for
+    example ``"reply from node 42 (school)"``) where a file read names its path.
+
+    Raises:
+        EncodingFileError, SignatureError, AgreementMismatchError: as :func:`read_encodings`.
+    """
+    return _parse(bytes(data), agreement, source, expected_party=expected_party, origin=None)
+
+
+def _parse(
+    raw: bytes, agreement: AgreementConfig, path: Path | str, *, expected_party: str | None, origin: Path | None
+) -> EncodingsFile:
+    # ``path`` only names the source in messages; ``origin`` is stored on the result.
     cur = _Cursor(memoryview(raw), path)
     if bytes(cur.take(len(MAGIC), "magic number")) != MAGIC:
         raise EncodingFileError(f"{path}: not a pplink encodings file (bad magic number)")
@@ -227,4 +285,4 @@ def read_encodings(path: Path, agreement: AgreementConfig, *, expected_party: st
         raise EncodingFileError(f"{path}: carries attributes the agreement does not declare: {', '.join(undeclared)}")
     tokens = np.frombuffer(tokens_raw, dtype=np.uint8).reshape(n, TOKEN_BYTES)
     clks = np.frombuffer(clks_raw, dtype=np.uint8).reshape(n, width)
-    return EncodingsFile(header=header, tokens=tokens, clks=clks, attributes=attributes, path=path)
+    return EncodingsFile(header=header, tokens=tokens, clks=clks, attributes=attributes, path=origin)

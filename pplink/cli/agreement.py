@@ -23,9 +23,12 @@ def agreement() -> None:
               help="Where party keys live. Existing <party>.pub files are used; missing keys are created, "
                    "with each agency's Flower node key (<party>.flwr, <party>.flwr.pub). "
                    "Default: a 'keys' folder next to the agreement.")
+@click.option("--secret", "secret_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The agencies' linkage secret, to write its check value (secret_check) into the agreement. "
+                   "Run this at an agency: the coordinator must never hold the secret.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Agreement file to write (refuses to overwrite).")
-def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
+def init_command(parties: str, keys_dir: Path | None, secret_path: Path | None, output: Path) -> None:
     """Write a valid, commented default agreement, creating or reusing every party's keys."""
     from pplink.keystore import ensure_flower_node_keys, ensure_party_keys
     from pplink.agreement import parse_agreement
@@ -42,7 +45,12 @@ def init_command(parties: str, keys_dir: Path | None, output: Path) -> None:
     all_parties = [*agencies, "coordinator", "auditor"]
     public_keys, created = ensure_party_keys(keys_dir, all_parties)
     flower_created = ensure_flower_node_keys(keys_dir, agencies)
-    text = default_agreement_toml(agencies, public_keys)
+    check = None
+    if secret_path is not None:
+        from pplink.crypto import load_secret, secret_check
+
+        check = secret_check(load_secret(secret_path))
+    text = default_agreement_toml(agencies, public_keys, secret_check=check)
     config = parse_agreement(tomllib.loads(text), str(output))  # never write an invalid default
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")

@@ -138,6 +138,7 @@ def serve_command(agreement_path: Path, state_dir: Path, address: str, certs_dir
         click.echo(f"  state: {state_dir}  (log: {info['log']})")
         click.echo(f"  start a round with: pplink coordinator run --agreement {agreement_path} --dir {state_dir}")
         click.echo("Press Ctrl-C to stop.")
+        sys.stdout.flush()  # a service's output is often a log file, which Python buffers
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through serve(), which stops the SuperLink
     try:

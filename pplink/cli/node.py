@@ -78,3 +78,59 @@ def resolve_command(tokens_path: Path, map_path: Path, output: Path) -> None:
 
     summary = resolve_files(tokens_path, map_path, output)
     click.echo(f"wrote {summary.output}: {summary.rows} records, {summary.entities} entities")
+
+
+@node.command("join")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
+@click.option("--superlink", required=True, help="The coordinator's SuperLink, HOST:PORT.")
+@click.option("--data", "data_path", type=existing_file, required=True, help="This agency's records (CSV or Parquet).")
+@click.option("--secret", "secret_path", type=existing_file, default=None,
+              help="Linkage secret file (default: $PPLINK_SECRET).")
+@click.option("--key", "key_path", type=existing_file, required=True, help="This agency's private signing key.")
+@click.option("--flower-key", "flower_key_path", type=existing_file, default=None,
+              help="This agency's Flower node key (default: KEY with suffix .flwr, e.g. keys/school.flwr).")
+@click.option("--root-certificates", type=existing_file, default=None,
+              help="The CA certificate the coordinator gave you (ca.crt).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where <party>.entities.csv and the node's working files go (default: ./pplink-node-<party>).")
+@click.option("--port", type=click.IntRange(1, 65535), default=9094, show_default=True,
+              help="Local port of the SuperNode's runtime API (each SuperNode on one host needs its own).")
+@click.option("--skip-invalid", is_flag=True,
+              help="Encode the valid rows and list invalid ones in a local rejects file (default: refuse the round).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Encoding processes (default: automatic).")
+@click.option("--retry-for", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds to keep trying while the SuperLink refuses this node (key not registered yet, "
+                   "or an earlier session of this node still open after a crash).")
+@click.option("--insecure", is_flag=True, help="No TLS and no node key. For tests only.")
+def join_command(agreement_path: Path, party: str, superlink: str, data_path: Path, secret_path: Path | None,
+                 key_path: Path, flower_key_path: Path | None, root_certificates: Path | None, out_dir: Path | None,
+                 port: int, skip_invalid: bool, workers: int | None, retry_for: float, insecure: bool) -> None:
+    """Run this agency's Flower SuperNode: it dials out to the coordinator and answers match rounds.
+
+    Records, the secret and the token map stay here; the result lands in OUT_DIR/<party>.entities.csv.
+    """
+    import signal
+    import sys
+
+    from nodes.supernode import JoinSettings, join
+
+    settings = JoinSettings(agreement_path=agreement_path, party=party, superlink=superlink, data_path=data_path,
+                            secret_path=secret_path, key_path=key_path, flower_key_path=flower_key_path,
+                            out_dir=out_dir or Path(f"pplink-node-{party}"), root_certificates=root_certificates,
+                            port=port, insecure=insecure, skip_invalid=skip_invalid, workers=workers)
+
+    def started(cmd: list[str]) -> None:
+        mode = "INSECURE (tests only)" if insecure else "TLS, node key " + str(settings.flower_key)
+        click.echo(f"{party}: joining {superlink} ({mode}); results go to {settings.out_dir}", err=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds through join(), which stops the SuperNode
+    try:
+        status = join(settings, on_start=started, retry_for=retry_for)
+    except KeyboardInterrupt:
+        click.echo(f"{party}: stopped", err=True)
+        return
+    if status:
+        from pplink.errors import TransportError
+
+        raise TransportError(f"{party}: the SuperNode exited with status {status}")

@@ -1,7 +1,9 @@
 """The coordinator's Flower ServerApp: a thin adapter over :mod:`coordinator.flower_round`.
 
 It reads the round settings from the run config that ``pplink coordinator run`` passes, runs
-:func:`coordinator.flower_round.run_linkage_round` against the SuperLink's Grid and logs to the
+:func:`coordinator.flower_round.run_linkage_round` (``task = "match"``, the default) or
+:func:`coordinator.flower_scoring.run_scoring_round` (``task = "score"``, with the vertical
+settings as JSON under ``scoring`` and optionally ``match-run``) against the SuperLink's Grid and logs to the
 run's log (``<state>/runs/<run_id>.log``) and to Flower's log stream (``flwr run --stream``).
 """
 
@@ -13,6 +15,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.flower_round import run_linkage_round, settings_from_run_config
+from coordinator.flower_scoring import ScoringRunSettings, run_scoring_round
+from pplink.errors import ConfigError
+from pplink.scoring_protocol import VerticalSettings
 from coordinator.run_records import runs_dir
 
 __all__ = ["app"]
@@ -22,7 +27,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run one pplink match round."""
+    """Run one pplink match round or vertical scoring run."""
     settings = settings_from_run_config(context.run_config, flower_run_id=context.run_id)
     log_path = runs_dir(settings.state_dir) / f"{settings.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,4 +38,15 @@ def main(grid: Grid, context: Context) -> None:
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(f"{stamp} {line}\n")
 
-    run_linkage_round(grid, settings, log=log)
+    task = context.run_config.get("task", "match") or "match"
+    if task == "match":
+        run_linkage_round(grid, settings, log=log)
+    elif task == "score":
+        raw = context.run_config.get("scoring", "") or "{}"
+        match_run = context.run_config.get("match-run", "") or None
+        if not isinstance(raw, str) or not isinstance(match_run, str | None):
+            raise ConfigError("run config: 'scoring' and 'match-run' must be strings")
+        scoring = ScoringRunSettings(vertical=VerticalSettings.model_validate_json(raw), match_run=match_run)
+        run_scoring_round(grid, settings, scoring, log=log)
+    else:
+        raise ConfigError(f"run config: unknown task {task!r} (match or score)")

@@ -19,7 +19,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from nodes.linkage_round import NODE_LOG, NodeSettings, error_reply, handle_request
-from pplink.messages import AnyRequest, RoundStep
+from nodes.scoring_round import ScoringNodeSettings, handle_scoring
+from pplink.errors import TransportError
+from pplink.messages import AnyRequest, RoundStep, ScoringRequest
 from pplink.wire import pack, unpack_request
 
 __all__ = ["app"]
@@ -47,10 +49,16 @@ def _serve(step: RoundStep, message: Message, context: Context) -> Message:
     request: AnyRequest | None = None
     handler = None
     try:
-        settings = NodeSettings.from_node_config(context.node_config)
+        scoring = ScoringNodeSettings.from_node_config(context.node_config)
+        settings = scoring.base
         handler = _node_log(settings)
         request, blob = unpack_request(message.content, what=f"{step.value} from the coordinator")
-        reply, out_blob = handle_request(settings, request, blob)
+        if (step is RoundStep.SCORE) != isinstance(request, ScoringRequest):
+            raise TransportError(f"{step.value}: a {request.kind} does not belong in this message type")
+        if isinstance(request, ScoringRequest):
+            reply, out_blob = handle_scoring(scoring, request, blob)
+        else:
+            reply, out_blob = handle_request(settings, request, blob)
         _log.info("%s: run %s: %s answered", settings.party, request.run_id, step.value)
     except Exception as err:  # noqa: BLE001 - every failure becomes an error reply, never a raise
         _log.exception("%s failed at this node", step.value)
@@ -78,6 +86,12 @@ def encode(message: Message, context: Context) -> Message:
 def resolve(message: Message, context: Context) -> Message:
     """Check and stage this agency's pseudonym map."""
     return _serve(RoundStep.RESOLVE, message, context)
+
+
+@app.query("score")
+def score(message: Message, context: Context) -> Message:
+    """Answer one message of a vertical scoring run (:mod:`nodes.scoring_round`)."""
+    return _serve(RoundStep.SCORE, message, context)
 
 
 @app.query("rollback")

@@ -12,6 +12,8 @@ Flower type        coordinator sends         agency replies
 ``query.rollback`` :class:`RollbackRequest`  :class:`RollbackReply` (previous entities back)
 ``query.identify`` :class:`IdentifyRequest`  :class:`IdentifyReply` (only for nodes Flower
                                              could not authenticate: insecure test setups)
+``query.score``    :class:`ScoringRequest`   :class:`ScoringReply` (vertical scoring, one
+                   + the step's payload      per node method; payload beside it)
 =================  ========================  ==========================================
 
 Any step may instead be answered with :class:`NodeErrorReply`, which carries only a pplink
@@ -56,6 +58,9 @@ __all__ = [
     "RollbackReply",
     "RollbackRequest",
     "RoundStep",
+    "ScoringCall",
+    "ScoringReply",
+    "ScoringRequest",
     "blob_digest",
     "message_json",
     "new_run_id",
@@ -84,6 +89,8 @@ class RoundStep(StrEnum):
     ENCODE = "query.encode"
     RESOLVE = "query.resolve"
     ROLLBACK = "query.rollback"
+    #: One message of a vertical scoring run (:mod:`pplink.scoring_wire` carries its payload).
+    SCORE = "query.score"
 
 
 def new_run_id() -> str:
@@ -190,6 +197,40 @@ class RollbackReply(_Message):
     restored: bool
 
 
+class ScoringCall(StrEnum):
+    """The node-side method a scoring message asks for (see :mod:`pplink.scoring_protocol`)."""
+
+    ANNOUNCE = "announce"
+    JOIN = "join"
+    SHARE = "share"
+    RESIDUALS = "residuals"
+    HOLDOUT = "holdout"
+    THRESHOLD = "threshold"
+    PRESENCE = "presence"
+    FINISH = "finish"
+
+
+class ScoringRequest(_Message):
+    """Coordinator -> agency: one vertical scoring message; its payload travels beside it.
+
+    ``run_id`` is the scoring run's id (the run plan's). The payload (a
+    :mod:`pplink.scoring_protocol` request, encoded by :mod:`pplink.scoring_wire`) is bound to
+    the signed model by ``blob_sha256``.
+    """
+
+    kind: Literal["scoring_request"] = "scoring_request"
+    call: ScoringCall
+    blob_sha256: Hex64
+
+
+class ScoringReply(_Message):
+    """Agency -> coordinator: the answer to one scoring message; its payload travels beside it."""
+
+    kind: Literal["scoring_reply"] = "scoring_reply"
+    call: ScoringCall
+    blob_sha256: Hex64
+
+
 class NodeErrorReply(_Message):
     """Agency -> coordinator: the step failed at the node.
 
@@ -203,9 +244,9 @@ class NodeErrorReply(_Message):
     message: Annotated[str, Field(max_length=MAX_ERROR_MESSAGE)]
 
 
-AnyRequest = Annotated[IdentifyRequest | EncodeRequest | ResolveRequest | RollbackRequest,
+AnyRequest = Annotated[IdentifyRequest | EncodeRequest | ResolveRequest | RollbackRequest | ScoringRequest,
                       Field(discriminator="kind")]
-AnyReply = Annotated[IdentifyReply | EncodeReply | ResolveReply | RollbackReply | NodeErrorReply,
+AnyReply = Annotated[IdentifyReply | EncodeReply | ResolveReply | RollbackReply | ScoringReply | NodeErrorReply,
                      Field(discriminator="kind")]
 
 _REQUESTS: TypeAdapter[AnyRequest] = TypeAdapter(AnyRequest)

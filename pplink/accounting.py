@@ -93,6 +93,9 @@ class QueryKind(StrEnum):
     RESIDUALS = "residuals"
     #: Scoring: held-out people by score bin and outcome (AUC, calibration, top-k derive from it).
     SCORE_HISTOGRAM = "score-histogram"
+    #: Horizontal training: one FedAvg round's noised mean of clipped model updates (Gaussian only).
+    #: Privacy unit: one agency's whole update in that round, not one person (see docs/scoring.md).
+    FEDAVG = "fedavg"
 
 
 class PrivacyLoss(PplinkModel):
@@ -457,6 +460,11 @@ def query_sensitivity(kind: QueryKind, n_parties: int) -> Sensitivity:
     * ``count-by`` (crossed with combination or not) and ``histogram``: one cell -> 1.
     * ``confusion``: one (group, outcome) cell -> 1.
     * ``score-histogram``: one held-out person in one (score bin, outcome) cell -> 1.
+    * ``fedavg``: one FedAvg round of horizontal training. Here the unit is **one agency's whole
+      update** (not one person): adding or removing an agency moves the sum of updates, each
+      clipped to L2 norm C, by at most C; in units of C the sensitivity is 1 and the noise scale is
+      the noise multiplier z (Flower adds ``N(0, (z C / n)**2)`` to the mean of n updates, i.e.
+      ``z C`` to their sum), so one round costs ``rho = 1 / (2 z**2)``.
     * ``residuals``: one person moves one residual entry by at most 1 residual unit (added or
       removed; clipped to [-1, 1]). Residuals travel in fixed point, so the stated sensitivity is
       the unit (e.g. 1024); this lower bound of 1 is what the auditor can check from the kind.

@@ -80,7 +80,8 @@ class ReleaseQuery(PplinkModel):
         by_combination: count-by only: cross the attribute with the agency combination.
         parties: the agencies in the linkage, in state order (filled in by the engine; they
             define the public key set of agency combinations).
-        subject: confusion only: what the counts are of (e.g. "model v1, holdout").
+        subject: confusion and scoring releases: what the counts are of (e.g. "model v1, holdout");
+            fedavg: the round, agencies, clipping norm, noise multiplier and Flower's RDP epsilon.
     """
 
     kind: QueryKind
@@ -98,8 +99,9 @@ class ReleaseQuery(PplinkModel):
             raise ValueError("query overlap takes no attribute")
         if self.by_combination and self.kind is not QueryKind.COUNT_BY:
             raise ValueError("by_combination applies to count-by only")
-        if self.subject and self.kind not in {QueryKind.CONFUSION, QueryKind.RESIDUALS, QueryKind.SCORE_HISTOGRAM}:
-            raise ValueError("subject applies to confusion counts and scoring releases only")
+        if self.subject and self.kind not in {QueryKind.CONFUSION, QueryKind.RESIDUALS, QueryKind.SCORE_HISTOGRAM,
+                                              QueryKind.FEDAVG}:
+            raise ValueError("subject applies to confusion counts, scoring releases and fedavg rounds only")
         return self
 
 

@@ -4,6 +4,8 @@ The composition root for scoring: it builds each agency's :class:`nodes.scoring.
 from that agency's own files and lets :mod:`coordinator.scoring` drive them through plain method
 calls (the Flower transport plugs in the same way later). :func:`run_demo_scoring` is what
 ``pplink demo`` calls after linkage; ``pplink score demo`` runs it over an existing demo folder.
+``pplink score horizontal-demo`` (:func:`run_horizontal_demo`) runs horizontal DP FedAvg over three
+synthetic areas on Flower's Message API, in process.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ if TYPE_CHECKING:
 TrainingRun = ScoringEvaluation = LinkageState = ScoringNode = LabelOwnerView = AgencyScoringData = Any
 
 __all__ = [
+    "HorizontalDemoSummary",
     "ScoringSummary",
     "build_scoring_nodes",
     "render_scoring",
     "run_demo_scoring",
+    "run_horizontal_demo",
     "run_vertical_scoring",
     "score_group",
     "truth_joined_inputs",
@@ -196,6 +200,127 @@ def run_demo_scoring(
     )
 
 
+@dataclass(frozen=True)
+class HorizontalDemoSummary:
+    """What ``pplink score horizontal-demo`` produced.
+
+    Attributes:
+        auc: the final model's AUC on fresh held-out synthetic people (the demo plays everyone;
+            in a deployment no party holds such a set, and computing it would be a release).
+        pooled_auc: the same, for a non-private model trained on all areas' rows pooled (reference).
+        ledger_epsilon: the ledger's total epsilon after the run (zCDP converted at delta).
+        ledger_rho: the ledger's total rho.
+        rdp_epsilon: Flower's RDP accountant's epsilon for the run, at the same delta.
+        delta: the agreement's delta.
+        entries: ledger sequence numbers of the run's rounds.
+        audit_ok: whether :func:`pplink.audit.verify_ledger` found nothing.
+        lines: a human summary.
+    """
+
+    auc: float
+    pooled_auc: float
+    ledger_epsilon: float
+    ledger_rho: float
+    rdp_epsilon: float
+    delta: float
+    entries: tuple[int, ...]
+    audit_ok: bool
+    lines: tuple[str, ...] = field(default=())
+
+
+def run_horizontal_demo(work_dir: Path, *, people: int, rounds: int, noise_multiplier: float, clipping_norm: float,
+                        budget_epsilon: float = 50.0, seed: int = 0) -> HorizontalDemoSummary:
+    """Horizontal DP FedAvg, every party in this process: three areas of one service, one agreement.
+
+    Writes into ``work_dir``: ``agreement.toml`` (agencies ``area_north``, ``area_central``,
+    ``area_south``; zcdp budget ``budget_epsilon`` at delta 1e-6), ``keys/``, ``nodes/<area>.csv``
+    (synthetic people from :func:`pplink.horizontal.synth_area_tables`) and ``ledger.jsonl``;
+    runs :mod:`coordinator.horizontal`'s ServerApp against :mod:`nodes.horizontal`'s ClientApps on
+    :class:`pplink.flower_inprocess.InProcessGrid`, then audits the ledger.
+    """
+    import logging
+    import re
+
+    import numpy as np
+
+    from coordinator.horizontal import app as server_app
+    from nodes.horizontal import app as client_app
+    from nodes.horizontal import train_locally
+    from pplink.agreement import load_agreement
+    from pplink.agreement_template import default_agreement_toml
+    from pplink.audit import verify_ledger
+    from pplink.errors import UsageError
+    from pplink.flower_inprocess import InProcessGrid, InProcessNode, run_in_process
+    from pplink.horizontal import (
+        AreaTable,
+        HorizontalSettings,
+        initial_weights,
+        predict_logits,
+        synth_area_tables,
+        write_area_csv,
+    )
+    from pplink.keystore import ensure_party_keys, private_key_path
+    from pplink.scoring_eval import auc
+
+    areas = ("area_north", "area_central", "area_south")
+    settings = HorizontalSettings(rounds=rounds, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm)
+    work_dir = Path(work_dir)
+    if (work_dir / "agreement.toml").exists():
+        raise UsageError(f"{work_dir}: already holds an agreement.toml; choose an empty folder")
+    keys_dir = work_dir / "keys"
+    public_keys, _ = ensure_party_keys(keys_dir, [*areas, "coordinator", "auditor"])
+    text = default_agreement_toml(list(areas), public_keys)
+    text = re.sub(r"(?m)^epsilon = .*$", f"epsilon = {float(budget_epsilon)!r}", text, count=1)
+    text = re.sub(r"(?m)^accounting = .*$", 'accounting = "zcdp"', text, count=1)
+    (work_dir / "agreement.toml").write_text(text, encoding="utf-8")
+    agreement = load_agreement(work_dir / "agreement.toml")
+
+    tables = synth_area_tables(people, areas, seed=seed)
+    nodes = []
+    for i, (area, table) in enumerate(tables.items()):
+        path = work_dir / "nodes" / f"{area}.csv"
+        write_area_csv(table, path)
+        nodes.append(InProcessNode(node_id=10 + i, app=client_app, name=area, node_config={"data-path": str(path)}))
+    ledger = work_dir / "ledger.jsonl"
+    np.random.seed(seed)  # Flower draws its DP noise from numpy's global generator: fixed for a repeatable demo
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)  # Flower logs every round at INFO; the summary below says what matters
+    try:
+        context = run_in_process(server_app, InProcessGrid(nodes), {
+            "horizontal": settings.model_dump_json(), "agreement": str(work_dir / "agreement.toml"),
+            "ledger": str(ledger), "key": str(private_key_path(keys_dir, "coordinator"))})
+    finally:
+        flwr_log.setLevel(level)
+    summary = context.state["horizontal"]
+    weights = np.asarray(summary["weights"], dtype=np.float64)
+
+    held = synth_area_tables(max(3 * len(areas), people), areas, seed=seed + 1_000_003)
+    x = np.vstack([t.features for t in held.values()])
+    y = np.concatenate([t.labels for t in held.values()])
+    pooled = AreaTable("pooled", np.vstack([t.features for t in tables.values()]),
+                       np.concatenate([t.labels for t in tables.values()]))
+    pooled_w = train_locally(initial_weights(), pooled, local_epochs=300, learning_rate=0.5)
+    verdict = verify_ledger(agreement, ledger)
+    rdp = list(summary["rdp-epsilons"])
+    result = dict(
+        auc=auc(predict_logits(weights, x), y), pooled_auc=auc(predict_logits(pooled_w, x), y),
+        ledger_epsilon=verdict.spent.epsilon, ledger_rho=verdict.spent.rho or 0.0, rdp_epsilon=float(rdp[-1]),
+        delta=agreement.budget.delta, entries=tuple(int(e) for e in summary["entries"]), audit_ok=verdict.ok)
+    lines = (
+        f"horizontal DP FedAvg: {len(areas)} areas, {people} synthetic people, {rounds} rounds, "
+        f"clip {clipping_norm:g}, noise multiplier {noise_multiplier:g}",
+        f"   held-out AUC {result['auc']:.3f} (non-private pooled model: {result['pooled_auc']:.3f})",
+        "   privacy unit: one agency's update per round (NOT one person)",
+        f"   ledger: entries {result['entries'][0]}-{result['entries'][-1]}, rho {result['ledger_rho']:.4g}, "
+        f"epsilon {result['ledger_epsilon']:.4g} at delta {result['delta']:g} of budget {budget_epsilon:g}; "
+        f"audit {'clean' if verdict.ok else 'FAILED'}",
+        f"   Flower RDP accountant: epsilon {result['rdp_epsilon']:.4g} at delta {result['delta']:g}",
+        f"   files in {work_dir}",
+    )
+    return HorizontalDemoSummary(**result, lines=lines)  # type: ignore[arg-type]
+
+
 # --- rendering ------------------------------------------------------------------------------------
 
 
@@ -336,6 +461,38 @@ def demo_command(work_dir: Path, steps: int | None, training_epsilon: float | No
             "ledger_entries": [c.entry_hash for c in summary.run.charges],
             "scores_path": str(summary.scores_path) if summary.scores_path else None,
         })))
+        return
+    for line in summary.lines:
+        click.echo(line)
+
+
+@score_group.command("horizontal-demo")
+@click.option("--dir", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("pplink-horizontal-demo"), show_default=True, help="An empty folder to write into.")
+@click.option("--people", type=click.IntRange(30, 1_000_000), default=3000, show_default=True,
+              help="Synthetic people over the three areas.")
+@click.option("--rounds", type=click.IntRange(1, 10_000), default=20, show_default=True, help="FedAvg rounds.")
+@click.option("--noise-multiplier", type=click.FloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
+              help="z: noise on the sum of clipped updates is z times the clipping norm.")
+@click.option("--clip", "clipping_norm", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
+              show_default=True, help="C: L2 bound on each agency's update per round.")
+@click.option("--budget-epsilon", type=click.FloatRange(min=0.0, min_open=True, max=100.0), default=50.0,
+              show_default=True, help="The demo agreement's total epsilon (zcdp, delta 1e-6).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the data and the noise.")
+@FORMAT_OPTION
+def horizontal_demo_command(work_dir: Path, people: int, rounds: int, noise_multiplier: float, clipping_norm: float,
+                            budget_epsilon: float, seed: int, output_format: str) -> None:
+    """Horizontal DP FedAvg in one process: three areas of one service train a logistic regression.
+
+    Flower's server-side fixed clipping adds Gaussian noise to each round's average; each round is
+    a ledger entry. The privacy unit is one agency's update per round, not one person.
+    """
+    summary = run_horizontal_demo(work_dir, people=people, rounds=rounds, noise_multiplier=noise_multiplier,
+                                  clipping_norm=clipping_norm, budget_epsilon=budget_epsilon, seed=seed)
+    if output_format == "json":
+        data = asdict(summary)
+        data.pop("lines")
+        click.echo(json.dumps(_finite(data)))
         return
     for line in summary.lines:
         click.echo(line)

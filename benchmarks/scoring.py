@@ -3,8 +3,15 @@
 Synthetic people from ``pplink.synth`` are joined by the synthetic truth (no linkage errors), so
 the figures isolate scoring. Every agency is a real :class:`nodes.scoring.ScoringNode` (X25519
 key agreement, ChaCha20 masks, OpenDP noise at the label owner, every step on a signed ledger);
-the transport is a plain method call, so the times are compute only (the Flower numbers come with
-the Flower adapter).
+the transport is a plain method call, so the times are compute only.
+
+``--transport flower`` runs the same training over a real Flower deployment instead
+(:class:`tests.deployment.LocalDeployment`: ``pplink coordinator serve`` with TLS and node
+authentication and one ``pplink node join`` per agency, on 127.0.0.1): a match round links the
+synthetic agencies, then ``pplink coordinator run --task score`` trains and evaluates on that
+linkage. It prints the scoring run's wall time as the operator sees it, seconds, messages and
+exchanges per step, and the service start-up apart. Each exchange costs seconds (an idle SuperNode
+polls every 3 s and starts a process per message), so keep ``--steps`` small.
 
 Each run prints one JSON line: parameters, versions, setup/training/evaluation seconds, seconds
 per step, messages and bytes per step, the label owner's exact holdout AUC, the released (DP)
@@ -18,6 +25,8 @@ Usage::
 
     uv run python benchmarks/scoring.py --people 20000 --agencies 4
     uv run python benchmarks/scoring.py --people 20000 --budget-table --epsilons 1,2,5,10,20,60 --repeats 3
+    uv run python benchmarks/scoring.py --transport flower --people 2000 --agencies 3 --steps 3 \
+        --training-epsilon 1 --evaluation-epsilon 0.5
 """
 
 from __future__ import annotations
@@ -123,6 +132,61 @@ def run_once(people: int, agencies: int, *, seed: int = 3, steps: int = 10, lear
         return record
 
 
+def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, training_epsilon: float = 1.0, evaluation_epsilon: float = 0.5,
+               keep: Path | None = None) -> dict[str, Any]:
+    """One match round, then one scoring run, over a real Flower deployment on 127.0.0.1.
+
+    The agreement is the default one (budget epsilon 4), so the run must fit it; the learning rate
+    is the default (``coordinator run`` does not set it).
+    """
+    import os
+
+    from pplink.synth import DEFAULT_AGENCIES
+    from tests.deployment import LocalDeployment
+
+    names = tuple(DEFAULT_AGENCIES[:agencies])
+    with tempfile.TemporaryDirectory(prefix="pplink-bench-flower-scoring-") as tmp:
+        root = keep or Path(tmp)
+        with LocalDeployment(root, agencies=names, people=people, seed=seed) as d:
+            d.prepare()
+            t0 = time.perf_counter()
+            d.start_coordinator()
+            for agency in names:
+                d.start_node(agency)
+            d.wait_connected(timeout=180)
+            startup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            done, matched = d.run_round("--reply-timeout", "600", timeout=1800)
+            match_seconds = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise SystemExit(f"the match round failed:\n{done.stderr}")
+            t0 = time.perf_counter()
+            done, record = d.run_round("--task", "score", "--match-run", matched["run_id"], "--steps", str(steps),
+                                       "--training-epsilon", str(training_epsilon),
+                                       "--evaluation-epsilon", str(evaluation_epsilon),
+                                       "--reply-timeout", "600", timeout=3600)
+            score_seconds = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise SystemExit(f"the scoring run failed:\n{done.stderr}")
+            summary = json.loads((d.state / "scoring" / f"{record['run_id']}.json").read_text(encoding="utf-8"))
+    step_seconds = summary["step_seconds"]
+    return {
+        "benchmark": "scoring-vertical-flower", "people": people, "agencies": len(names),
+        "linked_entities": matched.get("entities"), "seed": seed, "steps": summary["steps"],
+        "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "flwr": metadata.version("flwr"), "service_startup_seconds": round(startup, 2),
+        "match_round_seconds": round(match_seconds, 2), "scoring_run_seconds": round(score_seconds, 2),
+        "serverapp_seconds": summary["seconds"],
+        "seconds_per_step": round(statistics.fmean(step_seconds), 2) if step_seconds else None,
+        "step_seconds": [round(s, 2) for s in step_seconds],
+        "messages_per_step": summary["messages_per_step"], "exchanges_per_step": summary["exchanges_per_step"],
+        "messages_total": summary["messages"], "exchanges_total": summary["exchanges"],
+        "seconds_per_exchange": round(summary["seconds"] / summary["exchanges"], 2),
+        "score_rows": summary["score_rows"], "auc_released_dp": summary["released_auc"],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def budget_table(people: int, agencies: int, epsilons: list[float], repeats: int) -> str:
     """AUC against the training budget, as a Markdown table (means over seeds 1..repeats).
 
@@ -179,7 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--budget-table", action="store_true")
     parser.add_argument("--epsilons", default="1,2,5,10,20,60,90")
+    parser.add_argument("--transport", choices=("inprocess", "flower"), default="inprocess",
+                        help="inprocess: method calls (compute only); flower: a real deployment on 127.0.0.1")
+    parser.add_argument("--keep", type=Path, default=None, help="flower: keep the deployment's files in this folder")
     args = parser.parse_args(argv)
+    if args.transport == "flower":
+        if args.budget_table:
+            parser.error("--budget-table runs in process only")
+        for rep in range(args.repeats):
+            rec = run_flower(args.people, min(args.agencies, 4), seed=args.seed + rep, steps=args.steps,
+                             training_epsilon=args.training_epsilon,
+                             evaluation_epsilon=args.evaluation_epsilon, keep=args.keep)
+            print(json.dumps(rec), flush=True)
+        print(f"Flower, {rec['agencies']} agencies x {rec['people']} people: scoring run {rec['scoring_run_seconds']} s "
+              f"wall for {rec['steps']} steps; {rec['seconds_per_step']} s, {rec['messages_per_step']} messages and "
+              f"{rec['exchanges_per_step']} exchanges per step ({rec['seconds_per_exchange']} s per exchange)")
+        return 0
     if args.budget_table:
         print(budget_table(args.people, args.agencies, [float(e) for e in args.epsilons.split(",")], args.repeats))
         return 0

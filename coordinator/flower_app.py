@@ -1,4 +1,4 @@
-"""``pplink coordinator run``: launch one match round on the running SuperLink and follow it.
+"""``pplink coordinator run``: launch one match round or scoring run on the running SuperLink and follow it.
 
 The Flower app is only a ``pyproject.toml`` naming pplink's ServerApp and ClientApp (both
 installed with pplink at the coordinator and at every agency); it is written into
@@ -6,6 +6,11 @@ installed with pplink at the coordinator and at every agency); it is written int
 builds the app bundle, submits it with this round's settings as run config, and streams the
 ServerApp's log into ``<state>/runs/<run_id>.flwr.log``. Progress is read from the run record
 the ServerApp keeps (:mod:`coordinator.run_records`).
+
+The run config's ``task`` picks what the ServerApp does: ``match`` (a match round) or ``score``
+(a vertical scoring run on a finished round, its settings as JSON under ``scoring``). Flower's
+SuperLink refuses a run whose config names a key the app's ``[tool.flwr.app.config]`` does not
+declare, so every key either task uses is declared there.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +35,18 @@ from coordinator.run_records import (
 )
 from coordinator.superlink import CONNECTION_NAME, read_serve_info
 from pplink.agreement import AgreementConfig
-from pplink.errors import TransportError
+from pplink.errors import TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable
 from pplink.messages import new_run_id
+from pplink.scoring_protocol import VerticalSettings
 
-__all__ = ["APP_PYPROJECT", "RunSettings", "launch_round", "write_flower_app"]
+__all__ = ["APP_PYPROJECT", "TASKS", "RunSettings", "launch_round", "run_task", "write_flower_app"]
+
+#: What a run can do: a match round, or a vertical scoring run on a finished round.
+TASKS = ("match", "score")
 
 APP_PYPROJECT = """\
-# Written by pplink: the Flower app of a pplink match round. Its code is pplink's own ServerApp
+# Written by pplink: the Flower app of a pplink match round or scoring run. Its code is pplink's own ServerApp
 # (coordinator) and ClientApp (agencies), installed with pplink; nothing is downloaded.
 [build-system]
 requires = ["setuptools>=65"]
@@ -56,7 +66,8 @@ publisher = "pplink"
 serverapp = "coordinator.server_app:app"
 clientapp = "nodes.client_app:app"
 
-# Set for each round by `pplink coordinator run` (see coordinator.flower_round.settings_from_run_config).
+# Set for each run by `pplink coordinator run` (see coordinator.flower_round.settings_from_run_config
+# and coordinator.server_app). The SuperLink refuses run-config keys not declared here.
 [tool.flwr.app.config]
 agreement = ""
 agreement-id = ""
@@ -66,6 +77,9 @@ run-id = ""
 wait-nodes = 60.0
 reply-timeout = 600.0
 workers = 2
+task = "match"
+scoring = ""
+match-run = ""
 """
 
 
@@ -82,6 +96,9 @@ class RunSettings:
         reply_timeout: seconds it waits for the replies of one step.
         workers: threads for comparing encodings.
         timeout: seconds after which ``coordinator run`` gives up following the round.
+        task: ``match`` (a match round) or ``score`` (a vertical scoring run).
+        scoring: the training and evaluation settings of a scoring run (None: the defaults).
+        match_run: the finished match round a scoring run uses (None: the newest).
     """
 
     agreement: AgreementConfig
@@ -92,6 +109,15 @@ class RunSettings:
     reply_timeout: float = 600.0
     workers: int = 2
     timeout: float = 3600.0
+    task: str = "match"
+    scoring: VerticalSettings | None = None
+    match_run: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r} (match or score)")
+        if self.task != "score" and (self.scoring is not None or self.match_run is not None):
+            raise UsageError("scoring settings and a match run belong to task 'score' only")
 
 
 def write_flower_app(state_dir: Path) -> Path:
@@ -115,8 +141,27 @@ def _run_config(settings: RunSettings, run_id: str) -> str:
         "wait-nodes": float(settings.wait_nodes),
         "reply-timeout": float(settings.reply_timeout),
         "workers": int(settings.workers),
+        "task": settings.task,
+        # Every declared key is set, so a run never inherits another task's settings from the app's defaults.
+        "scoring": (settings.scoring or VerticalSettings()).model_dump_json() if settings.task == "score" else "",
+        "match-run": settings.match_run or "",
     }
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def run_task(state_dir: Path, run_id: str) -> str:
+    """What a run launched from this state folder did (``match`` or ``score``).
+
+    Read from the run config ``coordinator run`` kept (``<state>/runs/<run_id>.config.toml``);
+    ``match`` for a run without one (launched before scoring runs existed).
+    """
+    path = runs_dir(Path(state_dir)) / f"{run_id}.config.toml"
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return "match"
+    task = config.get("task")
+    return task if task in TASKS else "match"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -127,7 +172,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def launch_round(settings: RunSettings, *, on_update: Callable[[RunRecord], None] | None = None) -> RunRecord:
-    """Launch a match round with ``flwr run`` and wait for it to end.
+    """Launch a match round or scoring run with ``flwr run`` and wait for it to end.
 
     Args:
         settings: the round.

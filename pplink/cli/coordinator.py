@@ -137,6 +137,7 @@ def serve_command(agreement_path: Path, state_dir: Path, address: str, certs_dir
             click.echo(f"  runs interrupted by the last stop: {', '.join(map(str, info['interrupted_runs']))}")
         click.echo(f"  state: {state_dir}  (log: {info['log']})")
         click.echo(f"  start a round with: pplink coordinator run --agreement {agreement_path} --dir {state_dir}")
+        click.echo("  (then a scoring run on it: the same with --task score)")
         click.echo("Press Ctrl-C to stop.")
         sys.stdout.flush()  # a service's output is often a log file, which Python buffers
 
@@ -186,6 +187,24 @@ def _render_run(record, output_format: str) -> None:  # type: ignore[no-untyped-
         click.echo("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in record.seconds.items()))
 
 
+def _scoring_summary(state_dir: Path, run_id: str) -> dict | None:  # type: ignore[type-arg]
+    """The summary a finished scoring run left in ``<state>/scoring/<run_id>.json`` (None: none)."""
+    path = Path(state_dir) / "scoring" / f"{run_id}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def _render_scoring(summary: dict) -> None:  # type: ignore[type-arg]
+    click.echo(f"  scoring run {summary['scoring_run_id'][:12]} on match round {summary['match_round']}: "
+               f"{summary['steps']} steps ({summary['stop_reason']}), released holdout AUC {summary['released_auc']:.2f}")
+    click.echo(f"  ledger entries: {', '.join(map(str, summary['ledger_entries']))}; "
+               f"{summary['score_rows']} scores written at the label owner's node")
+    click.echo(f"  messages: {summary['messages']} in {summary['exchanges']} exchanges "
+               f"({summary['messages_per_step']} per training step)")
+
+
 @coordinator.command("run")
 @click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
 @click.option("--dir", "state_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -197,10 +216,24 @@ def _render_run(record, output_format: str) -> None:  # type: ignore[no-untyped-
 @click.option("--reply-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Seconds to wait for the agencies' replies to one step.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for comparison.")
+@click.option("--task", type=click.Choice(["match", "score"]), default="match", show_default=True,
+              help="match: a match round; score: a vertical scoring run on a finished match round.")
+@click.option("--match-run", default=None, help="score: the finished match round to score on (default: the newest).")
+@click.option("--steps", type=click.IntRange(1, 500), default=None, help="score: training steps (default 10).")
+@click.option("--training-epsilon", type=float, default=None,
+              help="score: privacy loss of all residual releases (default 2).")
+@click.option("--evaluation-epsilon", type=float, default=None,
+              help="score: privacy loss of the evaluation releases (default 0.6).")
 @FORMAT_OPTION
 def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wait_nodes: float,
-                reply_timeout: float, workers: int, output_format: str) -> None:
-    """Run one match round over Flower with every connected agency and wait for it to finish."""
+                reply_timeout: float, workers: int, task: str, match_run: str | None, steps: int | None,
+                training_epsilon: float | None, evaluation_epsilon: float | None, output_format: str) -> None:
+    """Run one match round (or, with --task score, one scoring run) over Flower and wait for it to finish.
+
+    A scoring run trains on the people a finished match round linked: agencies keep their features
+    and weights, every residual and evaluation release is charged on STATE/ledger.jsonl first, and
+    only the label owner's node writes scores (OUT_DIR/<party>.scores.csv).
+    """
     from coordinator.flower_app import RunSettings, launch_round
     from coordinator.match_round import check_coordinator_key
     from coordinator.run_records import RunStatus
@@ -209,6 +242,32 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     from pplink.errors import UsageError
 
     config = load_agreement(agreement_path)
+    scoring = None
+    asked = {"steps": steps, "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon}
+    if task == "match" and (match_run is not None or any(v is not None for v in asked.values())):
+        raise UsageError("--match-run, --steps, --training-epsilon and --evaluation-epsilon need --task score")
+    if task == "score":
+        from pydantic import ValidationError
+
+        from pplink.scoring_protocol import VerticalSettings
+
+        if config.scoring is None:
+            raise UsageError(f"{agreement_path}: the agreement has no [scoring] section")
+        if match_run is not None:
+            import re
+
+            from coordinator.state import STATE_FILE
+
+            # A run id, never a path: it names a folder under STATE/rounds.
+            if not re.fullmatch(r"[0-9a-f]{16,32}", match_run):
+                raise UsageError("--match-run: a run id is 16 to 32 lower-case hex digits (see `coordinator runs`)")
+            if not (Path(state_dir) / "rounds" / match_run / STATE_FILE).is_file():
+                raise UsageError(f"{Path(state_dir) / 'rounds' / match_run}: no such finished match round")
+        try:
+            scoring = VerticalSettings(**{k: v for k, v in asked.items() if v is not None})
+        except ValidationError as err:
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False))
+            raise UsageError(f"bad scoring settings: {reasons}") from None
     if key_path is None:
         key_path = _default_keys_dir(agreement_path) / "coordinator.key"
         if not key_path.is_file():
@@ -226,8 +285,12 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
 
     record = launch_round(RunSettings(agreement=config, agreement_path=agreement_path, key_path=key_path,
                                       state_dir=state_dir, wait_nodes=wait_nodes, reply_timeout=reply_timeout,
-                                      workers=workers), on_update=progress)
+                                      workers=workers, task=task, scoring=scoring, match_run=match_run),
+                          on_update=progress)
     _render_run(record, output_format)
+    summary = _scoring_summary(state_dir, record.run_id) if task == "score" else None
+    if summary is not None and output_format != "json":
+        _render_scoring(summary)
     if record.status is not RunStatus.FINISHED:
         raise _error_for(record.error_code, f"run {record.run_id} failed: {record.error}")
 
@@ -238,22 +301,45 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
 @click.option("--run", "run_id", default=None, help="Show one run in full.")
 @FORMAT_OPTION
 def runs_command(state_dir: Path, run_id: str | None, output_format: str) -> None:
-    """List the match rounds run over Flower and how each ended (also after a restart)."""
+    """List the match rounds and scoring runs run over Flower and how each ended (also after a restart)."""
+    from coordinator.flower_app import run_task
     from coordinator.run_records import list_run_records, read_run_record
 
+    def described(record) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        # The run record plus what only a scoring run has: its task and released summary.
+        out = record.model_dump(mode="json")
+        out["task"] = run_task(state_dir, record.run_id)
+        if out["task"] == "score":
+            out["scoring"] = _scoring_summary(state_dir, record.run_id)
+        return out
+
     if run_id is not None:
-        _render_run(read_run_record(state_dir, run_id), output_format)
+        record = read_run_record(state_dir, run_id)
+        if output_format == "json":
+            click.echo(json.dumps(described(record), indent=2))
+            return
+        _render_run(record, output_format)
+        summary = _scoring_summary(state_dir, run_id)
+        if summary is not None:
+            _render_scoring(summary)
         return
     records = list_run_records(state_dir)
     if output_format == "json":
-        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        click.echo(json.dumps([described(r) for r in records], indent=2))
         return
     if not records:
         click.echo(f"no runs recorded in {state_dir}")
         return
     for r in records:
-        outcome = r.error.splitlines()[0][:80] if r.error else (f"{r.entities} entities" if r.entities else "")
-        click.echo(f"{r.run_id}  {r.started}  {r.status.value:<11} {r.phase.value:<17} {outcome}")
+        task = run_task(state_dir, r.run_id)
+        summary = _scoring_summary(state_dir, r.run_id) if task == "score" else None
+        if r.error:
+            outcome = r.error.splitlines()[0][:80]
+        elif summary is not None:
+            outcome = f"{summary['steps']} steps, released AUC {summary['released_auc']:.2f}"
+        else:
+            outcome = f"{r.entities} entities" if r.entities else ""
+        click.echo(f"{r.run_id}  {r.started}  {task:<5} {r.status.value:<11} {r.phase.value:<17} {outcome}")
 
 
 @coordinator.command("suggest-threshold")

@@ -1,0 +1,98 @@
+"""A vertical scoring run over a real Flower deployment on 127.0.0.1: TLS, node authentication, three agencies.
+
+One SuperLink (`pplink coordinator serve`) and three SuperNodes (`pplink node join`) run as separate
+processes; a match round over ~300 synthetic people links the agencies, then `pplink coordinator run
+--task score` trains and evaluates a short vertical model on that linkage. Every process tree is
+stopped (by pid) when the module ends, pass or fail. Synthetic people only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nodes.linkage_round import entities_path
+from nodes.scoring_round import scores_path
+from pplink.audit import verify_ledger
+from tests.deployment import PPLINK, LocalDeployment, _env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+AGENCIES = ("social_care", "school", "health")
+STEPS = 2
+#: Releases of the evaluation: score histogram, error counts by subgroup, error counts by agency presence.
+EVALUATION_RELEASES = 3
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    """Coordinator and three agencies, connected, for the whole module."""
+    d = LocalDeployment(tmp_path_factory.mktemp("flower-score"), agencies=AGENCIES, people=300, seed=11)
+    try:
+        d.prepare()
+        d.start_coordinator()
+        for party in AGENCIES:
+            d.start_node(party)
+        d.wait_connected(timeout=120)
+        yield d
+    finally:
+        d.close()
+
+
+def test_a_scoring_run_over_tls_charges_the_ledger_and_leaves_scores_at_the_label_owner_only(
+        deployment: LocalDeployment) -> None:
+    """Invariant: after a match round, `coordinator run --task score` finishes over real SuperNodes;
+    its ledger audits clean with one entry per training step plus the evaluation's releases; only
+    the label owner's node holds a scores file (one row per linked record it holds); no node keeps
+    a run state file; `coordinator runs` lists the run as a scoring run with its summary."""
+    d = deployment
+    assert d.setup is not None and d.setup.agreement.scoring is not None
+    owner = d.setup.agreement.scoring.label_owner
+    assert owner in AGENCIES
+
+    started = time.monotonic()
+    done, matched = d.run_round("--reply-timeout", "90")
+    assert done.returncode == 0, done.stderr
+    assert matched["status"] == "finished"
+    match_seconds = time.monotonic() - started
+    for party in AGENCIES:
+        assert entities_path(d.out_dir(party), party).is_file()
+
+    started = time.monotonic()
+    done, record = d.run_round("--task", "score", "--match-run", matched["run_id"], "--steps", str(STEPS),
+                               "--training-epsilon", "1.0", "--evaluation-epsilon", "0.5",
+                               "--reply-timeout", "90", timeout=240)
+    score_seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert record["status"] == "finished" and record["phase"] == "done"
+    summary = json.loads((d.state / "scoring" / f"{record['run_id']}.json").read_text())
+    assert summary["match_round"] == matched["run_id"] and summary["steps"] == STEPS
+    assert summary["messages_per_step"] == len(AGENCIES) + 1
+
+    verdict = verify_ledger(d.setup.agreement, d.state / "ledger.jsonl")
+    assert verdict.ok, verdict.findings
+    assert len(verdict.rows) == STEPS + EVALUATION_RELEASES
+    assert len(summary["ledger_entries"]) == STEPS
+
+    scores = scores_path(d.out_dir(owner), owner)
+    assert scores.is_file() and summary["score_rows"] > 0
+    for party in AGENCIES:
+        if party != owner:
+            assert not scores_path(d.out_dir(party), party).exists()
+            assert not list(d.out_dir(party).rglob("*.scores.csv"))
+    # The run's mask keys and seeds do not outlive it at any node; no score reached the coordinator.
+    assert not list((d.root / "nodes").rglob("*.state"))
+    assert not any(p.name.endswith(".scores.csv") for p in d.state.rglob("*"))
+
+    listed = subprocess.run([*PPLINK, "coordinator", "runs", "--dir", str(d.state), "--format", "json"],
+                            capture_output=True, text=True, timeout=60, check=True, env=_env())
+    tasks = {r["run_id"]: (r["task"], r.get("scoring")) for r in json.loads(listed.stdout)}
+    assert tasks[matched["run_id"]] == ("match", None)
+    assert tasks[record["run_id"]][0] == "score" and tasks[record["run_id"]][1] == summary
+    print(f"\nmatch round {match_seconds:.1f} s; scoring run {score_seconds:.1f} s wall "
+          f"({summary['seconds']:.1f} s in the ServerApp), {summary['messages']} messages in "
+          f"{summary['exchanges']} exchanges, steps {summary['step_seconds']} s")

@@ -39,6 +39,7 @@ __all__ = [
     "ReleaseRules",
     "Retention",
     "Role",
+    "Salt",
     "Scoring",
     "canonical_json",
     "load_agreement",
@@ -111,14 +112,52 @@ class IdentifierField(PplinkModel):
     required: bool = True
 
 
+class Salt(PplinkModel):
+    """Salting: some fields' tokens are hashed together with (part of) another field's value.
+
+    With ``source = "date_of_birth"`` and ``prefix = 4`` a name's bigrams are hashed with the year
+    of birth, so "smith" born in 2012 and "smith" born in 2013 set unrelated bits: a name's bit
+    pattern is only as frequent as the name within one birth year. The price: two records of one
+    person whose years differ (or where one lacks the date) no longer agree on the salted fields.
+    The salt is not secret; its strength lies in splitting frequencies.
+    """
+
+    #: Identifier column whose (normalised) value is the salt.
+    source: ColumnName
+    #: Identifier columns whose tokens are salted.
+    fields: Annotated[tuple[ColumnName, ...], Field(min_length=1)]
+    #: Use only the first ``prefix`` characters of the source value (4: the year of a date, which
+    #: pplink hashes as YYYYMMDD); 0 uses the whole value.
+    prefix: Annotated[int, Field(ge=0, le=64)] = 0
+
+    @model_validator(mode="after")
+    def _source_not_salted(self) -> Salt:
+        if self.source in self.fields:
+            raise ValueError(f"salt source {self.source} cannot salt itself")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("salted fields appear twice")
+        return self
+
+
 class Hardening(PplinkModel):
-    """Encoding hardening against frequency and pattern attacks.
+    """Encoding hardening against frequency and pattern attacks (see docs/hardening.md).
 
     ``xor_folds`` halves the filter length per fold by XOR-ing its halves (clkhash ``xor_folds``;
     not ``xorFolds``, which clkhash accepts and ignores).
+
+    ``flip_probability`` flips every bit of a finished encoding with that probability (BLIP,
+    Schnell and Borgs 2016). The flips are drawn from a keyed pseudo-random function of the
+    record's normalised values: deterministic, so re-encoding a record gives the same encoding and
+    repeated uploads cannot be averaged to remove the noise. It is randomised response per bit,
+    epsilon = ln((1 - p) / p) for one bit; it is not differential privacy for a record or a person.
+
+    ``salt`` hashes some fields' tokens with another field's value (:class:`Salt`).
+    Encodings are bit for bit clkhash's only when ``flip_probability`` is 0 and ``salt`` is unset.
     """
 
     xor_folds: Annotated[int, Field(ge=0, le=2)] = 0
+    flip_probability: Annotated[float, Field(ge=0.0, le=0.25)] = 0.0
+    salt: Salt | None = None
 
 
 class IdentifierSchema(PplinkModel):
@@ -244,6 +283,9 @@ class AgreementConfig(PplinkModel):
 
     schema_version: Literal[1] = 1
     name: Annotated[str, Field(min_length=1)]
+    #: ``pplink secret check`` of the agencies' linkage secret: a node with another secret (for
+    #: example after a rotation) is stopped before encoding. Reveals nothing about the secret.
+    secret_check: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
     contact: Annotated[str, Field(min_length=1)]
     parties: Annotated[tuple[Party, ...], Field(min_length=3)]
     identifiers: IdentifierSchema

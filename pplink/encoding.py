@@ -7,11 +7,16 @@ public constants.
 
 Encodings are returned as a packed ``uint8`` array of shape ``(n, filter_bits // 8)``, bit order
 as ``bitarray.tobytes()`` gives (big-endian within each byte), the layout anonlink uses.
+
+Two hardenings go beyond clkhash (see docs/hardening.md): salting (some fields' tokens hashed with
+part of another field's value) and keyed bit flipping (BLIP). Without them the encodings are bit
+for bit clkhash's; a test pins that.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -22,12 +27,18 @@ from clkhash.key_derivation import generate_key_lists
 from clkhash.schema import Schema, from_json_dict
 
 from pplink.agreement import IdentifierSchema
+from pplink.errors import AgreementError
 
 __all__ = ["ClkEncoder", "clkhash_schema_dict", "encodings_to_anonlink_json"]
 
 # Public, fixed KDF parameters: the secrecy lives in the key, not here.
 _KDF_SALT = base64.b64encode(b"pplink clkhash kdf salt v1").decode("ascii")
 _KDF_INFO = base64.b64encode(b"pplink clkhash kdf info v1").decode("ascii")
+# Domain separation for the flip key and the salt suffix (public constants).
+_FLIP_PERSON = b"pplink-flip-v1"
+_SALT_SEPARATOR = "\x1f"
+#: Flip decisions use 16-bit uniforms: probabilities are rounded to multiples of 1/65536.
+_FLIP_RESOLUTION = 1 << 16
 
 
 def clkhash_schema_dict(identifiers: IdentifierSchema) -> dict[str, Any]:
@@ -78,11 +89,19 @@ class ClkEncoder:
     In an integer, filter index ``i`` is bit ``L - 1 - i``, so ``int.to_bytes(…, "big")`` gives
     ``bitarray.tobytes()`` order.
 
+    The agreement's hardening may add two steps clkhash does not have: a salted field hashes each
+    token followed by a separator and the salt (part of another field's value), and bit flipping
+    XORs the finished filter with a mask drawn from SHAKE-256 over a flip key (derived from
+    ``key``) and the record's values. Without them the output is clkhash's.
+
     Build one encoder per process and reuse it: the schema and HKDF key lists cost ~1 ms.
 
     Args:
         identifiers: the agreement's identifier section.
         key: the per-agreement key from :func:`pplink.crypto.derive_linkage_key`.
+
+    Raises:
+        AgreementError: the hardening salts with or salts a column that is not an identifier field.
     """
 
     def __init__(self, identifiers: IdentifierSchema, key: bytes) -> None:
@@ -99,9 +118,26 @@ class ClkEncoder:
             kdf=self.schema.kdf_type,
             hash_algo=self.schema.kdf_hash,
         )
-        self._field_filters = [self._field_filter(i) for i in range(len(self.schema.fields))]
+        hardening = identifiers.hardening
+        columns = [f.column for f in identifiers.fields]
+        salted: set[int] = set()
+        self._salt_source: int | None = None
+        self._salt_prefix = 0
+        if hardening.salt is not None:
+            unknown = [c for c in (hardening.salt.source, *hardening.salt.fields) if c not in columns]
+            if unknown:
+                raise AgreementError(
+                    f"identifiers.hardening.salt names {', '.join(unknown)}, which is not an identifier field"
+                )
+            self._salt_source = columns.index(hardening.salt.source)
+            self._salt_prefix = hardening.salt.prefix
+            salted = {columns.index(c) for c in hardening.salt.fields}
+        self._salted = tuple(i in salted for i in range(len(columns)))
+        self._field_filters = [self._field_filter(i, i in salted) for i in range(len(self.schema.fields))]
+        self._flip_threshold = round(hardening.flip_probability * _FLIP_RESOLUTION)
+        self._flip_key = hashlib.blake2b(b"flip", key=key, digest_size=32, person=_FLIP_PERSON).digest()
 
-    def _field_filter(self, index: int):  # type: ignore[no-untyped-def]
+    def _field_filter(self, index: int, salted: bool):  # type: ignore[no-untyped-def]
         field = self.schema.fields[index]
         props = field.hashing_properties
         assert props is not None and props.hash_type == "blakeHash", "pplink schemas hash every field with BLAKE2"
@@ -113,15 +149,22 @@ class ClkEncoder:
         top = hash_bits - 1
 
         @lru_cache(maxsize=1 << 16)
-        def partial(value: str) -> int:
+        def partial(value: str, salt: str) -> int:
             tokens = list(comparator.tokenize(field.format_value(value)))
+            suffix = (_SALT_SEPARATOR + salt).encode(encoding) if salted else b""
             bits = 0
             for token, k in zip(tokens, strategy.bits_per_token(len(tokens)), strict=True):
-                for idx in blake_hash_token(token.encode(encoding), k, field_key, hash_bits):
+                for idx in blake_hash_token(token.encode(encoding) + suffix, k, field_key, hash_bits):
                     bits |= 1 << (top - idx)
             return bits
 
         return partial
+
+    def _salt(self, row: Sequence[str]) -> str:
+        if self._salt_source is None:
+            return ""
+        value = row[self._salt_source]
+        return value[: self._salt_prefix] if self._salt_prefix else value
 
     def encode(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
         """Encode normalised rows (one string per identifier field, ``""`` if missing).
@@ -133,15 +176,38 @@ class ClkEncoder:
         width, folds, filters = self.filter_bytes, self._folds, self._field_filters
         half_bits = [self._hash_bits >> (f + 1) for f in range(folds)]
         offset = 0
+        salted = self._salted
         for row in rows:
             bits = 0
-            for partial, value in zip(filters, row, strict=True):
-                bits |= partial(value)
+            salt = self._salt(row)
+            for partial, value, with_salt in zip(filters, row, salted, strict=True):
+                # Unsalted fields always pass "": their per-value cache then never misses on the salt.
+                bits |= partial(value, salt if with_salt else "")
             for half in half_bits:
                 bits = (bits >> half) ^ (bits & ((1 << half) - 1))
             out[offset : offset + width] = bits.to_bytes(width, "big")
             offset += width
-        return np.frombuffer(bytes(out), dtype=np.uint8).reshape(len(rows), width)
+        clks = np.frombuffer(bytes(out), dtype=np.uint8).reshape(len(rows), width)
+        if self._flip_threshold and len(rows):
+            clks = clks ^ self._flip_masks(rows)
+        return clks
+
+    def _flip_masks(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """One keyed pseudo-random mask per record: bit ``i`` is set with the flip probability.
+
+        The mask depends only on the key and the record's values (length-prefixed, so distinct
+        rows never share an input), never on the row's position or on a random source.
+        """
+        filter_bits = self.filter_bytes * 8
+        stream = bytearray()
+        for row in rows:
+            shake = hashlib.shake_256(self._flip_key)
+            for value in row:
+                raw = value.encode("utf-8")
+                shake.update(len(raw).to_bytes(4, "big") + raw)
+            stream += shake.digest(2 * filter_bits)
+        uniform = np.frombuffer(bytes(stream), dtype="<u2").reshape(len(rows), filter_bits)
+        return np.packbits(uniform < self._flip_threshold, axis=1)
 
 
 def encodings_to_anonlink_json(clks: np.ndarray) -> dict[str, list[str]]:

@@ -52,7 +52,7 @@ def cli() -> None:
 
 def _register() -> None:
     # One module per command group (see STYLE.md §5); imported here so `main` stays the registry.
-    from pplink.cli import agreement, audit, coordinator, demo, evaluate, keys, node, release, secret, synth
+    from pplink.cli import agreement, audit, coordinator, demo, evaluate, keys, node, release, report, secret, synth
 
     cli.add_command(agreement.agreement)
     cli.add_command(keys.keys)
@@ -64,6 +64,13 @@ def _register() -> None:
     cli.add_command(synth.synth)
     cli.add_command(evaluate.eval_group, name="eval")
     cli.add_command(audit.audit)
+    cli.add_command(report.report)
+    from pplink.cli import score
+
+    cli.add_command(score.score_group)
+    from pplink.cli import attack
+
+    cli.add_command(attack.attack)
 
 
 _register()

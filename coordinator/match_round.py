@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,7 +32,9 @@ from pplink.errors import KeyFileError, MatchError
 __all__ = [
     "MANIFEST_FILE",
     "MatchRoundSummary",
+    "ALL_PAIRS_LIMIT",
     "assign_pseudonyms",
+    "blocking_for",
     "check_coordinator_key",
     "check_inputs",
     "load_inputs",
@@ -113,15 +116,39 @@ def assign_pseudonyms(n_clusters: int) -> np.ndarray:
             return pseudonyms
 
 
+#: Up to this many cross-agency comparisons, every pair is scored (exact, ~1 s of anonlink's
+#: accelerated Dice per 2e8 pairs on one core); beyond it, Hamming-LSH blocking keeps the cost
+#: near-linear at a measured recall loss of 0.1-0.3% on synthetic data (more on encodings with
+#: many fields and a low threshold, such as FEBRL's: docs/hardening.md).
+ALL_PAIRS_LIMIT = 200_000_000
+
+
+def blocking_for(sizes: Sequence[int]) -> BlockingConfig | None:
+    """The coordinator's blocking policy: exact all-pairs when affordable, else LSH blocking.
+
+    >>> blocking_for([5_000, 5_000]) is None
+    True
+    >>> blocking_for([1_000_000, 1_000_000]) is not None
+    True
+    """
+    pairs = sum(a * b for i, a in enumerate(sizes) for b in sizes[i + 1 :])
+    return None if pairs <= ALL_PAIRS_LIMIT else BlockingConfig()
+
+
 def match_files(
     agreement: AgreementConfig,
     files: Sequence[EncodingsFile],
     *,
     workers: int = 2,
-    blocking: BlockingConfig | None = BlockingConfig(),
+    blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[LinkageState, MatchResult]:
-    """Link verified files and build the coordinator's linkage state (pure: writes nothing)."""
+    """Link verified files and build the coordinator's linkage state (pure: writes nothing).
+
+    ``blocking="auto"`` applies :func:`blocking_for` to the file sizes.
+    """
+    if blocking == "auto":
+        blocking = blocking_for([f.header.n_records for f in files])
     result = match_clks([f.clks for f in files], agreement.linkage.threshold, blocking=blocking,
                         workers=workers, progress=progress)
     parties = tuple(f.header.party for f in files)
@@ -229,7 +256,7 @@ def run_match_round(
     out_dir: Path,
     *,
     workers: int = 2,
-    blocking: BlockingConfig | None = BlockingConfig(),
+    blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> MatchRoundSummary:
     """Verify, match, and write every agency's pseudonym map plus the coordinator's state.

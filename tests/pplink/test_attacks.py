@@ -7,7 +7,8 @@ run at the harness's measuring size (about 20,000 encoded records of ``pplink sy
 the rest use constructed or smaller data.
 
 ``RECOMMENDED`` is the default fields and weights with ``xor_folds = 1``, the hardening
-docs/hardening.md recommends; ``TEMPLATE`` is what ``pplink agreement init`` writes today.
+docs/hardening.md recommends; ``TEMPLATE`` is what ``pplink agreement init`` writes (a test
+checks they are the same).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ from pplink.errors import RecordValidationError
 
 TEMPLATE = default_identifiers()
 RECOMMENDED = TEMPLATE.model_copy(update={"hardening": Hardening(xor_folds=1)})
+
+
+def test_the_default_agreement_is_the_recommended_hardening() -> None:
+    # The harness measures RECOMMENDED; the tests below only protect users if it is the default.
+    assert TEMPLATE == RECOMMENDED
 KEY = bytes(range(32))
 
 

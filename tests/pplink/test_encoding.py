@@ -43,7 +43,7 @@ def test_bit_for_bit_equal_to_clkhash(tmp_path) -> None:  # type: ignore[no-unty
 def test_bit_for_bit_with_folding_and_other_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # The fast assembly must match clkhash for folds, other lengths and n-gram settings too.
     def edit(t: str) -> str:
-        t = t.replace("xor_folds = 0", "xor_folds = 2").replace("filter_bits = 1024", "filter_bits = 2048")
+        t = t.replace("xor_folds = 1\n", "xor_folds = 2\n").replace("filter_bits = 1024", "filter_bits = 2048")
         return t.replace('kind = "postcode"\nbits_per_token = 8', 'kind = "postcode"\nbits_per_token = 8\nngram = 3')
 
     config = make_setup(tmp_path, edit=edit).agreement
@@ -86,9 +86,10 @@ def test_key_depends_on_agreement(tmp_path) -> None:  # type: ignore[no-untyped-
 
 def test_xor_folding_really_changes_the_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # clkhash ignores `xorFolds`; pplink writes `xor_folds`, so folding must change the bits.
-    plain = make_setup(tmp_path / "p").agreement
-    folded = make_setup(tmp_path / "f", edit=lambda t: t.replace("xor_folds = 0", "xor_folds = 1")).agreement
+    folded = make_setup(tmp_path / "f").agreement  # the default folds once
+    plain = make_setup(tmp_path / "p", edit=lambda t: t.replace("xor_folds = 1\n", "xor_folds = 0\n")).agreement
     assert clkhash_schema_dict(folded.identifiers)["clkConfig"]["xor_folds"] == 1
+    assert "xor_folds" not in clkhash_schema_dict(plain.identifiers)["clkConfig"]
     key = derive_linkage_key(SECRET, plain.agreement_id)
     e_plain = ClkEncoder(plain.identifiers, key).encode(ROWS)
     e_fold = ClkEncoder(folded.identifiers, key).encode(ROWS)

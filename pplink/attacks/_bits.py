@@ -109,10 +109,18 @@ def leader_clusters(clks: np.ndarray, threshold: float, counts: np.ndarray | Non
     rows, cols, _ = neighbours(clks, threshold)
     weight = counts.copy()
     np.add.at(weight, rows, counts[cols])
+    return leader_clusters_from_pairs(n, rows, cols, weight)
+
+
+def leader_clusters_from_pairs(n: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Leader clustering over near-duplicate pairs (both directions, sorted by row).
+
+    The heaviest unclustered item leads a cluster of itself and its unclustered neighbours; ties
+    go by index, so the same input gives the same clusters.
+    """
     starts = np.searchsorted(rows, np.arange(n + 1))
     cluster = np.full(n, -1, dtype=np.int64)
     next_id = 0
-    # Stable order: heaviest first, ties by index, so the same input gives the same clusters.
     for leader in np.lexsort((np.arange(n), -weight)).tolist():
         if cluster[leader] >= 0:
             continue

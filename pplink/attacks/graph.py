@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pplink.attacks._bits import dice_to_rows, neighbours
+from pplink.attacks._bits import dice_to_rows, leader_clusters_from_pairs, neighbours
 from pplink.attacks.outcome import AttackOutcome
 
 __all__ = ["GraphAttackSettings", "graph_attack"]
@@ -92,7 +92,8 @@ def _graph(clks: np.ndarray, settings: GraphAttackSettings) -> tuple[np.ndarray,
     n = clks.shape[0]
     rows, cols, sims = neighbours(clks, settings.edge_threshold, _CANDIDATES)
     close = sims >= settings.duplicate_threshold
-    cluster = _leader_clusters_from_pairs(n, rows[close], cols[close])
+    dup_rows = rows[close]
+    cluster = leader_clusters_from_pairs(n, dup_rows, cols[close], np.bincount(dup_rows, minlength=n) + 1)
     _, first = np.unique(cluster, return_index=True)
     # Nodes are numbered in row order of their representatives, so the edge list stays sorted.
     order = np.argsort(first, kind="stable")
@@ -111,22 +112,6 @@ def _graph(clks: np.ndarray, settings: GraphAttackSettings) -> tuple[np.ndarray,
     features = np.full((representative.size, settings.neighbours), settings.edge_threshold, dtype=np.float32)
     features[rows[inside], rank[inside]] = sims[inside]
     return node_of_cluster[cluster], representative, features
-
-
-def _leader_clusters_from_pairs(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Leader clustering over given near-duplicate pairs (both directions, sorted by row)."""
-    weight = np.bincount(rows, minlength=n) + 1
-    starts = np.searchsorted(rows, np.arange(n + 1))
-    cluster = np.full(n, -1, dtype=np.int64)
-    next_id = 0
-    for leader in np.lexsort((np.arange(n), -weight)).tolist():
-        if cluster[leader] >= 0:
-            continue
-        members = cols[starts[leader] : starts[leader + 1]]
-        cluster[members[cluster[members] < 0]] = next_id
-        cluster[leader] = next_id
-        next_id += 1
-    return cluster
 
 
 def _nearest(left: np.ndarray, right: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

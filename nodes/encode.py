@@ -44,6 +44,9 @@ __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "en
 #: Below this input size one process is faster than starting workers.
 _PARALLEL_MIN_BYTES = 2_000_000
 _MAX_LISTED_PROBLEMS = 1_000
+#: Raw CSV bytes per chunk: large enough that process round trips are rare, small enough that
+#: two chunks per worker in flight stay a few MB.
+BLOCK_BYTES = 1 << 20
 
 
 class OutputFormat(StrEnum):
@@ -95,7 +98,11 @@ def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, Ch
     spec, encoder = _worker
     rows = parse_chunk(file, chunk)
     result = validate_chunk(spec, file, columns, rows)
-    return len(rows), result, encoder.encode(result.identifiers)
+    clks = encoder.encode(result.identifiers)
+    # The normalised identifiers are encoded now; not sending them back halves what crosses the
+    # process boundary (and identifiers need not travel further than they must, even locally).
+    result.identifiers = []
+    return len(rows), result, clks
 
 
 def _run_chunks(
@@ -163,7 +170,7 @@ def encode_records(
     key = derive_linkage_key(secret, agreement.agreement_id)
     if workers is None:
         workers = (os.cpu_count() or 1) if Path(records).stat().st_size > _PARALLEL_MIN_BYTES else 1
-    columns, chunks = iter_record_chunks(Path(records), spec)
+    columns, chunks = iter_record_chunks(Path(records), spec, block_bytes=BLOCK_BYTES)
     file = str(records)
     record_ids: list[str] = []
     clk_parts: list[np.ndarray] = []

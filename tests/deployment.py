@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -246,3 +247,18 @@ class LocalDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def connected_deployment(root: Path, agencies: Sequence[str], *, people: int, seed: int) -> Iterator[LocalDeployment]:
+    """A coordinator and one SuperNode per agency, connected; every process stopped on exit."""
+    d = LocalDeployment(root, agencies=tuple(agencies), people=people, seed=seed)
+    try:
+        d.prepare()
+        d.start_coordinator()
+        for party in agencies:
+            d.start_node(party)
+        d.wait_connected(timeout=120)
+        yield d
+    finally:
+        d.close()

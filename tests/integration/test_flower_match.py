@@ -22,7 +22,7 @@ from nodes.resolve import resolve_files
 from pplink.errors import TransportError
 from pplink.keystore import flower_private_key_path, new_flower_node_key
 from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
-from tests.deployment import PPLINK, LocalDeployment, _env
+from tests.deployment import connected_deployment, PPLINK, LocalDeployment, _env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,16 +32,8 @@ AGENCIES = ("social_care", "school", "health")
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     """Coordinator and three agencies, connected, for the whole module."""
-    d = LocalDeployment(tmp_path_factory.mktemp("flower"), agencies=AGENCIES, people=300, seed=11)
-    try:
-        d.prepare()
-        d.start_coordinator()
-        for party in AGENCIES:
-            d.start_node(party)
-        d.wait_connected(timeout=120)
+    with connected_deployment(tmp_path_factory.mktemp("flower"), AGENCIES, people=300, seed=11) as d:
         yield d
-    finally:
-        d.close()
 
 
 def _file_based_f1(d: LocalDeployment, work: Path) -> float:

@@ -18,7 +18,7 @@ import pytest
 from nodes.linkage_round import entities_path
 from nodes.scoring_round import scores_path
 from pplink.audit import verify_ledger
-from tests.deployment import PPLINK, LocalDeployment, _env
+from tests.deployment import connected_deployment, PPLINK, LocalDeployment, _env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,16 +31,8 @@ EVALUATION_RELEASES = 3
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     """Coordinator and three agencies, connected, for the whole module."""
-    d = LocalDeployment(tmp_path_factory.mktemp("flower-score"), agencies=AGENCIES, people=300, seed=11)
-    try:
-        d.prepare()
-        d.start_coordinator()
-        for party in AGENCIES:
-            d.start_node(party)
-        d.wait_connected(timeout=120)
+    with connected_deployment(tmp_path_factory.mktemp("flower-score"), AGENCIES, people=300, seed=11) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_a_scoring_run_over_tls_charges_the_ledger_and_leaves_scores_at_the_label_owner_only(

@@ -38,3 +38,13 @@ def test_guide_commands_run(guide: Path, tmp_path: Path) -> None:
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, f"{guide.name}: `{command}` failed:\n{done.stdout}\n{done.stderr}"
+
+
+def test_example_script_runs(tmp_path: Path) -> None:
+    """examples/file_based_round.sh runs end to end (set -e: any failing step fails it)."""
+    script = Path(__file__).resolve().parents[2] / "examples" / "file_based_round.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS" in done.stdout and (tmp_path / "report.html").is_file()
+    assert all((tmp_path / "nodes" / a / f"{a}.entities.csv").is_file() for a in ("social_care", "school", "health"))

@@ -5,6 +5,11 @@ dropping opt-outs, normalising, encoding, signing and writing the .enc and token
 clkhash reads a CSV of the already-normalised identifier columns and encodes it with the same
 schema and key (`clkhash.clk.generate_clk_from_csv`, its own validation on).
 
+Each timed run happens in a fresh interpreter (as an agency's `pplink node encode` would), so
+neither side pays for the synthetic data the benchmark holds in memory, and neither starts with
+caches warmed by an earlier run. Imports are not timed; `cli_s` is the whole
+`pplink node encode` command, interpreter start and imports included, for reference.
+
 Targets (issue 2): pplink >= 0.8x plain clkhash on one core; > 50,000 records/s on 2 cores.
 
     uv run python benchmarks/encode.py --records 100000
@@ -17,6 +22,7 @@ import csv
 import io
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,29 +76,59 @@ def _plain_csv(setup, path: Path, out: Path) -> int:  # type: ignore[no-untyped-
     return n
 
 
-def run(records: int, seed: int, workers: list[int]) -> list[dict[str, object]]:
+def _measure(kind: str, root: Path, workers: int) -> float:
+    """One timed run in this (fresh) process; returns seconds."""
+    from pplink.agreement import load_agreement
+    from pplink.crypto import load_private_key, load_secret
+
+    agreement = load_agreement(root / "agreement" / "agreement.toml")
+    secret = load_secret(root / "agreement" / "linkage.secret")
+    if kind == "clkhash":
+        schema = from_json_dict(clkhash_schema_dict(agreement.identifiers))
+        key = derive_linkage_key(secret, agreement.agreement_id)
+        start = time.perf_counter()
+        with open(root / "plain.csv", encoding="utf-8") as fh:
+            clk.generate_clk_from_csv(fh, key, schema, validate=True, header=True, progress_bar=False,
+                                      max_workers=workers)
+        return time.perf_counter() - start
+    signing_key = load_private_key(root / "agreement" / "keys" / "health.key")
+    start = time.perf_counter()
+    encode_file(agreement, "health", secret, signing_key, root / "health.csv", root / f"h{workers}.enc",
+                skip_invalid=True, workers=workers)
+    return time.perf_counter() - start
+
+
+def _in_fresh_process(kind: str, root: Path, workers: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--measure", kind, "--root", str(root), "--workers", str(workers)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _cli_seconds(root: Path, workers: int) -> float:
+    a = root / "agreement"
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("pplink")), "node", "encode", "--agreement", str(a / "agreement.toml"),
+                    "--party", "health", "--secret", str(a / "linkage.secret"), "--key", str(a / "keys" / "health.key"),
+                    "--skip-invalid", "--workers", str(workers), "--no-progress", str(root / "health.csv"),
+                    "-o", str(root / f"cli{workers}.enc")], check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def run(records: int, seed: int, workers: list[int], repeat: int = 1) -> list[dict[str, object]]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         setup, path, n_rows = _prepare(root, records, seed)
-        plain_path = root / "plain.csv"
-        n_plain = _plain_csv(setup, path, plain_path)
-        schema = from_json_dict(clkhash_schema_dict(setup.agreement.identifiers))
-        key = derive_linkage_key(setup.secret, setup.agreement.agreement_id)
+        n_plain = _plain_csv(setup, path, root / "plain.csv")
         for w in workers:
-            start = time.perf_counter()
-            with open(plain_path, encoding="utf-8") as fh:
-                clk.generate_clk_from_csv(fh, key, schema, validate=True, header=True, progress_bar=False,
-                                          max_workers=w)
-            plain_s = time.perf_counter() - start
-            start = time.perf_counter()
-            summary = encode_file(setup.agreement, "health", setup.secret, setup.key("health"), path,
-                                  root / f"h{w}.enc", skip_invalid=True, workers=w)
-            ours_s = time.perf_counter() - start
+            # Best of `repeat` for each side: the machine is shared, and noise only ever slows a run.
+            plain_s = min(_in_fresh_process("clkhash", root, w) for _ in range(repeat))
+            ours_s = min(_in_fresh_process("pplink", root, w) for _ in range(repeat))
+            cli_s = min(_cli_seconds(root, w) for _ in range(repeat))
             results.append({
-                "benchmark": "encode", "records": n_rows, "workers": w, "seed": seed,
+                "benchmark": "encode", "records": n_rows, "workers": w, "seed": seed, "repeat": repeat,
                 "pplink_s": round(ours_s, 3), "pplink_records_per_s": round(n_rows / ours_s),
-                "pplink_encoded": summary.encoded,
+                "cli_s": round(cli_s, 3),
                 "clkhash_s": round(plain_s, 3), "clkhash_records_per_s": round(n_plain / plain_s),
                 "ratio": round((n_rows / ours_s) / (n_plain / plain_s), 3),
                 "versions": {"pplink": version("pplink"), "clkhash": version("clkhash"), "python": platform.python_version()},
@@ -105,13 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=727)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs per figure; the best is kept")
+    parser.add_argument("--measure", choices=["pplink", "clkhash"], help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    results = run(args.records, args.seed, args.workers)
+    if args.measure:
+        print(_measure(args.measure, args.root, args.workers[0]))
+        return 0
+    results = run(args.records, args.seed, args.workers, args.repeat)
     table = io.StringIO()
-    table.write(f"{'workers':>7} {'pplink rec/s':>13} {'clkhash rec/s':>14} {'ratio':>6}\n")
+    table.write(f"{'workers':>7} {'pplink rec/s':>13} {'clkhash rec/s':>14} {'ratio':>6} {'cli s':>6}\n")
     for r in results:
         print(json.dumps(r))
-        table.write(f"{r['workers']:>7} {r['pplink_records_per_s']:>13,} {r['clkhash_records_per_s']:>14,} {r['ratio']:>6}\n")
+        table.write(f"{r['workers']:>7} {r['pplink_records_per_s']:>13,} {r['clkhash_records_per_s']:>14,} {r['ratio']:>6} {r['cli_s']:>6}\n")
     print(table.getvalue(), end="")
     return 0
 

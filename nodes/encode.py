@@ -9,11 +9,13 @@ row gets a random 128-bit token, and the token -> record id map stays at the nod
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -93,12 +95,30 @@ def _init_worker(spec: RecordSpec, identifiers: IdentifierSchema, key: bytes) ->
     _worker = (spec, ClkEncoder(identifiers, key))
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a chunk's rows are built and dropped.
+
+    A chunk creates ~10^5 lists and tuples that reference counting frees; none forms a cycle, yet
+    each allocation burst triggers collections that walk every live object: measured, they cost a
+    third of the time spent parsing and validating.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, ChunkResult, np.ndarray]:
     assert _worker is not None, "worker initializer did not run"
     spec, encoder = _worker
-    rows = parse_chunk(file, chunk)
-    result = validate_chunk(spec, file, columns, rows)
-    clks = encoder.encode(result.identifiers)
+    with _gc_paused():
+        rows = parse_chunk(file, chunk)
+        result = validate_chunk(spec, file, columns, rows)
+        clks = encoder.encode(result.identifiers)
     # The normalised identifiers are encoded now; not sending them back halves what crosses the
     # process boundary (and identifiers need not travel further than they must, even locally).
     result.identifiers = []
@@ -181,23 +201,25 @@ def encode_records(
     opted_out = 0
     duplicates: set[int] = set()
     init_args = (spec, agreement.identifiers, key)
-    for result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
-        opted_out += result.opted_out
-        problems.extend(result.problems)
-        rejected.extend(result.rejected_rows)
-        if keep_rejected_rows is not None:
-            keep_rejected_rows.extend(result.rejected_values)
-        keep = np.ones(len(result.record_ids), dtype=bool)
-        for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
-            first = row_of.setdefault(rid, row_number)
-            if first != row_number:
-                problems.append(RowProblem(file, row_number, spec.record_id_column, f"repeats the id of row {first}"))
-                rejected.append(row_number)
-                keep[i] = False
-                duplicates.add(row_number)
-        record_ids.extend(rid for rid, k in zip(result.record_ids, keep, strict=True) if k)
-        attr_rows.extend(a for a, k in zip(result.attributes, keep, strict=True) if k)
-        clk_parts.append(clks[keep])
+    # The merge only appends to lists; paused collections keep the growing lists from being walked.
+    with _gc_paused():
+        for result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
+            opted_out += result.opted_out
+            problems.extend(result.problems)
+            rejected.extend(result.rejected_rows)
+            if keep_rejected_rows is not None:
+                keep_rejected_rows.extend(result.rejected_values)
+            keep = np.ones(len(result.record_ids), dtype=bool)
+            for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
+                first = row_of.setdefault(rid, row_number)
+                if first != row_number:
+                    problems.append(RowProblem(file, row_number, spec.record_id_column, f"repeats the id of row {first}"))
+                    rejected.append(row_number)
+                    keep[i] = False
+                    duplicates.add(row_number)
+            record_ids.extend(rid for rid, k in zip(result.record_ids, keep, strict=True) if k)
+            attr_rows.extend(a for a, k in zip(result.attributes, keep, strict=True) if k)
+            clk_parts.append(clks[keep])
     if keep_rejected_rows is not None and duplicates:
         # Rare: re-read the file once for the raw duplicate rows, rather than carrying every
         # accepted row's raw values through the pipeline.

@@ -39,6 +39,8 @@ _FLIP_PERSON = b"pplink-flip-v1"
 _SALT_SEPARATOR = "\x1f"
 #: Flip decisions use 16-bit uniforms: probabilities are rounded to multiples of 1/65536.
 _FLIP_RESOLUTION = 1 << 16
+#: Distinct (token, bits) filters kept per field before the cache starts afresh (~300 bytes each).
+_TOKEN_CACHE_SIZE = 1 << 17
 
 
 def clkhash_schema_dict(identifiers: IdentifierSchema) -> dict[str, Any]:
@@ -84,8 +86,9 @@ class ClkEncoder:
 
     Bit for bit what ``clkhash.clk.hash_chunk`` produces for the same schema and key (a test pins
     it), but assembled faster: every token goes through clkhash's own ``blake_hash_token``, while
-    each field's partial filter is cached per value as a Python integer (identifier values repeat
-    heavily), records are the OR of their fields' integers, and XOR folding is two integer ops.
+    each token's bits and each field's partial filter are cached as Python integers (tokens and
+    identifier values repeat heavily), records are the OR of their fields' integers, and XOR
+    folding is two integer ops.
     In an integer, filter index ``i`` is bit ``L - 1 - i``, so ``int.to_bytes(…, "big")`` gives
     ``bitarray.tobytes()`` order.
 
@@ -148,14 +151,30 @@ class ClkEncoder:
         hash_bits = self._hash_bits
         top = hash_bits - 1
 
+        # Two cache levels: tokens (bigrams) repeat far more than whole values do, so a value seen
+        # for the first time usually costs a few dictionary hits rather than a BLAKE2 call and a
+        # few dozen 2048-bit integer operations per token.
+        token_bits: dict[tuple[bytes, int], int] = {}
+
+        def token_filter(token: bytes, k: int) -> int:
+            bits = 0
+            for idx in blake_hash_token(token, k, field_key, hash_bits):
+                bits |= 1 << (top - idx)
+            if len(token_bits) >= _TOKEN_CACHE_SIZE:
+                token_bits.clear()  # bounded memory on hostile or very diverse inputs
+            token_bits[(token, k)] = bits
+            return bits
+
         @lru_cache(maxsize=1 << 16)
         def partial(value: str, salt: str) -> int:
             tokens = list(comparator.tokenize(field.format_value(value)))
             suffix = (_SALT_SEPARATOR + salt).encode(encoding) if salted else b""
             bits = 0
+            get = token_bits.get
             for token, k in zip(tokens, strategy.bits_per_token(len(tokens)), strict=True):
-                for idx in blake_hash_token(token.encode(encoding) + suffix, k, field_key, hash_bits):
-                    bits |= 1 << (top - idx)
+                raw = token.encode(encoding) + suffix
+                cached = get((raw, k))
+                bits |= cached if cached is not None else token_filter(raw, k)
             return bits
 
         return partial

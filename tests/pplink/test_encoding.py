@@ -57,6 +57,23 @@ def test_bit_for_bit_with_folding_and_other_settings(tmp_path) -> None:  # type:
     assert ours.shape == (12, 256)
 
 
+def test_token_cache_eviction_keeps_filters_exact(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The per-field token cache is cleared when full; a cleared cache must only cost time, never
+    # change a filter. A cache of 3 entries clears several times within one name.
+    import pplink.encoding as encoding
+
+    config = make_setup(tmp_path).agreement
+    key = derive_linkage_key(SECRET, config.agreement_id)
+    rng = random.Random(5)
+    rows = [("".join(rng.choices(string.ascii_lowercase, k=9)), "smith", "20120304", "m", "SW1A 1AA")
+            for _ in range(20)]
+    monkeypatch.setattr(encoding, "_TOKEN_CACHE_SIZE", 3)
+    ours = ClkEncoder(config.identifiers, key).encode(rows + ROWS)
+    schema = from_json_dict(clkhash_schema_dict(config.identifiers))
+    theirs = clk.generate_clks(rows + ROWS, schema, key, validate=True, max_workers=1)
+    assert ours.tobytes() == b"".join(t.tobytes() for t in theirs)
+
+
 def test_typo_scores_high_and_strangers_low(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = make_setup(tmp_path).agreement
     enc = ClkEncoder(config.identifiers, derive_linkage_key(SECRET, config.agreement_id)).encode(ROWS)

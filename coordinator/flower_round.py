@@ -23,7 +23,7 @@ SuperNodes dial out to the SuperLink; the coordinator only talks to them through
    (``query.rollback``): a failed round leaves everyone with the last finished round's result.
 
 Two exchanges on success: each costs seconds, as an idle SuperNode polls every 3 s and starts a
-process per message.
+process per message (forked warm, see :mod:`pplink.flower_warm`).
 
 Progress and the outcome go to ``<state>/runs/<run_id>.json`` (:mod:`coordinator.run_records`).
 """

@@ -39,6 +39,7 @@ from coordinator.run_records import mark_interrupted, timestamp
 from pplink.agreement import AgreementConfig
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable, split_address
+from pplink.flower_warm import start_warm
 from pplink.keystore import flower_public_key_path, load_flower_public_key
 
 __all__ = [
@@ -71,6 +72,8 @@ class ServeSettings:
         certs_dir: folder with ``ca.crt``, ``server.pem``, ``server.key`` (``pplink coordinator certs``).
         keys_dir: folder with each agency's ``<party>.flwr.pub``.
         insecure: no TLS and no node authentication (tests only).
+        warm_start: serve Flower's per-run ServerApp processes from a preloaded zygote
+            (:mod:`pplink.flower_warm`) rather than a fresh interpreter each time.
     """
 
     agreement: AgreementConfig
@@ -79,6 +82,7 @@ class ServeSettings:
     certs_dir: Path | None = None
     keys_dir: Path | None = None
     insecure: bool = False
+    warm_start: bool = True
 
     @property
     def certs(self) -> Path:
@@ -275,11 +279,20 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     ca = None if settings.insecure else tls_files(settings.certs).ca_cert.resolve()
     home = write_flower_config(state, settings.address, insecure=settings.insecure, ca_cert=ca)
     env = flower_env(home)
+    warm = start_warm("flwr-serverapp", state / "warm", env, ["coordinator.server_app"], log=state / "warm.log") \
+        if settings.warm_start else None
+    if warm is not None:
+        env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
     log_path = state / "superlink.log"
     serve_file = state / SERVE_FILE
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(superlink_command(settings), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=state, start_new_session=True)
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(superlink_command(settings), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=state, start_new_session=True)
+    except BaseException:
+        if warm is not None:
+            warm.stop()
+        raise
     try:
         wait_until_listening(settings.address, process, start_timeout, log_path)
         if settings.insecure:
@@ -310,3 +323,5 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
             os.killpg(process.pid, signal.SIGTERM)  # the SuperLink's own group: Flower's SuperExec and apps
         except (ProcessLookupError, PermissionError):
             pass
+        if warm is not None:
+            warm.stop()

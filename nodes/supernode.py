@@ -25,6 +25,7 @@ from pplink.agreement import load_agreement
 from pplink.crypto import load_private_key, load_secret, public_key_text
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable, split_address
+from pplink.flower_warm import start_warm
 
 __all__ = ["JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
 
@@ -51,6 +52,8 @@ class JoinSettings:
         insecure: no TLS and no node key (tests only).
         skip_invalid: encode valid rows and list invalid ones in a local rejects file.
         workers: encoding processes (None: automatic).
+        warm_start: serve Flower's per-message ClientApp processes from a preloaded zygote
+            (:mod:`pplink.flower_warm`) rather than a fresh interpreter each time.
     """
 
     agreement_path: Path
@@ -66,6 +69,7 @@ class JoinSettings:
     insecure: bool = False
     skip_invalid: bool = False
     workers: int | None = None
+    warm_start: bool = True
 
     @property
     def flower_key(self) -> Path:
@@ -206,15 +210,24 @@ def join(settings: JoinSettings, *, on_start: Callable[[list[str]], None] | None
         on_start(cmd)
     write = on_output or _echo
     deadline = time.monotonic() + retry_for
-    while True:
-        status, refused = _run_supernode(cmd, flower_env(out / "flwr-home"), out, write)
-        if not (refused or status == _REFUSED):
-            return status
-        if time.monotonic() >= deadline:
-            raise TransportError(
-                f"the SuperLink at {settings.superlink} refused {settings.party}'s node for {retry_for:g} s: its "
-                f"Flower node key {settings.flower_key} is not registered there, or an earlier session of this "
-                "node is still open")
-        write(f"pplink: the SuperLink refused {settings.party}'s node (key not registered yet, or an earlier "
-              f"session still open); trying again in {_RETRY_EVERY:g} s\n")
-        time.sleep(_RETRY_EVERY)
+    env = flower_env(out / "flwr-home")
+    warm = start_warm("flwr-clientapp", out / "warm", env, ["nodes.client_app"], log=out / "warm.log") \
+        if settings.warm_start else None
+    if warm is not None:
+        env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
+    try:
+        while True:
+            status, refused = _run_supernode(cmd, env, out, write)
+            if not (refused or status == _REFUSED):
+                return status
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"the SuperLink at {settings.superlink} refused {settings.party}'s node for {retry_for:g} s: "
+                    f"its Flower node key {settings.flower_key} is not registered there, or an earlier session "
+                    "of this node is still open")
+            write(f"pplink: the SuperLink refused {settings.party}'s node (key not registered yet, or an earlier "
+                  f"session still open); trying again in {_RETRY_EVERY:g} s\n")
+            time.sleep(_RETRY_EVERY)
+    finally:
+        if warm is not None:
+            warm.stop()

@@ -22,8 +22,9 @@ SuperNodes dial out to the SuperLink; the coordinator only talks to them through
    here, the staging folder is removed and the agencies that had written are asked to roll back
    (``query.rollback``): a failed round leaves everyone with the last finished round's result.
 
-Two exchanges on success: each costs seconds, as an idle SuperNode polls every 3 s and starts a
-process per message (forked warm, see :mod:`pplink.flower_warm`).
+Two exchanges on success: each costs seconds, as an idle SuperNode polls for work (every 0.5 s,
+see :mod:`nodes.supernode_poll`) and starts a process per message (forked warm, see
+:mod:`pplink.flower_warm`).
 
 Progress and the outcome go to ``<state>/runs/<run_id>.json`` (:mod:`coordinator.run_records`).
 """

@@ -282,7 +282,12 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     warm = start_warm("flwr-serverapp", state / "warm", env, ["coordinator.server_app"], log=state / "warm.log") \
         if settings.warm_start else None
     if warm is not None:
-        env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
+        # Serve only once the zygote does, so the first run after start-up is warm too.
+        if warm.wait_ready():
+            env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
+        else:
+            warm.stop()
+            warm = None
     log_path = state / "superlink.log"
     serve_file = state / SERVE_FILE
     try:

@@ -17,14 +17,7 @@ from typing import BinaryIO
 
 from pplink.agreement import AgreementConfig, FieldKind
 from pplink.errors import DependencyMissingError, RecordValidationError
-from pplink.normalise import (
-    InvalidValue,
-    normalise_date,
-    normalise_name,
-    normalise_postcode,
-    normalise_sex,
-    normalise_text,
-)
+from pplink.normalise import InvalidValue, hashed_form
 
 __all__ = [
     "ChunkResult",
@@ -124,23 +117,10 @@ def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
     return run
 
 
-def _compact_date(formats: tuple[str, ...]) -> Callable[[str], str]:
-    # Hashed as YYYYMMDD: the ISO hyphens would be positional tokens every date shares.
-    return lambda v: normalise_date(v, formats).replace("-", "")
-
-
 @lru_cache(maxsize=64)
 def _normaliser(kind: FieldKind, date_formats: tuple[str, ...]) -> Callable[[str], str | InvalidValue]:
     """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
-    if kind is FieldKind.DATE:
-        return _safe(_compact_date(date_formats))
-    plain = {
-        FieldKind.NAME: normalise_name,
-        FieldKind.SEX: normalise_sex,
-        FieldKind.POSTCODE: normalise_postcode,
-        FieldKind.TEXT: normalise_text,
-    }
-    return _safe(plain[kind])
+    return _safe(hashed_form(kind, date_formats))
 
 
 def _check_attribute(spec: AttributeSpec, raw: str) -> str | None:

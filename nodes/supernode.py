@@ -27,10 +27,12 @@ from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable, split_address
 from pplink.flower_warm import start_warm
 
-__all__ = ["JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
+__all__ = ["DEFAULT_POLL_INTERVAL", "JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
 
 #: Flower's exit status for a SuperNode the SuperLink refused (unregistered key).
 _REFUSED = 305
+#: Seconds between an idle SuperNode's asks for work: a message waits half this on average.
+DEFAULT_POLL_INTERVAL = 0.5
 _RETRY_EVERY = 5.0
 
 
@@ -54,6 +56,8 @@ class JoinSettings:
         workers: encoding processes (None: automatic).
         warm_start: serve Flower's per-message ClientApp processes from a preloaded zygote
             (:mod:`pplink.flower_warm`) rather than a fresh interpreter each time.
+        poll_interval: seconds the idle SuperNode waits between asks for work (Flower's own is 3;
+            see :mod:`nodes.supernode_poll`).
     """
 
     agreement_path: Path
@@ -70,6 +74,7 @@ class JoinSettings:
     skip_invalid: bool = False
     workers: int | None = None
     warm_start: bool = True
+    poll_interval: float = DEFAULT_POLL_INTERVAL
 
     @property
     def flower_key(self) -> Path:
@@ -132,9 +137,10 @@ def node_config_toml(settings: JoinSettings) -> str:
 
 
 def supernode_command(settings: JoinSettings, node_config_file: Path) -> list[str]:
-    """The ``flower-supernode`` command line."""
-    cmd = [flower_executable("flower-supernode"), "--superlink", settings.superlink,
-           "--port", str(settings.port), "--node-config", str(node_config_file)]
+    """The command line running Flower's SuperNode (through :mod:`nodes.supernode_poll`)."""
+    flower_executable("flower-supernode")  # installed, or a clear error now
+    cmd = [sys.executable, "-m", "nodes.supernode_poll", "--poll-interval", f"{settings.poll_interval:g}", "--",
+           "--superlink", settings.superlink, "--port", str(settings.port), "--node-config", str(node_config_file)]
     if settings.insecure:
         return [*cmd, "--insecure"]
     assert settings.root_certificates is not None
@@ -214,7 +220,11 @@ def join(settings: JoinSettings, *, on_start: Callable[[list[str]], None] | None
     warm = start_warm("flwr-clientapp", out / "warm", env, ["nodes.client_app"], log=out / "warm.log") \
         if settings.warm_start else None
     if warm is not None:
-        env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
+        # Connect only once the zygote serves: a node that looks ready answers its first message warm.
+        if warm.wait_ready():
+            env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
+        else:
+            write(f"pplink: warm start unavailable (see {out / 'warm.log'}); each message starts a fresh process\n")
     try:
         while True:
             status, refused = _run_supernode(cmd, env, out, write)

@@ -31,6 +31,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,22 @@ class WarmStart:
     """A running zygote and the ``PATH`` folder holding its launcher."""
 
     bin_dir: Path
+    socket_path: Path
     process: subprocess.Popen[bytes]
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Wait until the zygote serves (its imports done, so the first message is warm too).
+
+        Returns:
+            False if the zygote exited or did not serve within ``timeout`` (launchers then run
+            the real program: slower, never different).
+        """
+        deadline = time.monotonic() + timeout
+        while not self.socket_path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self) -> None:
         """Stop the zygote (children already started finish on their own)."""
@@ -283,6 +299,7 @@ def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequenc
     bin_dir = folder / "bin"
     bin_dir.mkdir(exist_ok=True, mode=0o700)
     socket_path = folder / "zygote.sock"
+    socket_path.unlink(missing_ok=True)  # a stale one would look ready (see WarmStart.wait_ready)
     launcher = bin_dir / program
     launcher.write_text(launcher_script(program, socket_path, real), encoding="utf-8")
     os.chmod(launcher, 0o700)
@@ -296,7 +313,7 @@ def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequenc
     finally:
         if log is not None:
             out.close()  # type: ignore[union-attr]
-    return WarmStart(bin_dir, process)
+    return WarmStart(bin_dir, socket_path, process)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Callable
 from functools import lru_cache
 
 __all__ = [
     "InvalidValue",
+    "hashed_form",
     "normalise_date",
     "normalise_name",
     "normalise_postcode",
@@ -161,3 +163,33 @@ def normalise_postcode(value: str) -> str:
     if not m:
         raise InvalidValue("not a UK postcode")
     return f"{m[1]} {m[2]}"
+
+
+def _compact_date(formats: tuple[str, ...]) -> Callable[[str], str]:
+    # Hashed as YYYYMMDD: the ISO hyphens would be positional tokens every date shares.
+    return lambda value: normalise_date(value, formats).replace("-", "")
+
+
+def hashed_form(kind: str, date_formats: tuple[str, ...]) -> Callable[[str], str]:
+    """The normaliser giving the form a node hashes for an identifier kind (``FieldKind`` value).
+
+    The same as the per-kind normalisers, except that dates are compacted to ``YYYYMMDD``. One
+    definition for the node's encoder and for the attack harness, which must hash exactly alike.
+
+    >>> hashed_form("date", ("%d/%m/%Y",))("03/02/2011"), hashed_form("name", ())(" O'Brien ")
+    ('20110203', 'obrien')
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind == "date":
+        return _compact_date(date_formats)
+    plain: dict[str, Callable[[str], str]] = {
+        "name": normalise_name,
+        "sex": normalise_sex,
+        "postcode": normalise_postcode,
+        "text": normalise_text,
+    }
+    if kind not in plain:
+        raise ValueError(f"no normaliser for identifier kind {kind!r}")
+    return plain[kind]

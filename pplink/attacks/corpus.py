@@ -29,7 +29,7 @@ from pplink.agreement import FieldKind, Hardening, IdentifierField, IdentifierSc
 from pplink.agreement_template import default_agreement_toml
 from pplink.encoding import ClkEncoder
 from pplink.errors import ConfigError
-from pplink.normalise import InvalidValue, normalise_date, normalise_name, normalise_postcode, normalise_sex
+from pplink.normalise import InvalidValue, hashed_form
 
 __all__ = [
     "COLUMNS",
@@ -53,21 +53,12 @@ _SYNTH_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y")
 
 
 def _normalise(kind: FieldKind, value: str) -> str:
-    # The node's normalisation (nodes/records.py), repeated here because pplink may not import
-    # nodes: dates are hashed as YYYYMMDD. An invalid value counts as missing: a node would reject
-    # the row, which changes nothing for an attack on the others.
+    # Exactly the form a node hashes. An invalid value counts as missing: a node would reject the
+    # row, which changes nothing for an attack on the others.
     try:
-        if kind is FieldKind.NAME:
-            return normalise_name(value)
-        if kind is FieldKind.DATE:
-            return normalise_date(value, _SYNTH_DATE_FORMATS).replace("-", "")
-        if kind is FieldKind.SEX:
-            return normalise_sex(value)
-        if kind is FieldKind.POSTCODE:
-            return normalise_postcode(value)
+        return hashed_form(kind, _SYNTH_DATE_FORMATS)(value)
     except InvalidValue:
         return ""
-    raise ConfigError(f"synthetic corpus has no column of kind {kind.value}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,11 +142,11 @@ def synth_corpus(people: int, seed: int = 0, *, encoded_share: float = 0.5) -> P
     pop = data.population
     dob = np.datetime_as_string(pop.date_of_birth, unit="D")
     true_values = {
-        "given_name": [normalise_name(v) for v in pop.given_name.tolist()],
-        "surname": [normalise_name(v) for v in pop.surname.tolist()],
-        "date_of_birth": [d.replace("-", "") for d in dob.tolist()],
+        "given_name": [_normalise(FieldKind.NAME, v) for v in pop.given_name.tolist()],
+        "surname": [_normalise(FieldKind.NAME, v) for v in pop.surname.tolist()],
+        "date_of_birth": [_normalise(FieldKind.DATE, d) for d in dob.tolist()],
         "sex": ["f" if f else "m" for f in pop.female.tolist()],
-        "postcode": [normalise_postcode(v) for v in pop.postcode.tolist()],
+        "postcode": [_normalise(FieldKind.POSTCODE, v) for v in pop.postcode.tolist()],
     }
     public = {name: Counter(v for v in values if v).most_common() for name, values in true_values.items()}
     return PlaintextCorpus(

@@ -33,6 +33,7 @@ def test_supernode_dials_out_with_tls_and_its_node_key(setup: Setup, tmp_path: P
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str((setup.keys_dir / "school.flwr").resolve())
     assert cmd[cmd.index("--root-certificates") + 1] == str((tmp_path / "ca.crt").resolve())
     assert "--insecure" not in cmd and cmd[cmd.index("--port") + 1] == "9300"
+    assert cmd[cmd.index("--poll-interval") + 1] == "0.5"
     config = tomllib.loads(node_config_toml(settings))
     node = NodeSettings.from_node_config(config)
     assert node.party == "school" and node.data_path == settings.data_path.resolve()

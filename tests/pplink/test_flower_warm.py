@@ -36,21 +36,13 @@ def _real_program(tmp_path: Path) -> Path:
     return real
 
 
-def _wait_for_socket(folder: Path, warm: WarmStart, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (folder / "zygote.sock").exists():
-        assert warm.process.poll() is None, "the zygote exited before it served"
-        assert time.monotonic() < deadline, "the zygote did not start serving"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def warm(tmp_path: Path):  # type: ignore[no-untyped-def]
     folder = tmp_path / "warm"
     started = start_warm("demo-program", folder, _env(), ["tests.warm_entry"], log=tmp_path / "zygote.log",
                          entry=ENTRY, real=_real_program(tmp_path))
     assert started is not None
-    _wait_for_socket(folder, started)
+    assert started.wait_ready(60), "the zygote did not start serving"
     yield started
     started.stop()
 

@@ -10,8 +10,8 @@ the transport is a plain method call, so the times are compute only.
 authentication and one ``pplink node join`` per agency, on 127.0.0.1): a match round links the
 synthetic agencies, then ``pplink coordinator run --task score`` trains and evaluates on that
 linkage. It prints the scoring run's wall time as the operator sees it, seconds, messages and
-exchanges per step, and the service start-up apart. Each exchange costs seconds (an idle SuperNode
-polls every 3 s and starts a process per message, warm-started), so keep ``--steps`` small.
+exchanges per step, and the service start-up apart. Each exchange costs about two seconds (an idle
+SuperNode polls every 0.5 s and starts a warm process per message), so keep ``--steps`` small.
 
 Each run prints one JSON line: parameters, versions, setup/training/evaluation seconds, seconds
 per step, messages and bytes per step, the label owner's exact holdout AUC, the released (DP)

@@ -35,7 +35,10 @@ def node() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes to use (default: all cores for inputs over ~2 MB).")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when on a terminal).")
-@FORMAT_OPTION
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "anonlink-json"]), default="text",
+              show_default=True,
+              help="Render the result as text for people or JSON for scripts; anonlink-json is short for "
+                   "--output-format anonlink-json (result as text).")
 def encode_command(agreement_path: Path, party: str, secret_path: Path | None, key_path: Path, records: Path,
                    output: Path, tokens: Path | None, skip_invalid: bool, enc_format: str, workers: int | None,
                    progress: bool | None, output_format: str) -> None:
@@ -44,7 +47,12 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
     from pplink.agreement import load_agreement
     from pplink.cli.progress import row_progress
     from pplink.crypto import load_private_key, load_secret
+    from pplink.errors import UsageError
 
+    if output_format == "anonlink-json":
+        if enc_format == "pplink" and click.get_current_context().get_parameter_source("enc_format").name == "COMMANDLINE":
+            raise UsageError("--format anonlink-json and --output-format pplink disagree; give one of them")
+        enc_format, output_format = "anonlink-json", "text"
     config = load_agreement(agreement_path)
     config.agency(party)
     secret = load_secret(secret_path)

@@ -39,6 +39,31 @@ def test_init_check_encode_resolve(tmp_path: Path, people) -> None:  # type: ign
     assert SENTINEL not in r.output
 
 
+def test_format_anonlink_json_writes_the_data61_layout(tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
+    """Invariant: `--format anonlink-json` (the issue's spelling) and `--output-format anonlink-json`
+    write the same {"clks": [...]} layout, one base64 CLK per encoded record; contradicting flags fail."""
+    import base64
+    import json
+
+    agr = tmp_path / "agreement.toml"
+    run("agreement", "init", "--parties", "social_care,school", "--keys-dir", tmp_path / "keys", "-o", agr)
+    run("secret", "new", "-o", tmp_path / "s.secret")
+    records = write_records(tmp_path / "school.csv", people(12))
+    common = ["node", "encode", "--agreement", agr, "--party", "school", "--secret", tmp_path / "s.secret",
+              "--key", tmp_path / "keys/school.key", records]
+    r = run(*common, "-o", tmp_path / "a.json", "--format", "anonlink-json")
+    assert r.exit_code == 0, r.output
+    assert "encoded 12 records" in r.output
+    r = run(*common, "-o", tmp_path / "b.json", "--output-format", "anonlink-json")
+    assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert list(a) == ["clks"] and len(a["clks"]) == 12 and a["clks"] == b["clks"]
+    assert all(len(base64.b64decode(c)) == 128 for c in a["clks"])
+    r = CliRunner().invoke(cli, [str(x) for x in [*common, "-o", tmp_path / "c.json", "--format", "anonlink-json",
+                                                  "--output-format", "pplink"]])
+    assert r.exit_code != 0 and "disagree" in r.output
+
+
 def test_validation_failure_exit_code_and_no_values(tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
     agr = tmp_path / "agreement.toml"
     run("agreement", "init", "--parties", "social_care,school", "-o", agr)

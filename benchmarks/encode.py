@@ -38,7 +38,7 @@ from clkhash.schema import from_json_dict  # noqa: E402
 from nodes.encode import encode_file, encode_records  # noqa: E402
 from pplink.crypto import derive_linkage_key  # noqa: E402
 from pplink.encoding import clkhash_schema_dict  # noqa: E402
-from pplink.synth import generate_synth, write_synth  # noqa: E402
+from pplink.synth import generate_synth  # noqa: E402
 from tests.support import make_setup  # noqa: E402
 
 
@@ -76,8 +76,8 @@ def _plain_csv(setup, path: Path, out: Path) -> int:  # type: ignore[no-untyped-
     return n
 
 
-def _measure(kind: str, root: Path, workers: int) -> float:
-    """One timed run in this (fresh) process; returns seconds."""
+def _measure(kind: str, root: Path, workers: int) -> tuple[float, int]:
+    """One timed run in this (fresh) process; returns seconds and records encoded."""
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key, load_secret
 
@@ -88,20 +88,21 @@ def _measure(kind: str, root: Path, workers: int) -> float:
         key = derive_linkage_key(secret, agreement.agreement_id)
         start = time.perf_counter()
         with open(root / "plain.csv", encoding="utf-8") as fh:
-            clk.generate_clk_from_csv(fh, key, schema, validate=True, header=True, progress_bar=False,
-                                      max_workers=workers)
-        return time.perf_counter() - start
+            clks = clk.generate_clk_from_csv(fh, key, schema, validate=True, header=True, progress_bar=False,
+                                             max_workers=workers)
+        return time.perf_counter() - start, len(clks)
     signing_key = load_private_key(root / "agreement" / "keys" / "health.key")
     start = time.perf_counter()
-    encode_file(agreement, "health", secret, signing_key, root / "health.csv", root / f"h{workers}.enc",
-                skip_invalid=True, workers=workers)
-    return time.perf_counter() - start
+    summary = encode_file(agreement, "health", secret, signing_key, root / "health.csv", root / f"h{workers}.enc",
+                          skip_invalid=True, workers=workers)
+    return time.perf_counter() - start, summary.encoded
 
 
-def _in_fresh_process(kind: str, root: Path, workers: int) -> float:
+def _in_fresh_process(kind: str, root: Path, workers: int) -> tuple[float, int]:
     out = subprocess.run([sys.executable, __file__, "--measure", kind, "--root", str(root), "--workers", str(workers)],
                          check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    measured = json.loads(out.strip().splitlines()[-1])
+    return float(measured["seconds"]), int(measured["encoded"])
 
 
 def _cli_seconds(root: Path, workers: int) -> float:
@@ -122,13 +123,13 @@ def run(records: int, seed: int, workers: list[int], repeat: int = 1) -> list[di
         n_plain = _plain_csv(setup, path, root / "plain.csv")
         for w in workers:
             # Best of `repeat` for each side: the machine is shared, and noise only ever slows a run.
-            plain_s = min(_in_fresh_process("clkhash", root, w) for _ in range(repeat))
-            ours_s = min(_in_fresh_process("pplink", root, w) for _ in range(repeat))
+            plain_s, plain_encoded = min(_in_fresh_process("clkhash", root, w) for _ in range(repeat))
+            ours_s, encoded = min(_in_fresh_process("pplink", root, w) for _ in range(repeat))
             cli_s = min(_cli_seconds(root, w) for _ in range(repeat))
             results.append({
                 "benchmark": "encode", "records": n_rows, "workers": w, "seed": seed, "repeat": repeat,
                 "pplink_s": round(ours_s, 3), "pplink_records_per_s": round(n_rows / ours_s),
-                "cli_s": round(cli_s, 3),
+                "pplink_encoded": encoded, "clkhash_encoded": plain_encoded, "cli_s": round(cli_s, 3),
                 "clkhash_s": round(plain_s, 3), "clkhash_records_per_s": round(n_plain / plain_s),
                 "ratio": round((n_rows / ours_s) / (n_plain / plain_s), 3),
                 "versions": {"pplink": version("pplink"), "clkhash": version("clkhash"), "python": platform.python_version()},
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(_measure(args.measure, args.root, args.workers[0]))
+        seconds, encoded = _measure(args.measure, args.root, args.workers[0])
+        print(json.dumps({"seconds": seconds, "encoded": encoded}))
         return 0
     results = run(args.records, args.seed, args.workers, args.repeat)
     table = io.StringIO()

@@ -116,6 +116,22 @@ def _cli_seconds(root: Path, workers: int) -> float:
 
 
 def run(records: int, seed: int, workers: list[int], repeat: int = 1) -> list[dict[str, object]]:
+    """Time pplink and plain clkhash encoding the same synthetic health records, per worker count.
+
+    Each side, and the whole ``pplink node encode`` command, runs in fresh processes; the best of
+    ``repeat`` runs is kept for each figure.
+
+    Args:
+        records: how many synthetic health records to write (at most; the population is sized so
+            that health holds about this many).
+        seed: seeds the synthetic data.
+        workers: the worker counts to measure, one result each.
+        repeat: fresh-process runs per figure.
+
+    Returns:
+        One JSON-ready dict per worker count: seconds and records/s of both sides, the records
+        each encoded, their ratio, the CLI's seconds and the versions measured.
+    """
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -138,6 +154,17 @@ def run(records: int, seed: int, workers: list[int], repeat: int = 1) -> list[di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark from the command line: print one JSON line per worker count, then a table.
+
+    With the hidden ``--measure`` option it instead makes one timed run of one side in this
+    process and prints its seconds and records encoded (how :func:`run` gets fresh processes).
+
+    Args:
+        argv: command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The process exit status, 0.
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=727)

@@ -52,12 +52,12 @@ AGENCIES = ("social_care", "school", "health", "police", "housing", "education",
 
 
 def _agreement(root: Path, agencies: tuple[str, ...], budget_epsilon: float):  # type: ignore[no-untyped-def]
+    import tomllib
+
     from pplink.agreement import parse_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.crypto import load_private_key
     from pplink.keystore import ensure_party_keys, private_key_path
-
-    import tomllib
 
     keys_dir = root / "keys"
     public, _ = ensure_party_keys(keys_dir, [*agencies, "coordinator", "auditor"])
@@ -232,6 +232,17 @@ def budget_table(people: int, agencies: int, epsilons: list[float], repeats: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the scoring benchmark from the command line and print its JSON lines and a summary.
+
+    ``--transport flower`` times ``--repeats`` scoring runs over a real deployment; otherwise
+    ``--budget-table`` prints the Markdown AUC table, or ``--repeats`` in-process runs are timed.
+
+    Args:
+        argv: command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The process exit status, 0 (argparse exits 2 on a usage error).
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=20_000)
     parser.add_argument("--agencies", type=int, default=4, choices=range(2, len(AGENCIES) + 1))

@@ -32,7 +32,14 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from coordinator.node_directory import wait_for_nodes
-from coordinator.node_exchange import PartyProblem, RoundSettings, RunRecorder, check_reply, collect_replies, exchange_step
+from coordinator.node_exchange import (
+    PartyProblem,
+    RoundSettings,
+    RunRecorder,
+    check_reply,
+    collect_replies,
+    exchange_step,
+)
 from coordinator.run_records import RunPhase, RunRecord, RunStatus
 from coordinator.scoring import ScoringEvaluation, TrainingRun, evaluate_vertical, train_vertical
 from coordinator.state import STATE_FILE, LinkageState, load_linkage_state

@@ -42,8 +42,14 @@ class NodeLike(Protocol):
 
 @dataclass(frozen=True)
 class NodeDirectory:
-    """Which online node speaks for which agency, which nodes were ignored (and why), and which
-    carry no name at all (nodes Flower could not authenticate: they must identify themselves)."""
+    """Which online node speaks for which agency, and which nodes were set aside.
+
+    Attributes:
+        node_of: per agency, the id of the node that speaks for it.
+        ignored: per ignored node id, why it is not used.
+        unnamed: nodes that carry no name at all (nodes Flower could not authenticate: they must
+            identify themselves).
+    """
 
     node_of: dict[str, int]
     ignored: dict[int, str]
@@ -102,6 +108,24 @@ def _unique_claims(claims: Mapping[str, list[int]], how: str) -> tuple[dict[str,
 
 def wait_for_nodes(grid: Grid, settings: RoundSettings, recorder: RunRecorder,
                     log: Callable[[str], None]) -> NodeDirectory:
+    """Wait for every agency's node to come online, then ask unauthenticated nodes who they are.
+
+    Polls the grid's node list (every ``settings.poll_interval`` seconds, clamped to 0.01..1 s) until
+    every agency has a node, there are at least as many unnamed nodes as agencies still missing, or
+    ``settings.wait_nodes`` seconds have passed. Each ignored node is logged once, and the agencies
+    still awaited are kept on ``recorder``. If agencies are still missing and some nodes carry no
+    name, those nodes are sent a signed identify request and only signed answers are trusted.
+
+    Args:
+        grid: the Flower grid to list nodes on and send identify requests through.
+        settings: the round's settings (agreement, registered node keys, wait and poll times, key).
+        recorder: the run record that shows which agencies are still awaited.
+        log: receives one line per ignored node and per identify step.
+
+    Returns:
+        The agencies' node ids and the ignored nodes with the reason; an agency whose node never
+        came online or identified itself is absent from ``node_of``.
+    """
     agencies = settings.agreement.agency_ids
     deadline = time.monotonic() + settings.wait_nodes
     logged: set[int] = set()

@@ -25,9 +25,9 @@ import numpy as np
 from coordinator.state import LinkageState
 from pplink.accounting import QueryKind, Sensitivity, query_sensitivity
 from pplink.agreement import AgreementConfig, ReleaseAttribute
-from pplink.release_views import LinkRate, derive_link_rates
 from pplink.errors import ReleaseError
-from pplink.ledger import Cell, ReleaseQuery
+from pplink.ledger import ReleaseQuery
+from pplink.release_views import LinkRate, derive_link_rates
 
 __all__ = [
     "CONFUSION_OUTCOMES",

@@ -54,7 +54,14 @@ from pplink.accounting import (
 )
 from pplink.agreement import Accounting, AgreementConfig
 from pplink.crypto import public_key_text
-from pplink.errors import AgreementMismatchError, BudgetExceededError, ConfigError, ReleaseError, SignatureError, TransportError
+from pplink.errors import (
+    AgreementMismatchError,
+    BudgetExceededError,
+    ConfigError,
+    ReleaseError,
+    SignatureError,
+    TransportError,
+)
 from pplink.ledger import EntryDraft, ReleaseQuery, entry_line, line_hash, open_ledger
 from pplink.scoring_eval import (
     CalibrationRow,
@@ -461,7 +468,7 @@ def _split(agreement: AgreementConfig, settings: VerticalSettings) -> list[dict[
 
 
 def _bin_labels(edges: tuple[float, ...]) -> list[str]:
-    inner = [f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:])]
+    inner = [f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:], strict=False)]
     return [f"< {edges[0]:g}", *inner, f">= {edges[-1]:g}"]
 
 

@@ -16,9 +16,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.flower_round import run_linkage_round, settings_from_run_config
 from coordinator.flower_scoring import ScoringRunSettings, run_scoring_round
+from coordinator.run_records import runs_dir
 from pplink.errors import ConfigError
 from pplink.scoring_protocol import VerticalSettings
-from coordinator.run_records import runs_dir
 
 __all__ = ["app"]
 

@@ -49,6 +49,18 @@ def as_words(data: np.ndarray) -> np.ndarray:
 
 
 def popcounts(words: np.ndarray) -> np.ndarray:
+    """Count the set bits of each encoding.
+
+    Args:
+        words: encodings as uint64 words, shape ``(n, words)`` (see :func:`as_words`).
+
+    Returns:
+        float64 popcounts, one per row, ready to be the Dice denominator.
+
+    Examples:
+        >>> popcounts(as_words(np.array([[0b1011, 0xFF]], dtype=np.uint8))).tolist()
+        [11.0]
+    """
     return np.bitwise_count(words).sum(axis=1, dtype=np.int64).astype(np.float64)
 
 
@@ -81,6 +93,22 @@ def dice_rows(
     rows_a: np.ndarray,
     rows_b: np.ndarray,
 ) -> np.ndarray:
+    """Dice similarity of the pairs ``(words_a[rows_a[k]], words_b[rows_b[k]])``, one chunk at a time.
+
+    The low-level step of :func:`compute_dice`: inputs are already checked and converted, and a
+    pair of two empty encodings scores 0.
+
+    Args:
+        words_a: encodings of one side as uint64 words (see :func:`as_words`).
+        words_b: encodings of the other side, same number of words per row.
+        pop_a: :func:`popcounts` of ``words_a``.
+        pop_b: :func:`popcounts` of ``words_b``.
+        rows_a: int64 row indices into ``words_a``.
+        rows_b: int64 row indices into ``words_b``, same length.
+
+    Returns:
+        float64 similarities, one per pair, computed as anonlink's kernel does.
+    """
     both = np.take(words_a, rows_a, axis=0)
     np.bitwise_and(both, np.take(words_b, rows_b, axis=0), out=both)
     inter = _row_sums(np.bitwise_count(both))

@@ -42,7 +42,6 @@ from pplink.messages import (
     sign_message,
     verify_message,
 )
-from pplink.scoring_protocol import RunPlan
 from pplink.scoring_wire import FinishReply, decode_payload, encode_payload
 
 __all__ = [

@@ -195,7 +195,7 @@ def laplace_epsilon(sensitivity: float, scale: float) -> float:
 
 
 def gaussian_rho(sensitivity: float, scale: float) -> float:
-    """zCDP loss of the Gaussian mechanism: ``sensitivity**2 / (2 * scale**2)``.
+    """The zCDP loss of the Gaussian mechanism: ``sensitivity**2 / (2 * scale**2)``.
 
     >>> gaussian_rho(1, 4.0)
     0.03125

@@ -54,9 +54,9 @@ SECRET_BYTES = 32
 
 
 class SecretBytes:
-    """Bytes that never show themselves in ``repr``, ``str`` or tracebacks.
+    r"""Bytes that never show themselves in ``repr``, ``str`` or tracebacks.
 
-    >>> s = SecretBytes(b"\\x00" * 32)
+    >>> s = SecretBytes(b"\x00" * 32)
     >>> repr(s)
     'SecretBytes(<32 bytes hidden>)'
     """

@@ -1,8 +1,8 @@
-"""The signed encodings file (``.enc``) an agency sends to the coordinator.
+r"""The signed encodings file (``.enc``) an agency sends to the coordinator.
 
 Layout (all integers big-endian)::
 
-    b"PPLENC\\x00\\x01"                  8 bytes magic and format version
+    b"PPLENC\x00\x01"                    8 bytes magic and format version
     header length                        4 bytes
     header                               canonical JSON (EncodingsHeader)
     row tokens                           n x 16 bytes, random, never the agency's own ids

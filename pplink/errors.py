@@ -94,80 +94,112 @@ class PplinkError(Exception):
 
 
 class ConfigError(PplinkError, ValueError):
+    """A configuration value is missing or invalid (code 100, exit status 20)."""
+
     code = 100
     help = "A configuration value is missing or invalid."
 
 
 class AgreementError(PplinkError, ValueError):
+    """The linkage agreement is missing, unreadable or invalid (code 101, exit status 21)."""
+
     code = 101
     help = "The linkage agreement file is missing, unreadable or invalid; every problem is listed."
 
 
 class AgreementMismatchError(PplinkError, ValueError):
+    """An artefact was made under a different agreement or schema (code 102, exit status 22)."""
+
     code = 102
     help = "An artefact was produced under a different agreement (or schema) and is refused."
 
 
 class KeyFileError(PplinkError, ValueError):
+    """A key file is missing, malformed or too readable (code 201, exit status 41)."""
+
     code = 201
     help = "A key file is missing, malformed, or a private key is readable by group or others."
 
 
 class SecretError(PplinkError, ValueError):
+    """The linkage secret is missing, malformed or too readable (code 202, exit status 42)."""
+
     code = 202
     help = "The linkage secret is missing, malformed or too readable."
 
 
 class SignatureError(PplinkError, ValueError):
+    """A signature does not verify against the agreement's public key (code 203, exit status 43)."""
+
     code = 203
     help = "A signature does not verify against the public key the agreement names."
 
 
 class LedgerError(PplinkError, ValueError):
+    """The privacy ledger is malformed, tampered with, does not verify or cannot be written (code 204, exit status 44)."""
+
     code = 204
     help = "The privacy ledger is malformed, torn, tampered with or does not verify."
 
 
 class RecordValidationError(PplinkError, ValueError):
+    """Input records failed validation (code 301, exit status 61)."""
+
     code = 301
     help = "Input records failed validation; every bad row is listed by file, row and field."
 
 
 class EncodingFileError(PplinkError, ValueError):
+    """An encodings (.enc) or token file is truncated, malformed or inconsistent (code 302, exit status 62)."""
+
     code = 302
     help = "An encodings (.enc) or token file is truncated, malformed or inconsistent."
 
 
 class LinkageMapError(PplinkError, ValueError):
+    """A pseudonym map does not fit the node's token file (code 303, exit status 63)."""
+
     code = 303
     help = "A pseudonym map does not fit the node's token file."
 
 
 class MatchError(PplinkError, ValueError):
+    """The coordinator refused a set of encodings files (code 401, exit status 81)."""
+
     code = 401
     help = "The coordinator refused a set of encodings files (duplicate, unknown party, bad shape)."
 
 
 class BudgetExceededError(PplinkError, ValueError):
+    """A release would exceed the privacy budget and was refused (code 402, exit status 82)."""
+
     code = 402
     help = "A release would exceed the agreement's privacy budget and was refused before any noise."
 
 
 class ReleaseError(PplinkError, ValueError):
+    """A release query is not allowed by the agreement or its inputs are invalid (code 403, exit status 83)."""
+
     code = 403
     help = "A release query is not allowed by the agreement or its inputs are invalid."
 
 
 class TransportError(PplinkError, RuntimeError):
+    """A Flower deployment step failed (code 404, exit status 84)."""
+
     code = 404
     help = "A Flower deployment step failed: a node dropped out, a reply was refused, a process died."
 
 
 class UsageError(PplinkError, ValueError):
+    """The command line was used wrongly (code 501, exit status 101)."""
+
     code = 501
     help = "The command line was used wrongly (missing input file, conflicting options)."
 
 
 class DependencyMissingError(PplinkError, ImportError):
+    """An optional dependency is not installed (code 502, exit status 102)."""
+
     code = 502
     help = "An optional dependency is not installed; the message names the extra to install."

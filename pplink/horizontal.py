@@ -98,7 +98,7 @@ class HorizontalSettings(PplinkModel):
 
 
 def round_rho(noise_multiplier: float) -> float:
-    """zCDP cost of one round for one agency's update: ``1 / (2 z**2)``.
+    """The zCDP cost of one round for one agency's update: ``1 / (2 z**2)``.
 
     Adding or removing one agency moves the sum of clipped updates by at most C (L2); the noise on
     that sum has standard deviation ``z * C``; so the round is a Gaussian mechanism with
@@ -111,7 +111,7 @@ def round_rho(noise_multiplier: float) -> float:
 
 
 def run_rho(settings: HorizontalSettings) -> float:
-    """zCDP cost of a whole run: ``rounds / (2 z**2)`` (zCDP composes by addition).
+    """The zCDP cost of a whole run: ``rounds / (2 z**2)`` (zCDP composes by addition).
 
     >>> run_rho(HorizontalSettings(rounds=4, noise_multiplier=2.0))
     0.5

@@ -351,7 +351,7 @@ class LedgerWriter:
 
 
 def _append_line(path: Path, line: bytes) -> None:
-    """One ``O_APPEND`` write of ``line + b"\\n"``, then fsync (and the directory's on creation)."""
+    r"""One ``O_APPEND`` write of ``line + b"\n"``, then fsync (and the directory's on creation)."""
     created = not path.exists()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

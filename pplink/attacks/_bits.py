@@ -93,8 +93,10 @@ def neighbours(clks: np.ndarray, threshold: float, k: int | None = None) -> tupl
 
 
 def leader_clusters(clks: np.ndarray, threshold: float, counts: np.ndarray | None = None) -> np.ndarray:
-    """Group near-identical encodings: the one with the most records within ``threshold`` (Dice)
-    leads a cluster of itself and its unclustered neighbours, then the next, and so on.
+    """Group near-identical encodings into clusters, each around a leader.
+
+    The encoding with the most records within ``threshold`` (Dice) leads a cluster of itself and
+    its unclustered neighbours, then the next, and so on.
 
     Args:
         clks: packed encodings (typically distinct ones).

@@ -162,8 +162,15 @@ def synth_corpus(people: int, seed: int = 0, *, encoded_share: float = 0.5) -> P
 
 
 def attacker_database(corpus: PlaintextCorpus, overlap: float, seed: int = 0) -> tuple[list[tuple[str, ...]], np.ndarray]:
-    """The plaintext database of a graph attacker: as many records as are encoded, of which a share
-    ``overlap`` are copies of encoded records and the rest records of people never encoded.
+    """Draw the plaintext database of a graph attacker.
+
+    It has as many records as are encoded, of which a share ``overlap`` are copies of encoded
+    records and the rest records of people never encoded.
+
+    Args:
+        corpus: the encoded records and the outside records to draw from.
+        overlap: the share of the database that are copies of encoded records, in [0, 1].
+        seed: seeds the draw; the same seed gives the same database.
 
     Returns:
         The records (normalised values, in :data:`COLUMNS` order) and each one's person.

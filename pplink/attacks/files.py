@@ -16,7 +16,14 @@ from pathlib import Path
 
 from pplink.agreement import FieldKind
 from pplink.errors import RecordValidationError, UsageError
-from pplink.normalise import InvalidValue, normalise_date, normalise_name, normalise_postcode, normalise_sex, normalise_text
+from pplink.normalise import (
+    InvalidValue,
+    normalise_date,
+    normalise_name,
+    normalise_postcode,
+    normalise_sex,
+    normalise_text,
+)
 
 __all__ = ["read_public_list", "read_truth_column"]
 

@@ -202,7 +202,7 @@ def pattern_attack(
     salted: bool = False,
     settings: PatternAttackSettings = PatternAttackSettings(),
 ) -> AttackOutcome:
-    """Mine q-gram bit patterns from the encodings and re-identify values of ``target``.
+    r"""Mine q-gram bit patterns from the encodings and re-identify values of ``target``.
 
     Args:
         clks: the encodings the attacker holds, packed.
@@ -212,7 +212,7 @@ def pattern_attack(
         bits_per_token: the target field's ``bits_per_token`` (public, in the agreement).
         ngram: the target field's n-gram size.
         salted: the field is salted (see :class:`pplink.agreement.Salt`): ``public`` and ``truth``
-            then hold ``value + "\\x1f" + salt`` and the attacker's tokens are (q-gram, salt)
+            then hold ``value + "\x1f" + salt`` and the attacker's tokens are (q-gram, salt)
             pairs, as a census of names by year of birth would give it.
         settings: tuning.
 

@@ -121,8 +121,10 @@ def _salted(identifiers: IdentifierSchema, column: str) -> Salt | None:
 
 
 def _salted_values(corpus: PlaintextCorpus, column: str, salt: Salt) -> tuple[list[tuple[str, int]], list[str]]:
-    """Public list and truth of ``value + separator + salt`` pairs: a salt-aware attacker's census
-    (names by year of birth)."""
+    """Public list and truth of ``value + separator + salt`` pairs.
+
+    This is a salt-aware attacker's census (names by year of birth).
+    """
     from collections import Counter
 
     at, source = corpus.columns.index(column), corpus.columns.index(salt.source)

@@ -30,11 +30,12 @@ def agreement() -> None:
               help="Agreement file to write (refuses to overwrite).")
 def init_command(parties: str, keys_dir: Path | None, secret_path: Path | None, output: Path) -> None:
     """Write a valid, commented default agreement, creating or reusing every party's keys."""
-    from pplink.keystore import ensure_flower_node_keys, ensure_party_keys
+    import tomllib
+
     from pplink.agreement import parse_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.errors import UsageError
-    import tomllib
+    from pplink.keystore import ensure_flower_node_keys, ensure_party_keys
 
     agencies = [p.strip() for p in parties.split(",") if p.strip()]
     if len(agencies) < 2 or len(set(agencies)) != len(agencies):

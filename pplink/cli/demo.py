@@ -48,10 +48,10 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     from nodes.encode import encode_file
     from nodes.resolve import resolve_files
     from pplink.agreement import load_agreement
+    from pplink.agreement_template import default_agreement_toml
     from pplink.crypto import load_private_key, load_secret, new_secret, secret_check, write_secret
     from pplink.keystore import ensure_party_keys, private_key_path
     from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
-    from pplink.agreement_template import default_agreement_toml
     from pplink.synth import generate_synth, write_synth
 
     started = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pplink.cli.options import FORMAT_OPTION, existing_file, output_path
+from pplink.cli.options import existing_file, output_path
 
 __all__ = ["node"]
 

@@ -162,6 +162,11 @@ def upset_chart(sets: Sequence[str], combos: Sequence[tuple[frozenset[str], floa
     Args:
         sets: the agencies (matrix rows).
         combos: ``(members, noisy count or None if suppressed, +/- error)`` per combination.
+        title: the chart's ``<title>`` (escaped), read out by screen readers.
+        width: the SVG width in pixels; the height follows from the number of agencies.
+
+    Returns:
+        The chart as a standalone ``<svg>`` element.
     """
     label_w = 10 + 7 * max((len(s) for s in sets), default=5)
     left, right, top = label_w, width - 10, 20

@@ -75,7 +75,7 @@ def test_runs_shows_scoring_runs_with_their_summary(tmp_path: Path) -> None:
     assert [run_task(tmp_path, r) for r in ("a" * 16, "b" * 16, "c" * 16)] == ["match", "score", "match"]
 
     text = _run("coordinator", "runs", "--dir", str(tmp_path)).stdout
-    line = next(l for l in text.splitlines() if l.startswith("b" * 16))
+    line = next(row for row in text.splitlines() if row.startswith("b" * 16))
     assert " score " in line and "released AUC 0.61" in line
     listed = {r["run_id"]: r for r in json.loads(_run("coordinator", "runs", "--dir", str(tmp_path),
                                                           "--format", "json").stdout)}

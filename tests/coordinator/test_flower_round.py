@@ -18,8 +18,8 @@ import pytest
 from flwr.app import Context, Message
 
 from coordinator.flower_round import rounds_dir
-from coordinator.node_directory import identify_nodes
 from coordinator.match_round import run_match_round
+from coordinator.node_directory import identify_nodes
 from coordinator.run_records import RunStatus, list_run_records
 from coordinator.server_app import app as server_app
 from nodes.client_app import app as client_app

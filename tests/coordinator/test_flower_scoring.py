@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 import nodes.scoring
-from coordinator.state import STATE_FILE
 from coordinator.server_app import app as server_app
+from coordinator.state import STATE_FILE
 from nodes.client_app import app as client_app
 from pplink.agreement import load_agreement
 from pplink.audit import verify_ledger

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from coordinator.horizontal import app as horizontal_server
-from nodes.horizontal import app as horizontal_client, train_locally
+from nodes.horizontal import app as horizontal_client
+from nodes.horizontal import train_locally
 from pplink.accounting import QueryKind, gaussian_rho, zcdp_to_epsilon
 from pplink.agreement import AgreementConfig, load_agreement
 from pplink.agreement_template import default_agreement_toml

@@ -16,7 +16,6 @@ from coordinator.scoring import (
     entity_layout,
     evaluate_vertical,
     plan_vertical_run,
-    presence_counts,
     step_loss,
     train_vertical,
 )

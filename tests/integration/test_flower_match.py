@@ -22,7 +22,7 @@ from nodes.resolve import resolve_files
 from pplink.errors import TransportError
 from pplink.keystore import flower_private_key_path, new_flower_node_key
 from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
-from tests.deployment import connected_deployment, PPLINK, LocalDeployment, _env
+from tests.deployment import PPLINK, LocalDeployment, _env, connected_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 from nodes.linkage_round import entities_path
 from nodes.scoring_round import scores_path
 from pplink.audit import verify_ledger
-from tests.deployment import connected_deployment, PPLINK, LocalDeployment, _env
+from tests.deployment import PPLINK, LocalDeployment, _env, connected_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

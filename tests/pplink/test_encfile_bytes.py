@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pplink.agreement import parse_agreement
 from pplink.encfile import encodings_from_bytes, encodings_to_bytes, read_encodings, write_encodings
 from pplink.errors import AgreementMismatchError, EncodingFileError, SignatureError
-from pplink.agreement import parse_agreement
 from tests.support import Setup
 
 

@@ -225,6 +225,8 @@ def zygote_main(argv: Sequence[str] | None = None) -> int:
             if pid == 0:
                 server.close()
                 _run_child(conn, request, fds, entry)
+            # One line per start, so an operator (and the integration tests) can see warm starts happen.
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} started {args.entry} as pid {pid}", flush=True)
             conn.close()
             for fd in fds:
                 os.close(fd)
@@ -232,6 +234,11 @@ def zygote_main(argv: Sequence[str] | None = None) -> int:
         server.close()
         path.unlink(missing_ok=True)
     return 0
+
+
+def _can_warm_start() -> bool:
+    """Fork, descriptor passing, and an interpreter path a ``#!`` line can hold (no whitespace)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds") and not any(c.isspace() for c in sys.executable)
 
 
 @dataclass
@@ -290,7 +297,7 @@ def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequenc
         finds it on its own, as without pplink).
     """
     real = Path(real) if real is not None else Path(sys.executable).parent / program
-    if not real.is_file():
+    if not real.is_file() or not _can_warm_start():
         return None
     entry = entry or ENTRY_POINTS[program]
     folder = Path(folder)

@@ -61,6 +61,13 @@ def test_child_gets_arguments_environment_folder_streams_and_status(warm: WarmSt
     assert "to stderr" in done.stderr
     # Imported once in the zygote, before the fork: the whole point.
     assert seen["imported_in"] == warm.process.pid != seen["pid"]
+    assert f"started {ENTRY} as pid {seen['pid']}" in (tmp_path / "zygote.log").read_text()
+
+
+def test_no_warm_start_where_a_launcher_could_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A `#!` line cannot hold an interpreter path with a space: Flower then starts the real program.
+    monkeypatch.setattr(sys, "executable", "/opt/my python/bin/python")
+    assert start_warm("demo-program", tmp_path / "warm", _env(), [], entry=ENTRY, real=_real_program(tmp_path)) is None
 
 
 def test_a_signal_to_the_launcher_reaches_the_child(warm: WarmStart) -> None:

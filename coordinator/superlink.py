@@ -39,7 +39,7 @@ from coordinator.run_records import mark_interrupted, timestamp
 from pplink.agreement import AgreementConfig
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable, split_address
-from pplink.flower_warm import start_warm
+from pplink.flower_warm import warm_path
 from pplink.keystore import flower_public_key_path, load_flower_public_key
 
 __all__ = [
@@ -279,15 +279,7 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     ca = None if settings.insecure else tls_files(settings.certs).ca_cert.resolve()
     home = write_flower_config(state, settings.address, insecure=settings.insecure, ca_cert=ca)
     env = flower_env(home)
-    warm = start_warm("flwr-serverapp", state / "warm", env, ["coordinator.server_app"], log=state / "warm.log") \
-        if settings.warm_start else None
-    if warm is not None:
-        # Serve only once the zygote does, so the first run after start-up is warm too.
-        if warm.wait_ready():
-            env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
-        else:
-            warm.stop()
-            warm = None
+    warm = warm_path("flwr-serverapp", state / "warm", env, ["coordinator.server_app"]) if settings.warm_start else None
     log_path = state / "superlink.log"
     serve_file = state / SERVE_FILE
     try:

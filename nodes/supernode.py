@@ -25,7 +25,7 @@ from pplink.agreement import load_agreement
 from pplink.crypto import load_private_key, load_secret, public_key_text
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.flower_env import flower_env, flower_executable, split_address
-from pplink.flower_warm import start_warm
+from pplink.flower_warm import warm_path
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
 
@@ -217,14 +217,9 @@ def join(settings: JoinSettings, *, on_start: Callable[[list[str]], None] | None
     write = on_output or _echo
     deadline = time.monotonic() + retry_for
     env = flower_env(out / "flwr-home")
-    warm = start_warm("flwr-clientapp", out / "warm", env, ["nodes.client_app"], log=out / "warm.log") \
-        if settings.warm_start else None
-    if warm is not None:
-        # Connect only once the zygote serves: a node that looks ready answers its first message warm.
-        if warm.wait_ready():
-            env["PATH"] = os.pathsep.join([str(warm.bin_dir), env["PATH"]])
-        else:
-            write(f"pplink: warm start unavailable (see {out / 'warm.log'}); each message starts a fresh process\n")
+    warm = warm_path("flwr-clientapp", out / "warm", env, ["nodes.client_app"]) if settings.warm_start else None
+    if settings.warm_start and warm is None:
+        write(f"pplink: warm start unavailable (see {out / 'warm.log'}); each message starts a fresh process\n")
     try:
         while True:
             status, refused = _run_supernode(cmd, env, out, write)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ENTRY_POINTS", "WarmStart", "launcher_script", "start_warm", "zygote_main"]
+__all__ = ["ENTRY_POINTS", "WarmStart", "launcher_script", "start_warm", "warm_path", "zygote_main"]
 
 #: The Flower programs pplink warms, with the entry point each one's console script calls.
 ENTRY_POINTS = {
@@ -321,6 +321,27 @@ def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequenc
         if log is not None:
             out.close()  # type: ignore[union-attr]
     return WarmStart(bin_dir, socket_path, process)
+
+
+def warm_path(program: str, folder: Path, env: dict[str, str], preload: Sequence[str]) -> WarmStart | None:
+    """Start a zygote for ``program``, wait until it serves, and put its launcher first on ``env``'s PATH.
+
+    Waiting matters: a service that looks ready answers its first message warm too. The zygote's
+    own output (a line per start) goes to ``<folder>.log``.
+
+    Returns:
+        The zygote to stop when the service stops, or ``None`` (``env`` untouched) where warm
+        starts are unavailable; Flower then starts the real program for each message.
+    """
+    folder = Path(folder)
+    warm = start_warm(program, folder, env, preload, log=folder.with_suffix(".log"))
+    if warm is None:
+        return None
+    if not warm.wait_ready():
+        warm.stop()
+        return None
+    env["PATH"] = os.pathsep.join([str(warm.bin_dir), env.get("PATH", "")])
+    return warm
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ ENTRY_POINTS = {
 }
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
+#: The longest Unix socket path used in place (Linux allows 107 bytes and a terminating NUL).
+_MAX_SOCKET_PATH = 100
 #: How often an idle zygote checks that the process that started it is still there.
 _OWNER_CHECK_SECONDS = 1.0
 
@@ -272,6 +275,12 @@ class WarmStart:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.socket_path.unlink(missing_ok=True)
+        if self.socket_path.parent.name.startswith("pplink-warm-"):
+            try:
+                self.socket_path.parent.rmdir()
+            except OSError:
+                pass
 
 
 def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequence[str],
@@ -306,6 +315,9 @@ def start_warm(program: str, folder: Path, env: dict[str, str], preload: Sequenc
     bin_dir = folder / "bin"
     bin_dir.mkdir(exist_ok=True, mode=0o700)
     socket_path = folder / "zygote.sock"
+    if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+        # Unix socket paths are limited (108 bytes on Linux): a deep folder gets a private temporary one.
+        socket_path = Path(tempfile.mkdtemp(prefix="pplink-warm-")) / "zygote.sock"
     socket_path.unlink(missing_ok=True)  # a stale one would look ready (see WarmStart.wait_ready)
     launcher = bin_dir / program
     launcher.write_text(launcher_script(program, socket_path, real), encoding="utf-8")

@@ -114,6 +114,23 @@ def test_the_zygote_ends_with_the_process_that_started_it(tmp_path: Path) -> Non
         time.sleep(0.1)
 
 
+def test_a_deep_folder_still_warms(tmp_path: Path) -> None:
+    # Unix socket paths are short (108 bytes): a deep state folder gets a private temporary socket.
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "warm"
+    started = start_warm("demo-program", deep, _env(), [], entry=ENTRY, real=_real_program(tmp_path))
+    assert started is not None
+    try:
+        assert started.wait_ready(60)
+        assert not started.socket_path.is_relative_to(tmp_path)
+        assert started.socket_path.parent.stat().st_mode & 0o077 == 0
+        done = subprocess.run([str(started.bin_dir / "demo-program"), "deep"], env=_env(), capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0 and json.loads(done.stdout.splitlines()[0])["argv"] == ["deep"]
+    finally:
+        started.stop()
+    assert not started.socket_path.parent.exists()
+
+
 def test_launcher_and_socket_are_private(warm: WarmStart) -> None:
     folder = warm.bin_dir.parent
     assert folder.stat().st_mode & 0o077 == 0

@@ -136,3 +136,17 @@ def test_launcher_and_socket_are_private(warm: WarmStart) -> None:
     assert folder.stat().st_mode & 0o077 == 0
     assert (folder / "zygote.sock").stat().st_mode & 0o077 == 0
     assert (warm.bin_dir / "demo-program").stat().st_mode & 0o077 == 0
+
+
+def test_preloading_pplinks_apps_starts_no_thread() -> None:
+    """Invariant: importing what the zygotes preload starts no Python thread, so forking the zygote
+    cannot copy a lock another thread holds (Flower's and pplink's apps, both sides)."""
+    script = (
+        "import importlib, threading\n"
+        "for m in ('flwr.supernode.cli', 'nodes.client_app', 'flwr.superlink.cli', 'coordinator.server_app'):\n"
+        "    importlib.import_module(m)\n"
+        "print(threading.active_count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert done.stdout.strip() == "1"

@@ -180,7 +180,10 @@ def _render_run(record, output_format: str) -> None:  # type: ignore[no-untyped-
     for party, n in record.records.items():
         click.echo(f"  {party:<14} {n:>9} records")
     if record.entities is not None:
-        click.echo(f"  entities: {record.entities} ({record.linked_entities} found at two or more agencies)")
+        # A scoring run records the entities it trained over; only a match round knows how many linked.
+        linked = (f" ({record.linked_entities} found at two or more agencies)"
+                  if record.linked_entities is not None else "")
+        click.echo(f"  entities: {record.entities}{linked}")
     if record.missing:
         click.echo(f"  missing (round continued without): {', '.join(record.missing)}")
     for party, why in sorted(record.problems.items()):

@@ -77,3 +77,17 @@ def test_runs_lists_what_finished_and_failed(tmp_path: Path) -> None:
     assert [r["status"] for r in listed] == ["finished", "failed"]
     one = _run("coordinator", "runs", "--dir", str(tmp_path), "--run", "b" * 16)
     assert one.exit_code == 0 and "failed" in one.stdout
+
+
+def test_a_run_shows_linked_entities_only_when_it_knows_them(tmp_path: Path) -> None:
+    """Invariant: a scoring run (no linked count) is shown without a made-up or 'None' count."""
+    now = timestamp()
+    write_run_record(tmp_path, RunRecord(run_id="d" * 16, agreement_id="c" * 64, status=RunStatus.FINISHED,
+                                         phase=RunPhase.DONE, started=now, updated=now, entities=269))
+    write_run_record(tmp_path, RunRecord(run_id="e" * 16, agreement_id="c" * 64, status=RunStatus.FINISHED,
+                                         phase=RunPhase.DONE, started=now, updated=now, entities=269,
+                                         linked_entities=112))
+    scoring = _run("coordinator", "runs", "--dir", str(tmp_path), "--run", "d" * 16).stdout
+    assert "entities: 269\n" in scoring and "None" not in scoring
+    match = _run("coordinator", "runs", "--dir", str(tmp_path), "--run", "e" * 16).stdout
+    assert "entities: 269 (112 found at two or more agencies)" in match

@@ -45,7 +45,8 @@ from tests.support import make_setup  # noqa: E402
 def _prepare(root: Path, records: int, seed: int):  # type: ignore[no-untyped-def]
     setup = make_setup(root / "agreement")
     # Health holds ~85% of the population in the synthetic profiles: size the population to it.
-    data = generate_synth(int(records / 0.8) + 100, ["social_care", "health"], seed=seed, corruption=1.0, opt_out_rate=0.0)
+    data = generate_synth(int(records / 0.8) + 100, ["social_care", "health"], seed=seed, corruption=1.0,
+                          opt_out_rate=0.0)
     table = data.tables["health"]
     rows = table.rows[:records]
     path = root / "health.csv"
@@ -108,8 +109,9 @@ def _in_fresh_process(kind: str, root: Path, workers: int) -> tuple[float, int]:
 def _cli_seconds(root: Path, workers: int) -> float:
     a = root / "agreement"
     start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("pplink")), "node", "encode", "--agreement", str(a / "agreement.toml"),
-                    "--party", "health", "--secret", str(a / "linkage.secret"), "--key", str(a / "keys" / "health.key"),
+    subprocess.run([str(Path(sys.executable).with_name("pplink")), "node", "encode",
+                    "--agreement", str(a / "agreement.toml"), "--party", "health",
+                    "--secret", str(a / "linkage.secret"), "--key", str(a / "keys" / "health.key"),
                     "--skip-invalid", "--workers", str(workers), "--no-progress", str(root / "health.csv"),
                     "-o", str(root / f"cli{workers}.enc")], check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - start
@@ -148,7 +150,8 @@ def run(records: int, seed: int, workers: list[int], repeat: int = 1) -> list[di
                 "pplink_encoded": encoded, "clkhash_encoded": plain_encoded, "cli_s": round(cli_s, 3),
                 "clkhash_s": round(plain_s, 3), "clkhash_records_per_s": round(n_plain / plain_s),
                 "ratio": round((n_rows / ours_s) / (n_plain / plain_s), 3),
-                "versions": {"pplink": version("pplink"), "clkhash": version("clkhash"), "python": platform.python_version()},
+                "versions": {"pplink": version("pplink"), "clkhash": version("clkhash"),
+                             "python": platform.python_version()},
             })
     return results
 
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     table.write(f"{'workers':>7} {'pplink rec/s':>13} {'clkhash rec/s':>14} {'ratio':>6} {'cli s':>6}\n")
     for r in results:
         print(json.dumps(r))
-        table.write(f"{r['workers']:>7} {r['pplink_records_per_s']:>13,} {r['clkhash_records_per_s']:>14,} {r['ratio']:>6} {r['cli_s']:>6}\n")
+        table.write(f"{r['workers']:>7} {r['pplink_records_per_s']:>13,} {r['clkhash_records_per_s']:>14,} "
+                    f"{r['ratio']:>6} {r['cli_s']:>6}\n")
     print(table.getvalue(), end="")
     return 0
 

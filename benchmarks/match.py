@@ -144,7 +144,8 @@ class Population:
         a, b, c, d = self.postcode_letters[i]
         district, sector = self.postcode_digits[i]
         postcode = f"{a}{b}{district} {sector}{c}{d}"
-        return [str(given), str(self.surnames[self.surname[i]]), str(self.dob[i]), "f" if self.is_female[i] else "m", postcode]
+        return [str(given), str(self.surnames[self.surname[i]]), str(self.dob[i]), "f" if self.is_female[i] else "m",
+                postcode]
 
 
 def _typo(value: str, rng: np.random.Generator) -> str:
@@ -370,11 +371,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        records = "x".join(str(n) for n in r["records"]) if len(set(r["records"])) > 1 else f"{len(r['records'])}x{r['records'][0]}"
+        records = ("x".join(str(n) for n in r["records"]) if len(set(r["records"])) > 1
+                   else f"{len(r['records'])}x{r['records'][0]}")
         pps = f"{r['pairs_per_s']:.2e}" if r.get("pairs_per_s") else "-"
         loss = f"{r['blocking_recall_loss']:.4%}" if r.get("blocking_recall_loss") is not None else "-"
         f1 = f"{r['f1']:.4f}" if r.get("f1") is not None else "-"
-        print(f"{r['run']:<28} {records:>18} {r['seconds']:>9.2f} {pps:>10} {r['peak_memory_mb']:>8.0f} {f1:>8} {loss:>11}")
+        print(f"{r['run']:<28} {records:>18} {r['seconds']:>9.2f} {pps:>10} {r['peak_memory_mb']:>8.0f} "
+              f"{f1:>8} {loss:>11}")
     for r in rows:
         if r.get("note"):
             print(f"note ({r['run']}): {r['note']}")
@@ -424,8 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Blocking recall loss against all-pairs, on an entity subset small enough to compare all pairs.
     fraction = min(1.0, (args.recall_max_comparisons / full_comparisons) ** 0.5) if full_comparisons else 1.0
     subset = entity_subset(entities, fraction, args.seed)
-    recall = run_job(base | {"kind": "recall", "blocking": blocking, "rows": subset if fraction < 1 else None}, args.isolate)["recall"]
-    recall_note = "measured on all records" if fraction >= 1 else f"measured on the records of {fraction:.1%} of entities"
+    recall = run_job(base | {"kind": "recall", "blocking": blocking, "rows": subset if fraction < 1 else None},
+                     args.isolate)["recall"]
+    recall_note = ("measured on all records" if fraction >= 1
+                   else f"measured on the records of {fraction:.1%} of entities")
 
     out = run_job(base | {"kind": "match", "blocking": blocking}, args.isolate)
     row = _row("pplink-blocked", args, out, entities, "")
@@ -436,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.all_pairs:
         if full_comparisons <= args.all_pairs_max_comparisons:
             out = run_job(base | {"kind": "match", "blocking": None}, args.isolate)
-            rows.append(_row("anonlink-all-pairs", args, out, entities, "anonlink dice_coefficient_accelerated, all pairs"))
+            rows.append(_row("anonlink-all-pairs", args, out, entities,
+                             "anonlink dice_coefficient_accelerated, all pairs"))
         else:
             fraction = (args.all_pairs_max_comparisons / full_comparisons) ** 0.5
             subset = entity_subset(entities, fraction, args.seed + 1)

@@ -73,7 +73,8 @@ def _central_auc(nodes: dict[str, Any], parties: tuple[str, ...]) -> float | Non
         from sklearn.metrics import roc_auc_score
     except ImportError:
         return None
-    owner = nodes[parties[0]] if nodes[parties[0]].is_label_owner else next(n for n in nodes.values() if n.is_label_owner)
+    owner = (nodes[parties[0]] if nodes[parties[0]].is_label_owner
+             else next(n for n in nodes.values() if n.is_label_owner))
     x = np.hstack([nodes[a]._x for a in parties])
     y, train, holdout = owner._labels, owner._train, owner._holdout
     model = LogisticRegression(max_iter=2000).fit(x[train], y[train])
@@ -110,7 +111,8 @@ def run_once(people: int, agencies: int, *, seed: int = 3, steps: int = 10, lear
         n, k = run.plan.n_entities, len(run.plan.parties)
         record = {
             "benchmark": "scoring-vertical",
-            "people": people, "agencies": k, "entities": n, "linked_people": state.n_clusters, "seed": seed, "steps": steps,
+            "people": people, "agencies": k, "entities": n, "linked_people": state.n_clusters, "seed": seed,
+            "steps": steps,
             "learning_rate": learning_rate, "training_epsilon": training_epsilon,
             "evaluation_epsilon": evaluation_epsilon, "noise_sd": run.plan.noise_sd,
             "python": platform.python_version(), "numpy": np.__version__,
@@ -132,8 +134,8 @@ def run_once(people: int, agencies: int, *, seed: int = 3, steps: int = 10, lear
         return record
 
 
-def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, training_epsilon: float = 1.0, evaluation_epsilon: float = 0.5,
-               keep: Path | None = None) -> dict[str, Any]:
+def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, training_epsilon: float = 1.0,
+               evaluation_epsilon: float = 0.5, keep: Path | None = None) -> dict[str, Any]:
     """One match round, then one scoring run, over a real Flower deployment on 127.0.0.1.
 
     The agreement is the default one (budget epsilon 4), so the run must fit it; the learning rate
@@ -173,7 +175,8 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, tra
     return {
         "benchmark": "scoring-vertical-flower", "people": people, "agencies": len(names),
         "linked_entities": matched.get("entities"), "seed": seed, "steps": summary["steps"],
-        "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon, "cpus": os.cpu_count(),
+        "python": platform.python_version(),
         "flwr": metadata.version("flwr"), "service_startup_seconds": round(startup, 2),
         "match_round_seconds": round(match_seconds, 2), "scoring_run_seconds": round(score_seconds, 2),
         "serverapp_seconds": summary["seconds"],
@@ -266,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                              training_epsilon=args.training_epsilon,
                              evaluation_epsilon=args.evaluation_epsilon, keep=args.keep)
             print(json.dumps(rec), flush=True)
-        print(f"Flower, {rec['agencies']} agencies x {rec['people']} people: scoring run {rec['scoring_run_seconds']} s "
-              f"wall for {rec['steps']} steps; {rec['seconds_per_step']} s, {rec['messages_per_step']} messages and "
+        print(f"Flower, {rec['agencies']} agencies x {rec['people']} people: "
+              f"scoring run {rec['scoring_run_seconds']} s wall for {rec['steps']} steps; "
+              f"{rec['seconds_per_step']} s, {rec['messages_per_step']} messages and "
               f"{rec['exchanges_per_step']} exchanges per step ({rec['seconds_per_exchange']} s per exchange)")
         return 0
     if args.budget_table:

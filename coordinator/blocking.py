@@ -195,7 +195,8 @@ def choose_band_bits(frequencies: np.ndarray, config: BlockingConfig) -> np.ndar
     return np.stack([rng.choice(pool, width, replace=False) for _ in range(config.bands)]).astype(np.int64)
 
 
-def _pack_bits(data: np.ndarray, positions: np.ndarray, dtype: type[np.unsignedinteger], workers: int = 1) -> np.ndarray:
+def _pack_bits(data: np.ndarray, positions: np.ndarray, dtype: type[np.unsignedinteger],
+               workers: int = 1) -> np.ndarray:
     """Gather ``positions`` (shape ``(bands, w)``) of every row into one integer per band.
 
     Bit ``t`` of a band's key is the encoding's bit at ``positions[band, t]``. Rows are

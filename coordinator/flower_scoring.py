@@ -122,7 +122,8 @@ class FlowerScoringChannel:
             reply, blob = check_reply(settings, RoundStep.SCORE, party, self.node_of[party], message, ScoringReply)
             assert isinstance(reply, ScoringReply)
             if reply.call is not call or blob is None or blob_digest(blob) != reply.blob_sha256:
-                raise PartyProblem(party, f"refused: the {call.value} answer does not match what it signed", refused=True)
+                raise PartyProblem(party, f"refused: the {call.value} answer does not match what it signed",
+                                   refused=True)
             try:
                 return decode_payload(blob, what=f"{call.value} answer from {party}")
             except PplinkError as err:

@@ -282,7 +282,8 @@ def confusion_vector(
             raise ReleaseError(f"confusion counts: group {group!r} is not a declared value of {attribute}")
         for outcome, count in outcomes.items():
             if outcome not in CONFUSION_OUTCOMES:
-                raise ReleaseError(f"confusion counts: outcome {outcome!r} is not one of {', '.join(CONFUSION_OUTCOMES)}")
+                raise ReleaseError(f"confusion counts: outcome {outcome!r} is not one of "
+                                   f"{', '.join(CONFUSION_OUTCOMES)}")
             if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
                 raise ReleaseError(f"confusion counts: group {group!r}, outcome {outcome}: not a non-negative integer")
             table[groups.index(group), CONFUSION_OUTCOMES.index(outcome)] = int(count)

@@ -479,7 +479,8 @@ def _mask_sum(values: np.ndarray) -> np.ndarray:
 def _counts(total: np.ndarray, limit: int, agency: str) -> list[int]:
     signed = np.asarray(total, dtype=np.uint64).view(np.int64)
     if (signed < 0).any() or (signed > limit).any():
-        raise TransportError(f"{agency}: masked outcome sums do not cancel (a share was altered or is from another run)")
+        raise TransportError(f"{agency}: masked outcome sums do not cancel "
+                             "(a share was altered or is from another run)")
     return [int(v) for v in signed]
 
 

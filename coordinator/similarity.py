@@ -27,7 +27,8 @@ def check_datasets(datasets: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     out = []
     for d, data in enumerate(datasets):
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-            kind = f"{data.dtype} array of {data.ndim} dimensions" if isinstance(data, np.ndarray) else type(data).__name__
+            kind = (f"{data.dtype} array of {data.ndim} dimensions" if isinstance(data, np.ndarray)
+                    else type(data).__name__)
             raise MatchError(f"dataset {d}: expected a 2-D uint8 array of packed encodings, got {kind}")
         if data.shape[1] == 0:
             raise MatchError(f"dataset {d}: encodings have zero bytes")

@@ -213,7 +213,8 @@ def encode_records(
             for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
                 first = row_of.setdefault(rid, row_number)
                 if first != row_number:
-                    problems.append(RowProblem(file, row_number, spec.record_id_column, f"repeats the id of row {first}"))
+                    problems.append(RowProblem(file, row_number, spec.record_id_column,
+                                               f"repeats the id of row {first}"))
                     rejected.append(row_number)
                     keep[i] = False
                     duplicates.add(row_number)

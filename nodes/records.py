@@ -183,7 +183,8 @@ def validate_chunk(
     kept: list[tuple[int, Sequence[str]]] = []
     for row_number, values in rows:
         if len(values) != width:
-            result.problems.append(RowProblem(file, row_number, "(row)", f"has {len(values)} fields, header has {width}"))
+            result.problems.append(RowProblem(file, row_number, "(row)",
+                                              f"has {len(values)} fields, header has {width}"))
             result.rejected_rows.append(row_number)
             result.rejected_values.append((row_number, values))
         elif opt_at is not None and values[opt_at].strip().casefold() in spec.opt_out_values:

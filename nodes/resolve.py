@@ -25,7 +25,8 @@ class ResolveSummary:
     entities: int
 
 
-def resolve_entities(tokens: dict[str, str], entity_map: dict[str, str], *, map_name: str = "map") -> list[tuple[str, str]]:
+def resolve_entities(tokens: dict[str, str], entity_map: dict[str, str], *,
+                     map_name: str = "map") -> list[tuple[str, str]]:
     """Pair each record id with its entity pseudonym.
 
     The map must cover exactly the node's tokens: a missing or extra token means the map belongs

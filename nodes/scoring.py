@@ -69,7 +69,8 @@ from pplink.secure_sum import (
     verify_mask_key,
 )
 
-__all__ = ["SCORES_HEADER", "LabelOwnerNode", "LabelOwnerView", "ScoreRow", "ScoringNode", "standardise", "write_scores"]
+__all__ = ["SCORES_HEADER", "LabelOwnerNode", "LabelOwnerView", "ScoreRow", "ScoringNode", "standardise",
+           "write_scores"]
 
 #: Columns of the label owner's score file.
 SCORES_HEADER = ("record_id", "entity_id", "score", "percentile", "in_holdout", "second_look")
@@ -417,7 +418,8 @@ class LabelOwnerNode(ScoringNode):
         if (charge.step != request.step or charge.mechanism is not plan.mechanism
                 or charge.sensitivity != plan.settings.residual_unit
                 or not math.isclose(charge.scale, plan.residual_scale, rel_tol=1e-12)):
-            raise ReleaseError(f"{self.agency_id}: the ledger receipt for step {request.step} does not match the run plan")
+            raise ReleaseError(f"{self.agency_id}: the ledger receipt for step {request.step} "
+                               "does not match the run plan")
         total = np.asarray(request.blinded_sum, dtype=np.uint64)
         if total.shape != (plan.n_entities,):
             raise TransportError(f"{self.agency_id}: the summed logits have the wrong length")

@@ -11,7 +11,8 @@ That file holds secrets of this run only; :func:`forget_run` removes it once the
 Inputs: the agency's records file (``data-path``, the same CSV it encoded, with the feature
 columns the agreement names for it) and ``<out-dir>/<party>.entities.csv`` from the last match
 round. After the evaluation the coordinator sends ``finish`` to every node, which removes the
-run's saved state; the label owner, given the released evaluation lines, first writes ``<out-dir>/<party>.scores.csv`` and its evaluation note.
+run's saved state; the label owner, given the released evaluation lines, first writes
+``<out-dir>/<party>.scores.csv`` and its evaluation note.
 
 Every request must be signed by the agreement's coordinator and name this node's party; every
 reply is signed with the agency's key and binds its payload by digest.
@@ -213,14 +214,18 @@ def handle_scoring(settings: ScoringNodeSettings, request: ScoringRequest,
     agreement = load_agreement(base.agreement_path)
     if request.agreement_digest != agreement.agreement_id:
         raise AgreementMismatchError(
-            f"request for agreement {request.agreement_digest[:12]}…, this node is under {agreement.agreement_id[:12]}…")
+            f"request for agreement {request.agreement_digest[:12]}…, "
+            f"this node is under {agreement.agreement_id[:12]}…")
     if request.party != base.party:
         raise TransportError(f"request addressed to {request.party!r}; this node is {base.party!r}")
-    verify_message(request, agreement.coordinator.public_key, what=f"scoring {request.call.value} of run {request.run_id}")
+    verify_message(request, agreement.coordinator.public_key,
+                   what=f"scoring {request.call.value} of run {request.run_id}")
     if blob is None or blob_digest(blob) != request.blob_sha256:
-        raise TransportError(f"scoring {request.call.value}: the payload does not match the digest the coordinator signed")
+        raise TransportError(f"scoring {request.call.value}: "
+                             "the payload does not match the digest the coordinator signed")
     payload = decode_payload(blob, what=f"scoring {request.call.value} payload")
-    payload_run = payload.run_id if hasattr(payload, "run_id") else payload.plan.run_id if hasattr(payload, "plan") else None
+    payload_run = (payload.run_id if hasattr(payload, "run_id")
+                   else payload.plan.run_id if hasattr(payload, "plan") else None)
     if payload_run != request.run_id:
         raise TransportError(f"scoring {request.call.value}: the payload is for another run")
     key = load_private_key(base.key_path)

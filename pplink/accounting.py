@@ -414,10 +414,11 @@ def check_budget(spent: PrivacyLoss, request: PrivacyLoss, budget: PrivacyBudget
     >>> b = PrivacyBudget(epsilon=1.0, accounting="pure")
     >>> check_budget(PrivacyLoss(epsilon=0.5), PrivacyLoss(epsilon=0.5), b).epsilon
     1.0
-    >>> check_budget(PrivacyLoss(epsilon=0.75), PrivacyLoss(epsilon=0.5), b)
+    >>> check_budget(PrivacyLoss(epsilon=0.75), PrivacyLoss(epsilon=0.5), b)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    pplink.errors.BudgetExceededError: release refused: spent epsilon=0.75, requested epsilon=0.5, remaining epsilon=0.25 of 1 (pure accounting)
+    pplink.errors.BudgetExceededError: release refused: spent epsilon=0.75, requested epsilon=0.5,
+    remaining epsilon=0.25 of 1 (pure accounting)
     """
     total = compose([spent, request], budget.accounting, budget.delta)
     if not within_budget(total.epsilon, budget.epsilon):
@@ -430,7 +431,8 @@ def check_budget(spent: PrivacyLoss, request: PrivacyLoss, budget: PrivacyBudget
         else:
             rho_budget = rho_for_epsilon(budget.epsilon, budget.delta)
             detail = (
-                f"spent rho={spent.rho or 0.0:.6g} (epsilon={spent.epsilon:.6g}), requested rho={request.rho or 0.0:.6g}, "
+                f"spent rho={spent.rho or 0.0:.6g} (epsilon={spent.epsilon:.6g}), "
+                f"requested rho={request.rho or 0.0:.6g}, "
                 f"remaining rho={max(0.0, rho_budget - (spent.rho or 0.0)):.6g} (epsilon={remaining:.6g}) "
                 f"of epsilon {budget.epsilon:g} at delta {budget.delta:g}; together they would reach "
                 f"epsilon={total.epsilon:.6g} (zcdp accounting)"

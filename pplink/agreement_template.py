@@ -58,7 +58,8 @@ def default_agreement_toml(
     parties = []
     for pid in agencies:
         parties.append(f'[[parties]]\nid = "{pid}"\nrole = "agency"\npublic_key = "{public_keys[pid]}"\n')
-    parties.append(f'[[parties]]\nid = "{coordinator}"\nrole = "coordinator"\npublic_key = "{public_keys[coordinator]}"\n')
+    parties.append(f'[[parties]]\nid = "{coordinator}"\nrole = "coordinator"\n'
+                   f'public_key = "{public_keys[coordinator]}"\n')
     parties.append(f'[[parties]]\nid = "{auditor}"\nrole = "auditor"\npublic_key = "{public_keys[auditor]}"\n')
     check = (f'# Check value of the agencies\' linkage secret (`pplink secret check`): a node holding another\n'
              f'# secret is stopped. Rotating the secret means a new value here, so a new agreement id.\n'

@@ -239,7 +239,8 @@ class _Auditor:
                      f"{entry.sensitivity} and scale {entry.scale:.6g} implies {_fmt(derived)}")
         else:
             self.add(lineno, entry.seq, FindingKind.LOSS_MISMATCH,
-                     f"entry {entry.seq}: claims {name} {_fmt(claimed)}, more than the {_fmt(derived)} its scale implies")
+                     f"entry {entry.seq}: claims {name} {_fmt(claimed)}, more than the {_fmt(derived)} "
+                     "its scale implies")
 
     def check_entry(self, lineno: int, entry: LedgerEntry, loss: PrivacyLoss) -> None:
         self.losses.append(loss)
@@ -344,7 +345,8 @@ def verify_ledger_bytes(
     )
 
 
-def verify_ledger(agreement: AgreementConfig, ledger_path: Path, *, expected_hashes: Sequence[str] = ()) -> AuditVerdict:
+def verify_ledger(agreement: AgreementConfig, ledger_path: Path, *,
+                  expected_hashes: Sequence[str] = ()) -> AuditVerdict:
     """Read a ledger file and verify it (:func:`verify_ledger_bytes`).
 
     Raises:

@@ -259,7 +259,8 @@ def _parse(
     try:
         verify(party.public_key, _SIGN_CONTEXT + digest, signature, what=str(path))
     except SignatureError:
-        raise SignatureError(f"{path}: signature does not verify against {header.party}'s key in the agreement") from None
+        raise SignatureError(f"{path}: signature does not verify against {header.party}'s key "
+                             "in the agreement") from None
     if header.agreement_id != agreement.agreement_id:
         raise AgreementMismatchError(
             f"{path}: made under agreement {header.agreement_id[:12]}…, not {agreement.agreement_id[:12]}…"

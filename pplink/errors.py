@@ -136,7 +136,7 @@ class SignatureError(PplinkError, ValueError):
 
 
 class LedgerError(PplinkError, ValueError):
-    """The privacy ledger is malformed, tampered with, does not verify or cannot be written (code 204, exit status 44)."""
+    """The privacy ledger is malformed, tampered with, unverifiable or cannot be written (code 204, exit status 44)."""
 
     code = 204
     help = "The privacy ledger is malformed, torn, tampered with or does not verify."

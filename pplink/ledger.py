@@ -318,7 +318,8 @@ class LedgerWriter:
 
         Raises:
             SignatureError: ``key`` is not the agreement's coordinator key.
-            LedgerError: the draft's accounting or mechanism does not fit the agreement, or the write failed (the caller must not show the release).
+            LedgerError: the draft's accounting or mechanism does not fit the agreement, or the write failed
+                (the caller must not show the release).
         """
         if not self._open:
             raise LedgerError(f"{self.path}: ledger writer used outside its `with open_ledger(...)` block")
@@ -398,7 +399,8 @@ def _acquire_lock(path: Path, timeout_s: float) -> int:
 
 
 @contextmanager
-def open_ledger(path: Path, agreement: AgreementConfig, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[LedgerWriter]:
+def open_ledger(path: Path, agreement: AgreementConfig, *,
+                lock_timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[LedgerWriter]:
     """Lock a ledger, check it, and yield a writer; the lock is held until the block ends.
 
     A missing ledger is created (with its parent folder) on the first append.

@@ -87,7 +87,8 @@ def _accuracy_section(config: AgreementConfig, ledger: Sequence[LedgerEntry]) ->
              "this notice will show how often records were linked for different groups of families.",),
         )
     latest = releases[-1]
-    rates = [r for r in derive_link_rates(latest.cells, latest.query.parties, latest.min_cell_size) if r.rate is not None]
+    rates = [r for r in derive_link_rates(latest.cells, latest.query.parties, latest.min_cell_size)
+             if r.rate is not None]
     by_value: dict[str, list[float]] = {}
     for r in rates:
         by_value.setdefault(r.value, []).append(r.rate)  # type: ignore[arg-type]
@@ -114,7 +115,8 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
     agencies = [p for p in config.parties if p.role is Role.AGENCY]
     coordinator = config.coordinator
     auditors = [p for p in config.parties if p.role is Role.AUDITOR]
-    identifier_words = {"name": "names", "date": "date of birth", "sex": "sex", "postcode": "postcode", "text": "other details"}
+    identifier_words = {"name": "names", "date": "date of birth", "sex": "sex", "postcode": "postcode",
+                        "text": "other details"}
     identifiers = sorted({identifier_words[f.kind.value] for f in config.identifiers.fields})
     attributes = [a.column.replace("_", " ") for a in config.release.attributes]
     sections = [
@@ -228,8 +230,8 @@ def render_html(notice: Notice) -> str:
                         + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
                         + "</tbody></table>")
     style = ("body{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem;line-height:1.5;"
-             "color:#1b1b1b}table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #bbb;padding:.3rem .6rem;"
-             "text-align:left;vertical-align:top}h2{margin-top:2rem}")
+             "color:#1b1b1b}table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #bbb;"
+             "padding:.3rem .6rem;text-align:left;vertical-align:top}h2{margin-top:2rem}")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{e(notice.title)}</title><style>{style}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -194,7 +194,8 @@ class CalibrationRow:
     observed_rate: float
 
 
-def calibration_from_histogram(positives: np.ndarray, negatives: np.ndarray, edges: Sequence[float]) -> list[CalibrationRow]:
+def calibration_from_histogram(positives: np.ndarray, negatives: np.ndarray,
+                               edges: Sequence[float]) -> list[CalibrationRow]:
     """Observed outcome rate per score bin, to set beside the predicted probability range.
 
     >>> rows = calibration_from_histogram(np.array([1.0, 6.0]), np.array([9.0, 4.0]), [0.0])

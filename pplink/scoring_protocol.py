@@ -103,7 +103,8 @@ class VerticalSettings(PplinkModel):
     @model_validator(mode="after")
     def _edges_increase(self) -> VerticalSettings:
         edges = self.score_edges
-        if len(edges) < 2 or any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        if (len(edges) < 2 or any(not math.isfinite(e) for e in edges)
+                or any(b <= a for a, b in zip(edges, edges[1:], strict=False))):
             raise ValueError("score_edges must be at least two finite, strictly increasing logits")
         return self
 

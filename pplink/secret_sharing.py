@@ -185,7 +185,8 @@ def seal_secret(agreement: AgreementConfig, secret: SecretBytes, *, sender: str,
     return sealed.model_copy(update={"signature": base64.b64encode(sign(signing_key, sealed.payload())).decode()})
 
 
-def open_secret(agreement: AgreementConfig, sealed_path: Path, *, party: str, exchange_key: X25519PrivateKey) -> SecretBytes:
+def open_secret(agreement: AgreementConfig, sealed_path: Path, *, party: str,
+                exchange_key: X25519PrivateKey) -> SecretBytes:
     """Verify and open a sealed secret addressed to ``party``.
 
     Raises:

@@ -269,7 +269,8 @@ def mask_stream(seed: bytes, *, step: int, purpose: str, length: int) -> np.ndar
 
     >>> a = mask_stream(bytes(32), step=0, purpose="logits", length=4)
     >>> b = mask_stream(bytes(32), step=1, purpose="logits", length=4)
-    >>> a.dtype.name, bool((a != b).all()), bool((a == mask_stream(bytes(32), step=0, purpose="logits", length=4)).all())
+    >>> a.dtype.name, bool((a != b).all()), bool((a == mask_stream(bytes(32), step=0, purpose="logits",
+    ...                                                            length=4)).all())
     ('uint64', True, True)
     """
     if len(seed) != _SEED_BYTES:

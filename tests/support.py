@@ -66,7 +66,8 @@ def person(rng: random.Random, i: int) -> dict[str, str]:
         "surname": rng.choice(SURNAMES),
         "date_of_birth": f"{rng.randint(2005, 2020)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
         "sex": rng.choice(["M", "F", "male", "Female"]),
-        "postcode": f"{rng.choice(['SW', 'M', 'LS', 'B'])}{rng.randint(1, 20)} {rng.randint(1, 9)}{rng.choice('ABDEFG')}{rng.choice('HJLNPQ')}",
+        "postcode": (f"{rng.choice(['SW', 'M', 'LS', 'B'])}{rng.randint(1, 20)} "
+                     f"{rng.randint(1, 9)}{rng.choice('ABDEFG')}{rng.choice('HJLNPQ')}"),
         "opt_out": "N",
         "area": "E06000001",
         "deprivation_quintile": str(rng.randint(1, 5)),

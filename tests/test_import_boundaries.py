@@ -35,7 +35,8 @@ def _top(module: str) -> str:
 
 def test_import_directions() -> None:
     problems = []
-    for package, forbidden in (("pplink", {"nodes", "coordinator"}), ("nodes", {"coordinator"}), ("coordinator", {"nodes"})):
+    for package, forbidden in (("pplink", {"nodes", "coordinator"}), ("nodes", {"coordinator"}),
+                               ("coordinator", {"nodes"})):
         for path in sorted((ROOT / package).rglob("*.py")):
             in_cli = package == "pplink" and "cli" in path.relative_to(ROOT / package).parts[:1]
             for module, line, in_func in _imports(path):

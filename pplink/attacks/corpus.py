@@ -161,7 +161,8 @@ def synth_corpus(people: int, seed: int = 0, *, encoded_share: float = 0.5) -> P
     )
 
 
-def attacker_database(corpus: PlaintextCorpus, overlap: float, seed: int = 0) -> tuple[list[tuple[str, ...]], np.ndarray]:
+def attacker_database(corpus: PlaintextCorpus, overlap: float,
+                      seed: int = 0) -> tuple[list[tuple[str, ...]], np.ndarray]:
     """Draw the plaintext database of a graph attacker.
 
     It has as many records as are encoded, of which a share ``overlap`` are copies of encoded

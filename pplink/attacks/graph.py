@@ -114,7 +114,8 @@ def _graph(clks: np.ndarray, settings: GraphAttackSettings) -> tuple[np.ndarray,
     return node_of_cluster[cluster], representative, features
 
 
-def _nearest(left: np.ndarray, right: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _nearest(left: np.ndarray, right: np.ndarray,
+             block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Squared-distance nearest neighbours both ways.
 
     Returns:

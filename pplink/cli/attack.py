@@ -104,7 +104,8 @@ def _real_file_run(kind: str, encodings_path: Path, agreement_path: Path | None,
                            ngram=field.ngram)]
 
 
-def _synth_run(people: int, seed: int, setting: str, agreement_path: Path | None, **plan: Any) -> tuple[str, list[AttackOutcome]]:
+def _synth_run(people: int, seed: int, setting: str, agreement_path: Path | None,
+               **plan: Any) -> tuple[str, list[AttackOutcome]]:
     from pplink.attacks import AttackPlan, run_attacks, synth_corpus
 
     name, identifiers = _identifiers(setting, agreement_path)
@@ -266,7 +267,8 @@ def render_outcomes(results: Sequence[tuple[str, Sequence[AttackOutcome]]], *, s
                 f"{100 * o.rate:.2f}%" if scored else "-",
             ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
             for line in lines]
     if not scored:
         text.append("(no --truth: the attack's guesses are counted, not scored)")

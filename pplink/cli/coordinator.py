@@ -205,7 +205,8 @@ def _scoring_summary(state_dir: Path, run_id: str) -> dict | None:  # type: igno
 
 def _render_scoring(summary: dict) -> None:  # type: ignore[type-arg]
     click.echo(f"  scoring run {summary['scoring_run_id'][:12]} on match round {summary['match_round']}: "
-               f"{summary['steps']} steps ({summary['stop_reason']}), released holdout AUC {summary['released_auc']:.2f}")
+               f"{summary['steps']} steps ({summary['stop_reason']}), "
+               f"released holdout AUC {summary['released_auc']:.2f}")
     click.echo(f"  ledger entries: {', '.join(map(str, summary['ledger_entries']))}; "
                f"{summary['score_rows']} scores written at the label owner's node")
     click.echo(f"  messages: {summary['messages']} in {summary['exchanges']} exchanges "

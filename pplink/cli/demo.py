@@ -98,7 +98,8 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     for agency in AGENCIES:
         node_dir = work_dir / "nodes" / agency
         resolve_files(node_dir / f"{agency}.tokens", match.maps[agency], node_dir / f"{agency}.entities.csv")
-    click.echo("5. each agency resolved its pseudonym map to record_id,entity_id (nodes/<agency>/<agency>.entities.csv)")
+    click.echo("5. each agency resolved its pseudonym map to record_id,entity_id "
+               "(nodes/<agency>/<agency>.entities.csv)")
 
     report = evaluate_linkage_by_agency(read_truth(truth_final),
                                         read_predictions([work_dir / "nodes" / a for a in AGENCIES]))

@@ -30,7 +30,8 @@ def node() -> None:
 @click.option("--skip-invalid", is_flag=True,
               help="Encode the valid rows and write invalid ones with reasons to OUTPUT.rejects.csv "
                    "(default: refuse the file, listing every problem).")
-@click.option("--output-format", "enc_format", type=click.Choice(["pplink", "anonlink-json"]), default="pplink", show_default=True,
+@click.option("--output-format", "enc_format", type=click.Choice(["pplink", "anonlink-json"]), default="pplink",
+              show_default=True,
               help="Signed pplink encodings, or anonlink's {\"clks\": [...]} layout (unsigned).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes to use (default: all cores for inputs over ~2 MB).")
@@ -50,7 +51,8 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
     from pplink.errors import UsageError
 
     if output_format == "anonlink-json":
-        if enc_format == "pplink" and click.get_current_context().get_parameter_source("enc_format").name == "COMMANDLINE":
+        if (enc_format == "pplink"
+                and click.get_current_context().get_parameter_source("enc_format").name == "COMMANDLINE"):
             raise UsageError("--format anonlink-json and --output-format pplink disagree; give one of them")
         enc_format, output_format = "anonlink-json", "text"
     config = load_agreement(agreement_path)

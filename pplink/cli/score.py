@@ -393,7 +393,8 @@ def render_scoring(
                          f"{_num(unknown.fpr):>13} {_num(unknown.fnr):>6}")
     if not brief:
         lines.append(f"   {plan.label_owner}'s own view (exact, never released): holdout AUC {_num(view.auc)} on "
-                     f"{view.holdout} people; {top}: precision {_num(view.top.precision)}, recall {_num(view.top.recall)}")
+                     f"{view.holdout} people; {top}: precision {_num(view.top.precision)}, "
+                     f"recall {_num(view.top.recall)}")
         if scores_path is not None:
             lines.append(f"   scores for {plan.label_owner}'s own records -> {scores_path}: each is a prompt for a "
                          "second look by a person, never a decision")
@@ -424,7 +425,8 @@ def score_group() -> None:
               default=Path("pplink-demo"), show_default=True, help="A folder written by `pplink demo`.")
 @click.option("--steps", type=click.IntRange(1, 500), default=None, help="Training steps (default 10).")
 @click.option("--training-epsilon", type=float, default=None, help="Privacy loss of all residual releases (default 2).")
-@click.option("--evaluation-epsilon", type=float, default=None, help="Privacy loss of the evaluation releases (default 0.6).")
+@click.option("--evaluation-epsilon", type=float, default=None,
+              help="Privacy loss of the evaluation releases (default 0.6).")
 @FORMAT_OPTION
 def demo_command(work_dir: Path, steps: int | None, training_epsilon: float | None, evaluation_epsilon: float | None,
                  output_format: str) -> None:

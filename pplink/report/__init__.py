@@ -83,7 +83,8 @@ def _budget_section(config: AgreementConfig, entries: Sequence[LedgerEntry]) -> 
             f"<p>Budget epsilon {b.epsilon:g} (delta {b.delta:g}, {b.accounting.value} accounting); spent "
             f"{entries[-1].cumulative.epsilon:.3g}. Under zCDP the per-release epsilons do not simply add: the rhos "
             "add and the total is converted once.</p>" + chart
-            + _table(["entry", "time (UTC)", "query", "mechanism", "sensitivity", "scale", "epsilon", "cumulative"], rows)
+            + _table(["entry", "time (UTC)", "query", "mechanism", "sensitivity", "scale", "epsilon", "cumulative"],
+                     rows)
             + "</section>")
 
 
@@ -117,7 +118,8 @@ def _link_rate_section(entry: LedgerEntry | None) -> str:
     chart = grouped_bars(groups, {"average share linked": averages}, vmax=1.0, percent=True,
                          title="Share of each agency's people found at another agency, by group")
     rows = [(r.source, r.target, r.value, "–" if r.rate is None else f"{r.rate:.0%}",
-             "suppressed" if r.numerator is None else r.numerator, "suppressed" if r.denominator is None else r.denominator)
+             "suppressed" if r.numerator is None else r.numerator,
+             "suppressed" if r.denominator is None else r.denominator)
             for r in rates]
     attribute = entry.query.attribute or "everyone"
     return ("<section><h2>Linkage by group</h2><p>How often a person known to one agency was found at another, by "
@@ -190,8 +192,10 @@ def _model_section(entry: LedgerEntry | None, model: dict[str, Any] | None,
         parts.append(grouped_bars(groups, {"false positive rate": fpr, "false negative rate": fnr}, percent=True,
                                   title="False positive and false negative rates by group"))
         err = _Z95 * noise_sd(entry)
-        rows = [(g, *(cells.get((g, o), "–") if cells.get((g, o)) is not None else "< min" for o in ("tp", "fp", "fn", "tn")),
-                 "–" if f is None else f"{f:.0%}", "–" if n is None else f"{n:.0%}") for g, f, n in zip(groups, fpr, fnr, strict=True)]
+        rows = [(g, *(cells.get((g, o), "–") if cells.get((g, o)) is not None else "< min"
+                      for o in ("tp", "fp", "fn", "tn")),
+                 "–" if f is None else f"{f:.0%}", "–" if n is None else f"{n:.0%}")
+                for g, f, n in zip(groups, fpr, fnr, strict=True)]
         parts.append(f"<p>{_e(describe_query(entry.query))}: {_e(_cost(entry))} (±{err:.0f} on each count).</p>"
                      + _table([entry.query.attribute or "group", "TP", "FP", "FN", "TN", "FPR", "FNR"], rows))
     parts.append("</section>")
@@ -205,7 +209,8 @@ def _similarity_section(match_report: dict[str, Any] | None, threshold: float) -
     chart = histogram_chart(counts, marker=threshold, title="Similarity of candidate pairs")
     return ("<section><h2>Similarity distribution (coordinator view)</h2><p>Dice similarity of the blocked "
             "candidate pairs in the last match, with the agreement's threshold. This describes pairs of encodings, "
-            "is not a DP release, and belongs in the coordinator's copy of this report only.</p>" + chart + "</section>")
+            "is not a DP release, and belongs in the coordinator's copy of this report only.</p>" + chart
+            + "</section>")
 
 
 def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Sequence[LedgerEntry], *,

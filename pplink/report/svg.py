@@ -123,7 +123,8 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]
                         f"{_e(fmt.format(v))}</title></rect>")
         body.append(f'<text x="{x0 + slot * 0.4:.1f}" y="{bottom + 15}" text-anchor="middle">{_e(group)}</text>')
     for s, name in enumerate(series):
-        body.append(f'<rect x="{left + 10 + s * 120}" y="8" width="10" height="10" fill="{_COLOURS[s % len(_COLOURS)]}"/>'
+        body.append(f'<rect x="{left + 10 + s * 120}" y="8" width="10" height="10" '
+                    f'fill="{_COLOURS[s % len(_COLOURS)]}"/>'
                     f'<text x="{left + 24 + s * 120}" y="17">{_e(name)}</text>')
     return _svg(width, height, body, title)
 
@@ -196,7 +197,8 @@ def upset_chart(sets: Sequence[str], combos: Sequence[tuple[frozenset[str], floa
             if filled:
                 ys.append(cy)
         if len(ys) > 1:
-            body.append(f'<line x1="{cx:.1f}" y1="{min(ys)}" x2="{cx:.1f}" y2="{max(ys)}" stroke="#1a202c" stroke-width="2"/>')
+            body.append(f'<line x1="{cx:.1f}" y1="{min(ys)}" x2="{cx:.1f}" y2="{max(ys)}" '
+                        'stroke="#1a202c" stroke-width="2"/>')
     for r, name in enumerate(sets):
         body.append(f'<text x="{left - 6}" y="{bars_bottom + 24 + r * row_h}" text-anchor="end">{_e(name)}</text>')
     return _svg(width, int(height), body, title)

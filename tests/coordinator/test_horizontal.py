@@ -198,7 +198,8 @@ def test_bad_csv_names_file_row_and_field(tmp_path: Path) -> None:
 
 
 def test_cli_horizontal_demo_reports_auc_and_both_epsilons(tmp_path: Path) -> None:
-    """`pplink score horizontal-demo` runs in process, audits clean and reports ledger and RDP epsilon for its rounds."""
+    """`pplink score horizontal-demo` runs in process, audits clean and reports ledger and RDP epsilon
+    for its rounds."""
     from click.testing import CliRunner
 
     from pplink.cli.main import cli

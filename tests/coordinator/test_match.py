@@ -62,7 +62,8 @@ def _bitarrays(data: np.ndarray) -> list[bitarray]:
 # --- brute-force reference ------------------------------------------------------------------------
 
 
-def _brute_candidates(datasets: list[np.ndarray], threshold: float) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
+def _brute_candidates(datasets: list[np.ndarray],
+                      threshold: float) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
     """Every cross-dataset pair at or above threshold, by full matrix Dice, in anonlink's order."""
     out = []
     for i in range(len(datasets)):

@@ -110,7 +110,8 @@ def test_refusals_write_nothing(setup: Setup, round_inputs: dict[str, Path], tmp
 def test_missing_party_allowed_by_agreement(tmp_path: Path) -> None:
     from tests.support import make_setup
 
-    setup = make_setup(tmp_path / "s", edit=lambda t: t.replace("allow_missing_parties = false", "allow_missing_parties = true"))
+    setup = make_setup(tmp_path / "s",
+                       edit=lambda t: t.replace("allow_missing_parties = false", "allow_missing_parties = true"))
     write_synth(generate_synth(150, AGENCIES, seed=9), tmp_path / "records")
     paths = [encode_file(setup.agreement, a, setup.secret, setup.key(a), tmp_path / "records" / f"{a}.csv",
                          tmp_path / f"{a}.enc", skip_invalid=True).output for a in ("school", "health")]

@@ -202,7 +202,8 @@ def test_link_rate_counts_match_a_direct_count() -> None:
     assert overall[("at", "school", "all")] == sum(1 for p in people if "school" in p)
 
 
-@pytest.mark.parametrize("agencies", [("social_care", "school"), AGENCIES, ("social_care", "school", "health", "police")])
+@pytest.mark.parametrize("agencies", [("social_care", "school"), AGENCIES,
+                                      ("social_care", "school", "health", "police")])
 def test_stated_sensitivities_bound_what_one_person_can_change(agencies: tuple[str, ...]) -> None:
     """Brute force: adding any one person (any combination of agencies, any value, values differing by
     agency) moves each query's vector by at most the stated L1 and L2, and link-rate's L1 bound is attained."""
@@ -231,7 +232,8 @@ def test_stated_sensitivities_bound_what_one_person_can_change(agencies: tuple[s
 
 
 def test_derive_link_rates_from_released_cells() -> None:
-    """rate = both / at, clipped to [0, 1]; a suppressed numerator gives an upper bound, a suppressed denominator nothing."""
+    """rate = both / at, clipped to [0, 1]; a suppressed numerator gives an upper bound, a suppressed
+    denominator nothing."""
     parties = ("a", "b")
     cells = (Cell(key=("at", "a", "x"), value=100), Cell(key=("at", "b", "x"), value=None),
              Cell(key=("both", "a", "b", "x"), value=25),

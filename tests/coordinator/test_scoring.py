@@ -44,7 +44,8 @@ def _joined(setup: Setup, people: int = 800, seed: int = 11):  # type: ignore[no
 
 
 def test_every_step_is_charged_on_the_ledger_before_the_label_owner_draws_noise(tmp_path: Path) -> None:
-    """One entry per step: sensitivity = residual unit, the plan's scale, OpenDP's loss; receipts match; audit passes."""
+    """One entry per step: sensitivity = residual unit, the plan's scale, OpenDP's loss; receipts match;
+    audit passes."""
     setup = _setup(tmp_path)
     state, nodes = _joined(setup)
     ledger = tmp_path / "ledger.jsonl"
@@ -173,7 +174,8 @@ def test_evaluation_releases_auc_and_error_rates_by_subgroup_and_by_agency(
     assert subjects[0].startswith("score bin x outcome") and subjects[2].startswith("errors by agency presence")
     assert entries[-1].sensitivity == 2  # 3 other agencies: L2 sqrt(3), rounded up
     assert set(evaluation.subgroup_rates) == {"1", "2", "3", "4", "5", MISSING}
-    assert set(evaluation.presence_rates) == {(a, w) for a in ("school", "health", "police") for w in ("known", "not known")}
+    assert set(evaluation.presence_rates) == {(a, w) for a in ("school", "health", "police")
+                                              for w in ("known", "not known")}
     assert 0.0 <= evaluation.auc <= 1.0 and evaluation.threshold in settings.score_edges
     assert verify_ledger(setup.agreement, ledger).ok
 

@@ -105,18 +105,21 @@ def test_report_renders_charts_offline_without_errors(tmp_path: Path) -> None:
             cdp.call("Page.navigate", {"url": report.as_uri()}, session=session)
             cdp.wait_for("Page.loadEventFired")
             time.sleep(0.5)  # let late console messages arrive
-            counts = cdp.call("Runtime.evaluate", {"expression": "JSON.stringify({svg: document.querySelectorAll('svg').length,"
-                                                   " rect: document.querySelectorAll('svg rect').length,"
-                                                   " h2: [...document.querySelectorAll('h2')].map(h => h.textContent)})",
-                                                   "returnByValue": True}, session=session)
+            counts = cdp.call("Runtime.evaluate",
+                              {"expression": "JSON.stringify({svg: document.querySelectorAll('svg').length,"
+                                             " rect: document.querySelectorAll('svg rect').length,"
+                                             " h2: [...document.querySelectorAll('h2')].map(h => h.textContent)})",
+                               "returnByValue": True}, session=session)
             page = json.loads(counts["result"]["value"])
             shot = cdp.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session)
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
-            requests = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+            requests = [e["params"]["request"]["url"] for e in cdp.events
+                        if e.get("method") == "Network.requestWillBeSent"]
             errors = [e for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"
                       or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "warning"))
-                      or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning"))]
+                      or (e.get("method") == "Log.entryAdded"
+                          and e["params"]["entry"]["level"] in ("error", "warning"))]
     finally:
         proc.terminate()
         try:

@@ -128,7 +128,8 @@ def test_residuals_carry_the_charged_noise_scale_for_every_entity(setup: Setup, 
     owner = nodes["social_care"]
     assert isinstance(owner, LabelOwnerNode)
     total = sum_shares([nodes[a].share(ShareRequest(run_id=RUN_ID, step=0)).share for a in plan.parties])
-    charge = StepCharge(step=0, seq=1, entry_hash="0" * 64, mechanism=Mechanism.GAUSSIAN, sensitivity=1024, scale=4096.0)
+    charge = StepCharge(step=0, seq=1, entry_hash="0" * 64, mechanism=Mechanism.GAUSSIAN, sensitivity=1024,
+                        scale=4096.0)
     noisy = np.concatenate([
         owner.residuals(ResidualRequest(run_id=RUN_ID, step=0, blinded_sum=total, charge=charge)).noisy_residuals
         for _ in range(8)

@@ -128,7 +128,8 @@ def test_reordered_entries_are_caught(honest) -> None:  # type: ignore[no-untype
     agreement, _, lines = honest
     lines[1], lines[2] = lines[2], lines[1]
     found = kinds_at(audit(agreement, lines))
-    assert {(2, FindingKind.SEQUENCE), (3, FindingKind.SEQUENCE), (2, FindingKind.CHAIN), (3, FindingKind.CHAIN)} <= found
+    assert {(2, FindingKind.SEQUENCE), (3, FindingKind.SEQUENCE), (2, FindingKind.CHAIN),
+            (3, FindingKind.CHAIN)} <= found
 
 
 def test_entries_signed_by_another_key_are_caught(honest) -> None:  # type: ignore[no-untyped-def]

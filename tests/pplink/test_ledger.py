@@ -159,7 +159,8 @@ def test_the_lock_excludes_a_second_appender(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
     with open_ledger(path, agreement):
         assert lock_path(path).exists()
-        with pytest.raises(LedgerError, match="held the ledger lock"), open_ledger(path, agreement, lock_timeout_s=0.05):
+        with (pytest.raises(LedgerError, match="held the ledger lock"),
+              open_ledger(path, agreement, lock_timeout_s=0.05)):
             pass
     with open_ledger(path, agreement, lock_timeout_s=0.05):  # released afterwards
         pass

@@ -74,7 +74,8 @@ def test_custom_date_format() -> None:
     assert normalise_date("20110203", ("%Y%m%d",)) == "2011-02-03"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("M", "m"), ("male", "m"), ("FEMALE", "f"), (" f ", "f"), ("U", ""), ("", "")])
+@pytest.mark.parametrize(("raw", "expected"),
+                         [("M", "m"), ("male", "m"), ("FEMALE", "f"), (" f ", "f"), ("U", ""), ("", "")])
 def test_sex(raw: str, expected: str) -> None:
     assert normalise_sex(raw) == expected
 

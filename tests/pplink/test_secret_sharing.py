@@ -86,7 +86,8 @@ def test_forged_exchange_key_is_refused(setup: Setup, tmp_path: Path) -> None:
 def test_rotated_secret_is_stopped_before_encoding(tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
     old = new_secret()
     setup = make_setup(tmp_path, edit=lambda t: t.replace('name = "Early help linkage pilot"',
-                                                          f'name = "Early help linkage pilot"\nsecret_check = "{secret_check(old)}"'))
+                                                          'name = "Early help linkage pilot"\n'
+                                                          f'secret_check = "{secret_check(old)}"'))
     records = write_records(tmp_path / "s.csv", people(5))
     # setup.secret is a fresh secret, not the one the agreement names.
     with pytest.raises(SecretError, match="does not match the agreement's secret_check"):

@@ -36,7 +36,7 @@ from coordinator.run_records import (
 from coordinator.superlink import CONNECTION_NAME, read_serve_info
 from pplink.agreement import AgreementConfig
 from pplink.errors import TransportError, UsageError
-from pplink.flower_env import flower_env, flower_executable
+from pplink.flower_env import flower_env, flower_executable, stop_process
 from pplink.messages import new_run_id
 from pplink.scoring_protocol import VerticalSettings
 
@@ -226,13 +226,7 @@ def launch_round(settings: RunSettings, *, on_update: Callable[[RunRecord], None
                     break
                 time.sleep(0.25)
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, 10)
     final = _read_quietly(state, run_id) or last
     if final.status is RunStatus.RUNNING and final.flower_run_id is not None:
         # Gave up following it: stop the run on the SuperLink too, so it cannot finish unseen.

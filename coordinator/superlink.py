@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -38,7 +37,7 @@ from coordinator.node_directory import NODES_FILE
 from coordinator.run_records import mark_interrupted, timestamp
 from pplink.agreement import AgreementConfig
 from pplink.errors import KeyFileError, TransportError, UsageError
-from pplink.flower_env import flower_env, flower_executable, split_address
+from pplink.flower_env import flower_env, flower_executable, split_address, stop_process
 from pplink.flower_warm import warm_path
 from pplink.keystore import flower_public_key_path, load_flower_public_key
 
@@ -309,16 +308,6 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
         return process.wait()
     finally:
         serve_file.unlink(missing_ok=True)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # the SuperLink's own group: Flower's SuperExec and apps
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(process, 15, group=True)  # with the SuperLink's group: Flower's SuperExec and apps
         if warm is not None:
             warm.stop()

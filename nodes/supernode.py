@@ -10,8 +10,6 @@ here rather than in the middle of a round.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +22,7 @@ from nodes.linkage_round import NODE_CONFIG_KEYS
 from pplink.agreement import load_agreement
 from pplink.crypto import load_private_key, load_secret, public_key_text
 from pplink.errors import KeyFileError, TransportError, UsageError
-from pplink.flower_env import flower_env, flower_executable, split_address
+from pplink.flower_env import flower_env, flower_executable, split_address, stop_process
 from pplink.flower_warm import warm_path
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
@@ -177,17 +175,7 @@ def _run_supernode(cmd: list[str], env: dict[str, str], cwd: Path, write: Callab
         reader.join(timeout=2)
         return status, refused.is_set()
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # the group we created: its leftovers only
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(process, 15, group=True)
 
 
 def join(settings: JoinSettings, *, on_start: Callable[[list[str]], None] | None = None,

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from pplink.errors import DependencyMissingError, UsageError
 
-__all__ = ["flower_env", "flower_executable", "free_port", "split_address"]
+__all__ = ["flower_env", "flower_executable", "free_port", "split_address", "stop_process"]
 
 _AIR_GAPPED = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 #: Flower's SuperExec polls for work every second by default; each round step waits for it, so a
@@ -82,3 +84,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float, *,
+                 group: bool = False) -> None:
+    """Stop a process pplink started: SIGTERM, then SIGKILL if it has not ended within ``timeout`` s.
+
+    Args:
+        process: the process (already ended is fine).
+        timeout: seconds it gets to end after SIGTERM.
+        group: also SIGTERM its process group, for a process started with ``start_new_session``:
+            what it started (Flower's SuperExec and apps) can outlive it by seconds.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if group:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)  # the group it leads: only its leftovers
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pplink.flower_env import stop_process
+
 __all__ = ["ENTRY_POINTS", "WarmStart", "launcher_script", "start_warm", "warm_path", "zygote_main"]
 
 #: The Flower programs pplink warms, with the entry point each one's console script calls.
@@ -268,13 +270,7 @@ class WarmStart:
 
     def stop(self) -> None:
         """Stop the zygote (children already started finish on their own)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         self.socket_path.unlink(missing_ok=True)
         if self.socket_path.parent.name.startswith("pplink-warm-"):
             try:

@@ -38,7 +38,7 @@ from clkhash.schema import from_json_dict  # noqa: E402
 from nodes.encode import encode_file  # noqa: E402
 from pplink.crypto import derive_linkage_key  # noqa: E402
 from pplink.encoding import clkhash_schema_dict  # noqa: E402
-from pplink.synth import generate_synth  # noqa: E402
+from pplink.lab.synth import generate_synth  # noqa: E402
 from tests.support import make_setup  # noqa: E402
 
 

@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.match_round import run_match_round  # noqa: E402
+from coordinator.linkage.match_round import run_match_round  # noqa: E402
 from nodes.encode import encode_file  # noqa: E402
 from nodes.resolve import resolve_files  # noqa: E402
-from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth  # noqa: E402
-from pplink.synth import DEFAULT_AGENCIES, generate_synth, write_synth  # noqa: E402
+from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth  # noqa: E402
+from pplink.lab.synth import DEFAULT_AGENCIES, generate_synth, write_synth  # noqa: E402
 from tests.deployment import LocalDeployment  # noqa: E402
 
 #: Share of the population each default agency holds is well under one; this many people per

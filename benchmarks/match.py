@@ -278,8 +278,8 @@ def linkage_quality(labels: Sequence[np.ndarray], entities: Sequence[np.ndarray]
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
     """Run one match (in whatever process calls it) and return its stats and labels."""
-    from coordinator.blocking import BlockingConfig
-    from coordinator.match import match_clks, measure_blocking_recall
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.match import match_clks, measure_blocking_recall
 
     encodings, _ = load_encodings(Path(job["cache"]))
     if job.get("rows") is not None:
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run each match in a fresh child process to measure its peak RSS")
     args = parser.parse_args(argv)
 
-    from coordinator.blocking import BlockingConfig
+    from coordinator.linkage.blocking import BlockingConfig
 
     overrides = {k: v for k, v in (("bands", args.bands), ("bits_per_band", args.bits_per_band)) if v is not None}
     blocking = BlockingConfig(**overrides).model_dump()

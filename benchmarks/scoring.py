@@ -1,7 +1,7 @@
 """Benchmark vertical scoring in process: wall time and messages per step, and AUC against the budget.
 
-Synthetic people from ``pplink.synth`` are joined by the synthetic truth (no linkage errors), so
-the figures isolate scoring. Every agency is a real :class:`nodes.scoring.ScoringNode` (X25519
+Synthetic people from ``pplink.lab.synth`` are joined by the synthetic truth (no linkage errors), so
+the figures isolate scoring. Every agency is a real :class:`nodes.scoring.vertical.ScoringNode` (X25519
 key agreement, ChaCha20 masks, OpenDP noise at the label owner, every step on a signed ledger);
 the transport is a plain method call, so the times are compute only.
 
@@ -84,10 +84,10 @@ def _central_auc(nodes: dict[str, Any], parties: tuple[str, ...]) -> float | Non
 def run_once(people: int, agencies: int, *, seed: int = 3, steps: int = 10, learning_rate: float = 4.0,
              training_epsilon: float = 2.0, evaluation_epsilon: float = 1.0, central: bool = True) -> dict[str, Any]:
     """One training and evaluation run; returns the JSON record."""
-    from coordinator.scoring import evaluate_vertical, train_vertical
+    from coordinator.scoring.vertical import evaluate_vertical, train_vertical
     from pplink.cli.score import build_scoring_nodes, truth_joined_inputs
-    from pplink.scoring_protocol import VerticalSettings
-    from pplink.synth import generate_synth
+    from pplink.lab.synth import generate_synth
+    from pplink.scoring.protocol import VerticalSettings
 
     names = AGENCIES[:agencies]
     with tempfile.TemporaryDirectory(prefix="pplink-bench-scoring-") as tmp:
@@ -143,7 +143,7 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, tra
     """
     import os
 
-    from pplink.synth import DEFAULT_AGENCIES
+    from pplink.lab.synth import DEFAULT_AGENCIES
     from tests.deployment import LocalDeployment
 
     names = tuple(DEFAULT_AGENCIES[:agencies])

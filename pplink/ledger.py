@@ -13,7 +13,7 @@ writes each entry with one ``O_APPEND`` write followed by ``fsync``. A torn last
 write) is reported, never repaired: the ledger is evidence, and a human decides what happened.
 
 The ledger does not enforce the budget; the release engine does, before any noise is drawn, and
-the auditor (:mod:`pplink.audit`) re-checks everything from the file alone.
+the auditor (:mod:`pplink.audit.verify`) re-checks everything from the file alone.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def read_ledger(path: Path, agreement: AgreementConfig | None = None) -> list[Le
     """Read and check a ledger: every line parses, sequence numbers run 1..n, the hash chain holds.
 
     With ``agreement``, also every entry's agreement id and coordinator signature. This is the
-    coordinator's own pre-append check; :func:`pplink.audit.verify_ledger` is the auditor's full
+    coordinator's own pre-append check; :func:`pplink.audit.verify.verify_ledger` is the auditor's full
     check, which reports every problem instead of stopping at the first.
 
     Raises:

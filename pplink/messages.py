@@ -89,7 +89,7 @@ class RoundStep(StrEnum):
     ENCODE = "query.encode"
     RESOLVE = "query.resolve"
     ROLLBACK = "query.rollback"
-    #: One message of a vertical scoring run (:mod:`pplink.scoring_wire` carries its payload).
+    #: One message of a vertical scoring run (:mod:`pplink.scoring.wire` carries its payload).
     SCORE = "query.score"
 
 
@@ -198,7 +198,7 @@ class RollbackReply(_Message):
 
 
 class ScoringCall(StrEnum):
-    """The node-side method a scoring message asks for (see :mod:`pplink.scoring_protocol`)."""
+    """The node-side method a scoring message asks for (see :mod:`pplink.scoring.protocol`)."""
 
     ANNOUNCE = "announce"
     JOIN = "join"
@@ -214,7 +214,7 @@ class ScoringRequest(_Message):
     """Coordinator -> agency: one vertical scoring message; its payload travels beside it.
 
     ``run_id`` is the scoring run's id (the run plan's). The payload (a
-    :mod:`pplink.scoring_protocol` request, encoded by :mod:`pplink.scoring_wire`) is bound to
+    :mod:`pplink.scoring.protocol` request, encoded by :mod:`pplink.scoring.wire`) is bound to
     the signed model by ``blob_sha256``.
     """
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from coordinator.certs import create_test_certificates
-from pplink.flower_env import free_port
+from coordinator.flower.certs import create_test_certificates
 from pplink.keystore import ensure_flower_node_keys
-from pplink.synth import generate_synth, write_synth
+from pplink.lab.synth import generate_synth, write_synth
+from pplink.transport.flower_env import free_port
 from tests.support import Setup, make_setup
 
 #: The `pplink` console script of this environment (as an operator would run it).

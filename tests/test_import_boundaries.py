@@ -48,5 +48,5 @@ def test_import_directions() -> None:
 def test_checker_catches_a_forbidden_edge(tmp_path: Path) -> None:
     # The checker itself must see module-level and nested imports.
     bad = tmp_path / "bad.py"
-    bad.write_text("import coordinator.match\ndef f():\n    from nodes import encode\n")
-    assert [(m, f) for m, _, f in _imports(bad)] == [("coordinator.match", False), ("nodes", True)]
+    bad.write_text("import coordinator.linkage.match\ndef f():\n    from nodes import encode\n")
+    assert [(m, f) for m, _, f in _imports(bad)] == [("coordinator.linkage.match", False), ("nodes", True)]

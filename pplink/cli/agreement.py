@@ -111,10 +111,10 @@ def check_command(path: Path, output_format: str) -> None:
 def explain_command(path: Path, ledger_path: Path | None, md_path: Path | None, html_path: Path | None) -> None:
     """Write a plain-language notice about the linkage, for agencies to publish to families."""
     from pplink.agreement import load_agreement
-    from pplink.audit import verify_ledger
+    from pplink.audit.notice import build_notice, render_html, render_markdown
+    from pplink.audit.verify import verify_ledger
     from pplink.errors import LedgerError
     from pplink.ledger import read_ledger
-    from pplink.notice import build_notice, render_html, render_markdown
 
     config = load_agreement(path)
     entries = []

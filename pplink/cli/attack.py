@@ -20,7 +20,7 @@ from pplink.cli.options import FORMAT_OPTION, existing_file
 
 if TYPE_CHECKING:
     from pplink.agreement import IdentifierSchema
-    from pplink.attacks import AttackOutcome
+    from pplink.lab.attacks import AttackOutcome
 
 __all__ = ["attack", "render_outcomes"]
 
@@ -29,7 +29,7 @@ _SETTINGS = ("abf-given", "abf-surname", "clk-heavy-surname", "default", "none",
 
 
 def _named_settings() -> dict[str, IdentifierSchema]:
-    from pplink.attacks import attack_settings, default_identifiers, hardening_variants
+    from pplink.lab.attacks import attack_settings, default_identifiers, hardening_variants
 
     named = {k: v for k, v in attack_settings().items() if k != "clk-plain"}
     named.update(hardening_variants(default_identifiers()))
@@ -84,9 +84,9 @@ def attack() -> None:
 def _real_file_run(kind: str, encodings_path: Path, agreement_path: Path | None, public_path: Path | None,
                    truth_path: Path | None, target: str, top_n: int, cluster_threshold: float) -> list[AttackOutcome]:
     from pplink.agreement import load_agreement
-    from pplink.attacks import frequency_attack, pattern_attack, read_public_list, read_truth_column
     from pplink.encfile import read_encodings
     from pplink.errors import UsageError
+    from pplink.lab.attacks import frequency_attack, pattern_attack, read_public_list, read_truth_column
 
     if agreement_path is None or public_path is None:
         raise UsageError("--encodings needs --agreement (to verify the file) and --public (the attacker's list)")
@@ -106,7 +106,7 @@ def _real_file_run(kind: str, encodings_path: Path, agreement_path: Path | None,
 
 def _synth_run(people: int, seed: int, setting: str, agreement_path: Path | None,
                **plan: Any) -> tuple[str, list[AttackOutcome]]:
-    from pplink.attacks import AttackPlan, run_attacks, synth_corpus
+    from pplink.lab.attacks import AttackPlan, run_attacks, synth_corpus
 
     name, identifiers = _identifiers(setting, agreement_path)
     corpus = synth_corpus(people, seed)
@@ -203,8 +203,8 @@ def sweep_command(people: int, seed: int, settings_text: str, attacks_text: str,
 
     Slow with the graph attack: several minutes per setting at the default size.
     """
-    from pplink.attacks import AttackPlan, sweep, synth_corpus
     from pplink.errors import UsageError
+    from pplink.lab.attacks import AttackPlan, sweep, synth_corpus
 
     named = _named_settings()
     chosen = [s.strip() for s in settings_text.split(",") if s.strip()]
@@ -215,7 +215,7 @@ def sweep_command(people: int, seed: int, settings_text: str, attacks_text: str,
     link_function = None
     if link:
         def link_function(datasets: Sequence[Any], threshold: float) -> Sequence[Any]:
-            from coordinator.match import match_clks
+            from coordinator.linkage.match import match_clks
 
             return match_clks(datasets, threshold).labels
 

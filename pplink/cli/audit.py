@@ -1,6 +1,6 @@
 """``pplink audit …``: the auditor's commands. ``verify`` checks a privacy ledger.
 
-The check itself is :func:`pplink.audit.verify_ledger`; this module renders its verdict and, when
+The check itself is :func:`pplink.audit.verify.verify_ledger`; this module renders its verdict and, when
 there are findings, raises :class:`~pplink.errors.LedgerError` so that the process exits with
 that error's code after the table is printed.
 """
@@ -37,7 +37,7 @@ def verify_command(agreement_path: Path, ledger_path: Path, expected: tuple[str,
     error's code.
     """
     from pplink.agreement import load_agreement
-    from pplink.audit import verify_ledger
+    from pplink.audit.verify import verify_ledger
     from pplink.errors import LedgerError
 
     agreement = load_agreement(agreement_path)
@@ -54,7 +54,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def render_verdict(verdict) -> str:  # noqa: ANN001 - pplink.audit.AuditVerdict
+def render_verdict(verdict) -> str:  # noqa: ANN001 - pplink.audit.verify.AuditVerdict
     """The verdict as a table of entries followed by the findings."""
     zcdp = verdict.accounting.value == "zcdp"
     headers = ["entry", "query", "claimed eps", "re-derived eps"]

@@ -51,7 +51,7 @@ def _bar(enabled: bool | None, label: str):  # type: ignore[no-untyped-def]
 def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, ...], out_dir: Path, workers: int,
                   progress: bool | None, output_format: str) -> None:
     """Verify ENCODINGS (.enc files from 2..N agencies), link them, and write each agency's pseudonym map."""
-    from coordinator.match_round import run_match_round
+    from coordinator.linkage.match_round import run_match_round
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key
 
@@ -95,7 +95,7 @@ def _default_keys_dir(agreement_path: Path) -> Path:
               help="DNS name the SuperLink is reached at (repeatable).")
 def certs_command(certs_dir: Path, ips: tuple[str, ...], dns_names: tuple[str, ...]) -> None:
     """Create a test CA and the SuperLink's TLS certificate (pilots and tests; use your own CA in production)."""
-    from coordinator.certs import create_test_certificates
+    from coordinator.flower.certs import create_test_certificates
 
     files = create_test_certificates(certs_dir, ip_addresses=ips, dns_names=dns_names)
     click.echo(f"CA certificate     {files.ca_cert}  (give it to every agency: --root-certificates)")
@@ -123,7 +123,7 @@ def serve_command(agreement_path: Path, state_dir: Path, address: str, certs_dir
     import signal
     import sys
 
-    from coordinator.superlink import ServeSettings, serve
+    from coordinator.flower.superlink import ServeSettings, serve
     from pplink.agreement import load_agreement
 
     config = load_agreement(agreement_path)
@@ -242,8 +242,8 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     and weights, every residual and evaluation release is charged on STATE/ledger.jsonl first, and
     only the label owner's node writes scores (OUT_DIR/<party>.scores.csv).
     """
-    from coordinator.flower_app import RunSettings, launch_round
-    from coordinator.match_round import check_coordinator_key
+    from coordinator.flower.launcher import RunSettings, launch_round
+    from coordinator.linkage.match_round import check_coordinator_key
     from coordinator.run_records import RunStatus
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key
@@ -257,14 +257,14 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     if task == "score":
         from pydantic import ValidationError
 
-        from pplink.scoring_protocol import VerticalSettings
+        from pplink.scoring.protocol import VerticalSettings
 
         if config.scoring is None:
             raise UsageError(f"{agreement_path}: the agreement has no [scoring] section")
         if match_run is not None:
             import re
 
-            from coordinator.state import STATE_FILE
+            from coordinator.linkage.state import STATE_FILE
 
             # A run id, never a path: it names a folder under STATE/rounds.
             if not re.fullmatch(r"[0-9a-f]{16,32}", match_run):
@@ -310,7 +310,7 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
 @FORMAT_OPTION
 def runs_command(state_dir: Path, run_id: str | None, output_format: str) -> None:
     """List the match rounds and scoring runs run over Flower and how each ended (also after a restart)."""
-    from coordinator.flower_app import run_task
+    from coordinator.flower.launcher import run_task
     from coordinator.run_records import list_run_records, read_run_record
 
     def described(record) -> dict:  # type: ignore[no-untyped-def, type-arg]
@@ -364,9 +364,9 @@ def suggest_threshold_command(agreement_path: Path, encodings: tuple[Path, ...],
     The suggestion is the valley between the non-match and match modes. The histogram is for the
     coordinator's eyes: it describes pairs of encodings, not people, and is not a DP release.
     """
-    from coordinator.match import similarity_histogram
-    from coordinator.match_round import load_inputs
-    from coordinator.threshold import analyse_threshold, render_histogram
+    from coordinator.linkage.match import similarity_histogram
+    from coordinator.linkage.match_round import load_inputs
+    from coordinator.linkage.threshold import analyse_threshold, render_histogram
     from pplink.agreement import load_agreement
 
     config = load_agreement(agreement_path)

@@ -44,15 +44,15 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     federated scoring with DP -> DP releases on the signed ledger -> the auditor's verdict -> an
     HTML report.
     """
-    from coordinator.match_round import run_match_round
+    from coordinator.linkage.match_round import run_match_round
     from nodes.encode import encode_file
     from nodes.resolve import resolve_files
     from pplink.agreement import load_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.crypto import load_private_key, load_secret, new_secret, secret_check, write_secret
     from pplink.keystore import ensure_party_keys, private_key_path
-    from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
-    from pplink.synth import generate_synth, write_synth
+    from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+    from pplink.lab.synth import generate_synth, write_synth
 
     started = time.perf_counter()
     _prepare_dir(work_dir)
@@ -116,7 +116,7 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     for line in run_demo_scoring(work_dir, config).lines:
         click.echo(f"   {line}")
     _release_and_audit(config, agreement_path, linkage_dir, keys_dir, work_dir)
-    from pplink.report import build_report
+    from pplink.audit.report import build_report
 
     page, _ = build_report(config, work_dir / "coordinator" / "ledger.jsonl", linkage_dir=linkage_dir)
     report_path = work_dir / "report.html"
@@ -126,9 +126,9 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
 
 
 def _release_and_audit(config, agreement_path: Path, linkage_dir: Path, keys_dir: Path, work_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.release import release_query
-    from coordinator.state import STATE_FILE, load_linkage_state
-    from pplink.audit import verify_ledger
+    from coordinator.linkage.state import STATE_FILE, load_linkage_state
+    from coordinator.release.engine import release_query
+    from pplink.audit.verify import verify_ledger
     from pplink.crypto import load_private_key
     from pplink.keystore import private_key_path
     from pplink.ledger import QueryKind, ReleaseQuery

@@ -11,7 +11,7 @@ import click
 from pplink.cli.options import FORMAT_OPTION, existing_file
 
 if TYPE_CHECKING:
-    from pplink.linkage_eval import LinkageReport, PairScores
+    from pplink.lab.linkage_eval import LinkageReport, PairScores
 
 __all__ = ["eval_group", "render_linkage_report"]
 
@@ -33,7 +33,7 @@ def linkage_command(truth_path: Path, predictions: tuple[Path, ...], output_form
     pair, and how many true entities were reconstructed exactly. Records the predictions lack
     (opted-out rows, for example) are counted, not scored.
     """
-    from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+    from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
 
     report = evaluate_linkage_by_agency(read_truth(truth_path), read_predictions(list(predictions)))
     if output_format == "json":

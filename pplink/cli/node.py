@@ -130,7 +130,7 @@ def join_command(agreement_path: Path, party: str, superlink: str, data_path: Pa
     import signal
     import sys
 
-    from nodes.supernode import JoinSettings, join
+    from nodes.flower.supernode import JoinSettings, join
 
     settings = JoinSettings(agreement_path=agreement_path, party=party, superlink=superlink, data_path=data_path,
                             secret_path=secret_path, key_path=key_path, flower_key_path=flower_key_path,

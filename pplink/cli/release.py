@@ -1,7 +1,7 @@
 """``pplink coordinator release``: one differentially private release, recorded on the ledger first.
 
 The command object is :data:`release_command`; the ``coordinator`` group registers it. It parses
-options, calls :func:`coordinator.release.release_from_files` and renders the result. The result
+options, calls :func:`coordinator.release.engine.release_from_files` and renders the result. The result
 is shown (and written to ``--out``) only after its ledger entry is on disk.
 """
 
@@ -50,7 +50,7 @@ def release_command(
     """
     from pydantic import ValidationError
 
-    from coordinator.release import release_from_files
+    from coordinator.release.engine import release_from_files
     from pplink.errors import UsageError
     from pplink.ledger import ReleaseQuery
 
@@ -93,9 +93,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def render_release(release) -> str:  # noqa: ANN001 - coordinator.release.Release, imported lazily
+def render_release(release) -> str:  # noqa: ANN001 - coordinator.release.engine.Release, imported lazily
     """A release as text: what was spent, then its cells (and link rates)."""
-    from pplink.audit import describe_query
+    from pplink.audit.verify import describe_query
 
     entry = release.entry
     query = entry.query

@@ -24,7 +24,7 @@ def report(agreement_path: Path, ledger_path: Path, linkage_dir: Path | None, mo
            output: Path) -> None:
     """Write one self-contained HTML report: audit verdict, budget, overlaps, linkage and model errors by group."""
     from pplink.agreement import load_agreement
-    from pplink.report import build_report
+    from pplink.audit.report import build_report
 
     config = load_agreement(agreement_path)
     page, verdict = build_report(config, ledger_path, linkage_dir=linkage_dir, model_dir=model_dir)

@@ -1,7 +1,7 @@
 """``pplink score …``: federated scoring on linked people, every party played in one process.
 
-The composition root for scoring: it builds each agency's :class:`nodes.scoring.ScoringNode`
-from that agency's own files and lets :mod:`coordinator.scoring` drive them through plain method
+The composition root for scoring: it builds each agency's :class:`nodes.scoring.vertical.ScoringNode`
+from that agency's own files and lets :mod:`coordinator.scoring.vertical` drive them through plain method
 calls (the Flower transport plugs in the same way later). :func:`run_demo_scoring` is what
 ``pplink demo`` calls after linkage; ``pplink score demo`` runs it over an existing demo folder.
 ``pplink score horizontal-demo`` (:func:`run_horizontal_demo`) runs horizontal DP FedAvg over three
@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from pplink.agreement import AgreementConfig
-    from pplink.scoring_protocol import VerticalSettings
-    from pplink.synth import SynthData
+    from pplink.lab.synth import SynthData
+    from pplink.scoring.protocol import VerticalSettings
 
 # The CLI may import nodes/ and coordinator/ only inside command functions (the import-boundary
 # test reads every import, TYPE_CHECKING blocks included), so their types are named here as Any:
-# ``coordinator.scoring.TrainingRun`` / ``ScoringEvaluation``, ``coordinator.state.LinkageState``,
-# ``nodes.scoring.ScoringNode`` / ``LabelOwnerView``, ``nodes.scoring_data.AgencyScoringData``.
+# ``coordinator.scoring.vertical.TrainingRun`` / ``ScoringEvaluation``, ``coordinator.linkage.state.LinkageState``,
+# ``nodes.scoring.vertical.ScoringNode`` / ``LabelOwnerView``, ``nodes.scoring.data.AgencyScoringData``.
 TrainingRun = ScoringEvaluation = LinkageState = ScoringNode = LabelOwnerView = AgencyScoringData = Any
 
 __all__ = [
@@ -73,8 +73,8 @@ def build_scoring_nodes(
     *,
     holdout_seed: int | None = None,
 ) -> dict[str, ScoringNode]:
-    """One node per agency (the label owner's a :class:`~nodes.scoring.LabelOwnerNode`)."""
-    from nodes.scoring import LabelOwnerNode, ScoringNode
+    """One node per agency (the label owner's a :class:`~nodes.scoring.vertical.LabelOwnerNode`)."""
+    from nodes.scoring.vertical import LabelOwnerNode, ScoringNode
 
     assert agreement.scoring is not None
     nodes: dict[str, ScoringNode] = {}
@@ -96,8 +96,8 @@ def truth_joined_inputs(
     """
     import numpy as np
 
-    from coordinator.state import LinkageState
-    from nodes.scoring_data import build_agency_data
+    from coordinator.linkage.state import LinkageState
+    from nodes.scoring.data import build_agency_data
 
     rng = np.random.default_rng(seed)
     kept: dict[str, tuple[list[tuple[str, ...]], np.ndarray]] = {}
@@ -135,10 +135,10 @@ def run_vertical_scoring(
 
     Raises:
         BudgetExceededError: the run does not fit the budget left (refused before any release).
-        PplinkError: see :func:`coordinator.scoring.train_vertical` and ``evaluate_vertical``.
+        PplinkError: see :func:`coordinator.scoring.vertical.train_vertical` and ``evaluate_vertical``.
     """
-    from coordinator.scoring import evaluate_vertical, train_vertical
-    from nodes.scoring import LabelOwnerNode, write_scores
+    from coordinator.scoring.vertical import evaluate_vertical, train_vertical
+    from nodes.scoring.vertical import LabelOwnerNode, write_scores
 
     run = train_vertical(agreement, state, ledger_path, coordinator_key, nodes, settings)
     evaluation = evaluate_vertical(agreement, state, ledger_path, coordinator_key, nodes, run)
@@ -175,12 +175,12 @@ def run_demo_scoring(
     Returns:
         The summary; print ``summary.lines``.
     """
-    from coordinator.state import STATE_FILE, load_linkage_state
-    from nodes.scoring_data import load_agency_data
+    from coordinator.linkage.state import STATE_FILE, load_linkage_state
+    from nodes.scoring.data import load_agency_data
     from pplink.crypto import load_private_key
     from pplink.errors import ConfigError
     from pplink.keystore import private_key_path
-    from pplink.scoring_protocol import VerticalSettings
+    from pplink.scoring.protocol import VerticalSettings
 
     if config.scoring is None:
         raise ConfigError("the agreement has no [scoring] section")
@@ -213,7 +213,7 @@ class HorizontalDemoSummary:
         rdp_epsilon: Flower's RDP accountant's epsilon for the run, at the same delta.
         delta: the agreement's delta.
         entries: ledger sequence numbers of the run's rounds.
-        audit_ok: whether :func:`pplink.audit.verify_ledger` found nothing.
+        audit_ok: whether :func:`pplink.audit.verify.verify_ledger` found nothing.
         lines: a human summary.
     """
 
@@ -234,24 +234,25 @@ def run_horizontal_demo(work_dir: Path, *, people: int, rounds: int, noise_multi
 
     Writes into ``work_dir``: ``agreement.toml`` (agencies ``area_north``, ``area_central``,
     ``area_south``; zcdp budget ``budget_epsilon`` at delta 1e-6), ``keys/``, ``nodes/<area>.csv``
-    (synthetic people from :func:`pplink.horizontal.synth_area_tables`) and ``ledger.jsonl``;
-    runs :mod:`coordinator.horizontal`'s ServerApp against :mod:`nodes.horizontal`'s ClientApps on
-    :class:`pplink.flower_inprocess.InProcessGrid`, then audits the ledger.
+    (synthetic people from :func:`pplink.scoring.horizontal.synth_area_tables`) and ``ledger.jsonl``;
+    runs :mod:`coordinator.scoring.horizontal`'s ServerApp against :mod:`nodes.scoring.horizontal`'s ClientApps on
+    :class:`pplink.transport.inprocess.InProcessGrid`, then audits the ledger.
     """
     import logging
     import re
 
     import numpy as np
 
-    from coordinator.horizontal import app as server_app
-    from nodes.horizontal import app as client_app
-    from nodes.horizontal import train_locally
+    from coordinator.scoring.horizontal import app as server_app
+    from nodes.scoring.horizontal import app as client_app
+    from nodes.scoring.horizontal import train_locally
     from pplink.agreement import load_agreement
     from pplink.agreement_template import default_agreement_toml
-    from pplink.audit import verify_ledger
+    from pplink.audit.verify import verify_ledger
     from pplink.errors import UsageError
-    from pplink.flower_inprocess import InProcessGrid, InProcessNode, run_in_process
-    from pplink.horizontal import (
+    from pplink.keystore import ensure_party_keys, private_key_path
+    from pplink.scoring.evaluation import auc
+    from pplink.scoring.horizontal import (
         AreaTable,
         HorizontalSettings,
         initial_weights,
@@ -259,8 +260,7 @@ def run_horizontal_demo(work_dir: Path, *, people: int, rounds: int, noise_multi
         synth_area_tables,
         write_area_csv,
     )
-    from pplink.keystore import ensure_party_keys, private_key_path
-    from pplink.scoring_eval import auc
+    from pplink.transport.inprocess import InProcessGrid, InProcessNode, run_in_process
 
     areas = ("area_north", "area_central", "area_south")
     settings = HorizontalSettings(rounds=rounds, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm)
@@ -365,7 +365,7 @@ def render_scoring(
         f"{_num(evaluation.auc)}; {top} flagged (score >= {_num(1 / (1 + math.exp(-evaluation.threshold)), 3)}): "
         f"precision {_num(t.precision)}, recall {_num(t.recall)}",
     ]
-    from pplink.scoring_eval import merge_calibration
+    from pplink.scoring.evaluation import merge_calibration
 
     total = sum(row.people for row in evaluation.calibration)
     shown = merge_calibration(evaluation.calibration, max(50.0, total / 8))
@@ -440,7 +440,7 @@ def demo_command(work_dir: Path, steps: int | None, training_epsilon: float | No
 
     from pplink.agreement import load_agreement
     from pplink.errors import UsageError
-    from pplink.scoring_protocol import VerticalSettings
+    from pplink.scoring.protocol import VerticalSettings
 
     asked: dict[str, Any] = {"steps": steps, "training_epsilon": training_epsilon,
                              "evaluation_epsilon": evaluation_epsilon}

@@ -42,8 +42,8 @@ def check_command(path: Path) -> None:
               help="Folder for <party>.x25519 (0600) and <party>.x25519.json (public, signed).")
 def exchange_key_command(party: str, key_path: Path, keys_dir: Path) -> None:
     """Create this agency's X25519 key for receiving the sealed secret; send the .json to the sender."""
+    from nodes.secret_sharing import new_exchange_key
     from pplink.crypto import load_private_key
-    from pplink.secret_sharing import new_exchange_key
 
     public = new_exchange_key(keys_dir, party, load_private_key(key_path))
     click.echo(f"wrote {public} (public, signed by {party}); the private key stays in {keys_dir}")
@@ -64,9 +64,9 @@ def exchange_key_command(party: str, key_path: Path, keys_dir: Path) -> None:
 def seal_command(agreement_path: Path, sender: str, key_path: Path, recipient_public: Path, secret_path: Path | None,
                  output: Path) -> None:
     """Seal the linkage secret for another agency (never for the coordinator or an auditor)."""
+    from nodes.secret_sharing import seal_secret
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key, load_secret
-    from pplink.secret_sharing import seal_secret
 
     config = load_agreement(agreement_path)
     sealed = seal_secret(config, load_secret(secret_path), sender=sender, signing_key=load_private_key(key_path),
@@ -86,9 +86,9 @@ def seal_command(agreement_path: Path, sender: str, key_path: Path, recipient_pu
               help="Secret file to create (mode 0600).")
 def open_command(agreement_path: Path, party: str, exchange_path: Path, sealed: Path, output: Path) -> None:
     """Verify and open a sealed secret addressed to this agency."""
+    from nodes.secret_sharing import load_exchange_key, open_secret
     from pplink.agreement import load_agreement
     from pplink.crypto import secret_check, write_secret
-    from pplink.secret_sharing import load_exchange_key, open_secret
 
     config = load_agreement(agreement_path)
     value = open_secret(config, sealed, party=party, exchange_key=load_exchange_key(exchange_path))

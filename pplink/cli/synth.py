@@ -39,7 +39,7 @@ def synth(out_dir: Path, people: int, agencies: str, seed: int, label_owner: str
     the label owner also has the outcome. truth.csv (agency,record_id,person) is for evaluation
     only: never give it to a node or the coordinator.
     """
-    from pplink.synth import generate_synth, write_synth
+    from pplink.lab.synth import generate_synth, write_synth
 
     names = [name.strip() for name in agencies.split(",")]
     data = generate_synth(people, names, seed, label_owner, opt_out_rate=opt_out_rate, corruption=corruption)

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from flwr.common.config import flatten_dict, fuse_dicts
 
-from coordinator.flower_app import APP_PYPROJECT, RunSettings, _run_config, run_task
+from coordinator.flower.launcher import APP_PYPROJECT, RunSettings, _run_config, run_task
 from coordinator.run_records import RunPhase, RunRecord, RunStatus, runs_dir, timestamp, write_run_record
 from pplink.cli.main import cli
 from pplink.errors import UsageError
-from pplink.scoring_protocol import VerticalSettings
+from pplink.scoring.protocol import VerticalSettings
 from tests.support import Setup
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from coordinator.state import STATE_FILE, LinkageState, save_linkage_state
+from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from pplink.agreement_template import DEFAULT_AREAS
 from pplink.cli.audit import audit
 from pplink.cli.main import PplinkGroup

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from pplink.agreement import load_agreement
-from pplink.audit import verify_ledger
+from pplink.audit.verify import verify_ledger
 from pplink.cli.main import cli
 from pplink.cli.score import run_demo_scoring
 from pplink.errors import BudgetExceededError
-from pplink.scoring_protocol import VerticalSettings
+from pplink.scoring.protocol import VerticalSettings
 
 
 @pytest.fixture(scope="module")

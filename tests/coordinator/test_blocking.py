@@ -1,4 +1,4 @@
-"""Tests for coordinator.blocking: band choice, keys, giant-bucket guard and pair generation."""
+"""Tests for coordinator.linkage.blocking: band choice, keys, giant-bucket guard and pair generation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from coordinator.blocking import (
+from coordinator.linkage.blocking import (
     BlockingConfig,
     bit_frequencies,
     choose_band_bits,

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.certs import create_test_certificates
+from coordinator.flower.certs import create_test_certificates
 from pplink.errors import KeyFileError, UsageError
 
 

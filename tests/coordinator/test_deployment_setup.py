@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.certs import create_test_certificates
-from coordinator.flower_app import APP_PYPROJECT, RunSettings, _run_config, write_flower_app
-from coordinator.flower_round import settings_from_run_config
-from coordinator.node_directory import load_registered_keys
+from coordinator.flower.certs import create_test_certificates
+from coordinator.flower.launcher import APP_PYPROJECT, RunSettings, _run_config, write_flower_app
+from coordinator.flower.match_round import settings_from_run_config
+from coordinator.flower.node_directory import load_registered_keys
+from coordinator.flower.superlink import ServeSettings, read_serve_info, superlink_command, write_flower_config
 from coordinator.run_records import (
     RunPhase,
     RunRecord,
@@ -23,7 +24,6 @@ from coordinator.run_records import (
     timestamp,
     write_run_record,
 )
-from coordinator.superlink import ServeSettings, read_serve_info, superlink_command, write_flower_config
 from pplink.errors import AgreementMismatchError, ConfigError, TransportError, UsageError
 from tests.support import Setup
 
@@ -61,8 +61,8 @@ def test_the_flower_app_names_pplinks_apps_and_declares_every_run_setting(tmp_pa
     app = write_flower_app(tmp_path)
     project = tomllib.loads((app / "pyproject.toml").read_text())
     assert project["tool"]["flwr"]["app"]["publisher"] == "pplink"
-    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "coordinator.server_app:app",
-                                                             "clientapp": "nodes.client_app:app"}
+    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "coordinator.flower.server_app:app",
+                                                             "clientapp": "nodes.flower.client_app:app"}
     odd = tmp_path / 'a "quoted" dir with spaces'
     config = tomllib.loads(_run_config(RunSettings(agreement=setup.agreement, agreement_path=odd / "agreement.toml",
                                                    key_path=odd / "c.key", state_dir=odd), "0" * 16))

@@ -1,7 +1,7 @@
 """The match round over Flower, ServerApp and ClientApps in one process (no Ray, no SuperLink).
 
-The real `coordinator.server_app.app` and `nodes.client_app.app` run against
-`pplink.flower_inprocess.InProcessGrid`; messages cross Flower's own deflate/inflate step.
+The real `coordinator.flower.server_app.app` and `nodes.flower.client_app.app` run against
+`pplink.transport.inprocess.InProcessGrid`; messages cross Flower's own deflate/inflate step.
 Bad actors are played by wrapping a node's ClientApp.
 """
 
@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 
-from coordinator.flower_round import rounds_dir
-from coordinator.match_round import run_match_round
-from coordinator.node_directory import identify_nodes
+from coordinator.flower.match_round import rounds_dir
+from coordinator.flower.node_directory import identify_nodes
+from coordinator.flower.server_app import app as server_app
+from coordinator.linkage.match_round import run_match_round
 from coordinator.run_records import RunStatus, list_run_records
-from coordinator.server_app import app as server_app
-from nodes.client_app import app as client_app
 from nodes.encode import encode_file
-from nodes.linkage_round import entities_path, round_record_path
+from nodes.flower.client_app import app as client_app
+from nodes.match_round import entities_path, round_record_path
 from nodes.resolve import resolve_files
 from pplink.encfile import encodings_from_bytes
 from pplink.errors import TransportError
-from pplink.flower_inprocess import InProcessGrid, InProcessNode, run_in_process
-from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+from pplink.lab.synth import generate_synth, write_synth
 from pplink.messages import (
     EncodeReply,
     ResolveRequest,
@@ -38,7 +38,7 @@ from pplink.messages import (
     new_run_id,
     sign_message,
 )
-from pplink.synth import generate_synth, write_synth
+from pplink.transport.inprocess import InProcessGrid, InProcessNode, run_in_process
 from pplink.wire import pack, unpack_reply, unpack_request
 from tests.support import Setup, make_setup
 

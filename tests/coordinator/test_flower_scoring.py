@@ -1,4 +1,4 @@
-"""Vertical scoring over Flower's Message API, in process (``pplink.flower_inprocess``).
+"""Vertical scoring over Flower's Message API, in process (``pplink.transport.inprocess``).
 
 The Flower path drives the same node objects through ``query.score`` messages (signed, payload
 beside them, node state saved between messages as a SuperNode's process-per-message needs) and
@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import nodes.scoring
-from coordinator.server_app import app as server_app
-from coordinator.state import STATE_FILE
-from nodes.client_app import app as client_app
+import nodes.scoring.vertical
+from coordinator.flower.server_app import app as server_app
+from coordinator.linkage.state import STATE_FILE
+from nodes.flower.client_app import app as client_app
 from pplink.agreement import load_agreement
-from pplink.audit import verify_ledger
+from pplink.audit.verify import verify_ledger
 from pplink.cli.main import cli
 from pplink.cli.score import run_demo_scoring
-from pplink.flower_inprocess import InProcessGrid, InProcessNode, run_in_process
 from pplink.keystore import private_key_path
-from pplink.scoring_protocol import VerticalSettings
+from pplink.scoring.protocol import VerticalSettings
+from pplink.transport.inprocess import InProcessGrid, InProcessNode, run_in_process
 
 SETTINGS = VerticalSettings(steps=3, training_epsilon=1.0, evaluation_epsilon=0.5, score_edges=(-2.0, -1.0))
 
@@ -79,7 +79,7 @@ def test_flower_path_gives_the_same_model_as_the_in_process_path(demo_dir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Same holdout seed, noise switched off: the label owner's scores agree to the printed 4 decimals;
     each step costs K + 1 messages in 2 exchanges; the ledger audits clean; node state is removed."""
-    monkeypatch.setattr(nodes.scoring, "count_measurement", _noiseless)
+    monkeypatch.setattr(nodes.scoring.vertical, "count_measurement", _noiseless)
     config = load_agreement(demo_dir / "agreement.toml")
     owner = config.scoring.label_owner  # type: ignore[union-attr]
     plain_dir = tmp_path / "plain"

@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.horizontal import app as horizontal_server
-from nodes.horizontal import app as horizontal_client
-from nodes.horizontal import train_locally
+from coordinator.scoring.horizontal import app as horizontal_server
+from nodes.scoring.horizontal import app as horizontal_client
+from nodes.scoring.horizontal import train_locally
 from pplink.accounting import QueryKind, gaussian_rho, zcdp_to_epsilon
 from pplink.agreement import AgreementConfig, load_agreement
 from pplink.agreement_template import default_agreement_toml
-from pplink.audit import verify_ledger
+from pplink.audit.verify import verify_ledger
 from pplink.crypto import generate_signing_key, public_key_text, write_private_key
 from pplink.errors import AgreementMismatchError, BudgetExceededError, RecordValidationError, ReleaseError
-from pplink.flower_inprocess import InProcessGrid, InProcessNode, run_in_process
-from pplink.horizontal import (
+from pplink.ledger import read_ledger
+from pplink.scoring.evaluation import auc
+from pplink.scoring.horizontal import (
     HorizontalSettings,
     initial_weights,
     predict_logits,
@@ -30,8 +31,7 @@ from pplink.horizontal import (
     synth_area_tables,
     write_area_csv,
 )
-from pplink.ledger import read_ledger
-from pplink.scoring_eval import auc
+from pplink.transport.inprocess import InProcessGrid, InProcessNode, run_in_process
 
 #: One service in three areas: each area is an agency in the agreement and a node.
 AREAS = ("area_north", "area_central", "area_south")

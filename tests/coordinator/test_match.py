@@ -1,4 +1,4 @@
-"""Tests for coordinator.match, checked against anonlink and a brute-force Dice + greedy reference."""
+"""Tests for coordinator.linkage.match, checked against anonlink and a brute-force Dice + greedy reference."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from anonlink.similarities import dice_coefficient_accelerated
 from bitarray import bitarray
 
-from coordinator.blocking import BlockingConfig
-from coordinator.match import (
+from coordinator.linkage.blocking import BlockingConfig
+from coordinator.linkage.match import (
     MatchResult,
     SimilarityHistogram,
     compute_dice,

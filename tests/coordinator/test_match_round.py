@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.match_round import run_match_round
-from coordinator.state import STATE_FILE, load_linkage_state
+from coordinator.linkage.match_round import run_match_round
+from coordinator.linkage.state import STATE_FILE, load_linkage_state
 from nodes.encode import encode_file
 from nodes.resolve import resolve_files
 from pplink.agreement import canonical_json
 from pplink.crypto import verify
 from pplink.errors import KeyFileError, MatchError, SignatureError
-from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
-from pplink.synth import generate_synth, write_synth
+from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+from pplink.lab.synth import generate_synth, write_synth
 from tests.support import AGENCIES, Setup
 
 

@@ -16,22 +16,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import coordinator.release as release_module
-import coordinator.release_queries as queries_module
+import coordinator.release.engine as release_module
+import coordinator.release.queries as queries_module
 import pplink.ledger as ledger_module
-from coordinator.release import release_confusion_counts, release_query, release_vector
-from coordinator.release_queries import (
+from coordinator.linkage.state import LinkageState
+from coordinator.release.engine import release_confusion_counts, release_query, release_vector
+from coordinator.release.queries import (
     MISSING,
     QueryVector,
     combination_keys,
     compute_query,
     derive_link_rates,
 )
-from coordinator.state import LinkageState
 from pplink.accounting import BUDGET_SLACK, QueryKind, Sensitivity, query_sensitivity
 from pplink.agreement import AgreementConfig, parse_agreement
 from pplink.agreement_template import DEFAULT_AREAS, default_agreement_toml
-from pplink.audit import verify_ledger
+from pplink.audit.verify import verify_ledger
 from pplink.crypto import generate_signing_key, public_key_text
 from pplink.errors import AgreementMismatchError, BudgetExceededError, LedgerError, ReleaseError, SignatureError
 from pplink.ledger import Cell, ReleaseQuery, read_ledger
@@ -290,7 +290,10 @@ def test_budget_exhaustion_is_refused_before_any_noise_is_drawn(tmp_path: Path, 
         raise AssertionError("noise drawn for a refused release")
 
     monkeypatch.setattr(release_module, "_sample", no_noise)
-    with caplog.at_level(logging.WARNING, logger="coordinator.release"), pytest.raises(BudgetExceededError) as info:
+    with (
+        caplog.at_level(logging.WARNING, logger="coordinator.release.engine"),
+        pytest.raises(BudgetExceededError) as info,
+    ):
         release_query(agreement, state, ledger, key, ReleaseQuery(kind="overlap"), epsilon=0.6)
     message = str(info.value)
     assert "spent epsilon=0.6" in message and "requested epsilon=0.6" in message and "remaining epsilon=0.4" in message

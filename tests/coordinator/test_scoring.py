@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.release import release_vector
-from coordinator.release_queries import MISSING, QueryVector
-from coordinator.scoring import (
+from coordinator.release.engine import release_vector
+from coordinator.release.queries import MISSING, QueryVector
+from coordinator.scoring.vertical import (
     ENTITY_LIST_QUANTUM,
     charge_step,
     check_run_budget,
@@ -19,14 +19,14 @@ from coordinator.scoring import (
     step_loss,
     train_vertical,
 )
-from nodes.scoring import LabelOwnerNode
+from nodes.scoring.vertical import LabelOwnerNode
 from pplink.accounting import Mechanism, QueryKind, Sensitivity, entry_loss, rho_for_epsilon
-from pplink.audit import verify_ledger
+from pplink.audit.verify import verify_ledger
 from pplink.cli.score import build_scoring_nodes, truth_joined_inputs
 from pplink.errors import BudgetExceededError, TransportError
+from pplink.lab.synth import generate_synth
 from pplink.ledger import ReleaseQuery, read_ledger
-from pplink.scoring_protocol import MISSING_GROUP, OUTCOME_KEYS, PresenceRequest, ThresholdRequest, VerticalSettings
-from pplink.synth import generate_synth
+from pplink.scoring.protocol import MISSING_GROUP, OUTCOME_KEYS, PresenceRequest, ThresholdRequest, VerticalSettings
 from tests.support import Setup, make_setup
 
 RUN_ID = "0f" * 16
@@ -149,7 +149,7 @@ def test_evaluation_releases_auc_and_error_rates_by_subgroup_and_by_agency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three ledgered releases; masked per-agency sums equal the true counts; fairness figures by group."""
-    import coordinator.scoring as scoring
+    import coordinator.scoring.vertical as scoring
 
     captured: dict[str, object] = {}
     real = scoring.presence_counts

@@ -1,4 +1,4 @@
-"""Tests for coordinator.threshold: valley finding, its fallbacks, and the text rendering."""
+"""Tests for coordinator.linkage.threshold: valley finding, its fallbacks, and the text rendering."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.match import SimilarityHistogram, match_clks
-from coordinator.threshold import (
+from coordinator.linkage.match import SimilarityHistogram, match_clks
+from coordinator.linkage.threshold import (
     DEFAULT_THRESHOLD,
     analyse_threshold,
     render_histogram,

@@ -112,7 +112,7 @@ def encoded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def _pairwise(encoded: Encoded, labels: tuple[np.ndarray, ...]):  # type: ignore[no-untyped-def]
-    from pplink.linkage_eval import evaluate_linkage_by_agency
+    from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
     def person(record_id: str) -> str:
         return record_id.split("-")[1]
@@ -128,7 +128,7 @@ def test_pplink_links_febrl4_as_well_as_clkhash(encoded: Encoded) -> None:
 
     Measured (docs/hardening.md): F1 0.9998 with the template's hardening, 0.998 with xor_folds = 1.
     """
-    from coordinator.match import match_clks
+    from coordinator.linkage.match import match_clks
 
     result = match_clks(list(encoded.clks), encoded.threshold, blocking=None)
     scores = _pairwise(encoded, result.labels)
@@ -144,7 +144,7 @@ def test_default_blocking_loses_little_on_febrl4(encoded: Encoded) -> None:
     xor_folds = 1 (pairs just above a 0.6 threshold rarely share a 20-bit band), so this guards
     against a regression rather than asserting 0.99.
     """
-    from coordinator.match import match_clks
+    from coordinator.linkage.match import match_clks
 
     blocked = _pairwise(encoded, match_clks(list(encoded.clks), encoded.threshold).labels)
     assert blocked.precision is not None and blocked.precision >= 0.995
@@ -154,8 +154,8 @@ def test_default_blocking_loses_little_on_febrl4(encoded: Encoded) -> None:
 def test_coordinator_policy_scores_febrl4_exactly(encoded: Encoded) -> None:
     """The coordinator's policy scores every pair at FEBRL4's size (25M comparisons), so the
     production path keeps F1 >= 0.99 with the default hardening."""
-    from coordinator.match import match_clks
-    from coordinator.match_round import blocking_for
+    from coordinator.linkage.match import match_clks
+    from coordinator.linkage.match_round import blocking_for
 
     policy = blocking_for([len(c) for c in encoded.clks])
     assert policy is None

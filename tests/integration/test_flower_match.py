@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.match_round import run_match_round
+from coordinator.linkage.match_round import run_match_round
 from nodes.encode import encode_file
-from nodes.linkage_round import entities_path, round_record_path
+from nodes.match_round import entities_path, round_record_path
 from nodes.resolve import resolve_files
 from pplink.errors import TransportError
 from pplink.keystore import flower_private_key_path, new_flower_node_key
-from pplink.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
+from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
 from tests.deployment import PPLINK, LocalDeployment, _env, connected_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from nodes.linkage_round import entities_path
-from nodes.scoring_round import scores_path
-from pplink.audit import verify_ledger
+from nodes.match_round import entities_path
+from nodes.scoring.round import scores_path
+from pplink.audit.verify import verify_ledger
 from tests.deployment import PPLINK, LocalDeployment, _env, connected_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

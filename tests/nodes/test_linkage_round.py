@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.linkage_round import NodeSettings, entities_path, error_reply, handle_request, round_record_path
+from nodes.match_round import NodeSettings, entities_path, error_reply, handle_request, round_record_path
 from pplink.encfile import encodings_from_bytes
 from pplink.errors import (
     AgreementMismatchError,

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.scoring import LabelOwnerNode, ScoringNode, standardise, write_scores
-from nodes.scoring_data import build_agency_data, load_agency_data
+from nodes.scoring.data import build_agency_data, load_agency_data
+from nodes.scoring.vertical import LabelOwnerNode, ScoringNode, standardise, write_scores
 from pplink.accounting import Mechanism
 from pplink.cli.score import build_scoring_nodes, truth_joined_inputs
 from pplink.errors import LinkageMapError, RecordValidationError, ReleaseError, SignatureError, TransportError
-from pplink.scoring_protocol import (
+from pplink.lab.synth import generate_synth
+from pplink.scoring.protocol import (
     MISSING_GROUP,
     ResidualRequest,
     RunPlan,
@@ -22,8 +23,7 @@ from pplink.scoring_protocol import (
     StepCharge,
     VerticalSettings,
 )
-from pplink.secure_sum import decode_fixed, sum_shares, unblind
-from pplink.synth import generate_synth
+from pplink.scoring.secure_sum import decode_fixed, sum_shares, unblind
 from tests.support import Setup, make_setup
 
 RUN_ID = "00112233445566778899aabbccddeeff"
@@ -210,7 +210,7 @@ def test_a_node_needs_its_own_agreement_key(setup: Setup, joined) -> None:  # ty
 
 def test_score_file_is_private_and_says_what_a_score_is_for(tmp_path: Path, setup: Setup, joined) -> None:  # type: ignore[no-untyped-def]
     """The label owner's scores are written owner-only, with the evaluation and the second-look note beside them."""
-    from nodes.scoring import ScoreRow
+    from nodes.scoring.vertical import ScoreRow
 
     path = tmp_path / "social_care.scores.csv"
     note = write_scores(path, [ScoreRow("R1", _entity(1), 0.25, 50.0, True, False)],

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes.linkage_round import NodeSettings
-from nodes.supernode import JoinSettings, check_join, node_config_toml, supernode_command
+from nodes.flower.supernode import JoinSettings, check_join, node_config_toml, supernode_command
+from nodes.match_round import NodeSettings
 from pplink.errors import KeyFileError, UsageError
 from pplink.keystore import new_flower_node_key
 from tests.support import Setup, write_records

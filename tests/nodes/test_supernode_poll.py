@@ -9,7 +9,7 @@ import time
 import pytest
 from flwr.supernode import start_client_internal
 
-from nodes.supernode_poll import FLOWER_IDLE_SLEEP, install, main
+from nodes.flower.supernode_poll import FLOWER_IDLE_SLEEP, install, main
 
 
 @pytest.fixture

@@ -24,7 +24,10 @@ import pytest
 from click.testing import CliRunner
 
 from pplink.agreement import FieldKind, Hardening, IdentifierField, IdentifierSchema
-from pplink.attacks import (
+from pplink.cli.main import cli
+from pplink.encoding import ClkEncoder
+from pplink.errors import RecordValidationError
+from pplink.lab.attacks import (
     AttackPlan,
     PlaintextCorpus,
     attack_settings,
@@ -35,9 +38,6 @@ from pplink.attacks import (
     run_attacks,
     synth_corpus,
 )
-from pplink.cli.main import cli
-from pplink.encoding import ClkEncoder
-from pplink.errors import RecordValidationError
 
 TEMPLATE = default_identifiers()
 RECOMMENDED = TEMPLATE.model_copy(update={"hardening": Hardening(xor_folds=1)})

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pplink.audit as audit_module
+import pplink.audit.verify as audit_module
 from pplink.accounting import Mechanism, PrivacyLoss, QueryKind, entry_loss
 from pplink.agreement import Accounting, AgreementConfig, canonical_json, parse_agreement
 from pplink.agreement_template import default_agreement_toml
-from pplink.audit import FindingKind, verify_ledger, verify_ledger_bytes
+from pplink.audit.verify import FindingKind, verify_ledger, verify_ledger_bytes
 from pplink.crypto import generate_signing_key, public_key_text, sign
 from pplink.errors import LedgerError
 from pplink.ledger import GENESIS_HASH, Cell, EntryDraft, ReleaseQuery, line_hash, open_ledger, signing_payload

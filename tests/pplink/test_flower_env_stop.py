@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from pplink.flower_env import stop_process
+from pplink.transport.flower_env import stop_process
 
 
 def _alive(pid: int) -> bool:

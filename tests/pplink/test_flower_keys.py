@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from pplink.errors import KeyFileError, UsageError
-from pplink.flower_env import flower_env, split_address
 from pplink.keystore import (
     ensure_flower_node_keys,
     flower_private_key_path,
@@ -17,6 +16,7 @@ from pplink.keystore import (
     load_flower_public_key,
     new_flower_node_key,
 )
+from pplink.transport.flower_env import flower_env, split_address
 
 
 def test_flower_node_keys_are_ecdsa_openssh_and_private(tmp_path: Path) -> None:

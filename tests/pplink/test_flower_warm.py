@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pplink.flower_warm import WarmStart, start_warm
+from pplink.transport.warm import WarmStart, start_warm
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "tests.warm_entry:main"
@@ -100,7 +100,7 @@ def test_without_a_zygote_the_launcher_runs_the_real_program(warm: WarmStart) ->
 
 def test_the_zygote_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from pathlib import Path; from pplink.flower_warm import start_warm\n"
+        "import sys, time; from pathlib import Path; from pplink.transport.warm import start_warm\n"
         f"w = start_warm('demo-program', Path({str(tmp_path / 'warm')!r}), dict(__import__('os').environ), [], "
         f"entry={ENTRY!r}, real=Path({str(_real_program(tmp_path))!r}))\n"
         "print(w.process.pid, flush=True)\n"
@@ -143,7 +143,8 @@ def test_preloading_pplinks_apps_starts_no_thread() -> None:
     cannot copy a lock another thread holds (Flower's and pplink's apps, both sides)."""
     script = (
         "import importlib, threading\n"
-        "for m in ('flwr.supernode.cli', 'nodes.client_app', 'flwr.superlink.cli', 'coordinator.server_app'):\n"
+        "for m in ('flwr.supernode.cli', 'nodes.flower.client_app', 'flwr.superlink.cli',\n"
+        "          'coordinator.flower.server_app'):\n"
         "    importlib.import_module(m)\n"
         "print(threading.active_count())\n"
     )

@@ -1,4 +1,4 @@
-"""Behaviour of `pplink.linkage_eval`: pairwise and cluster scores, bookkeeping, and the CSV readers."""
+"""Behaviour of `pplink.lab.linkage_eval`: pairwise and cluster scores, bookkeeping, and the CSV readers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pplink.errors import RecordValidationError, UsageError
-from pplink.linkage_eval import (
+from pplink.lab.linkage_eval import (
     PairScores,
     collect_entity_files,
     evaluate_linkage,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from pplink.audit.notice import build_notice, party_label, render_html, render_markdown
 from pplink.cli.main import cli
-from pplink.notice import build_notice, party_label, render_html, render_markdown
 from tests.support import Setup, make_setup
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from pplink.scoring_eval import (
+from pplink.scoring.evaluation import (
     auc,
     auc_from_histogram,
     bin_scores,

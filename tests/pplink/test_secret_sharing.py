@@ -9,16 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from nodes.encode import encode_file
-from pplink.cli.main import cli
-from pplink.crypto import SecretBytes, new_secret, secret_check
-from pplink.errors import KeyFileError, SecretError, SignatureError
-from pplink.secret_sharing import (
+from nodes.secret_sharing import (
     exchange_key_paths,
     load_exchange_key,
     new_exchange_key,
     open_secret,
     seal_secret,
 )
+from pplink.cli.main import cli
+from pplink.crypto import SecretBytes, new_secret, secret_check
+from pplink.errors import KeyFileError, SecretError, SignatureError
 from tests.support import Setup, make_setup, write_records
 
 

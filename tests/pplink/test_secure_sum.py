@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from pplink.errors import AgreementError, AgreementMismatchError, ConfigError, SignatureError
-from pplink.secure_sum import (
+from pplink.scoring.secure_sum import (
     FRACTION_BITS,
     MAX_ABS_VALUE,
     announce_mask_key,

@@ -1,4 +1,4 @@
-"""Behaviour of `pplink.synth`: determinism, truth bookkeeping, formats, corruption, families, signal."""
+"""Behaviour of `pplink.lab.synth`: determinism, truth bookkeeping, formats, corruption, families, signal."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from pplink.errors import ConfigError
-from pplink.normalise import normalise_date, normalise_name, normalise_postcode, normalise_sex
-from pplink.synth import (
+from pplink.lab.synth import (
     AREAS,
     DEFAULT_AGENCIES,
     IDENTIFIER_COLUMNS,
@@ -24,6 +23,7 @@ from pplink.synth import (
     generate_synth,
     write_synth,
 )
+from pplink.normalise import normalise_date, normalise_name, normalise_postcode, normalise_sex
 
 PEOPLE = 4000
 SEED = 11

@@ -1,0 +1,1 @@
+"""The coordinator's linkage: blocking, similarity, matching, threshold choice, the match round, its state."""

@@ -1,0 +1,1 @@
+"""The coordinator's side of scoring: vertical logistic regression and horizontal FedAvg."""

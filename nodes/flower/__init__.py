@@ -1,0 +1,1 @@
+"""The agency's Flower adapters: ClientApp, SuperNode service and its poller."""

@@ -1,0 +1,1 @@
+"""The agency's side of scoring: its data, vertical steps, horizontal updates, the Flower round handlers."""

@@ -1,0 +1,271 @@
+"""``pplink report``: one self-contained HTML file for the people who use and oversee a linkage.
+
+Built only from what its viewer is entitled to see: the DP releases on the (verified) ledger, the
+auditor's verdict, and, for the coordinator's own copy, the similarity histogram of its last match.
+Every released number is shown with the epsilon it cost and its noise (a 95% interval:
+±1.96 standard deviations; Laplace sd = sqrt(2)·b, Gaussian sd = sigma). Charts are static SVG:
+no script, no external resource, nothing fetched when the file is opened.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pplink.accounting import Mechanism, QueryKind
+from pplink.agreement import AgreementConfig
+from pplink.audit.release_views import derive_link_rates
+from pplink.audit.report.svg import bar_chart, grouped_bars, histogram_chart, step_chart, upset_chart
+from pplink.audit.verify import AuditVerdict, describe_query, verify_ledger
+from pplink.ledger import LedgerEntry, read_ledger
+
+__all__ = ["build_report", "noise_sd", "render_report"]
+
+_Z95 = 1.96
+
+
+def noise_sd(entry: LedgerEntry) -> float:
+    """Standard deviation of the noise on each released cell of an entry.
+
+    >>> from types import SimpleNamespace as S
+    >>> round(noise_sd(S(mechanism=Mechanism.LAPLACE, scale=2.0)), 4)
+    2.8284
+    """
+    return entry.scale * math.sqrt(2) if entry.mechanism == Mechanism.LAPLACE else entry.scale
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _latest(entries: Sequence[LedgerEntry], kind: QueryKind) -> LedgerEntry | None:
+    matching = [e for e in entries if e.query.kind == kind]
+    return matching[-1] if matching else None
+
+
+def _cost(entry: LedgerEntry) -> str:
+    rho = f", rho {entry.loss.rho:.3g}" if entry.loss.rho is not None else ""
+    return (f"entry {entry.seq}, {entry.time[:16].replace('T', ' ')} UTC: epsilon {entry.loss.epsilon:.3g}{rho}, "
+            f"{entry.mechanism.value} noise, scale {entry.scale:.3g}, 95% interval ±{_Z95 * noise_sd(entry):.1f}")
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    return ("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</tbody></table>")
+
+
+def _verdict_section(verdict: AuditVerdict) -> str:
+    if verdict.ok:
+        return (f'<section class="ok"><h2>Auditor\'s verdict: PASS</h2><p>{verdict.lines} ledger entries: hash chain, '
+                "every signature and every privacy loss re-derived from mechanism, sensitivity and scale; the total "
+                f"is within the agreement's budget (epsilon {verdict.spent.epsilon:.3g} of {verdict.budget_epsilon:g} "
+                f"spent, {verdict.remaining_epsilon:.3g} left). Head hash <code>{_e(verdict.head_hash[:16])}…</code>."
+                "</p></section>")
+    items = "".join(f"<li>line {_e(f.line)}: {_e(f.problem)}</li>" for f in verdict.findings)
+    return (f'<section class="fail"><h2>Auditor\'s verdict: FAIL</h2><p>The ledger did not verify. Treat every number '
+            f"below as unconfirmed.</p><ul>{items}</ul></section>")
+
+
+def _budget_section(config: AgreementConfig, entries: Sequence[LedgerEntry]) -> str:
+    if not entries:
+        return "<section><h2>Privacy budget</h2><p>Nothing has been released yet.</p></section>"
+    chart = step_chart([e.cumulative.epsilon for e in entries], limit=config.budget.epsilon,
+                       title="Privacy budget spent over releases", x_labels=[str(e.seq) for e in entries])
+    rows = [(e.seq, e.time[:19].replace("T", " "), describe_query(e.query), e.mechanism.value, e.sensitivity,
+             f"{e.scale:.3g}", f"{e.loss.epsilon:.3g}", f"{e.cumulative.epsilon:.3g}") for e in entries]
+    b = config.budget
+    return ("<section><h2>Privacy budget</h2>"
+            f"<p>Budget epsilon {b.epsilon:g} (delta {b.delta:g}, {b.accounting.value} accounting); spent "
+            f"{entries[-1].cumulative.epsilon:.3g}. Under zCDP the per-release epsilons do not simply add: the rhos "
+            "add and the total is converted once.</p>" + chart
+            + _table(["entry", "time (UTC)", "query", "mechanism", "sensitivity", "scale", "epsilon", "cumulative"],
+                     rows)
+            + "</section>")
+
+
+def _overlap_section(entry: LedgerEntry | None) -> str:
+    if entry is None:
+        return ""
+    parties = list(entry.query.parties)
+    err = _Z95 * noise_sd(entry)
+    combos = []
+    for cell in entry.cells:
+        members = frozenset(cell.key[0].split("+"))
+        combos.append((members, cell.value, err))
+    combos.sort(key=lambda c: -(c[1] or 0))
+    chart = upset_chart(parties, combos, title="People known to exactly these agencies")
+    rows = [(" + ".join(sorted(m)), "< min cell" if v is None else v, f"±{e:.0f}") for m, v, e in combos]
+    return ("<section><h2>Agency overlaps</h2><p>People (linked entities) known to exactly each combination of "
+            f"agencies. {_e(_cost(entry))}.</p>" + chart + _table(["agencies", "people (noisy)", "95%"], rows)
+            + "</section>")
+
+
+def _link_rate_section(entry: LedgerEntry | None) -> str:
+    if entry is None:
+        return ""
+    rates = derive_link_rates(entry.cells, entry.query.parties, entry.min_cell_size)
+    groups = sorted({r.value for r in rates})
+    by_group: dict[str, list[float]] = {g: [] for g in groups}
+    for r in rates:
+        if r.rate is not None:
+            by_group[r.value].append(r.rate)
+    averages = [sum(v) / len(v) if v else None for v in by_group.values()]
+    chart = grouped_bars(groups, {"average share linked": averages}, vmax=1.0, percent=True,
+                         title="Share of each agency's people found at another agency, by group")
+    rows = [(r.source, r.target, r.value, "–" if r.rate is None else f"{r.rate:.0%}",
+             "suppressed" if r.numerator is None else r.numerator,
+             "suppressed" if r.denominator is None else r.denominator)
+            for r in rates]
+    attribute = entry.query.attribute or "everyone"
+    return ("<section><h2>Linkage by group</h2><p>How often a person known to one agency was found at another, by "
+            f"{_e(attribute)}. Linkage errors fall hardest on minority and deprived groups: a lower share can mean "
+            f"records link less well for that group. Rates are ratios of noisy counts. {_e(_cost(entry))}.</p>"
+            + chart + "<details><summary>Every agency pair</summary>"
+            + _table(["from", "found at", attribute, "rate", "both (noisy)", "at source (noisy)"], rows)
+            + "</details></section>")
+
+
+def _count_sections(entries: Sequence[LedgerEntry]) -> str:
+    out = []
+    for entry in entries:
+        if entry.query.kind not in (QueryKind.COUNT_BY, QueryKind.HISTOGRAM):
+            continue
+        err = _Z95 * noise_sd(entry)
+        labels = [" / ".join(cell.key) for cell in entry.cells]
+        values = [cell.value for cell in entry.cells]
+        chart = bar_chart(labels, values, errors=[err] * len(values), title=describe_query(entry.query))
+        out.append(f"<section><h2>{_e(describe_query(entry.query))}</h2><p>{_e(_cost(entry))}.</p>{chart}</section>")
+    return "".join(out)
+
+
+def _rate(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return min(max(num / den, 0.0), 1.0)
+
+
+def _score_histogram_part(entry: LedgerEntry) -> str:
+    from pplink.scoring.evaluation import auc_from_histogram, fill_suppressed
+
+    labels = list(dict.fromkeys(c.key[0] for c in entry.cells))
+    cells = {tuple(c.key): c.value for c in entry.cells}
+    pos = fill_suppressed([cells.get((b, "positive")) for b in labels])
+    neg = fill_suppressed([cells.get((b, "negative")) for b in labels])
+    auc = auc_from_histogram(pos, neg)
+    rows = []
+    for b, p, n in zip(labels, pos, neg, strict=True):
+        total = p + n
+        rows.append((b, f"{total:.0f}", "–" if total <= 0 else f"{min(max(p / total, 0), 1):.0%}"))
+    auc_text = "not computable (a class was suppressed)" if math.isnan(auc) else f"{auc:.3f}"
+    return (f"<p>Held-out people by score band and outcome: AUC {auc_text}, derived from the noisy counts. "
+            f"{_e(_cost(entry))}.</p>"
+            + _table(["score band (logit)", "people (noisy)", "observed share with the outcome"], rows))
+
+
+def _model_section(entry: LedgerEntry | None, model: dict[str, Any] | None,
+                   histogram: LedgerEntry | None = None) -> str:
+    if entry is None and not model and histogram is None:
+        return ""
+    parts = ["<section><h2>Model accuracy and errors by group</h2>",
+             "<p>A score is a prompt for a person to take a second look, never a decision.</p>"]
+    if histogram is not None:
+        parts.append(_score_histogram_part(histogram))
+    if model:
+        metrics = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in model.get("metrics", {}).items()]
+        if metrics:
+            parts.append("<p>Held-out evaluation at the label owner" + (f" ({_e(model['released'])})"
+                         if model.get("released") else "") + ":</p>" + _table(["measure", "value"], metrics))
+        calibration = model.get("calibration")
+        if calibration:
+            parts.append("<p>Calibration (predicted vs observed share with the outcome):</p>"
+                         + _table(list(calibration[0].keys()), [list(r.values()) for r in calibration]))
+    if entry is not None:
+        cells = {tuple(c.key): c.value for c in entry.cells}
+        groups = sorted({c.key[0] for c in entry.cells})
+        fpr = [_rate(cells.get((g, "fp")), (cells.get((g, "fp")) or 0) + (cells.get((g, "tn")) or 0)) for g in groups]
+        fnr = [_rate(cells.get((g, "fn")), (cells.get((g, "fn")) or 0) + (cells.get((g, "tp")) or 0)) for g in groups]
+        parts.append(grouped_bars(groups, {"false positive rate": fpr, "false negative rate": fnr}, percent=True,
+                                  title="False positive and false negative rates by group"))
+        err = _Z95 * noise_sd(entry)
+        rows = [(g, *(cells.get((g, o), "–") if cells.get((g, o)) is not None else "< min"
+                      for o in ("tp", "fp", "fn", "tn")),
+                 "–" if f is None else f"{f:.0%}", "–" if n is None else f"{n:.0%}")
+                for g, f, n in zip(groups, fpr, fnr, strict=True)]
+        parts.append(f"<p>{_e(describe_query(entry.query))}: {_e(_cost(entry))} (±{err:.0f} on each count).</p>"
+                     + _table([entry.query.attribute or "group", "TP", "FP", "FN", "TN", "FPR", "FNR"], rows))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _similarity_section(match_report: dict[str, Any] | None, threshold: float) -> str:
+    if not match_report or not match_report.get("histogram"):
+        return ""
+    counts = match_report["histogram"]["counts"]
+    chart = histogram_chart(counts, marker=threshold, title="Similarity of candidate pairs")
+    return ("<section><h2>Similarity distribution (coordinator view)</h2><p>Dice similarity of the blocked "
+            "candidate pairs in the last match, with the agreement's threshold. This describes pairs of encodings, "
+            "is not a DP release, and belongs in the coordinator's copy of this report only.</p>" + chart
+            + "</section>")
+
+
+def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Sequence[LedgerEntry], *,
+                  match_report: dict[str, Any] | None = None, model: dict[str, Any] | None = None) -> str:
+    """Render the HTML (pure: everything it shows is passed in)."""
+    body = [
+        f"<h1>{_e(config.name)}</h1>",
+        f"<p class=\"meta\">Agreement <code>{_e(config.agreement_id[:16])}…</code> · agencies "
+        f"{_e(', '.join(config.agency_ids))} · generated {datetime.now(UTC).isoformat(timespec='seconds')}</p>",
+        "<p>Every number here was released with differential privacy and recorded on the signed ledger before "
+        "anyone saw it; each shows the privacy it cost and its uncertainty.</p>",
+        _verdict_section(verdict),
+        _budget_section(config, entries),
+        _overlap_section(_latest(entries, QueryKind.OVERLAP)),
+        _link_rate_section(_latest(entries, QueryKind.LINK_RATE)),
+        _model_section(_latest([e for e in entries if e.cells and len(e.cells[0].key) == 2], QueryKind.CONFUSION),
+                       model, _latest(entries, QueryKind.SCORE_HISTOGRAM)),
+        _count_sections(entries),
+        _similarity_section(match_report, config.linkage.threshold),
+    ]
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a202c;"
+             "line-height:1.45}section{margin:2rem 0}table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}"
+             "td,th{border:1px solid #cbd5e0;padding:.25rem .5rem;text-align:left}.ok{border-left:6px solid #2f855a;"
+             "padding-left:1rem}.fail{border-left:6px solid #c53030;padding-left:1rem;background:#fff5f5}"
+             ".meta{color:#4a5568}svg{display:block;margin:.5rem 0;max-width:100%;height:auto}")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+            f"content=\"width=device-width\"><title>pplink report: {_e(config.name)}</title><style>{style}</style>"
+            "</head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def build_report(config: AgreementConfig, ledger_path: Path, *, linkage_dir: Path | None = None,
+                 model_dir: Path | None = None) -> tuple[str, AuditVerdict]:
+    """Verify the ledger and render the report from it (and the optional coordinator/model files).
+
+    Returns:
+        ``(html, verdict)``: the report shows a failed verdict prominently rather than hiding it.
+    """
+    verdict = verify_ledger(config, ledger_path)
+    entries = read_ledger(ledger_path, config) if verdict.ok else _readable_entries(ledger_path, config)
+    match_report = None
+    if linkage_dir is not None:
+        path = Path(linkage_dir) / "coordinator" / "match.json"
+        if path.is_file():
+            match_report = json.loads(path.read_text(encoding="utf-8"))
+    model = None
+    if model_dir is not None:
+        path = Path(model_dir) / "evaluation.json"
+        if path.is_file():
+            model = json.loads(path.read_text(encoding="utf-8"))
+    return render_report(config, verdict, entries, match_report=match_report, model=model), verdict
+
+
+def _readable_entries(ledger_path: Path, config: AgreementConfig) -> list[LedgerEntry]:
+    # A ledger that fails the audit may still parse: show what it claims, under the FAIL banner.
+    try:
+        return read_ledger(ledger_path, config)
+    except Exception:  # noqa: BLE001 - any parse failure means there is nothing trustworthy to chart
+        return []

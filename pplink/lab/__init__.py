@@ -1,0 +1,1 @@
+"""Tools around the product, not part of a round: synthetic data, attacks, linkage evaluation, the demo."""

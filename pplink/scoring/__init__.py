@@ -1,0 +1,1 @@
+"""Vertical and horizontal scoring shared by both sides: protocol, wire codecs, secure sums, evaluation."""

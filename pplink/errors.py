@@ -43,7 +43,9 @@ __all__ = [
     "SignatureError",
     "TransportError",
     "UsageError",
+    "ERROR_CLASSES",
     "ERROR_HELP",
+    "error_for_code",
     "exit_code_for",
 ]
 
@@ -66,6 +68,9 @@ def exit_code_for(code: int) -> int:
 #: One help line per code; ``docs/errors.md`` is generated from the same table by a test.
 ERROR_HELP: dict[int, str] = {}
 
+#: Every concrete error class by its code, filled as each class is defined.
+ERROR_CLASSES: dict[int, type[PplinkError]] = {}
+
 
 class PplinkError(Exception):
     """Root of every deliberate pplink error.
@@ -86,6 +91,7 @@ class PplinkError(Exception):
         if cls.code in ERROR_HELP:
             raise TypeError(f"error code {cls.code} is used twice")
         ERROR_HELP[cls.code] = cls.help
+        ERROR_CLASSES[cls.code] = cls
 
     @property
     def exit_code(self) -> int:
@@ -203,3 +209,15 @@ class DependencyMissingError(PplinkError, ImportError):
 
     code = 502
     help = "An optional dependency is not installed; the message names the extra to install."
+
+
+def error_for_code(code: int | None, message: str) -> PplinkError:
+    """The error of class ``code`` carrying ``message``; :class:`TransportError` for an unknown code.
+
+    Used where an error crossed a process or network boundary as a code (a failed Flower run's record).
+
+    >>> type(error_for_code(101, "x")).__name__, type(error_for_code(None, "x")).__name__
+    ('AgreementError', 'TransportError')
+    """
+    cls = ERROR_CLASSES.get(code) if code is not None else None
+    return (cls or TransportError)(message)

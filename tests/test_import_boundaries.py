@@ -45,6 +45,51 @@ def test_import_directions() -> None:
     assert not problems, "\n".join(problems)
 
 
+#: The shared contract (top-level ``pplink`` modules) may import only itself; each subpackage may
+#: import the contract and the subpackages listed here (docs/architecture.md has the picture).
+_PPLINK_ROOMS: dict[str, set[str]] = {
+    "scoring": set(),
+    "transport": set(),
+    "audit": {"scoring"},
+    "lab": {"scoring", "audit", "transport"},
+}
+
+#: Where Flower may be imported: its adapters, the transport helpers, and the Flower record codecs.
+_FLOWER_ROOMS = ("pplink/transport/", "pplink/wire.py", "pplink/cli/", "coordinator/flower/", "nodes/flower/")
+
+
+def _room(path: Path) -> str | None:
+    parts = path.relative_to(ROOT / "pplink").parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def test_pplink_rooms_import_only_what_their_room_allows() -> None:
+    problems = []
+    for path in sorted((ROOT / "pplink").rglob("*.py")):
+        room = _room(path)
+        if room == "cli":
+            continue
+        allowed = {room} | _PPLINK_ROOMS.get(room, set()) if room else set()
+        for module, line, _ in _imports(path):
+            parts = module.split(".")
+            if parts[0] != "pplink" or len(parts) < 2 or not (ROOT / "pplink" / parts[1]).is_dir():
+                continue  # a contract module, or not pplink
+            if parts[1] not in allowed:
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not problems, "\n".join(problems)
+
+
+def test_flower_is_imported_only_by_its_adapters() -> None:
+    problems = []
+    for package in ("pplink", "nodes", "coordinator"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith(_FLOWER_ROOMS):
+                continue
+            problems += [f"{rel}:{line} imports {m}" for m, line, _ in _imports(path) if _top(m) == "flwr"]
+    assert not problems, "\n".join(problems)
+
+
 def test_checker_catches_a_forbidden_edge(tmp_path: Path) -> None:
     # The checker itself must see module-level and nested imports.
     bad = tmp_path / "bad.py"

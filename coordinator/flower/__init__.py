@@ -1,1 +1,1 @@
-"""The coordinator's Flower adapters: SuperLink service, ServerApp, message exchange, certificates."""
+"""The coordinator's Flower adapters: SuperLink service, ServerApp, message exchange, certificates, FedAvg."""

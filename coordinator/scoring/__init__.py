@@ -1,1 +1,1 @@
-"""The coordinator's side of scoring: vertical logistic regression and horizontal FedAvg."""
+"""The coordinator's side of vertical scoring (logistic regression across agencies); FedAvg lives in ``flower/``."""

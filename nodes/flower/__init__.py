@@ -1,1 +1,1 @@
-"""The agency's Flower adapters: ClientApp, SuperNode service and its poller."""
+"""The agency's Flower adapters: ClientApp, SuperNode service and its poller, horizontal FedAvg client."""

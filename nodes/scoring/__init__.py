@@ -1,1 +1,1 @@
-"""The agency's side of scoring: its data, vertical steps, horizontal updates, the Flower round handlers."""
+"""The agency's side of vertical scoring: its data, its steps, and the handlers the ClientApp calls."""

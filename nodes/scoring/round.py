@@ -57,7 +57,7 @@ __all__ = [
 #: ``--node-config`` keys used only by scoring (the match round's keys are
 #: :data:`nodes.match_round.NODE_CONFIG_KEYS`). ``holdout-seed`` fixes the label owner's holdout
 #: split (tests, reproducible reports); ``horizontal-data`` is the local labelled data of
-#: horizontal mode (:mod:`nodes.scoring.horizontal`).
+#: horizontal mode (:mod:`nodes.flower.horizontal`).
 SCORING_NODE_CONFIG_KEYS = ("holdout-seed", "horizontal-data")
 _STATE_DIR = "scoring"
 #: Node attributes rebuilt from local files on every message rather than saved.

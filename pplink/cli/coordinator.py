@@ -157,21 +157,6 @@ def serve_command(agreement_path: Path, state_dir: Path, address: str, certs_dir
         raise TransportError(f"the SuperLink exited with status {status}; see {state_dir / 'superlink.log'}")
 
 
-def _error_for(code: int | None, message: str):  # type: ignore[no-untyped-def]
-    """The pplink error class with this code (TransportError if none), carrying ``message``."""
-    from pplink.errors import PplinkError, TransportError
-
-    def walk(cls: type[PplinkError]):  # type: ignore[no-untyped-def]
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from walk(sub)
-
-    for cls in walk(PplinkError):
-        if cls.code == code:
-            return cls(message)
-    return TransportError(message)
-
-
 def _render_run(record, output_format: str) -> None:  # type: ignore[no-untyped-def]
     if output_format == "json":
         click.echo(record.model_dump_json(indent=2))
@@ -247,7 +232,7 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     from coordinator.run_records import RunStatus
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key
-    from pplink.errors import UsageError
+    from pplink.errors import UsageError, error_for_code
 
     config = load_agreement(agreement_path)
     scoring = None
@@ -300,7 +285,7 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     if summary is not None and output_format != "json":
         _render_scoring(summary)
     if record.status is not RunStatus.FINISHED:
-        raise _error_for(record.error_code, f"run {record.run_id} failed: {record.error}")
+        raise error_for_code(record.error_code, f"run {record.run_id} failed: {record.error}")
 
 
 @coordinator.command("runs")

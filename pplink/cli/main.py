@@ -7,11 +7,11 @@ so that ``pplink`` itself stays importable without either side.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
+from pplink.cli.options import FORMAT_META_KEY
 from pplink.errors import PplinkError
 
 __all__ = ["cli"]
@@ -27,12 +27,12 @@ class PplinkGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PplinkError as err:
-            _report_error(err)
+            _report_error(err, ctx.meta.get(FORMAT_META_KEY, "text"))
             ctx.exit(err.exit_code)
 
 
-def _report_error(err: PplinkError) -> None:
-    if "--format=json" in sys.argv or ("--format" in sys.argv and "json" in sys.argv):
+def _report_error(err: PplinkError, output_format: str) -> None:
+    if output_format == "json":
         click.echo(json.dumps({"error": type(err).__name__, "code": err.code, "message": str(err)}), err=True)
         return
     click.echo(f"error PPL{err.code}: {err}", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pplink.cli.options import existing_file, output_path
+from pplink.cli.options import existing_file, output_path, remember_format
 
 __all__ = ["node"]
 
@@ -37,7 +37,7 @@ def node() -> None:
               help="Processes to use (default: all cores for inputs over ~2 MB).")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when on a terminal).")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "anonlink-json"]), default="text",
-              show_default=True,
+              show_default=True, callback=remember_format,
               help="Render the result as text for people or JSON for scripts; anonlink-json is short for "
                    "--output-format anonlink-json (result as text).")
 def encode_command(agreement_path: Path, party: str, secret_path: Path | None, key_path: Path, records: Path,

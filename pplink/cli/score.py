@@ -235,7 +235,7 @@ def run_horizontal_demo(work_dir: Path, *, people: int, rounds: int, noise_multi
     Writes into ``work_dir``: ``agreement.toml`` (agencies ``area_north``, ``area_central``,
     ``area_south``; zcdp budget ``budget_epsilon`` at delta 1e-6), ``keys/``, ``nodes/<area>.csv``
     (synthetic people from :func:`pplink.scoring.horizontal.synth_area_tables`) and ``ledger.jsonl``;
-    runs :mod:`coordinator.scoring.horizontal`'s ServerApp against :mod:`nodes.scoring.horizontal`'s ClientApps on
+    runs :mod:`coordinator.flower.horizontal`'s ServerApp against :mod:`nodes.flower.horizontal`'s ClientApps on
     :class:`pplink.transport.inprocess.InProcessGrid`, then audits the ledger.
     """
     import logging
@@ -243,9 +243,9 @@ def run_horizontal_demo(work_dir: Path, *, people: int, rounds: int, noise_multi
 
     import numpy as np
 
-    from coordinator.scoring.horizontal import app as server_app
-    from nodes.scoring.horizontal import app as client_app
-    from nodes.scoring.horizontal import train_locally
+    from coordinator.flower.horizontal import app as server_app
+    from nodes.flower.horizontal import app as client_app
+    from nodes.flower.horizontal import train_locally
     from pplink.agreement import load_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.audit.verify import verify_ledger

@@ -2,9 +2,9 @@
 
 Horizontal mode is for agencies that hold the *same kind* of data (the same feature columns and an
 outcome label at each) about *different people*, e.g. one service in several areas. Each node
-trains a logistic regression locally (:mod:`nodes.scoring.horizontal`); the coordinator averages the
+trains a logistic regression locally (:mod:`nodes.flower.horizontal`); the coordinator averages the
 updates with Flower's ``FedAvg`` wrapped in ``DifferentialPrivacyServerSideFixedClipping``
-(:mod:`coordinator.scoring.horizontal`). This module holds what both sides must agree on:
+(:mod:`coordinator.flower.horizontal`). This module holds what both sides must agree on:
 
 * :data:`FEATURES` and their **public, fixed standardisation constants** (:data:`STANDARDISATION`):
   declared with the schema, never estimated from any node's data, so standardising costs no

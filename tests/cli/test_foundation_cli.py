@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -104,3 +105,20 @@ def test_keys_new(tmp_path: Path) -> None:
     r = run("keys", "new", "--party", "school", "--out-dir", tmp_path)
     assert r.exit_code == 0 and "ed25519:" in r.output
     assert ((tmp_path / "school.key").stat().st_mode & 0o777) == 0o600
+
+
+def test_errors_follow_the_parsed_format_not_argv_text(tmp_path: Path) -> None:
+    # The error boundary renders in the format the command parsed: JSON for `--format json`, and
+    # plain text where "json" merely appears as an argument (a file named json).
+    bad = tmp_path / "agreement.toml"
+    bad.write_text("not = [valid toml", encoding="utf-8")
+    runner = CliRunner(mix_stderr=False)
+    done = runner.invoke(cli, ["agreement", "check", "--format", "json", str(bad)])
+    assert done.exit_code == 21
+    payload = json.loads(done.stderr.strip().splitlines()[-1])
+    assert payload["code"] == 101 and payload["error"] == "AgreementError"
+    named_json = tmp_path / "json"
+    named_json.write_text("not = [valid toml", encoding="utf-8")
+    done = runner.invoke(cli, ["agreement", "check", "--format", "text", str(named_json)])
+    assert done.exit_code == 21
+    assert done.stderr.startswith("error PPL101:")

@@ -32,13 +32,6 @@ def _bits(data: np.ndarray, positions: np.ndarray) -> np.ndarray:
 # --- configuration -------------------------------------------------------------------------------
 
 
-def test_config_defaults_are_the_measured_ones() -> None:
-    """The defaults documented in BlockingConfig are the ones in force."""
-    config = BlockingConfig()
-    assert (config.bits_per_band, config.bands, config.split_bits) == (21, 96, 8)
-    assert config.bits_per_key == 29
-
-
 def test_config_rejects_keys_that_do_not_fit_64_bits() -> None:
     """bits_per_band + split_bits above 62 leaves no room for the split flag and the sentinel."""
     with pytest.raises(ValidationError, match="must be at most 62"):

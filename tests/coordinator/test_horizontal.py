@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.scoring.horizontal import app as horizontal_server
-from nodes.scoring.horizontal import app as horizontal_client
-from nodes.scoring.horizontal import train_locally
+from coordinator.flower.horizontal import app as horizontal_server
+from nodes.flower.horizontal import app as horizontal_client
+from nodes.flower.horizontal import train_locally
 from pplink.accounting import QueryKind, gaussian_rho, zcdp_to_epsilon
 from pplink.agreement import AgreementConfig, load_agreement
 from pplink.agreement_template import default_agreement_toml

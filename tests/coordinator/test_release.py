@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import logging
 import math
 import random
@@ -17,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coordinator.release.engine as release_module
-import coordinator.release.queries as queries_module
 import pplink.ledger as ledger_module
 from coordinator.linkage.state import LinkageState
 from coordinator.release.engine import release_confusion_counts, release_query, release_vector
@@ -86,15 +84,6 @@ def vector(agreement: AgreementConfig, state: LinkageState, **query) -> dict[tup
     q = ReleaseQuery.model_validate({**query, "parties": state.parties})
     v = compute_query(agreement, state, q)
     return dict(zip(v.keys, (int(c) for c in v.counts), strict=True))
-
-
-def test_doctests_pass() -> None:
-    """The modules' examples are part of their specification."""
-    assert doctest.testmod(release_module).failed == 0
-    assert doctest.testmod(queries_module).failed == 0
-
-
-# --- exact vectors ----------------------------------------------------------------------------
 
 
 def test_overlap_counts_each_person_once_in_their_exact_combination() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import doctest
 import functools
 import json
 import tomllib
@@ -14,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pplink.audit.verify as audit_module
 from pplink.accounting import Mechanism, PrivacyLoss, QueryKind, entry_loss
 from pplink.agreement import Accounting, AgreementConfig, canonical_json, parse_agreement
 from pplink.agreement_template import default_agreement_toml
@@ -86,11 +84,6 @@ def resign(lines: list[bytes], key: Ed25519PrivateKey, start: int, edit=lambda o
         out.append(new)
         prev = line_hash(new)
     return out
-
-
-def test_doctests_pass() -> None:
-    """The module's examples are part of its specification."""
-    assert doctest.testmod(audit_module).failed == 0
 
 
 def test_an_honest_ledger_verifies_with_a_row_per_entry(honest) -> None:  # type: ignore[no-untyped-def]
@@ -270,4 +263,3 @@ def _flip_ledger() -> tuple[AgreementConfig, bytes]:
         path = Path(tmp) / "l.jsonl"
         write(path, agreement, key, [draft(agreement), draft(agreement)])
         return agreement, path.read_bytes()
-

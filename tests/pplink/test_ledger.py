@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import hashlib
 import json
 import threading
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import pplink.ledger as ledger_module
 from pplink.accounting import Mechanism, QueryKind, entry_loss
 from pplink.agreement import Accounting, AgreementConfig, canonical_json, parse_agreement
 from pplink.agreement_template import default_agreement_toml
@@ -51,11 +49,6 @@ def draft(agreement: AgreementConfig, scale: float = 4.0) -> EntryDraft:
         loss=entry_loss(mechanism, 1, scale, agreement.budget.delta), min_cell_size=10,
         cells=(Cell(key=("social_care",), value=42), Cell(key=("school",), value=None)), library="opendp==0.16.0",
     )
-
-
-def test_doctests_pass() -> None:
-    """The module's examples are part of its specification."""
-    assert doctest.testmod(ledger_module).failed == 0
 
 
 def test_appends_are_canonical_chained_signed_and_totalled(tmp_path: Path) -> None:

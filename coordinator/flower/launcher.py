@@ -55,7 +55,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "pplink-match-round"
 version = "1.0.0"
-description = "pplink: one privacy-preserving record linkage round"
+description = "pplink: one privacy-preserving match round"
 license = "Apache-2.0"
 dependencies = []
 

@@ -1,6 +1,6 @@
 """The coordinator's side of a match round over Flower.
 
-:func:`run_linkage_round` is what the ServerApp (:mod:`coordinator.flower.server_app`) runs. Agencies'
+:func:`run_flower_match_round` is what the ServerApp (:mod:`coordinator.flower.server_app`) runs. Agencies'
 SuperNodes dial out to the SuperLink; the coordinator only talks to them through the Grid:
 
 1. **Nodes.** Wait until every agency's node is online. A node is known by the name the
@@ -70,7 +70,7 @@ from pplink.messages import (
     sign_message,
 )
 
-__all__ = ["RoundSettings", "rounds_dir", "run_linkage_round", "settings_from_run_config"]
+__all__ = ["RoundSettings", "rounds_dir", "run_flower_match_round", "settings_from_run_config"]
 
 
 def rounds_dir(state_dir: Path) -> Path:
@@ -128,7 +128,7 @@ def _roll_back(grid: Grid, settings: RoundSettings, node_of: Mapping[str, int], 
         problems[party] = f"its result of this failed run may still be in place (rollback: {why})"
 
 
-def run_linkage_round(grid: Grid, settings: RoundSettings, *, log: Callable[[str], None] = print) -> RunRecord:
+def run_flower_match_round(grid: Grid, settings: RoundSettings, *, log: Callable[[str], None] = print) -> RunRecord:
     """Run one match round over ``grid``; see the module docstring for the steps.
 
     Returns:

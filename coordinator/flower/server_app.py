@@ -1,7 +1,7 @@
 """The coordinator's Flower ServerApp: a thin adapter over :mod:`coordinator.flower.match_round`.
 
 It reads the round settings from the run config that ``pplink coordinator run`` passes, runs
-:func:`coordinator.flower.match_round.run_linkage_round` (``task = "match"``, the default) or
+:func:`coordinator.flower.match_round.run_flower_match_round` (``task = "match"``, the default) or
 :func:`coordinator.flower.scoring.run_scoring_round` (``task = "score"``, with the vertical
 settings as JSON under ``scoring`` and optionally ``match-run``) against the SuperLink's Grid and logs to the
 run's log (``<state>/runs/<run_id>.log``) and to Flower's log stream (``flwr run --stream``).
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.flower.match_round import run_linkage_round, settings_from_run_config
+from coordinator.flower.match_round import run_flower_match_round, settings_from_run_config
 from coordinator.flower.scoring import ScoringRunSettings, run_scoring_round
 from coordinator.run_records import runs_dir
 from pplink.errors import ConfigError
@@ -40,7 +40,7 @@ def main(grid: Grid, context: Context) -> None:
 
     task = context.run_config.get("task", "match") or "match"
     if task == "match":
-        run_linkage_round(grid, settings, log=log)
+        run_flower_match_round(grid, settings, log=log)
     elif task == "score":
         raw = context.run_config.get("scoring", "") or "{}"
         match_run = context.run_config.get("match-run", "") or None

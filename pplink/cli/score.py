@@ -159,7 +159,7 @@ def run_demo_scoring(
     settings: VerticalSettings | None = None,
     holdout_seed: int | None = None,
 ) -> ScoringSummary:
-    """Vertical scoring over a ``pplink demo`` folder, after its linkage round.
+    """Vertical scoring over a ``pplink demo`` folder, after its match round.
 
     Each agency reads ``records/<agency>.csv`` and ``nodes/<agency>/<agency>.entities.csv`` with
     its key from ``keys/``; the coordinator reads ``coordinator/linkage/coordinator/linkage.npz``

@@ -80,7 +80,8 @@ def _file_based(d: LocalDeployment, work: Path, agencies: tuple[str, ...]) -> tu
         encodings.append(summary.output)
     match = run_match_round(d.setup.agreement, d.setup.key("coordinator"), encodings, work / "linkage")
     for agency in agencies:
-        resolve_files(work / f"{agency}.tokens", match.maps[agency], work / f"{agency}.entities.csv")
+        resolve_files(d.setup.agreement, agency, work / f"{agency}.tokens", match.maps[agency],
+                      work / f"{agency}.entities.csv")
     seconds = time.perf_counter() - started
     f1 = evaluate_linkage_by_agency(read_truth(d.root / "data" / "truth.csv"), read_predictions([work])).overall.f1
     return seconds, f1

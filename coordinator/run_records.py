@@ -7,7 +7,6 @@ restarted can still say what finished, what failed and why, and where the output
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Annotated
 
 from pydantic import Field, ValidationError
 
+from pplink.atomic import atomic_write
 from pplink.errors import TransportError
 from pplink.models import PplinkModel
 
@@ -101,9 +101,7 @@ def write_run_record(state_dir: Path, record: RunRecord) -> RunRecord:
     record = record.model_copy(update={"updated": timestamp()})
     path = run_record_path(state_dir, record.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, record.model_dump_json(indent=2))
     return record
 
 

@@ -25,7 +25,8 @@ pplink coordinator release --agreement agreement.toml --ledger ledger.jsonl --li
 
 # Each agency resolves its own pseudonym map locally.
 for agency in social_care school health; do
-  pplink node resolve --tokens "nodes/$agency/$agency.tokens" --map "linkage/$agency.map.csv" \
+  pplink node resolve --agreement agreement.toml --party "$agency" \
+    --tokens "nodes/$agency/$agency.tokens" --map "linkage/$agency.map.csv" \
     -o "nodes/$agency/$agency.entities.csv"
 done
 

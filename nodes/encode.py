@@ -34,11 +34,12 @@ from nodes.records import (
     record_spec,
     validate_chunk,
 )
-from nodes.tokens import write_tokens
 from pplink.agreement import AgreementConfig, IdentifierSchema
+from pplink.atomic import atomic_write
 from pplink.crypto import SecretBytes, derive_linkage_key, secret_check
 from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
+from pplink.entity_files import write_tokens
 from pplink.errors import RecordValidationError, SecretError, UsageError
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
@@ -312,14 +313,17 @@ def encode_file(
     raw = token_bytes.tobytes()
     token_hex = [raw[i : i + TOKEN_BYTES].hex() for i in range(0, len(raw), TOKEN_BYTES)]
     output.parent.mkdir(parents=True, exist_ok=True)
+    tokens_path.parent.mkdir(parents=True, exist_ok=True)
+    # Tokens first, the .enc last (each atomic): a kill in between leaves new tokens beside the old
+    # .enc (or none), never a .enc whose tokens are missing. Tokens are fresh random values at
+    # every encode, so a map made from any other .enc can never fit these tokens and
+    # `node resolve` refuses it.
+    write_tokens(tokens_path, token_hex, encoded.record_ids)
     if output_format is OutputFormat.ANONLINK_JSON:
-        tmp = output.with_name(output.name + ".partial")
-        tmp.write_text(json.dumps(encodings_to_anonlink_json(encoded.clks)), encoding="ascii")
-        os.replace(tmp, output)
+        atomic_write(output, json.dumps(encodings_to_anonlink_json(encoded.clks)))
     else:
         write_encodings(output, agreement=agreement, party=party, tokens=token_bytes, clks=encoded.clks,
                         attributes=encoded.attributes, key=key)
-    write_tokens(tokens_path, token_hex, encoded.record_ids)
     return EncodeSummary(
         party=party, output=output, tokens=tokens_path, encoded=n, opted_out=encoded.opted_out,
         rejected=len(encoded.rejected_rows), rejects=rejects_path, seconds=time.perf_counter() - start,

@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nodes.resolve import resolve_entities, write_entities
-from nodes.tokens import read_tokens
+from nodes.resolve import resolve_entities
 from pplink.agreement import AgreementConfig, load_agreement
+from pplink.atomic import atomic_replace, atomic_write
 from pplink.crypto import load_private_key, load_secret, public_key_text
 from pplink.encfile import TOKEN_BYTES, encodings_from_bytes
+from pplink.entity_files import read_tokens, write_entities
 from pplink.errors import (
     AgreementMismatchError,
     ConfigError,
@@ -176,9 +177,7 @@ def _load_own_key(agreement: AgreementConfig, settings: NodeSettings) -> Ed25519
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def _encode(agreement: AgreementConfig, settings: NodeSettings, key: Ed25519PrivateKey,
@@ -264,7 +263,7 @@ def _rollback(agreement: AgreementConfig, settings: NodeSettings, request: Rollb
         for path in (final, record):
             kept = previous / path.name
             if kept.exists():
-                os.replace(kept, path)
+                atomic_replace(kept, path)
             else:
                 path.unlink(missing_ok=True)
         restored = True

@@ -1,19 +1,23 @@
-"""``pplink node resolve``: join the coordinator's pseudonym map back to the agency's own ids."""
+"""``pplink node resolve``: join the coordinator's pseudonym map back to the agency's own ids.
+
+Nothing is joined until the map is proven to be this round's, unedited: the round's
+``manifest.json`` must verify against the coordinator key in the agreement and name the map's
+exact SHA-256 (:mod:`pplink.round_manifest`), and the map must cover exactly the rows of the
+node's token file (random 128-bit tokens, fresh at every encode, so a map made from any other
+``.enc`` than the one these tokens came with cannot fit).
+"""
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.tokens import read_tokens
-from pplink.entity_map import read_entity_map
-from pplink.errors import LinkageMapError
+from pplink.agreement import AgreementConfig
+from pplink.entity_files import map_file_name, read_entity_map, read_tokens, write_entities
+from pplink.errors import LinkageMapError, RoundIntegrityError
+from pplink.round_manifest import MANIFEST_FILE, verify_round_file
 
 __all__ = ["ResolveSummary", "resolve_entities", "resolve_files", "write_entities"]
-
-ENTITIES_HEADER = ("record_id", "entity_id")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class ResolveSummary:
     output: Path
     rows: int
     entities: int
+    round_id: str = ""
 
 
 def resolve_entities(tokens: dict[str, str], entity_map: dict[str, str], *,
@@ -45,22 +50,36 @@ def resolve_entities(tokens: dict[str, str], entity_map: dict[str, str], *,
     return [(record_id, entity_map[token]) for token, record_id in tokens.items()]
 
 
-def write_entities(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Write ``record_id,entity_id`` (node-local; owner-only permissions)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(ENTITIES_HEADER)
-        writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def resolve_files(agreement: AgreementConfig, party: str, tokens_path: Path, map_path: Path, output: Path, *,
+                  manifest_path: Path | None = None) -> ResolveSummary:
+    """Verify the map against the round's signed manifest, join it to the tokens, write ``record_id,entity_id``.
 
+    Args:
+        agreement: the agreement (its coordinator key verifies the manifest).
+        party: this agency.
+        tokens_path: the ``.tokens`` file ``node encode`` wrote with the ``.enc`` the round used.
+        map_path: this agency's ``<party>.map.csv`` from the round.
+        output: the entities file to write (atomically, 0600).
+        manifest_path: the round's ``manifest.json`` (default: beside the map), with its
+            ``manifest.json.sig`` beside it.
 
-def resolve_files(tokens_path: Path, map_path: Path, output: Path) -> ResolveSummary:
-    """Read the token file and the pseudonym map, write ``record_id,entity_id``."""
-    rows = resolve_entities(read_tokens(tokens_path), read_entity_map(map_path), map_name=str(map_path))
+    Raises:
+        RoundIntegrityError: the manifest is missing, unsigned, for another agreement, or does not
+            name this map's exact bytes (stale or mixed round, or a map edited by hand).
+        LinkageMapError: the map is malformed or does not fit the token file.
+        EncodingFileError: the token file is missing or malformed.
+    """
+    agreement.agency(party)
+    map_path = Path(map_path)
+    manifest_path = Path(manifest_path) if manifest_path else map_path.with_name(MANIFEST_FILE)
+    try:
+        data = map_path.read_bytes()
+    except OSError as exc:
+        raise LinkageMapError(f"{map_path}: cannot read the pseudonym map ({exc.strerror})") from None
+    manifest = verify_round_file(agreement, manifest_path, map_file_name(party), data)
+    if party in manifest.get("missing", []):
+        raise RoundIntegrityError(f"{manifest_path}: {party} was not part of this round")
+    rows = resolve_entities(read_tokens(tokens_path), read_entity_map(map_path, data=data), map_name=str(map_path))
     write_entities(output, rows)
-    return ResolveSummary(output=Path(output), rows=len(rows), entities=len({e for _, e in rows}))
+    return ResolveSummary(output=Path(output), rows=len(rows), entities=len({e for _, e in rows}),
+                          round_id=str(manifest.get("round_id", "")))

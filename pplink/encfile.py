@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, ValidationError
 
 from pplink.agreement import AgreementConfig, Role, canonical_json
+from pplink.atomic import atomic_file
 from pplink.crypto import sign, verify
 from pplink.errors import AgreementMismatchError, EncodingFileError, SignatureError
 from pplink.models import PplinkModel
@@ -145,13 +146,9 @@ def write_encodings(
     path = Path(path)
     header, parts = _signed_parts(agreement=agreement, party=party, tokens=tokens, clks=clks,
                                   attributes=attributes, key=key, where=str(path))
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as fh:
+    with atomic_file(path) as fh:
         for part in parts:
             fh.write(part)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return header
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DependencyMissingError",
     "EncodingFileError",
+    "EntitiesFileError",
     "KeyFileError",
     "LedgerError",
     "LinkageMapError",
@@ -39,6 +40,7 @@ __all__ = [
     "PplinkError",
     "RecordValidationError",
     "ReleaseError",
+    "RoundIntegrityError",
     "SecretError",
     "SignatureError",
     "TransportError",
@@ -167,6 +169,21 @@ class LinkageMapError(PplinkError, ValueError):
 
     code = 303
     help = "A pseudonym map does not fit the node's token file."
+
+
+class EntitiesFileError(LinkageMapError):
+    """A ``record_id,entity_id`` file is unreadable or malformed (code 304, exit status 64)."""
+
+    code = 304
+    help = "An entities file (record_id,entity_id) is unreadable or malformed; the message names the row."
+
+
+class RoundIntegrityError(PplinkError, ValueError):
+    """A round's outputs are incomplete, stale, mixed or edited (code 305, exit status 65)."""
+
+    code = 305
+    help = ("A round's outputs are incomplete, stale, mixed or edited (manifest missing, unsigned, or a file's "
+            "hash differs); re-run the round or fetch its outputs again.")
 
 
 class MatchError(PplinkError, ValueError):

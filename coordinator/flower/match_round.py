@@ -31,7 +31,6 @@ Progress and the outcome go to ``<state>/runs/<run_id>.json`` (:mod:`coordinator
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -52,8 +51,9 @@ from coordinator.flower.exchange import (
 )
 from coordinator.flower.node_directory import load_registered_keys, wait_for_nodes
 from coordinator.linkage.match_round import check_coordinator_key, check_inputs, match_files, write_round_outputs
-from coordinator.run_records import RunPhase, RunRecord, RunStatus
+from coordinator.run_records import RunPhase, RunRecord, RunStatus, read_run_record
 from pplink.agreement import load_agreement
+from pplink.atomic import PARTIAL_SUFFIX, atomic_replace
 from pplink.crypto import load_private_key
 from pplink.encfile import EncodingsFile, encodings_from_bytes
 from pplink.errors import AgreementMismatchError, ConfigError, PplinkError, TransportError
@@ -76,6 +76,22 @@ __all__ = ["RoundSettings", "rounds_dir", "run_flower_match_round", "settings_fr
 def rounds_dir(state_dir: Path) -> Path:
     """Where the coordinator keeps each finished round's outputs (``<state>/rounds/<run_id>``)."""
     return Path(state_dir) / "rounds"
+
+
+def _clear_abandoned_staging(state_dir: Path) -> None:
+    """Remove the staging folders of earlier runs that are no longer running (killed mid-round)."""
+    folder = rounds_dir(state_dir)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not entry.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            running = read_run_record(state_dir, entry.name.removesuffix(PARTIAL_SUFFIX)).status is RunStatus.RUNNING
+        except TransportError:
+            running = False
+        if not running:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _verified_encodings(settings: RoundSettings, party: str, node_id: int, message: Message) -> EncodingsFile:
@@ -143,7 +159,7 @@ def run_flower_match_round(grid: Grid, settings: RoundSettings, *, log: Callable
     agreement, run_id = settings.agreement, settings.run_id
     check_coordinator_key(agreement, settings.key)
     recorder = RunRecorder(settings)
-    staging = rounds_dir(settings.state_dir) / f"{run_id}.partial"
+    staging = rounds_dir(settings.state_dir) / f"{run_id}{PARTIAL_SUFFIX}"
     final = rounds_dir(settings.state_dir) / run_id
     seconds: dict[str, float] = {}
     problems: dict[str, str] = {}
@@ -157,6 +173,7 @@ def run_flower_match_round(grid: Grid, settings: RoundSettings, *, log: Callable
     try:
         if final.exists():
             raise TransportError(f"{final}: a round with this run id was already kept")
+        _clear_abandoned_staging(settings.state_dir)
         directory = wait_for_nodes(grid, settings, recorder, log)
         t = lap("waiting_for_nodes", started)
         present = [a for a in agreement.agency_ids if a in directory.node_of]
@@ -228,7 +245,7 @@ def run_flower_match_round(grid: Grid, settings: RoundSettings, *, log: Callable
             raise TransportError(_fail_message(RoundStep.RESOLVE, resolve_problems))
 
         # --- every agency wrote its result: the coordinator keeps the round ---------------------
-        os.replace(staging, final)
+        atomic_replace(staging, final)  # one rename: the round's folder appears whole
         membership = state.membership()
         seconds["total"] = round(time.perf_counter() - started, 3)
         recorder.update(status=RunStatus.FINISHED, phase=RunPhase.DONE, output_dir=str(final),

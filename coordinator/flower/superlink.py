@@ -36,6 +36,7 @@ from coordinator.flower.certs import tls_files
 from coordinator.flower.node_directory import NODES_FILE
 from coordinator.run_records import mark_interrupted, timestamp
 from pplink.agreement import AgreementConfig
+from pplink.atomic import atomic_write
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.keystore import flower_public_key_path, load_flower_public_key
 from pplink.transport.flower_env import flower_env, flower_executable, split_address, stop_process
@@ -215,10 +216,8 @@ def register_nodes(settings: ServeSettings, env: dict[str, str],
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(unregister, stale))
         nodes = dict(zip(keys, pool.map(register, keys), strict=True))
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps({"agreement_id": settings.agreement.agreement_id, "auth": True, "nodes": nodes},
-                              indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"agreement_id": settings.agreement.agreement_id, "auth": True, "nodes": nodes},
+                                  indent=2))
     return nodes
 
 

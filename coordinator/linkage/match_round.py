@@ -1,15 +1,16 @@
 """``pplink coordinator match``: verify every agency's encodings, link them, hand out pseudonyms.
 
 The round is all-or-nothing: every input is read and verified before anything is matched, and
-the outputs (one pseudonym map per agency, the coordinator's state, a signed manifest) are
-written as ``.partial`` files and renamed only once all of them are complete.
+the outputs (one pseudonym map per agency, the coordinator's state, the match report) are written
+into a fresh staging folder and published under a signed manifest, written last, that names every
+file's SHA-256 (:mod:`pplink.round_manifest`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.match import MatchResult, match_clks
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
-from pplink.agreement import AgreementConfig, canonical_json
-from pplink.crypto import public_key_text, sign
+from pplink.agreement import AgreementConfig
+from pplink.atomic import atomic_write
+from pplink.crypto import public_key_text
 from pplink.encfile import EncodingsFile, read_encodings
-from pplink.entity_map import write_entity_map
+from pplink.entity_files import map_file_name, write_entity_map
 from pplink.errors import KeyFileError, MatchError
+from pplink.round_manifest import MANIFEST_FILE, new_stage, publish_round
 
 __all__ = [
     "MANIFEST_FILE",
@@ -43,7 +46,6 @@ __all__ = [
     "write_round_outputs",
 ]
 
-MANIFEST_FILE = "manifest.json"
 MATCH_REPORT_FILE = "coordinator/match.json"
 
 
@@ -167,14 +169,6 @@ def match_files(
     return state, result
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_coordinator_key(agreement: AgreementConfig, key: Ed25519PrivateKey) -> None:
     """Refuse a signing key that is not the agreement's coordinator key.
 
@@ -199,53 +193,39 @@ def write_round_outputs(
     Writes ``<out>/<party>.map.csv`` (``row_token,entity_id``, one line per row sent),
     ``<out>/coordinator/linkage.npz`` (for releases), ``<out>/coordinator/match.json`` (stats and
     similarity histogram: coordinator-only) and ``<out>/manifest.json`` with its Ed25519
-    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs. Every file
-    is written under a temporary name first and renamed only once all of them are complete.
+    signature ``manifest.json.sig``, which names every file's SHA-256 and binds them to the
+    agreement and the inputs. Everything is written into a fresh staging folder first and
+    published by :func:`pplink.round_manifest.publish_round`, the manifest last: a crash at any
+    point leaves no manifest (readers refuse the folder) or the whole new round.
     """
     out_dir = Path(out_dir)
-    (out_dir / "coordinator").mkdir(parents=True, exist_ok=True)
-    entity_hex = state.entity_hex()
-    partials: list[tuple[Path, Path]] = []
-    maps: dict[str, Path] = {}
-    for f in files:
-        party = f.header.party
-        final = out_dir / f"{party}.map.csv"
-        tmp = final.with_name(final.name + ".round")
-        labels = state.cluster_of[party]
-        write_entity_map(tmp, zip(f.token_hex(), (entity_hex[i] for i in labels.tolist()), strict=True))
-        partials.append((tmp, final))
-        maps[party] = final
-    state_final = out_dir / STATE_FILE
-    state_tmp = state_final.with_name(state_final.name + ".round")
-    save_linkage_state(state_tmp, state)
-    partials.append((state_tmp, state_final))
-    report_final = out_dir / MATCH_REPORT_FILE
-    report_tmp = report_final.with_name(report_final.name + ".round")
-    report = {"stats": result.stats.model_dump(mode="json"),
-              "histogram": result.histogram.model_dump(mode="json") if result.histogram else None,
-              "missing": list(missing)}
-    report_tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    partials.append((report_tmp, report_final))
-    manifest = {
-        "format": "pplink-linkage-manifest",
-        "version": 1,
-        "agreement_id": agreement.agreement_id,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": {f.header.party: f.header.file_id for f in files},
-        "missing": list(missing),
-        "maps": {party: _sha256(tmp) for (tmp, _), party in zip(partials, maps, strict=False)},
-        "threshold": agreement.linkage.threshold,
-    }
-    body = canonical_json(manifest)
-    manifest_final = out_dir / MANIFEST_FILE
-    manifest_tmp = manifest_final.with_name(manifest_final.name + ".round")
-    manifest_tmp.write_bytes(body)
-    sig_final = out_dir / (MANIFEST_FILE + ".sig")
-    sig_tmp = sig_final.with_name(sig_final.name + ".round")
-    sig_tmp.write_bytes(sign(key, body).hex().encode("ascii") + b"\n")
-    partials += [(manifest_tmp, manifest_final), (sig_tmp, sig_final)]
-    for tmp, final in partials:
-        os.replace(tmp, final)
+    stage = new_stage(out_dir)
+    try:
+        (stage / "coordinator").mkdir()
+        entity_hex = state.entity_hex()
+        maps: dict[str, Path] = {}
+        for f in files:
+            party = f.header.party
+            labels = state.cluster_of[party]
+            write_entity_map(stage / map_file_name(party),
+                             zip(f.token_hex(), (entity_hex[i] for i in labels.tolist()), strict=True))
+            maps[party] = out_dir / map_file_name(party)
+        save_linkage_state(stage / STATE_FILE, state)
+        report = {"stats": result.stats.model_dump(mode="json"),
+                  "histogram": result.histogram.model_dump(mode="json") if result.histogram else None,
+                  "missing": list(missing)}
+        atomic_write(stage / MATCH_REPORT_FILE, json.dumps(report, indent=2))
+        manifest = {
+            "agreement_id": agreement.agreement_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "inputs": {f.header.party: f.header.file_id for f in files},
+            "missing": list(missing),
+            "maps": {party: map_file_name(party) for party in maps},
+            "threshold": agreement.linkage.threshold,
+        }
+        publish_round(out_dir, stage, manifest, key)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return maps
 
 

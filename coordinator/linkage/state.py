@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pplink.atomic import atomic_write
 from pplink.errors import AgreementMismatchError, MatchError
 
 __all__ = ["LinkageState", "load_linkage_state", "save_linkage_state", "STATE_FILE"]
@@ -76,16 +76,11 @@ def save_linkage_state(path: Path, state: LinkageState) -> None:
     }
     arrays = {f"cluster_of/{p}": state.cluster_of[p] for p in state.parties}
     arrays["pseudonyms"] = state.pseudonyms
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as fh:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        with zipfile.ZipFile(buf, "a") as zf:
-            zf.writestr("state.json", json.dumps(meta, sort_keys=True))
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "a") as zf:
+        zf.writestr("state.json", json.dumps(meta, sort_keys=True))
+    atomic_write(path, buf.getvalue())
 
 
 def load_linkage_state(path: Path, agreement_id: str | None = None) -> LinkageState:

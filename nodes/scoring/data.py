@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from pplink.agreement import AgreementConfig
+from pplink.entity_files import read_entities
 from pplink.errors import LinkageMapError, RecordValidationError
 from pplink.scoring.protocol import MISSING_GROUP
 
 __all__ = ["AgencyScoringData", "build_agency_data", "load_agency_data", "read_entities"]
 
-ENTITIES_HEADER = ("record_id", "entity_id")
 #: At most this many problems are listed in one error (the count of all is given).
 _MAX_LISTED = 20
 
@@ -57,32 +57,6 @@ class AgencyScoringData:
     rows_used: int = 0
     rows_without_entity: int = 0
     missing_values: int = 0
-
-
-def read_entities(path: Path) -> dict[str, str]:
-    """Read ``record_id,entity_id`` (written by ``pplink node resolve``).
-
-    Raises:
-        LinkageMapError: unreadable, wrong header, a malformed row or a repeated record id.
-    """
-    path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise LinkageMapError(f"{path}: cannot read ({exc.strerror})") from None
-    out: dict[str, str] = {}
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or tuple(header) != ENTITIES_HEADER:
-            raise LinkageMapError(f"{path}: row 1: header must be {','.join(ENTITIES_HEADER)}")
-        for row in reader:
-            if len(row) != 2 or not row[0] or len(row[1]) != 32:
-                raise LinkageMapError(f"{path}: row {reader.line_num}: expected record_id and a 32-character entity_id")
-            if row[0] in out:
-                raise LinkageMapError(f"{path}: row {reader.line_num}, field record_id: appears twice")
-            out[row[0]] = row[1]
-    return out
 
 
 def _parse_feature(text: str) -> float | None:

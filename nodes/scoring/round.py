@@ -20,7 +20,6 @@ reply is signed with the agency's key and binds its payload by digest.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from nodes.match_round import NodeSettings, entities_path
 from nodes.scoring.data import load_agency_data
 from nodes.scoring.vertical import LabelOwnerNode, ScoringNode, write_scores
 from pplink.agreement import AgreementConfig, load_agreement
+from pplink.atomic import atomic_write
 from pplink.crypto import load_private_key, public_key_text
 from pplink.errors import AgreementMismatchError, ConfigError, KeyFileError, TransportError
 from pplink.messages import (
@@ -114,11 +114,7 @@ def _save(node: ScoringNode, path: Path) -> None:
     state["_class"] = type(node).__name__
     data = encode_payload(_saved(state))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _saved(state: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nodes.scoring.data import AgencyScoringData
 from pplink.accounting import count_measurement
 from pplink.agreement import AgreementConfig
+from pplink.atomic import atomic_file
 from pplink.crypto import public_key_text
 from pplink.errors import ConfigError, ReleaseError, SignatureError, TransportError
 from pplink.scoring.evaluation import TopShare, auc, bin_scores, sigmoid, top_share_metrics
@@ -519,13 +519,8 @@ class LabelOwnerNode(ScoringNode):
 
 
 def _write_private(path: Path, write: object) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path, mode=0o600, text=True) as fh:
         write(fh)  # type: ignore[operator]
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_scores(path: Path, rows: Sequence[ScoreRow], *, evaluation_lines: Sequence[str], owner: str = "") -> Path:

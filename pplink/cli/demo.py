@@ -97,7 +97,8 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
 
     for agency in AGENCIES:
         node_dir = work_dir / "nodes" / agency
-        resolve_files(node_dir / f"{agency}.tokens", match.maps[agency], node_dir / f"{agency}.entities.csv")
+        resolve_files(config, agency, node_dir / f"{agency}.tokens", match.maps[agency],
+                      node_dir / f"{agency}.entities.csv")
     click.echo("5. each agency resolved its pseudonym map to record_id,entity_id "
                "(nodes/<agency>/<agency>.entities.csv)")
 

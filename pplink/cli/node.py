@@ -78,16 +78,29 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
 
 
 @node.command("resolve")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True,
+              help="The agreement TOML (its coordinator key verifies the round's manifest).")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
 @click.option("--tokens", "tokens_path", type=existing_file, required=True, help="This node's .tokens file.")
 @click.option("--map", "map_path", type=existing_file, required=True,
               help="The pseudonym map the coordinator returned (<party>.map.csv).")
+@click.option("--manifest", "manifest_path", type=existing_file, default=None,
+              help="The round's signed manifest.json, with manifest.json.sig beside it (default: beside MAP).")
 @click.option("-o", "--output", type=output_path, required=True, help="record_id,entity_id file to write.")
-def resolve_command(tokens_path: Path, map_path: Path, output: Path) -> None:
-    """Join the coordinator's pseudonym map to this agency's record ids (record_id,entity_id)."""
-    from nodes.resolve import resolve_files
+def resolve_command(agreement_path: Path, party: str, tokens_path: Path, map_path: Path, manifest_path: Path | None,
+                    output: Path) -> None:
+    """Join the coordinator's pseudonym map to this agency's record ids (record_id,entity_id).
 
-    summary = resolve_files(tokens_path, map_path, output)
-    click.echo(f"wrote {summary.output}: {summary.rows} records, {summary.entities} entities")
+    The map is used only if the round's manifest verifies against the coordinator key in the
+    agreement and names the map's exact SHA-256, and the map covers exactly this node's tokens.
+    """
+    from nodes.resolve import resolve_files
+    from pplink.agreement import load_agreement
+
+    summary = resolve_files(load_agreement(agreement_path), party, tokens_path, map_path, output,
+                            manifest_path=manifest_path)
+    click.echo(f"wrote {summary.output}: {summary.rows} records, {summary.entities} entities "
+               f"(round {summary.round_id[:12]})")
 
 
 @node.command("join")

@@ -8,7 +8,6 @@ is shown (and written to ``--out``) only after its ledger entry is on disk.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -75,14 +74,10 @@ def release_command(
 
 
 def _write_json(path: Path, payload: object) -> None:
+    from pplink.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -135,7 +135,8 @@ def test_round_links_like_the_file_based_path(tmp_path: Path) -> None:
         enc.append(summary.output)
     match = run_match_round(r.setup.agreement, r.setup.key("coordinator"), enc, files_dir / "linkage")
     for party in AGENCIES:
-        resolve_files(files_dir / f"{party}.tokens", match.maps[party], files_dir / f"{party}.entities.csv")
+        resolve_files(r.setup.agreement, party, files_dir / f"{party}.tokens", match.maps[party],
+                      files_dir / f"{party}.entities.csv")
     files = evaluate_linkage_by_agency(truth, read_predictions([files_dir]))
     assert flower.overall == files.overall
     assert flower.overall.f1 > 0.8

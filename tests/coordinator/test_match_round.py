@@ -42,7 +42,8 @@ def test_round_maps_every_row_and_links_well(setup: Setup, round_inputs: dict[st
             rows = list(csv.DictReader(fh))
         # One line for every row sent, linked or not: a node cannot tell which of its rows linked.
         assert len(rows) == summary.records[agency] == len(tokens.read_text().splitlines()) - 1
-        resolve_files(tokens, out / f"{agency}.map.csv", tmp_path / "nodes" / f"{agency}.entities.csv")
+        resolve_files(setup.agreement, agency, tokens, out / f"{agency}.map.csv",
+                      tmp_path / "nodes" / f"{agency}.entities.csv")
     report = evaluate_linkage_by_agency(read_truth(tmp_path / "records" / "truth.csv"),
                                         read_predictions([tmp_path / "nodes"]))
     assert report.overall.f1 > 0.95

@@ -46,7 +46,8 @@ def _file_based_f1(d: LocalDeployment, work: Path) -> float:
         encodings.append(summary.output)
     match = run_match_round(d.setup.agreement, d.setup.key("coordinator"), encodings, work / "linkage")
     for party in AGENCIES:
-        resolve_files(work / f"{party}.tokens", match.maps[party], work / f"{party}.entities.csv")
+        resolve_files(d.setup.agreement, party, work / f"{party}.tokens", match.maps[party],
+                      work / f"{party}.entities.csv")
     return evaluate_linkage_by_agency(read_truth(d.root / "data" / "truth.csv"), read_predictions([work])).overall.f1
 
 

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from pplink.atomic import atomic_file
 from pplink.errors import ConfigError
 from pplink.lab.synth._agency import IDENTIFIER_COLUMNS, OUTCOME_COLUMN, RELEASE_COLUMNS, build_extract
 from pplink.lab.synth._corruption import NICKNAMES
@@ -221,13 +221,10 @@ def generate_synth(
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[str]] | list[tuple[str, ...]]) -> None:
-    # Write beside the target and rename, so a crash never leaves a half-written file behind.
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", encoding="utf-8", newline="") as handle:
+    with atomic_file(path, text=True) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(partial, path)
 
 
 def write_synth(data: SynthData, out_dir: Path) -> list[Path]:

@@ -43,6 +43,7 @@ __all__ = [
     "publish_round",
     "read_round_manifest",
     "verify_round_file",
+    "verify_round_member",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -165,3 +166,17 @@ def verify_round_file(agreement: AgreementConfig, manifest_path: Path, name: str
         raise RoundIntegrityError(f"{name}: its SHA-256 is not the one the signed manifest names "
                                   "(a file from another round, a stale manifest, or edited by hand)")
     return manifest
+
+
+def verify_round_member(agreement: AgreementConfig, round_dir: Path, name: str) -> dict[str, Any]:
+    """Check the file ``round_dir/name`` against the signed ``round_dir/manifest.json``.
+
+    Raises:
+        RoundIntegrityError: the file is unreadable; and see :func:`verify_round_file`.
+    """
+    path = Path(round_dir) / name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RoundIntegrityError(f"{path}: cannot read ({exc.strerror})") from None
+    return verify_round_file(agreement, Path(round_dir) / MANIFEST_FILE, name, data)

@@ -16,10 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes.encode import encode_records
-from nodes.tokens import read_tokens
 from pplink.agreement import load_agreement
 from pplink.encfile import read_encodings
-from pplink.entity_map import read_entity_map
+from pplink.entity_files import read_entity_map, read_tokens
 from pplink.errors import PplinkError
 from pplink.ledger import read_ledger
 from tests.support import make_setup, person, write_records

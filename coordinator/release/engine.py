@@ -50,6 +50,7 @@ from pplink.crypto import load_private_key, public_key_text
 from pplink.errors import AgreementMismatchError, BudgetExceededError, SignatureError
 from pplink.ledger import Cell, EntryDraft, LedgerEntry, ReleaseQuery, entry_line, line_hash, open_ledger
 from pplink.models import PplinkModel
+from pplink.round_manifest import verify_round_member
 
 __all__ = [
     "Release",
@@ -272,6 +273,8 @@ def release_from_files(
     agreement = load_agreement(Path(agreement_path))
     key = load_private_key(Path(key_path))
     _check_key(agreement, key)
+    # Only a whole, published round: the state must be the one its signed manifest names.
+    verify_round_member(agreement, Path(linkage_dir), STATE_FILE)
     state = load_linkage_state(Path(linkage_dir) / STATE_FILE, agreement.agreement_id)
     return release_query(agreement, state, ledger_path, key, query, epsilon=epsilon, rho=rho)
 

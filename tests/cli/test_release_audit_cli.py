@@ -17,6 +17,7 @@ from pplink.cli.audit import audit
 from pplink.cli.main import PplinkGroup
 from pplink.cli.release import release_command
 from pplink.errors import BudgetExceededError, LedgerError, UsageError
+from pplink.round_manifest import new_stage, publish_round
 from tests.support import AGENCIES, Setup, make_setup
 
 
@@ -52,7 +53,9 @@ def files(tmp_path: Path) -> tuple[Setup, Path]:
                          {p: np.array(v, dtype=np.int64) for p, v in cluster_of.items()},
                          np.zeros((300, 16), dtype=np.uint8), attributes, 0.8)
     out = tmp_path / "match"
-    save_linkage_state(out / STATE_FILE, state)
+    stage = new_stage(out)  # published as a round: releases read only a state its signed manifest names
+    save_linkage_state(stage / STATE_FILE, state)
+    publish_round(out, stage, {"agreement_id": setup.agreement.agreement_id}, setup.key("coordinator"))
     return setup, out
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nodes.encode import OutputFormat, encode_file, encode_records
-from nodes.tokens import read_tokens
 from pplink.encfile import read_encodings
+from pplink.entity_files import read_tokens
 from pplink.errors import RecordValidationError
 from tests.support import COLUMNS, Setup, write_records
 

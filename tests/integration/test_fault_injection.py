@@ -27,8 +27,8 @@ from nodes.encode import encode_file
 from nodes.resolve import resolve_files
 from pplink.entity_files import read_entities
 from pplink.errors import PplinkError
-from pplink.ledger import QueryKind, ReleaseQuery, read_ledger
 from pplink.lab.synth import generate_synth, write_synth
+from pplink.ledger import QueryKind, ReleaseQuery, read_ledger
 from tests.support import Setup, make_setup
 
 pytestmark = pytest.mark.slow

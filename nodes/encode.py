@@ -36,11 +36,11 @@ from nodes.records import (
 )
 from pplink.agreement import AgreementConfig, IdentifierSchema
 from pplink.atomic import atomic_write
-from pplink.crypto import SecretBytes, derive_linkage_key, secret_check
+from pplink.crypto import SecretBytes, derive_linkage_key, public_key_text, secret_check
 from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
 from pplink.entity_files import write_tokens
-from pplink.errors import RecordValidationError, SecretError, UsageError
+from pplink.errors import KeyFileError, RecordValidationError, SecretError, UsageError
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
@@ -293,8 +293,11 @@ def encode_file(
 
     Raises:
         RecordValidationError: problems found and ``skip_invalid`` is false (all listed).
+        KeyFileError: ``key`` is not ``party``'s signing key in the agreement.
     """
     start = time.perf_counter()
+    if public_key_text(key) != agreement.agency(party).public_key:  # before any work: the coordinator would refuse it
+        raise KeyFileError(f"the signing key given is not {party}'s key in the agreement")
     records, output = Path(records), Path(output)
     if output.resolve() == records.resolve():
         raise UsageError(f"{output}: output would overwrite the input records")

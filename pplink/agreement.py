@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from enum import StrEnum
 from functools import cached_property
@@ -21,13 +22,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from pplink.crypto import parse_public_key
-from pplink.errors import AgreementError, KeyFileError
+from pplink.errors import AgreementError, KeyFileError, UsageError
 from pplink.models import PplinkModel
 
 __all__ = [
     "Accounting",
     "AgreementConfig",
     "CURRENT_SCHEMA_VERSION",
+    "PARTY_ID_PATTERN",
+    "RESERVED_PARTY_IDS",
     "FieldKind",
     "Hardening",
     "IdentifierField",
@@ -42,13 +45,39 @@ __all__ = [
     "Salt",
     "Scoring",
     "canonical_json",
+    "check_party_id",
     "load_agreement",
     "parse_agreement",
 ]
 
 CURRENT_SCHEMA_VERSION = 1
 
-PartyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+#: A party id is a safe slug: it names key files, maps and folders, so it can hold no path
+#: separator, dot, space or upper-case letter.
+PARTY_ID_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+PartyId = Annotated[str, StringConstraints(pattern=PARTY_ID_PATTERN)]
+RESERVED_PARTY_IDS = ("coordinator", "auditor")
+
+
+def check_party_id(party: str) -> str:
+    """Return ``party`` if it is a safe party id; refuse anything else before it names a file.
+
+    >>> check_party_id("social_care")
+    'social_care'
+    >>> check_party_id("../x")
+    Traceback (most recent call last):
+    ...
+    pplink.errors.UsageError: '../x' is not a party id (a-z, 0-9 and _, starting with a letter, at most 40)
+
+    Raises:
+        UsageError: not a lower-case letter followed by up to 39 lower-case letters, digits or ``_``.
+    """
+    if not isinstance(party, str) or not re.fullmatch(PARTY_ID_PATTERN, party):
+        shown = repr(party[:40]) if isinstance(party, str) else type(party).__name__
+        raise UsageError(f"{shown} is not a party id (a-z, 0-9 and _, starting with a letter, at most 40)")
+    return party
+
+
 ColumnName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 

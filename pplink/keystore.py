@@ -18,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pplink.agreement import check_party_id
 from pplink.crypto import generate_signing_key, load_public_key_file, public_key_text, write_private_key
 from pplink.errors import KeyFileError
 
@@ -39,12 +40,12 @@ _FLOWER_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 def private_key_path(keys_dir: Path, party: str) -> Path:
     """Where a party's private key lives in a keys directory."""
-    return Path(keys_dir) / f"{party}.key"
+    return Path(keys_dir) / f"{check_party_id(party)}.key"
 
 
 def public_key_path(keys_dir: Path, party: str) -> Path:
     """Where a party's public key lives in a keys directory."""
-    return Path(keys_dir) / f"{party}.pub"
+    return Path(keys_dir) / f"{check_party_id(party)}.pub"
 
 
 def new_party_keys(keys_dir: Path, party: str) -> str:
@@ -65,6 +66,8 @@ def ensure_party_keys(keys_dir: Path, parties: Sequence[str]) -> tuple[dict[str,
     Returns:
         ``({party: public key text}, [parties whose keys were created])``.
     """
+    for party in parties:  # every id checked before the first key is written
+        check_party_id(party)
     out: dict[str, str] = {}
     created: list[str] = []
     for party in parties:
@@ -79,12 +82,12 @@ def ensure_party_keys(keys_dir: Path, parties: Sequence[str]) -> tuple[dict[str,
 
 def flower_private_key_path(keys_dir: Path, party: str) -> Path:
     """Where an agency's Flower node-authentication private key lives (``<party>.flwr``)."""
-    return Path(keys_dir) / f"{party}.flwr"
+    return Path(keys_dir) / f"{check_party_id(party)}.flwr"
 
 
 def flower_public_key_path(keys_dir: Path, party: str) -> Path:
     """Where an agency's Flower node-authentication public key lives (``<party>.flwr.pub``)."""
-    return Path(keys_dir) / f"{party}.flwr.pub"
+    return Path(keys_dir) / f"{check_party_id(party)}.flwr.pub"
 
 
 def new_flower_node_key(keys_dir: Path, party: str) -> Path:
@@ -121,6 +124,8 @@ def ensure_flower_node_keys(keys_dir: Path, parties: Sequence[str]) -> list[str]
     Returns:
         The parties whose keys were created.
     """
+    for party in parties:  # every id checked before the first key is written
+        check_party_id(party)
     created = []
     for party in parties:
         if not flower_public_key_path(keys_dir, party).exists():

@@ -32,7 +32,7 @@ def init_command(parties: str, keys_dir: Path | None, secret_path: Path | None, 
     """Write a valid, commented default agreement, creating or reusing every party's keys."""
     import tomllib
 
-    from pplink.agreement import parse_agreement
+    from pplink.agreement import RESERVED_PARTY_IDS, check_party_id, parse_agreement
     from pplink.agreement_template import default_agreement_toml
     from pplink.errors import UsageError
     from pplink.keystore import ensure_flower_node_keys, ensure_party_keys
@@ -40,6 +40,10 @@ def init_command(parties: str, keys_dir: Path | None, secret_path: Path | None, 
     agencies = [p.strip() for p in parties.split(",") if p.strip()]
     if len(agencies) < 2 or len(set(agencies)) != len(agencies):
         raise UsageError("--parties needs at least two distinct agency ids")
+    for agency in agencies:  # every id checked before any key file is written
+        check_party_id(agency)
+        if agency in RESERVED_PARTY_IDS:
+            raise UsageError(f"--parties: {agency!r} is reserved for the {agency}'s own keys; name the agencies only")
     if output.exists():
         raise UsageError(f"{output}: already exists; refusing to overwrite an agreement")
     keys_dir = keys_dir or output.parent / "keys"

@@ -40,6 +40,7 @@ from pplink.atomic import atomic_write
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.keystore import flower_public_key_path, load_flower_public_key
 from pplink.transport.flower_env import flower_env, flower_executable, split_address, stop_process
+from pplink.transport.lifeline import check_port_free, lifeline_command
 from pplink.transport.warm import warm_path
 
 __all__ = [
@@ -269,6 +270,7 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     if running is not None:
         raise UsageError(f"{state}: a SuperLink already serves this state folder (pid {running.get('pid')}, "
                          f"{running.get('address')}); stop it first")
+    check_port_free(*split_address(settings.address), "the SuperLink")
     keys = None
     if not settings.insecure:
         _check_certs(settings)
@@ -286,8 +288,9 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     serve_file = state / SERVE_FILE
     try:
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(superlink_command(settings), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       cwd=state, start_new_session=True)
+            # Wrapped so that the SuperLink, and all it started, end when this process ends, even by SIGKILL.
+            process = subprocess.Popen(lifeline_command(superlink_command(settings)), env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=state, start_new_session=True)
     except BaseException:
         if warm is not None:
             warm.stop()

@@ -23,6 +23,7 @@ from pplink.agreement import load_agreement
 from pplink.crypto import load_private_key, load_secret, public_key_text
 from pplink.errors import KeyFileError, TransportError, UsageError
 from pplink.transport.flower_env import flower_env, flower_executable, split_address, stop_process
+from pplink.transport.lifeline import check_port_free, lifeline_command
 from pplink.transport.warm import warm_path
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "JoinSettings", "check_join", "join", "node_config_toml", "supernode_command"]
@@ -155,11 +156,13 @@ def _run_supernode(cmd: list[str], env: dict[str, str], cwd: Path, write: Callab
     """Run one SuperNode process to its end; return its status and whether the SuperLink refused it.
 
     The SuperNode runs in a process group of its own so that what it started (Flower's SuperExec,
-    which can outlive it by seconds and keeps its output pipe open) is stopped with it.
+    which can outlive it by seconds and keeps its output pipe open) is stopped with it; the group
+    is stopped by :mod:`pplink.transport.lifeline` if this process dies first.
     """
     refused = threading.Event()
-    process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", bufsize=1, start_new_session=True)
+    # Wrapped so that it, and all it started, end when this process ends, even by SIGKILL.
+    process = subprocess.Popen(lifeline_command(cmd), env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -195,6 +198,7 @@ def join(settings: JoinSettings, *, on_start: Callable[[list[str]], None] | None
         TransportError: the SuperLink still refused this node after ``retry_for`` seconds.
     """
     check_join(settings)
+    check_port_free("127.0.0.1", settings.port, f"{settings.party}'s SuperNode")
     out = Path(settings.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     config_file = out / "node-config.toml"

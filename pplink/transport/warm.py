@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pplink.transport.flower_env import stop_process
+from pplink.transport.lifeline import die_with_parent
 
 __all__ = ["ENTRY_POINTS", "WarmStart", "launcher_script", "start_warm", "warm_path", "zygote_main"]
 
@@ -155,6 +156,7 @@ def _run_child(conn: socket.socket, request: dict[str, object], fds: Sequence[in
     """In the forked child: become the launcher's process, run the entry point, report, exit."""
     code = 1
     try:
+        die_with_parent()  # a zygote that stops (its owner died) takes the messages it is serving with it
         for target, fd in zip((0, 1, 2), fds, strict=False):
             os.dup2(fd, target)
         for fd in fds:

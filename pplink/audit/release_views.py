@@ -18,9 +18,11 @@ __all__ = ["LinkRate", "derive_link_rates"]
 class LinkRate:
     """The share of agency ``source``'s people (with attribute ``value``) also found at ``target``.
 
-    ``rate`` is numerator / denominator of the released noisy counts, clipped to [0, 1]; None
-    when the denominator was suppressed. When only the numerator was suppressed, ``rate`` is None
-    and ``rate_below`` gives the bound ``min_cell_size / denominator`` the rate lies under.
+    ``rate`` is numerator / denominator of the released noisy counts, clipped to [0, 1] (then
+    ``clipped`` is true: noise pushed the ratio outside, and the shown rate is a bound, not an
+    estimate); None when the denominator was suppressed. When only the numerator was suppressed,
+    ``rate`` is None and ``rate_below`` gives the bound ``min_cell_size / denominator`` the rate
+    lies under.
     """
 
     source: str
@@ -30,6 +32,7 @@ class LinkRate:
     denominator: int | None
     rate: float | None
     rate_below: float | None
+    clipped: bool = False
 
 
 def derive_link_rates(cells: Sequence[Cell], parties: Sequence[str], min_cell_size: int) -> list[LinkRate]:
@@ -51,10 +54,12 @@ def derive_link_rates(cells: Sequence[Cell], parties: Sequence[str], min_cell_si
                 num = value_of.get(("both", *pair, label))
                 den = value_of.get(("at", source, label))
                 rate = below = None
+                clipped = False
                 if den is not None and den > 0:
                     if num is not None:
                         rate = min(1.0, max(0.0, num / den))
+                        clipped = rate != num / den
                     else:
                         below = min(1.0, min_cell_size / den)
-                rates.append(LinkRate(source, target, label, num, den, rate, below))
+                rates.append(LinkRate(source, target, label, num, den, rate, below, clipped))
     return rates

@@ -119,7 +119,7 @@ def demo(work_dir: Path, people: int, seed: int) -> None:
     _release_and_audit(config, agreement_path, linkage_dir, keys_dir, work_dir)
     from pplink.audit.report import build_report
 
-    page, _ = build_report(config, work_dir / "coordinator" / "ledger.jsonl", linkage_dir=linkage_dir)
+    page, _ = build_report(config, work_dir / "coordinator" / "ledger.jsonl")
     report_path = work_dir / "report.html"
     report_path.write_text(page, encoding="utf-8")
     click.echo(f"10. report (open it in a browser; it fetches nothing): {report_path}")

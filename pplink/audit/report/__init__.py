@@ -1,26 +1,27 @@
 """``pplink report``: one self-contained HTML file for the people who use and oversee a linkage.
 
-Built only from what its viewer is entitled to see: the DP releases on the (verified) ledger, the
-auditor's verdict, and, for the coordinator's own copy, the similarity histogram of its last match.
-Every released number is shown with the epsilon it cost and its noise (a 95% interval:
-±1.96 standard deviations; Laplace sd = sqrt(2)·b, Gaussian sd = sigma). Charts are static SVG:
-no script, no external resource, nothing fetched when the file is opened.
+Built only from the DP releases on the (verified) ledger and the auditor's verdict: nothing exact
+appears on it. Every released number is shown with the epsilon it cost and its noise (a 95%
+interval: ±1.96 standard deviations; Laplace sd = sqrt(2)·b, Gaussian sd = sigma); every rate
+derived from noisy counts carries the range it lies in when each count is within its 95% interval,
+a suppressed cell is shown as suppressed, and a ratio that noise pushed outside 0-100% is marked
+clipped. Exact figures (the coordinator's similarity histogram, a label owner's own evaluation)
+go on a separate page, :mod:`pplink.audit.report.exact`, that says so. Charts are static SVG: no
+script, no external resource, nothing fetched when the file is opened.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pplink.accounting import Mechanism, QueryKind
 from pplink.agreement import AgreementConfig
 from pplink.audit.release_views import derive_link_rates
-from pplink.audit.report.svg import bar_chart, grouped_bars, histogram_chart, step_chart, upset_chart
+from pplink.audit.report.svg import bar_chart, grouped_bars, step_chart, upset_chart
 from pplink.audit.verify import AuditVerdict, describe_query, verify_ledger
 from pplink.ledger import LedgerEntry, read_ledger
 
@@ -105,28 +106,65 @@ def _overlap_section(entry: LedgerEntry | None) -> str:
             + "</section>")
 
 
+def _ratio(num: float | None, den: float | None, err: float) -> tuple[float, float, float, bool] | None:
+    """``num / den`` of two noisy counts: (rate clipped to [0, 1], low, high, clipped), None if not computable.
+
+    ``low``/``high`` bound the ratio when each count is within ``±err`` (its 95% interval), so
+    the range is at least a 95% interval for the ratio.
+
+    >>> [round(x, 3) for x in _ratio(50, 100, 10)[:3]]
+    [0.5, 0.364, 0.667]
+    >>> _ratio(12, 10, 5)[0::3], _ratio(None, 10, 5), _ratio(3, 0, 5)
+    ((1.0, True), None, None)
+    """
+    if num is None or den is None or den <= 0:
+        return None
+    raw = num / den
+    rate = min(max(raw, 0.0), 1.0)
+    low = min(max((num - err) / (den + err), 0.0), 1.0)
+    high = 1.0 if den - err <= 0 else min(max((num + err) / (den - err), 0.0), 1.0)
+    return rate, low, high, rate != raw
+
+
+def _pct(r: tuple[float, float, float, bool] | None) -> str:
+    if r is None:
+        return "suppressed"
+    text = f"{r[0]:.0%} ({r[1]:.0%} to {r[2]:.0%})"
+    return text + ", clipped" if r[3] else text
+
+
 def _link_rate_section(entry: LedgerEntry | None) -> str:
     if entry is None:
         return ""
+    err = _Z95 * noise_sd(entry)
     rates = derive_link_rates(entry.cells, entry.query.parties, entry.min_cell_size)
     groups = sorted({r.value for r in rates})
-    by_group: dict[str, list[float]] = {g: [] for g in groups}
+    by_group: dict[str, list[tuple[float, float, float, bool]]] = {g: [] for g in groups}
     for r in rates:
-        if r.rate is not None:
-            by_group[r.value].append(r.rate)
-    averages = [sum(v) / len(v) if v else None for v in by_group.values()]
-    chart = grouped_bars(groups, {"average share linked": averages}, vmax=1.0, percent=True,
+        ratio = _ratio(r.numerator, r.denominator, err)
+        if ratio is not None:
+            by_group[r.value].append(ratio)
+    averages = [sum(x[0] for x in v) / len(v) if v else None for v in by_group.values()]
+    spans = [(sum(x[1] for x in v) / len(v), sum(x[2] for x in v) / len(v)) if v else None
+             for v in by_group.values()]
+    clipped = [any(x[3] for x in v) for v in by_group.values()]
+    name = "average share linked"
+    chart = grouped_bars(groups, {name: averages}, vmax=1.0, percent=True, intervals={name: spans},
+                         clipped={name: clipped},
                          title="Share of each agency's people found at another agency, by group")
-    rows = [(r.source, r.target, r.value, "–" if r.rate is None else f"{r.rate:.0%}",
+    rows = [(r.source, r.target, r.value, _pct(_ratio(r.numerator, r.denominator, err)),
              "suppressed" if r.numerator is None else r.numerator,
              "suppressed" if r.denominator is None else r.denominator)
             for r in rates]
     attribute = entry.query.attribute or "everyone"
     return ("<section><h2>Linkage by group</h2><p>How often a person known to one agency was found at another, by "
             f"{_e(attribute)}. Linkage errors fall hardest on minority and deprived groups: a lower share can mean "
-            f"records link less well for that group. Rates are ratios of noisy counts. {_e(_cost(entry))}.</p>"
+            "records link less well for that group. Rates are ratios of noisy counts; each comes with the range it "
+            "lies in when both counts are within their 95% intervals (the whiskers), and a ratio that noise pushed "
+            f"above 100% or below 0% is marked clipped: it is a bound, not an estimate. {_e(_cost(entry))}.</p>"
             + chart + "<details><summary>Every agency pair</summary>"
-            + _table(["from", "found at", attribute, "rate", "both (noisy)", "at source (noisy)"], rows)
+            + _table(["from", "found at", attribute, "rate (range)", f"both (noisy, ±{err:.0f})",
+                      f"at source (noisy, ±{err:.0f})"], rows)
             + "</details></section>")
 
 
@@ -143,12 +181,6 @@ def _count_sections(entries: Sequence[LedgerEntry]) -> str:
     return "".join(out)
 
 
-def _rate(num: float | None, den: float | None) -> float | None:
-    if num is None or den is None or den <= 0:
-        return None
-    return min(max(num / den, 0.0), 1.0)
-
-
 def _score_histogram_part(entry: LedgerEntry) -> str:
     from pplink.scoring.evaluation import auc_from_histogram, fill_suppressed
 
@@ -157,65 +189,60 @@ def _score_histogram_part(entry: LedgerEntry) -> str:
     pos = fill_suppressed([cells.get((b, "positive")) for b in labels])
     neg = fill_suppressed([cells.get((b, "negative")) for b in labels])
     auc = auc_from_histogram(pos, neg)
+    err = _Z95 * noise_sd(entry)
     rows = []
-    for b, p, n in zip(labels, pos, neg, strict=True):
-        total = p + n
-        rows.append((b, f"{total:.0f}", "–" if total <= 0 else f"{min(max(p / total, 0), 1):.0%}"))
+    for b in labels:
+        p, n = cells.get((b, "positive")), cells.get((b, "negative"))
+        # a share needs both counts; their sum's noise is within ±2·err when each is within ±err
+        share = None if p is None or n is None else _ratio(p, p + n, 2 * err)
+        rows.append((b, "suppressed" if p is None else p, "suppressed" if n is None else n, _pct(share)))
     auc_text = "not computable (a class was suppressed)" if math.isnan(auc) else f"{auc:.3f}"
-    return (f"<p>Held-out people by score band and outcome: AUC {auc_text}, derived from the noisy counts. "
-            f"{_e(_cost(entry))}.</p>"
-            + _table(["score band (logit)", "people (noisy)", "observed share with the outcome"], rows))
+    return (f"<p>Held-out people by score band and outcome: AUC {auc_text}, derived from the noisy counts (a "
+            f"suppressed cell counts as zero there). Each count is within ±{err:.0f} with 95% confidence; each "
+            f"share comes with its range. {_e(_cost(entry))}.</p>"
+            + _table(["score band (logit)", f"with the outcome (noisy, ±{err:.0f})", f"without (noisy, ±{err:.0f})",
+                      "observed share with the outcome (range)"], rows))
 
 
-def _model_section(entry: LedgerEntry | None, model: dict[str, Any] | None,
-                   histogram: LedgerEntry | None = None) -> str:
-    if entry is None and not model and histogram is None:
+def _model_section(entry: LedgerEntry | None, histogram: LedgerEntry | None = None) -> str:
+    if entry is None and histogram is None:
         return ""
     parts = ["<section><h2>Model accuracy and errors by group</h2>",
              "<p>A score is a prompt for a person to take a second look, never a decision.</p>"]
     if histogram is not None:
         parts.append(_score_histogram_part(histogram))
-    if model:
-        metrics = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in model.get("metrics", {}).items()]
-        if metrics:
-            parts.append("<p>Held-out evaluation at the label owner" + (f" ({_e(model['released'])})"
-                         if model.get("released") else "") + ":</p>" + _table(["measure", "value"], metrics))
-        calibration = model.get("calibration")
-        if calibration:
-            parts.append("<p>Calibration (predicted vs observed share with the outcome):</p>"
-                         + _table(list(calibration[0].keys()), [list(r.values()) for r in calibration]))
     if entry is not None:
+        err = _Z95 * noise_sd(entry)
         cells = {tuple(c.key): c.value for c in entry.cells}
         groups = sorted({c.key[0] for c in entry.cells})
-        fpr = [_rate(cells.get((g, "fp")), (cells.get((g, "fp")) or 0) + (cells.get((g, "tn")) or 0)) for g in groups]
-        fnr = [_rate(cells.get((g, "fn")), (cells.get((g, "fn")) or 0) + (cells.get((g, "tp")) or 0)) for g in groups]
-        parts.append(grouped_bars(groups, {"false positive rate": fpr, "false negative rate": fnr}, percent=True,
-                                  title="False positive and false negative rates by group"))
-        err = _Z95 * noise_sd(entry)
-        rows = [(g, *(cells.get((g, o), "–") if cells.get((g, o)) is not None else "< min"
-                      for o in ("tp", "fp", "fn", "tn")),
-                 "–" if f is None else f"{f:.0%}", "–" if n is None else f"{n:.0%}")
-                for g, f, n in zip(groups, fpr, fnr, strict=True)]
-        parts.append(f"<p>{_e(describe_query(entry.query))}: {_e(_cost(entry))} (±{err:.0f} on each count).</p>"
-                     + _table([entry.query.attribute or "group", "TP", "FP", "FN", "TN", "FPR", "FNR"], rows))
+
+        def share(g: str, a: str, b: str) -> tuple[float, float, float, bool] | None:
+            # a / (a + b) needs both counts: a suppressed one leaves the rate unknown, never 0% or 100%.
+            x, y = cells.get((g, a)), cells.get((g, b))
+            return None if x is None or y is None else _ratio(x, x + y, 2 * err)
+
+        rates = {"false positive rate": [share(g, "fp", "tn") for g in groups],
+                 "false negative rate": [share(g, "fn", "tp") for g in groups]}
+        parts.append(grouped_bars(
+            groups, {k: [r and r[0] for r in v] for k, v in rates.items()}, percent=True, vmax=1.0,
+            intervals={k: [r and (r[1], r[2]) for r in v] for k, v in rates.items()},
+            clipped={k: [bool(r and r[3]) for r in v] for k, v in rates.items()},
+            title="False positive and false negative rates by group"))
+        rows = [(g, *("suppressed" if cells.get((g, o)) is None else cells[(g, o)] for o in ("tp", "fp", "fn", "tn")),
+                 _pct(f), _pct(n))
+                for g, f, n in zip(groups, rates["false positive rate"], rates["false negative rate"], strict=True)]
+        parts.append(f"<p>{_e(describe_query(entry.query))}: {_e(_cost(entry))} (±{err:.0f} on each count). A count "
+                     f"below the minimum cell size ({entry.min_cell_size}) is suppressed, and so is every rate that "
+                     "needs it. Each rate comes with the range it lies in when its counts are within their 95% "
+                     "intervals.</p>"
+                     + _table([entry.query.attribute or "group", "TP", "FP", "FN", "TN", "FPR (range)", "FNR (range)"],
+                              rows))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _similarity_section(match_report: dict[str, Any] | None, threshold: float) -> str:
-    if not match_report or not match_report.get("histogram"):
-        return ""
-    counts = match_report["histogram"]["counts"]
-    chart = histogram_chart(counts, marker=threshold, title="Similarity of candidate pairs")
-    return ("<section><h2>Similarity distribution (coordinator view)</h2><p>Dice similarity of the blocked "
-            "candidate pairs in the last match, with the agreement's threshold. This describes pairs of encodings, "
-            "is not a DP release, and belongs in the coordinator's copy of this report only.</p>" + chart
-            + "</section>")
-
-
-def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Sequence[LedgerEntry], *,
-                  match_report: dict[str, Any] | None = None, model: dict[str, Any] | None = None) -> str:
-    """Render the HTML (pure: everything it shows is passed in)."""
+def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Sequence[LedgerEntry]) -> str:
+    """Render the HTML (pure: everything it shows is passed in, and all of it is a DP release)."""
     body = [
         f"<h1>{_e(config.name)}</h1>",
         f"<p class=\"meta\">Agreement <code>{_e(config.agreement_id[:16])}…</code> · agencies "
@@ -227,9 +254,8 @@ def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Seque
         _overlap_section(_latest(entries, QueryKind.OVERLAP)),
         _link_rate_section(_latest(entries, QueryKind.LINK_RATE)),
         _model_section(_latest([e for e in entries if e.cells and len(e.cells[0].key) == 2], QueryKind.CONFUSION),
-                       model, _latest(entries, QueryKind.SCORE_HISTOGRAM)),
+                       _latest(entries, QueryKind.SCORE_HISTOGRAM)),
         _count_sections(entries),
-        _similarity_section(match_report, config.linkage.threshold),
     ]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a202c;"
              "line-height:1.45}section{margin:2rem 0}table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}"
@@ -241,26 +267,15 @@ def render_report(config: AgreementConfig, verdict: AuditVerdict, entries: Seque
             "</head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
-def build_report(config: AgreementConfig, ledger_path: Path, *, linkage_dir: Path | None = None,
-                 model_dir: Path | None = None) -> tuple[str, AuditVerdict]:
-    """Verify the ledger and render the report from it (and the optional coordinator/model files).
+def build_report(config: AgreementConfig, ledger_path: Path) -> tuple[str, AuditVerdict]:
+    """Verify the ledger and render the report from its DP releases.
 
     Returns:
         ``(html, verdict)``: the report shows a failed verdict prominently rather than hiding it.
     """
     verdict = verify_ledger(config, ledger_path)
     entries = read_ledger(ledger_path, config) if verdict.ok else _readable_entries(ledger_path, config)
-    match_report = None
-    if linkage_dir is not None:
-        path = Path(linkage_dir) / "coordinator" / "match.json"
-        if path.is_file():
-            match_report = json.loads(path.read_text(encoding="utf-8"))
-    model = None
-    if model_dir is not None:
-        path = Path(model_dir) / "evaluation.json"
-        if path.is_file():
-            model = json.loads(path.read_text(encoding="utf-8"))
-    return render_report(config, verdict, entries, match_report=match_report, model=model), verdict
+    return render_report(config, verdict, entries), verdict
 
 
 def _readable_entries(ledger_path: Path, config: AgreementConfig) -> list[LedgerEntry]:

@@ -92,15 +92,31 @@ def bar_chart(labels: Sequence[str], values: Sequence[float | None], *, errors: 
             lo = left + (right - left) * max(value - errors[i], 0) / vmax
             hi = left + (right - left) * (value + errors[i]) / vmax
             cy = y + bar_height / 2
-            body.append(f'<line x1="{lo:.1f}" y1="{cy:.1f}" x2="{hi:.1f}" y2="{cy:.1f}" stroke="#1a202c"/>')
+            body.append(f'<line class="interval" x1="{lo:.1f}" y1="{cy:.1f}" x2="{hi:.1f}" y2="{cy:.1f}" '
+                        'stroke="#1a202c"/>')
         body.append(f'<text x="{left + w + 6 + (errors[i] if i < len(errors) else 0) * (right - left) / vmax:.1f}" '
                     f'y="{y + bar_height * 0.7:.1f}">{value:g}{_e(unit)}</text>')
     return _svg(width, int(height), body, title)
 
 
 def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str,
-                 vmax: float | None = None, width: int = 560, height: int = 240, percent: bool = False) -> str:
-    """Vertical bars, one cluster per group and one colour per series (e.g. FPR and FNR by group)."""
+                 vmax: float | None = None, width: int = 560, height: int = 240, percent: bool = False,
+                 intervals: dict[str, Sequence[tuple[float, float] | None]] | None = None,
+                 clipped: dict[str, Sequence[bool]] | None = None) -> str:
+    """Vertical bars, one cluster per group and one colour per series (e.g. FPR and FNR by group).
+
+    Args:
+        groups: the clusters' labels.
+        series: per series name, one value per group; None draws "suppressed" in its place.
+        title: the chart's ``<title>``.
+        vmax: the top of the axis (default: from the values).
+        width: the SVG width in pixels.
+        height: the SVG height in pixels.
+        percent: label values as percentages.
+        intervals: per series, ``(low, high)`` per group: drawn as a whisker (class ``interval``).
+        clipped: per series, whether each value was clipped to the axis' range: such a bar is
+            drawn hatched-outline with a "clipped" note (class ``clipped``), never as an estimate.
+    """
     left, right, top, bottom = 50, width - 10, 30, height - 40
     values = [v for s in series.values() for v in s if v is not None]
     top_value = vmax if vmax is not None else _nice_max(max(values, default=1.0))
@@ -109,18 +125,37 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]
     body.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888"/>')
     slot = (right - left) / max(len(groups), 1)
     bar = slot * 0.8 / max(len(series), 1)
+
+    def y_of(v: float) -> float:
+        return bottom - (bottom - top) * min(max(v, 0), top_value) / top_value
+
     for g, group in enumerate(groups):
         x0 = left + g * slot + slot * 0.1
         for s, (name, vals) in enumerate(series.items()):
             v = vals[g]
             x = x0 + s * bar
             if v is None:
-                body.append(f'<text x="{x + bar / 2:.1f}" y="{bottom - 4}" text-anchor="middle" fill="#777">–</text>')
+                body.append(f'<text class="suppressed" x="{x + bar / 2:.1f}" y="{bottom - 4}" text-anchor="middle" '
+                            f'fill="#777" font-size="9" transform="rotate(-90 {x + bar / 2:.1f} {bottom - 4})">'
+                            "suppressed</text>")
                 continue
-            h = (bottom - top) * min(max(v, 0), top_value) / top_value
-            body.append(f'<rect x="{x:.1f}" y="{bottom - h:.1f}" width="{bar * 0.95:.1f}" height="{h:.1f}" '
-                        f'fill="{_COLOURS[s % len(_COLOURS)]}"><title>{_e(group)} {_e(name)}: '
-                        f"{_e(fmt.format(v))}</title></rect>")
+            was_clipped = bool(clipped and clipped.get(name) and clipped[name][g])
+            colour = _COLOURS[s % len(_COLOURS)]
+            fill = f'fill="none" stroke="{colour}" stroke-dasharray="3 2" class="clipped"' if was_clipped \
+                else f'fill="{colour}"'
+            note = " (clipped: noise pushed the ratio outside 0-100%)" if was_clipped else ""
+            y = y_of(v)
+            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar * 0.95:.1f}" height="{bottom - y:.1f}" '
+                        f"{fill}><title>{_e(group)} {_e(name)}: {_e(fmt.format(v))}{note}</title></rect>")
+            if was_clipped:
+                body.append(f'<text class="clipped" x="{x + bar / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
+                            f'font-size="9" fill="#c05621">clipped</text>')
+            span = intervals.get(name, [None] * len(groups))[g] if intervals else None
+            if span is not None:
+                cx = x + bar * 0.475
+                body.append(f'<line class="interval" x1="{cx:.1f}" y1="{y_of(span[0]):.1f}" x2="{cx:.1f}" '
+                            f'y2="{y_of(span[1]):.1f}" stroke="#1a202c"><title>{_e(fmt.format(span[0]))} to '
+                            f"{_e(fmt.format(span[1]))}</title></line>")
         body.append(f'<text x="{x0 + slot * 0.4:.1f}" y="{bottom + 15}" text-anchor="middle">{_e(group)}</text>')
     for s, name in enumerate(series):
         body.append(f'<rect x="{left + 10 + s * 120}" y="8" width="10" height="10" '
@@ -187,7 +222,7 @@ def upset_chart(sets: Sequence[str], combos: Sequence[tuple[frozenset[str], floa
                         f'height="{h:.1f}" fill="{_COLOURS[0]}"><title>{_e(" + ".join(sorted(members)))}: '
                         f"{count:g} ± {err:.0f}</title></rect>")
             e = (bars_bottom - top) * err / vmax
-            body.append(f'<line x1="{cx:.1f}" y1="{bars_bottom - h - e:.1f}" x2="{cx:.1f}" '
+            body.append(f'<line class="interval" x1="{cx:.1f}" y1="{bars_bottom - h - e:.1f}" x2="{cx:.1f}" '
                         f'y2="{min(bars_bottom - h + e, bars_bottom):.1f}" stroke="#1a202c"/>')
         ys = []
         for r, name in enumerate(sets):

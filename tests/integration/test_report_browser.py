@@ -108,6 +108,7 @@ def test_report_renders_charts_offline_without_errors(tmp_path: Path) -> None:
             counts = cdp.call("Runtime.evaluate",
                               {"expression": "JSON.stringify({svg: document.querySelectorAll('svg').length,"
                                              " rect: document.querySelectorAll('svg rect').length,"
+                                             " interval: document.querySelectorAll('svg .interval').length,"
                                              " h2: [...document.querySelectorAll('h2')].map(h => h.textContent)})",
                                "returnByValue": True}, session=session)
             page = json.loads(counts["result"]["value"])
@@ -134,4 +135,7 @@ def test_report_renders_charts_offline_without_errors(tmp_path: Path) -> None:
     assert page["svg"] >= 4 and page["rect"] > 20
     assert any("Auditor's verdict: PASS" in h for h in page["h2"])
     assert {"Privacy budget", "Agency overlaps", "Linkage by group"} <= set(page["h2"])
+    # Only DP releases on the page, each chart of released figures with its intervals drawn.
+    assert not any("Similarity" in h for h in page["h2"])
+    assert page["interval"] > 0
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000

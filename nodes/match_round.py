@@ -8,8 +8,9 @@ resolve``:
 * ``encode``: validate, drop opt-outs, normalise and encode the records into a signed ``.enc``
   (written locally, its bytes sent); the token -> record id map stays in the node's work folder.
 * ``resolve``: check the coordinator's pseudonym map covers exactly this node's tokens, set the
-  current result aside, and write ``<out-dir>/<party>.entities.csv`` and ``<party>.round.json``
-  (which run it came from), each atomically.
+  current result aside, and write ``<out-dir>/<party>.entities.csv`` and then ``<party>.round.json``
+  (which run it came from, and the entities file's SHA-256), each atomically; :func:`check_result`
+  refuses a pair that does not match (a resolve killed between the two writes).
 * ``rollback``: the round failed at another agency after this one resolved: put the result set
   aside back in place (or remove this run's, if there was none), so a failed round leaves every
   agency with the result of the last round that finished.
@@ -52,6 +53,7 @@ from pplink.errors import (
     KeyFileError,
     LinkageMapError,
     PplinkError,
+    RoundIntegrityError,
     TransportError,
 )
 from pplink.messages import (
@@ -72,11 +74,13 @@ from pplink.messages import (
     sign_message,
     verify_message,
 )
+from pplink.round_manifest import file_sha256
 
 __all__ = [
     "NODE_CONFIG_KEYS",
     "NODE_LOG",
     "NodeSettings",
+    "check_result",
     "entities_path",
     "error_reply",
     "handle_request",
@@ -156,6 +160,29 @@ def entities_path(out_dir: Path, party: str) -> Path:
 def round_record_path(out_dir: Path, party: str) -> Path:
     """Where a node records which run its committed entities came from."""
     return Path(out_dir) / f"{party}.round.json"
+
+
+def check_result(out_dir: Path, party: str) -> None:
+    """Refuse a committed result whose entities file is not the one its round record names.
+
+    A result with no record (written by ``pplink node resolve``, not by a Flower round) is left
+    to the reader.
+
+    Raises:
+        RoundIntegrityError: the record is unreadable, or names another entities file (a resolve
+            killed between its two writes, or a file edited by hand).
+    """
+    record, final = round_record_path(out_dir, party), entities_path(out_dir, party)
+    if not record.exists():
+        return
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8")).get("entities_sha256")
+        actual = file_sha256(final)
+    except (OSError, ValueError, AttributeError):
+        raise RoundIntegrityError(f"{record}: unreadable, or its entities file is missing") from None
+    if expected is not None and expected != actual:
+        raise RoundIntegrityError(f"{final}: not the entities file its round record {record.name} names (an "
+                                  "interrupted resolve, or edited by hand); run the match round again")
 
 
 def _check_request(agreement: AgreementConfig, settings: NodeSettings, request: AnyRequest) -> None:
@@ -240,9 +267,12 @@ def _resolve(agreement: AgreementConfig, settings: NodeSettings, request: Resolv
         _set_aside(final, previous)
         _set_aside(record, previous)
     write_entities(final, rows)
+    # The record, written last, names the entities file's hash: a kill between the two writes leaves
+    # a record that does not match, and check_result refuses the pair (the round is re-run).
     _write_json(record, {
         "run_id": request.run_id, "agreement_id": agreement.agreement_id, "party": settings.party,
         "rows": len(rows), "entities": entities, "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "entities_sha256": file_sha256(final),
     })
     for other in (settings.out_dir / "work").iterdir():
         if other.name != request.run_id and other.is_dir():

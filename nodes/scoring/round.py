@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from nodes.match_round import NodeSettings, entities_path
+from nodes.match_round import NodeSettings, check_result, entities_path
 from nodes.scoring.data import load_agency_data
 from nodes.scoring.vertical import LabelOwnerNode, ScoringNode, write_scores
 from pplink.agreement import AgreementConfig, load_agreement
@@ -159,6 +159,7 @@ def _new_node(agreement: AgreementConfig, settings: ScoringNodeSettings, key: An
     base = settings.base
     if agreement.scoring is None:
         raise ConfigError("the agreement has no [scoring] section")
+    check_result(base.out_dir, base.party)
     data = load_agency_data(agreement, base.party, base.data_path, entities_path(base.out_dir, base.party))
     if base.party == agreement.scoring.label_owner:
         return LabelOwnerNode(agreement, data, key, holdout_seed=settings.holdout_seed)

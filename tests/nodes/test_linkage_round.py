@@ -9,13 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.match_round import NodeSettings, entities_path, error_reply, handle_request, round_record_path
+from nodes.match_round import (
+    NodeSettings,
+    check_result,
+    entities_path,
+    error_reply,
+    handle_request,
+    round_record_path,
+)
 from pplink.encfile import encodings_from_bytes
 from pplink.errors import (
     AgreementMismatchError,
     ConfigError,
     KeyFileError,
     LinkageMapError,
+    RoundIntegrityError,
     SignatureError,
     TransportError,
 )
@@ -193,3 +201,18 @@ def test_error_replies_carry_the_code_and_hide_unexpected_details(setup: Setup, 
     hidden = error_reply(settings, request, RoundStep.ENCODE, ValueError("Xanthippe Quillfeather"))
     assert hidden.code is None and "Xanthippe" not in hidden.message and "ValueError" in hidden.message
     assert error_reply(None, None, RoundStep.ENCODE, KeyError("x")).signature == ""
+
+
+def test_a_result_torn_between_its_two_files_is_refused(setup: Setup, tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
+    """Invariant: the round record, written last, names its entities file's hash, so a resolve killed
+    between the entities file and the record (new entities, old record), or an edited entities file,
+    is refused before scoring reads it."""
+    settings = _settings(setup, tmp_path, people)
+    _, blob = _encode(setup, settings)
+    _resolve(setup, settings, _map(blob, setup))
+    check_result(settings.out_dir, "school")  # a whole result passes
+    final = entities_path(settings.out_dir, "school")
+    lines = final.read_text().splitlines()
+    final.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")  # same rows, another file
+    with pytest.raises(RoundIntegrityError, match="not the entities file its round record"):
+        check_result(settings.out_dir, "school")

@@ -35,7 +35,7 @@ from nodes.records import (
     validate_chunk,
 )
 from pplink.agreement import AgreementConfig, IdentifierSchema
-from pplink.atomic import atomic_write
+from pplink.atomic import atomic_write, remove_partials
 from pplink.crypto import SecretBytes, derive_linkage_key, public_key_text, secret_check
 from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
@@ -321,6 +321,8 @@ def encode_file(
     # .enc (or none), never a .enc whose tokens are missing. Tokens are fresh random values at
     # every encode, so a map made from any other .enc can never fit these tokens and
     # `node resolve` refuses it.
+    for path in (tokens_path, output):  # what an earlier, killed encode left half-written
+        remove_partials(path.parent, of=path.name)
     write_tokens(tokens_path, token_hex, encoded.record_ids)
     if output_format is OutputFormat.ANONLINK_JSON:
         atomic_write(output, json.dumps(encodings_to_anonlink_json(encoded.clks)))

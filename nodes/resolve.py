@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pplink.agreement import AgreementConfig
+from pplink.atomic import remove_partials
 from pplink.entity_files import map_file_name, read_entity_map, read_tokens, write_entities
 from pplink.errors import LinkageMapError, RoundIntegrityError
 from pplink.round_manifest import MANIFEST_FILE, verify_round_file
@@ -80,6 +81,7 @@ def resolve_files(agreement: AgreementConfig, party: str, tokens_path: Path, map
     if party in manifest.get("missing", []):
         raise RoundIntegrityError(f"{manifest_path}: {party} was not part of this round")
     rows = resolve_entities(read_tokens(tokens_path), read_entity_map(map_path, data=data), map_name=str(map_path))
+    remove_partials(Path(output).parent, of=Path(output).name)  # what an earlier, killed resolve left
     write_entities(output, rows)
     return ResolveSummary(output=Path(output), rows=len(rows), entities=len({e for _, e in rows}),
                           round_id=str(manifest.get("round_id", "")))

@@ -100,10 +100,11 @@ def atomic_replace(source: Path, target: Path) -> None:
         fsync_dir(Path(source).parent)
 
 
-def remove_partials(folder: Path) -> list[Path]:
+def remove_partials(folder: Path, *, of: str | None = None) -> list[Path]:
     """Remove the temporary files and folders an interrupted write left in ``folder``; return them.
 
-    Only names ending in :data:`PARTIAL_SUFFIX` are touched, and only directly in ``folder``.
+    Only names ending in :data:`PARTIAL_SUFFIX` are touched, only directly in ``folder``, and with
+    ``of`` only those of writes to the file of that name (``.<of>.<random>.partial``).
     """
     import shutil
 
@@ -111,8 +112,9 @@ def remove_partials(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    prefix = f".{of}." if of is not None else ""
     for entry in folder.iterdir():
-        if entry.name.endswith(PARTIAL_SUFFIX):
+        if entry.name.endswith(PARTIAL_SUFFIX) and entry.name.startswith(prefix):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -175,6 +175,7 @@ def test_encode_killed_at_every_write_point(world: tuple[Setup, Path]) -> None:
         assert len({r for r in resolved.values() if isinstance(r, str)}) == 1  # the others accept that round
         outcomes.append(isinstance(resolved["school"], str))
         _encode(setup, root, "school")  # the later step: encoding again, then a round, completes
+        assert not list((root / "nodes").glob(".*.partial")), "the later encode left temporary files behind"
         _match(setup, root)
         assert _assert_all_or_nothing(setup, root, f"encode re-run after write {n}")
 
@@ -198,7 +199,9 @@ def test_resolve_killed_at_every_write_point(world: tuple[Setup, Path]) -> None:
 
     def check(n: int) -> None:
         assert target.read_text() == "record_id,entity_id\n", "a killed resolve changed the previous result"
+        assert list(target.parent.glob(".school.entities.csv.*.partial")), "the kill left no temporary file"
         step()
+        assert not list(target.parent.glob(".*.partial")), "the later resolve left the temporary file behind"
         assert len(read_entities(target)) == len((root / "nodes" / "school.tokens").read_text().splitlines()) - 1
 
     assert _each_write_point("replace", reset, step, check) == 1

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pplink.entity_files import ENTITIES_HEADER
 from pplink.errors import RecordValidationError, UsageError
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 #: File name ending of a node's resolved entities (``<agency>.entities.csv``).
 ENTITIES_SUFFIX = ".entities.csv"
 _TRUTH_HEADER = ("agency", "record_id", "person")
-_ENTITIES_HEADER = ("record_id", "entity_id")
 # Sentinel for "no predicted entity": entity ids may be any hashable, None included.
 _ABSENT = object()
 
@@ -424,6 +424,9 @@ def read_truth(path: Path) -> dict[str, dict[str, str]]:
 def read_entities(path: Path) -> dict[str, str]:
     """Read one ``<agency>.entities.csv`` (header ``record_id,entity_id``) as ``{record_id: entity_id}``.
 
+    Unlike :func:`pplink.entity_files.read_entities` (pplink's own files), this accepts any entity
+    ids and extra columns, so another linkage tool's output can be scored against the same truth.
+
     Raises:
         UsageError: the file cannot be opened.
         RecordValidationError: a column is missing, a field is empty, a row is malformed, or a record
@@ -431,8 +434,8 @@ def read_entities(path: Path) -> dict[str, str]:
     """
     path = Path(path)
     entities: dict[str, str] = {}
-    for row_number, fields, index in _read_rows(path, _ENTITIES_HEADER):
-        record_id, entity_id = (_field(path, row_number, fields, index, name) for name in _ENTITIES_HEADER)
+    for row_number, fields, index in _read_rows(path, ENTITIES_HEADER):
+        record_id, entity_id = (_field(path, row_number, fields, index, name) for name in ENTITIES_HEADER)
         if record_id in entities:
             raise RecordValidationError(f"{path}: row {row_number}, field record_id: repeats an earlier row")
         entities[record_id] = entity_id

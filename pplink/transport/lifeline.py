@@ -6,7 +6,7 @@ SIGKILL of pplink (or the OOM killer, or a second signal during shutdown) used t
 running, holding their ports. :func:`lifeline_command` wraps such a command in this file, run as a
 script (standard library only, so it starts in milliseconds)::
 
-    python lifeline.py --parent PID -- COMMAND ...
+    python -I lifeline.py --parent PID -- COMMAND ...
 
 The wrapper leads the new process group and runs COMMAND in it. It asks the kernel for SIGTERM
 when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``) and also checks its parent id every
@@ -45,10 +45,11 @@ def lifeline_command(command: Sequence[str], parent: int | None = None) -> list[
     Start the result with ``start_new_session=True``: the wrapper then leads a group of its own.
 
     >>> cmd = lifeline_command(["flower-superlink", "--insecure"], parent=42)
-    >>> cmd[2:]
+    >>> cmd[3:]
     ['--parent', '42', '--', 'flower-superlink', '--insecure']
     """
-    return [sys.executable, os.path.abspath(__file__), "--parent", str(parent or os.getpid()), "--", *command]
+    # -I: the wrapper imports only the standard library, never a module beside this file.
+    return [sys.executable, "-I", os.path.abspath(__file__), "--parent", str(parent or os.getpid()), "--", *command]
 
 
 def check_port_free(host: str, port: int, what: str) -> None:

@@ -90,12 +90,18 @@ def _accuracy_section(config: AgreementConfig, ledger: Sequence[LedgerEntry]) ->
     rates = [r for r in derive_link_rates(latest.cells, latest.query.parties, latest.min_cell_size)
              if r.rate is not None]
     by_value: dict[str, list[float]] = {}
+    clipped: set[str] = set()
     for r in rates:
         by_value.setdefault(r.value, []).append(r.rate)  # type: ignore[arg-type]
+        if r.clipped:
+            clipped.add(r.value)
     averages = {v: sum(x) / len(x) for v, x in by_value.items() if x}
     attribute = latest.query.attribute.replace("_", " ")  # type: ignore[union-attr]
     rows = [(attribute, "average share linked")]
-    rows += [("not recorded" if v == "(missing)" else v, f"{100 * a:.0f}%") for v, a in sorted(averages.items())]
+    # A share the noise pushed past 100% (or below 0%) was cut to the bound: say so rather than claim it.
+    rows += [("not recorded" if v == "(missing)" else v,
+              f"{100 * a:.0f}%" + (" (too few people to measure: noise outweighed the count)" if v in clipped else ""))
+             for v, a in sorted(averages.items())]
     paragraphs = [
         f"The last measurement (released {latest.time[:10]}, with noise, epsilon {latest.loss.epsilon:.2g}) "
         "shows how often a family known to one agency was also found at another, by group. Lower shares "

@@ -111,7 +111,8 @@ def render_release(release) -> str:  # noqa: ANN001 - coordinator.release.engine
         rows = []
         for rate in release.link_rates():
             shown = "suppressed" if rate.rate is None and rate.rate_below is None else (
-                f"< {rate.rate_below:.3f}" if rate.rate is None else f"{rate.rate:.3f}")
+                f"< {rate.rate_below:.3f}" if rate.rate is None
+                else f"{rate.rate:.3f}" + (" (clipped: noise pushed the ratio past the bound)" if rate.clipped else ""))
             rows.append([rate.source, rate.target, rate.value,
                          "< " + str(entry.min_cell_size) if rate.numerator is None else str(rate.numerator),
                          "< " + str(entry.min_cell_size) if rate.denominator is None else str(rate.denominator),

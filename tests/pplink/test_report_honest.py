@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pplink.accounting import Accounting, Mechanism, PrivacyLoss, QueryKind
+from pplink.audit.notice import build_notice, render_markdown
 from pplink.audit.release_views import derive_link_rates
 from pplink.audit.report import render_report
 from pplink.audit.verify import AuditVerdict
@@ -106,3 +107,11 @@ def test_the_page_that_says_dp_holds_nothing_exact(setup: Setup, tmp_path: Path)
     exact = out.with_suffix(".exact.html").read_text()
     assert "Not differentially private" in exact and "Similarity distribution" in exact and "900" in exact
     assert out.with_suffix(".exact.html").stat().st_mode & 0o077 == 0
+
+
+def test_the_public_notice_does_not_present_a_clipped_share_as_measured(setup: Setup) -> None:
+    page = render_markdown(build_notice(setup.agreement, [_link_rate_entry()]))
+    missing = next(line for line in page.splitlines() if "not recorded" in line)
+    assert "100%" in missing and "too few people to measure" in missing
+    north = next(line for line in page.splitlines() if "north" in line)
+    assert "too few" not in north

@@ -16,6 +16,7 @@ the target untouched and at most a hidden ``.<name>.<random>.partial`` file, whi
 ...     _ = fh.write("x,y\n")
 >>> oct((folder / "b.csv").stat().st_mode & 0o777), sorted(p.name for p in folder.iterdir())
 ('0o600', ['a.txt', 'b.csv'])
+>>> import shutil; shutil.rmtree(folder)
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ atomic (:mod:`pplink.atomic`). Messages name the file, row and field, never a va
 {'00000000000000000000000000000000': 'r1'}
 >>> oct((folder / "a.tokens").stat().st_mode & 0o777)
 '0o600'
+>>> import shutil; shutil.rmtree(folder)
 """
 
 from __future__ import annotations

@@ -96,6 +96,9 @@ class QueryKind(StrEnum):
     #: Horizontal training: one FedAvg round's noised mean of clipped model updates (Gaussian only).
     #: Privacy unit: one agency's whole update in that round, not one person (see docs/scoring.md).
     FEDAVG = "fedavg"
+    #: Scoring: one of the two training releases of a vertical run (the noisy Gram matrix ``G`` or
+    #: ``b``; see the subject), sums over the label owner's training people (docs/scoring.md).
+    SUFFICIENT_STATISTICS = "sufficient-statistics"
 
 
 class PrivacyLoss(PplinkModel):
@@ -470,6 +473,10 @@ def query_sensitivity(kind: QueryKind, n_parties: int) -> Sensitivity:
     * ``residuals``: one person moves one residual entry by at most 1 residual unit (added or
       removed; clipped to [-1, 1]). Residuals travel in fixed point, so the stated sensitivity is
       the unit (e.g. 1024); this lower bound of 1 is what the auditor can check from the kind.
+    * ``sufficient-statistics``: one person moves the Gram matrix ``G`` by ``x x^T`` and ``b`` by
+      ``x (y - 1/2)``, with their whole row clipped to norm ``C`` by construction; the stated
+      sensitivity is ``C^2`` (``G``) or ``C / 2`` (``b``) in the release's fixed-point units (see
+      ``docs/scoring.md``); this lower bound of 1 is what the auditor can check from the kind.
     * ``link-rate``: a person at k agencies adds 1 to k denominators (people at A with value v) and
       to k(k-1)/2 numerators (people at both A and B, an unordered pair, which serves as the
       numerator of both the A-in-B and the B-in-A rate) -> L1 = N + N(N-1)/2 = N(N+1)/2, and

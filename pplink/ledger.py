@@ -100,7 +100,7 @@ class ReleaseQuery(PplinkModel):
         if self.by_combination and self.kind is not QueryKind.COUNT_BY:
             raise ValueError("by_combination applies to count-by only")
         if self.subject and self.kind not in {QueryKind.CONFUSION, QueryKind.RESIDUALS, QueryKind.SCORE_HISTOGRAM,
-                                              QueryKind.FEDAVG}:
+                                              QueryKind.FEDAVG, QueryKind.SUFFICIENT_STATISTICS}:
             raise ValueError("subject applies to confusion counts, scoring releases and fedavg rounds only")
         return self
 

@@ -1,0 +1,259 @@
+"""Messages of the noisy-sufficient-statistics scoring protocol, and the ledger chain a node follows.
+
+One run, K agencies, the label owner first in the party order (docs/scoring.md has the table)::
+
+    coordinator -> every node    announce(plan)                 signed X25519 key (score masks)
+    coordinator -> every node    join(plan, keys, ledger lines)  the whole ledger chain so far
+    coordinator -> label owner   owner_setup                     signed Enc(t x_c), Enc(t (y - 1/2)), Enc(h)
+    coordinator -> each agency   forward(owner bundle)           signed Enc(t x_kc) for later agencies
+    coordinator                  charges G and b on the ledger (budget check first)
+    coordinator -> each agency   block(owner, forwards, new ledger lines)   noisy encrypted sums
+    coordinator -> label owner   decrypt(blocks, new ledger lines)          released G and b
+    coordinator -> each agency   score_share(released)           signed Enc(h (u_k + m_k))
+    coordinator -> label owner   owner_scores(released, shares)  its own people's scores
+    coordinator -> label owner   holdout() once, threshold(t) once   exact counts to the release engine
+
+``t`` marks the label owner's training people, ``h`` the people it holds, ``y`` their outcomes;
+``m_k`` are pairwise masks between the other agencies that cancel in the sum. Every request that
+leads to noise carries the ledger lines appended since the node last saw the ledger; the node
+checks they extend the chain it has seen and that they charge exactly this run's release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pplink.accounting import Mechanism
+from pplink.agreement import AgreementConfig
+from pplink.crypto import verify
+from pplink.errors import LedgerError, ReleaseError, SignatureError, TransportError
+from pplink.ledger import GENESIS_HASH, LedgerEntry, decode_signature, line_hash, parse_line, signing_payload
+from pplink.scoring.he import SignedBundle
+from pplink.scoring.secure_sum import MaskKeyAnnouncement
+from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
+
+__all__ = ["BlockRequest", "DecryptRequest", "LedgerFollower", "Released", "ScoreRequest", "SuffStatsEndpoint",
+           "SuffStatsOwnerEndpoint", "SuffStatsPlan", "release_subject", "require_run"]
+
+
+def release_subject(release: str, run_id: str) -> str:
+    """The ledger subject of a training release; a node accepts only exactly this.
+
+    >>> release_subject("gram", "ab" * 16)
+    'sufficient statistics gram: vertical run abababababababababababababababab'
+    """
+    return f"sufficient statistics {release}: vertical run {run_id}"
+
+
+@dataclass(frozen=True)
+class SuffStatsPlan:
+    """What every party knows about a run before it starts.
+
+    Attributes:
+        run_id: 32 random hex characters.
+        agreement_id: the agreement.
+        label_owner: the agency with the outcome (first in ``parties``).
+        parties: block order: the label owner, then the other agencies sorted.
+        widths: columns per agency block (features plus the indicator), from the agreement.
+        entity_ids: every entity pseudonym of the linkage plus dummies, sorted.
+        settings: the run settings.
+        noise: sensitivities and scales of the two training releases.
+    """
+
+    run_id: str
+    agreement_id: str
+    label_owner: str
+    parties: tuple[str, ...]
+    widths: tuple[int, ...]
+    entity_ids: tuple[str, ...]
+    settings: SuffStatsSettings
+    noise: NoisePlan
+
+    @property
+    def n_entities(self) -> int:
+        """Length of every entity vector."""
+        return len(self.entity_ids)
+
+    @property
+    def dimension(self) -> int:
+        """Weights in the model."""
+        return sum(self.widths)
+
+    def offset(self, agency: str) -> int:
+        """Where an agency's block starts in the weight vector."""
+        i = self.parties.index(agency)
+        return sum(self.widths[:i])
+
+    def width(self, agency: str) -> int:
+        """An agency's block width."""
+        return self.widths[self.parties.index(agency)]
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    """Coordinator -> agency: compute your noisy encrypted sums (after the two charges)."""
+
+    run_id: str
+    owner: SignedBundle = field(repr=False)
+    forwards: tuple[SignedBundle, ...] = field(repr=False)
+    ledger_lines: tuple[bytes, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DecryptRequest:
+    """Coordinator -> label owner: every agency's block bundle, to decrypt the sums."""
+
+    run_id: str
+    blocks: tuple[SignedBundle, ...] = field(repr=False)
+    ledger_lines: tuple[bytes, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Released:
+    """The released training statistics (a DP release, public): ``G`` (symmetric) and ``b``, integer units."""
+
+    run_id: str
+    gram: np.ndarray = field(repr=False)
+    b: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Coordinator -> agency: your masked, encrypted partial scores for the label owner's people."""
+
+    run_id: str
+    released: Released = field(repr=False)
+    owner: SignedBundle = field(repr=False)
+
+
+class LedgerFollower:
+    """The ledger chain as one node has seen it, and the charges it has consumed.
+
+    A node starts from the whole chain at join and afterwards accepts only lines that extend it:
+    the next sequence number, the previous line's hash, this agreement, the coordinator's
+    signature. A charge is consumed at most once.
+    """
+
+    def __init__(self, agreement: AgreementConfig) -> None:
+        self._agreement = agreement
+        self._head = GENESIS_HASH
+        self._seq = 0
+        self._entries: list[LedgerEntry] = []
+        self._used: set[int] = set()
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number seen."""
+        return self._seq
+
+    def extend(self, lines: Sequence[bytes]) -> None:
+        """Append lines after the head seen so far.
+
+        Raises:
+            LedgerError: a line that does not extend the chain (forged, reordered, from a fork) or
+                does not verify.
+        """
+        for line in lines:
+            where = f"ledger line offered as entry {self._seq + 1}"
+            obj, entry = parse_line(bytes(line), where, self._seq + 1)  # type: ignore[arg-type]
+            if entry.seq != self._seq + 1 or entry.prev_hash != self._head:
+                raise LedgerError(f"{where} does not extend the ledger chain this node has seen")
+            if entry.agreement_id != self._agreement.agreement_id:
+                raise LedgerError(f"{where} was made under another agreement")
+            try:
+                verify(self._agreement.coordinator.public_key, signing_payload(obj), decode_signature(entry.signature),
+                       what=where)
+            except SignatureError as exc:
+                raise LedgerError(str(exc)) from None
+            self._entries.append(entry)
+            self._head = line_hash(bytes(line))
+            self._seq = entry.seq
+
+    def consume(self, subject: str, *, sensitivity: int, scale: float) -> LedgerEntry:
+        """The one unconsumed entry charging ``subject`` at this sensitivity and scale; marks it used.
+
+        Raises:
+            ReleaseError: no such charge on the chain seen, or it was already used (a replay).
+        """
+        for entry in self._entries:
+            if entry.query.subject != subject:
+                continue
+            if entry.seq in self._used:
+                raise ReleaseError(f"the charge for '{subject[:40]}' was already answered once")
+            if (entry.mechanism is not Mechanism.GAUSSIAN or entry.sensitivity != sensitivity
+                    or abs(entry.scale - scale) > 1e-9 * scale):
+                raise ReleaseError("the ledger charge does not record the run plan's sensitivity and scale")
+            self._used.add(entry.seq)
+            return entry
+        raise ReleaseError(f"no ledger charge for '{subject[:40]}' on the chain this node has seen")
+
+
+def require_run(plan: SuffStatsPlan | None, run_id: str, who: str) -> SuffStatsPlan:
+    """The joined plan, if the message is for it.
+
+    Raises:
+        TransportError: nothing joined, or a message for another run.
+    """
+    if plan is None:
+        raise TransportError(f"{who}: no run joined")
+    if run_id != plan.run_id:
+        raise TransportError(f"{who}: message for another run")
+    return plan
+
+
+class SuffStatsEndpoint(Protocol):
+    """What the coordinator can ask of every agency (one method per message)."""
+
+    @property
+    def agency_id(self) -> str:
+        """The agency."""
+        ...
+
+    def announce(self, plan: SuffStatsPlan) -> MaskKeyAnnouncement:
+        """Check the plan; a signed X25519 key for the score masks."""
+        ...
+
+    def join(self, plan: SuffStatsPlan, announcements: Sequence[MaskKeyAnnouncement],
+             ledger_lines: Sequence[bytes]) -> None:
+        """Verify keys and the ledger chain; lay out the block."""
+        ...
+
+    def forward(self, run_id: str, owner: SignedBundle) -> SignedBundle:
+        """Encrypted ``t * x_c`` for the agencies after this one."""
+        ...
+
+    def block(self, request: BlockRequest) -> SignedBundle:
+        """Noisy encrypted sums of this agency's part of ``G`` and ``b``."""
+        ...
+
+    def score_share(self, request: ScoreRequest) -> SignedBundle:
+        """Masked encrypted partial scores for the label owner's people."""
+        ...
+
+
+class SuffStatsOwnerEndpoint(SuffStatsEndpoint, Protocol):
+    """The label owner answers five more messages."""
+
+    def owner_setup(self, run_id: str) -> SignedBundle:
+        """Public context and encrypted training vectors."""
+        ...
+
+    def decrypt(self, request: DecryptRequest) -> Released:
+        """Decrypt the noisy sums, add its own noisy block: the released statistics."""
+        ...
+
+    def owner_scores(self, run_id: str, shares: tuple[SignedBundle, ...]) -> None:
+        """Decrypt its own people's total scores; fit the own-feature model."""
+        ...
+
+    def holdout(self, run_id: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Exact holdout counts per (score bin, outcome), federated and own-feature model."""
+        ...
+
+    def threshold(self, run_id: str, threshold: float) -> dict[str, dict[str, int]]:
+        """Exact error counts by subgroup at a public threshold."""
+        ...

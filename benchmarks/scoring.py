@@ -21,7 +21,15 @@ data (same people, features and holdout).
 ``--budget-table`` runs every training epsilon in ``--epsilons`` ``--repeats`` times and prints a
 Markdown table of mean AUC (the one in ``docs/scoring.md``).
 
+``--compare`` (noisy sufficient statistics, the default protocol of issue #13) prints exact holdout
+AUC of centralised scikit-learn, the label owner's own-data model and the federated model at
+training epsilon 0.5, 1, 2 and 4, per seed and as a mean (``benchmarks/scoring_suffstats.py``);
+``--time-suffstats`` times one real run.
+
 Usage::
+
+    uv run python benchmarks/scoring.py --people 20000 --compare --seeds 1,2,3,4,5
+    uv run python benchmarks/scoring.py --people 20000 --time-suffstats
 
     uv run python benchmarks/scoring.py --people 20000 --agencies 4
     uv run python benchmarks/scoring.py --people 20000 --budget-table --epsilons 1,2,5,10,20,60 --repeats 3
@@ -260,7 +268,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("inprocess", "flower"), default="inprocess",
                         help="inprocess: method calls (compute only); flower: a real deployment on 127.0.0.1")
     parser.add_argument("--keep", type=Path, default=None, help="flower: keep the deployment's files in this folder")
+    parser.add_argument("--compare", action="store_true",
+                        help="noisy sufficient statistics: centralised, own-data and federated AUC over --seeds")
+    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--engine", choices=("plain", "he"), default="plain",
+                        help="--compare: plain numpy statistics (same noise) or the real CKKS protocol")
+    parser.add_argument("--time-suffstats", action="store_true",
+                        help="time one real noisy-sufficient-statistics run (CKKS, every party, the ledger)")
     args = parser.parse_args(argv)
+    if args.compare or args.time_suffstats:
+        from benchmarks.scoring_suffstats import comparison_table, time_run
+
+        if args.time_suffstats:
+            print(json.dumps(time_run(args.people, args.seed, args.training_epsilon)), flush=True)
+        if args.compare:
+            epsilons = [float(e) for e in args.epsilons.split(",")] if args.epsilons != "1,2,5,10,20,60,90" else [
+                0.5, 1.0, 2.0, 4.0]
+            print(comparison_table(args.people, [int(s) for s in args.seeds.split(",")], epsilons, args.engine))
+        return 0
     if args.transport == "flower":
         if args.budget_table:
             parser.error("--budget-table runs in process only")

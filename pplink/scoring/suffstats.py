@@ -190,7 +190,7 @@ def noise_plan(settings: SuffStatsSettings, n_agencies: int, delta: float, dimen
 
     >>> p = noise_plan(SuffStatsSettings(), 4, 1e-6, 12)
     >>> p.gram_sensitivity, p.b_sensitivity
-    (1672, 42)
+    (1671, 44)
     """
     c = person_bound(settings, n_agencies)
     rho = rho_for_epsilon(settings.training_epsilon, delta)
@@ -231,15 +231,18 @@ def solve_model(gram_units: np.ndarray, b_units: np.ndarray, noise: NoisePlan, s
 
 
 def score_logits(centred: np.ndarray) -> np.ndarray:
-    """Logit scores from the model's ``x . w`` (the predicted probability minus 1/2).
+    """Logit scores from the model's ``x . w`` (the predicted probability minus 1/2), strictly increasing.
 
-    The probability is clipped to [0.001, 0.999] so that every score has a finite logit.
+    Between probabilities 0.001 and 0.999 this is the logit; beyond, it goes on in a straight line
+    (the logit's slope there), so no two different predictions tie and ranking is kept.
 
-    >>> score_logits(np.array([0.0])).tolist()
-    [0.0]
+    >>> score_logits(np.array([0.0, -0.6, -0.7])).round(2).tolist()
+    [0.0, -108.01, -208.11]
     """
-    p = np.clip(0.5 + np.asarray(centred, dtype=np.float64), 1e-3, 1.0 - 1e-3)
-    return np.log(p / (1.0 - p))
+    p = 0.5 + np.asarray(centred, dtype=np.float64)
+    low = 1e-3
+    clipped = np.clip(p, low, 1.0 - low)
+    return np.log(clipped / (1.0 - clipped)) + (p - clipped) / (low * (1.0 - low))
 
 
 def split_weights(weights: np.ndarray, widths: Mapping[str, int], order: Sequence[str]) -> dict[str, np.ndarray]:

@@ -203,7 +203,11 @@ class SuffStatsEvaluation:
         threshold: the flagging threshold (a public bin edge, from the federated histogram).
         subgroups: error counts by subgroup at the threshold (None without a subgroup attribute).
         rates: FPR, FNR and selection rate by subgroup, each with a 95% interval.
-        linking_helped: whether the federated model's released AUC beats the own-feature model's.
+        auc_sd: spread of each released AUC from the DP noise alone (federated, own), by re-noising
+            the released histograms (post-processing).
+        verdict: ``"helped"`` when the federated AUC exceeds the own-feature AUC by more than twice
+            the noise spread of the difference, ``"did not help"`` otherwise (no gain the release
+            can show is no reason to use a model built on other agencies' data).
     """
 
     federated: Release
@@ -213,7 +217,13 @@ class SuffStatsEvaluation:
     threshold: float
     subgroups: Release | None
     rates: dict[str, GroupRates]
-    linking_helped: bool
+    auc_sd: tuple[float, float]
+    verdict: str
+
+    @property
+    def linking_helped(self) -> bool:
+        """Whether linking clearly helped (see ``verdict``)."""
+        return self.verdict == "helped"
 
 
 def _spend(agreement: AgreementConfig, settings: SuffStatsSettings) -> list[float]:
@@ -271,9 +281,25 @@ def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed255
         for cell in subgroups.cells:
             grouped.setdefault(cell.key[0], {})[cell.key[1]] = cell.value
         rates = {g: group_rates(c, sd) for g, c in grouped.items()}
+    sd = (_auc_spread(*figures["federated"], releases["federated"].entry.scale),
+          _auc_spread(*figures["own"], releases["own"].entry.scale))
+    margin = 2.0 * float(np.hypot(*sd))
+    verdict = "helped" if auc_fed - auc_own > margin else "did not help"
     return SuffStatsEvaluation(federated=releases["federated"], own=releases["own"], auc=auc_fed, own_auc=auc_own,
-                               threshold=top.threshold, subgroups=subgroups, rates=rates,
-                               linking_helped=auc_fed > auc_own)
+                               threshold=top.threshold, subgroups=subgroups, rates=rates, auc_sd=sd,
+                               verdict=verdict)
+
+
+def _auc_spread(positives: np.ndarray, negatives: np.ndarray, scale: float, draws: int = 200) -> float:
+    """Standard deviation of the histogram AUC under fresh noise of the release's scale (post-processing)."""
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(draws):
+        pos = np.maximum(0.0, positives + rng.normal(0, scale, len(positives)))
+        neg = np.maximum(0.0, negatives + rng.normal(0, scale, len(negatives)))
+        values.append(auc_from_histogram(pos, neg))
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.std(finite)) if finite else float("nan")
 
 
 def spent_loss(agreement: AgreementConfig, ledger_path: Path) -> PrivacyLoss:

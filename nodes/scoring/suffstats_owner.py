@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.scoring.data import AgencyScoringData
 from nodes.scoring.suffstats import SuffStatsNode, draw_noise
+from nodes.scoring.vertical import ScoreRow
 from pplink.agreement import AgreementConfig
 from pplink.errors import ConfigError, TransportError
 from pplink.scoring import he
@@ -231,6 +232,19 @@ class SuffStatsOwner(SuffStatsNode):
             counts = np.bincount(code[(self._groups == group) & self._holdout], minlength=4)
             out[group] = {k: int(counts[i]) for i, k in enumerate(OUTCOME_KEYS)}
         return out
+
+    def score_rows(self) -> list[ScoreRow]:
+        """A score for each of the label owner's own records, for a person's second look (never a decision)."""
+        if self.scores is None:
+            raise TransportError(f"{self.agency_id}: no final scores yet")
+        own = self.scores[self._rows]
+        ranks = np.argsort(np.argsort(own, kind="mergesort"), kind="mergesort")
+        percentile = 100.0 * (ranks + 1) / max(1, own.size)
+        threshold = self._threshold if self._threshold is not None else math.inf
+        probabilities = sigmoid(own)
+        return [ScoreRow(record_id, entity, float(probabilities[i]), float(percentile[i]),
+                         bool(self._holdout[self._rows[i]]), bool(own[i] >= threshold))
+                for i, entity in enumerate(self._data.entity_ids) for record_id in self._data.record_ids[i]]
 
     def exact_auc(self) -> tuple[float, float]:
         """The label owner's own view (never released): exact holdout AUC, federated and own-feature."""

@@ -498,3 +498,9 @@ def horizontal_demo_command(work_dir: Path, people: int, rounds: int, noise_mult
         return
     for line in summary.lines:
         click.echo(line)
+
+
+# Noisy sufficient statistics (issue #13): its command lives beside its composition.
+from pplink.cli.score_suffstats import suffstats_demo_command  # noqa: E402
+
+score_group.add_command(suffstats_demo_command)

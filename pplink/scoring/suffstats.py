@@ -43,10 +43,10 @@ from pydantic import Field, model_validator
 
 from pplink.accounting import rho_for_epsilon
 from pplink.models import PplinkModel
-from pplink.scoring.protocol import DEFAULT_SCORE_EDGES
 
 __all__ = [
     "CKKS_ERROR_BOUND",
+    "EVALUATION_EDGES",
     "RELEASE_B",
     "RELEASE_GRAM",
     "NoisePlan",
@@ -65,6 +65,8 @@ __all__ = [
 #: A bound on the arithmetic error of one encrypted sum (value terms). Measured: at most 1.3e-3
 #: over 81 sums at 20,000 entities (docs/scoring.md); the stated sensitivities include it.
 CKKS_ERROR_BOUND = 2.0**-6
+#: Public logit bin edges of the evaluation histograms: -3 to 1 by 0.5 (10 bins).
+EVALUATION_EDGES: tuple[float, ...] = tuple(-3.0 + 0.5 * i for i in range(9))
 #: The two training releases, as named in ledger subjects and node receipts.
 RELEASE_GRAM = "gram"
 RELEASE_B = "b"
@@ -86,7 +88,8 @@ class SuffStatsSettings(PplinkModel):
             or earlier published statistics, never this run's data); a column without one is
             mapped with ``asinh`` and no centring.
         top_share: the share of the holdout flagged for the error-rate figures.
-        score_edges: public logit bin edges of the released score histograms.
+        score_edges: public logit bin edges of the released score histograms (coarser than the
+            residual protocol's: with few held-out positives, fewer bins keep the released AUC readable).
     """
 
     training_epsilon: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
@@ -98,7 +101,7 @@ class SuffStatsSettings(PplinkModel):
     ridge: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
     feature_scales: dict[str, tuple[float, float]] = Field(default_factory=dict)
     top_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    score_edges: tuple[float, ...] = DEFAULT_SCORE_EDGES
+    score_edges: tuple[float, ...] = EVALUATION_EDGES
 
     @model_validator(mode="after")
     def _check(self) -> SuffStatsSettings:

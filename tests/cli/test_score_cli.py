@@ -55,3 +55,21 @@ def test_score_demo_command_json_and_budget_refusal(demo_dir: Path) -> None:
     refused = runner.invoke(cli, ["score", "demo", "--dir", str(demo_dir), "--training-epsilon", "50"])
     assert refused.exit_code == BudgetExceededError("x").exit_code
     assert "PPL402" in refused.output and "refused before any release" in refused.output
+
+
+@pytest.mark.slow
+def test_suffstats_demo_writes_scores_and_a_model_card_and_audits(demo_dir: Path) -> None:
+    """`pplink score suffstats-demo`: two training releases on the ledger, the own-feature model beside the
+    federated one with a plain verdict, the model card and the scores at the label owner only."""
+    result = CliRunner().invoke(cli, ["score", "suffstats-demo", "--dir", str(demo_dir), "--training-epsilon", "0.4",
+                                      "--evaluation-epsilon", "0.2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "own features" in result.output and ("Linking helped" in result.output
+                                                 or "LINKING DID NOT MEASURABLY HELP" in result.output)
+    owner = demo_dir / "nodes" / "social_care"
+    card = (owner / "social_care.model-card.md").read_text(encoding="utf-8")
+    assert "proxies for poverty" in card and "| group | false positive rate" in card
+    assert (owner / "social_care.scores.csv").exists()
+    assert not list((demo_dir / "coordinator").rglob("*model-card*"))
+    config = load_agreement(demo_dir / "agreement.toml")
+    assert verify_ledger(config, demo_dir / "coordinator" / "ledger.jsonl").ok

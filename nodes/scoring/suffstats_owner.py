@@ -6,7 +6,7 @@ What it ever decrypts: one-value sums that an agency signed and noised (refusing
 and the total score of each of **its own** people (the sum of pairwise-masked partial scores,
 zero for everyone it does not hold). It never sees a per-entity value for anyone it does not hold.
 
-It also trains its own-feature model (its own data, no release needed) so that every run shows
+It also fits its own-feature model from its own block of the same release, so that every run shows
 whether linking helped, on the same holdout, through the same DP release path.
 """
 
@@ -26,7 +26,7 @@ from pplink.errors import ConfigError, TransportError
 from pplink.scoring import he
 from pplink.scoring.evaluation import auc, bin_scores, sigmoid
 from pplink.scoring.protocol import MISSING_GROUP, OUTCOME_KEYS
-from pplink.scoring.suffstats import in_holdout, score_logits, upper_pairs
+from pplink.scoring.suffstats import in_holdout, score_logits, solve_model, upper_pairs
 from pplink.scoring.suffstats_protocol import DecryptRequest, Released, SuffStatsPlan
 
 __all__ = ["SuffStatsOwner", "own_feature_model"]
@@ -34,6 +34,9 @@ __all__ = ["SuffStatsOwner", "own_feature_model"]
 
 def own_feature_model(features: np.ndarray, labels: np.ndarray, *, iterations: int = 25) -> np.ndarray:
     """Logistic regression by Newton's method on the label owner's own (standardised) features.
+
+    The non-private baseline of the benchmark (the label owner may fit anything on its own data;
+    a run's released comparison uses the DP own-block model instead, see :meth:`SuffStatsOwner.owner_scores`).
 
     Returns:
         Weights for ``[features..., 1]``.
@@ -45,14 +48,6 @@ def own_feature_model(features: np.ndarray, labels: np.ndarray, *, iterations: i
         hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(x.shape[1])
         w = w - np.linalg.solve(hessian, x.T @ (p - labels))
     return w
-
-
-def _standardise(features: np.ndarray) -> np.ndarray:
-    x = np.array(features, dtype=np.float64, copy=True)
-    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
-    sd = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
-    z = (x - mean) / np.where(sd > 0, sd, 1.0)
-    return np.clip(np.nan_to_num(z), -5.0, 5.0)
 
 
 class SuffStatsOwner(SuffStatsNode):
@@ -178,7 +173,7 @@ class SuffStatsOwner(SuffStatsNode):
         """Sum the agencies' masked partial scores under encryption, decrypt the total, add its own part.
 
         Only the total over agencies is decrypted, and it is zero for everyone the label owner does
-        not hold. Also fits the own-feature model on the same training people.
+        not hold. Also scores with the own-feature model (its block of the release).
         """
         plan = self._once(run_id, "owner-scores")
         assert self._secret is not None
@@ -195,12 +190,14 @@ class SuffStatsOwner(SuffStatsNode):
         w = self.weights(plan, self._released.gram, self._released.b)
         centred = np.where(self._held, (self._x / plan.settings.grid) @ w + others, 0.0)
         self.scores = score_logits(centred)
-        z = _standardise(self._data.features)
-        own = np.zeros((plan.n_entities, z.shape[1]))
-        own[self._rows] = z
-        y = self._labels[self._train].astype(np.float64)
-        w_own = own_feature_model(own[self._train], y)
-        self.own_scores = np.hstack([own, np.ones((plan.n_entities, 1))]) @ w_own
+        # The own-feature model is solved from the label owner's block of the same release, so its
+        # scores, like the federated ones, depend only on a DP release and the person's own row: each
+        # holdout histogram then moves by one count per person (a model fitted on the exact data
+        # would move everyone's score when one training person is removed).
+        width = plan.width(plan.label_owner)
+        w_own = solve_model(self._released.gram[:width, :width], self._released.b[:width], plan.noise,
+                            plan.settings)
+        self.own_scores = np.where(self._held, score_logits((self._x / plan.settings.grid) @ w_own), -np.inf)
 
     # --- evaluation (each answered once) ----------------------------------------------------------
 

@@ -252,7 +252,8 @@ def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed255
     keys = _bin_keys(settings.score_edges)
     releases: dict[str, Release] = {}
     figures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for i, name in enumerate(("federated", "own")):
+    # The own-feature histogram first: the audit report shows the latest score histogram as "the model".
+    for i, name in ((1, "own"), (0, "federated")):
         pos, neg = counts[name]
         if len(pos) != len(keys) // 2 or len(neg) != len(keys) // 2:
             raise TransportError(f"{plan.label_owner}: a score histogram has the wrong number of bins")

@@ -47,6 +47,7 @@ def test_a_run_charges_two_training_releases_and_three_evaluation_releases_and_a
     entries = read_ledger(ledger, setup.agreement)
     kinds = [e.query.kind for e in entries]
     assert kinds == [QueryKind.SUFFICIENT_STATISTICS] * 2 + [QueryKind.SCORE_HISTOGRAM] * 2 + [QueryKind.CONFUSION]
+    assert "federated model" in entries[3].query.subject  # the latest histogram is the federated one
     noise = summary.run.plan.noise
     assert [(e.sensitivity, e.scale) for e in entries[:2]] == [(noise.gram_sensitivity, noise.gram_scale),
                                                              (noise.b_sensitivity, noise.b_scale)]

@@ -172,3 +172,50 @@ def test_the_federated_model_beats_own_data_and_is_close_to_centralised_at_epsil
     fed = statistics.fmean(r["federated 2"] for r in rows)
     assert fed >= statistics.fmean(r["own"] for r in rows) + 0.01
     assert abs(fed - statistics.fmean(r["centralised"] for r in rows)) <= 0.02
+
+
+@pytest.mark.slow
+def test_given_the_training_release_each_evaluation_release_moves_by_one_count_per_person(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adaptive composition: with G and b fixed at their released values in both worlds, removing a
+    training person or a held-out person moves each holdout histogram (federated and own-feature model)
+    and the error counts at a fixed threshold by at most 1 in L1, as their ledger entries state."""
+    setup, state, inputs, keys = _world(tmp_path, people=300, seed=9)
+    owner_id = setup.agreement.scoring.label_owner
+    # A fixed seed for the score flood too (the agencies' uniform noise on partial scores), by call order.
+    # and for the dummy pseudonyms that pad the entity list (so every person keeps their slot).
+    floods, dummies = itertools.count(), itertools.count()
+    monkeypatch.setattr(node_module.secrets, "randbits", lambda bits: next(floods) % 4)
+    monkeypatch.setattr(node_module.secrets, "token_hex", lambda n: f"{next(dummies):0{2 * n}x}")
+    base_nodes = build_suffstats_nodes(setup.agreement, inputs, keys, holdout_key=bytes(32))
+    run = train_suffstats(setup.agreement, state, tmp_path / "ledger-base.jsonl", setup.key("coordinator"),
+                          base_nodes, SETTINGS, run_id="3d" * 16)
+    base_owner = base_nodes[owner_id]
+    base_hist = base_owner.holdout(run.plan.run_id)
+    base_errors = base_owner.threshold(run.plan.run_id, -1.5)
+    rows = {e: i for i, e in enumerate(run.plan.entity_ids)}
+    ids = inputs[owner_id].entity_ids
+    held_out = next(e for e in ids if base_owner._holdout[rows[e]])
+    training = next(e for e in ids if base_owner._train[rows[e]])
+    original = owner_module.SuffStatsOwner.decrypt
+
+    def same_release(self, request):  # type: ignore[no-untyped-def]
+        original(self, request)
+        self._released = run.released  # condition on the release the base world made
+        return run.released
+
+    monkeypatch.setattr(owner_module.SuffStatsOwner, "decrypt", same_release)
+    for person in (held_out, training):
+        floods, dummies = itertools.count(), itertools.count()
+        nodes = build_suffstats_nodes(setup.agreement, _without(inputs, person), keys, holdout_key=bytes(32))
+        other = train_suffstats(setup.agreement, state, tmp_path / f"ledger-{person[:6]}.jsonl",
+                                setup.key("coordinator"), nodes, SETTINGS, run_id="3d" * 16)
+        hist = nodes[owner_id].holdout(other.plan.run_id)
+        for model in ("federated", "own"):
+            moved = sum(abs(a - b) for side in (0, 1) for a, b in zip(hist[model][side], base_hist[model][side],
+                                                                        strict=True))
+            assert moved <= 1
+        errors = nodes[owner_id].threshold(other.plan.run_id, -1.5)
+        moved = sum(abs(errors.get(g, {}).get(k, 0) - base_errors.get(g, {}).get(k, 0))
+                    for g in set(errors) | set(base_errors) for k in ("tp", "fp", "fn", "tn"))
+        assert moved <= 1

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from pplink.agreement import AgreementConfig
+from pplink.scoring.suffstats import solve_model
 
 __all__ = ["SYNTH_FEATURE_SCALES", "SuffStatsSummary", "build_suffstats_nodes", "model_card", "run_suffstats",
            "run_suffstats_demo", "suffstats_demo_command"]
@@ -94,7 +95,15 @@ def model_card(agreement: AgreementConfig, run: Any, evaluation: Any, spent_epsi
         lines.append(f"| {group} | {rates.fpr.text()} | {rates.fnr.text()} | {rates.selection.text()} |")
     if not evaluation.rates:
         lines.append("| (no subgroup attribute in the agreement) | - | - | - |")
-    lines += ["", _POVERTY_WARNING, ""]
+    lines += ["", _POVERTY_WARNING, "", "## Coefficients (DP: post-processing of the released G and b)", "",
+              "Per standardised, clipped feature (public constants, docs/scoring.md); a positive weight "
+              "raises the score. Check the weight of every feature that goes with deprivation.", "",
+              "| agency | feature | weight |", "|---|---|---|"]
+    weights = solve_model(run.released.gram, run.released.b, plan.noise, plan.settings)
+    names = [(a, c) for a in plan.parties for c in (*agreement.scoring.features.get(a, ()),
+                                                      "intercept" if a == plan.label_owner else f"known_to_{a}")]
+    lines += [f"| {a} | {c} | {w:+.4f} |" for (a, c), w in zip(names, weights, strict=True)]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -57,6 +57,7 @@ def test_a_run_charges_two_training_releases_and_three_evaluation_releases_and_a
     assert verify_ledger(setup.agreement, ledger).ok
     card = (tmp_path / "card.md").read_text(encoding="utf-8")
     assert "proxies for poverty" in card and "own features only" in card and "## Features per agency" in card
+    assert "| school | attendance_pct |" in card  # the DP coefficients, so proxies can be checked
     assert ("Linking helped." in card) == summary.evaluation.linking_helped
 
 

@@ -110,7 +110,7 @@ class SuffStatsNode:
         self._data = data
         self._key = signing_key
         self._plan: SuffStatsPlan | None = None
-        self._announced: dict[str, object] = {}
+        self._announced: dict[str, tuple[SuffStatsPlan, object]] = {}
         self._joined: set[str] = set()
         self._answered: set[tuple[str, str]] = set()
         self._ledger = LedgerFollower(agreement)
@@ -156,7 +156,7 @@ class SuffStatsNode:
         if plan.run_id in self._announced:
             raise TransportError(f"{self.agency_id}: run already announced; a repeated join is refused")
         mask_key = new_mask_key()
-        self._announced[plan.run_id] = mask_key
+        self._announced[plan.run_id] = (plan, mask_key)
         return announce_mask_key(self._key, mask_key, agreement_id=plan.agreement_id, run_id=plan.run_id,
                                  agency_id=self.agency_id)
 
@@ -171,9 +171,11 @@ class SuffStatsNode:
         """
         if plan.run_id not in self._announced or plan.run_id in self._joined:
             raise TransportError(f"{self.agency_id}: join refused (not announced for this run, or already joined)")
+        announced, mask_key = self._announced[plan.run_id]
+        if plan != announced:
+            raise TransportError(f"{self.agency_id}: join refused: the plan differs from the one announced for")
         self._check_plan(plan)
         self._joined.add(plan.run_id)
-        mask_key = self._announced[plan.run_id]
         by_agency = {a.agency_id: a for a in announcements}
         if len(by_agency) != len(announcements) or set(by_agency) != set(plan.parties):
             raise TransportError(f"{self.agency_id}: mask keys must come from exactly the run's parties, once each")
@@ -312,6 +314,9 @@ class SuffStatsNode:
         """
         plan = self._once(request.run_id, "scores")
         ctx = self._owner_context(plan, request.owner)
+        if request.released.run_id != plan.run_id:
+            raise TransportError(f"{self.agency_id}: released statistics of another run")
+        request.released.verify(self._agreement, plan.label_owner)
         w = self.weights(plan, request.released.gram, request.released.b)
         partial = (self._x / plan.settings.grid) @ w
         others = [a for a in plan.parties[1:]]

@@ -22,6 +22,7 @@ from nodes.scoring.data import AgencyScoringData
 from nodes.scoring.suffstats import SuffStatsNode, draw_noise
 from nodes.scoring.vertical import ScoreRow
 from pplink.agreement import AgreementConfig
+from pplink.crypto import sign
 from pplink.errors import ConfigError, TransportError
 from pplink.scoring import he
 from pplink.scoring.evaluation import auc, bin_scores, sigmoid
@@ -166,7 +167,8 @@ class SuffStatsOwner(SuffStatsNode):
         if not (filled[np.triu_indices(d)].all() and b_filled.all()):
             raise TransportError(f"{self.agency_id}: some entries of G or b were never sent")
         gram = np.triu(gram) + np.triu(gram, 1).T
-        self._released = Released(run_id=plan.run_id, gram=gram, b=b)
+        unsigned = Released(run_id=plan.run_id, gram=gram, b=b)
+        self._released = Released(plan.run_id, gram, b, sign(self._key, unsigned.payload(plan.agreement_id)))
         return self._released
 
     def owner_scores(self, run_id: str, shares: tuple[he.SignedBundle, ...]) -> None:

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from pplink.accounting import Mechanism
-from pplink.agreement import AgreementConfig
+from pplink.agreement import AgreementConfig, canonical_json
 from pplink.crypto import verify
 from pplink.errors import LedgerError, ReleaseError, SignatureError, TransportError
 from pplink.ledger import GENESIS_HASH, LedgerEntry, decode_signature, line_hash, parse_line, signing_payload
@@ -114,11 +114,33 @@ class DecryptRequest:
 
 @dataclass(frozen=True)
 class Released:
-    """The released training statistics (a DP release, public): ``G`` (symmetric) and ``b``, integer units."""
+    """The released training statistics (a DP release, public): ``G`` (symmetric) and ``b``, integer units.
+
+    Signed by the label owner, which decrypted them, so the coordinator cannot hand the agencies
+    other weights (chosen ones would make the label owner's score totals read out a feature).
+    """
 
     run_id: str
     gram: np.ndarray = field(repr=False)
     b: np.ndarray = field(repr=False)
+    signature: bytes = field(repr=False, default=b"")
+
+    def payload(self, agreement_id: str) -> bytes:
+        """The signed bytes: run, agreement and the two integer vectors."""
+        return canonical_json({
+            "purpose": "pplink scoring release: G and b", "agreement_id": agreement_id, "run_id": self.run_id,
+            "gram": [int(v) for v in np.asarray(self.gram, dtype=np.int64).ravel()],
+            "shape": list(np.asarray(self.gram).shape), "b": [int(v) for v in np.asarray(self.b, dtype=np.int64)],
+        })
+
+    def verify(self, agreement: AgreementConfig, label_owner: str) -> None:
+        """Check the label owner's signature.
+
+        Raises:
+            SignatureError: not signed by the label owner for this agreement and run.
+        """
+        verify(agreement.agency(label_owner).public_key, self.payload(agreement.agreement_id), self.signature,
+               what="the released statistics")
 
 
 @dataclass(frozen=True)

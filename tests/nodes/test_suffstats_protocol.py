@@ -188,3 +188,20 @@ def test_substituted_ciphertexts_are_refused(harness: Harness) -> None:
     disguised = he.SignedBundle(forward.run_id, forward.maker, "block", forward.items, forward.signature)
     with pytest.raises(SignatureError):
         harness.owner.decrypt(DecryptRequest(harness.plan.run_id, (disguised, *honest), lines))
+
+
+def test_altered_released_statistics_and_a_plan_changed_after_announce_are_refused(harness: Harness,
+                                                                                  tmp_path: Path) -> None:
+    """Agencies score only with statistics the label owner signed (chosen weights would make the owner's
+    totals read out one agency's feature); a join whose plan differs from the announced one is refused."""
+    lines = harness.charge()
+    released = harness.owner.decrypt(DecryptRequest(harness.plan.run_id, harness.blocks(lines), lines))
+    chosen = dataclasses.replace(released, b=released.b * 0 + np.eye(len(released.b), dtype=np.int64)[4] * 10**6)
+    with pytest.raises(SignatureError):
+        harness.nodes[harness.others[0]].score_share(ScoreRequest(harness.plan.run_id, chosen, harness.setup_bundle))
+    fresh = Harness(tmp_path / "second")
+    agency = fresh.others[0]
+    fresh.nodes[agency].announce(fresh.plan)
+    changed = dataclasses.replace(fresh.plan, entity_ids=fresh.plan.entity_ids[:-1])
+    with pytest.raises(TransportError, match="differs from the one announced"):
+        fresh.nodes[agency].join(changed, (), read_ledger_lines(fresh.ledger))

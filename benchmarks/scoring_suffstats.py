@@ -153,7 +153,7 @@ def time_run(people: int, seed: int, training_epsilon: float = 2.0, *, world: An
     run = train_suffstats(agreement, state, ledger, keys["coordinator"], nodes, settings)
     train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evaluation = evaluate_suffstats(agreement, ledger, keys["coordinator"], nodes[run.plan.label_owner], run)
+    evaluation = evaluate_suffstats(agreement, ledger, keys["coordinator"], nodes[run.plan.label_owner], run, nodes)
     fed, own = nodes[run.plan.label_owner].exact_auc()
     return {
         "benchmark": "scoring-suffstats", "people": people, "seed": seed, "entities": run.plan.n_entities,

@@ -8,6 +8,7 @@ so the node checks them itself), and sends the evaluation through the release en
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -37,23 +38,30 @@ from pplink.ledger import EntryDraft, ReleaseQuery, open_ledger, read_ledger_lin
 from pplink.scoring.evaluation import auc_from_histogram, fill_suppressed, top_share_from_histogram
 from pplink.scoring.fairness import GroupRates, group_rates
 from pplink.scoring.he import SignedBundle
-from pplink.scoring.suffstats import RELEASE_B, RELEASE_GRAM, SuffStatsSettings, noise_plan
+from pplink.scoring.suffstats import (
+    EVALUATION_WEIGHTS,
+    RELEASE_B,
+    RELEASE_GRAM,
+    SuffStatsSettings,
+    noise_plan,
+    presence_noise,
+)
 from pplink.scoring.suffstats_protocol import (
     BlockRequest,
     DecryptRequest,
+    PresenceAsk,
     Released,
     ScoreRequest,
     SuffStatsEndpoint,
     SuffStatsOwnerEndpoint,
     SuffStatsPlan,
+    presence_subject,
     release_subject,
 )
 
-__all__ = ["EVALUATION_WEIGHTS", "SuffStatsEvaluation", "SuffStatsRun", "charge_release", "evaluate_suffstats",
+__all__ = ["SuffStatsEvaluation", "SuffStatsRun", "charge_release", "evaluate_suffstats",
            "plan_suffstats_run", "train_suffstats"]
 
-#: Evaluation budget split: federated score histogram, own-feature histogram, errors by subgroup.
-EVALUATION_WEIGHTS = (0.4, 0.3, 0.3)
 
 
 def plan_suffstats_run(agreement: AgreementConfig, state: LinkageState, settings: SuffStatsSettings, *,
@@ -121,6 +129,7 @@ class SuffStatsRun:
         seconds: wall time by phase (setup, forward, block, decrypt, scores).
         bytes_by_message: bytes of ciphertext relayed per message kind.
         messages: request/reply pairs with nodes.
+        ledger_seen: ledger lines every node has been shown so far.
     """
 
     plan: SuffStatsPlan
@@ -128,6 +137,7 @@ class SuffStatsRun:
     seconds: dict[str, float]
     bytes_by_message: dict[str, int]
     messages: int
+    ledger_seen: int = 0
 
 
 def _size(bundle: SignedBundle) -> int:
@@ -188,7 +198,8 @@ def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path
     owner.owner_scores(plan.run_id, shares)
     seconds["scores"] = time.perf_counter() - t0
     messages = 2 * len(plan.parties) + 1 + len(forwards) + len(others) + 1 + len(others) + 1
-    return SuffStatsRun(plan=plan, released=released, seconds=seconds, bytes_by_message=sizes, messages=messages)
+    return SuffStatsRun(plan=plan, released=released, seconds=seconds, bytes_by_message=sizes, messages=messages,
+                        ledger_seen=len(lines))
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,9 @@ class SuffStatsEvaluation:
         threshold: the flagging threshold (a public bin edge, from the federated histogram).
         subgroups: error counts by subgroup at the threshold (None without a subgroup attribute).
         rates: FPR, FNR and selection rate by subgroup, each with a 95% interval.
+        presence: released counts ``{(agency, "known" | "not known", outcome): count}`` (None with
+            no other agency).
+        presence_rates: the same rates per (agency, "known" | "not known").
         auc_sd: spread of each released AUC from the DP noise alone (federated, own), by re-noising
             the released histograms (post-processing).
         verdict: ``"helped"`` when the federated AUC exceeds the own-feature AUC by more than twice
@@ -217,6 +231,8 @@ class SuffStatsEvaluation:
     threshold: float
     subgroups: Release | None
     rates: dict[str, GroupRates]
+    presence: dict[tuple[str, str, str], int] | None
+    presence_rates: dict[tuple[str, str], GroupRates]
     auc_sd: tuple[float, float]
     verdict: str
 
@@ -238,8 +254,13 @@ def _bin_keys(edges: tuple[float, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed25519PrivateKey,
-                       owner: SuffStatsOwnerEndpoint, run: SuffStatsRun) -> SuffStatsEvaluation:
-    """Release both models' holdout histograms and the federated model's errors by subgroup.
+                       owner: SuffStatsOwnerEndpoint, run: SuffStatsRun,
+                       nodes: Mapping[str, SuffStatsEndpoint] | None = None) -> SuffStatsEvaluation:
+    """Release both models' holdout histograms and the federated model's errors by subgroup and by agency.
+
+    With ``nodes``, also the errors among people known / not known to each other agency: the label
+    owner encrypts its held-out outcomes, each agency sums them over the people it holds and adds
+    the charged noise, the label owner decrypts four noisy counts per agency and adds noisy totals.
 
     Raises:
         BudgetExceededError: a release would pass the budget (earlier ones stay on the ledger).
@@ -253,7 +274,7 @@ def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed255
     releases: dict[str, Release] = {}
     figures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     # The own-feature histogram first: the audit report shows the latest score histogram as "the model".
-    for i, name in ((1, "own"), (0, "federated")):
+    for i, name in ((0, "own"), (1, "federated")):
         pos, neg = counts[name]
         if len(pos) != len(keys) // 2 or len(neg) != len(keys) // 2:
             raise TransportError(f"{plan.label_owner}: a score histogram has the wrong number of bins")
@@ -282,13 +303,48 @@ def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed255
         for cell in subgroups.cells:
             grouped.setdefault(cell.key[0], {})[cell.key[1]] = cell.value
         rates = {g: group_rates(c, sd) for g, c in grouped.items()}
+    presence, presence_rates = _presence(agreement, ledger_path, key, owner, nodes, run)
     sd = (_auc_spread(*figures["federated"], releases["federated"].entry.scale),
           _auc_spread(*figures["own"], releases["own"].entry.scale))
     margin = 2.0 * float(np.hypot(*sd))
     verdict = "helped" if auc_fed - auc_own > margin else "did not help"
     return SuffStatsEvaluation(federated=releases["federated"], own=releases["own"], auc=auc_fed, own_auc=auc_own,
-                               threshold=top.threshold, subgroups=subgroups, rates=rates, auc_sd=sd,
-                               verdict=verdict)
+                               threshold=top.threshold, subgroups=subgroups, rates=rates, presence=presence,
+                               presence_rates=presence_rates, auc_sd=sd, verdict=verdict)
+
+
+def _presence(agreement: AgreementConfig, ledger_path: Path, key: Ed25519PrivateKey, owner: SuffStatsOwnerEndpoint,
+              nodes: Mapping[str, SuffStatsEndpoint] | None, run: SuffStatsRun
+              ) -> tuple[dict[tuple[str, str, str], int] | None, dict[tuple[str, str], GroupRates]]:
+    """Errors among people known / not known to each other agency: charged, then noised by the agencies."""
+    plan = run.plan
+    others = plan.parties[1:]
+    if not others or nodes is None:
+        return None, {}
+    assert agreement.scoring is not None
+    attribute = agreement.scoring.subgroup_attribute or (
+        agreement.release.attributes[0].column if agreement.release.attributes else None)
+    if attribute is None:
+        return None, {}
+    sensitivity, scale = presence_noise(plan.settings, len(plan.parties), agreement.budget.delta)
+    budget = agreement.budget
+    with open_ledger(Path(ledger_path), agreement) as ledger:
+        loss = entry_loss(Mechanism.GAUSSIAN, sensitivity, scale, budget.delta)
+        check_budget(ledger.spent, loss, budget)
+        ledger.append(EntryDraft(
+            query=ReleaseQuery(kind=QueryKind.CONFUSION, attribute=attribute, parties=plan.parties,
+                               subject=presence_subject(plan.run_id)),
+            accounting=budget.accounting, mechanism=Mechanism.GAUSSIAN, sensitivity=sensitivity, scale=scale,
+            loss=loss, min_cell_size=agreement.release.min_cell_size, cells=(), library=OPENDP_LIBRARY), key)
+    new = tuple(read_ledger_lines(Path(ledger_path))[run.ledger_seen:])
+    outcomes = owner.presence_setup(plan.run_id)
+    sums = tuple(nodes[a].presence(PresenceAsk(plan.run_id, outcomes, new)) for a in others)
+    counts = owner.presence_counts(plan.run_id, sums, new)
+    grouped: dict[tuple[str, str], dict[str, float | None]] = {}
+    for (agency, where, outcome), value in counts.items():
+        grouped.setdefault((agency, where), {})[outcome] = value
+    # "not known" is a difference of two noisy counts: its noise sd is sqrt(2) times the scale.
+    return counts, {k: group_rates(c, scale * math.sqrt(2.0)) for k, c in grouped.items()}
 
 
 def _auc_spread(positives: np.ndarray, negatives: np.ndarray, scale: float, draws: int = 200) -> float:

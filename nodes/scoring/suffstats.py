@@ -29,6 +29,7 @@ from pplink.agreement import AgreementConfig
 from pplink.crypto import public_key_text
 from pplink.errors import ConfigError, SignatureError, TransportError
 from pplink.scoring import he
+from pplink.scoring.protocol import OUTCOME_KEYS
 from pplink.scoring.secure_sum import (
     MaskKeyAnnouncement,
     announce_mask_key,
@@ -43,14 +44,17 @@ from pplink.scoring.suffstats import (
     block_columns,
     encode_block,
     noise_plan,
+    presence_noise,
     solve_model,
     split_weights,
 )
 from pplink.scoring.suffstats_protocol import (
     BlockRequest,
     LedgerFollower,
+    PresenceAsk,
     ScoreRequest,
     SuffStatsPlan,
+    presence_subject,
     release_subject,
     require_run,
 )
@@ -226,7 +230,8 @@ class SuffStatsNode:
 
     def _owner_context(self, plan: SuffStatsPlan, owner: he.SignedBundle):  # noqa: ANN202 - tenseal Context
         he.verify_bundle(self._agreement, owner, run_id=plan.run_id, maker=plan.label_owner, purpose="owner-setup")
-        return he.public_context(owner.item("context")[0])
+        self._context_bytes = owner.item("context")[0]
+        return he.public_context(self._context_bytes)
 
     # --- training -----------------------------------------------------------------------------
 
@@ -298,6 +303,29 @@ class SuffStatsNode:
             added = b_noise[k] / plan.noise.b_unit if is_b else gram_noise[k] / plan.noise.gram_unit
             items[name] = (he.dot(enc, plain, add=float(added)),)
         return he.sign_bundle(self._key, plan.agreement_id, he.SignedBundle(plan.run_id, me, "block", items))
+
+    def presence(self, request: PresenceAsk) -> he.SignedBundle:
+        """Noisy encrypted counts, per outcome, of the label owner's held-out people this agency holds (once).
+
+        Drawn only after the charge is on the chain this node has seen; the label owner decrypts
+        four noisy counts, never who is held.
+        """
+        plan = self._once(request.run_id, "presence")
+        sensitivity, scale = presence_noise(plan.settings, len(plan.parties), self._agreement.budget.delta)
+        self._ledger.extend(request.ledger_lines)
+        self._ledger.consume(presence_subject(plan.run_id), sensitivity=sensitivity, scale=scale)
+        he.verify_bundle(self._agreement, request.outcomes, run_id=plan.run_id, maker=plan.label_owner,
+                         purpose="presence-setup")
+        context = getattr(self, "_context_bytes", None)
+        if context is None:
+            raise TransportError(f"{self.agency_id}: presence asked before the training round")
+        ctx = he.public_context(context)
+        noise = draw_noise(scale, len(OUTCOME_KEYS))
+        held = self._held.astype(np.float64)
+        items = {f"o:{k}": (he.dot(he.load(ctx, request.outcomes.item(f"o:{k}"), plan.n_entities), held,
+                                   add=float(noise[i])),) for i, k in enumerate(OUTCOME_KEYS)}
+        return he.sign_bundle(self._key, plan.agreement_id,
+                              he.SignedBundle(plan.run_id, self.agency_id, "presence-sums", items))
 
     # --- scores -------------------------------------------------------------------------------
 

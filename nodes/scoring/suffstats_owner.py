@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,8 +28,8 @@ from pplink.errors import ConfigError, TransportError
 from pplink.scoring import he
 from pplink.scoring.evaluation import auc, bin_scores, sigmoid
 from pplink.scoring.protocol import MISSING_GROUP, OUTCOME_KEYS
-from pplink.scoring.suffstats import in_holdout, score_logits, solve_model, upper_pairs
-from pplink.scoring.suffstats_protocol import DecryptRequest, Released, SuffStatsPlan
+from pplink.scoring.suffstats import in_holdout, presence_noise, score_logits, solve_model, upper_pairs
+from pplink.scoring.suffstats_protocol import DecryptRequest, Released, SuffStatsPlan, presence_subject
 
 __all__ = ["SuffStatsOwner", "own_feature_model"]
 
@@ -230,6 +231,48 @@ class SuffStatsOwner(SuffStatsNode):
         for group in sorted(set(self._groups[self._holdout].tolist())):
             counts = np.bincount(code[(self._groups == group) & self._holdout], minlength=4)
             out[group] = {k: int(counts[i]) for i, k in enumerate(OUTCOME_KEYS)}
+        return out
+
+    def _codes(self) -> np.ndarray:
+        assert self.scores is not None and self._threshold is not None
+        flagged = self.scores >= self._threshold
+        y = self._labels == 1
+        return np.where(self._holdout, np.where(flagged, np.where(y, 0, 1), np.where(y, 2, 3)), -1)
+
+    def presence_setup(self, run_id: str) -> he.SignedBundle:
+        """``Enc(holdout person with outcome k)`` for each outcome at the released threshold (signed, once)."""
+        plan = self._once(run_id, "presence-setup")
+        if self._threshold is None or self._secret is None:
+            raise TransportError(f"{self.agency_id}: presence asked before the threshold")
+        codes = self._codes()
+        items = {f"o:{k}": tuple(he.encrypt(self._secret.context, (codes == i).astype(np.float64)))
+                 for i, k in enumerate(OUTCOME_KEYS)}
+        return he.sign_bundle(self._key, plan.agreement_id,
+                              he.SignedBundle(plan.run_id, self.agency_id, "presence-setup", items))
+
+    def presence_counts(self, run_id: str, sums: tuple[he.SignedBundle, ...],
+                        ledger_lines: Sequence[bytes]) -> dict[tuple[str, str, str], int]:
+        """The released errors by agency presence: noisy known counts per agency, noisy totals, once.
+
+        "not known" is the noisy total minus the noisy known count (post-processing).
+        """
+        plan = self._once(run_id, "presence-counts")
+        assert self._secret is not None
+        sensitivity, scale = presence_noise(plan.settings, len(plan.parties), self._agreement.budget.delta)
+        self._ledger.extend(ledger_lines)
+        self._ledger.consume(presence_subject(plan.run_id), sensitivity=sensitivity, scale=scale)
+        if sorted(b.maker for b in sums) != sorted(plan.parties[1:]):
+            raise TransportError(f"{self.agency_id}: expected one presence reply from every other agency, once")
+        codes = self._codes()
+        totals = np.array([int((codes == i).sum()) for i in range(len(OUTCOME_KEYS))]) + draw_noise(
+            scale, len(OUTCOME_KEYS))
+        out: dict[tuple[str, str, str], int] = {}
+        for bundle in sums:
+            he.verify_bundle(self._agreement, bundle, run_id=plan.run_id, maker=bundle.maker, purpose="presence-sums")
+            for i, k in enumerate(OUTCOME_KEYS):
+                known = he.round_units(self._secret.decrypt_scalar(bundle.item(f"o:{k}")[0]), 1)
+                out[(bundle.maker, "known", k)] = known
+                out[(bundle.maker, "not known", k)] = int(totals[i]) - known
         return out
 
     def score_rows(self) -> list[ScoreRow]:

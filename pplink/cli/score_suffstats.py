@@ -95,6 +95,11 @@ def model_card(agreement: AgreementConfig, run: Any, evaluation: Any, spent_epsi
         lines.append(f"| {group} | {rates.fpr.text()} | {rates.fnr.text()} | {rates.selection.text()} |")
     if not evaluation.rates:
         lines.append("| (no subgroup attribute in the agreement) | - | - | - |")
+    lines += ["", "## Errors by agency presence (released, 95% intervals)", "",
+              "| agency | held by it? | false positive rate | false negative rate | selection rate |",
+              "|---|---|---|---|---|"]
+    for (agency, where), rates in sorted(evaluation.presence_rates.items()):
+        lines.append(f"| {agency} | {where} | {rates.fpr.text()} | {rates.fnr.text()} | {rates.selection.text()} |")
     lines += ["", _POVERTY_WARNING, "", "## Coefficients (DP: post-processing of the released G and b)", "",
               "Per standardised, clipped feature (public constants, docs/scoring.md); a positive weight "
               "raises the score. Check the weight of every feature that goes with deprivation.", "",
@@ -114,7 +119,7 @@ def run_suffstats(agreement: AgreementConfig, state: Any, ledger_path: Path, coo
 
     run = train_suffstats(agreement, state, ledger_path, coordinator_key, nodes, settings)
     owner = nodes[run.plan.label_owner]
-    evaluation = evaluate_suffstats(agreement, ledger_path, coordinator_key, owner, run)
+    evaluation = evaluate_suffstats(agreement, ledger_path, coordinator_key, owner, run, nodes)
     fed, own = owner.exact_auc()
     spent = spent_loss(agreement, ledger_path).epsilon
     card = model_card(agreement, run, evaluation, spent)

@@ -47,6 +47,7 @@ from pplink.models import PplinkModel
 __all__ = [
     "CKKS_ERROR_BOUND",
     "EVALUATION_EDGES",
+    "EVALUATION_WEIGHTS",
     "RELEASE_B",
     "RELEASE_GRAM",
     "NoisePlan",
@@ -56,6 +57,7 @@ __all__ = [
     "in_holdout",
     "noise_plan",
     "person_bound",
+    "presence_noise",
     "score_logits",
     "solve_model",
     "split_weights",
@@ -67,6 +69,9 @@ __all__ = [
 CKKS_ERROR_BOUND = 2.0**-6
 #: Public logit bin edges of the evaluation histograms: -3 to 1 by 0.5 (10 bins).
 EVALUATION_EDGES: tuple[float, ...] = tuple(-3.0 + 0.5 * i for i in range(9))
+#: Evaluation budget split: own-feature histogram, federated histogram, errors by subgroup, errors
+#: by agency presence.
+EVALUATION_WEIGHTS = (0.3, 0.3, 0.2, 0.2)
 #: The two training releases, as named in ledger subjects and node receipts.
 RELEASE_GRAM = "gram"
 RELEASE_B = "b"
@@ -256,3 +261,18 @@ def split_weights(weights: np.ndarray, widths: Mapping[str, int], order: Sequenc
         out[agency] = np.asarray(weights[start:start + widths[agency]], dtype=np.float64)
         start += widths[agency]
     return out
+
+
+def presence_noise(settings: SuffStatsSettings, n_agencies: int, delta: float) -> tuple[int, float]:
+    """Sensitivity and discrete Gaussian scale of the errors-by-agency-presence release.
+
+    The released vector holds, per outcome, the holdout count among people each other agency holds
+    and the holdout total: one person is in at most one cell per agency plus one total, so its L2
+    sensitivity is ``sqrt(K)``, rounded up.
+
+    >>> presence_noise(SuffStatsSettings(), 4, 1e-6)[0]
+    2
+    """
+    sensitivity = math.isqrt(max(0, n_agencies - 1)) + 1
+    rho = rho_for_epsilon(settings.evaluation_epsilon, delta) * EVALUATION_WEIGHTS[3]
+    return sensitivity, sensitivity / math.sqrt(2.0 * rho)

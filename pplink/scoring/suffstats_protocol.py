@@ -36,8 +36,9 @@ from pplink.scoring.he import SignedBundle
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
 from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
 
-__all__ = ["BlockRequest", "DecryptRequest", "LedgerFollower", "Released", "ScoreRequest", "SuffStatsEndpoint",
-           "SuffStatsOwnerEndpoint", "SuffStatsPlan", "release_subject", "require_run"]
+__all__ = ["BlockRequest", "DecryptRequest", "LedgerFollower", "PresenceAsk", "Released", "ScoreRequest",
+           "SuffStatsEndpoint", "SuffStatsOwnerEndpoint", "SuffStatsPlan", "presence_subject", "release_subject",
+           "require_run"]
 
 
 def release_subject(release: str, run_id: str) -> str:
@@ -141,6 +142,24 @@ class Released:
         """
         verify(agreement.agency(label_owner).public_key, self.payload(agreement.agreement_id), self.signature,
                what="the released statistics")
+
+
+@dataclass(frozen=True)
+class PresenceAsk:
+    """Coordinator -> agency: noisy encrypted counts of the held-out outcomes among the people you hold."""
+
+    run_id: str
+    outcomes: SignedBundle = field(repr=False)
+    ledger_lines: tuple[bytes, ...] = field(repr=False)
+
+
+def presence_subject(run_id: str) -> str:
+    """The ledger subject of the errors-by-agency-presence release.
+
+    >>> presence_subject("ab" * 16)[:38]
+    'errors by agency presence: vertical ru'
+    """
+    return f"errors by agency presence: vertical run {run_id}"
 
 
 @dataclass(frozen=True)
@@ -256,6 +275,10 @@ class SuffStatsEndpoint(Protocol):
         """Masked encrypted partial scores for the label owner's people."""
         ...
 
+    def presence(self, request: PresenceAsk) -> SignedBundle:
+        """Noisy encrypted counts of the held-out outcomes among the people this agency holds."""
+        ...
+
 
 class SuffStatsOwnerEndpoint(SuffStatsEndpoint, Protocol):
     """The label owner answers five more messages."""
@@ -278,4 +301,13 @@ class SuffStatsOwnerEndpoint(SuffStatsEndpoint, Protocol):
 
     def threshold(self, run_id: str, threshold: float) -> dict[str, dict[str, int]]:
         """Exact error counts by subgroup at a public threshold."""
+        ...
+
+    def presence_setup(self, run_id: str) -> SignedBundle:
+        """Encrypted one-hot outcomes of the held-out people at the threshold."""
+        ...
+
+    def presence_counts(self, run_id: str, sums: tuple[SignedBundle, ...],
+                        ledger_lines: Sequence[bytes]) -> dict[tuple[str, str, str], int]:
+        """Decrypt the agencies' noisy counts, add noisy totals: the released errors by agency presence."""
         ...

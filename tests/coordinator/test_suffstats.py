@@ -46,7 +46,7 @@ def test_a_run_charges_two_training_releases_and_three_evaluation_releases_and_a
                             card_path=tmp_path / "card.md")
     entries = read_ledger(ledger, setup.agreement)
     kinds = [e.query.kind for e in entries]
-    assert kinds == [QueryKind.SUFFICIENT_STATISTICS] * 2 + [QueryKind.SCORE_HISTOGRAM] * 2 + [QueryKind.CONFUSION]
+    assert kinds == [QueryKind.SUFFICIENT_STATISTICS] * 2 + [QueryKind.SCORE_HISTOGRAM] * 2 + [QueryKind.CONFUSION] * 2
     assert "federated model" in entries[3].query.subject  # the latest histogram is the federated one
     noise = summary.run.plan.noise
     assert [(e.sensitivity, e.scale) for e in entries[:2]] == [(noise.gram_sensitivity, noise.gram_scale),
@@ -55,9 +55,18 @@ def test_a_run_charges_two_training_releases_and_three_evaluation_releases_and_a
     rho = rho_for_epsilon(SETTINGS.training_epsilon, setup.agreement.budget.delta)
     assert entries[1].cumulative.rho == pytest.approx(rho, rel=1e-9)
     assert verify_ledger(setup.agreement, ledger).ok
+    # Errors by agency presence: per other agency, known + not known is the same noisy total per outcome.
+    presence = summary.evaluation.presence
+    others = summary.run.plan.parties[1:]
+    assert {a for a, _, _ in presence} == set(others)
+    for outcome in ("tp", "fp", "fn", "tn"):
+        totals = {presence[(a, "known", outcome)] + presence[(a, "not known", outcome)] for a in others}
+        assert len(totals) == 1
+    assert entries[5].query.subject.startswith("errors by agency presence") and entries[5].sensitivity == 2
     card = (tmp_path / "card.md").read_text(encoding="utf-8")
     assert "proxies for poverty" in card and "own features only" in card and "## Features per agency" in card
     assert "| school | attendance_pct |" in card  # the DP coefficients, so proxies can be checked
+    assert "## Errors by agency presence" in card and "| health | not known |" in card
     assert ("Linking helped." in card) == summary.evaluation.linking_helped
 
 

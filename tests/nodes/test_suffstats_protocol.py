@@ -21,7 +21,7 @@ from pplink.lab.synth import generate_synth
 from pplink.ledger import read_ledger_lines
 from pplink.scoring import he
 from pplink.scoring.suffstats import RELEASE_B, RELEASE_GRAM, SuffStatsSettings
-from pplink.scoring.suffstats_protocol import BlockRequest, DecryptRequest, ScoreRequest
+from pplink.scoring.suffstats_protocol import BlockRequest, DecryptRequest, PresenceAsk, ScoreRequest
 from tests.support import make_setup
 
 pytestmark = pytest.mark.slow
@@ -130,6 +130,13 @@ def test_holdout_and_threshold_cannot_be_asked_twice(harness: Harness) -> None:
     harness.owner.threshold(harness.plan.run_id, 0.0)
     with pytest.raises(TransportError, match="already answered"):
         harness.owner.threshold(harness.plan.run_id, -1.0)
+    outcomes = harness.owner.presence_setup(harness.plan.run_id)
+    with pytest.raises(TransportError, match="already answered"):
+        harness.owner.presence_setup(harness.plan.run_id)
+    agency = harness.others[0]
+    # Without the presence charge on the chain no agency draws noise for it.
+    with pytest.raises(ReleaseError, match="no ledger charge"):
+        harness.nodes[agency].presence(PresenceAsk(harness.plan.run_id, outcomes, ()))
     with pytest.raises(TransportError, match="already answered"):
         harness.owner.owner_scores(harness.plan.run_id, shares)
 

@@ -168,6 +168,11 @@ def run_horizontal(grid: Grid, settings: HorizontalSettings, *, agreement: Agree
 
     whole_run = compose([loss] * settings.rounds, budget.accounting, budget.delta)
     with open_ledger(Path(ledger_path), agreement) as ledger:
+        if any(e.query.kind is not QueryKind.FEDAVG for e in ledger.entries):
+            # Its unit is one agency's round, not one person: adding it into a per-person total would
+            # make that total mean nothing (and a per-person release would be charged agency losses).
+            raise ConfigError(f"{ledger_path}: holds per-person releases; horizontal rounds go on a ledger of "
+                              "their own (e.g. ledger-agency-unit.jsonl), never into the per-person total")
         try:
             check_budget(ledger.spent, whole_run, budget)
         except BudgetExceededError as err:

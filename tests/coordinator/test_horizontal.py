@@ -19,7 +19,7 @@ from pplink.agreement import AgreementConfig, load_agreement
 from pplink.agreement_template import default_agreement_toml
 from pplink.audit.verify import verify_ledger
 from pplink.crypto import generate_signing_key, public_key_text, write_private_key
-from pplink.errors import AgreementMismatchError, BudgetExceededError, RecordValidationError, ReleaseError
+from pplink.errors import AgreementMismatchError, BudgetExceededError, ConfigError, RecordValidationError, ReleaseError
 from pplink.ledger import read_ledger
 from pplink.scoring.evaluation import auc
 from pplink.scoring.horizontal import (
@@ -213,3 +213,25 @@ def test_cli_horizontal_demo_reports_auc_and_both_epsilons(tmp_path: Path) -> No
     assert math.isclose(data["ledger_rho"], 3 * round_rho(2.0), rel_tol=1e-12)
     assert math.isclose(data["rdp_epsilon"], data["ledger_epsilon"], rel_tol=0.01)
     assert 0.0 <= data["auc"] <= 1.0
+
+
+def test_a_ledger_with_per_person_releases_is_refused(tmp_path: Path) -> None:
+    """Horizontal rounds (unit: one agency's round) never go into a per-person total: a ledger that already
+    holds a per-person release is refused before any message, and left byte-identical."""
+    from pplink.accounting import OPENDP_LIBRARY, Mechanism, entry_loss
+    from pplink.crypto import load_private_key
+    from pplink.ledger import EntryDraft, ReleaseQuery, open_ledger
+
+    setup = make_setup(tmp_path)
+    budget = setup.agreement.budget
+    with open_ledger(setup.ledger, setup.agreement) as ledger:
+        ledger.append(EntryDraft(
+            query=ReleaseQuery(kind=QueryKind.OVERLAP), accounting=budget.accounting, mechanism=Mechanism.GAUSSIAN,
+            sensitivity=1, scale=10.0, loss=entry_loss(Mechanism.GAUSSIAN, 1, 10.0, budget.delta),
+            min_cell_size=setup.agreement.release.min_cell_size, cells=(), library=OPENDP_LIBRARY),
+            load_private_key(setup.key_path))
+    before = setup.ledger.read_bytes()
+    grid = make_grid(tmp_path)
+    with pytest.raises(ConfigError, match="ledger of their own"):
+        run_server(setup, grid, SETTINGS)
+    assert grid.sent == [] and setup.ledger.read_bytes() == before

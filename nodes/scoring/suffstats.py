@@ -347,7 +347,7 @@ class SuffStatsNode:
         request.released.verify(self._agreement, plan.label_owner)
         w = self.weights(plan, request.released.gram, request.released.b)
         partial = (self._x / plan.settings.grid) @ w
-        others = [a for a in plan.parties[1:]]
+        others = list(plan.parties[1:])
         for peer, seed in self._seeds.items():
             sign = 1.0 if others.index(peer) > others.index(self.agency_id) else -1.0
             partial = partial + sign * _float_mask(seed, plan.n_entities)

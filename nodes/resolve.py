@@ -9,6 +9,9 @@ node's token file (random 128-bit tokens, fresh at every encode, so a map made f
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from pplink.entity_files import map_file_name, read_entity_map, read_tokens, wri
 from pplink.errors import LinkageMapError, RoundIntegrityError
 from pplink.round_manifest import MANIFEST_FILE, verify_round_file
 
-__all__ = ["ResolveSummary", "resolve_entities", "resolve_files", "write_entities"]
+__all__ = ["ResolveSummary", "read_withdrawn", "resolve_entities", "resolve_files", "write_entities"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,30 @@ def resolve_entities(tokens: dict[str, str], entity_map: dict[str, str], *,
     return [(record_id, entity_map[token]) for token, record_id in tokens.items()]
 
 
+def read_withdrawn(agreement: AgreementConfig, party: str, path: Path) -> set[str]:
+    """Tokens an incremental round's ``<party>.withdrawn.csv`` lists, once its round's manifest vouches for it.
+
+    Raises:
+        RoundIntegrityError: the manifest beside it does not name the file's exact bytes.
+        LinkageMapError: unreadable, or not that file's header.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LinkageMapError(f"{path}: cannot read the withdrawn rows ({exc.strerror})") from None
+    verify_round_file(agreement, path.with_name(MANIFEST_FILE), f"{party}.withdrawn.csv", data)
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("ascii"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LinkageMapError(f"{path}: cannot read the withdrawn rows ({type(exc).__name__})") from None
+    if not rows or tuple(rows[0]) != ("row_token", "reason"):
+        raise LinkageMapError(f"{path}: row 1: header must be row_token,reason")
+    return {row[0] for row in rows[1:] if row}
+
+
 def resolve_files(agreement: AgreementConfig, party: str, tokens_path: Path, map_path: Path, output: Path, *,
-                  manifest_path: Path | None = None) -> ResolveSummary:
+                  manifest_path: Path | None = None, withdrawn: Sequence[Path] = ()) -> ResolveSummary:
     """Verify the map against the round's signed manifest, join it to the tokens, write ``record_id,entity_id``.
 
     Args:
@@ -63,6 +88,9 @@ def resolve_files(agreement: AgreementConfig, party: str, tokens_path: Path, map
         output: the entities file to write (atomically, 0600).
         manifest_path: the round's ``manifest.json`` (default: beside the map), with its
             ``manifest.json.sig`` beside it.
+        withdrawn: incremental rounds' ``<party>.withdrawn.csv`` files (each checked against the
+            manifest beside it); the rows they list are left out first, since the coordinator
+            may have expired them after this node's last file.
 
     Raises:
         RoundIntegrityError: the manifest is missing, unsigned, for another agreement, or does not
@@ -80,7 +108,11 @@ def resolve_files(agreement: AgreementConfig, party: str, tokens_path: Path, map
     manifest = verify_round_file(agreement, manifest_path, map_file_name(party), data)
     if party in manifest.get("missing", []):
         raise RoundIntegrityError(f"{manifest_path}: {party} was not part of this round")
-    rows = resolve_entities(read_tokens(tokens_path), read_entity_map(map_path, data=data), map_name=str(map_path))
+    tokens = read_tokens(tokens_path)
+    for path in withdrawn:
+        for token in read_withdrawn(agreement, party, path):
+            tokens.pop(token, None)
+    rows = resolve_entities(tokens, read_entity_map(map_path, data=data), map_name=str(map_path))
     remove_partials(Path(output).parent, of=Path(output).name)  # what an earlier, killed resolve left
     write_entities(output, rows)
     return ResolveSummary(output=Path(output), rows=len(rows), entities=len({e for _, e in rows}),

@@ -305,6 +305,9 @@ class Retention(PplinkModel):
     encodings_days: Annotated[int, Field(gt=0)] = 30
     linkage_days: Annotated[int, Field(gt=0)] = 365
     ledger_days: Annotated[int, Field(gt=0)] = 2555
+    #: Incremental linkage: entity pseudonyms are replaced by fresh ones every this many days, so
+    #: that agencies cannot follow a person across rotation periods; ``None`` keeps them stable.
+    pseudonym_days: Annotated[int, Field(gt=0)] | None = None
 
 
 class AgreementConfig(PplinkModel):

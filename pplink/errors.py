@@ -30,6 +30,7 @@ __all__ = [
     "AgreementMismatchError",
     "BudgetExceededError",
     "ConfigError",
+    "DeltaChainError",
     "DependencyMissingError",
     "EncodingFileError",
     "EntitiesFileError",
@@ -43,6 +44,7 @@ __all__ = [
     "RoundIntegrityError",
     "SecretError",
     "SignatureError",
+    "StateError",
     "TransportError",
     "UsageError",
     "ERROR_CLASSES",
@@ -212,6 +214,22 @@ class TransportError(PplinkError, RuntimeError):
 
     code = 404
     help = "A Flower deployment step failed: a node dropped out, a reply was refused, a process died."
+
+
+class StateError(PplinkError, ValueError):
+    """The coordinator's linkage state cannot be opened or fails authentication (code 416, exit status 96)."""
+
+    code = 416
+    help = ("The coordinator's incremental linkage state cannot be opened: tampered with, truncated, "
+            "sealed under another coordinator key, or made under another agreement.")
+
+
+class DeltaChainError(PplinkError, ValueError):
+    """A delta does not follow the last file accepted from its agency (code 417, exit status 97)."""
+
+    code = 417
+    help = ("A delta file does not follow the last file the coordinator accepted from its agency: "
+            "out of order, applied twice, or from a fork of the agency's history.")
 
 
 class UsageError(PplinkError, ValueError):

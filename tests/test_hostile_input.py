@@ -11,12 +11,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.linkage.state_store import IncrementalState, derive_state_key, load_state, save_state
+from nodes.delta import encode_delta, load_snapshot
 from nodes.encode import encode_records
 from pplink.agreement import load_agreement
+from pplink.deltafile import read_delta
 from pplink.encfile import read_encodings
 from pplink.entity_files import read_entity_map, read_tokens
 from pplink.errors import PplinkError
@@ -43,9 +47,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     summary = encode_file(setup.agreement, "school", setup.secret, setup.key("school"), records, root / "school.enc")
     (root / "map.csv").write_text("row_token,entity_id\n" + "".join(
         f"{t},{'ab' * 16}\n" for t in read_tokens(summary.tokens)))
+    # Incremental linkage: a delta (one row dropped), its snapshot, and a sealed coordinator state.
+    delta = encode_delta(setup.agreement, "school", setup.secret, setup.key("school"),
+                         write_records(root / "school-now.csv", rows[1:]), root / "school.d1", root / "school.enc",
+                         workers=1)
+    state_key = derive_state_key(setup.key("coordinator"), setup.agreement.agreement_id)
+    save_state(root / "linkage.state", IncrementalState(
+        agreement_id=setup.agreement.agreement_id, parties=["school"], threshold=0.8, mode="all-pairs",
+        positions=np.zeros((0, 0), dtype=np.int64), skip=np.zeros((0, 2), dtype=np.uint64), width=128), state_key)
     return {"setup": setup, "root": root, "records": records.read_bytes(), "enc": (root / "school.enc").read_bytes(),
             "tokens": summary.tokens.read_bytes(), "map": (root / "map.csv").read_bytes(),
-            "agreement": setup.agreement_path.read_bytes()}
+            "agreement": setup.agreement_path.read_bytes(), "delta": (root / "school.d1").read_bytes(),
+            "snapshot": delta.snapshot.read_bytes(), "state": (root / "linkage.state").read_bytes(),
+            "state_key": state_key}
 
 
 #: (byte position, non-zero XOR mask): one flipped byte anywhere in a valid file.
@@ -76,10 +90,13 @@ def _parsers(world: dict[str, object]) -> dict[str, tuple[bytes, object]]:
         "tokens": (world["tokens"], read_tokens),
         "map": (world["map"], read_entity_map),
         "agreement": (world["agreement"], load_agreement),
+        "delta": (world["delta"], lambda p: read_delta(p, agreement)),
+        "snapshot": (world["snapshot"], load_snapshot),
+        "state": (world["state"], lambda p: load_state(p, world["state_key"], agreement.agreement_id)),  # type: ignore[arg-type]
     }
 
 
-KINDS = ["records", "enc", "tokens", "map", "agreement"]
+KINDS = ["records", "enc", "tokens", "map", "agreement", "delta", "snapshot", "state"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

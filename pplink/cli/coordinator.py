@@ -47,16 +47,27 @@ def _bar(enabled: bool | None, label: str):  # type: ignore[no-untyped-def]
               help="Folder for <party>.map.csv files, the signed manifest and the coordinator's state.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for comparison.")
 @click.option("--progress/--no-progress", default=None, help="Show progress (default: when on a terminal).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Incremental linkage: keep the linkage in this folder (encrypted) between rounds; ENCODINGS "
+                   "may then be deltas (docs/incremental.md).")
 @FORMAT_OPTION
 def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, ...], out_dir: Path, workers: int,
-                  progress: bool | None, output_format: str) -> None:
-    """Verify ENCODINGS (.enc files from 2..N agencies), link them, and write each agency's pseudonym map."""
+                  progress: bool | None, state_dir: Path | None, output_format: str) -> None:
+    """Verify ENCODINGS (.enc files from 2..N agencies), link them, and write each agency's pseudonym map.
+
+    With --state, ENCODINGS may also be deltas (`node encode --delta-from`), from any number of agencies.
+    """
     from coordinator.linkage.match_round import run_match_round
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key
 
     config = load_agreement(agreement_path)
     key = load_private_key(key_path)
+    if state_dir is not None:
+        from pplink.cli.incremental import match_incremental_command
+
+        match_incremental_command(config, key, encodings, out_dir, state_dir, workers, output_format)
+        return
     summary = run_match_round(config, key, encodings, out_dir, workers=workers,
                               progress=_bar(progress, "comparing"))
     stats = summary.result.stats

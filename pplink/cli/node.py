@@ -36,13 +36,19 @@ def node() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes to use (default: all cores for inputs over ~2 MB).")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when on a terminal).")
+@click.option("--delta-from", "delta_from", type=existing_file, default=None,
+              help="Write a signed delta against this earlier file of this node (.enc or delta): only new, "
+                   "changed and withdrawn rows; unchanged rows keep their tokens (docs/incremental.md).")
+@click.option("--previous-tokens", type=existing_file, default=None,
+              help="With --delta-from: the earlier file's token map (default: that file with .tokens).")
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "anonlink-json"]), default="text",
               show_default=True, callback=remember_format,
               help="Render the result as text for people or JSON for scripts; anonlink-json is short for "
                    "--output-format anonlink-json (result as text).")
 def encode_command(agreement_path: Path, party: str, secret_path: Path | None, key_path: Path, records: Path,
                    output: Path, tokens: Path | None, skip_invalid: bool, enc_format: str, workers: int | None,
-                   progress: bool | None, output_format: str) -> None:
+                   progress: bool | None, delta_from: Path | None, previous_tokens: Path | None,
+                   output_format: str) -> None:
     """Validate, drop opt-outs, normalise and encode RECORDS (CSV or Parquet) into signed Bloom-filter encodings."""
     from nodes.encode import OutputFormat, encode_file
     from pplink.agreement import load_agreement
@@ -59,6 +65,15 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
     config.agency(party)
     secret = load_secret(secret_path)
     key = load_private_key(key_path)
+    if delta_from is not None or previous_tokens is not None:
+        from pplink.cli.incremental import encode_delta_command
+
+        if delta_from is None or skip_invalid or enc_format != "pplink":
+            raise UsageError("--previous-tokens needs --delta-from; a delta is always signed pplink output "
+                             "and refuses invalid rows")
+        encode_delta_command(config, party, secret, key, records, output, delta_from, previous_tokens, tokens,
+                             workers, progress, output_format)
+        return
     with row_progress(records, enabled=progress, label=f"encoding {party}") as on_rows:
         summary = encode_file(config, party, secret, key, records, output, tokens=tokens, skip_invalid=skip_invalid,
                               output_format=OutputFormat(enc_format), workers=workers, on_rows=on_rows)
@@ -87,8 +102,11 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
 @click.option("--manifest", "manifest_path", type=existing_file, default=None,
               help="The round's signed manifest.json, with manifest.json.sig beside it (default: beside MAP).")
 @click.option("-o", "--output", type=output_path, required=True, help="record_id,entity_id file to write.")
+@click.option("--withdrawn", "withdrawn_paths", type=existing_file, multiple=True,
+              help="Incremental rounds: a round's <party>.withdrawn.csv (repeatable, one per round since this "
+                   "node's last file); rows listed may be missing from the map (expired at the coordinator).")
 def resolve_command(agreement_path: Path, party: str, tokens_path: Path, map_path: Path, manifest_path: Path | None,
-                    output: Path) -> None:
+                    output: Path, withdrawn_paths: tuple[Path, ...]) -> None:
     """Join the coordinator's pseudonym map to this agency's record ids (record_id,entity_id).
 
     The map is used only if the round's manifest verifies against the coordinator key in the
@@ -98,7 +116,7 @@ def resolve_command(agreement_path: Path, party: str, tokens_path: Path, map_pat
     from pplink.agreement import load_agreement
 
     summary = resolve_files(load_agreement(agreement_path), party, tokens_path, map_path, output,
-                            manifest_path=manifest_path)
+                            manifest_path=manifest_path, withdrawn=withdrawn_paths)
     click.echo(f"wrote {summary.output}: {summary.rows} records, {summary.entities} entities "
                f"(round {summary.round_id[:12]})")
 

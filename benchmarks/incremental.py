@@ -1,0 +1,225 @@
+"""Benchmark incremental linkage: one round adding ``--new-fraction`` new records to a linked state.
+
+The encodings are ``benchmarks/match.py``'s (clkhash encodings of synthetic people with typos,
+cached under ``--cache-dir``). Each agency first sends all but the last ``--new-fraction`` of its
+records as a full signed ``.enc``; that round creates the encrypted state (it is a full match
+with the incremental engine). Then each agency sends a signed delta: its remaining records, and
+``--withdraw-fraction`` of its earlier rows withdrawn. The incremental round is timed end to end
+(``run_incremental_round``: load and decrypt the state, verify the deltas, withdraw, compute the
+new rows' keys and edges, re-solve the touched components, write the maps, encrypt and save).
+
+As the peer, the same run times a full re-match of the same final records with
+``coordinator.linkage.match.match_clks`` (blocked), and prints both F1 scores against the truth.
+Finally it extrapolates each phase to ``--extrapolate-to`` records per agency (see
+:func:`estimate`), once at the kernel rate measured in this run and once at issue #17's kernel
+target: an estimate, and printed as one.
+
+Usage::
+
+    uv run python benchmarks/incremental.py --agencies 4 --records 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from match import cached_encodings, linkage_quality, load_encodings  # noqa: E402
+
+#: Candidate-pair comparisons per second per core that issue #17 sets as the kernel target.
+KERNEL_TARGET = 1e8
+
+
+def kernel_rate(clks: np.ndarray, workers: int, pairs: int = 2_000_000) -> float:
+    """Comparisons per second of ``dice_rows`` (the incremental round's kernel) on random pairs, now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coordinator.linkage.similarity import CHUNK_PAIRS, as_words, dice_rows, popcounts
+
+    words = as_words(clks)
+    pops = popcounts(words)
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, len(clks), pairs), rng.integers(0, len(clks), pairs)
+    chunks = [(a[i : i + CHUNK_PAIRS], b[i : i + CHUNK_PAIRS]) for i in range(0, pairs, CHUNK_PAIRS)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda c: dice_rows(words, words, pops, pops, *c), chunks))
+    return pairs / (time.perf_counter() - started)
+
+
+def estimate(seconds: dict[str, float], comparisons: int, rate: float, factor: float,
+             target_rate: float) -> dict[str, float]:
+    """Each phase at ``factor`` x the records per agency (and 1% of them new).
+
+    Every phase but comparing grows with the records (state I/O, copies, scans, components).
+    Comparing is split into scoring (``comparisons / rate``, growing as new x records, so
+    ``factor**2``) and the rest (band scans, grouping: ``factor``); scoring is then priced at
+    ``target_rate``, the kernel speed issue #17 targets.
+    """
+    out = {k: v * factor for k, v in seconds.items() if k not in ("total", "compare")}
+    scoring = comparisons / rate
+    out["compare_overhead"] = max(seconds["compare"] - scoring, 0.0) * factor
+    out["compare_scoring"] = comparisons * factor**2 / target_rate
+    return out
+
+
+def _setup(root: Path, agencies: int, threshold: float):  # type: ignore[no-untyped-def]
+    from pplink.agreement import parse_agreement
+    from pplink.agreement_template import default_agreement_toml
+    from pplink.crypto import load_private_key
+    from pplink.keystore import ensure_party_keys, private_key_path
+
+    names = [f"agency{i}" for i in range(agencies)]
+    keys_dir = root / "keys"
+    public_keys, _ = ensure_party_keys(keys_dir, [*names, "coordinator", "auditor"])
+    text = default_agreement_toml(names, public_keys).replace("threshold = 0.75", f"threshold = {threshold}")
+    agreement = parse_agreement(tomllib.loads(text))
+    return agreement, names, {p: load_private_key(private_key_path(keys_dir, p)) for p in [*names, "coordinator"]}
+
+
+def _load_state(root: Path, agreement, key):  # type: ignore[no-untyped-def]
+    from coordinator.linkage.state_store import derive_state_key, load_state, state_path
+
+    return load_state(state_path(root / "state"), derive_state_key(key, agreement.agreement_id),
+                      agreement.agreement_id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print one JSON line, then a table.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        The process exit status.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agencies", type=int, default=4)
+    parser.add_argument("--records", type=int, default=100_000, help="records per agency (before the round)")
+    parser.add_argument("--new-fraction", type=float, default=0.01)
+    parser.add_argument("--withdraw-fraction", type=float, default=0.001)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="incremental round repetitions (median reported)")
+    parser.add_argument("--extrapolate-to", type=int, default=1_000_000)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/pplink-bench-cache"))
+    args = parser.parse_args(argv)
+
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.incremental import run_incremental_round
+    from coordinator.linkage.match import match_clks
+    from pplink.deltafile import WithdrawReason, file_digest, write_delta
+    from pplink.encfile import write_encodings
+
+    encodings, entities = load_encodings(cached_encodings(args.cache_dir, args.agencies, args.records, args.seed))
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory(prefix="pplink-incremental-") as tmp:
+        root = Path(tmp)
+        agreement, names, keys = _setup(root, args.agencies, args.threshold)
+        cut = [len(e) - int(round(len(e) * args.new_fraction)) for e in encodings]
+        tokens = [rng.integers(0, 256, (len(e), 16), dtype=np.uint8) for e in encodings]
+        fulls = []
+        for d, name in enumerate(names):
+            path = root / f"{name}.enc"
+            write_encodings(path, agreement=agreement, party=name, tokens=tokens[d][: cut[d]],
+                            clks=encodings[d][: cut[d]], attributes={}, key=keys[name])
+            fulls.append(path)
+        started = time.perf_counter()
+        first = run_incremental_round(agreement, keys["coordinator"], fulls, root / "round1", root / "state",
+                                      workers=args.workers, blocking=BlockingConfig())
+        first_seconds = time.perf_counter() - started
+        deltas, withdrawn = [], []
+        for d, name in enumerate(names):
+            out = np.sort(rng.choice(cut[d], int(round(cut[d] * args.withdraw_fraction)), replace=False))
+            withdrawn.append(out)
+            path = root / f"{name}.d1"
+            write_delta(path, agreement=agreement, party=name, previous=file_digest(fulls[d].read_bytes()), sequence=1,
+                        withdrawn=tokens[d][out], reasons=np.full(len(out), WithdrawReason.WITHDRAWN, dtype=np.uint8),
+                        tokens=tokens[d][cut[d] :], clks=encodings[d][cut[d] :], attributes={}, key=keys[name])
+            deltas.append(path)
+        # The same round from the same state, --repeat times: the median run is reported (a shared
+        # machine's load makes single timings noisy).
+        shutil.copytree(root / "state", root / "state-before")
+        runs = []
+        for attempt in range(args.repeat):
+            if attempt:
+                shutil.rmtree(root / "state")
+                shutil.copytree(root / "state-before", root / "state")
+            started = time.perf_counter()
+            summary = run_incremental_round(agreement, keys["coordinator"], deltas, root / "round2", root / "state",
+                                            workers=args.workers)
+            runs.append((time.perf_counter() - started, summary))
+        runs.sort(key=lambda run: run[0])
+        incremental_seconds, round2 = runs[len(runs) // 2]
+        state_bytes = os.path.getsize(root / "state" / "linkage.state")
+        state = _load_state(root, agreement, keys["coordinator"])
+        # Truth for the live rows, in the state's order (each party's old rows, then its new ones).
+        live = []
+        for d in range(len(names)):
+            keep = np.ones(len(encodings[d]), dtype=bool)
+            keep[withdrawn[d]] = False
+            live.append(np.flatnonzero(keep))
+        truth = [entities[d][rows] for d, rows in enumerate(live)]
+        labels = [state.entity[state.party == d] for d in range(len(names))]
+        incremental_quality = linkage_quality(labels, truth)
+        started = time.perf_counter()
+        full = match_clks([encodings[d][rows] for d, rows in enumerate(live)], args.threshold,
+                          blocking=BlockingConfig(), workers=args.workers, histogram_bins=None)
+        full_seconds = time.perf_counter() - started
+        full_quality = linkage_quality(list(full.labels), truth)
+        rate = kernel_rate(np.concatenate(encodings), args.workers)
+    factor = args.extrapolate_to / args.records
+    as_now = estimate(round2.seconds, round2.comparisons, rate, factor, rate)
+    at_target = estimate(round2.seconds, round2.comparisons, rate, factor, KERNEL_TARGET * args.workers)
+    result = {
+        "benchmark": "incremental", "agencies": args.agencies, "records": args.records,
+        "new_fraction": args.new_fraction, "withdraw_fraction": args.withdraw_fraction, "threshold": args.threshold,
+        "workers": args.workers, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+        "first_round_seconds": round(first_seconds, 2), "first_round_comparisons": first.comparisons,
+        "incremental_seconds": round(incremental_seconds, 3),
+        "incremental_seconds_all": [round(t, 3) for t, _ in runs],
+        "incremental_phases": {k: round(v, 3) for k, v in round2.seconds.items()},
+        "incremental_added": round2.added, "incremental_removed": round2.removed,
+        "incremental_comparisons": round2.comparisons, "rows_resolved": round2.change.rows_resolved,
+        "splits": round2.change.splits, "merges": round2.change.merges, "moved_rows": round2.change.moved_rows,
+        "state_bytes": state_bytes, "full_rematch_seconds": round(full_seconds, 2),
+        "full_rematch_comparisons": full.stats.comparisons, "f1_incremental": incremental_quality["f1"],
+        "f1_full_rematch": full_quality["f1"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "kernel_pairs_per_s": round(rate), "estimate_at": args.extrapolate_to,
+        "estimate_phases_kernel_now": {k: round(v, 1) for k, v in as_now.items()},
+        "estimate_seconds_kernel_now": round(sum(as_now.values()), 1),
+        "estimate_phases_kernel_target": {k: round(v, 1) for k, v in at_target.items()},
+        "estimate_seconds_kernel_target": round(sum(at_target.values()), 1),
+    }
+    print(json.dumps(result))
+    print(f"\n{args.agencies} x {args.records:,} records, +{args.new_fraction:.1%} new, "
+          f"-{args.withdraw_fraction:.1%} withdrawn, {args.workers} workers, load {result['load_average']:.1f}")
+    print(f"  first round (creates the state): {first_seconds:8.2f} s  {first.comparisons:>13,} comparisons")
+    print(f"  incremental round (median of {len(runs)}): {incremental_seconds:5.2f} s  "
+          f"{round2.comparisons:>13,} comparisons  F1 {incremental_quality['f1']:.4f}")
+    print(f"  full re-match (match_clks):      {full_seconds:8.2f} s  {full.stats.comparisons:>13,} comparisons  "
+          f"F1 {full_quality['f1']:.4f}")
+    print("  phases: " + ", ".join(f"{k} {v:.2f}" for k, v in round2.seconds.items()))
+    for label, key in (("today's kernel", "kernel_now"), (f"kernel at {KERNEL_TARGET:.0e}/s/core", "kernel_target")):
+        print(f"  estimate at {args.agencies} x {args.extrapolate_to:,}, {label} (scaled from this run, not measured): "
+              f"{result['estimate_seconds_' + key]} s = "
+              + ", ".join(f"{k} {v}" for k, v in result["estimate_phases_" + key].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+r"""The coordinator's incremental linkage state, encrypted at rest under a key only it can derive.
+
+What ``pplink coordinator match --state DIR`` keeps between rounds (``DIR/linkage.state``): every
+live row's token, encoding, blocking keys, day added and release attributes; every candidate
+edge at or above the threshold; each row's entity and the entity pseudonyms; each agency's chain
+head (the digest of the last file accepted from it); and a log of what each round changed.
+Everything is in one file, rewritten each round, so a withdrawn row's encoding is gone from disk
+once the round that withdraws it has finished.
+
+File layout::
+
+    b"PPLSTAT\x01"                        8 bytes magic and format version
+    header length, header                 4 bytes, JSON: agreement id, round, nonce prefix, segments
+    per segment: length, ciphertext       4 bytes, AES-256-GCM of up to 32 MiB of one plaintext piece
+
+The plaintext is the metadata as JSON followed by each array's raw bytes (no pickles). Segment
+``i`` is sealed with nonce ``prefix || i`` and associated data ``SHA-256(magic, header) || i ||
+last-flag``, so a changed, reordered, dropped or appended segment, or an edited header, fails
+authentication. The key is HKDF-SHA256 of the coordinator's Ed25519 private key, salted with the
+agreement id: no extra key file to guard, and a state made under one agreement cannot be opened
+under another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pplink.errors import StateError
+
+__all__ = ["STATE_NAME", "IncrementalState", "derive_state_key", "load_state", "save_state", "state_path"]
+
+STATE_NAME = "linkage.state"
+_MAGIC = b"PPLSTAT\x01"
+_U32 = struct.Struct(">I")
+_SEGMENT = 32 << 20
+_DTYPES = {"|u1", "<u2", "<u4", "<u8", "<i4", "<i8", "<f8"}
+_ARRAYS = ("party", "tokens", "clks", "keys", "added_day", "entity", "pseudonyms", "edge_a", "edge_b", "edge_sim",
+           "positions", "skip")
+
+
+def state_path(state_dir: Path) -> Path:
+    """The state file inside a ``--state`` folder."""
+    return Path(state_dir) / STATE_NAME
+
+
+def derive_state_key(key: Ed25519PrivateKey, agreement_id: str) -> bytes:
+    """The 256-bit state key: HKDF-SHA256 of the coordinator's private key, salted by the agreement."""
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(agreement_id),
+                info=b"pplink linkage state v1").derive(raw)
+
+
+@dataclass
+class IncrementalState:
+    """The linkage state in memory (mutable: a round edits it, then saves it whole).
+
+    Rows are numbered globally in the order they arrived; a party's rows, in that order, are
+    its dataset for the solver, so the result equals a full run over the same rows.
+
+    Attributes:
+        agreement_id: the agreement the state belongs to.
+        parties: agency ids, in dataset order (a new agency is appended).
+        threshold: the Dice threshold every edge was kept at.
+        mode: ``"all-pairs"`` (every pair compared) or ``"blocked"`` (frozen LSH bands).
+        positions: ``(bands, bits)`` bit positions of each band (blocked mode).
+        skip: ``(k, 2)`` ``(band, key)`` buckets too big to compare, frozen at creation.
+        round: rounds applied so far.
+        epoch_day: the day the current pseudonyms were issued (for rotation).
+        party: ``(n,)`` each row's index into ``parties``.
+        tokens: ``(n, 16)`` row tokens.
+        clks: ``(n, bytes)`` packed encodings.
+        keys: ``(bands, n)`` each row's key in each band (blocked mode; ``(0, n)`` otherwise).
+        added_day: ``(n,)`` day number the row arrived (for retention).
+        entity: ``(n,)`` index of each row's pseudonym in ``pseudonyms``.
+        pseudonyms: ``(k, 16)`` entity pseudonyms.
+        edge_a: lower-party row of each candidate edge at or above the threshold.
+        edge_b: the other row.
+        edge_sim: the edge's Dice similarity.
+        attr_values: per party and release column, the distinct values seen (``None`` for missing).
+        attr_codes: per party and column, each of the party's rows' index into ``attr_values``.
+        chains: per party, ``{"head": digest, "sequence": n, "history": [digests]}``.
+        log: what each round did (counts only).
+    """
+
+    agreement_id: str
+    parties: list[str]
+    threshold: float
+    mode: str
+    positions: np.ndarray
+    skip: np.ndarray
+    width: int
+    round: int = 0
+    epoch_day: int = 0
+    party: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), dtype=np.uint8))
+    clks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint32))
+    added_day: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    entity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pseudonyms: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), dtype=np.uint8))
+    edge_a: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    edge_b: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    edge_sim: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    attr_values: dict[str, dict[str, list[str | None]]] = field(default_factory=dict)
+    attr_codes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    chains: dict[str, dict[str, object]] = field(default_factory=dict)
+    log: list[dict[str, object]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.clks.shape[1] != self.width:
+            self.clks = np.zeros((0, self.width), dtype=np.uint8)
+        if self.keys.shape[0] != len(self.positions):
+            self.keys = np.zeros((len(self.positions), 0), dtype=np.uint32)
+
+    @property
+    def n_rows(self) -> int:
+        """Live rows."""
+        return int(len(self.party))
+
+    def rows_of(self, party: str) -> np.ndarray:
+        """Global row numbers of one party's rows, in order."""
+        return np.flatnonzero(self.party == self.parties.index(party))
+
+    def party_attributes(self, party: str) -> dict[str, list[str | None]]:
+        """One party's release attributes, ``{column: [value per row, in row order]}``."""
+        return {column: np.array(values, dtype=object)[self.attr_codes[party][column]].tolist()
+                for column, values in self.attr_values.get(party, {}).items()}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        for i, party in enumerate(self.parties):
+            for j, column in enumerate(sorted(self.attr_values.get(party, {}))):
+                arrays[f"attr/{i}/{j}"] = self.attr_codes[party][column]
+        return arrays
+
+    def to_parts(self) -> list[memoryview]:
+        """The plaintext in pieces, without copying the arrays: the metadata, then each array's bytes.
+
+        Concatenated, the pieces are what :meth:`from_bytes` reads.
+        """
+        arrays = {name: np.ascontiguousarray(a) for name, a in self._arrays().items()}
+        meta = {"agreement_id": self.agreement_id, "parties": self.parties, "threshold": self.threshold,
+                "mode": self.mode, "width": self.width, "round": self.round, "epoch_day": self.epoch_day,
+                "attr_values": self.attr_values, "chains": self.chains, "log": self.log,
+                "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
+        head = json.dumps(meta, sort_keys=True).encode("utf-8")
+        return [memoryview(_U32.pack(len(head)) + head),
+                *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays.values())]
+
+    @classmethod
+    def from_bytes(cls, data: bytearray) -> IncrementalState:
+        """Rebuild the state from the joined :meth:`to_parts`; arrays are views of ``data``.
+
+        Raises:
+            ValueError: the layout is inconsistent or names a dtype a state never holds.
+        """
+        (head_len,) = _U32.unpack(data[:4])
+        meta = json.loads(bytes(data[4 : 4 + head_len]))
+        pos, arrays = 4 + head_len, {}
+        for name, dtype, shape in meta.pop("arrays"):
+            if dtype not in _DTYPES:
+                raise ValueError("unexpected dtype")
+            count = int(np.prod(shape, dtype=np.int64))
+            arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=pos).reshape(shape)
+            pos += arrays[name].nbytes
+        if pos != len(data):
+            raise ValueError("trailing bytes")
+        codes = {party: {column: arrays[f"attr/{i}/{j}"]
+                         for j, column in enumerate(sorted(meta["attr_values"].get(party, {})))}
+                 for i, party in enumerate(meta["parties"])}
+        return cls(**meta, **{name: arrays[name] for name in _ARRAYS}, attr_codes=codes)
+
+
+def _aad(header_digest: bytes, index: int, last: bool) -> bytes:
+    return header_digest + _U32.pack(index) + (b"\x01" if last else b"\x00")
+
+
+def save_state(path: Path, state: IncrementalState, key: bytes) -> int:
+    """Encrypt and write the state atomically, owner-only; return the bytes written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Segments never straddle two pieces, so each is sealed straight from the array's memory.
+    pieces = [part[i : i + _SEGMENT] for part in state.to_parts() for i in range(0, len(part), _SEGMENT)]
+    segments = len(pieces)
+    prefix = os.urandom(8)
+    header = json.dumps({"format": "pplink-linkage-state", "version": 1, "agreement_id": state.agreement_id,
+                         "round": state.round, "nonce_prefix": prefix.hex(), "segments": segments},
+                        sort_keys=True).encode("utf-8")
+    head_digest = hashlib.sha256(_MAGIC + header).digest()
+    aead = AESGCM(key)
+    tmp = path.with_name(path.name + ".partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(_MAGIC + _U32.pack(len(header)) + header)
+        for i, piece in enumerate(pieces):
+            sealed = aead.encrypt(prefix + _U32.pack(i), piece, _aad(head_digest, i, i == segments - 1))
+            fh.write(_U32.pack(len(sealed)))
+            fh.write(sealed)
+            written += len(sealed)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return written
+
+
+def load_state(path: Path, key: bytes, agreement_id: str) -> IncrementalState:
+    """Read, authenticate and decrypt the state.
+
+    Raises:
+        StateError: unreadable, truncated, tampered with, sealed under another key, or made
+            under another agreement.
+    """
+    path = Path(path)
+    try:
+        raw = memoryview(path.read_bytes())
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read the linkage state ({exc.strerror})") from None
+    try:
+        if bytes(raw[:8]) != _MAGIC:
+            raise ValueError("magic")
+        head_len = _U32.unpack(raw[8:12])[0]
+        header_bytes = bytes(raw[12 : 12 + head_len])
+        header = json.loads(header_bytes)
+        segments, prefix = int(header["segments"]), bytes.fromhex(header["nonce_prefix"])
+    except (ValueError, KeyError, TypeError, struct.error):
+        raise StateError(f"{path}: not a pplink linkage state") from None
+    if header.get("agreement_id") != agreement_id:
+        raise StateError(f"{path}: the linkage state belongs to another agreement")
+    head_digest = hashlib.sha256(_MAGIC + header_bytes).digest()
+    aead = AESGCM(key)
+    pos, plain = 12 + head_len, bytearray()
+    try:
+        for i in range(segments):
+            (size,) = _U32.unpack(raw[pos : pos + 4])
+            sealed = raw[pos + 4 : pos + 4 + size]
+            if len(sealed) != size:
+                raise ValueError("truncated")
+            plain += aead.decrypt(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1))
+            pos += 4 + size
+        if pos != len(raw):
+            raise ValueError("trailing bytes")
+        state = IncrementalState.from_bytes(plain)
+    except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
+        raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
+                         "or sealed under another coordinator key)") from None
+    if state.agreement_id != agreement_id:
+        raise StateError(f"{path}: the linkage state belongs to another agreement")
+    return state

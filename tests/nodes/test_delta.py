@@ -17,7 +17,7 @@ from nodes.resolve import resolve_files
 from pplink.cli.main import cli
 from pplink.deltafile import WithdrawReason, file_digest, read_delta
 from pplink.entity_files import read_tokens
-from pplink.errors import EncodingFileError, LinkageMapError, SignatureError
+from pplink.errors import EncodingFileError, LinkageMapError, RoundIntegrityError, SignatureError
 from tests.support import Setup, make_setup, write_records
 
 
@@ -163,6 +163,12 @@ def test_rows_the_coordinator_expired_are_left_out_when_resolving(pair: Setup, p
     tokens = full["health"].with_suffix(".tokens")
     with pytest.raises(LinkageMapError):
         resolve_files(setup.agreement, "health", tokens, second.maps["health"], tmp_path / "health.csv")
+    withdrawn = tmp_path / "r2" / "health.withdrawn.csv"
     summary = resolve_files(setup.agreement, "health", tokens, second.maps["health"], tmp_path / "health.csv",
-                            withdrawn=[tmp_path / "r2" / "health.withdrawn.csv"])
+                            withdrawn=[withdrawn])
     assert summary.rows == 0
+    # The withdrawn list is vouched for by its round's signed manifest like the map: an edited one is refused.
+    withdrawn.write_text(withdrawn.read_text().replace("retention", "withdrawn"))
+    with pytest.raises(RoundIntegrityError):
+        resolve_files(setup.agreement, "health", tokens, second.maps["health"], tmp_path / "health.csv",
+                      withdrawn=[withdrawn])

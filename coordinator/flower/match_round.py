@@ -1,30 +1,30 @@
-"""The coordinator's side of a match round over Flower.
+"""The coordinator's side of a match round over Flower: the agencies' SuperNodes as :class:`MatchNodes`.
 
-:func:`run_flower_match_round` is what the ServerApp (:mod:`coordinator.flower.server_app`) runs. Agencies'
-SuperNodes dial out to the SuperLink; the coordinator only talks to them through the Grid:
+:func:`run_flower_match_round` is what the ServerApp (:mod:`coordinator.flower.server_app`) runs:
+the round itself (what a missing or refused agency means, matching, writing, resolving or rolling
+back, keeping the round) is :func:`coordinator.linkage.round_runner.run_round`, the same function
+the file-based path runs. This module only carries its steps over the Grid
+(:class:`FlowerMatchNodes`); agencies' SuperNodes dial out to the SuperLink, and the coordinator
+only talks to them through the Grid:
 
-1. **Nodes.** Wait until every agency's node is online. A node is known by the name the
-   coordinator registered its key under (``pplink coordinator serve`` registers exactly the
-   agreement's agencies); a node whose name is not an agency, whose key is not the one registered
-   for that agency, or that shares its name with another node is ignored and logged. Where Flower
-   authenticates no node (``--insecure`` tests), each node is asked to identify itself and only a
-   reply signed with an agency's key from the agreement is believed.
-2. **Encode.** Ask each agency for its encodings. A reply is used only if it parses, is for this
-   run and agreement, comes from the agency that was asked, is signed by that agency's key in the
-   agreement, and its ``.enc`` bytes verify (signature, agreement id, party). Anything else is
-   refused and logged. An agency that does not answer, fails, or is refused fails the round, naming
-   it, unless the agreement's ``linkage.allow_missing_parties`` lets the round go on without it.
-3. **Match** the verified encodings (``coordinator.linkage.match_round``) and write the coordinator's
-   outputs (maps, linkage state, signed manifest) into a staging folder.
-4. **Resolve.** Send each agency only its own pseudonym map; each checks it, sets its previous
-   result aside and writes ``record_id,entity_id``. When every agency has, the coordinator keeps
-   its outputs (renames the staging folder to ``<state>/rounds/<run_id>``). If any agency fails
-   here, the staging folder is removed and the agencies that had written are asked to roll back
-   (``query.rollback``): a failed round leaves everyone with the last finished round's result.
+* **connect**: wait until every agency's node is online. A node is known by the name the
+  coordinator registered its key under (``pplink coordinator serve`` registers exactly the
+  agreement's agencies); a node whose name is not an agency, whose key is not the one registered
+  for that agency, or that shares its name with another node is ignored and logged. Where Flower
+  authenticates no node (``--insecure`` tests), each node is asked to identify itself and only a
+  reply signed with an agency's key from the agreement is believed.
+* **encode**: ask each agency for its encodings. A reply is used only if it parses, is for this
+  run and agreement, comes from the agency that was asked, is signed by that agency's key in the
+  agreement, and its ``.enc`` bytes verify (signature, agreement id, party). Anything else is
+  refused and logged.
+* **resolve**: send each agency only its own pseudonym map; each checks it, sets its previous
+  result aside and writes ``record_id,entity_id``.
+* **rollback**: ask agencies that had written this failed round's result to put the previous one back.
 
-Two exchanges on success: each costs seconds, as an idle SuperNode polls for work (every 0.5 s,
-see :mod:`nodes.flower.supernode_poll`) and starts a process per message (forked warm, see
-:mod:`pplink.transport.warm`).
+The round is staged in ``<state>/rounds/<run_id>.partial`` and renamed to ``<state>/rounds/<run_id>``
+once every agency has resolved. Two exchanges on success: each costs seconds, as an idle SuperNode
+polls for work (every 0.5 s, see :mod:`nodes.flower.supernode_poll`) and starts a process per
+message (forked warm, see :mod:`pplink.transport.warm`).
 
 Progress and the outcome go to ``<state>/runs/<run_id>.json`` (:mod:`coordinator.run_records`).
 """
@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Message
@@ -50,10 +50,12 @@ from coordinator.flower.exchange import (
     exchange_step,
 )
 from coordinator.flower.node_directory import load_registered_keys, wait_for_nodes
-from coordinator.linkage.match_round import check_coordinator_key, check_inputs, match_files, write_round_outputs
-from coordinator.run_records import RunPhase, RunRecord, RunStatus, read_run_record
+from coordinator.linkage.match_round import check_coordinator_key
+from coordinator.linkage.round_nodes import PartyMap
+from coordinator.linkage.round_runner import run_round
+from coordinator.run_records import RunRecord, RunStatus, read_run_record
 from pplink.agreement import load_agreement
-from pplink.atomic import PARTIAL_SUFFIX, atomic_replace
+from pplink.atomic import PARTIAL_SUFFIX
 from pplink.crypto import load_private_key
 from pplink.encfile import EncodingsFile, encodings_from_bytes
 from pplink.errors import AgreementMismatchError, ConfigError, PplinkError, TransportError
@@ -70,7 +72,7 @@ from pplink.messages import (
     sign_message,
 )
 
-__all__ = ["RoundSettings", "rounds_dir", "run_flower_match_round", "settings_from_run_config"]
+__all__ = ["FlowerMatchNodes", "RoundSettings", "rounds_dir", "run_flower_match_round", "settings_from_run_config"]
 
 
 def rounds_dir(state_dir: Path) -> Path:
@@ -109,159 +111,115 @@ def _verified_encodings(settings: RoundSettings, party: str, node_id: int, messa
     return enc
 
 
-def _fail_message(step: RoundStep, problems: Mapping[str, str]) -> str:
-    listed = "; ".join(f"{party}: {why}" for party, why in sorted(problems.items()))
-    return f"round failed at {step.value} ({', '.join(sorted(problems))}): {listed}"
-
-
-def _map_blob(f: EncodingsFile, entity_ids: np.ndarray) -> bytes:
+def _map_blob(party_map: PartyMap) -> bytes:
     """One agency's pseudonym map as ``rows x 32`` bytes: row token, then entity pseudonym."""
-    return np.concatenate([f.tokens, entity_ids], axis=1).tobytes()
+    return np.concatenate([party_map.tokens, party_map.entities], axis=1).tobytes()
 
 
-def _roll_back(grid: Grid, settings: RoundSettings, node_of: Mapping[str, int], parties: list[str],
-               recorder: RunRecorder, problems: dict[str, str], log: Callable[[str], None]) -> None:
-    """Ask agencies that already wrote this round's result to put their previous one back."""
-    if not parties:
-        return
-    recorder.update(phase=RunPhase.ROLLBACK, problems=problems)
-    log(f"run {settings.run_id}: rolling back {', '.join(parties)}")
-    requests: dict[str, tuple[int, AnyRequest, bytes | None]] = {
-        p: (node_of[p], sign_message(RollbackRequest(run_id=settings.run_id,
-                                                     agreement_digest=settings.agreement.agreement_id, party=p),
-                                     settings.key), None)
-        for p in parties
-    }
-    replies, absent = exchange_step(grid, settings, RoundStep.ROLLBACK, requests, recorder, log)
+class FlowerMatchNodes:
+    """The agencies' SuperNodes over a Flower Grid, as :class:`~coordinator.linkage.round_nodes.MatchNodes`.
 
-    def check(party: str, message: Message) -> RollbackReply:
-        reply, _ = check_reply(settings, RoundStep.ROLLBACK, party, node_of[party], message, RollbackReply)
-        assert isinstance(reply, RollbackReply)
-        return reply
+    Each step is one exchange: a signed request per agency, pushed together; each reply is checked
+    (:func:`~coordinator.flower.exchange.check_reply`) before anything in it is used.
 
-    _, failed = collect_replies(RoundStep.ROLLBACK, parties, replies, absent, check, log)
-    for party, why in failed.items():
-        problems[party] = f"its result of this failed run may still be in place (rollback: {why})"
+    Args:
+        grid: the SuperLink's Grid (or an in-process one).
+        settings: the round's settings.
+        recorder: the run record (which agencies a step still waits for).
+        log: receives one line per event.
+    """
+
+    def __init__(self, grid: Grid, settings: RoundSettings, recorder: RunRecorder, log: Callable[[str], None]) -> None:
+        self.grid, self.settings, self.recorder, self.log = grid, settings, recorder, log
+        self.node_of: dict[str, int] = {}
+
+    def _exchange(self, step: RoundStep, requests: Mapping[str, tuple[AnyRequest, bytes | None]],
+                  check: Callable[[str, Message], Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Sign and send one request per party, then check each reply: ``({party: checked}, {party: problem})``."""
+        signed: dict[str, tuple[int, AnyRequest, bytes | None]] = {
+            p: (self.node_of[p], sign_message(request, self.settings.key), blob)
+            for p, (request, blob) in requests.items()
+        }
+        replies, absent = exchange_step(self.grid, self.settings, step, signed, self.recorder, self.log)
+        return collect_replies(step, list(requests), replies, absent, check, self.log)
+
+    def _about(self, party: str) -> dict[str, str]:
+        """The fields every request of this round carries for ``party``."""
+        return {"run_id": self.settings.run_id, "agreement_digest": self.settings.agreement.agreement_id,
+                "party": party}
+
+    def _checked(self, step: RoundStep, expected: type) -> Callable[[str, Message], Any]:
+        def check(party: str, message: Message) -> Any:
+            reply, _ = check_reply(self.settings, step, party, self.node_of[party], message, expected)
+            return reply
+        return check
+
+    def connect(self, agencies: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """Wait for the agencies' nodes (:func:`~coordinator.flower.node_directory.wait_for_nodes`)."""
+        directory = wait_for_nodes(self.grid, self.settings, self.recorder, self.log)
+        self.node_of = dict(directory.node_of)
+        waited = f"no node online after {self.settings.wait_nodes:g} s"
+        problems = {a: waited for a in agencies if a not in self.node_of}
+        return tuple(a for a in agencies if a in self.node_of), problems
+
+    def encode(self, parties: Sequence[str]) -> tuple[dict[str, EncodingsFile], dict[str, str]]:
+        """Ask each party's node for its encodings; keep those that verify, in agreement order."""
+        settings = self.settings
+        self.log(f"run {settings.run_id}: nodes {', '.join(f'{p}={self.node_of[p]}' for p in parties)}")
+        requests: dict[str, tuple[AnyRequest, bytes | None]] = {p: (EncodeRequest(**self._about(p)), None)
+                                                                for p in parties}
+        return self._exchange(RoundStep.ENCODE, requests,
+                              lambda party, message: _verified_encodings(settings, party, self.node_of[party], message))
+
+    def resolve(self, maps: Mapping[str, PartyMap]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """Send each party its own map; a reply counts only if it resolved every row."""
+        requests: dict[str, tuple[AnyRequest, bytes | None]] = {}
+        for party, party_map in maps.items():
+            blob = _map_blob(party_map)
+            requests[party] = (ResolveRequest(**self._about(party), rows=party_map.rows, blob_sha256=blob_digest(blob)),
+                               blob)
+        checked = self._checked(RoundStep.RESOLVE, ResolveReply)
+
+        def check_resolve(party: str, message: Message) -> ResolveReply:
+            reply = checked(party, message)
+            if reply.rows != maps[party].rows:
+                raise PartyProblem(party, f"refused: resolved {reply.rows} rows of {maps[party].rows}", refused=True)
+            return reply
+
+        resolved, problems = self._exchange(RoundStep.RESOLVE, requests, check_resolve)
+        return tuple(resolved), problems
+
+    def rollback(self, parties: Sequence[str]) -> dict[str, str]:
+        """Ask each party's node to put its previous result back."""
+        requests: dict[str, tuple[AnyRequest, bytes | None]] = {p: (RollbackRequest(**self._about(p)), None)
+                                                                for p in parties}
+        _, failed = self._exchange(RoundStep.ROLLBACK, requests, self._checked(RoundStep.ROLLBACK, RollbackReply))
+        return failed
 
 
 def run_flower_match_round(grid: Grid, settings: RoundSettings, *, log: Callable[[str], None] = print) -> RunRecord:
-    """Run one match round over ``grid``; see the module docstring for the steps.
+    """Run one match round over ``grid`` (:func:`~coordinator.linkage.round_runner.run_round`).
 
     Returns:
         The final run record (status ``finished``).
 
     Raises:
         TransportError: a node was missing, failed or was refused (each named), when the
-            agreement does not allow going on without it, or fewer than two agencies remain.
+            agreement does not allow going on without it, or fewer than two agencies remain;
+            or a round with this run id was already kept.
         MatchError, KeyFileError, PplinkError: as the matching and output steps raise them.
-        Every failure is recorded in the run record first, and nothing of the round is kept.
+        Every failure of the round is recorded in the run record first, and nothing of it is kept.
     """
-    agreement, run_id = settings.agreement, settings.run_id
-    check_coordinator_key(agreement, settings.key)
+    check_coordinator_key(settings.agreement, settings.key)
+    final = rounds_dir(settings.state_dir) / settings.run_id
+    if final.exists():  # checked before the run record is made: it must not replace the kept run's record
+        raise TransportError(f"{final}: a round with this run id was already kept")
+    _clear_abandoned_staging(settings.state_dir)
     recorder = RunRecorder(settings)
-    staging = rounds_dir(settings.state_dir) / f"{run_id}{PARTIAL_SUFFIX}"
-    final = rounds_dir(settings.state_dir) / run_id
-    seconds: dict[str, float] = {}
-    problems: dict[str, str] = {}
-    started = time.perf_counter()
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        seconds[name] = round(now - since, 3)
-        return now
-
-    try:
-        if final.exists():
-            raise TransportError(f"{final}: a round with this run id was already kept")
-        _clear_abandoned_staging(settings.state_dir)
-        directory = wait_for_nodes(grid, settings, recorder, log)
-        t = lap("waiting_for_nodes", started)
-        present = [a for a in agreement.agency_ids if a in directory.node_of]
-        for party in agreement.agency_ids:
-            if party not in directory.node_of:
-                problems[party] = f"no node online after {settings.wait_nodes:g} s"
-        if problems and not agreement.linkage.allow_missing_parties:
-            raise TransportError(_fail_message(RoundStep.ENCODE, problems) +
-                                 "; the agreement does not allow a round without every agency")
-        log(f"run {run_id}: nodes {', '.join(f'{p}={directory.node_of[p]}' for p in present)}")
-
-        # --- encode ---------------------------------------------------------------------------
-        recorder.update(phase=RunPhase.ENCODE, problems=problems)
-        node_of = directory.node_of
-        requests: dict[str, tuple[int, AnyRequest, bytes | None]] = {
-            p: (node_of[p], sign_message(EncodeRequest(run_id=run_id, agreement_digest=agreement.agreement_id,
-                                                       party=p), settings.key), None)
-            for p in present
-        }
-        replies, absent = exchange_step(grid, settings, RoundStep.ENCODE, requests, recorder, log)
-        files, encode_problems = collect_replies(
-            RoundStep.ENCODE, present, replies, absent,
-            lambda party, message: _verified_encodings(settings, party, node_of[party], message), log)
-        problems.update(encode_problems)
-        t = lap("encode", t)
-        if encode_problems and not agreement.linkage.allow_missing_parties:
-            raise TransportError(_fail_message(RoundStep.ENCODE, encode_problems))
-        if len(files) < 2:
-            raise TransportError(_fail_message(RoundStep.ENCODE, problems) + "; fewer than two agencies remain")
-
-        # --- match ----------------------------------------------------------------------------
-        ordered = [files[p] for p in agreement.agency_ids if p in files]
-        missing = check_inputs(agreement, ordered)
-        recorder.update(phase=RunPhase.MATCH, parties=tuple(files), missing=missing, problems=problems,
-                        records={p: f.header.n_records for p, f in files.items()})
-        log(f"run {run_id}: matching {sum(f.header.n_records for f in ordered)} encodings from "
-            f"{len(ordered)} agencies" + (f" (without {', '.join(missing)})" if missing else ""))
-        state, result = match_files(agreement, ordered, workers=settings.workers)
-        shutil.rmtree(staging, ignore_errors=True)
-        write_round_outputs(agreement, settings.key, ordered, state, result, missing, staging)
-        t = lap("match", t)
-
-        # --- resolve --------------------------------------------------------------------------
-        recorder.update(phase=RunPhase.RESOLVE)
-        requests = {}
-        rows: dict[str, int] = {}
-        for f in ordered:
-            party = f.header.party
-            blob = _map_blob(f, state.pseudonyms[state.cluster_of[party]])
-            rows[party] = f.header.n_records
-            request = ResolveRequest(run_id=run_id, agreement_digest=agreement.agreement_id, party=party,
-                                     rows=rows[party], blob_sha256=blob_digest(blob))
-            requests[party] = (node_of[party], sign_message(request, settings.key), blob)
-        replies, absent = exchange_step(grid, settings, RoundStep.RESOLVE, requests, recorder, log)
-
-        def check_resolve(party: str, message: Message) -> ResolveReply:
-            reply, _ = check_reply(settings, RoundStep.RESOLVE, party, node_of[party], message, ResolveReply)
-            assert isinstance(reply, ResolveReply)
-            if reply.rows != rows[party]:
-                raise PartyProblem(party, f"refused: resolved {reply.rows} rows of {rows[party]}", refused=True)
-            return reply
-
-        resolved, resolve_problems = collect_replies(RoundStep.RESOLVE, rows, replies, absent, check_resolve, log)
-        t = lap("resolve", t)
-        if resolve_problems:
-            problems.update(resolve_problems)
-            _roll_back(grid, settings, node_of, sorted(resolved), recorder, problems, log)
-            lap("rollback", t)
-            raise TransportError(_fail_message(RoundStep.RESOLVE, resolve_problems))
-
-        # --- every agency wrote its result: the coordinator keeps the round ---------------------
-        atomic_replace(staging, final)  # one rename: the round's folder appears whole
-        membership = state.membership()
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        recorder.update(status=RunStatus.FINISHED, phase=RunPhase.DONE, output_dir=str(final),
-                        entities=state.n_clusters, linked_entities=int((membership.sum(axis=1) > 1).sum()),
-                        problems=problems, seconds=seconds)
-        log(f"run {run_id}: finished in {seconds['total']:.1f} s: {state.n_clusters} entities; outputs in {final}")
-        return recorder.record
-    except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        code = err.code if isinstance(err, PplinkError) else None
-        message = str(err) if isinstance(err, PplinkError) else f"unexpected {type(err).__name__}: {err}"
-        recorder.update(status=RunStatus.FAILED, waiting_for=(), problems=problems, error_code=code,
-                        error=message, seconds=seconds)
-        log(f"run {run_id}: FAILED: {message}")
-        raise
+    run_round(settings.agreement, settings.key, FlowerMatchNodes(grid, settings, recorder, log), final,
+              staging=final.with_name(final.name + PARTIAL_SUFFIX), workers=settings.workers,
+              record=recorder.update, log=lambda line: log(f"run {settings.run_id}: {line}"))
+    return recorder.record
 
 
 def settings_from_run_config(config: Mapping[str, object], *, flower_run_id: int | None = None) -> RoundSettings:

@@ -246,21 +246,21 @@ def run_match_round(
     similarity histogram: coordinator-only) and ``<out>/manifest.json`` with its Ed25519
     signature ``manifest.json.sig`` binding the maps to the agreement and the inputs.
     """
+    # Imported here: the round function builds on this module's steps (a top-level import would be a cycle).
+    from coordinator.linkage.round_nodes import FileMatchNodes
+    from coordinator.linkage.round_runner import run_round
+
     started = time.perf_counter()
-    check_coordinator_key(agreement, key)
-    files = load_inputs(agreement, paths)
-    missing = check_inputs(agreement, files)
-    state, result = match_files(agreement, files, workers=workers, blocking=blocking, progress=progress)
-    maps = write_round_outputs(agreement, key, files, state, result, missing, out_dir)
-    membership = state.membership()
+    outcome = run_round(agreement, key, FileMatchNodes(agreement, paths), out_dir, workers=workers,
+                        blocking=blocking, progress=progress)
     return MatchRoundSummary(
         out_dir=Path(out_dir),
-        parties=state.parties,
-        records={f.header.party: f.header.n_records for f in files},
-        missing=missing,
-        entities=state.n_clusters,
-        linked_entities=int((membership.sum(axis=1) > 1).sum()),
-        maps=maps,
+        parties=outcome.state.parties,
+        records={f.header.party: f.header.n_records for f in outcome.files},
+        missing=outcome.missing,
+        entities=outcome.state.n_clusters,
+        linked_entities=outcome.linked_entities,
+        maps=outcome.maps,
         seconds=time.perf_counter() - started,
-        result=result,
+        result=outcome.result,
     )

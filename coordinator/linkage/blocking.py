@@ -49,6 +49,8 @@ __all__ = [
 
 #: Rows per block when extracting key bits: keeps the working set in cache.
 _ROW_BLOCK = 8_192
+#: Bands whose key columns are copied out together (see ``compute_band_keys``).
+_BAND_GROUP = 8
 #: Rows per dataset used to estimate bit frequencies; plenty to rank 1024 positions.
 _FREQUENCY_SAMPLE = 65_536
 
@@ -199,43 +201,27 @@ def _pack_bits(data: np.ndarray, positions: np.ndarray, dtype: type[np.unsignedi
                workers: int = 1) -> np.ndarray:
     """Gather ``positions`` (shape ``(bands, w)``) of every row into one integer per band.
 
-    Bit ``t`` of a band's key is the encoding's bit at ``positions[band, t]``. Rows are
-    unpacked a block at a time and transposed, so that each sampled bit is one contiguous row.
+    Bit ``t`` of a band's key is the encoding's bit at ``positions[band, t]``. A compiled loop
+    reads each encoding once as uint64 words (``pack_keys``); threads share the rows.
     """
-    bands, width = positions.shape
-    out = np.empty((data.shape[0], bands), dtype=dtype)
+    from coordinator.linkage.block_kernels import bit_word_shifts, pack_keys
+    from coordinator.similarity import as_words
 
-    def pack_block(start: int) -> None:
-        bits = np.ascontiguousarray(np.unpackbits(data[start : start + _ROW_BLOCK], axis=1).T)
-        acc = np.zeros((bands, bits.shape[1]), dtype=dtype)
-        for t in range(width):
-            acc |= bits[positions[:, t]].astype(dtype) << dtype(t)
-        out[start : start + bits.shape[1]] = acc.T
-
+    words = np.ascontiguousarray(as_words(np.ascontiguousarray(data)))
+    word, shift = bit_word_shifts(positions)
+    out = np.empty((data.shape[0], positions.shape[0]), dtype=dtype)
     starts = range(0, data.shape[0], _ROW_BLOCK)
     if workers > 1 and len(starts) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(pack_block, starts))
+            list(pool.map(lambda first: pack_keys(words, word, shift, out, first, min(first + _ROW_BLOCK, len(out))),
+                          starts))
     else:
-        for start in starts:
-            pack_block(start)
+        pack_keys(words, word, shift, out, 0, len(out))
     return out
 
 
-def _bucket_pairs(columns: Sequence[np.ndarray], table_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys over all datasets and the cross-dataset pairs each key's bucket gives.
-
-    With ``table_size`` (keys below it) counts go in direct-address tables, far faster than
-    sorting; then every key of the table is returned, most with zero pairs.
-    """
-    if table_size is not None:
-        total = np.zeros(table_size, dtype=np.int64)
-        squares = np.zeros(table_size, dtype=np.int64)
-        for col in columns:
-            counts = np.bincount(col, minlength=table_size)
-            total += counts
-            squares += counts * counts
-        return np.arange(table_size, dtype=np.int64), (total * total - squares) // 2
+def _bucket_pairs(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys over all datasets and the cross-dataset pairs each key's bucket gives."""
     keys, inverse = np.unique(np.concatenate(columns), return_inverse=True)
     total = np.bincount(inverse, minlength=len(keys))
     squares = np.zeros(len(keys), dtype=np.int64)
@@ -245,15 +231,6 @@ def _bucket_pairs(columns: Sequence[np.ndarray], table_size: int | None) -> tupl
         squares += counts * counts
         offset += len(col)
     return keys, (total * total - squares) // 2
-
-
-def _members(column: np.ndarray, keys: np.ndarray, table_size: int | None) -> np.ndarray:
-    """Rows of ``column`` whose key is one of ``keys``."""
-    if table_size is not None:
-        wanted = np.zeros(table_size, dtype=bool)
-        wanted[keys] = True
-        return np.flatnonzero(wanted[column])
-    return np.flatnonzero(np.isin(column, keys))
 
 
 def compute_band_keys(datasets: Sequence[np.ndarray], config: BlockingConfig, *, workers: int = 1) -> BandKeys:
@@ -276,22 +253,37 @@ def compute_band_keys(datasets: Sequence[np.ndarray], config: BlockingConfig, *,
     sentinel = int(np.iinfo(dtype).max)
     split_flag = dtype(1 << width)
     keys = [_pack_bits(data, positions[:, :b], dtype, workers) for data in datasets]
-    total_rows = sum(len(data) for data in datasets)
-    table_size = 1 << b if (1 << b) <= max(1 << 16, 4 * total_rows) else None
     stats = dict(buckets_split=0, buckets_skipped=0, records_skipped=0, pairs_skipped=0, largest_bucket_pairs=0)
-    for band in range(config.bands):
+
+    def giants(first: int) -> list[tuple[np.ndarray, int]]:
+        from coordinator.linkage.block_kernels import bucket_census
+
+        bands = range(first, min(first + _BAND_GROUP, config.bands))
+        # One copy of a group of columns reads each row's keys once; a column at a time would
+        # read a whole cache line per key.
+        groups = [np.ascontiguousarray(k[:, bands.start : bands.stop].T) for k in keys]
+        out = []
+        for i in range(len(bands)):
+            giant_keys, largest = bucket_census([g[i] for g in groups], cap)
+            out.append((giant_keys.astype(dtype), int(largest)))
+        return out
+
+    firsts = range(0, config.bands, _BAND_GROUP)
+    if workers > 1 and len(firsts) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = [pair for group in pool.map(giants, firsts) for pair in group]
+    else:
+        found = [pair for first in firsts for pair in giants(first)]
+    for band, (giant_keys, largest) in enumerate(found):
         columns = [k[:, band] for k in keys]  # views: splitting below writes through to ``keys``
-        uniq, pairs = _bucket_pairs(columns, table_size)
-        giant = pairs > cap
-        largest = int(pairs[~giant].max(initial=0))
-        if giant.any():
-            stats["buckets_split"] += int(giant.sum())
-            members = [_members(col, uniq[giant], table_size) for col in columns]
+        if len(giant_keys):
+            stats["buckets_split"] += len(giant_keys)
+            members = [np.flatnonzero(np.isin(col, giant_keys)) for col in columns]
             split = [
                 _pack_bits(data[rows], positions[band : band + 1], dtype)[:, 0] | split_flag
                 for data, rows in zip(datasets, members, strict=True)
             ]
-            sub_keys, sub_pairs = _bucket_pairs(split, None)
+            sub_keys, sub_pairs = _bucket_pairs(split)
             still = sub_pairs > cap
             largest = max(largest, int(sub_pairs[~still].max(initial=0)))
             stats["buckets_skipped"] += int(still.sum())
@@ -399,7 +391,9 @@ def join_bands(a: SortedBand, b: SortedBand) -> BucketJoin:
     Returns:
         The shared buckets, with their pair numbering.
     """
-    _, ia, ib = np.intersect1d(a.keys, b.keys, assume_unique=True, return_indices=True)
+    from coordinator.linkage.block_kernels import merge_join
+
+    ia, ib = merge_join(a.keys, b.keys)
     count_a, count_b = a.counts[ia].astype(np.int64), b.counts[ib].astype(np.int64)
     return BucketJoin(
         order_a=a.order,

@@ -1,0 +1,291 @@
+"""Find the candidate pairs at or above a threshold: blocked (compiled kernels) or all pairs (anonlink).
+
+With blocking, each band is one work unit: every dataset's records are grouped by their key in
+that band, the buckets two datasets share are joined, and :func:`~coordinator.linkage.kernels.
+bucket_pair_dice` scores every cross pair of every shared bucket in place, keeping the pairs at or
+above the threshold and counting the histogram as it goes. Work units run on ``workers`` threads
+(the kernels release the GIL). Memory stays bounded: only pairs at or above the threshold are
+kept, and the kernel writes them to a fixed buffer that the caller drains between calls.
+
+Without blocking, every pair is scored by ``anonlink.similarities.dice_coefficient_accelerated``
+over ``anonlink.concurrency.split_to_chunks`` chunks: the reference that blocking is measured
+against (``measure_blocking_recall``) and the peer that ``benchmarks/match.py`` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from coordinator.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys, join_bands, sort_band
+from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
+from coordinator.similarity import as_words
+from pplink.errors import MatchError
+
+__all__ = ["Found", "Progress", "compare_bands", "compare_datasets", "run_units"]
+
+#: Pairs scoring at least this are checked against earlier bands, so that each counts once.
+#: Below it, a pair found in several bands is counted once per band in the histogram: on the
+#: benchmark's clkhash data (default blocking, 2 x 100k) that overcounts a bin by at most 0.3%,
+#: while checking every pair would cost about as much as the Dice computation itself.
+DEDUP_FLOOR = 0.5
+#: Comparisons per anonlink all-pairs chunk (its own chunking helper aims at this).
+_ALL_PAIRS_CHUNK = 50_000_000
+#: Comparisons per chunk when the all-pairs run also counts a histogram (every pair comes back).
+_ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
+#: Bands per work unit: their key columns are copied out together.
+BAND_GROUP = 4
+#: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
+_OUTPUT_PAIRS = 1 << 18
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Found:
+    """Pairs at or above the threshold, a histogram, and a comparison count, from some work unit.
+
+    Attributes:
+        dset_a: per added batch, the first record's dataset (uint32).
+        dset_b: per added batch, the second record's dataset (uint32).
+        rows_a: per added batch, the first record's row (uint32).
+        rows_b: per added batch, the second record's row (uint32).
+        sims: per added batch, the Dice similarities (float64).
+        histogram: similarity counts per bin, or ``None`` when not counted.
+        comparisons: pair similarities computed.
+    """
+
+    dset_a: list[np.ndarray] = field(default_factory=list)
+    dset_b: list[np.ndarray] = field(default_factory=list)
+    rows_a: list[np.ndarray] = field(default_factory=list)
+    rows_b: list[np.ndarray] = field(default_factory=list)
+    sims: list[np.ndarray] = field(default_factory=list)
+    histogram: np.ndarray | None = None
+    comparisons: int = 0
+
+    @classmethod
+    def empty(cls, bins: int | None) -> Found:
+        """No pairs yet, with a zeroed histogram of ``bins`` bins (or none)."""
+        return cls(histogram=None if bins is None else np.zeros(bins, dtype=np.int64))
+
+    def add(self, d_a: int, d_b: int, rows_a: np.ndarray, rows_b: np.ndarray, sims: np.ndarray) -> None:
+        """Keep pairs ``(d_a, rows_a[k]) - (d_b, rows_b[k])`` scoring ``sims[k]`` (copies them)."""
+        if len(sims):
+            self.dset_a.append(np.full(len(sims), d_a, dtype=np.uint32))
+            self.dset_b.append(np.full(len(sims), d_b, dtype=np.uint32))
+            self.rows_a.append(rows_a.astype(np.uint32))
+            self.rows_b.append(rows_b.astype(np.uint32))
+            self.sims.append(np.array(sims, dtype=np.float64))
+
+    def count(self, sims: np.ndarray) -> None:
+        """Add similarities to the histogram, if one is kept."""
+        if self.histogram is not None and len(sims):
+            bins = len(self.histogram)
+            self.histogram += np.bincount(np.minimum((sims * bins).astype(np.int64), bins - 1), minlength=bins)
+
+    def merge(self, other: Found) -> None:
+        """Add another unit's pairs, histogram and comparisons to this one."""
+        for name in ("dset_a", "dset_b", "rows_a", "rows_b", "sims"):
+            getattr(self, name).extend(getattr(other, name))
+        if self.histogram is not None and other.histogram is not None:
+            self.histogram += other.histogram
+        self.comparisons += other.comparisons
+
+    @property
+    def pairs(self) -> int:
+        """Pairs kept so far."""
+        return sum(len(s) for s in self.sims)
+
+
+def run_units(tasks: Sequence[Callable[[], Found]], workers: int, progress: Progress | None, bins: int | None) -> Found:
+    """Run work units on ``workers`` threads and merge what they found, reporting each as it ends."""
+    total = Found.empty(bins)
+    if progress:
+        progress(0, len(tasks))
+    if workers == 1:
+        for done, task in enumerate(tasks, 1):
+            total.merge(task())
+            if progress:
+                progress(done, len(tasks))
+        return total
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pplink-match") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        for done, future in enumerate(as_completed(futures), 1):
+            total.merge(future.result())
+            if progress:
+                progress(done, len(tasks))
+    return total
+
+
+def compare_bands(
+    bands: range,
+    words: Sequence[np.ndarray],
+    pops: Sequence[np.ndarray],
+    keys: Sequence[np.ndarray],
+    sentinel: int,
+    threshold: float,
+    bins: int | None,
+) -> Found:
+    """Score every candidate pair of some bands, keeping those that no earlier band found.
+
+    Args:
+        bands: the bands to compare (consecutive: their key columns are copied out together).
+        words: per dataset, encodings as uint64 words (``as_words``).
+        pops: per dataset, int64 popcounts of ``words`` (``row_popcounts``).
+        keys: per dataset, every record's key in every band (``BandKeys.keys``).
+        sentinel: the key of skipped records.
+        threshold: keep pairs scoring at least this.
+        bins: histogram bins, or ``None`` for no histogram.
+
+    Returns:
+        The kept pairs, the histogram and the number of comparisons of these bands.
+    """
+    found = Found.empty(bins)
+    # One copy of a group of key columns reads each row's keys once; a column at a time would
+    # read a whole cache line per key.
+    columns = [np.ascontiguousarray(k[:, bands.start : bands.stop].T) for k in keys]
+    for i, band in enumerate(bands):
+        _compare_band(found, band, words, pops, keys, [c[i] for c in columns], sentinel, threshold)
+    return found
+
+
+def _compare_band(
+    found: Found,
+    band: int,
+    words: Sequence[np.ndarray],
+    pops: Sequence[np.ndarray],
+    keys: Sequence[np.ndarray],
+    columns: Sequence[np.ndarray],
+    sentinel: int,
+    threshold: float,
+) -> None:
+    histogram = found.histogram if found.histogram is not None else np.zeros(0, dtype=np.int64)
+    # Without a histogram, pairs below the threshold are neither counted nor kept: only those at
+    # or above it need the earlier-band check.
+    floor = min(threshold, DEDUP_FLOOR) if len(histogram) else threshold
+    grouped = [sort_band(column, sentinel) for column in columns]
+    # Each dataset's encodings and popcounts in bucket order: the kernel then reads buckets as
+    # contiguous memory, front to back, instead of one cache miss per pair.
+    sorted_words = [np.take(w, g.order, axis=0) for w, g in zip(words, grouped, strict=True)]
+    sorted_pops = [np.take(p, g.order) for p, g in zip(pops, grouped, strict=True)]
+    out_a = out_b = out_sim = np.zeros(0)
+    for d_a in range(len(words)):
+        for d_b in range(d_a + 1, len(words)):
+            join = join_bands(grouped[d_a], grouped[d_b])
+            buckets = len(join.count_a)
+            if not buckets:
+                continue
+            largest = int((join.count_a * join.count_b).max())
+            if len(out_sim) < largest or not len(out_sim):
+                size = max(_OUTPUT_PAIRS, largest)
+                out_a, out_b = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+                out_sim = np.empty(size, dtype=np.float64)
+            bucket = 0
+            while bucket < buckets:
+                bucket, kept, comparisons = bucket_pair_dice(
+                    sorted_words[d_a], sorted_words[d_b], sorted_pops[d_a], sorted_pops[d_b],
+                    join.order_a, join.order_b, join.start_a, join.count_a, join.start_b, join.count_b, bucket,
+                    keys[d_a], keys[d_b], band, sentinel, threshold, floor, histogram, out_a, out_b, out_sim,
+                )  # fmt: skip
+                found.comparisons += comparisons
+                found.add(d_a, d_b, out_a[:kept], out_b[:kept], out_sim[:kept])
+    return found
+
+
+def _compare_all_pairs_chunk(
+    chunk: list[dict], datasets: tuple[np.ndarray, ...], threshold: float, bins: int | None
+) -> Found:
+    """Score one anonlink chunk with anonlink's accelerated Dice."""
+    from anonlink.similarities import dice_coefficient_accelerated
+    from bitarray import bitarray
+
+    def records(part: dict) -> list[bitarray]:
+        first, last = part["range"]
+        out = []
+        for row in datasets[part["datasetIndex"]][first:last]:
+            bits = bitarray(endian="big")
+            bits.frombytes(row.tobytes())
+            out.append(bits)
+        return out
+
+    found = Found.empty(bins)
+    part_a, part_b = chunk
+    floor = 0.0 if bins is not None else threshold
+    sims, (rows_a, rows_b) = dice_coefficient_accelerated((records(part_a), records(part_b)), floor)
+    sims = np.frombuffer(sims, dtype=np.float64)
+    rows_a = np.frombuffer(rows_a, dtype=np.uint32).astype(np.int64) + part_a["range"][0]
+    rows_b = np.frombuffer(rows_b, dtype=np.uint32).astype(np.int64) + part_b["range"][0]
+    found.comparisons = (part_a["range"][1] - part_a["range"][0]) * (part_b["range"][1] - part_b["range"][0])
+    found.count(sims)
+    keep = sims >= threshold
+    found.add(part_a["datasetIndex"], part_b["datasetIndex"], rows_a[keep], rows_b[keep], sims[keep])
+    return found
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a band needs, computed once per match: words, popcounts and band keys.
+
+    Attributes:
+        words: per dataset, encodings as uint64 words.
+        pops: per dataset, int64 popcounts.
+        band_keys: every record's key in every band.
+    """
+
+    words: tuple[np.ndarray, ...]
+    pops: tuple[np.ndarray, ...]
+    band_keys: BandKeys
+
+
+def prepare(datasets: tuple[np.ndarray, ...], blocking: BlockingConfig, workers: int) -> Prepared:
+    """Compute band keys, words and popcounts.
+
+    Raises:
+        MatchError: the encodings are too short for the blocking.
+    """
+    try:
+        band_keys = compute_band_keys(datasets, blocking, workers=workers)
+    except ValueError as err:
+        raise MatchError(str(err)) from err
+    words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
+    return Prepared(words=words, pops=tuple(row_popcounts(w) for w in words), band_keys=band_keys)
+
+
+def compare_datasets(
+    datasets: tuple[np.ndarray, ...],
+    threshold: float,
+    blocking: BlockingConfig | None,
+    workers: int,
+    progress: Progress | None,
+    bins: int | None,
+) -> tuple[Found, BlockingStats | None, float, float]:
+    """Find the pairs at or above ``threshold``; return them, blocking stats and timings.
+
+    Returns:
+        ``(found, blocking_stats, seconds_blocking, seconds_comparing)``; blocking stats are
+        ``None`` and blocking takes 0 s for all pairs.
+    """
+    started = time.perf_counter()
+    if blocking is None:
+        from anonlink.concurrency import split_to_chunks
+
+        aim = _ALL_PAIRS_CHUNK if bins is None else _ALL_PAIRS_HISTOGRAM_CHUNK
+        chunks = list(split_to_chunks(aim, dataset_sizes=[len(d) for d in datasets]))
+        tasks = [lambda c=c: _compare_all_pairs_chunk(c, datasets, threshold, bins) for c in chunks]
+        return run_units(tasks, workers, progress, bins), None, 0.0, time.perf_counter() - started
+    prepared = prepare(datasets, blocking, workers)
+    keyed = time.perf_counter()
+    band_keys = prepared.band_keys
+    tasks = [
+        lambda first=first: compare_bands(
+            range(first, min(first + BAND_GROUP, band_keys.bands)),
+            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins,
+        )  # fmt: skip
+        for first in range(0, band_keys.bands, BAND_GROUP)
+    ]
+    found = run_units(tasks, workers, progress, bins)
+    return found, band_keys.stats, keyed - started, time.perf_counter() - keyed

@@ -14,6 +14,7 @@ against (``measure_blocking_recall``) and the peer that ``benchmarks/match.py`` 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,9 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys, join_bands, sort_band
+from coordinator.linkage.blocking import (
+    BandKeys,
+    BlockingConfig,
+    BlockingStats,
+    compute_band_keys,
+    join_bands,
+    sort_band,
+)
 from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
-from coordinator.similarity import as_words
+from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
 __all__ = ["Found", "Progress", "compare_bands", "compare_datasets", "run_units"]
@@ -101,23 +109,37 @@ class Found:
         return sum(len(s) for s in self.sims)
 
 
-def run_units(tasks: Sequence[Callable[[], Found]], workers: int, progress: Progress | None, bins: int | None) -> Found:
-    """Run work units on ``workers`` threads and merge what they found, reporting each as it ends."""
+Task = Callable[[Callable[[], None]], Found]
+
+
+def run_units(tasks: Sequence[Task], units: int, workers: int, progress: Progress | None, bins: int | None) -> Found:
+    """Run tasks on ``workers`` threads and merge what they found.
+
+    Each task is called with a ``tick`` that it calls once per unit of work it finishes; the
+    ticks of all tasks add up to ``units``, and ``progress(done, units)`` follows them (from
+    whichever thread ticks, under a lock).
+    """
     total = Found.empty(bins)
-    if progress:
-        progress(0, len(tasks))
-    if workers == 1:
-        for done, task in enumerate(tasks, 1):
-            total.merge(task())
+    lock = threading.Lock()
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        with lock:
+            done += 1
             if progress:
-                progress(done, len(tasks))
+                progress(done, units)
+
+    if progress:
+        progress(0, units)
+    if workers == 1:
+        for task in tasks:
+            total.merge(task(tick))
         return total
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pplink-match") as pool:
-        futures = [pool.submit(task) for task in tasks]
-        for done, future in enumerate(as_completed(futures), 1):
+        futures = [pool.submit(task, tick) for task in tasks]
+        for future in as_completed(futures):
             total.merge(future.result())
-            if progress:
-                progress(done, len(tasks))
     return total
 
 
@@ -129,6 +151,7 @@ def compare_bands(
     sentinel: int,
     threshold: float,
     bins: int | None,
+    tick: Callable[[], None] | None = None,
 ) -> Found:
     """Score every candidate pair of some bands, keeping those that no earlier band found.
 
@@ -140,6 +163,7 @@ def compare_bands(
         sentinel: the key of skipped records.
         threshold: keep pairs scoring at least this.
         bins: histogram bins, or ``None`` for no histogram.
+        tick: called after each band.
 
     Returns:
         The kept pairs, the histogram and the number of comparisons of these bands.
@@ -150,6 +174,8 @@ def compare_bands(
     columns = [np.ascontiguousarray(k[:, bands.start : bands.stop].T) for k in keys]
     for i, band in enumerate(bands):
         _compare_band(found, band, words, pops, keys, [c[i] for c in columns], sentinel, threshold)
+        if tick:
+            tick()
     return found
 
 
@@ -226,6 +252,11 @@ def _compare_all_pairs_chunk(
     return found
 
 
+def _tick(tick: Callable[[], None], found: Found) -> Found:
+    tick()
+    return found
+
+
 @dataclass(frozen=True)
 class Prepared:
     """Everything a band needs, computed once per match: words, popcounts and band keys.
@@ -275,17 +306,17 @@ def compare_datasets(
 
         aim = _ALL_PAIRS_CHUNK if bins is None else _ALL_PAIRS_HISTOGRAM_CHUNK
         chunks = list(split_to_chunks(aim, dataset_sizes=[len(d) for d in datasets]))
-        tasks = [lambda c=c: _compare_all_pairs_chunk(c, datasets, threshold, bins) for c in chunks]
-        return run_units(tasks, workers, progress, bins), None, 0.0, time.perf_counter() - started
+        tasks = [lambda tick, c=c: _tick(tick, _compare_all_pairs_chunk(c, datasets, threshold, bins)) for c in chunks]
+        return run_units(tasks, len(chunks), workers, progress, bins), None, 0.0, time.perf_counter() - started
     prepared = prepare(datasets, blocking, workers)
     keyed = time.perf_counter()
     band_keys = prepared.band_keys
     tasks = [
-        lambda first=first: compare_bands(
+        lambda tick, first=first: compare_bands(
             range(first, min(first + BAND_GROUP, band_keys.bands)),
-            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins,
+            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick,
         )  # fmt: skip
         for first in range(0, band_keys.bands, BAND_GROUP)
     ]
-    found = run_units(tasks, workers, progress, bins)
+    found = run_units(tasks, band_keys.bands, workers, progress, bins)
     return found, band_keys.stats, keyed - started, time.perf_counter() - keyed

@@ -1,42 +1,35 @@
 """Match encodings from several agencies: block, compare (Dice), cluster with anonlink's greedy solver.
 
 The entry point is :func:`match_clks`. With blocking (the default) candidate pairs come from
-``coordinator.linkage.blocking`` and are scored by :func:`compute_dice`, a vectorised numpy Dice that
-gives bit-for-bit the value anonlink's C++ kernel gives (``2 * |a & b| / (|a| + |b|)`` in double
-precision); anonlink's per-call overhead is too high for millions of small buckets. Without
-blocking, every pair is scored by ``anonlink.similarities.dice_coefficient_accelerated`` over
+``coordinator.linkage.blocking`` and are scored in place by compiled kernels
+(``coordinator.linkage.compare`` and ``coordinator.linkage.kernels``) that give bit-for-bit the
+value anonlink's C++ kernel gives (``2 * |a & b| / (|a| + |b|)`` in double precision); anonlink's
+per-call overhead is too high for millions of small buckets. Without blocking, every pair is
+scored by ``anonlink.similarities.dice_coefficient_accelerated`` over
 ``anonlink.concurrency.split_to_chunks`` chunks. Either way the pairs at or above the threshold
 go, sorted as anonlink sorts them, to ``anonlink.solving.greedy_solve``.
 
-Memory stays bounded and linear in the records: pairs are generated and scored in chunks of
-16k, only pairs at or above the threshold are kept, and the similarity histogram is a running
-count. Band keys take 4 bytes per record per band (384 MB per million records with the default
-96 bands) on top of the encodings; 2 x 1M records peaked at 1.3 GB RSS. A pair found in several
-bands is kept (and counted) only in the first band that finds it. Work runs on ``workers``
-threads: numpy and anonlink release the GIL inside their kernels.
+Memory stays bounded and linear in the records: buckets are scored in place, only pairs at or
+above the threshold are kept, and the similarity histogram is a running count. Band keys take
+4 bytes per record per band (384 MB per million records with the default 96 bands) on top of
+the encodings. A pair found in several bands is kept (and counted) only in the first band that
+finds it. Work runs on ``workers`` threads: the kernels, numpy and anonlink release the GIL.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from pydantic import Field
 
-from coordinator.linkage.blocking import (
-    BandKeys,
-    BlockingConfig,
-    BlockingStats,
-    compute_band_keys,
-    iter_pair_chunks,
-    join_bands,
-    sort_band,
-)
-from coordinator.linkage.similarity import CHUNK_PAIRS, as_words, check_datasets, compute_dice, dice_rows, popcounts
+from coordinator.linkage.blocking import BlockingConfig, BlockingStats
+from coordinator.linkage.compare import Found, Progress
+from coordinator.linkage.compare import compare_datasets as _compare
+from coordinator.linkage.similarity import check_datasets, compute_dice
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
 
@@ -51,17 +44,6 @@ __all__ = [
     "similarity_histogram",
 ]
 
-#: Pairs scoring at least this are checked against earlier bands, so that each counts once.
-#: Below it, a pair found in several bands is counted once per band in the histogram: on the
-#: benchmark's clkhash data (default blocking, 2 x 100k) that overcounts a bin by at most 0.3%,
-#: while checking every pair would cost about as much as the Dice computation itself.
-_DEDUP_FLOOR = 0.5
-#: Comparisons per anonlink all-pairs chunk (its own chunking helper aims at this).
-_ALL_PAIRS_CHUNK = 50_000_000
-#: Comparisons per chunk when the all-pairs run also counts a histogram (every pair comes back).
-_ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
-
-Progress = Callable[[int, int], None]
 
 
 class SimilarityHistogram(PplinkModel):
@@ -203,175 +185,7 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-@dataclass
-class _Found:
-    """Pairs at or above the threshold, a histogram, and a comparison count, from some work unit."""
-
-    dset_a: list[np.ndarray] = field(default_factory=list)
-    dset_b: list[np.ndarray] = field(default_factory=list)
-    rows_a: list[np.ndarray] = field(default_factory=list)
-    rows_b: list[np.ndarray] = field(default_factory=list)
-    sims: list[np.ndarray] = field(default_factory=list)
-    histogram: np.ndarray | None = None
-    comparisons: int = 0
-
-    def add(self, d_a: int, d_b: int, rows_a: np.ndarray, rows_b: np.ndarray, sims: np.ndarray) -> None:
-        if len(sims):
-            self.dset_a.append(np.full(len(sims), d_a, dtype=np.uint32))
-            self.dset_b.append(np.full(len(sims), d_b, dtype=np.uint32))
-            self.rows_a.append(rows_a.astype(np.uint32))
-            self.rows_b.append(rows_b.astype(np.uint32))
-            self.sims.append(sims)
-
-    def count(self, sims: np.ndarray, sign: int = 1) -> None:
-        if self.histogram is not None and len(sims):
-            bins = len(self.histogram)
-            counts = np.bincount(np.minimum((sims * bins).astype(np.int64), bins - 1), minlength=bins)
-            self.histogram += sign * counts
-
-    def merge(self, other: _Found) -> None:
-        for name in ("dset_a", "dset_b", "rows_a", "rows_b", "sims"):
-            getattr(self, name).extend(getattr(other, name))
-        if self.histogram is not None and other.histogram is not None:
-            self.histogram += other.histogram
-        self.comparisons += other.comparisons
-
-
-def _run(tasks: Sequence[Callable[[], _Found]], workers: int, progress: Progress | None, bins: int | None) -> _Found:
-    total = _Found(histogram=None if bins is None else np.zeros(bins, dtype=np.int64))
-    if progress:
-        progress(0, len(tasks))
-    if workers == 1:
-        for done, task in enumerate(tasks, 1):
-            total.merge(task())
-            if progress:
-                progress(done, len(tasks))
-        return total
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pplink-match") as pool:
-        futures = [pool.submit(task) for task in tasks]
-        for done, future in enumerate(as_completed(futures), 1):
-            total.merge(future.result())
-            if progress:
-                progress(done, len(tasks))
-    return total
-
-
-def _seen_earlier(keys_a: np.ndarray, keys_b: np.ndarray, band: int, sentinel: int) -> np.ndarray:
-    """Whether each pair (rows of ``keys_a``, ``keys_b``) shares a key in a band before ``band``.
-
-    Compares whole rows (contiguous, fast) and reads the earlier bands' answers eight at a time
-    as the bytes of one uint64, avoiding numpy's slow per-row ``any`` over a column slice.
-    """
-    equal = (keys_a == keys_b) & (keys_a != sentinel)
-    if equal.shape[1] % 8:
-        equal = np.concatenate([equal, np.zeros((len(equal), -equal.shape[1] % 8), dtype=bool)], axis=1)
-    words = equal.view(np.dtype("<u8"))
-    seen = np.zeros(len(equal), dtype=bool)
-    for word in range((band + 7) // 8):
-        lanes = min(8, band - 8 * word)  # byte i of the word is band 8 * word + i
-        seen |= (words[:, word] & np.uint64((1 << (8 * lanes)) - 1)) != 0
-    return seen
-
-
-def _compare_band(
-    band: int,
-    words: tuple[np.ndarray, ...],
-    pops: tuple[np.ndarray, ...],
-    band_keys: BandKeys,
-    threshold: float,
-    bins: int | None,
-) -> _Found:
-    """Score every candidate pair of one band, keeping those no earlier band found."""
-    found = _Found(histogram=None if bins is None else np.zeros(bins, dtype=np.int64))
-    keys, sentinel = band_keys.keys, band_keys.sentinel
-    floor = min(threshold, _DEDUP_FLOOR)
-    grouped = [sort_band(k[:, band], sentinel) for k in keys]
-    for d_a in range(len(words)):
-        for d_b in range(d_a + 1, len(words)):
-            join = join_bands(grouped[d_a], grouped[d_b])
-            for rows_a, rows_b in iter_pair_chunks(join, CHUNK_PAIRS):
-                sims = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
-                found.comparisons += len(sims)
-                found.count(sims)
-                high = np.flatnonzero(sims >= floor)
-                rows_a, rows_b, sims = rows_a[high], rows_b[high], sims[high]
-                if band and len(sims):
-                    # First-band rule: a pair that already shares a key in an earlier band was
-                    # counted and kept there; uncount it here.
-                    seen = _seen_earlier(
-                        np.take(keys[d_a], rows_a, axis=0), np.take(keys[d_b], rows_b, axis=0), band, sentinel
-                    )
-                    found.count(sims[seen], -1)
-                    fresh = ~seen
-                    rows_a, rows_b, sims = rows_a[fresh], rows_b[fresh], sims[fresh]
-                keep = sims >= threshold
-                found.add(d_a, d_b, rows_a[keep], rows_b[keep], sims[keep])
-    return found
-
-
-def _compare_all_pairs_chunk(
-    chunk: list[dict], datasets: tuple[np.ndarray, ...], threshold: float, bins: int | None
-) -> _Found:
-    """Score one anonlink chunk with anonlink's accelerated Dice."""
-    from anonlink.similarities import dice_coefficient_accelerated
-    from bitarray import bitarray
-
-    def records(part: dict) -> list[bitarray]:
-        first, last = part["range"]
-        out = []
-        for row in datasets[part["datasetIndex"]][first:last]:
-            bits = bitarray(endian="big")
-            bits.frombytes(row.tobytes())
-            out.append(bits)
-        return out
-
-    found = _Found(histogram=None if bins is None else np.zeros(bins, dtype=np.int64))
-    part_a, part_b = chunk
-    floor = 0.0 if bins is not None else threshold
-    sims, (rows_a, rows_b) = dice_coefficient_accelerated((records(part_a), records(part_b)), floor)
-    sims = np.frombuffer(sims, dtype=np.float64)
-    rows_a = np.frombuffer(rows_a, dtype=np.uint32).astype(np.int64) + part_a["range"][0]
-    rows_b = np.frombuffer(rows_b, dtype=np.uint32).astype(np.int64) + part_b["range"][0]
-    found.comparisons = (part_a["range"][1] - part_a["range"][0]) * (part_b["range"][1] - part_b["range"][0])
-    found.count(sims)
-    keep = sims >= threshold
-    found.add(part_a["datasetIndex"], part_b["datasetIndex"], rows_a[keep], rows_b[keep], sims[keep])
-    return found
-
-
-def _compare(
-    datasets: tuple[np.ndarray, ...],
-    threshold: float,
-    blocking: BlockingConfig | None,
-    workers: int,
-    progress: Progress | None,
-    bins: int | None,
-) -> tuple[_Found, BlockingStats | None, float, float]:
-    """Find the pairs at or above ``threshold``; return them, blocking stats and timings."""
-    started = time.perf_counter()
-    if blocking is None:
-        from anonlink.concurrency import split_to_chunks
-
-        aim = _ALL_PAIRS_CHUNK if bins is None else _ALL_PAIRS_HISTOGRAM_CHUNK
-        chunks = list(split_to_chunks(aim, dataset_sizes=[len(d) for d in datasets]))
-        tasks = [lambda c=c: _compare_all_pairs_chunk(c, datasets, threshold, bins) for c in chunks]
-        return _run(tasks, workers, progress, bins), None, 0.0, time.perf_counter() - started
-    try:
-        band_keys = compute_band_keys(datasets, blocking, workers=workers)
-    except ValueError as err:
-        raise MatchError(str(err)) from err
-    keyed = time.perf_counter()
-    words = tuple(as_words(d) for d in datasets)
-    pops = tuple(popcounts(w) for w in words)
-    tasks = [
-        lambda band=band: _compare_band(band, words, pops, band_keys, threshold, bins)
-        for band in range(band_keys.bands)
-    ]
-    found = _run(tasks, workers, progress, bins)
-    return found, band_keys.stats, keyed - started, time.perf_counter() - keyed
-
-
-def _candidates(found: _Found) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _candidates(found: Found) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Concatenate found pairs in anonlink's candidate order: similarity descending, then indices."""
     if not found.sims:
         empty = np.zeros(0, dtype=np.uint32)
@@ -513,7 +327,7 @@ def similarity_histogram(
     return SimilarityHistogram(counts=tuple(found.histogram.tolist()), blocked=blocking is not None)
 
 
-def _pair_codes(found: _Found, sizes: Sequence[int]) -> np.ndarray:
+def _pair_codes(found: Found, sizes: Sequence[int]) -> np.ndarray:
     """One int64 per distinct found pair (global row of each side), for set comparisons."""
     if not found.sims:
         return np.zeros(0, dtype=np.int64)

@@ -23,7 +23,8 @@ kept only in the first one that finds it (see ``coordinator.linkage.match``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
@@ -233,13 +234,20 @@ def _bucket_pairs(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return keys, (total * total - squares) // 2
 
 
-def compute_band_keys(datasets: Sequence[np.ndarray], config: BlockingConfig, *, workers: int = 1) -> BandKeys:
+def compute_band_keys(
+    datasets: Sequence[np.ndarray],
+    config: BlockingConfig,
+    *,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> BandKeys:
     """Compute every record's key in every band, splitting and skipping giant buckets.
 
     Args:
         datasets: packed encodings, ``uint8`` arrays of shape ``(n_i, nbytes)`` (checked by the caller).
         config: the blocking settings.
         workers: threads for extracting key bits.
+        progress: called with ``(bands counted, bands)`` as buckets are counted.
 
     Returns:
         The keys (one ``(n_i, bands)`` array per dataset) and what was split or skipped.
@@ -255,6 +263,8 @@ def compute_band_keys(datasets: Sequence[np.ndarray], config: BlockingConfig, *,
     keys = [_pack_bits(data, positions[:, :b], dtype, workers) for data in datasets]
     stats = dict(buckets_split=0, buckets_skipped=0, records_skipped=0, pairs_skipped=0, largest_bucket_pairs=0)
 
+    lock, counted = threading.Lock(), []
+
     def giants(first: int) -> list[tuple[np.ndarray, int]]:
         from coordinator.linkage.block_kernels import bucket_census
 
@@ -266,6 +276,10 @@ def compute_band_keys(datasets: Sequence[np.ndarray], config: BlockingConfig, *,
         for i in range(len(bands)):
             giant_keys, largest = bucket_census([g[i] for g in groups], cap)
             out.append((giant_keys.astype(dtype), int(largest)))
+        if progress:
+            with lock:
+                counted.append(len(bands))
+                progress(sum(counted), config.bands)
         return out
 
     firsts = range(0, config.bands, _BAND_GROUP)

@@ -34,7 +34,7 @@ from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
 from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
-__all__ = ["Found", "Progress", "compare_bands", "compare_datasets", "run_units"]
+__all__ = ["Found", "Progress", "announce", "compare_bands", "compare_datasets", "run_units"]
 
 #: Pairs scoring at least this are checked against earlier bands, so that each counts once.
 #: Below it, a pair found in several bands is counted once per band in the histogram: on the
@@ -110,6 +110,19 @@ class Found:
 
 
 Task = Callable[[Callable[[], None]], Found]
+
+
+def announce(progress: Progress | None, name: str, total: int | None = None) -> None:
+    """Tell a progress callback that a stage starts, if it has a ``stage(name, total)`` method.
+
+    A plain ``(done, total)`` callable ignores stages (``pplink.cli.progress.StageProgress`` draws them).
+
+    Examples:
+        >>> announce(None, "loading"); announce(lambda done, total: None, "loading")
+    """
+    stage = getattr(progress, "stage", None)
+    if stage is not None:
+        stage(name, total)
 
 
 def run_units(tasks: Sequence[Task], units: int, workers: int, progress: Progress | None, bins: int | None) -> Found:
@@ -272,14 +285,16 @@ class Prepared:
     band_keys: BandKeys
 
 
-def prepare(datasets: tuple[np.ndarray, ...], blocking: BlockingConfig, workers: int) -> Prepared:
-    """Compute band keys, words and popcounts.
+def prepare(
+    datasets: tuple[np.ndarray, ...], blocking: BlockingConfig, workers: int, progress: Progress | None = None
+) -> Prepared:
+    """Compute band keys, words and popcounts (``progress`` follows the bands' bucket census).
 
     Raises:
         MatchError: the encodings are too short for the blocking.
     """
     try:
-        band_keys = compute_band_keys(datasets, blocking, workers=workers)
+        band_keys = compute_band_keys(datasets, blocking, workers=workers, progress=progress)
     except ValueError as err:
         raise MatchError(str(err)) from err
     words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
@@ -304,12 +319,16 @@ def compare_datasets(
     if blocking is None:
         from anonlink.concurrency import split_to_chunks
 
+        announce(progress, "comparing all pairs")
         aim = _ALL_PAIRS_CHUNK if bins is None else _ALL_PAIRS_HISTOGRAM_CHUNK
         chunks = list(split_to_chunks(aim, dataset_sizes=[len(d) for d in datasets]))
         tasks = [lambda tick, c=c: _tick(tick, _compare_all_pairs_chunk(c, datasets, threshold, bins)) for c in chunks]
         return run_units(tasks, len(chunks), workers, progress, bins), None, 0.0, time.perf_counter() - started
-    prepared = prepare(datasets, blocking, workers)
+    announce(progress, "blocking", blocking.bands)
+    # Only a stage-aware callback hears about blocking; a plain one counts the compared bands.
+    prepared = prepare(datasets, blocking, workers, progress if hasattr(progress, "stage") else None)
     keyed = time.perf_counter()
+    announce(progress, "comparing", blocking.bands)
     band_keys = prepared.band_keys
     tasks = [
         lambda tick, first=first: compare_bands(

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
-from coordinator.linkage.compare import Found, Progress
+from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.similarity import check_datasets, compute_dice
 from pplink.errors import MatchError
@@ -233,7 +233,9 @@ def match_clks(
         blocking: blocking settings; ``None`` compares all pairs with anonlink (slow: use for
             small data or as a reference).
         workers: threads to use.
-        progress: called with ``(done, total)`` work units as they finish (bands, or chunks).
+        progress: called with ``(done, total)`` work units as they finish (bands, or chunks); if
+            it has a ``stage(name, total)`` method, that is called as each stage (blocking,
+            comparing, solving) starts.
         histogram_bins: bins of the similarity histogram of scored pairs; ``None`` for none
             (all-pairs then only returns the pairs at or above the threshold, which is faster).
 
@@ -264,6 +266,7 @@ def match_clks(
         datasets, threshold, blocking, workers, progress, histogram_bins
     )
     solving = time.perf_counter()
+    announce(progress, "solving")
     candidates = _candidates(found)
     groups = greedy_solve(candidates) if len(candidates[0]) else ()
     sizes = [len(d) for d in datasets]

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.linkage.blocking import BlockingConfig
+from coordinator.linkage.compare import announce
 from coordinator.linkage.match import MatchResult
 from coordinator.linkage.match_round import check_coordinator_key, check_inputs, match_files, write_round_outputs
 from coordinator.linkage.round_nodes import MatchNodes, PartyMap
@@ -111,7 +112,8 @@ def run_round(
         staging: for a staged round, where its outputs are written until every agency resolved.
         workers: threads for comparing encodings.
         blocking: the blocking policy (see :func:`~coordinator.linkage.match_round.match_files`).
-        progress: receives ``(done, total)`` while comparing.
+        progress: receives ``(done, total)`` while comparing; told each stage (loading, blocking,
+            comparing, solving, writing) if it has a ``stage(name, total)`` method.
         record: receives the run record's changes at every phase (``phase=``, ``status=``, …).
         log: receives one line per event.
 
@@ -147,6 +149,7 @@ def run_round(
 
         # --- encode ---------------------------------------------------------------------------
         record(phase=RunPhase.ENCODE, problems=problems)
+        announce(progress, "loading")
         files, encode_problems = nodes.encode(present)
         problems.update(encode_problems)
         t = lap("encode", t)
@@ -167,6 +170,7 @@ def run_round(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
             written_to = Path(staging)
+        announce(progress, "writing")
         maps = write_round_outputs(agreement, key, ordered, state, result, missing, written_to)
         maps = {party: out_dir / path.relative_to(written_to) for party, path in maps.items()}
         t = lap("match", t)

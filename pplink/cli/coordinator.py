@@ -17,28 +17,6 @@ def coordinator() -> None:
     """Coordinator side: match encodings, suggest a threshold, release DP aggregates."""
 
 
-def _bar(enabled: bool | None, label: str):  # type: ignore[no-untyped-def]
-    """A (done, total) progress callback on a terminal, else None."""
-    import sys
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="block", file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
 @coordinator.command("match")
 @click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
 @click.option("--key", "key_path", type=existing_file, required=True, help="The coordinator's private signing key.")
@@ -59,6 +37,7 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
     """
     from coordinator.linkage.match_round import run_match_round
     from pplink.agreement import load_agreement
+    from pplink.cli.progress import stage_progress
     from pplink.crypto import load_private_key
 
     config = load_agreement(agreement_path)
@@ -68,8 +47,8 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
 
         match_incremental_command(config, key, encodings, out_dir, state_dir, workers, output_format)
         return
-    summary = run_match_round(config, key, encodings, out_dir, workers=workers,
-                              progress=_bar(progress, "comparing"))
+    with stage_progress(progress, "match") as bar:
+        summary = run_match_round(config, key, encodings, out_dir, workers=workers, progress=bar)
     stats = summary.result.stats
     if output_format == "json":
         click.echo(json.dumps({

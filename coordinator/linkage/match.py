@@ -253,8 +253,6 @@ def match_clks(
         >>> result.clusters()
         [[(0, 0), (1, 0)], [(0, 1)], [(1, 1)]]
     """
-    from anonlink.solving import greedy_solve
-
     started = time.perf_counter()
     datasets = check_datasets(datasets)
     threshold = _check_threshold(threshold)
@@ -265,6 +263,24 @@ def match_clks(
     found, blocking_stats, seconds_blocking, seconds_comparing = _compare(
         datasets, threshold, blocking, workers, progress, histogram_bins
     )
+    return _solve(datasets, threshold, found, blocking, blocking_stats, (seconds_blocking, seconds_comparing),
+                  workers, started, progress)
+
+
+def _solve(
+    datasets: tuple[np.ndarray, ...],
+    threshold: float,
+    found: Found,
+    blocking: BlockingConfig | None,
+    blocking_stats: BlockingStats | None,
+    seconds: tuple[float, float],
+    workers: int,
+    started: float,
+    progress: Progress | None,
+) -> MatchResult:
+    """Cluster the found pairs with anonlink's greedy solver and assemble the result."""
+    from anonlink.solving import greedy_solve
+
     solving = time.perf_counter()
     announce(progress, "solving")
     candidates = _candidates(found)
@@ -281,8 +297,8 @@ def match_clks(
         linked_records=sum(len(g) for g in groups),
         workers=workers,
         blocking=blocking_stats,
-        seconds_blocking=seconds_blocking,
-        seconds_comparing=seconds_comparing,
+        seconds_blocking=seconds[0],
+        seconds_comparing=seconds[1],
         seconds_solving=finished - solving,
         seconds_total=finished - started,
     )

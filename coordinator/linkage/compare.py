@@ -30,7 +30,7 @@ from coordinator.linkage.blocking import (
     join_bands,
     sort_band,
 )
-from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
+from coordinator.linkage.kernels import bucket_pair_dice, gather_buckets, row_popcounts
 from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
@@ -207,10 +207,6 @@ def _compare_band(
     # or above it need the earlier-band check.
     floor = min(threshold, DEDUP_FLOOR) if len(histogram) else threshold
     grouped = [sort_band(column, sentinel) for column in columns]
-    # Each dataset's encodings and popcounts in bucket order: the kernel then reads buckets as
-    # contiguous memory, front to back, instead of one cache miss per pair.
-    sorted_words = [np.take(w, g.order, axis=0) for w, g in zip(words, grouped, strict=True)]
-    sorted_pops = [np.take(p, g.order) for p, g in zip(pops, grouped, strict=True)]
     out_a = out_b = out_sim = np.zeros(0)
     for d_a in range(len(words)):
         for d_b in range(d_a + 1, len(words)):
@@ -218,6 +214,11 @@ def _compare_band(
             buckets = len(join.count_a)
             if not buckets:
                 continue
+            # Copy the shared buckets' encodings out in bucket order: the kernel then reads each
+            # bucket as contiguous memory, front to back, and only records that have a partner in
+            # this band are copied (memory stays at two small buffers per thread).
+            side_a = gather_buckets(words[d_a], pops[d_a], join.order_a, join.start_a, join.count_a)
+            side_b = gather_buckets(words[d_b], pops[d_b], join.order_b, join.start_b, join.count_b)
             largest = int((join.count_a * join.count_b).max())
             if len(out_sim) < largest or not len(out_sim):
                 size = max(_OUTPUT_PAIRS, largest)
@@ -226,8 +227,8 @@ def _compare_band(
             bucket = 0
             while bucket < buckets:
                 bucket, kept, comparisons = bucket_pair_dice(
-                    sorted_words[d_a], sorted_words[d_b], sorted_pops[d_a], sorted_pops[d_b],
-                    join.order_a, join.order_b, join.start_a, join.count_a, join.start_b, join.count_b, bucket,
+                    side_a[0], side_b[0], side_a[1], side_b[1], side_a[2], side_b[2],
+                    side_a[3], join.count_a, side_b[3], join.count_b, bucket,
                     keys[d_a], keys[d_b], band, sentinel, threshold, floor, histogram, out_a, out_b, out_sim,
                 )  # fmt: skip
                 found.comparisons += comparisons

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["bucket_pair_dice", "pair_dice", "row_popcounts"]
+__all__ = ["bucket_pair_dice", "gather_buckets", "pair_dice", "row_popcounts"]
 
 
 @intrinsic
@@ -71,6 +71,37 @@ def pair_dice(
     for k in range(rows_a.shape[0]):
         a, b = rows_a[k], rows_b[k]
         out[k] = _dice(words_a, words_b, a, b, pops_a[a], pops_b[b])
+
+
+@njit(nogil=True, cache=True)
+def gather_buckets(
+    words: np.ndarray, pops: np.ndarray, order: np.ndarray, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Copy the records of some buckets out, bucket after bucket, for :func:`bucket_pair_dice`.
+
+    Bucket ``k`` is records ``order[starts[k]:starts[k] + counts[k]]``.
+
+    Returns:
+        ``(words, pops, rows, new_starts)``: the records' encodings and popcounts in bucket order,
+        the record index of each copied row, and where each bucket begins in the copy.
+    """
+    total = 0
+    for k in range(counts.shape[0]):
+        total += counts[k]
+    out_words = np.empty((total, words.shape[1]), dtype=words.dtype)
+    out_pops = np.empty(total, dtype=pops.dtype)
+    out_rows = np.empty(total, dtype=np.int64)
+    new_starts = np.empty(counts.shape[0], dtype=np.int64)
+    at = 0
+    for k in range(counts.shape[0]):
+        new_starts[k] = at
+        for i in range(counts[k]):
+            row = order[starts[k] + i]
+            out_words[at, :] = words[row, :]
+            out_pops[at] = pops[row]
+            out_rows[at] = row
+            at += 1
+    return out_words, out_pops, out_rows, new_starts
 
 
 @njit(nogil=True, cache=True)

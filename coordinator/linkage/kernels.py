@@ -16,7 +16,9 @@ on a machine pays the ~2-4 s compile; later imports load it in well under a seco
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["bucket_pair_dice", "gather_buckets", "pair_dice", "row_popcounts"]
@@ -29,6 +31,27 @@ def _popcount64(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic pr
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
         return builder.ctpop(args[0])
+
+    return signature, codegen
+
+
+@intrinsic
+def _prefetch_row(typingctx, array, row):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+    """Ask the CPU to start loading the first cache line of ``array[row]`` (no effect on results)."""
+    signature = types.void(array, types.intp)
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        array_type = sig.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1], zero])
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        # read (0), keep in all cache levels (3), data cache (1)
+        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
 
     return signature, codegen
 
@@ -73,35 +96,35 @@ def pair_dice(
         out[k] = _dice(words_a, words_b, a, b, pops_a[a], pops_b[b])
 
 
-@njit(nogil=True, cache=True)
 def gather_buckets(
     words: np.ndarray, pops: np.ndarray, order: np.ndarray, starts: np.ndarray, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Copy the records of some buckets out, bucket after bucket, for :func:`bucket_pair_dice`.
 
-    Bucket ``k`` is records ``order[starts[k]:starts[k] + counts[k]]``.
+    Bucket ``k`` is records ``order[starts[k]:starts[k] + counts[k]]``. The copy itself is
+    numpy's ``take`` (many row loads in flight at once; a compiled row loop waits on each).
 
     Returns:
         ``(words, pops, rows, new_starts)``: the records' encodings and popcounts in bucket order,
         the record index of each copied row, and where each bucket begins in the copy.
     """
+    rows, new_starts = _bucket_rows(order, starts, counts)
+    return np.take(words, rows, axis=0), np.take(pops, rows), rows, new_starts
+
+
+@njit(nogil=True, cache=True)
+def _bucket_rows(order: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = 0
     for k in range(counts.shape[0]):
         total += counts[k]
-    out_words = np.empty((total, words.shape[1]), dtype=words.dtype)
-    out_pops = np.empty(total, dtype=pops.dtype)
-    out_rows = np.empty(total, dtype=np.int64)
+    rows = np.empty(total, dtype=np.int64)
     new_starts = np.empty(counts.shape[0], dtype=np.int64)
     at = 0
     for k in range(counts.shape[0]):
         new_starts[k] = at
-        for i in range(counts[k]):
-            row = order[starts[k] + i]
-            out_words[at, :] = words[row, :]
-            out_pops[at] = pops[row]
-            out_rows[at] = row
-            at += 1
-    return out_words, out_pops, out_rows, new_starts
+        rows[at : at + counts[k]] = order[starts[k] : starts[k] + counts[k]]
+        at += counts[k]
+    return rows, new_starts
 
 
 @njit(nogil=True, cache=True)
@@ -164,6 +187,13 @@ def bucket_pair_dice(
         if kept + size_a * size_b > capacity:
             break
         first_a, first_b = start_a[bucket], start_b[bucket]
+        if band > 0:
+            # The earlier-band check reads these records' keys, scattered in memory: start the
+            # loads now so that they overlap the popcounts.
+            for p in range(first_a, first_a + size_a):
+                _prefetch_row(keys_a, order_a[p])
+            for q in range(first_b, first_b + size_b):
+                _prefetch_row(keys_b, order_b[q])
         for p in range(first_a, first_a + size_a):
             pop_a = pops_a[p]
             for q in range(first_b, first_b + size_b):

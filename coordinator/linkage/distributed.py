@@ -24,7 +24,7 @@ from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.compare import BAND_GROUP, Found, Progress, announce, compare_bands, prepare
 from coordinator.linkage.match import MatchResult, _check_threshold, _solve
 from coordinator.linkage.similarity import check_datasets
-from pplink.errors import MatchError
+from pplink.errors import DependencyMissingError, MatchError
 
 __all__ = ["RAY_INSTALL_HINT", "import_ray", "match_clks_on_ray"]
 
@@ -35,12 +35,12 @@ def import_ray() -> Any:
     """Import Ray, or refuse with the install hint.
 
     Raises:
-        MatchError: Ray is not installed.
+        DependencyMissingError: Ray is not installed.
     """
     try:
         import ray
     except ImportError as err:
-        raise MatchError(RAY_INSTALL_HINT) from err
+        raise DependencyMissingError(RAY_INSTALL_HINT) from err
     return ray
 
 
@@ -79,7 +79,8 @@ def match_clks_on_ray(
         The same clusters, stats (but timings) and histogram as ``match_clks`` gives.
 
     Raises:
-        MatchError: as ``match_clks``; Ray not installed or not initialised.
+        MatchError: as ``match_clks``, or Ray is not initialised.
+        DependencyMissingError: Ray is not installed.
     """
     ray = import_ray()
     if not ray.is_initialized():

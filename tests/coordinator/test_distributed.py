@@ -10,7 +10,7 @@ import pytest
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.distributed import RAY_INSTALL_HINT, import_ray, match_clks_on_ray
 from coordinator.linkage.match import match_clks
-from pplink.errors import MatchError
+from pplink.errors import DependencyMissingError, MatchError
 
 
 def _people(rng: np.random.Generator, agencies: int, people: int, rows: int) -> list[np.ndarray]:
@@ -70,6 +70,6 @@ def test_ray_match_equals_local_match(ray_cluster) -> None:  # type: ignore[no-u
 def test_missing_ray_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray stays optional: without it the error names the extra to install."""
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
-    with pytest.raises(MatchError, match=r"pplink\[ray\]") as caught:
+    with pytest.raises(DependencyMissingError, match=r"pplink\[ray\]") as caught:
         import_ray()
     assert str(caught.value) == RAY_INSTALL_HINT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -45,6 +46,27 @@ def test_match_round_announces_every_stage_in_order(setup: Setup, tmp_path: Path
     first, last = recorder.events.index(("stage", "blocking", 6)), recorder.events.index(("stage", "solving", None))
     ticks = [e for e in recorder.events[first:last] if e[0] == "tick"]
     assert ticks.count(("tick", 6, 6)) == 2 and all(total == 6 for _, _, total in ticks)
+
+
+def test_cli_match_with_progress_names_every_stage(setup: Setup, tmp_path: Path) -> None:
+    """`pplink coordinator match --progress` draws a bar for each stage on stderr, stdout unchanged."""
+    from click.testing import CliRunner
+
+    from pplink.cli.main import cli
+
+    write_synth(generate_synth(60, AGENCIES, seed=4), tmp_path / "records")
+    paths = [
+        str(encode_file(setup.agreement, a, setup.secret, setup.key(a), tmp_path / "records" / f"{a}.csv",
+                        tmp_path / f"{a}.enc", skip_invalid=True).output)
+        for a in AGENCIES
+    ]  # fmt: skip
+    args = ["coordinator", "match", "--agreement", str(setup.agreement_path), "--key",
+            str(setup.key_path("coordinator")), *paths, "-o", str(tmp_path / "out"), "--progress", "--format", "json"]
+    result = CliRunner(mix_stderr=False).invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    for stage in ("loading", "comparing", "solving", "writing"):
+        assert f"match: {stage}" in result.stderr
+    assert json.loads(result.stdout)["entities"] > 0
 
 
 def test_stage_bar_draws_each_stage_and_its_clock() -> None:

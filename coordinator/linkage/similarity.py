@@ -14,7 +14,10 @@ import numpy as np
 
 from pplink.errors import MatchError
 
-__all__ = ["as_words", "check_datasets", "compute_dice", "popcounts"]
+__all__ = ["CHUNK_PAIRS", "as_words", "check_datasets", "compute_dice", "dice_rows", "popcounts"]
+
+#: Pairs a caller of :func:`dice_rows` scores per call: bounds the index arrays it builds.
+CHUNK_PAIRS = 16_384
 
 
 def check_datasets(datasets: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -61,6 +64,47 @@ def popcounts(words: np.ndarray) -> np.ndarray:
         [11.0]
     """
     return np.bitwise_count(words).sum(axis=1, dtype=np.int64).astype(np.float64)
+
+
+def dice_rows(
+    words_a: np.ndarray,
+    words_b: np.ndarray,
+    pop_a: np.ndarray,
+    pop_b: np.ndarray,
+    rows_a: np.ndarray,
+    rows_b: np.ndarray,
+) -> np.ndarray:
+    """Dice similarity of the pairs ``(words_a[rows_a[k]], words_b[rows_b[k]])``.
+
+    The low-level step of :func:`compute_dice` for callers that keep words and popcounts: inputs
+    are already converted, and a pair of two empty encodings scores 0.
+
+    Args:
+        words_a: encodings of one side as uint64 words (see :func:`as_words`).
+        words_b: encodings of the other side, same number of words per row.
+        pop_a: :func:`popcounts` of ``words_a``.
+        pop_b: :func:`popcounts` of ``words_b``.
+        rows_a: int64 row indices into ``words_a``.
+        rows_b: int64 row indices into ``words_b``, same length.
+
+    Returns:
+        float64 similarities, one per pair, computed as anonlink's kernel does.
+
+    Raises:
+        IndexError: a row index is out of range (checked: the compiled loop does not check).
+    """
+    from coordinator.linkage.kernels import pair_dice
+
+    rows_a, rows_b = np.asarray(rows_a, dtype=np.int64), np.asarray(rows_b, dtype=np.int64)
+    for rows, words in ((rows_a, words_a), (rows_b, words_b)):
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(words)):
+            raise IndexError(f"row indices outside 0..{len(words) - 1}")
+    if len(rows_a) != len(rows_b):
+        raise IndexError(f"{len(rows_a)} rows against {len(rows_b)}")
+    out = np.empty(len(rows_a))
+    pair_dice(np.ascontiguousarray(words_a), np.ascontiguousarray(words_b), np.ascontiguousarray(pop_a),
+              np.ascontiguousarray(pop_b), rows_a, rows_b, out)
+    return out
 
 
 def compute_dice(dataset_a: np.ndarray, dataset_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:

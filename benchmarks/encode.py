@@ -59,7 +59,8 @@ def _prepare(root: Path, records: int, seed: int):  # type: ignore[no-untyped-de
 
 def _plain_csv(setup, path: Path, out: Path) -> int:  # type: ignore[no-untyped-def]
     """Write the identifiers of the rows pplink accepts, normalised (clkhash cannot normalise), in schema order."""
-    from nodes.records import iter_record_chunks, parse_chunk, record_spec, validate_chunk
+    from nodes.records import iter_record_chunks, parse_chunk
+    from nodes.validation import record_spec, validate_chunk
 
     spec = record_spec(setup.agreement, "health")
     columns, chunks = iter_record_chunks(path, spec)

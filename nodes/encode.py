@@ -9,11 +9,12 @@ row gets a random 128-bit token, and the token -> record id map stays at the nod
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import json
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -24,16 +25,10 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nodes.records import (
-    Chunk,
-    ChunkResult,
-    RecordSpec,
-    RowProblem,
-    iter_record_chunks,
-    parse_chunk,
-    record_spec,
-    validate_chunk,
-)
+from nodes.dates import DateDecision, decide_date_formats
+from nodes.records import Chunk, CsvBlock, iter_record_chunks, parse_chunk
+from nodes.settings import NodeSettings
+from nodes.validation import ChunkResult, RecordSpec, RowProblem, problem_counts, record_spec, validate_chunk
 from pplink.agreement import AgreementConfig, IdentifierSchema
 from pplink.atomic import atomic_write, remove_partials
 from pplink.crypto import SecretBytes, derive_linkage_key, public_key_text, secret_check
@@ -41,12 +36,14 @@ from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
 from pplink.entity_files import write_tokens
 from pplink.errors import KeyFileError, RecordValidationError, SecretError, UsageError
+from pplink.normalise import InvalidValue, hashed_form
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
 #: Below this input size one process is faster than starting workers.
 _PARALLEL_MIN_BYTES = 2_000_000
 _MAX_LISTED_PROBLEMS = 1_000
+_MAX_LISTED_REASONS = 20
 #: Raw CSV bytes per chunk: large enough that process round trips are rare, small enough that
 #: two chunks per worker in flight stay a few MB.
 BLOCK_BYTES = 1 << 20
@@ -70,6 +67,8 @@ class EncodedRecords:
     problems: list[RowProblem]
     rejected_rows: list[int]
     columns: list[str]
+    #: How each date column was read (its formats, and the rows each format read).
+    dates: tuple[DateDecision, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,9 @@ class EncodeSummary:
     rejects: Path | None
     seconds: float
     workers: int
+    #: ``("field: reason", rows)`` for every reason a row was rejected, most frequent first.
+    reasons: tuple[tuple[str, int], ...] = ()
+    dates: tuple[DateDecision, ...] = ()
 
 
 # --- worker-process state: built once per process by the initializer --------------------------
@@ -118,7 +120,9 @@ def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, Ch
     spec, encoder = _worker
     with _gc_paused():
         rows = parse_chunk(file, chunk)
-        result = validate_chunk(spec, file, columns, rows)
+        # A byte scan is far cheaper than looking into every field; only a chunk with a NUL pays that.
+        check_nul = b"\x00" in chunk.data if isinstance(chunk, CsvBlock) else True
+        result = validate_chunk(spec, file, columns, rows, check_nul=check_nul)
         clks = encoder.encode(result.identifiers)
     # The normalised identifiers are encoded now; not sending them back halves what crosses the
     # process boundary (and identifiers need not travel further than they must, even locally).
@@ -168,8 +172,13 @@ def encode_records(
     workers: int | None = None,
     on_rows: Callable[[int], None] | None = None,
     keep_rejected_rows: list[tuple[int, Sequence[str]]] | None = None,
+    settings: NodeSettings | None = None,
 ) -> EncodedRecords:
     """Validate, normalise and encode one agency's records file.
+
+    Date columns are read in the one format their values show over the whole file
+    (:mod:`nodes.dates`); the rare file whose first reading used a format its values then ruled
+    out is encoded a second time.
 
     Args:
         agreement: the validated agreement.
@@ -179,19 +188,75 @@ def encode_records(
         workers: processes to use; ``None`` picks both cores for inputs over ~2 MB.
         on_rows: progress callback, called with the number of rows just processed.
         keep_rejected_rows: if given, raw rejected rows are appended to it (for a rejects file).
+        settings: the node's reading settings (column names, delimiter, encoding, date format,
+            opt-out values).
 
     Returns:
         The encodings of every valid, not-opted-out row, with every problem found.
+
+    Raises:
+        RecordValidationError: the file cannot be read, lacks a column, or its dates are ambiguous
+            or in a format the agreement does not list (nothing encoded).
     """
     agreement.agency(party)
     if agreement.secret_check is not None and secret_check(secret) != agreement.secret_check:
         raise SecretError("the linkage secret does not match the agreement's secret_check "
                           "(a wrong or pre-rotation secret); nothing was encoded")
-    spec = record_spec(agreement, party)
+    settings = settings or NodeSettings()
+    spec = record_spec(agreement, party, settings)
     key = derive_linkage_key(secret, agreement.agreement_id)
     if workers is None:
         workers = (os.cpu_count() or 1) if Path(records).stat().st_size > _PARALLEL_MIN_BYTES else 1
-    columns, chunks = iter_record_chunks(Path(records), spec, block_bytes=BLOCK_BYTES)
+    kept: list[tuple[int, Sequence[str]]] | None = [] if keep_rejected_rows is not None else None
+    encoded, date_values = _encode_pass(agreement, spec, key, Path(records), workers, on_rows, kept, settings)
+    decisions = tuple(
+        decide_date_formats(col, date_values.get(col, {}), spec.formats_for(col), stated=spec.dates_stated,
+                            party=party)
+        for col in spec.date_columns
+    )
+    refusals = [d.refusal for d in decisions if d.refusal]
+    if refusals:
+        raise RecordValidationError(f"{records}: nothing was encoded: " + "; ".join(refusals))
+    decided = tuple((d.column, d.formats) for d in decisions)
+    if decided != tuple((c, spec.formats_for(c)) for c in spec.date_columns):
+        new_spec = dataclasses.replace(spec, column_date_formats=decided)
+        if _reads_differently(spec, new_spec, date_values):
+            kept = [] if kept is not None else None
+            encoded, _ = _encode_pass(agreement, new_spec, key, Path(records), workers, None, kept, settings)
+    if keep_rejected_rows is not None and kept is not None:
+        keep_rejected_rows.extend(kept)
+    return dataclasses.replace(encoded, dates=decisions)
+
+
+def _reads_differently(old: RecordSpec, new: RecordSpec, date_values: dict[str, Counter[str]]) -> bool:
+    """Whether any value of the file normalises differently under the new date formats."""
+    for column, counts in date_values.items():
+        before, after = hashed_form("date", old.formats_for(column)), hashed_form("date", new.formats_for(column))
+        for value in counts:
+            try:
+                a: str | None = before(value)
+            except InvalidValue as exc:
+                a = f"!{exc}"
+            try:
+                b: str | None = after(value)
+            except InvalidValue as exc:
+                b = f"!{exc}"
+            if a != b:
+                return True
+    return False
+
+
+def _encode_pass(
+    agreement: AgreementConfig,
+    spec: RecordSpec,
+    key: bytes,
+    records: Path,
+    workers: int,
+    on_rows: Callable[[int], None] | None,
+    keep_rejected_rows: list[tuple[int, Sequence[str]]] | None,
+    settings: NodeSettings,
+) -> tuple[EncodedRecords, dict[str, Counter[str]]]:
+    columns, chunks = iter_record_chunks(records, spec, block_bytes=BLOCK_BYTES, settings=settings)
     file = str(records)
     record_ids: list[str] = []
     clk_parts: list[np.ndarray] = []
@@ -201,6 +266,7 @@ def encode_records(
     row_of: dict[str, int] = {}
     opted_out = 0
     duplicates: set[int] = set()
+    date_values: dict[str, Counter[str]] = {c: Counter() for c in spec.date_columns}
     init_args = (spec, agreement.identifiers, key)
     # The merge only appends to lists; paused collections keep the growing lists from being walked.
     with _gc_paused():
@@ -210,6 +276,8 @@ def encode_records(
             rejected.extend(result.rejected_rows)
             if keep_rejected_rows is not None:
                 keep_rejected_rows.extend(result.rejected_values)
+            for column, counts in result.date_values.items():
+                date_values[column].update(counts)
             keep = np.ones(len(result.record_ids), dtype=bool)
             for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
                 first = row_of.setdefault(rid, row_number)
@@ -225,13 +293,14 @@ def encode_records(
     if keep_rejected_rows is not None and duplicates:
         # Rare: re-read the file once for the raw duplicate rows, rather than carrying every
         # accepted row's raw values through the pipeline.
-        _, again = iter_record_chunks(Path(records), spec)
+        _, again = iter_record_chunks(records, spec, settings=settings)
         for chunk in again:
             keep_rejected_rows.extend(r for r in parse_chunk(file, chunk) if r[0] in duplicates)
     width = agreement.identifiers.filter_bits // 8
     clks_all = np.concatenate(clk_parts) if clk_parts else np.zeros((0, width), dtype=np.uint8)
     attributes = {a.column: [row[i] for row in attr_rows] for i, a in enumerate(spec.attributes)}
-    return EncodedRecords(record_ids, clks_all, attributes, opted_out, problems, sorted(set(rejected)), columns)
+    encoded = EncodedRecords(record_ids, clks_all, attributes, opted_out, problems, sorted(set(rejected)), columns)
+    return encoded, date_values
 
 
 def _problems_error(records: Path, problems: list[RowProblem]) -> RecordValidationError:
@@ -239,9 +308,11 @@ def _problems_error(records: Path, problems: list[RowProblem]) -> RecordValidati
     lines = [str(p) for p in problems[:_MAX_LISTED_PROBLEMS]]
     more = len(problems) - len(lines)
     tail = f"\n  … and {more} more; run with --skip-invalid to write them all to a rejects file" if more else ""
+    summary = "\n  ".join(f"{n} x {reason}" for reason, n in problem_counts(problems)[:_MAX_LISTED_REASONS])
     return RecordValidationError(
         f"{records}: {len(problems)} problem(s) in {rows} row(s); nothing was encoded "
-        "(fix them, or use --skip-invalid to encode the rest and write the rejects file)\n  "
+        "(fix them, or use --skip-invalid to encode the rest and write the rejects file)\n"
+        f"  by reason:\n  {summary}\n  by row:\n  "
         + "\n  ".join(lines)
         + tail
     )
@@ -274,6 +345,7 @@ def encode_file(
     output_format: OutputFormat = OutputFormat.PPLINK,
     workers: int | None = None,
     on_rows: Callable[[int], None] | None = None,
+    settings: NodeSettings | None = None,
 ) -> EncodeSummary:
     """Encode a records file and write the signed encodings and the node-local token file.
 
@@ -290,9 +362,11 @@ def encode_file(
         output_format: signed pplink encodings or anonlink's ``{"clks": [...]}``.
         workers: processes (``None``: automatic).
         on_rows: progress callback.
+        settings: the node's reading settings (:class:`nodes.settings.NodeSettings`).
 
     Raises:
-        RecordValidationError: problems found and ``skip_invalid`` is false (all listed).
+        RecordValidationError: problems found and ``skip_invalid`` is false (all listed), or no
+            record at all was encoded (nothing is written then but the rejects file).
         KeyFileError: ``key`` is not ``party``'s signing key in the agreement.
     """
     start = time.perf_counter()
@@ -304,7 +378,7 @@ def encode_file(
     tokens_path = Path(tokens) if tokens else output.with_suffix(".tokens")
     raw_rejects: list[tuple[int, Sequence[str]]] = []
     encoded = encode_records(agreement, party, secret, records, workers=workers, on_rows=on_rows,
-                             keep_rejected_rows=raw_rejects if skip_invalid else None)
+                             keep_rejected_rows=raw_rejects if skip_invalid else None, settings=settings)
     rejects_path = None
     if encoded.problems:
         if not skip_invalid:
@@ -312,6 +386,8 @@ def encode_file(
         rejects_path = output.with_name(output.stem + ".rejects.csv")
         _write_rejects(rejects_path, encoded.columns, encoded.problems, raw_rejects)
     n = len(encoded.record_ids)
+    if n == 0:
+        raise _nothing_encoded(records, encoded, rejects_path)
     token_bytes = np.frombuffer(os.urandom(TOKEN_BYTES * n), dtype=np.uint8).reshape(n, TOKEN_BYTES)
     raw = token_bytes.tobytes()
     token_hex = [raw[i : i + TOKEN_BYTES].hex() for i in range(0, len(raw), TOKEN_BYTES)]
@@ -332,5 +408,16 @@ def encode_file(
     return EncodeSummary(
         party=party, output=output, tokens=tokens_path, encoded=n, opted_out=encoded.opted_out,
         rejected=len(encoded.rejected_rows), rejects=rejects_path, seconds=time.perf_counter() - start,
-        workers=workers or 0,
+        workers=workers or 0, reasons=tuple(problem_counts(encoded.problems)), dates=encoded.dates,
     )
+
+
+def _nothing_encoded(records: Path, encoded: EncodedRecords, rejects: Path | None) -> RecordValidationError:
+    # An empty encodings file would join a round silently as "0 records"; refuse to write one.
+    if not encoded.opted_out and not encoded.rejected_rows:
+        why = "it has a header but no records"
+    else:
+        why = f"of its rows, {encoded.opted_out} opted out and {len(encoded.rejected_rows)} were rejected"
+        if rejects is not None:
+            why += f" (listed with reasons in {rejects})"
+    return RecordValidationError(f"{records}: no records to encode: {why}; no encodings file was written")

@@ -1,246 +1,83 @@
-"""Reading an agency's records and validating every row against the agreement.
+"""The one reader of an agency's records file (CSV or Parquet), for encoding and for scoring.
 
-Validation is a pure function over chunks of raw rows, so it can run in worker processes next to
-the encoder. A problem names the file, the row (the line number in a CSV, counting the header as
-row 1) and the field, with a reason that never repeats the value.
+CSV files are read as raw byte blocks cut at record ends and parsed in worker processes; the node
+settings give the delimiter, the text encoding and the mapping from the export's column names to
+the agreement's. Row numbers are file line numbers, counting the header as row 1; a record that
+spans lines (a quoted newline) is numbered by the line it starts on.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pplink.agreement import AgreementConfig, FieldKind
+from nodes.settings import NodeSettings
+from nodes.validation import RecordSpec
 from pplink.errors import DependencyMissingError, RecordValidationError
-from pplink.normalise import InvalidValue, hashed_form
 
-__all__ = [
-    "ChunkResult",
-    "RecordSpec",
-    "RowProblem",
-    "Chunk",
-    "CsvBlock",
-    "iter_record_chunks",
-    "parse_chunk",
-    "record_spec",
-    "validate_chunk",
-]
+__all__ = ["Chunk", "CsvBlock", "header_hints", "iter_record_chunks", "parse_chunk", "read_table"]
+
+_DELIMITERS = (",", ";", "\t", "|")
 
 
-@dataclass(frozen=True)
-class RowProblem:
-    """One invalid field in one row."""
-
-    file: str
-    row: int
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: row {self.row}, field {self.field}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class AttributeSpec:
-    """A release attribute's allowed values or numeric bounds."""
-
-    column: str
-    values: frozenset[str] | None
-    lower: float | None
-    upper: float | None
-
-
-@dataclass(frozen=True)
-class RecordSpec:
-    """Everything row validation needs, derived from the agreement for one agency (picklable)."""
-
-    record_id_column: str
-    opt_out_column: str | None
-    opt_out_values: frozenset[str]
-    fields: tuple[tuple[str, FieldKind, bool], ...]  # (column, kind, required)
-    date_formats: tuple[str, ...]
-    attributes: tuple[AttributeSpec, ...]
-    min_fields: int = 0
-
-    @property
-    def required_columns(self) -> list[str]:
-        """Columns the input must have (the opt-out column is optional)."""
-        return [self.record_id_column, *(c for c, _, _ in self.fields), *(a.column for a in self.attributes)]
-
-
-def record_spec(agreement: AgreementConfig, party: str) -> RecordSpec:
-    """Build the validation spec for ``party``'s records under ``agreement``."""
-    ids = agreement.identifiers
-    return RecordSpec(
-        record_id_column=ids.record_id_column,
-        opt_out_column=ids.opt_out_column,
-        opt_out_values=frozenset(v.casefold() for v in ids.opt_out_values),
-        fields=tuple((f.column, f.kind, f.required) for f in ids.fields),
-        date_formats=agreement.date_formats_for(party),
-        attributes=tuple(
-            AttributeSpec(a.column, frozenset(a.values) if a.values is not None else None, a.lower, a.upper)
-            for a in agreement.release.attributes
-        ),
-        min_fields=ids.min_fields,
-    )
-
-
-@dataclass
-class ChunkResult:
-    """Validated, normalised rows of one chunk, plus its problems and opt-out count."""
-
-    record_ids: list[str] = field(default_factory=list)
-    row_numbers: list[int] = field(default_factory=list)
-    identifiers: list[tuple[str, ...]] = field(default_factory=list)
-    attributes: list[tuple[str | None, ...]] = field(default_factory=list)
-    problems: list[RowProblem] = field(default_factory=list)
-    rejected_rows: list[int] = field(default_factory=list)
-    #: The raw values of rejected rows, so a rejects file loses nothing.
-    rejected_values: list[tuple[int, Sequence[str]]] = field(default_factory=list)
-    opted_out: int = 0
-
-
-def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
-    # Returning (not raising) the error lets a whole column go through one cached `map`.
-    @lru_cache(maxsize=1 << 18)
-    def run(value: str) -> str | InvalidValue:
-        try:
-            return fn(value)
-        except InvalidValue as exc:
-            return exc
-
-    return run
-
-
-@lru_cache(maxsize=64)
-def _normaliser(kind: FieldKind, date_formats: tuple[str, ...]) -> Callable[[str], str | InvalidValue]:
-    """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
-    return _safe(hashed_form(kind, date_formats))
-
-
-def _check_attribute(spec: AttributeSpec, raw: str) -> str | None:
-    value = raw.strip()
-    if not value:
-        return None
-    if spec.values is not None:
-        if value not in spec.values:
-            raise InvalidValue("not one of the agreement's declared values")
-        return value
+def _split(line: str, delimiter: str) -> list[str]:
     try:
-        number = float(value)
-    except ValueError:
-        raise InvalidValue("not a number") from None
-    assert spec.lower is not None and spec.upper is not None
-    if not spec.lower <= number <= spec.upper:
-        raise InvalidValue("outside the agreement's bounds")
-    return value
+        return [c.strip() for c in next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter), [])]
+    except csv.Error:
+        return [line]
 
 
-@lru_cache(maxsize=64)
-def _attribute_checker(spec: AttributeSpec) -> Callable[[str], str | None | InvalidValue]:
-    @lru_cache(maxsize=1 << 12)
-    def run(value: str) -> str | None | InvalidValue:
-        try:
-            return _check_attribute(spec, value)
-        except InvalidValue as exc:
-            return exc
-
-    return run
+def _key(name: str) -> str:
+    return "_".join(name.strip().casefold().replace("-", " ").split())
 
 
-def validate_chunk(
-    spec: RecordSpec,
-    file: str,
-    columns: Sequence[str],
-    rows: Sequence[tuple[int, Sequence[str]]],
-) -> ChunkResult:
-    """Validate and normalise a chunk of raw rows.
+def header_hints(header_line: str, spec: RecordSpec, settings: NodeSettings) -> list[str]:
+    """What the file's header seems to be, for a file whose columns do not match the agreement.
 
-    Works column by column through cached normalisers: identifier values repeat heavily, so most
-    values cost one dictionary lookup.
-
-    Args:
-        spec: from :func:`record_spec`.
-        file: the file name used in problem messages.
-        columns: the input's header, in order.
-        rows: ``(row_number, values)`` pairs, values in header order.
-
-    Returns:
-        A :class:`ChunkResult`. Opted-out rows are counted and dropped before any other check:
-        they are never validated, normalised or encoded.
+    Names the delimiter the header seems to use, column names that differ from the agreement's only
+    in case or spacing (with the ``[columns]`` lines that would map them), and what the file has.
+    Column names are not record values, so they may be shown.
     """
-    index = {name: i for i, name in enumerate(columns)}
-    id_at = index[spec.record_id_column]
-    opt_at = index.get(spec.opt_out_column) if spec.opt_out_column else None
-    width = len(columns)
-    result = ChunkResult()
-    problems: list[tuple[int, int, RowProblem]] = []  # (position in chunk, column order, problem)
-    kept: list[tuple[int, Sequence[str]]] = []
-    for row_number, values in rows:
-        if len(values) != width:
-            result.problems.append(RowProblem(file, row_number, "(row)",
-                                              f"has {len(values)} fields, header has {width}"))
-            result.rejected_rows.append(row_number)
-            result.rejected_values.append((row_number, values))
-        elif opt_at is not None and values[opt_at].strip().casefold() in spec.opt_out_values:
-            result.opted_out += 1
-        else:
-            kept.append((row_number, values))
-    numbers = [n for n, _ in kept]
-    ids = [v[id_at].strip() for _, v in kept]
-    problems.extend((i, -1, RowProblem(file, numbers[i], spec.record_id_column, "is empty"))
-                    for i, rid in enumerate(ids) if not rid)
-    outputs: list[list[str]] = []
-    for order, (col, kind, required) in enumerate(spec.fields):
-        at = index[col]
-        out = list(map(_normaliser(kind, spec.date_formats), [v[at] for _, v in kept]))
-        for i, value in enumerate(out):
-            if value.__class__ is InvalidValue:
-                problems.append((i, order, RowProblem(file, numbers[i], col, str(value))))
-                out[i] = ""
-            elif required and not value:
-                problems.append((i, order, RowProblem(file, numbers[i], col, "is required but empty")))
-        outputs.append(out)  # type: ignore[arg-type]
-    attr_outputs = []
-    for order, attr in enumerate(spec.attributes, start=len(spec.fields)):
-        at = index[attr.column]
-        out_a = list(map(_attribute_checker(attr), [v[at] for _, v in kept]))
-        for i, value in enumerate(out_a):
-            if value.__class__ is InvalidValue:
-                problems.append((i, order, RowProblem(file, numbers[i], attr.column, str(value))))
-        attr_outputs.append(out_a)
-    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * len(kept)
-    if spec.min_fields:
-        order = len(spec.fields) + len(spec.attributes)
-        problems.extend(
-            (i, order, RowProblem(file, numbers[i], "(identifiers)",
-                                  f"has fewer than {spec.min_fields} identifier values"))
-            for i, ident in enumerate(identifiers) if sum(map(bool, ident)) < spec.min_fields
-        )
-    bad = {i for i, _, _ in problems}
-    problems.sort(key=lambda p: (p[0], p[1]))
-    result.problems.extend(p for _, _, p in problems)
-    result.rejected_rows.extend(numbers[i] for i in sorted(bad))
-    result.rejected_values.extend(kept[i] for i in sorted(bad))
-    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * len(kept)
-    for i in range(len(kept)):
-        if i not in bad:
-            result.record_ids.append(ids[i])
-            result.row_numbers.append(numbers[i])
-            result.identifiers.append(identifiers[i])
-            result.attributes.append(attributes[i])  # type: ignore[arg-type]
-    return result
+    hints = []
+    candidates = tuple(dict.fromkeys((settings.delimiter, *_DELIMITERS)))
+    splits = {d: _split(header_line, d) for d in candidates}
+    best = max(candidates, key=lambda d: (len(splits[d]), d == settings.delimiter))
+    found = splits[settings.delimiter]
+    shown = "tab" if best == "\t" else repr(best)
+    if best != settings.delimiter and len(splits[best]) > len(found):
+        toml = "\\t" if best == "\t" else best
+        hints.append(f"the header splits into {len(splits[best])} columns at {shown} but {len(found)} at "
+                     f"{settings.delimiter!r}: the file seems to use {shown} as its delimiter "
+                     f'(delimiter = "{toml}" in the node settings)')
+        found = splits[best]
+    mapped = settings.mapped_header(found)
+    missing = [c for c in spec.required_columns if c not in mapped]
+    by_key = {_key(name): name for name in found}
+    near = [(by_key[_key(c)], c) for c in missing if _key(c) in by_key]
+    if near:
+        upper = all(name.isupper() for name, _ in near)
+        style = "UPPER CASE" if upper else "in another case or spacing"
+        lines = "\n    ".join(f'"{name}" = "{c}"' for name, c in near)
+        hints.append(f"{len(near)} of its columns differ from the agreement's only by being {style}; "
+                     f"map them in the node settings:\n    [columns]\n    {lines}")
+    listed = ", ".join(found[:20]) + (f", … ({len(found)} in all)" if len(found) > 20 else "")
+    hints.append(f"the file has: {listed}")
+    return hints
 
 
-def _check_header(path: Path, columns: Sequence[str], spec: RecordSpec) -> None:
-    missing = [c for c in spec.required_columns if c not in columns]
+def _check_header(path: Path, columns: Sequence[str], spec: RecordSpec | None, header_line: str = "",
+                  settings: NodeSettings | None = None) -> None:
+    missing = [c for c in spec.required_columns if c not in columns] if spec is not None else []
     if missing:
-        raise RecordValidationError(f"{path}: row 1: missing column(s) {', '.join(missing)}")
+        err = RecordValidationError(f"{path}: row 1: missing column(s) {', '.join(missing)}")
+        if spec is not None:
+            for hint in header_hints(header_line or ",".join(columns), spec, settings or NodeSettings()):
+                err.add_note(hint)
+        raise err
     dupes = sorted({c for c in columns if list(columns).count(c) > 1})
     if dupes:
         raise RecordValidationError(f"{path}: row 1: column(s) appear twice: {', '.join(dupes)}")
@@ -256,34 +93,49 @@ class CsvBlock:
 
     data: bytes
     first_line: int
+    encoding: str = "utf-8"
+    delimiter: str = ","
 
 
 #: What ``iter_record_chunks`` yields: unparsed CSV bytes, or rows already read (Parquet).
 Chunk = CsvBlock | list[tuple[int, list[str]]]
 
 
+def _decode(file: str, data: bytes, encoding: str, first_line: int) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = first_line + data.count(b"\n", 0, exc.start)
+        hint = ("save the file as UTF-8, or name its encoding in the node settings: encoding = \"cp1252\""
+                if encoding == "utf-8" else "check the encoding in the node settings")
+        name = "UTF-8" if encoding == "utf-8" else encoding
+        raise RecordValidationError(f"{file}: row {line}: not valid {name} ({hint})") from None
+
+
 def parse_chunk(file: str, chunk: Chunk) -> list[tuple[int, list[str]]]:
-    """Turn a chunk into ``(row_number, values)`` rows; row numbers are file line numbers.
+    """Turn a chunk into ``(row_number, values)`` rows; a row's number is the line it starts on.
 
     Raises:
-        RecordValidationError: a byte sequence that is not UTF-8, or malformed CSV (naming the row).
+        RecordValidationError: bytes not in the file's encoding, or malformed CSV (naming the row
+            where the bad record starts).
     """
     if not isinstance(chunk, CsvBlock):
         return chunk
-    try:
-        text = chunk.data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = chunk.first_line + chunk.data.count(b"\n", 0, exc.start)
-        raise RecordValidationError(f"{file}: row {line}: not valid UTF-8 (save the file as UTF-8)") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    text = _decode(file, chunk.data, chunk.encoding, chunk.first_line)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=chunk.delimiter)
     base = chunk.first_line - 1
     rows: list[tuple[int, list[str]]] = []
+    start = 0  # lines read before the current record
     try:
         for values in reader:
             if values:  # a blank line is not a record
-                rows.append((base + reader.line_num, values))
+                rows.append((base + start + 1, values))
+            start = reader.line_num
     except csv.Error as exc:
-        raise RecordValidationError(f"{file}: row {base + reader.line_num}: malformed CSV ({exc})") from None
+        reason = str(exc)
+        if "field larger than field limit" in reason:
+            reason = "a quote opens a field that never closes (a stray \" in this row?)"
+        raise RecordValidationError(f"{file}: row {base + start + 1}: malformed CSV ({reason})") from None
     return rows
 
 
@@ -299,52 +151,70 @@ def _complete_record(fh: BinaryIO, data: bytes) -> bytes:
     return data
 
 
-def iter_record_chunks(path: Path, spec: RecordSpec, block_bytes: int = 1 << 19) -> tuple[list[str], Iterator[Chunk]]:
+def iter_record_chunks(
+    path: Path, spec: RecordSpec | None, block_bytes: int = 1 << 19, settings: NodeSettings | None = None
+) -> tuple[list[str], Iterator[Chunk]]:
     """Open a CSV or Parquet file, check its header, and yield its records in chunks.
 
     CSV chunks are raw byte blocks (parsed by :func:`parse_chunk`, typically in a worker), so the
-    reading process only slices bytes and both cores share the parsing.
+    reading process only slices bytes and both cores share the parsing. Columns come back renamed
+    by the node settings' ``[columns]``.
 
     Returns:
         ``(columns, chunks)``.
 
     Raises:
-        RecordValidationError: unreadable file, bad encoding, or missing columns (naming them).
+        RecordValidationError: unreadable file, bad encoding, or missing columns (naming them, and
+            what the file seems to have instead).
         DependencyMissingError: a Parquet file without ``pyarrow`` installed.
     """
     path = Path(path)
+    settings = settings or NodeSettings()
     if not path.is_file():
         raise RecordValidationError(f"{path}: records file not found")
     if path.suffix.lower() in {".parquet", ".pq"}:
         columns, rows = _read_parquet(path)
-        _check_header(path, columns, spec)
+        columns = settings.mapped_header(columns)
+        _check_header(path, columns, spec, ",".join(columns), settings)
         return columns, _chunked(rows, max(block_bytes // 100, 1))
     fh = open(path, "rb")  # noqa: SIM115 - closed by the block generator
     try:
         head = _complete_record(fh, fh.readline())
         if not head.strip():
             raise RecordValidationError(f"{path}: file is empty (no header row)")
+        text = _decode(str(path), head, settings.encoding, 1).removeprefix("\ufeff")
         try:
-            text = head.decode("utf-8").removeprefix("\ufeff")
-        except UnicodeDecodeError:
-            raise RecordValidationError(f"{path}: row 1: not valid UTF-8 (save the file as UTF-8)") from None
-        try:
-            header = next(csv.reader(io.StringIO(text, newline="")))
+            header = next(csv.reader(io.StringIO(text, newline=""), delimiter=settings.delimiter))
         except csv.Error as exc:
             raise RecordValidationError(f"{path}: row 1: malformed CSV ({exc})") from None
-        columns = [c.strip() for c in header]
-        _check_header(path, columns, spec)
+        columns = settings.mapped_header([c.strip() for c in header])
+        _check_header(path, columns, spec, text.rstrip("\r\n"), settings)
     except RecordValidationError:
         fh.close()
         raise
-    return columns, _csv_blocks(fh, 1 + head.count(b"\n"), block_bytes)
+    return columns, _csv_blocks(fh, 1 + head.count(b"\n"), block_bytes, settings)
 
 
-def _csv_blocks(fh: BinaryIO, first_line: int, block_bytes: int) -> Iterator[CsvBlock]:
+def read_table(path: Path, settings: NodeSettings | None = None) -> tuple[list[str], list[list[str]]]:
+    """Read a whole records file (CSV or Parquet) into its mapped header and rows, in file order.
+
+    The same reader as encoding's, so scoring reads exactly the files (and settings) encoding does.
+
+    Raises:
+        RecordValidationError, DependencyMissingError: see :func:`iter_record_chunks`.
+    """
+    columns, chunks = iter_record_chunks(Path(path), None, settings=settings)
+    rows: list[list[str]] = []
+    for chunk in chunks:
+        rows.extend(values for _, values in parse_chunk(str(path), chunk))
+    return columns, rows
+
+
+def _csv_blocks(fh: BinaryIO, first_line: int, block_bytes: int, settings: NodeSettings) -> Iterator[CsvBlock]:
     with fh:
         line = first_line
         while data := _complete_record(fh, fh.read(block_bytes)):
-            yield CsvBlock(data, line)
+            yield CsvBlock(data, line, settings.encoding, settings.delimiter)
             line += data.count(b"\n")
 
 

@@ -10,6 +10,7 @@ raises one :class:`~pplink.errors.AgreementError` listing every problem.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -193,15 +194,30 @@ class IdentifierSchema(PplinkModel):
     """Input columns, their normalisation, and the clkhash settings generated from them."""
 
     record_id_column: ColumnName = "record_id"
+    #: The column saying whether a person opted out. Every file must have it; ``false`` in the TOML
+    #: (``None`` here) says explicitly that this linkage has no opt-out column.
     opt_out_column: ColumnName | None = "opt_out"
     #: Opt-out column values (case-insensitive) that mean "do not link me".
     opt_out_values: tuple[str, ...] = ("y", "yes", "true", "1")
+    #: Values (case-insensitive) that mean "not opted out". Any value in neither list refuses the row:
+    #: an opt-out that cannot be read is never taken as consent.
+    opt_in_values: tuple[str, ...] = ("n", "no", "false", "0", "")
     date_formats: tuple[str, ...] = ("%Y-%m-%d", "%d/%m/%Y")
     filter_bits: Literal[512, 1024, 2048, 4096] = 1024
     fields: Annotated[tuple[IdentifierField, ...], Field(min_length=1)]
     #: A row with fewer non-empty identifier values than this cannot be linked and is rejected.
     min_fields: Annotated[int, Field(ge=0)] = 0
     hardening: Hardening = Hardening()
+
+    @field_validator("opt_out_column", mode="before")
+    @classmethod
+    def _explicit_none(cls, value: object) -> object:
+        # TOML has no null: `opt_out_column = false` is how an agreement says "no opt-out column".
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError("opt_out_column is a column name, or false for none")
+        return value
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> IdentifierSchema:
@@ -213,6 +229,11 @@ class IdentifierSchema(PplinkModel):
         clash = sorted(reserved & set(columns))
         if clash:
             raise ValueError(f"identifier columns clash with record id or opt-out column: {', '.join(clash)}")
+        both = {v.strip().casefold() for v in self.opt_out_values} & {v.strip().casefold() for v in self.opt_in_values}
+        if both:
+            raise ValueError("opt_out_values and opt_in_values share a value")
+        if self.opt_out_column is not None and not self.opt_out_values:
+            raise ValueError("opt_out_values is empty: name the values that mean opted out")
         if self.min_fields > len(self.fields):
             raise ValueError(f"min_fields {self.min_fields} is more than the {len(self.fields)} identifier fields")
         return self
@@ -389,18 +410,30 @@ class AgreementConfig(PplinkModel):
         for p in self.parties:
             if p.id == party_id:
                 return p
-        raise AgreementError(f"party {party_id!r} is not in agreement {self.agreement_id[:12]}")
+        raise AgreementError(f"party {party_id!r} is not in agreement {self.agreement_id[:12]}"
+                             f"{_did_you_mean(party_id, [p.id for p in self.parties])}; "
+                             f"its parties are {', '.join(p.id for p in self.parties)}")
 
     def agency(self, party_id: str) -> Party:
         """Look up an agency by id; raises AgreementError if the party is not an agency."""
+        if party_id not in {p.id for p in self.parties}:
+            raise AgreementError(f"party {party_id!r} is not in agreement {self.agreement_id[:12]}"
+                                 f"{_did_you_mean(party_id, self.agency_ids)}; "
+                                 f"its agencies are {', '.join(self.agency_ids)}")
         party = self.party(party_id)
         if party.role is not Role.AGENCY:
-            raise AgreementError(f"party {party_id!r} is a {party.role.value}, not an agency")
+            raise AgreementError(f"party {party_id!r} is a {party.role.value}, not an agency; "
+                                 f"the agencies are {', '.join(self.agency_ids)}")
         return party
 
     def date_formats_for(self, party_id: str) -> tuple[str, ...]:
         """The date formats an agency's records use."""
         return self.party(party_id).date_formats or self.identifiers.date_formats
+
+
+def _did_you_mean(given: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(given, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --- migrations ---------------------------------------------------------------------------------

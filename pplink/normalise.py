@@ -100,7 +100,8 @@ def _checked(year: int, month: int, day: int) -> str:
 def normalise_date(value: str, formats: tuple[str, ...]) -> str:
     """Parse a date in one of ``formats`` (strptime patterns, tried in order) to ``YYYY-MM-DD``.
 
-    The two common formats take a regex fast path; others go through ``strptime``.
+    The two common formats take a regex fast path; others go through ``strptime``. A two-digit
+    year (``%y``) is the latest year not in the future: ``05/03/85`` is 1985, ``05/03/15`` is 2015.
 
     Raises:
         InvalidValue: matches none of the formats, is not a real date, or is outside 1900..today.
@@ -122,7 +123,10 @@ def normalise_date(value: str, formats: tuple[str, ...]) -> str:
                 parsed = dt.datetime.strptime(value, fmt).date()
             except ValueError:
                 continue
-            return _checked(parsed.year, parsed.month, parsed.day)
+            year = parsed.year
+            if "%y" in fmt and year > dt.date.today().year:
+                year -= 100  # two-digit years are births: never in the future, so 30 is 1930
+            return _checked(year, parsed.month, parsed.day)
     raise InvalidValue(f"date matches none of the formats {', '.join(formats)}")
 
 

@@ -1,0 +1,166 @@
+"""Which format each date column is in, decided over the whole file and never guessed.
+
+A value such as ``03/02/2011`` is the 3rd of February as DD/MM/YYYY and the 2nd of March as
+MM/DD/YYYY. Read one value at a time, an MM/DD export has its days above 12 rejected and the rest
+accepted with day and month swapped. So the format is decided per column from all its values:
+values are grouped by shape (``03/02/2011`` and ``25/12/2010`` share ``2/2/4``), and within a shape
+the one format that reads every readable value is chosen. Where two formats read them all and
+disagree on some value, or where values read only under one format and others only under another,
+the file is refused with a reason and the way to state the format; no value is read both ways.
+
+A stated format (node settings, or the agency's ``date_formats`` in the agreement) is used as
+stated, and values that do not fit it are refused row by row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pplink.normalise import InvalidValue, normalise_date
+
+__all__ = ["COMMON_DATE_FORMATS", "DateDecision", "decide_date_formats", "human_format"]
+
+#: Formats pplink recognises in exports when none is stated; only the agreement's may be used.
+COMMON_DATE_FORMATS = (
+    "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y", "%m.%d.%Y", "%Y/%m/%d",
+    "%Y%m%d", "%d/%m/%y", "%m/%d/%y", "%d-%m-%y", "%d.%m.%y", "%d %b %Y", "%d-%b-%Y",
+)
+_RUN = re.compile(r"\d+|[A-Za-z]+|.")
+_SAMPLE = dt.date(2011, 12, 25)
+
+
+def _shape(text: str) -> str:
+    # Digit runs of 1-2 characters are one class (%d and %m take either); letters are one class.
+    parts = []
+    for run in _RUN.findall(text):
+        if run.isdigit():
+            parts.append("2" if len(run) <= 2 else str(len(run)))
+        elif run.isalpha():
+            parts.append("a")
+        else:
+            parts.append(run)
+    return "".join(parts)
+
+
+def _format_shape(fmt: str) -> str:
+    return _shape(_SAMPLE.strftime(fmt))
+
+
+def human_format(fmt: str) -> str:
+    """A strptime format as people write it.
+
+    >>> human_format("%d.%m.%Y"), human_format("%m/%d/%y")
+    ('DD.MM.YYYY', 'MM/DD/YY')
+    """
+    for code, words in (("%d", "DD"), ("%m", "MM"), ("%Y", "YYYY"), ("%y", "YY"), ("%b", "Mon"), ("%B", "Month")):
+        fmt = fmt.replace(code, words)
+    return fmt
+
+
+@dataclass(frozen=True)
+class DateDecision:
+    """What was decided for one date column.
+
+    Attributes:
+        column: the agreement's field.
+        formats: the formats to read the column with (the agreement's or stated ones, less any
+            that the values ruled out).
+        detected: ``(format, rows)`` per shape found, the rows it reads.
+        refusal: why the whole file is refused, or ``None``.
+    """
+
+    column: str
+    formats: tuple[str, ...]
+    detected: tuple[tuple[str, int], ...] = ()
+    refusal: str | None = None
+
+
+def _read(value: str, fmt: str) -> str | None:
+    try:
+        return normalise_date(value, (fmt,))
+    except InvalidValue:
+        return None
+
+
+def _how_to_state(column: str, fmt: str) -> str:
+    return (f'state it in the node settings (date_format = "{fmt}", or [date_formats] {column} = "{fmt}"; '
+            "pplink node encode --settings node.toml)")
+
+
+def decide_date_formats(
+    column: str, counts: Mapping[str, int], allowed: Sequence[str], *, stated: bool, party: str = ""
+) -> DateDecision:
+    """Decide the format of one date column from every distinct value and its row count.
+
+    Args:
+        column: the agreement's field name (for messages).
+        counts: distinct stripped non-empty value -> rows holding it.
+        allowed: the formats the agreement (or the statement) allows, in order of preference.
+        stated: the formats were stated for this agency: no other format is considered.
+        party: the agency, for messages.
+
+    Returns:
+        A :class:`DateDecision`; its ``refusal`` is set when the file must be refused.
+    """
+    candidates = list(dict.fromkeys([*allowed, *(() if stated else COMMON_DATE_FORMATS)]))
+    by_shape: dict[str, list[str]] = {}
+    for fmt in candidates:
+        by_shape.setdefault(_format_shape(fmt), []).append(fmt)
+    values_by_shape: dict[str, list[str]] = {}
+    for value in counts:
+        if value:
+            values_by_shape.setdefault(_shape(value), []).append(value)
+    losers: set[str] = set()
+    detected: list[tuple[str, int]] = []
+    refusals: list[str] = []
+    for shape, values in values_by_shape.items():
+        fmts = by_shape.get(shape, [])
+        if not fmts:
+            continue  # read by no format: refused row by row
+        reads = {f: {v: _read(v, f) for v in values} for f in fmts}
+        readable = [v for v in values if any(reads[f][v] is not None for f in fmts)]
+        if not readable:
+            continue
+        consistent = [f for f in fmts if all(reads[f][v] is not None for v in readable)]
+        rows = sum(counts[v] for v in readable)
+        example = human_format(fmts[0])
+        if len(consistent) > 1:
+            differ = [v for v in readable if len({reads[f][v] for f in consistent}) > 1]
+            if differ:
+                names = " and ".join(human_format(f) for f in consistent)
+                refusals.append(
+                    f"{column}: all {rows} dates shaped like {example} fit both {names} "
+                    f"({sum(counts[v] for v in differ)} would read differently); pplink does not guess: "
+                    + _how_to_state(column, consistent[0]).replace(f'"{consistent[0]}"', '"<the format>"')
+                )
+                continue
+            consistent = [consistent[0]]
+        if not consistent:
+            fits = sorted(((sum(counts[v] for v in readable if reads[f][v] is not None), f) for f in fmts),
+                          reverse=True)
+            parts = ", ".join(f"{n} fit only {human_format(f)}" for n, f in fits if n)
+            refusals.append(
+                f"{column}: the dates shaped like {example} contradict each other ({parts}); pplink does not "
+                "guess which is right: " + _how_to_state(column, fits[0][1])
+                .replace(f'"{fits[0][1]}"', '"<the format>"')
+            )
+            continue
+        chosen = consistent[0]
+        losers.update(f for f in fmts if f != chosen)
+        detected.append((chosen, rows))
+        if chosen not in allowed:
+            who = f" for {party}" if party else ""
+            refusals.append(
+                f"{column}: {rows} dates are in {human_format(chosen)}, a format the agreement does not list{who} "
+                f"(it lists {', '.join(human_format(f) for f in allowed)}); if {human_format(chosen)} is right, "
+                + _how_to_state(column, chosen)
+            )
+    return DateDecision(
+        column=column,
+        formats=tuple(f for f in allowed if f not in losers),
+        detected=tuple(detected),
+        refusal="; ".join(refusals) or None,
+    )

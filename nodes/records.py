@@ -177,8 +177,7 @@ def iter_record_chunks(
         columns = settings.mapped_header(columns)
         _check_header(path, columns, spec, ",".join(columns), settings)
         return columns, _chunked(rows, max(block_bytes // 100, 1))
-    fh = open(path, "rb")  # noqa: SIM115 - closed by the block generator
-    try:
+    with open(path, "rb") as fh:
         head = _complete_record(fh, fh.readline())
         if not head.strip():
             raise RecordValidationError(f"{path}: file is empty (no header row)")
@@ -187,12 +186,10 @@ def iter_record_chunks(
             header = next(csv.reader(io.StringIO(text, newline=""), delimiter=settings.delimiter))
         except csv.Error as exc:
             raise RecordValidationError(f"{path}: row 1: malformed CSV ({exc})") from None
-        columns = settings.mapped_header([c.strip() for c in header])
-        _check_header(path, columns, spec, text.rstrip("\r\n"), settings)
-    except RecordValidationError:
-        fh.close()
-        raise
-    return columns, _csv_blocks(fh, 1 + head.count(b"\n"), block_bytes, settings)
+    columns = settings.mapped_header([c.strip() for c in header])
+    _check_header(path, columns, spec, text.rstrip("\r\n"), settings)
+    # The blocks reopen the file, so a generator that is never started holds no open file.
+    return columns, _csv_blocks(path, len(head), 1 + head.count(b"\n"), block_bytes, settings)
 
 
 def read_table(path: Path, settings: NodeSettings | None = None) -> tuple[list[str], list[list[str]]]:
@@ -210,8 +207,10 @@ def read_table(path: Path, settings: NodeSettings | None = None) -> tuple[list[s
     return columns, rows
 
 
-def _csv_blocks(fh: BinaryIO, first_line: int, block_bytes: int, settings: NodeSettings) -> Iterator[CsvBlock]:
-    with fh:
+def _csv_blocks(path: Path, offset: int, first_line: int, block_bytes: int,
+                settings: NodeSettings) -> Iterator[CsvBlock]:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
         line = first_line
         while data := _complete_record(fh, fh.read(block_bytes)):
             yield CsvBlock(data, line, settings.encoding, settings.delimiter)

@@ -151,6 +151,12 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     path = Path(path)
     if not path.is_file():
         raise KeyFileError(f"{path}: private key file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    # Checked before the file mode, so a public key gets "wrong file", not advice to chmod it.
+    if head.lstrip().startswith(b"ed25519:") or b"PUBLIC KEY" in head:
+        raise KeyFileError(f"{path}: this is a public key; --key needs the private key that `pplink keys new` "
+                           f"wrote beside it ({path.with_suffix('.key').name})")
     _check_private_mode(path, "private key", KeyFileError)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)

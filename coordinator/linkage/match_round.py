@@ -81,7 +81,7 @@ def check_inputs(agreement: AgreementConfig, files: Sequence[EncodingsFile]) -> 
     """Check a set of verified files can be matched together; return the agencies that are missing.
 
     Raises:
-        MatchError: fewer than two parties, a party twice, a replayed file, or a missing agency
+        MatchError: an empty file, fewer than two parties, a party twice, a replayed file, or a missing agency
             when the agreement does not allow a round without it.
     """
     seen: dict[str, str] = {}
@@ -91,6 +91,9 @@ def check_inputs(agreement: AgreementConfig, files: Sequence[EncodingsFile]) -> 
         if f.header.file_id in file_ids:
             raise MatchError(f"{name}: the same upload as {file_ids[f.header.file_id]} (replayed file)")
         file_ids[f.header.file_id] = name
+        if f.header.n_records == 0:
+            raise MatchError(f"{name}: holds no records; an agency with nothing to link must not join the round "
+                             "(re-encode: `pplink node encode` refuses to write an empty file)")
         if f.header.party in seen:
             raise MatchError(f"{name}: a second file from {f.header.party} (first: {seen[f.header.party]})")
         seen[f.header.party] = name

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from pplink.cli.options import existing_file, output_path, remember_format
+from pplink.cli.options import FORMAT_OPTION, existing_file, output_path, remember_format
+
+SETTINGS_OPTION = click.option(
+    "--settings", "settings_path", type=existing_file, default=None,
+    help="This node's settings TOML (column names, delimiter, encoding, date format, opt-out values); "
+         "local to the agency, not part of the agreement.")
 
 __all__ = ["node"]
 
@@ -25,6 +30,7 @@ def node() -> None:
 @click.option("--key", "key_path", type=existing_file, required=True, help="This agency's private signing key.")
 @click.argument("records", type=existing_file)
 @click.option("-o", "--output", type=output_path, required=True, help="Encodings file to write (.enc).")
+@SETTINGS_OPTION
 @click.option("--tokens", type=output_path, default=None,
               help="Token -> record_id map kept at the node (default: OUTPUT with .tokens).")
 @click.option("--skip-invalid", is_flag=True,
@@ -46,8 +52,8 @@ def node() -> None:
               help="Render the result as text for people or JSON for scripts; anonlink-json is short for "
                    "--output-format anonlink-json (result as text).")
 def encode_command(agreement_path: Path, party: str, secret_path: Path | None, key_path: Path, records: Path,
-                   output: Path, tokens: Path | None, skip_invalid: bool, enc_format: str, workers: int | None,
-                   progress: bool | None, delta_from: Path | None, previous_tokens: Path | None,
+                   output: Path, settings_path: Path | None, tokens: Path | None, skip_invalid: bool, enc_format: str,
+                   workers: int | None, progress: bool | None, delta_from: Path | None, previous_tokens: Path | None,
                    output_format: str) -> None:
     """Validate, drop opt-outs, normalise and encode RECORDS (CSV or Parquet) into signed Bloom-filter encodings."""
     from nodes.encode import OutputFormat, encode_file
@@ -61,8 +67,12 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
                 and click.get_current_context().get_parameter_source("enc_format").name == "COMMANDLINE"):
             raise UsageError("--format anonlink-json and --output-format pplink disagree; give one of them")
         enc_format, output_format = "anonlink-json", "text"
+    from nodes.dates import human_format
+    from nodes.settings import load_node_settings
+
     config = load_agreement(agreement_path)
     config.agency(party)
+    settings = load_node_settings(settings_path)
     secret = load_secret(secret_path)
     key = load_private_key(key_path)
     if delta_from is not None or previous_tokens is not None:
@@ -71,16 +81,21 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
         if delta_from is None or skip_invalid or enc_format != "pplink":
             raise UsageError("--previous-tokens needs --delta-from; a delta is always signed pplink output "
                              "and refuses invalid rows")
+        if settings_path is not None:
+            raise UsageError("--settings cannot be combined with --delta-from yet; encode the whole file")
         encode_delta_command(config, party, secret, key, records, output, delta_from, previous_tokens, tokens,
                              workers, progress, output_format)
         return
     with row_progress(records, enabled=progress, label=f"encoding {party}") as on_rows:
         summary = encode_file(config, party, secret, key, records, output, tokens=tokens, skip_invalid=skip_invalid,
-                              output_format=OutputFormat(enc_format), workers=workers, on_rows=on_rows)
+                              output_format=OutputFormat(enc_format), workers=workers, on_rows=on_rows,
+                              settings=settings)
+    dates = {d.column: {f: n for f, n in d.detected} for d in summary.dates}
     result = {
         "party": summary.party, "output": str(summary.output), "tokens": str(summary.tokens),
         "encoded": summary.encoded, "opted_out": summary.opted_out, "rejected": summary.rejected,
         "rejects": str(summary.rejects) if summary.rejects else None, "seconds": round(summary.seconds, 3),
+        "rejected_by_reason": dict(summary.reasons), "date_formats": dates,
     }
     if output_format == "json":
         click.echo(json.dumps(result))
@@ -89,7 +104,39 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
     click.echo(f"  opted out (not encoded): {summary.opted_out}")
     if summary.rejected:
         click.echo(f"  rejected (invalid, not encoded): {summary.rejected}, listed with reasons in {summary.rejects}")
+        for reason, n in summary.reasons:
+            click.echo(f"    {n:>7} x {reason}")
+    for column, found in dates.items():
+        click.echo(f"  {column} read as " + ", ".join(f"{human_format(f)} ({n} rows)" for f, n in found.items()))
     click.echo(f"  token map (keep at this node): {summary.tokens}")
+
+
+@node.command("validate")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
+@click.argument("records", type=existing_file)
+@SETTINGS_OPTION
+@FORMAT_OPTION
+def validate_command(agreement_path: Path, party: str, records: Path, settings_path: Path | None,
+                     output_format: str) -> None:
+    """Dry-run encoding of RECORDS: profile each column and say what encode would do. Writes nothing.
+
+    Reports completeness, distinct counts, date formats found and problems by row number, never a
+    value. Exits non-zero when encode would refuse the file or reject rows.
+    """
+    from nodes.settings import load_node_settings
+    from nodes.validate import render_text, validate_file
+    from pplink.agreement import load_agreement
+    from pplink.errors import RecordValidationError
+
+    config = load_agreement(agreement_path)
+    report = validate_file(config, party, records, load_node_settings(settings_path))
+    if output_format == "json":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(render_text(report))
+    if not report.ok:
+        raise RecordValidationError(f"{records}: not ready to encode as it is (see the report above)")
 
 
 @node.command("resolve")

@@ -1,10 +1,11 @@
 """An agency's scoring inputs: its feature block (and, at the label owner, labels and subgroups) per entity.
 
-Read behind the agency's firewall from two local files: its records file (the same CSV it encoded,
-with the feature columns the agreement's ``[scoring.features]`` names for it) and the
-``record_id,entity_id`` file that ``pplink node resolve`` wrote. Rows without an entity id (opted
-out, or rejected at encoding) are left out and counted. An entity with several rows at one agency
-gets the mean of their features, the highest of their labels and the first non-empty subgroup value.
+Read behind the agency's firewall from two local files: its records file (the file it encoded, read
+by the same reader and node settings, with the feature columns the agreement's
+``[scoring.features]`` names for it) and the ``record_id,entity_id`` file that ``pplink node
+resolve`` wrote. Rows without an entity id (opted out, or rejected at encoding) are left out and
+counted. An entity with several rows at one agency gets the mean of their features, the highest of
+their labels and the first non-empty subgroup value.
 
 Problems name the file, the row (the header is row 1) and the field, never the value.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nodes.records import read_table
+from nodes.settings import NodeSettings
 from pplink.agreement import AgreementConfig
 from pplink.entity_files import read_entities
 from pplink.errors import LinkageMapError, RecordValidationError
@@ -201,24 +204,21 @@ def build_agency_data(
 
 
 def load_agency_data(
-    agreement: AgreementConfig, agency_id: str, records_path: Path, entities_path: Path
+    agreement: AgreementConfig,
+    agency_id: str,
+    records_path: Path,
+    entities_path: Path,
+    settings: NodeSettings | None = None,
 ) -> AgencyScoringData:
-    """:func:`build_agency_data` from the records CSV and the ``record_id,entity_id`` file.
+    """:func:`build_agency_data` from the records file and the ``record_id,entity_id`` file.
+
+    The records are read by the reader encoding uses (:func:`nodes.records.read_table`): CSV or
+    Parquet, with the node settings' delimiter, encoding and column names.
 
     Raises:
         RecordValidationError, LinkageMapError: see :func:`build_agency_data` and :func:`read_entities`.
     """
     records_path = Path(records_path)
     entity_of = read_entities(entities_path)
-    try:
-        with open(records_path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise RecordValidationError(f"{records_path}: empty file (no header)")
-            rows = list(reader)
-    except OSError as exc:
-        raise RecordValidationError(f"{records_path}: cannot read ({exc.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise RecordValidationError(f"{records_path}: not a UTF-8 CSV file ({type(exc).__name__})") from None
+    header, rows = read_table(records_path, settings)
     return build_agency_data(agreement, agency_id, header, rows, entity_of, source=str(records_path))

@@ -208,3 +208,23 @@ def test_settings_file_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_node_settings(path)
     assert "delimitor" in str(info.value) and "ASCII-compatible" in str(info.value)
+
+
+def test_scoring_reads_records_with_the_encoders_reader(setup: Setup, tmp_path: Path) -> None:
+    """Invariant: scoring reads the file encode reads (settings, delimiter, Parquet) into the same inputs."""
+    from nodes.scoring.data import load_agency_data
+
+    entity = "ab" * 16
+    (tmp_path / "e.csv").write_text(f"record_id,entity_id\nS1,{entity}\n", encoding="utf-8")
+    (tmp_path / "plain.csv").write_text("record_id,attendance_pct,exclusions\nS1,95.5,1\n", encoding="utf-8")
+    (tmp_path / "theirs.csv").write_text("ID;Attendance;exclusions\nS1;95.5;1\n", encoding="utf-8")
+    settings = NodeSettings(delimiter=";", columns={"ID": "record_id", "Attendance": "attendance_pct"})
+    plain = load_agency_data(setup.agreement, "school", tmp_path / "plain.csv", tmp_path / "e.csv")
+    theirs = load_agency_data(setup.agreement, "school", tmp_path / "theirs.csv", tmp_path / "e.csv", settings)
+    assert plain.features.tolist() == theirs.features.tolist() == [[95.5, 1.0]]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"record_id": ["S1"], "attendance_pct": [95.5], "exclusions": [1]}), tmp_path / "r.parquet")
+    assert load_agency_data(setup.agreement, "school", tmp_path / "r.parquet", tmp_path / "e.csv").features.tolist() \
+        == [[95.5, 1.0]]

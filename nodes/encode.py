@@ -26,8 +26,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.dates import DateDecision, decide_date_formats
+from nodes.export_settings import ExportSettings
 from nodes.records import Chunk, CsvBlock, iter_record_chunks, parse_chunk
-from nodes.settings import NodeSettings
 from nodes.validation import ChunkResult, RecordSpec, RowProblem, problem_counts, record_spec, validate_chunk
 from pplink.agreement import AgreementConfig, IdentifierSchema
 from pplink.atomic import atomic_write, remove_partials
@@ -172,7 +172,7 @@ def encode_records(
     workers: int | None = None,
     on_rows: Callable[[int], None] | None = None,
     keep_rejected_rows: list[tuple[int, Sequence[str]]] | None = None,
-    settings: NodeSettings | None = None,
+    settings: ExportSettings | None = None,
 ) -> EncodedRecords:
     """Validate, normalise and encode one agency's records file.
 
@@ -202,7 +202,7 @@ def encode_records(
     if agreement.secret_check is not None and secret_check(secret) != agreement.secret_check:
         raise SecretError("the linkage secret does not match the agreement's secret_check "
                           "(a wrong or pre-rotation secret); nothing was encoded")
-    settings = settings or NodeSettings()
+    settings = settings or ExportSettings()
     spec = record_spec(agreement, party, settings)
     key = derive_linkage_key(secret, agreement.agreement_id)
     if workers is None:
@@ -254,7 +254,7 @@ def _encode_pass(
     workers: int,
     on_rows: Callable[[int], None] | None,
     keep_rejected_rows: list[tuple[int, Sequence[str]]] | None,
-    settings: NodeSettings,
+    settings: ExportSettings,
 ) -> tuple[EncodedRecords, dict[str, Counter[str]]]:
     columns, chunks = iter_record_chunks(records, spec, block_bytes=BLOCK_BYTES, settings=settings)
     file = str(records)
@@ -345,7 +345,7 @@ def encode_file(
     output_format: OutputFormat = OutputFormat.PPLINK,
     workers: int | None = None,
     on_rows: Callable[[int], None] | None = None,
-    settings: NodeSettings | None = None,
+    settings: ExportSettings | None = None,
 ) -> EncodeSummary:
     """Encode a records file and write the signed encodings and the node-local token file.
 
@@ -362,7 +362,7 @@ def encode_file(
         output_format: signed pplink encodings or anonlink's ``{"clks": [...]}``.
         workers: processes (``None``: automatic).
         on_rows: progress callback.
-        settings: the node's reading settings (:class:`nodes.settings.NodeSettings`).
+        settings: the node's reading settings (:class:`nodes.export_settings.ExportSettings`).
 
     Raises:
         RecordValidationError: problems found and ``skip_invalid`` is false (all listed), or no

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nodes.settings import NodeSettings
+from nodes.export_settings import ExportSettings
 from nodes.validation import RecordSpec
 from pplink.errors import DependencyMissingError, RecordValidationError
 
@@ -35,7 +35,7 @@ def _key(name: str) -> str:
     return "_".join(name.strip().casefold().replace("-", " ").split())
 
 
-def header_hints(header_line: str, spec: RecordSpec, settings: NodeSettings) -> list[str]:
+def header_hints(header_line: str, spec: RecordSpec, settings: ExportSettings) -> list[str]:
     """What the file's header seems to be, for a file whose columns do not match the agreement.
 
     Names the delimiter the header seems to use, column names that differ from the agreement's only
@@ -70,12 +70,12 @@ def header_hints(header_line: str, spec: RecordSpec, settings: NodeSettings) -> 
 
 
 def _check_header(path: Path, columns: Sequence[str], spec: RecordSpec | None, header_line: str = "",
-                  settings: NodeSettings | None = None) -> None:
+                  settings: ExportSettings | None = None) -> None:
     missing = [c for c in spec.required_columns if c not in columns] if spec is not None else []
     if missing:
         err = RecordValidationError(f"{path}: row 1: missing column(s) {', '.join(missing)}")
         if spec is not None:
-            for hint in header_hints(header_line or ",".join(columns), spec, settings or NodeSettings()):
+            for hint in header_hints(header_line or ",".join(columns), spec, settings or ExportSettings()):
                 err.add_note(hint)
         raise err
     dupes = sorted({c for c in columns if list(columns).count(c) > 1})
@@ -152,7 +152,7 @@ def _complete_record(fh: BinaryIO, data: bytes) -> bytes:
 
 
 def iter_record_chunks(
-    path: Path, spec: RecordSpec | None, block_bytes: int = 1 << 19, settings: NodeSettings | None = None
+    path: Path, spec: RecordSpec | None, block_bytes: int = 1 << 19, settings: ExportSettings | None = None
 ) -> tuple[list[str], Iterator[Chunk]]:
     """Open a CSV or Parquet file, check its header, and yield its records in chunks.
 
@@ -169,7 +169,7 @@ def iter_record_chunks(
         DependencyMissingError: a Parquet file without ``pyarrow`` installed.
     """
     path = Path(path)
-    settings = settings or NodeSettings()
+    settings = settings or ExportSettings()
     if not path.is_file():
         raise RecordValidationError(f"{path}: records file not found")
     if path.suffix.lower() in {".parquet", ".pq"}:
@@ -192,7 +192,7 @@ def iter_record_chunks(
     return columns, _csv_blocks(path, len(head), 1 + head.count(b"\n"), block_bytes, settings)
 
 
-def read_table(path: Path, settings: NodeSettings | None = None) -> tuple[list[str], list[list[str]]]:
+def read_table(path: Path, settings: ExportSettings | None = None) -> tuple[list[str], list[list[str]]]:
     """Read a whole records file (CSV or Parquet) into its mapped header and rows, in file order.
 
     The same reader as encoding's, so scoring reads exactly the files (and settings) encoding does.
@@ -208,7 +208,7 @@ def read_table(path: Path, settings: NodeSettings | None = None) -> tuple[list[s
 
 
 def _csv_blocks(path: Path, offset: int, first_line: int, block_bytes: int,
-                settings: NodeSettings) -> Iterator[CsvBlock]:
+                settings: ExportSettings) -> Iterator[CsvBlock]:
     with open(path, "rb") as fh:
         fh.seek(offset)
         line = first_line

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nodes.dates import decide_date_formats, human_format
+from nodes.export_settings import ExportSettings
 from nodes.records import iter_record_chunks, parse_chunk
-from nodes.settings import NodeSettings
 from nodes.validation import RowProblem, problem_counts, record_spec, validate_chunk
 from pplink.agreement import AgreementConfig
 from pplink.errors import RecordValidationError
@@ -87,7 +87,7 @@ def _roles(agreement: AgreementConfig) -> dict[str, str]:
 
 
 def validate_file(
-    agreement: AgreementConfig, party: str, records: Path, settings: NodeSettings | None = None
+    agreement: AgreementConfig, party: str, records: Path, settings: ExportSettings | None = None
 ) -> ValidationReport:
     """Profile a records file against the agreement and say what ``encode`` would do.
 
@@ -95,7 +95,7 @@ def validate_file(
         RecordValidationError: the file cannot be read at all (missing, not decodable, bad CSV).
     """
     agreement.agency(party)
-    settings = settings or NodeSettings()
+    settings = settings or ExportSettings()
     spec = record_spec(agreement, party, settings)
     report = ValidationReport(file=str(records), party=party)
     try:

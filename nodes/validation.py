@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from nodes.settings import NodeSettings
+from nodes.export_settings import ExportSettings
 from pplink.agreement import AgreementConfig, FieldKind
 from pplink.normalise import InvalidValue, hashed_form
 
@@ -94,7 +94,7 @@ class RecordSpec:
         return dict(self.column_date_formats).get(column, self.date_formats)
 
 
-def record_spec(agreement: AgreementConfig, party: str, settings: NodeSettings | None = None) -> RecordSpec:
+def record_spec(agreement: AgreementConfig, party: str, settings: ExportSettings | None = None) -> RecordSpec:
     """Build the validation spec for ``party``'s records under ``agreement`` and its node settings.
 
     Raises:
@@ -102,7 +102,7 @@ def record_spec(agreement: AgreementConfig, party: str, settings: NodeSettings |
     """
     from pplink.errors import ConfigError
 
-    settings = settings or NodeSettings()
+    settings = settings or ExportSettings()
     ids = agreement.identifiers
     opt_out = frozenset(v.strip().casefold() for v in ids.opt_out_values)
     opt_in = frozenset(v.strip().casefold() for v in ids.opt_in_values)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nodes.export_settings import ExportSettings
 from nodes.records import read_table
-from nodes.settings import NodeSettings
 from pplink.agreement import AgreementConfig
 from pplink.entity_files import read_entities
 from pplink.errors import LinkageMapError, RecordValidationError
@@ -208,7 +208,7 @@ def load_agency_data(
     agency_id: str,
     records_path: Path,
     entities_path: Path,
-    settings: NodeSettings | None = None,
+    settings: ExportSettings | None = None,
 ) -> AgencyScoringData:
     """:func:`build_agency_data` from the records file and the ``record_id,entity_id`` file.
 

@@ -68,11 +68,11 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
             raise UsageError("--format anonlink-json and --output-format pplink disagree; give one of them")
         enc_format, output_format = "anonlink-json", "text"
     from nodes.dates import human_format
-    from nodes.settings import load_node_settings
+    from nodes.export_settings import load_export_settings
 
     config = load_agreement(agreement_path)
     config.agency(party)
-    settings = load_node_settings(settings_path)
+    settings = load_export_settings(settings_path)
     secret = load_secret(secret_path)
     key = load_private_key(key_path)
     if delta_from is not None or previous_tokens is not None:
@@ -124,13 +124,13 @@ def validate_command(agreement_path: Path, party: str, records: Path, settings_p
     Reports completeness, distinct counts, date formats found and problems by row number, never a
     value. Exits non-zero when encode would refuse the file or reject rows.
     """
-    from nodes.settings import load_node_settings
+    from nodes.export_settings import load_export_settings
     from nodes.validate import render_text, validate_file
     from pplink.agreement import load_agreement
     from pplink.errors import RecordValidationError
 
     config = load_agreement(agreement_path)
-    report = validate_file(config, party, records, load_node_settings(settings_path))
+    report = validate_file(config, party, records, load_export_settings(settings_path))
     if output_format == "json":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

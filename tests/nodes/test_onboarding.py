@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nodes.encode import encode_file, encode_records
-from nodes.settings import NodeSettings, load_node_settings
+from nodes.export_settings import ExportSettings, load_export_settings
 from pplink.agreement import parse_agreement
 from pplink.errors import ConfigError, RecordValidationError
 from tests.support import COLUMNS, Setup, write_records
@@ -69,11 +69,11 @@ def test_node_settings_map_the_exports_opt_out_words(setup: Setup, people, tmp_p
     for r in rows[4:]:
         r["opt_out"] = "Consent given"
     records = write_records(tmp_path / "s.csv", rows)
-    settings = NodeSettings(opt_out_values={"opted out": "y", "Consent given": "n"})
+    settings = ExportSettings(opt_out_values={"opted out": "y", "Consent given": "n"})
     summary = _encode(setup, records, tmp_path / "s.enc", settings=settings)
     assert (summary.encoded, summary.opted_out, summary.rejected) == (6, 4, 0)
     with pytest.raises(ConfigError, match="declares neither"):
-        _encode(setup, records, tmp_path / "t.enc", settings=NodeSettings(opt_out_values={"x": "maybe"}))
+        _encode(setup, records, tmp_path / "t.enc", settings=ExportSettings(opt_out_values={"x": "maybe"}))
 
 
 def test_agreement_can_say_there_is_no_opt_out_column(tmp_path: Path, people) -> None:  # type: ignore[no-untyped-def]
@@ -111,7 +111,7 @@ def test_dates_fitting_both_day_month_orders_are_refused(setup: Setup, people, t
     with pytest.raises(RecordValidationError, match="fit both DD/MM/YYYY and MM/DD/YYYY.*does not guess"):
         _encode(setup, records, tmp_path / "s.enc")
     stated = encode_records(setup.agreement, "school", setup.secret, records,
-                            settings=NodeSettings(date_format="%m/%d/%Y"))
+                            settings=ExportSettings(date_format="%m/%d/%Y"))
     assert len(stated.record_ids) == 20
 
 
@@ -134,7 +134,7 @@ def test_stated_format_encodes_exactly_as_iso(setup: Setup, people, tmp_path: Pa
     if fmt != "%m/%d/%Y":  # (MM/DD is refused above; these are refused the same way, in one line)
         with pytest.raises(RecordValidationError, match=f'date_format = "{fmt}"'):
             encode_records(setup.agreement, "school", setup.secret, path)
-    other = encode_records(setup.agreement, "school", setup.secret, path, settings=NodeSettings(date_format=fmt))
+    other = encode_records(setup.agreement, "school", setup.secret, path, settings=ExportSettings(date_format=fmt))
     assert np.array_equal(iso.clks, other.clks)
     assert other.dates[0].detected == ((fmt, 40),)
 
@@ -145,7 +145,7 @@ def test_a_value_that_fits_only_the_other_order_is_refused_not_swapped(setup: Se
     rows[4]["date_of_birth"] = "12/25/2012"
     records = write_records(tmp_path / "s.csv", rows)
     out = encode_records(setup.agreement, "school", setup.secret, records,
-                         settings=NodeSettings(date_format="%d/%m/%Y"))
+                         settings=ExportSettings(date_format="%d/%m/%Y"))
     assert out.rejected_rows == [6] and len(out.record_ids) == 9
 
 
@@ -206,7 +206,7 @@ def test_settings_file_is_validated(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text('delimitor = ";"\nencoding = "utf-16"\n')
     with pytest.raises(ConfigError) as info:
-        load_node_settings(path)
+        load_export_settings(path)
     assert "delimitor" in str(info.value) and "ASCII-compatible" in str(info.value)
 
 
@@ -218,7 +218,7 @@ def test_scoring_reads_records_with_the_encoders_reader(setup: Setup, tmp_path: 
     (tmp_path / "e.csv").write_text(f"record_id,entity_id\nS1,{entity}\n", encoding="utf-8")
     (tmp_path / "plain.csv").write_text("record_id,attendance_pct,exclusions\nS1,95.5,1\n", encoding="utf-8")
     (tmp_path / "theirs.csv").write_text("ID;Attendance;exclusions\nS1;95.5;1\n", encoding="utf-8")
-    settings = NodeSettings(delimiter=";", columns={"ID": "record_id", "Attendance": "attendance_pct"})
+    settings = ExportSettings(delimiter=";", columns={"ID": "record_id", "Attendance": "attendance_pct"})
     plain = load_agency_data(setup.agreement, "school", tmp_path / "plain.csv", tmp_path / "e.csv")
     theirs = load_agency_data(setup.agreement, "school", tmp_path / "theirs.csv", tmp_path / "e.csv", settings)
     assert plain.features.tolist() == theirs.features.tolist() == [[95.5, 1.0]]

@@ -1,4 +1,4 @@
-"""Node settings: how one agency's export maps onto the agreement, kept at the agency.
+"""Export settings ("node settings"): how one agency's export maps onto the agreement, kept at the agency.
 
 An agency's export has its own column names, delimiter, encoding, date format and opt-out words.
 Writing those into the agreement would change the agreement id and make every party re-encode, so
@@ -31,10 +31,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pplink.errors import ConfigError
 from pplink.models import PplinkModel
 
-__all__ = ["NodeSettings", "load_node_settings"]
+__all__ = ["ExportSettings", "load_export_settings"]
 
 
-class NodeSettings(PplinkModel):
+class ExportSettings(PplinkModel):
     """One agency's reading settings (all optional; the defaults read a plain UTF-8 CSV)."""
 
     #: The field separator of a CSV export.
@@ -77,7 +77,7 @@ class NodeSettings(PplinkModel):
         return value
 
     @model_validator(mode="after")
-    def _one_target_each(self) -> NodeSettings:
+    def _one_target_each(self) -> ExportSettings:
         targets = list(self.columns.values())
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         if dupes:
@@ -96,14 +96,14 @@ class NodeSettings(PplinkModel):
         return [self.columns.get(name, name) for name in header]
 
 
-def load_node_settings(path: Path | None) -> NodeSettings:
+def load_export_settings(path: Path | None) -> ExportSettings:
     """Read a node settings TOML file; ``None`` gives the defaults.
 
     Raises:
         ConfigError: unreadable, not TOML, or an unknown or invalid setting (every problem listed).
     """
     if path is None:
-        return NodeSettings()
+        return ExportSettings()
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -112,7 +112,7 @@ def load_node_settings(path: Path | None) -> NodeSettings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     try:
-        return NodeSettings.model_validate(data)
+        return ExportSettings.model_validate(data)
     except ValidationError as err:
         lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
                  for e in err.errors(include_input=False, include_url=False)]

@@ -108,6 +108,10 @@ class Party(PplinkModel):
     public_key: str
     #: Date formats this agency's records use (strptime), overriding the schema's default list.
     date_formats: tuple[str, ...] | None = None
+    #: What this agency sends the coordinator: signed pplink ``.enc`` files, or the unsigned
+    #: ``{"clks": [...]}`` JSON that anonlink-client and clkhash write (``pplink agreement schema``
+    #: and ``pplink secret derive-key`` give such an agency the schema and key).
+    encodings: Literal["pplink", "clkhash-json"] = "pplink"
 
     @field_validator("public_key")
     @classmethod
@@ -382,6 +386,11 @@ class AgreementConfig(PplinkModel):
                 problems.append(
                     f"scoring.subgroup_attribute {self.scoring.subgroup_attribute} is not a release attribute"
                 )
+        hardening = self.identifiers.hardening
+        clkhash_parties = [p.id for p in self.parties if p.encodings == "clkhash-json"]
+        if clkhash_parties and (hardening.flip_probability or hardening.salt is not None):
+            problems.append(f"{', '.join(clkhash_parties)} send clkhash JSON, which cannot carry "
+                            "identifiers.hardening's flip_probability or salt (clkhash has neither)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

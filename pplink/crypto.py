@@ -43,6 +43,7 @@ __all__ = [
     "secret_check",
     "sign",
     "verify",
+    "write_derived_key",
     "write_private_key",
     "write_secret",
 ]
@@ -123,6 +124,14 @@ def _create_private_file(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_derived_key(key: bytes, path: Path) -> None:
+    """Write a derived encoding key (:func:`derive_linkage_key`) to a new 0600 file; refuses to overwrite."""
+    try:
+        _create_private_file(Path(path), key + b"\n")
+    except KeyFileError as exc:
+        raise SecretError(str(exc)) from None
 
 
 def write_private_key(key: Ed25519PrivateKey, path: Path) -> None:
@@ -270,17 +279,20 @@ def derive_linkage_key(secret: SecretBytes, agreement_id: str) -> bytes:
     """Derive the per-agreement encoding key from the shared secret.
 
     HKDF-SHA256 with the agreement id as salt: the same secret under two agreements yields
-    unrelated keys, so their encodings cannot be linked.
+    unrelated keys, so their encodings cannot be linked. The 32 derived bytes are returned as 64
+    lower-case hex characters (ASCII bytes): clkhash's tools take their secret as a text argument
+    and hash its UTF-8 bytes, so a party using anonlink-client gives this text and gets the very
+    encodings pplink makes (``pplink secret derive-key``).
 
     >>> s = SecretBytes(bytes(32))
     >>> derive_linkage_key(s, "a" * 64) != derive_linkage_key(s, "b" * 64)
     True
-    >>> len(derive_linkage_key(s, "a" * 64))
-    32
+    >>> len(derive_linkage_key(s, "a" * 64)), derive_linkage_key(s, "a" * 64).isascii()
+    (64, True)
     """
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(agreement_id),
                 info=b"pplink clk key v1")
-    return hkdf.derive(secret.reveal())
+    return hkdf.derive(secret.reveal()).hex().encode("ascii")
 
 
 @dataclass(frozen=True)

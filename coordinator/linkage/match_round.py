@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,8 @@ from pplink.atomic import atomic_write
 from pplink.crypto import public_key_text
 from pplink.encfile import EncodingsFile, read_encodings
 from pplink.entity_files import map_file_name, write_entity_map
-from pplink.errors import KeyFileError, MatchError
+from pplink.errors import EncodingFileError, KeyFileError, MatchError
+from pplink.interop import looks_like_clks_json, read_clks_json
 from pplink.round_manifest import MANIFEST_FILE, new_stage, publish_round
 
 __all__ = [
@@ -64,15 +65,29 @@ class MatchRoundSummary:
     result: MatchResult
 
 
-def load_inputs(agreement: AgreementConfig, paths: Sequence[Path]) -> list[EncodingsFile]:
+def load_inputs(
+    agreement: AgreementConfig, paths: Sequence[Path], clks: Mapping[str, Path] | None = None
+) -> list[EncodingsFile]:
     """Read and verify every encodings file; refuse duplicates and replays.
+
+    Args:
+        agreement: the agreement.
+        paths: signed ``.enc`` files.
+        clks: ``{party: path}`` of anonlink-client / clkhash JSON files, for agencies the agreement
+            marks ``encodings = "clkhash-json"`` (:func:`pplink.interop.read_clks_json`).
 
     Raises:
         EncodingFileError, SignatureError, AgreementMismatchError: a file fails verification
             (the message names it).
         MatchError: two files from one party, or the same upload twice.
     """
+    for p in paths:
+        if looks_like_clks_json(Path(p)):
+            raise EncodingFileError(f"{p}: a JSON file, not a signed .enc; an anonlink-client or clkhash file is "
+                                    "given as --clks PARTY=PATH, for a party the agreement marks "
+                                    'encodings = "clkhash-json"')
     files = [read_encodings(Path(p), agreement) for p in paths]
+    files += [read_clks_json(Path(path), agreement, party) for party, path in (clks or {}).items()]
     check_inputs(agreement, files)
     return files
 
@@ -241,20 +256,22 @@ def run_match_round(
     workers: int = 2,
     blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
+    clks: Mapping[str, Path] | None = None,
 ) -> MatchRoundSummary:
     """Verify, match, and write every agency's pseudonym map plus the coordinator's state.
 
     Writes ``<out>/<party>.map.csv`` (``row_token,entity_id``, one line per row sent),
     ``<out>/coordinator/linkage.npz`` (for releases), ``<out>/coordinator/match.json`` (stats and
     similarity histogram: coordinator-only) and ``<out>/manifest.json`` with its Ed25519
-    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs.
+    signature ``manifest.json.sig`` binding the maps to the agreement and the inputs. ``clks``
+    names anonlink-client JSON files by party (see :func:`load_inputs`).
     """
     # Imported here: the round function builds on this module's steps (a top-level import would be a cycle).
     from coordinator.linkage.round_nodes import FileMatchNodes
     from coordinator.linkage.round_runner import run_round
 
     started = time.perf_counter()
-    outcome = run_round(agreement, key, FileMatchNodes(agreement, paths), out_dir, workers=workers,
+    outcome = run_round(agreement, key, FileMatchNodes(agreement, paths, clks), out_dir, workers=workers,
                         blocking=blocking, progress=progress)
     return MatchRoundSummary(
         out_dir=Path(out_dir),

@@ -95,11 +95,15 @@ class FileMatchNodes:
     Args:
         agreement: the validated agreement.
         paths: the uploaded encodings files, in the order they were given (the match order).
+        clks: ``{party: path}`` of anonlink-client / clkhash JSON files (parties the agreement marks
+            ``encodings = "clkhash-json"``).
     """
 
-    def __init__(self, agreement: AgreementConfig, paths: Sequence[Path]) -> None:
+    def __init__(self, agreement: AgreementConfig, paths: Sequence[Path],
+                 clks: Mapping[str, Path] | None = None) -> None:
         self.agreement = agreement
         self.paths = [Path(p) for p in paths]
+        self.clks = dict(clks or {})
 
     def connect(self, agencies: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
         """Every agency can be asked: which of them sent a file shows when the files are read."""
@@ -113,7 +117,7 @@ class FileMatchNodes:
             MatchError: two files from one party, a replayed file, fewer than two agencies, or a
                 missing agency when the agreement does not allow a round without it.
         """
-        files = {f.header.party: f for f in load_inputs(self.agreement, self.paths)}
+        files = {f.header.party: f for f in load_inputs(self.agreement, self.paths, self.clks)}
         return files, {p: "no encodings file given" for p in parties if p not in files}
 
     def resolve(self, maps: Mapping[str, PartyMap]) -> tuple[tuple[str, ...], dict[str, str]]:

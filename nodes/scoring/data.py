@@ -12,7 +12,6 @@ Problems name the file, the row (the header is row 1) and the field, never the v
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -103,6 +103,27 @@ def check_command(path: Path, output_format: str) -> None:
         click.echo(f"  purpose        {purpose}")
 
 
+@agreement.command("schema")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the schema here (default: print it).")
+def schema_command(path: Path, output: Path | None) -> None:
+    """Write the agreement's clkhash linkage schema (v3), for an agency using anonlink-client.
+
+    The schema is public (it holds no key). With it, the key from `pplink secret derive-key`, and
+    identifiers normalised as pplink normalises them, `anonlink encode` makes pplink's encodings.
+    """
+    from pplink.agreement import load_agreement
+    from pplink.interop import clkhash_schema_json
+
+    text = clkhash_schema_json(load_agreement(path))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
+
+
 @agreement.command("explain")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,

@@ -20,7 +20,7 @@ def coordinator() -> None:
 @coordinator.command("match")
 @click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
 @click.option("--key", "key_path", type=existing_file, required=True, help="The coordinator's private signing key.")
-@click.argument("encodings", nargs=-1, required=True, type=existing_file)
+@click.argument("encodings", nargs=-1, type=existing_file)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for <party>.map.csv files, the signed manifest and the coordinator's state.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Threads for comparison.")
@@ -28,9 +28,12 @@ def coordinator() -> None:
 @click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Incremental linkage: keep the linkage in this folder (encrypted) between rounds; ENCODINGS "
                    "may then be deltas (docs/incremental.md).")
+@click.option("--clks", "clks", multiple=True, metavar="PARTY=PATH",
+              help="An anonlink-client / clkhash {\"clks\": [...]} file from PARTY, which the agreement must mark "
+                   "encodings = \"clkhash-json\" (unsigned: the marking is what admits it). Repeatable.")
 @FORMAT_OPTION
 def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, ...], out_dir: Path, workers: int,
-                  progress: bool | None, state_dir: Path | None, output_format: str) -> None:
+                  progress: bool | None, state_dir: Path | None, clks: tuple[str, ...], output_format: str) -> None:
     """Verify ENCODINGS (.enc files from 2..N agencies), link them, and write each agency's pseudonym map.
 
     With --state, ENCODINGS may also be deltas (`node encode --delta-from`), from any number of agencies.
@@ -39,16 +42,27 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
     from pplink.agreement import load_agreement
     from pplink.cli.progress import stage_progress
     from pplink.crypto import load_private_key
+    from pplink.errors import UsageError
 
+    json_files: dict[str, Path] = {}
+    for item in clks:
+        party, sep, path = item.partition("=")
+        if not sep or not party or not Path(path).is_file():
+            raise UsageError(f"--clks {item}: give PARTY=PATH with an existing file")
+        if party in json_files:
+            raise UsageError(f"--clks: {party} is given twice")
+        json_files[party] = Path(path)
     config = load_agreement(agreement_path)
     key = load_private_key(key_path)
     if state_dir is not None:
+        if json_files:
+            raise UsageError("--clks cannot be combined with --state yet")
         from pplink.cli.incremental import match_incremental_command
 
         match_incremental_command(config, key, encodings, out_dir, state_dir, workers, output_format)
         return
     with stage_progress(progress, "match") as bar:
-        summary = run_match_round(config, key, encodings, out_dir, workers=workers, progress=bar)
+        summary = run_match_round(config, key, encodings, out_dir, workers=workers, progress=bar, clks=json_files)
     stats = summary.result.stats
     if output_format == "json":
         click.echo(json.dumps({

@@ -139,6 +139,30 @@ def validate_command(agreement_path: Path, party: str, records: Path, settings_p
         raise RecordValidationError(f"{records}: not ready to encode as it is (see the report above)")
 
 
+@node.command("normalise")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--party", required=True, help="This agency's id in the agreement.")
+@click.argument("records", type=existing_file)
+@click.option("-o", "--output", type=output_path, required=True,
+              help="CSV of normalised identifiers to write (0600); its token file goes beside it (.tokens).")
+@SETTINGS_OPTION
+def normalise_command(agreement_path: Path, party: str, records: Path, output: Path,
+                      settings_path: Path | None) -> None:
+    """Write RECORDS' identifiers exactly as pplink hashes them, as input for anonlink-client's `anonlink encode`.
+
+    For an agency the agreement marks encodings = "clkhash-json". The file holds identifiers: it
+    stays at this agency. The .tokens file beside it lets `pplink node resolve` read the coordinator's map.
+    """
+    from nodes.export_settings import load_export_settings
+    from nodes.normalised import write_normalised
+    from pplink.agreement import load_agreement
+
+    config = load_agreement(agreement_path)
+    summary = write_normalised(config, party, records, output, load_export_settings(settings_path))
+    click.echo(f"wrote {summary.output} ({summary.rows} rows; {summary.opted_out} opted out, not written) "
+               f"and {summary.tokens} (keep both at this node)")
+
+
 @node.command("resolve")
 @click.option("--agreement", "agreement_path", type=existing_file, required=True,
               help="The agreement TOML (its coordinator key verifies the round's manifest).")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from pplink.cli.options import existing_file
+
 __all__ = ["secret"]
 
 
@@ -32,6 +34,42 @@ def check_command(path: Path) -> None:
     from pplink.crypto import load_secret, secret_check
 
     click.echo(secret_check(load_secret(path)))
+
+
+@secret.command("derive-key")
+@click.option("--agreement", "agreement_path", type=existing_file, required=True, help="The agreement TOML.")
+@click.option("--party", required=True,
+              help="The agency that will use it; the agreement must mark it encodings = \"clkhash-json\".")
+@click.option("--secret", "secret_path", type=existing_file, default=None,
+              help="The linkage secret (default: $PPLINK_SECRET).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Key file to create (mode 0600; refuses to overwrite).")
+def derive_key_command(agreement_path: Path, party: str, secret_path: Path | None, output: Path) -> None:
+    """Write this agreement's encoding key as the text anonlink-client takes as its SECRET.
+
+    For an agency that encodes with anonlink-client (`anonlink encode DATA "$(cat KEY)" SCHEMA OUT`,
+    with the schema from `pplink agreement schema`). The key encodes every agency's records under
+    this agreement: it must stay at agencies, like the secret itself.
+    """
+    from pplink.agreement import load_agreement
+    from pplink.crypto import derive_linkage_key, load_secret, secret_check, write_derived_key
+    from pplink.errors import AgreementError, SecretError
+    from pplink.interop import CLKHASH_JSON
+
+    config = load_agreement(agreement_path)
+    if config.agency(party).encodings != CLKHASH_JSON:
+        raise AgreementError(f"{party} encodes with pplink; the key is only exported for an agency the agreement "
+                             f'marks encodings = "{CLKHASH_JSON}"')
+    value = load_secret(secret_path)
+    if config.secret_check is not None and secret_check(value) != config.secret_check:
+        raise SecretError("the linkage secret does not match the agreement's secret_check; nothing was written")
+    write_derived_key(derive_linkage_key(value, config.agreement_id), output)
+    click.echo(f"wrote {output} (mode 0600) for {party}.", err=True)
+    click.echo("WARNING: this key makes encodings of anyone's identifiers under this agreement. Keep it where the "
+               "linkage secret is kept, never with the coordinator. anonlink-client takes it as a command-line "
+               "argument, which other users of that machine may see in the process list: run it on a machine "
+               "only the agency's staff use. Its encodings are unsigned, and identifiers must be normalised as "
+               "pplink normalises them (docs/guides/anonlink.md).", err=True)
 
 
 @secret.command("exchange-key")

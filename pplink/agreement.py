@@ -25,6 +25,7 @@ from pydantic import Field, StringConstraints, ValidationError, field_validator,
 from pplink.crypto import parse_public_key
 from pplink.errors import AgreementError, KeyFileError, UsageError
 from pplink.models import PplinkModel
+from pplink.transparency import Transparency
 
 __all__ = [
     "Accounting",
@@ -112,6 +113,8 @@ class Party(PplinkModel):
     #: ``{"clks": [...]}`` JSON that anonlink-client and clkhash write (``pplink agreement schema``
     #: and ``pplink secret derive-key`` give such an agency the schema and key).
     encodings: Literal["pplink", "clkhash-json"] = "pplink"
+    #: How a family opts out at this agency (whom to tell, and how), for the published notice.
+    opt_out_how: str = ""
 
     @field_validator("public_key")
     @classmethod
@@ -352,6 +355,8 @@ class AgreementConfig(PplinkModel):
     release: ReleaseRules = ReleaseRules()
     scoring: Scoring | None = None
     retention: Retention = Retention()
+    #: Lawful basis, rights and the route to complain, as the published notice gives them.
+    transparency: Transparency = Transparency()
 
     @model_validator(mode="after")
     def _parties_consistent(self) -> AgreementConfig:

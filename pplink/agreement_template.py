@@ -57,7 +57,9 @@ def default_agreement_toml(
     label_owner = "social_care" if "social_care" in agencies else agencies[0]
     parties = []
     for pid in agencies:
-        parties.append(f'[[parties]]\nid = "{pid}"\nrole = "agency"\npublic_key = "{public_keys[pid]}"\n')
+        parties.append(f'[[parties]]\nid = "{pid}"\nrole = "agency"\npublic_key = "{public_keys[pid]}"\n'
+                       f'# How a family opts out at this agency (printed in the notice).\n'
+                       f'opt_out_how = "TO BE COMPLETED: whom to tell at {pid}, and how"\n')
     parties.append(f'[[parties]]\nid = "{coordinator}"\nrole = "coordinator"\n'
                    f'public_key = "{public_keys[coordinator]}"\n')
     parties.append(f'[[parties]]\nid = "{auditor}"\nrole = "auditor"\npublic_key = "{public_keys[auditor]}"\n')
@@ -83,10 +85,16 @@ purposes = [
 # ---- identifiers: columns each agency's file must have, and how they are encoded ----
 [identifiers]
 record_id_column = "record_id"
-# Rows whose opt-out column holds one of these values are never encoded (and are counted).
+# Opt-outs fail closed. Every file must have this column (`opt_out_column = false` says there is
+# none). Rows holding an opt-out value are never encoded (and are counted); rows holding an opt-in
+# value are encoded; any other value refuses the row. Agencies whose exports use other words map
+# them in their node settings ([opt_out_values]), without changing this agreement.
 opt_out_column = "opt_out"
 opt_out_values = ["y", "yes", "true", "1"]
-# Accepted date formats, tried in order; an agency can override with `date_formats` in [[parties]].
+opt_in_values = ["n", "no", "false", "0", ""]
+# Accepted date formats. Each file's date columns are read in the one format their values show
+# (DD/MM against MM/DD is never guessed: an ambiguous file is refused). An agency states another
+# format in its node settings (date_format), or with `date_formats` in its [[parties]] entry.
 date_formats = ["%Y-%m-%d", "%d/%m/%Y"]
 # Bloom filter length in bits (clkhash `l`).
 filter_bits = 1024
@@ -183,6 +191,20 @@ holdout_share = 0.2
 
 [scoring.features]
 {features}
+
+# ---- what the published notice (`pplink agreement explain`) tells families about the law ----
+# Word these with your data protection officers: `pplink agreement check` warns while any is empty
+# or still a placeholder (TO BE COMPLETED, example.org, <...>).
+[transparency]
+controller = "TO BE COMPLETED: the organisations responsible for this linkage in law"
+lawful_basis = "TO BE COMPLETED: the lawful basis, e.g. UK GDPR Article 6(1)(e) public task under <statute>"
+rights = [
+    "You can ask each agency for a copy of the information it holds about you.",
+    "You can ask an agency to correct details that are wrong.",
+    "You can object to your records being linked; the agency then marks them as opted out.",
+    "You can ask an agency to delete links and scores about you.",
+]
+complaints = "If you are unhappy with an agency's answer, you can complain to the Information Commissioner's Office (ICO): ico.org.uk/make-a-complaint, or call 0303 123 1113."
 
 # ---- retention, in days ----
 [retention]

@@ -1,9 +1,12 @@
 """A plain-language notice about a linkage, written for a parent, built from the agreement alone.
 
 Agencies publish it (Markdown or HTML) for the families in their records. It says which agencies
-take part, what is shared and what never leaves each agency, for which purposes, who can see
-what, how opt-outs work, how long anything is kept, what the privacy budget means in words, how
-accurate linkage was last measured to be and for whom it worked less well, and who to contact.
+take part, what is shared and what never leaves each agency (and, as SECURITY.md measures it, how
+far the codes resist attack), for which purposes, which details a score uses at each agency, who
+can see what, how to opt out at each agency and what happens to links already made, how long
+anything is kept, what the privacy budget means in words, how accurate linkage was last measured
+to be and for whom it worked less well, the lawful basis, rights and where to complain, and who to
+contact.
 
 Measured figures come only from released, differentially private numbers on the ledger (link
 rates by group), never from records. The notice is a document model (:class:`Notice`) rendered by
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 from pplink.agreement import AgreementConfig, Role
 from pplink.audit.release_views import derive_link_rates
 from pplink.ledger import LedgerEntry
+from pplink.transparency import is_placeholder
 
-__all__ = ["Notice", "Section", "build_notice", "party_label", "render_html", "render_markdown"]
+__all__ = ["Notice", "Section", "build_notice", "notice_warnings", "party_label", "render_html", "render_markdown"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,94 @@ def _accuracy_section(config: AgreementConfig, ledger: Sequence[LedgerEntry]) ->
     return Section("How accurate is it?", tuple(paragraphs), table=tuple(rows))
 
 
+def _security_words() -> str:
+    # Worded after SECURITY.md's "What is not protected" and its measured attacks: the codes are
+    # hard to reverse, not impossible, and the notice must not promise more than was measured.
+    return ("The codes are hard, but not impossible, to turn back into names. Researchers have published "
+            "attacks on codes of this kind; the project measures them on made-up records and publishes the "
+            "results in its security statement (SECURITY.md). The settings used here stopped the attacks that "
+            "guess names from how often codes occur, but an organisation that already held most of the same "
+            "people's details could still recognise some of them, and an agency working together with the "
+            "matching organisation could re-identify people. The agreement forbids both; the software alone "
+            "cannot prevent them.")
+
+
+def _scores_section(config: AgreementConfig) -> Section:
+    assert config.scoring is not None
+    owner = party_label(config.scoring.label_owner, config.party(config.scoring.label_owner).name)
+    by_agency = tuple(
+        f"{party_label(pid, config.party(pid).name)}: {', '.join(c.replace('_', ' ') for c in columns)}"
+        for pid, columns in config.scoring.features.items() if columns
+    )
+    return Section(
+        "About scores",
+        (f"The agencies may work out a score that suggests which families might benefit from early help. "
+         f"Only {owner} sees scores, and only for families it already works with. A score is a prompt for a "
+         "practitioner to take a second look, never a decision. Scores can be wrong, and they can be wrong "
+         "more often for some groups of families; how often they are wrong, for each group, is published "
+         "with noise like every other number.",
+         "The score is worked out from these details, which each agency keeps and never sends:"),
+        bullets=by_agency,
+    )
+
+
+def _opt_out_section(config: AgreementConfig) -> Section:
+    ids = config.identifiers
+    agencies = [p for p in config.parties if p.role is Role.AGENCY]
+    if ids.opt_out_column is None:
+        return Section("If you do not want your records linked", (
+            "This agreement has no way to record an opt-out: the agencies link every record it covers. "
+            "You can still object to an agency (see your rights below).",))
+    how = tuple(f"{party_label(p.id, p.name)}: {p.opt_out_how or 'ask the agency (no route is written down yet)'}"
+                for p in agencies)
+    return Section(
+        "If you do not want your records linked",
+        (
+            "Each agency records opt-outs separately, so tell every agency that holds records about you:",
+            f"The agency marks your record as opted out (its '{ids.opt_out_column}' field). From its next "
+            "linkage on, your record is never turned into a code and never sent. If the mark cannot be read "
+            "as either \"opted out\" or \"not opted out\", the record is not linked either: a mark that is "
+            "unclear is never taken as agreement. Agencies count opt-outs so that they can report how many "
+            "people chose this, without saying who.",
+            "Links and scores made before you opted out are not undone at once: your record drops out of the "
+            "next linkage round and of every score worked out after it, and earlier links are deleted when "
+            f"their time runs out (at most {_days(config.retention.linkage_days)}). You can ask each agency "
+            "to delete them sooner.",
+        ),
+        bullets=how,
+    )
+
+
+def _rights_section(config: AgreementConfig) -> Section:
+    t = config.transparency
+    missing = "not written down in the agreement yet; ask the contact below"
+    paragraphs = (
+        f"Who is responsible in law: {t.controller or missing}.",
+        f"Why the law allows this linkage: {t.lawful_basis or missing}.",
+        f"Where to complain: {t.complaints or missing}.",
+    )
+    return Section("Your rights", paragraphs, bullets=t.rights)
+
+
+def notice_warnings(config: AgreementConfig) -> list[str]:
+    """What the notice would publish that is empty or still a placeholder (``agreement check`` prints these)."""
+    warnings = []
+    t = config.transparency
+    for name, value in (("contact", config.contact), ("transparency.controller", t.controller),
+                        ("transparency.lawful_basis", t.lawful_basis), ("transparency.complaints", t.complaints)):
+        if is_placeholder(value):
+            warnings.append(f"{name} is {'empty' if not value.strip() else 'a placeholder'}; "
+                            "the notice would publish it as it is")
+    if not t.rights or any(is_placeholder(r) for r in t.rights):
+        warnings.append("transparency.rights is empty or holds a placeholder")
+    if config.identifiers.opt_out_column is not None:
+        for p in config.parties:
+            if p.role is Role.AGENCY and is_placeholder(p.opt_out_how):
+                warnings.append(f"parties.{p.id}.opt_out_how is {'empty' if not p.opt_out_how else 'a placeholder'}"
+                                ": families would not be told how to opt out there")
+    return warnings
+
+
 def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) -> Notice:
     """Build the notice from the agreement and, optionally, the released entries of its ledger."""
     agencies = [p for p in config.parties if p.role is Role.AGENCY]
@@ -142,8 +234,9 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
             (
                 f"Inside each agency, a computer turns your {', '.join(identifiers)} into a scrambled code, using a "
                 "secret key that only the agencies hold. The code lets records about the same person be "
-                "matched, but it cannot be turned back into a name, and the organisation that does the "
-                "matching does not have the key.",
+                "matched. The organisation that does the matching does not have the key, so it cannot make "
+                "codes from names it guesses.",
+                _security_words(),
                 "What leaves each agency: the scrambled codes"
                 + (f", and these general facts: {', '.join(attributes)}" if attributes else "")
                 + ". What never leaves: names, dates of birth, addresses, case notes, and the details each "
@@ -154,14 +247,7 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
                 bullets=tuple(config.purposes)),
     ]
     if config.scoring is not None:
-        sections.append(Section(
-            "About scores",
-            (f"The agencies may work out a score that suggests which families might benefit from early help. "
-             f"Only {party_label(config.scoring.label_owner)} sees scores, and only for families it already "
-             "works with. A score is a prompt for a practitioner to take a second look, never a decision. "
-             "Scores can be wrong, and they can be wrong more often for some groups of families; how often "
-             "they are wrong, for each group, is published with noise like every other number.",),
-        ))
+        sections.append(_scores_section(config))
     sections += [
         Section(
             "Who can see what",
@@ -176,13 +262,7 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
                 ("the public", "the published, noise-protected statistics", "anything about one person"),
             ),
         ),
-        Section(
-            "If you do not want your records linked",
-            ("Tell the agency that holds your records. It marks your record as opted out"
-             + (f" (the '{config.identifiers.opt_out_column}' field)" if config.identifiers.opt_out_column else "")
-             + ", and from then on your record is never turned into a code and never sent. Agencies count "
-             "opt-outs so that they can report how many people chose this, without saying who.",),
-        ),
+        _opt_out_section(config),
         Section(
             "How long anything is kept",
             (),
@@ -194,6 +274,7 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
         ),
         Section("What the privacy budget means", (_budget_words(config),)),
         _accuracy_section(config, ledger),
+        _rights_section(config),
         Section("Who to contact", (config.contact,)),
     ]
     return Notice(

@@ -70,10 +70,18 @@ def init_command(parties: str, keys_dir: Path | None, secret_path: Path | None, 
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @FORMAT_OPTION
 def check_command(path: Path, output_format: str) -> None:
-    """Validate an agreement; print its id and a summary, or every problem found."""
+    """Validate an agreement; print its id and a summary, or every problem found.
+
+    Also warns (without failing) where the published notice would show an empty or placeholder
+    contact, lawful basis, rights, complaints route or opt-out route.
+    """
     from pplink.agreement import load_agreement
+    from pplink.audit.notice import notice_warnings
 
     config = load_agreement(path)
+    ids = config.identifiers
+    opt_out = ({"column": ids.opt_out_column, "opt_out_values": list(ids.opt_out_values),
+                "opt_in_values": list(ids.opt_in_values)} if ids.opt_out_column else None)
     summary = {
         "agreement_id": config.agreement_id,
         "name": config.name,
@@ -85,6 +93,8 @@ def check_command(path: Path, output_format: str) -> None:
         "budget": config.budget.model_dump(mode="json"),
         "release_attributes": [a.column for a in config.release.attributes],
         "purposes": list(config.purposes),
+        "opt_out": opt_out,
+        "warnings": notice_warnings(config),
     }
     if output_format == "json":
         click.echo(json.dumps(summary, indent=2))
@@ -101,6 +111,13 @@ def check_command(path: Path, output_format: str) -> None:
     click.echo(f"  release attrs  {', '.join(summary['release_attributes']) or '(none)'}")
     for purpose in config.purposes:
         click.echo(f"  purpose        {purpose}")
+    if opt_out is None:
+        click.echo("  opt-out        none (opt_out_column = false): every record is linked")
+    else:
+        click.echo(f"  opt-out        column {ids.opt_out_column}: {', '.join(map(repr, ids.opt_out_values))} opt out, "
+                   f"{', '.join(map(repr, ids.opt_in_values))} opt in; any other value refuses the row")
+    for warning in summary["warnings"]:
+        click.echo(f"  warning        {warning}")
 
 
 @agreement.command("schema")
@@ -136,7 +153,7 @@ def schema_command(path: Path, output: Path | None) -> None:
 def explain_command(path: Path, ledger_path: Path | None, md_path: Path | None, html_path: Path | None) -> None:
     """Write a plain-language notice about the linkage, for agencies to publish to families."""
     from pplink.agreement import load_agreement
-    from pplink.audit.notice import build_notice, render_html, render_markdown
+    from pplink.audit.notice import build_notice, notice_warnings, render_html, render_markdown
     from pplink.audit.verify import verify_ledger
     from pplink.errors import LedgerError
     from pplink.ledger import read_ledger
@@ -150,6 +167,8 @@ def explain_command(path: Path, ledger_path: Path | None, md_path: Path | None, 
                               "run `pplink audit verify` and publish nothing from it")
         entries = read_ledger(ledger_path, config)
     notice = build_notice(config, entries)
+    for warning in notice_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     markdown = render_markdown(notice)
     if md_path is None:
         click.echo(markdown)

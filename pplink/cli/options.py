@@ -9,7 +9,6 @@ import click
 __all__ = ["FORMAT_META_KEY", "FORMAT_OPTION", "existing_file", "output_path", "remember_format"]
 
 
-
 class ExistingFile(click.Path):
     """A path that must be an existing file; a missing one is PPL501 (docs/errors.md), not click's exit 2."""
 

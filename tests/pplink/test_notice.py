@@ -68,3 +68,61 @@ def test_explain_cli_with_a_verified_ledger(tmp_path: Path) -> None:
     ledger.write_text(ledger.read_text().replace('"value":', '"value": 1 ,"x":', 1))
     r = CliRunner().invoke(cli, ["agreement", "explain", str(work / "agreement.toml"), "--ledger", str(ledger)])
     assert r.exit_code != 0 and "fails the audit" in r.output
+
+
+def _filled(text: str) -> str:
+    """The default agreement with its placeholders replaced by real-looking wording."""
+    import re as _re
+
+    text = text.replace("Information governance lead, data.protection@example.org", "IG lead, ig@council.gov.uk")
+    text = _re.sub(r'opt_out_how = "TO BE COMPLETED: whom to tell at (\w+), and how"',
+                   r'opt_out_how = "tell the \1 office or write to optout@\1.gov.uk"', text)
+    text = text.replace("TO BE COMPLETED: the organisations responsible for this linkage in law",
+                        "The four agencies, as joint controllers")
+    return text.replace("TO BE COMPLETED: the lawful basis, e.g. UK GDPR Article 6(1)(e) public task under <statute>",
+                        "UK GDPR Article 6(1)(e), public task, under the Children Act 2004 section 10")
+
+
+def test_notice_tells_the_truth_about_codes_scores_opt_outs_and_rights(tmp_path: Path) -> None:
+    """Invariant: the notice promises no more than SECURITY.md measures, names each agency's score
+    features, each agency's opt-out route and what happens to earlier links, and the agreement's
+    lawful basis, rights and complaints route."""
+    config = make_setup(tmp_path, edit=_filled).agreement
+    text = render_markdown(build_notice(config))
+    assert "cannot be turned back" not in text and "not impossible" in text and "SECURITY.md" in text
+    assert config.scoring is not None
+    for pid, columns in config.scoring.features.items():
+        line = next(b for b in text.splitlines() if b.startswith(f"- {party_label(pid)}: "))
+        assert all(c.replace("_", " ") in line for c in columns)
+    for p in config.parties:
+        if p.role == "agency":
+            assert p.opt_out_how in text
+    assert "tell every agency" in text and f"{config.retention.linkage_days} days" in text
+    t = config.transparency
+    for value in (t.controller, t.lawful_basis, t.complaints, *t.rights):
+        assert value in text
+    assert "Information Commissioner's Office" in text
+
+
+def test_check_warns_on_placeholders_until_they_are_filled(tmp_path: Path) -> None:
+    """Invariant: `agreement check` flags every placeholder the notice would publish, and none once filled."""
+    import json
+
+    raw = make_setup(tmp_path / "raw")
+    r = CliRunner().invoke(cli, ["agreement", "check", str(raw.agreement_path), "--format", "json"])
+    warnings = json.loads(r.output)["warnings"]
+    assert r.exit_code == 0
+    assert any(w.startswith("contact is a placeholder") for w in warnings)
+    assert any("lawful_basis" in w for w in warnings) and any("parties.school.opt_out_how" in w for w in warnings)
+    filled = make_setup(tmp_path / "filled", edit=_filled)
+    r = CliRunner().invoke(cli, ["agreement", "check", str(filled.agreement_path), "--format", "json"])
+    assert json.loads(r.output)["warnings"] == []
+    r = CliRunner().invoke(cli, ["agreement", "check", str(raw.agreement_path)])
+    assert "warning        contact is a placeholder" in r.output and "any other value refuses the row" in r.output
+
+
+def test_notice_without_an_opt_out_column_says_so(tmp_path: Path) -> None:
+    """Invariant: an agreement that declares no opt-out column does not tell families they can opt out there."""
+    config = make_setup(tmp_path, edit=lambda t: t.replace('opt_out_column = "opt_out"', "opt_out_column = false"))
+    text = render_markdown(build_notice(config.agreement))
+    assert "no way to record an opt-out" in text

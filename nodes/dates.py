@@ -6,7 +6,9 @@ accepted with day and month swapped. So the format is decided per column from al
 values are grouped by shape (``03/02/2011`` and ``25/12/2010`` share ``2/2/4``), and within a shape
 the one format that reads every readable value is chosen. Where two formats read them all and
 disagree on some value, or where values read only under one format and others only under another,
-the file is refused with a reason and the way to state the format; no value is read both ways.
+the file is refused with a reason and the way to state the format; no value is read both ways. (A
+few ambiguous values among dates of another shape, say three ``03/04/2012`` among ISO dates,
+refuse only their own rows, with the same reason.)
 
 A stated format (node settings, or the agency's ``date_formats`` in the agreement) is used as
 stated, and values that do not fit it are refused row by row.
@@ -16,12 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pplink.normalise import InvalidValue, normalise_date
+from pplink.normalise import InvalidValue, hashed_form, normalise_date
 
-__all__ = ["COMMON_DATE_FORMATS", "DateDecision", "decide_date_formats", "human_format"]
+__all__ = ["COMMON_DATE_FORMATS", "DateDecision", "date_reader", "decide_date_formats", "human_format"]
 
 #: Formats pplink recognises in exports when none is stated; only the agreement's may be used.
 COMMON_DATE_FORMATS = (
@@ -70,12 +72,39 @@ class DateDecision:
             that the values ruled out).
         detected: ``(format, rows)`` per shape found, the rows it reads.
         refusal: why the whole file is refused, or ``None``.
+        ambiguous: ``(shape, reason)`` for a minority of values that fit two formats: those rows
+            are refused, each with the reason, and the rest of the file is read.
     """
 
     column: str
     formats: tuple[str, ...]
     detected: tuple[tuple[str, int], ...] = ()
     refusal: str | None = None
+    ambiguous: tuple[tuple[str, str], ...] = ()
+
+
+def date_reader(formats: tuple[str, ...], ambiguous: tuple[tuple[str, str], ...] = ()) -> Callable[[str], str]:
+    """The hashed form (``YYYYMMDD``) of a date in ``formats``; a value of an ambiguous shape is refused.
+
+    >>> read = date_reader(("%Y-%m-%d",), (("2/2/4", "fits two formats"),))
+    >>> read("2012-04-03")
+    '20120403'
+    >>> read("03/04/2012")
+    Traceback (most recent call last):
+    pplink.normalise.InvalidValue: fits two formats
+    """
+    base = hashed_form("date", formats)
+    if not ambiguous:
+        return base
+    reasons = dict(ambiguous)
+
+    def read(value: str) -> str:
+        reason = reasons.get(_shape(value.strip()))
+        if reason is not None:
+            raise InvalidValue(reason)
+        return base(value)
+
+    return read
 
 
 def _read(value: str, fmt: str) -> str | None:
@@ -116,6 +145,8 @@ def decide_date_formats(
     losers: set[str] = set()
     detected: list[tuple[str, int]] = []
     refusals: list[str] = []
+    ambiguous: list[tuple[str, str]] = []
+    total = sum(counts.values())
     for shape, values in values_by_shape.items():
         fmts = by_shape.get(shape, [])
         if not fmts:
@@ -131,11 +162,14 @@ def decide_date_formats(
             differ = [v for v in readable if len({reads[f][v] for f in consistent}) > 1]
             if differ:
                 names = " and ".join(human_format(f) for f in consistent)
-                refusals.append(
-                    f"{column}: all {rows} dates shaped like {example} fit both {names} "
-                    f"({sum(counts[v] for v in differ)} would read differently); pplink does not guess: "
-                    + _how_to_state(column, consistent[0]).replace(f'"{consistent[0]}"', '"<the format>"')
-                )
+                how = _how_to_state(column, consistent[0]).replace(f'"{consistent[0]}"', '"<the format>"')
+                losers.update(consistent)
+                if 2 * rows > total:  # most of the file's dates: the file cannot be read
+                    refusals.append(f"{column}: all {rows} dates shaped like {example} fit both {names} "
+                                    f"({sum(counts[v] for v in differ)} would read differently); pplink does not "
+                                    "guess: " + how)
+                else:  # a few such values among others: only their rows are refused
+                    ambiguous.append((shape, f"fits both {names} (pplink does not guess; {how})"))
                 continue
             consistent = [consistent[0]]
         if not consistent:
@@ -163,4 +197,5 @@ def decide_date_formats(
         formats=tuple(f for f in allowed if f not in losers),
         detected=tuple(detected),
         refusal="; ".join(refusals) or None,
+        ambiguous=tuple(ambiguous),
     )

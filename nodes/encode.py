@@ -9,7 +9,6 @@ row gets a random 128-bit token, and the token -> record id map stays at the nod
 from __future__ import annotations
 
 import csv
-import dataclasses
 import gc
 import json
 import os
@@ -18,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -28,7 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nodes.dates import DateDecision, decide_date_formats
 from nodes.export_settings import ExportSettings
 from nodes.records import Chunk, CsvBlock, iter_record_chunks, parse_chunk
-from nodes.validation import ChunkResult, RecordSpec, RowProblem, problem_counts, record_spec, validate_chunk
+from nodes.validation import (
+    ChunkResult,
+    RecordSpec,
+    RowProblem,
+    apply_date_decisions,
+    problem_counts,
+    reads_differently,
+    record_spec,
+    validate_chunk,
+)
 from pplink.agreement import AgreementConfig, IdentifierSchema
 from pplink.atomic import atomic_write, remove_partials
 from pplink.crypto import SecretBytes, derive_linkage_key, public_key_text, secret_check
@@ -36,7 +44,6 @@ from pplink.encfile import TOKEN_BYTES, write_encodings
 from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
 from pplink.entity_files import write_tokens
 from pplink.errors import KeyFileError, RecordValidationError, SecretError, UsageError
-from pplink.normalise import InvalidValue, hashed_form
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
@@ -217,33 +224,13 @@ def encode_records(
     refusals = [d.refusal for d in decisions if d.refusal]
     if refusals:
         raise RecordValidationError(f"{records}: nothing was encoded: " + "; ".join(refusals))
-    decided = tuple((d.column, d.formats) for d in decisions)
-    if decided != tuple((c, spec.formats_for(c)) for c in spec.date_columns):
-        new_spec = dataclasses.replace(spec, column_date_formats=decided)
-        if _reads_differently(spec, new_spec, date_values):
-            kept = [] if kept is not None else None
-            encoded, _ = _encode_pass(agreement, new_spec, key, Path(records), workers, None, kept, settings)
+    new_spec = apply_date_decisions(spec, decisions)
+    if reads_differently(spec, new_spec, date_values):
+        kept = [] if kept is not None else None
+        encoded, _ = _encode_pass(agreement, new_spec, key, Path(records), workers, None, kept, settings)
     if keep_rejected_rows is not None and kept is not None:
         keep_rejected_rows.extend(kept)
-    return dataclasses.replace(encoded, dates=decisions)
-
-
-def _reads_differently(old: RecordSpec, new: RecordSpec, date_values: dict[str, Counter[str]]) -> bool:
-    """Whether any value of the file normalises differently under the new date formats."""
-    for column, counts in date_values.items():
-        before, after = hashed_form("date", old.formats_for(column)), hashed_form("date", new.formats_for(column))
-        for value in counts:
-            try:
-                a: str | None = before(value)
-            except InvalidValue as exc:
-                a = f"!{exc}"
-            try:
-                b: str | None = after(value)
-            except InvalidValue as exc:
-                b = f"!{exc}"
-            if a != b:
-                return True
-    return False
+    return replace(encoded, dates=decisions)
 
 
 def _encode_pass(

@@ -41,10 +41,11 @@ class ExportSettings(PplinkModel):
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     #: The export's text encoding (any ASCII-compatible codec Python knows: utf-8, cp1252, latin-1).
     encoding: str = "utf-8"
-    #: One strptime format for every date column (a stated format: no inference, no guessing).
-    date_format: str | None = None
-    #: A format per date column (the agreement's field name), overriding ``date_format``.
-    date_formats: dict[str, str] = {}
+    #: The strptime format of every date column (a stated format: nothing inferred, nothing
+    #: guessed), or a list of formats of different shapes (``["%Y-%m-%d", "%d/%m/%Y"]``).
+    date_format: str | tuple[str, ...] | None = None
+    #: A format (or list) per date column (the agreement's field name), overriding ``date_format``.
+    date_formats: dict[str, str | tuple[str, ...]] = {}
     #: The export's header -> the agreement's field name. Unlisted columns keep their names.
     columns: dict[str, str] = {}
     #: The export's opt-out value (case-insensitive) -> one of the agreement's opt-out or opt-in values.
@@ -69,12 +70,6 @@ class ExportSettings(PplinkModel):
             raise ValueError(f"encoding {value!r} is not ASCII-compatible; save the export as UTF-8")
         return codec.name
 
-    @field_validator("date_format")
-    @classmethod
-    def _one_date(cls, value: str | None) -> str | None:
-        if value is not None and "%" not in value:
-            raise ValueError("date_format is a strptime format such as %d.%m.%Y")
-        return value
 
     @model_validator(mode="after")
     def _one_target_each(self) -> ExportSettings:
@@ -82,14 +77,17 @@ class ExportSettings(PplinkModel):
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         if dupes:
             raise ValueError(f"columns maps two export columns to {', '.join(dupes)}")
-        for column, fmt in self.date_formats.items():
-            if "%" not in fmt:
-                raise ValueError(f"date_formats.{column} is a strptime format such as %d.%m.%Y")
+        stated = [("date_format", self.date_format), *((f"date_formats.{c}", f) for c, f in self.date_formats.items())]
+        for name, value in stated:
+            formats = (value,) if isinstance(value, str) else value or ()
+            if value is not None and (not formats or any("%" not in f for f in formats)):
+                raise ValueError(f"{name} is a strptime format such as %d.%m.%Y (or a list of them)")
         return self
 
-    def date_format_for(self, column: str) -> str | None:
-        """The stated format of an agreement date field, if any."""
-        return self.date_formats.get(column, self.date_format)
+    def date_format_for(self, column: str) -> tuple[str, ...] | None:
+        """The stated formats of an agreement date field, if any."""
+        value = self.date_formats.get(column, self.date_format)
+        return (value,) if isinstance(value, str) else value
 
     def mapped_header(self, header: list[str]) -> list[str]:
         """The export's header with its columns renamed to the agreement's fields."""

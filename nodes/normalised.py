@@ -12,7 +12,6 @@ Both files hold identifiers or record ids: they are written 0600 and stay at the
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import TextIO
 from nodes.dates import decide_date_formats
 from nodes.export_settings import ExportSettings
 from nodes.records import iter_record_chunks, parse_chunk
-from nodes.validation import ChunkResult, RecordSpec, problem_counts, record_spec, validate_chunk
+from nodes.validation import ChunkResult, RecordSpec, apply_date_decisions, problem_counts, record_spec, validate_chunk
 from pplink.agreement import AgreementConfig
 from pplink.entity_files import write_tokens
 from pplink.errors import RecordValidationError
@@ -78,7 +77,7 @@ def write_normalised(
     refusals = [d.refusal for d in decisions if d.refusal]
     if refusals:
         raise RecordValidationError(f"{records}: nothing was written: " + "; ".join(refusals))
-    spec = dataclasses.replace(spec, column_date_formats=tuple((d.column, d.formats) for d in decisions))
+    spec = apply_date_decisions(spec, decisions)
     ids: list[str] = []
     rows: list[tuple[str, ...]] = []
     problems = []

@@ -17,7 +17,7 @@ from typing import Any
 from nodes.dates import decide_date_formats, human_format
 from nodes.export_settings import ExportSettings
 from nodes.records import iter_record_chunks, parse_chunk
-from nodes.validation import RowProblem, problem_counts, record_spec, validate_chunk
+from nodes.validation import RowProblem, apply_date_decisions, problem_counts, record_spec, validate_chunk
 from pplink.agreement import AgreementConfig
 from pplink.errors import RecordValidationError
 
@@ -114,10 +114,7 @@ def validate_file(
     report.unused_columns = [c for c in columns if c not in roles]
     report.missing_attributes = [a.column for a in agreement.release.attributes if a.column not in columns]
     distinct: dict[str, set[str]] = {c: set() for c in columns}
-    problems: list[RowProblem] = []
     date_values: dict[str, Counter[str]] = {c: Counter() for c in spec.date_columns}
-    seen_ids: dict[str, int] = {}
-    kept = 0
     for chunk in chunks:
         rows = parse_chunk(str(records), chunk)
         report.rows += len(rows)
@@ -126,26 +123,32 @@ def validate_file(
                 if value.strip():
                     profiles[name].filled += 1
                     distinct[name].add(value.strip())
-        result = validate_chunk(spec, str(records), columns, rows, check_nul=True)
+        for column, counts in validate_chunk(spec, str(records), columns, rows).date_values.items():
+            date_values[column].update(counts)
+    for name, profile in profiles.items():
+        profile.rows = report.rows
+        profile.distinct = len(distinct[name])
+    decisions = [decide_date_formats(c, date_values[c], spec.formats_for(c), stated=spec.dates_stated, party=party)
+                 for c in spec.date_columns]
+    for decision in decisions:
+        profiles[decision.column].formats = [f"{human_format(f)} ({f}): {n} rows" for f, n in decision.detected]
+        if decision.refusal:
+            report.refusals.append(decision.refusal)
+    # The rows as encode would check them: with each date column read as decided.
+    spec = apply_date_decisions(spec, decisions)
+    problems: list[RowProblem] = []
+    seen_ids: dict[str, int] = {}
+    kept = 0
+    for chunk in iter_record_chunks(Path(records), spec, settings=settings)[1]:
+        result = validate_chunk(spec, str(records), columns, parse_chunk(str(records), chunk), check_nul=True)
         report.opted_out += result.opted_out
         problems.extend(result.problems)
-        for column, counts in result.date_values.items():
-            date_values[column].update(counts)
         for rid, row in zip(result.record_ids, result.row_numbers, strict=True):
             first = seen_ids.setdefault(rid, row)
             if first != row:
                 problems.append(RowProblem(str(records), row, spec.record_id_column, f"repeats the id of row {first}"))
             else:
                 kept += 1
-    for name, profile in profiles.items():
-        profile.rows = report.rows
-        profile.distinct = len(distinct[name])
-    for column in spec.date_columns:
-        decision = decide_date_formats(column, date_values[column], spec.formats_for(column),
-                                       stated=spec.dates_stated, party=party)
-        profiles[column].formats = [f"{human_format(f)} ({f}): {n} rows" for f, n in decision.detected]
-        if decision.refusal:
-            report.refusals.append(decision.refusal)
     for p in problems:
         target = profiles[p.field].problems if p.field in profiles else report.row_problems
         entry = target.setdefault(p.reason, {"rows": 0, "first_rows": []})

@@ -10,11 +10,13 @@ as "not opted out"; a value in neither list refuses the row.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from nodes.dates import DateDecision, date_reader
 from nodes.export_settings import ExportSettings
 from pplink.agreement import AgreementConfig, FieldKind
 from pplink.normalise import InvalidValue, hashed_form
@@ -24,7 +26,9 @@ __all__ = [
     "OPT_OUT_UNREADABLE",
     "RecordSpec",
     "RowProblem",
+    "apply_date_decisions",
     "problem_counts",
+    "reads_differently",
     "record_spec",
     "validate_chunk",
 ]
@@ -74,6 +78,8 @@ class RecordSpec:
     opt_out_map: tuple[tuple[str, str], ...] = ()
     #: Per date column, the formats to read it with, where they differ from ``date_formats``.
     column_date_formats: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Per date column, value shapes refused as ambiguous (``(shape, reason)``), from the file's dates.
+    ambiguous_dates: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     #: Whether the date formats were stated for this agency (then nothing is inferred).
     dates_stated: bool = False
     party: str = ""
@@ -88,6 +94,10 @@ class RecordSpec:
     def date_columns(self) -> list[str]:
         """The identifier columns of kind date."""
         return [c for c, kind, _ in self.fields if kind is FieldKind.DATE]
+
+    def ambiguous_for(self, column: str) -> tuple[tuple[str, str], ...]:
+        """``(shape, reason)`` of a date column's values that are refused as ambiguous."""
+        return dict(self.ambiguous_dates).get(column, ())
 
     def formats_for(self, column: str) -> tuple[str, ...]:
         """The date formats a date column is read with."""
@@ -116,9 +126,9 @@ def record_spec(agreement: AgreementConfig, party: str, settings: ExportSettings
     stated = party_formats is not None
     per_column = []
     for f in ids.fields:
-        fmt = settings.date_format_for(f.column) if f.kind is FieldKind.DATE else None
-        if fmt is not None:
-            per_column.append((f.column, (fmt,)))
+        formats = settings.date_format_for(f.column) if f.kind is FieldKind.DATE else None
+        if formats is not None:
+            per_column.append((f.column, formats))
     unknown = sorted(set(settings.date_formats) - {f.column for f in ids.fields if f.kind is FieldKind.DATE})
     if unknown:
         raise ConfigError(f"node settings: date_formats names {', '.join(unknown)}, not a date field of the agreement")
@@ -171,8 +181,11 @@ def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
 
 
 @lru_cache(maxsize=64)
-def _normaliser(kind: FieldKind, date_formats: tuple[str, ...]) -> Callable[[str], str | InvalidValue]:
+def _normaliser(kind: FieldKind, date_formats: tuple[str, ...],
+                ambiguous: tuple[tuple[str, str], ...] = ()) -> Callable[[str], str | InvalidValue]:
     """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
+    if kind is FieldKind.DATE:
+        return _safe(date_reader(date_formats, ambiguous))
     return _safe(hashed_form(kind, date_formats))
 
 
@@ -277,7 +290,7 @@ def validate_chunk(
                 if value.strip():
                     counts[value.strip()] += n
             result.date_values[col] = counts
-        out = list(map(_normaliser(kind, spec.formats_for(col)), raw))
+        out = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
         for i, value in enumerate(out):
             if value.__class__ is InvalidValue:
                 problems.append((i, order, RowProblem(file, numbers[i], col, str(value))))
@@ -327,3 +340,22 @@ def problem_counts(problems: Sequence[RowProblem]) -> list[tuple[str, int]]:
     """
     counts = Counter(f"{p.field}: {p.reason}" for p in problems)
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def apply_date_decisions(spec: RecordSpec, decisions: Sequence[DateDecision]) -> RecordSpec:
+    """The spec with each date column read as decided over the whole file (:mod:`nodes.dates`)."""
+    return dataclasses.replace(
+        spec,
+        column_date_formats=tuple((d.column, d.formats) for d in decisions),
+        ambiguous_dates=tuple((d.column, d.ambiguous) for d in decisions if d.ambiguous),
+    )
+
+
+def reads_differently(old: RecordSpec, new: RecordSpec, date_values: Mapping[str, Iterable[str]]) -> bool:
+    """Whether any of these date values is read (or refused) differently under the two specs."""
+    for column, values in date_values.items():
+        before = _normaliser(FieldKind.DATE, old.formats_for(column), old.ambiguous_for(column))
+        after = _normaliser(FieldKind.DATE, new.formats_for(column), new.ambiguous_for(column))
+        if any(str(before(v)) != str(after(v)) for v in values):
+            return True
+    return False

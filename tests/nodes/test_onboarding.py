@@ -228,3 +228,17 @@ def test_scoring_reads_records_with_the_encoders_reader(setup: Setup, tmp_path: 
     pq.write_table(pa.table({"record_id": ["S1"], "attendance_pct": [95.5], "exclusions": [1]}), tmp_path / "r.parquet")
     assert load_agency_data(setup.agreement, "school", tmp_path / "r.parquet", tmp_path / "e.csv").features.tolist() \
         == [[95.5, 1.0]]
+
+
+def test_a_few_ambiguous_dates_among_iso_refuse_only_their_rows(setup: Setup, people, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Invariant: one DD/MM-or-MM/DD value among ISO dates is refused with the reason; the rest encode."""
+    rows = people(20)
+    rows[3]["date_of_birth"] = "03/04/2012"
+    records = write_records(tmp_path / "s.csv", rows)
+    with pytest.raises(RecordValidationError, match="row 5, field date_of_birth: fits both DD/MM/YYYY and MM/DD"):
+        _encode(setup, records, tmp_path / "s.enc")
+    summary = _encode(setup, records, tmp_path / "s.enc", skip_invalid=True)
+    assert (summary.encoded, summary.rejected) == (19, 1)
+    stated = encode_records(setup.agreement, "school", setup.secret, records,
+                            settings=ExportSettings(date_formats={"date_of_birth": ("%Y-%m-%d", "%d/%m/%Y")}))
+    assert stated.rejected_rows == [] and len(stated.record_ids) == 20

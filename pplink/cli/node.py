@@ -116,13 +116,16 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
 @click.option("--party", required=True, help="This agency's id in the agreement.")
 @click.argument("records", type=existing_file)
 @SETTINGS_OPTION
+@click.option("--skip-invalid", is_flag=True,
+              help="Judge as `encode --skip-invalid` would: rows with problems are listed but do not fail the run.")
 @FORMAT_OPTION
 def validate_command(agreement_path: Path, party: str, records: Path, settings_path: Path | None,
-                     output_format: str) -> None:
+                     skip_invalid: bool, output_format: str) -> None:
     """Dry-run encoding of RECORDS: profile each column and say what encode would do. Writes nothing.
 
     Reports completeness, distinct counts, date formats found and problems by row number, never a
-    value. Exits non-zero when encode would refuse the file or reject rows.
+    value. Exits non-zero (PPL301) when encode would refuse the file: always for a missing column,
+    unreadable dates or nothing to encode, and for rows with problems unless --skip-invalid.
     """
     from nodes.export_settings import load_export_settings
     from nodes.validate import render_text, validate_file
@@ -135,8 +138,8 @@ def validate_command(agreement_path: Path, party: str, records: Path, settings_p
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(render_text(report))
-    if not report.ok:
-        raise RecordValidationError(f"{records}: not ready to encode as it is (see the report above)")
+    if not report.ok and (report.refusals or report.missing_columns or not skip_invalid):
+        raise RecordValidationError(f"{records}: encode would refuse this file (see the report above)")
 
 
 @node.command("normalise")

@@ -69,7 +69,7 @@ def derive_key_command(agreement_path: Path, party: str, secret_path: Path | Non
                "linkage secret is kept, never with the coordinator. anonlink-client takes it as a command-line "
                "argument, which other users of that machine may see in the process list: run it on a machine "
                "only the agency's staff use. Its encodings are unsigned, and identifiers must be normalised as "
-               "pplink normalises them (docs/guides/anonlink.md).", err=True)
+               "pplink normalises them (`pplink node normalise`; docs/agreement.md).", err=True)
 
 
 @secret.command("exchange-key")

@@ -47,7 +47,7 @@ FEBRL_FIELDS: tuple[tuple[str, str, int, int, bool], ...] = (
 FEBRL_THRESHOLD = 0.6
 #: Hardening sections compared: the template's, and the one docs/hardening.md recommends.
 HARDENINGS = {"template": None, "xor_folds=1": "xor_folds = 1"}
-#: Constant release attributes: the default agreement requires them in every agency file.
+#: Constant release attributes (optional in a file; given so releases have a value).
 ATTRIBUTES = {"area": "E06000001", "deprivation_quintile": "1", "age_band": "18+"}
 
 
@@ -66,6 +66,8 @@ def febrl_agreement_edit(text: str, hardening: str | None = None) -> str:
     start = text.index("[[identifiers.fields]]")
     end = text.index("# ---- linkage ----")
     text = text[:start] + fields + "\n" + text[end:]
+    # FEBRL has no opt-out column; the agreement must say so (a declared column a file lacks refuses it).
+    text = text.replace('opt_out_column = "opt_out"', "opt_out_column = false")
     if hardening is not None:
         text = re.sub(r"(?m)^xor_folds = \d+$", hardening, text, count=1)
     return re.sub(r"(?m)^threshold = [0-9.]+$", f"threshold = {FEBRL_THRESHOLD}", text, count=1)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping, Sequence
+import string
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pplink.normalise import InvalidValue, hashed_form, normalise_date
@@ -30,21 +31,20 @@ COMMON_DATE_FORMATS = (
     "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%m-%d-%Y", "%d.%m.%Y", "%m.%d.%Y", "%Y/%m/%d",
     "%Y%m%d", "%d/%m/%y", "%m/%d/%y", "%d-%m-%y", "%d.%m.%y", "%d %b %Y", "%d-%b-%Y",
 )
-_RUN = re.compile(r"\d+|[A-Za-z]+|.")
 _SAMPLE = dt.date(2011, 12, 25)
+_CLASSES = str.maketrans("0123456789" + string.ascii_letters, "9" * 10 + "a" * 52)
+_LONE_DIGIT = re.compile(r"(?<!9)9(?!9)")
+_LETTERS = re.compile(r"a+")
 
 
 def _shape(text: str) -> str:
-    # Digit runs of 1-2 characters are one class (%d and %m take either); letters are one class.
-    parts = []
-    for run in _RUN.findall(text):
-        if run.isdigit():
-            parts.append("2" if len(run) <= 2 else str(len(run)))
-        elif run.isalpha():
-            parts.append("a")
-        else:
-            parts.append(run)
-    return "".join(parts)
+    """A value's shape: digits become 9 (one digit as two: %d and %m take either), letter runs one a.
+
+    >>> _shape("3/12/2011"), _shape("25 Dec 2011"), _shape("2011-12-25")
+    ('99/99/9999', '99 a 9999', '9999-99-99')
+    """
+    # translate and two C-level substitutions: no Python call per character (10^4 values cost ~10 ms).
+    return _LETTERS.sub("a", _LONE_DIGIT.sub("99", text.translate(_CLASSES)))
 
 
 def _format_shape(fmt: str) -> str:
@@ -70,9 +70,10 @@ class DateDecision:
         column: the agreement's field.
         formats: the formats to read the column with (the agreement's or stated ones, less any
             that the values ruled out).
-        detected: ``(format, rows)`` per shape found, the rows it reads.
+        detected: ``(format, dates)`` per shape found: the different dates of that shape (some of
+            which may still be refused, say a 31st of February).
         refusal: why the whole file is refused, or ``None``.
-        ambiguous: ``(shape, reason)`` for a minority of values that fit two formats: those rows
+        ambiguous: ``(shape, reason)`` for a minority of dates that fit two formats: their rows
             are refused, each with the reason, and the rest of the file is read.
     """
 
@@ -86,7 +87,7 @@ class DateDecision:
 def date_reader(formats: tuple[str, ...], ambiguous: tuple[tuple[str, str], ...] = ()) -> Callable[[str], str]:
     """The hashed form (``YYYYMMDD``) of a date in ``formats``; a value of an ambiguous shape is refused.
 
-    >>> read = date_reader(("%Y-%m-%d",), (("2/2/4", "fits two formats"),))
+    >>> read = date_reader(("%Y-%m-%d",), (("99/99/9999", "fits two formats"),))
     >>> read("2012-04-03")
     '20120403'
     >>> read("03/04/2012")
@@ -120,13 +121,14 @@ def _how_to_state(column: str, fmt: str) -> str:
 
 
 def decide_date_formats(
-    column: str, counts: Mapping[str, int], allowed: Sequence[str], *, stated: bool, party: str = ""
+    column: str, values: Iterable[str], allowed: Sequence[str], *, stated: bool, party: str = ""
 ) -> DateDecision:
     """Decide the format of one date column from every distinct value and its row count.
 
     Args:
         column: the agreement's field name (for messages).
-        counts: distinct stripped non-empty value -> rows holding it.
+        values: the column's distinct values (stripped here; empty ones ignored). Distinct values,
+            not rows, so that chunks merge as sets; every count in the result counts dates.
         allowed: the formats the agreement (or the statement) allows, in order of preference.
         stated: the formats were stated for this agency: no other format is considered.
         party: the agency, for messages.
@@ -138,10 +140,10 @@ def decide_date_formats(
     by_shape: dict[str, list[str]] = {}
     for fmt in candidates:
         by_shape.setdefault(_format_shape(fmt), []).append(fmt)
+    counts = dict.fromkeys({v.strip() for v in values} - {""}, 1)  # " 03/04/2012" and "03/04/2012" are one
     values_by_shape: dict[str, list[str]] = {}
     for value in counts:
-        if value:
-            values_by_shape.setdefault(_shape(value), []).append(value)
+        values_by_shape.setdefault(_shape(value), []).append(value)
     losers: set[str] = set()
     detected: list[tuple[str, int]] = []
     refusals: list[str] = []
@@ -151,6 +153,11 @@ def decide_date_formats(
         fmts = by_shape.get(shape, [])
         if not fmts:
             continue  # read by no format: refused row by row
+        if len(fmts) == 1 and fmts[0] in allowed:
+            # No rival of this shape and an allowed format: nothing to decide (values it cannot read
+            # are refused row by row), so skip reading every value twice (most of a typical file).
+            detected.append((fmts[0], sum(counts[v] for v in values)))
+            continue
         reads = {f: {v: _read(v, f) for v in values} for f in fmts}
         readable = [v for v in values if any(reads[f][v] is not None for f in fmts)]
         if not readable:
@@ -165,7 +172,7 @@ def decide_date_formats(
                 how = _how_to_state(column, consistent[0]).replace(f'"{consistent[0]}"', '"<the format>"')
                 losers.update(consistent)
                 if 2 * rows > total:  # most of the file's dates: the file cannot be read
-                    refusals.append(f"{column}: all {rows} dates shaped like {example} fit both {names} "
+                    refusals.append(f"{column}: all {rows} different dates shaped like {example} fit both {names} "
                                     f"({sum(counts[v] for v in differ)} would read differently); pplink does not "
                                     "guess: " + how)
                 else:  # a few such values among others: only their rows are refused
@@ -188,9 +195,9 @@ def decide_date_formats(
         if chosen not in allowed:
             who = f" for {party}" if party else ""
             refusals.append(
-                f"{column}: {rows} dates are in {human_format(chosen)}, a format the agreement does not list{who} "
-                f"(it lists {', '.join(human_format(f) for f in allowed)}); if {human_format(chosen)} is right, "
-                + _how_to_state(column, chosen)
+                f"{column}: {rows} different dates are in {human_format(chosen)}, a format the agreement does not "
+                f"list{who} (it lists {', '.join(human_format(f) for f in allowed)}); "
+                f"if {human_format(chosen)} is right, " + _how_to_state(column, chosen)
             )
     return DateDecision(
         column=column,

@@ -13,7 +13,7 @@ import gc
 import json
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -217,7 +217,7 @@ def encode_records(
     kept: list[tuple[int, Sequence[str]]] | None = [] if keep_rejected_rows is not None else None
     encoded, date_values = _encode_pass(agreement, spec, key, Path(records), workers, on_rows, kept, settings)
     decisions = tuple(
-        decide_date_formats(col, date_values.get(col, {}), spec.formats_for(col), stated=spec.dates_stated,
+        decide_date_formats(col, date_values.get(col, set()), spec.formats_for(col), stated=spec.dates_stated,
                             party=party)
         for col in spec.date_columns
     )
@@ -242,7 +242,7 @@ def _encode_pass(
     on_rows: Callable[[int], None] | None,
     keep_rejected_rows: list[tuple[int, Sequence[str]]] | None,
     settings: ExportSettings,
-) -> tuple[EncodedRecords, dict[str, Counter[str]]]:
+) -> tuple[EncodedRecords, dict[str, set[str]]]:
     columns, chunks = iter_record_chunks(records, spec, block_bytes=BLOCK_BYTES, settings=settings)
     file = str(records)
     record_ids: list[str] = []
@@ -253,7 +253,7 @@ def _encode_pass(
     row_of: dict[str, int] = {}
     opted_out = 0
     duplicates: set[int] = set()
-    date_values: dict[str, Counter[str]] = {c: Counter() for c in spec.date_columns}
+    date_values: dict[str, set[str]] = {c: set() for c in spec.date_columns}
     init_args = (spec, agreement.identifiers, key)
     # The merge only appends to lists; paused collections keep the growing lists from being walked.
     with _gc_paused():

@@ -68,7 +68,7 @@ def write_normalised(
     settings = settings or ExportSettings()
     spec = record_spec(agreement, party, settings)
     records, output = Path(records), Path(output)
-    date_values: dict[str, Counter[str]] = {c: Counter() for c in spec.date_columns}
+    date_values: dict[str, set[str]] = {c: set() for c in spec.date_columns}
     for result in _results(records, spec, settings):
         for column, counts in result.date_values.items():
             date_values[column].update(counts)

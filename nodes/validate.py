@@ -9,7 +9,6 @@ Splink's profiling charts it is for the data officer at the agency; nothing leav
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,7 @@ def validate_file(
     report.unused_columns = [c for c in columns if c not in roles]
     report.missing_attributes = [a.column for a in agreement.release.attributes if a.column not in columns]
     distinct: dict[str, set[str]] = {c: set() for c in columns}
-    date_values: dict[str, Counter[str]] = {c: Counter() for c in spec.date_columns}
+    date_values: dict[str, set[str]] = {c: set() for c in spec.date_columns}
     for chunk in chunks:
         rows = parse_chunk(str(records), chunk)
         report.rows += len(rows)
@@ -131,7 +130,8 @@ def validate_file(
     decisions = [decide_date_formats(c, date_values[c], spec.formats_for(c), stated=spec.dates_stated, party=party)
                  for c in spec.date_columns]
     for decision in decisions:
-        profiles[decision.column].formats = [f"{human_format(f)} ({f}): {n} rows" for f, n in decision.detected]
+        profiles[decision.column].formats = [f"{human_format(f)} ({f}): {n} different dates"
+                                             for f, n in decision.detected]
         if decision.refusal:
             report.refusals.append(decision.refusal)
     # The rows as encode would check them: with each date column read as decided.

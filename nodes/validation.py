@@ -164,8 +164,8 @@ class ChunkResult:
     #: The raw values of rejected rows, so a rejects file loses nothing.
     rejected_values: list[tuple[int, Sequence[str]]] = field(default_factory=list)
     opted_out: int = 0
-    #: Per date column, each distinct non-empty value and its rows, for deciding the column's format.
-    date_values: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Per date column, its distinct raw values, for deciding the column's format.
+    date_values: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
@@ -248,7 +248,9 @@ def validate_chunk(
     index = {name: i for i, name in enumerate(columns)}
     id_at = index[spec.record_id_column]
     opt_at = index[spec.opt_out_column] if spec.opt_out_column else None
-    opt_map = dict(spec.opt_out_map)
+    # One lookup per row: value -> opted out (True) or not (False); absent: unreadable.
+    verdict = {v: True for v in spec.opt_out_values} | {v: False for v in spec.opt_in_values}
+    verdict |= {theirs: verdict[ours] for theirs, ours in spec.opt_out_map if ours in verdict}
     width = len(columns)
     result = ChunkResult()
     problems: list[tuple[int, int, RowProblem]] = []  # (position in chunk, column order, problem)
@@ -267,12 +269,11 @@ def validate_chunk(
             refuse(row_number, values, "(row)", NUL_IN_ROW)
             continue
         if opt_at is not None:
-            said = values[opt_at].strip().casefold()
-            said = opt_map.get(said, said)
-            if said in spec.opt_out_values:
+            opted = verdict.get(values[opt_at].strip().casefold())
+            if opted:
                 result.opted_out += 1
                 continue
-            if said not in spec.opt_in_values:
+            if opted is None:
                 refuse(row_number, values, spec.opt_out_column or "", OPT_OUT_UNREADABLE)
                 continue
         kept.append((row_number, values))
@@ -285,11 +286,7 @@ def validate_chunk(
         at = index[col]
         raw = [v[at] for _, v in kept]
         if kind is FieldKind.DATE:
-            counts: Counter[str] = Counter()
-            for value, n in Counter(raw).items():
-                if value.strip():
-                    counts[value.strip()] += n
-            result.date_values[col] = counts
+            result.date_values[col] = set(raw)  # raw values: stripped once, after the merge
         out = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
         for i, value in enumerate(out):
             if value.__class__ is InvalidValue:

@@ -82,8 +82,23 @@ def normalise_text(value: str) -> str:
     return cleaned
 
 
-_ISO = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
-_DMY = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+_FIELDS = {"d": r"(?P<d>\d{1,2})", "m": r"(?P<m>\d{1,2})", "Y": r"(?P<Y>\d{4})", "y": r"(?P<y>\d{2})"}
+
+
+@lru_cache(maxsize=64)
+def _numeric_pattern(fmt: str) -> re.Pattern[str] | None:
+    """A regex for a format made of %d, %m, %Y or %y and literal characters; ``None`` for others.
+
+    >>> _numeric_pattern("%d.%m.%Y").match("3.12.2011").groupdict()
+    {'d': '3', 'm': '12', 'Y': '2011'}
+    >>> _numeric_pattern("%d %b %Y") is None
+    True
+    """
+    parts = re.split(r"(%.)", fmt)
+    codes = [p[1] for p in parts if p.startswith("%")]
+    if any(c not in _FIELDS for c in codes) or sorted(c.lower() for c in codes) != ["d", "m", "y"]:
+        return None
+    return re.compile("".join(_FIELDS[p[1]] if p.startswith("%") else re.escape(p) for p in parts if p) + "$")
 
 
 def _checked(year: int, month: int, day: int) -> str:
@@ -96,11 +111,19 @@ def _checked(year: int, month: int, day: int) -> str:
     return date.isoformat()
 
 
+def _two_digit_year(year: int) -> int:
+    # Two-digit years are births: never in the future, so 30 is 1930 (and 15 is 2015).
+    year += 2000
+    return year - 100 if year > dt.date.today().year else year
+
+
 @lru_cache(maxsize=_CACHE)
 def normalise_date(value: str, formats: tuple[str, ...]) -> str:
     """Parse a date in one of ``formats`` (strptime patterns, tried in order) to ``YYYY-MM-DD``.
 
-    The two common formats take a regex fast path; others go through ``strptime``. A two-digit
+    Formats made only of ``%d``, ``%m``, ``%Y`` or ``%y`` and separators take a regex fast path;
+    others go through ``strptime``. A value that has a format's shape but is not a valid date
+    (``31/02/2010``) goes on to the next format, and gives that reason if none reads it. A two-digit
     year (``%y``) is the latest year not in the future: ``05/03/85`` is 1985, ``05/03/15`` is 2015.
 
     Raises:
@@ -109,24 +132,30 @@ def normalise_date(value: str, formats: tuple[str, ...]) -> str:
     value = value.strip()
     if not value:
         return ""
+    error: InvalidValue | None = None
     for fmt in formats:
-        if fmt == "%Y-%m-%d":
-            m = _ISO.match(value)
-            if m:
-                return _checked(int(m[1]), int(m[2]), int(m[3]))
-        elif fmt == "%d/%m/%Y":
-            m = _DMY.match(value)
-            if m:
-                return _checked(int(m[3]), int(m[2]), int(m[1]))
+        pattern = _numeric_pattern(fmt)
+        if pattern is not None:
+            m = pattern.match(value)
+            if not m:
+                continue
+            parts = m.groupdict()
+            year = int(parts["Y"]) if "Y" in parts else _two_digit_year(int(parts["y"]))
+            month, day = int(parts["m"]), int(parts["d"])
         else:
             try:
                 parsed = dt.datetime.strptime(value, fmt).date()
             except ValueError:
                 continue
-            year = parsed.year
-            if "%y" in fmt and year > dt.date.today().year:
-                year -= 100  # two-digit years are births: never in the future, so 30 is 1930
-            return _checked(year, parsed.month, parsed.day)
+            year, month, day = parsed.year, parsed.month, parsed.day
+            if "%y" in fmt:
+                year = _two_digit_year(year % 100)
+        try:
+            return _checked(year, month, day)
+        except InvalidValue as exc:
+            error = error or exc
+    if error is not None:
+        raise error
     raise InvalidValue(f"date matches none of the formats {', '.join(formats)}")
 
 

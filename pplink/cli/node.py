@@ -107,7 +107,8 @@ def encode_command(agreement_path: Path, party: str, secret_path: Path | None, k
         for reason, n in summary.reasons:
             click.echo(f"    {n:>7} x {reason}")
     for column, found in dates.items():
-        click.echo(f"  {column} read as " + ", ".join(f"{human_format(f)} ({n} rows)" for f, n in found.items()))
+        read_as = ", ".join(f"{human_format(f)} ({n} different dates)" for f, n in found.items())
+        click.echo(f"  {column} read as {read_as}")
     click.echo(f"  token map (keep at this node): {summary.tokens}")
 
 

@@ -75,7 +75,7 @@ def test_agency_export_encodes_through_node_settings_alone(people, tmp_path: Pat
     report = json.loads(r.output)
     assert report["would_encode"] == 29 and report["opted_out"] == 1
     dob = next(c for c in report["columns"] if c["column"] == "date_of_birth")
-    assert dob["source"] == "DOB" and dob["formats"] == ["DD.MM.YYYY (%d.%m.%Y): 29 rows"]
+    assert dob["source"] == "DOB" and dob["formats"] == ["DD.MM.YYYY (%d.%m.%Y): 29 different dates"]
     assert not list(tmp_path.glob("*.enc"))  # validate writes nothing
 
     keys = setup.keys_dir

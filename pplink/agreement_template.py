@@ -204,7 +204,9 @@ rights = [
     "You can object to your records being linked; the agency then marks them as opted out.",
     "You can ask an agency to delete links and scores about you.",
 ]
-complaints = "If you are unhappy with an agency's answer, you can complain to the Information Commissioner's Office (ICO): ico.org.uk/make-a-complaint, or call 0303 123 1113."
+complaints = """\\
+If you are unhappy with an agency's answer, you can complain to the Information \\
+Commissioner's Office (ICO): ico.org.uk/make-a-complaint, or call 0303 123 1113."""
 
 # ---- retention, in days ----
 [retention]

@@ -98,10 +98,10 @@ def test_anonlink_client_encodes_like_pplink_and_joins_a_round(tmp_path: Path, p
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert summary["records"] == {"school": 40, "health": 40} and summary["linked_entities"] == 40
-    r = run("node", "resolve", "--tokens", tmp_path / "health.norm.tokens", "--map",
+    r = run("node", "resolve", *common, "--party", "health", "--tokens", tmp_path / "health.norm.tokens", "--map",
             tmp_path / "round" / "health.map.csv", "-o", tmp_path / "health.entities.csv")
     assert r.exit_code == 0, r.output
-    school = run("node", "resolve", "--tokens", tmp_path / "school.tokens", "--map",
+    school = run("node", "resolve", *common, "--party", "school", "--tokens", tmp_path / "school.tokens", "--map",
                  tmp_path / "round" / "school.map.csv", "-o", tmp_path / "school.entities.csv")
     assert school.exit_code == 0, school.output
     a = dict(line.split(",") for line in (tmp_path / "health.entities.csv").read_text().splitlines()[1:])

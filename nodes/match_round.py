@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nodes.export_settings import load_export_settings
 from nodes.resolve import resolve_entities
 from pplink.agreement import AgreementConfig, load_agreement
 from pplink.atomic import atomic_replace, atomic_write
@@ -89,7 +90,8 @@ __all__ = [
 
 #: The ``--node-config`` keys a SuperNode running pplink's ClientApp needs (``secret`` and
 #: ``workers`` may be left out: the secret then comes from ``$PPLINK_SECRET``).
-NODE_CONFIG_KEYS = ("agreement", "party", "data-path", "secret", "key", "out-dir", "skip-invalid", "workers")
+NODE_CONFIG_KEYS = ("agreement", "party", "data-path", "secret", "key", "out-dir", "skip-invalid", "workers",
+                    "settings")
 NODE_LOG = "pplink-node.log"
 _PREVIOUS = "previous"
 _PARTY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -107,6 +109,8 @@ class NodeSettings:
     out_dir: Path
     skip_invalid: bool = False
     workers: int | None = None
+    #: The agency's export settings TOML (nodes.export_settings), if its export needs one.
+    settings_path: Path | None = None
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, object]) -> NodeSettings:
@@ -136,6 +140,7 @@ class NodeSettings:
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
             raise ConfigError("node config: 'workers' must be a positive integer")
         secret = text("secret", required=False)
+        export = text("settings", required=False)
         return cls(
             agreement_path=Path(text("agreement") or ""),
             party=text("party") or "",
@@ -145,6 +150,7 @@ class NodeSettings:
             out_dir=Path(text("out-dir") or ""),
             skip_invalid=skip,
             workers=workers,
+            settings_path=Path(export) if export else None,
         )
 
     def work_dir(self, run_id: str) -> Path:
@@ -220,6 +226,7 @@ def _encode(agreement: AgreementConfig, settings: NodeSettings, key: Ed25519Priv
     work.mkdir(parents=True, mode=0o700)
     enc_path = work / f"{settings.party}.enc"
     summary = encode_file(agreement, settings.party, secret, key, settings.data_path, enc_path,
+                          settings=load_export_settings(settings.settings_path),
                           tokens=work / f"{settings.party}.tokens", skip_invalid=settings.skip_invalid,
                           workers=settings.workers)
     blob = enc_path.read_bytes()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.export_settings import load_export_settings
 from nodes.match_round import NODE_CONFIG_KEYS
 from pplink.agreement import load_agreement
 from pplink.crypto import load_private_key, load_secret, public_key_text
@@ -57,6 +58,7 @@ class JoinSettings:
             (:mod:`pplink.transport.warm`) rather than a fresh interpreter each time.
         poll_interval: seconds the idle SuperNode waits between asks for work (Flower's own is 3;
             see :mod:`nodes.flower.supernode_poll`).
+        settings_path: the agency's export settings TOML (:mod:`nodes.export_settings`), if any.
     """
 
     agreement_path: Path
@@ -74,6 +76,7 @@ class JoinSettings:
     workers: int | None = None
     warm_start: bool = True
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    settings_path: Path | None = None
 
     @property
     def flower_key(self) -> Path:
@@ -96,6 +99,7 @@ def check_join(settings: JoinSettings) -> None:
         raise KeyFileError(f"{settings.key_path}: not {settings.party}'s signing key in the agreement")
     if not Path(settings.data_path).is_file():
         raise UsageError(f"{settings.data_path}: records file not found")
+    load_export_settings(settings.settings_path)  # a bad settings file stops the node before it joins
     if not settings.insecure:
         if settings.root_certificates is None or not Path(settings.root_certificates).is_file():
             raise UsageError(f"{settings.root_certificates}: the coordinator's CA certificate is needed "
@@ -129,6 +133,7 @@ def node_config_toml(settings: JoinSettings) -> str:
         "out-dir": str(Path(settings.out_dir).resolve()),
         "skip-invalid": settings.skip_invalid,
         "workers": settings.workers,
+        "settings": str(Path(settings.settings_path).resolve()) if settings.settings_path else None,
     }
     assert set(values) <= set(NODE_CONFIG_KEYS)
     # JSON strings and booleans are valid TOML values.

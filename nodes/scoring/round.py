@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from nodes.export_settings import load_export_settings
 from nodes.match_round import NodeSettings, check_result, entities_path
 from nodes.scoring.data import load_agency_data
 from nodes.scoring.vertical import LabelOwnerNode, ScoringNode, write_scores
@@ -160,7 +161,8 @@ def _new_node(agreement: AgreementConfig, settings: ScoringNodeSettings, key: An
     if agreement.scoring is None:
         raise ConfigError("the agreement has no [scoring] section")
     check_result(base.out_dir, base.party)
-    data = load_agency_data(agreement, base.party, base.data_path, entities_path(base.out_dir, base.party))
+    data = load_agency_data(agreement, base.party, base.data_path, entities_path(base.out_dir, base.party),
+                            load_export_settings(base.settings_path))
     if base.party == agreement.scoring.label_owner:
         return LabelOwnerNode(agreement, data, key, holdout_seed=settings.holdout_seed)
     return ScoringNode(agreement, data, key)

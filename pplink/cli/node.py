@@ -224,11 +224,12 @@ def resolve_command(agreement_path: Path, party: str, tokens_path: Path, map_pat
 @click.option("--poll-interval", type=click.FloatRange(0.1, 3.0), default=0.5, show_default=True,
               help="Seconds an idle SuperNode waits between asks for work (Flower's own is 3; each message "
                    "waits half of it on average).")
+@SETTINGS_OPTION
 @click.option("--insecure", is_flag=True, help="No TLS and no node key. For tests only.")
 def join_command(agreement_path: Path, party: str, superlink: str, data_path: Path, secret_path: Path | None,
                  key_path: Path, flower_key_path: Path | None, root_certificates: Path | None, out_dir: Path | None,
                  port: int, skip_invalid: bool, workers: int | None, retry_for: float, warm_start: bool,
-                 poll_interval: float, insecure: bool) -> None:
+                 poll_interval: float, settings_path: Path | None, insecure: bool) -> None:
     """Run this agency's Flower SuperNode: it dials out to the coordinator and answers match rounds.
 
     Records, the secret and the token map stay here; the result lands in OUT_DIR/<party>.entities.csv.
@@ -242,7 +243,7 @@ def join_command(agreement_path: Path, party: str, superlink: str, data_path: Pa
                             secret_path=secret_path, key_path=key_path, flower_key_path=flower_key_path,
                             out_dir=out_dir or Path(f"pplink-node-{party}"), root_certificates=root_certificates,
                             port=port, insecure=insecure, skip_invalid=skip_invalid, workers=workers,
-                            warm_start=warm_start, poll_interval=poll_interval)
+                            warm_start=warm_start, poll_interval=poll_interval, settings_path=settings_path)
 
     def started(cmd: list[str]) -> None:
         mode = "INSECURE (tests only)" if insecure else "TLS, node key " + str(settings.flower_key)

@@ -242,3 +242,17 @@ def test_a_few_ambiguous_dates_among_iso_refuse_only_their_rows(setup: Setup, pe
     stated = encode_records(setup.agreement, "school", setup.secret, records,
                             settings=ExportSettings(date_formats={"date_of_birth": ("%Y-%m-%d", "%d/%m/%Y")}))
     assert stated.rejected_rows == [] and len(stated.record_ids) == 20
+
+
+def test_a_flower_node_reads_its_export_settings(tmp_path: Path) -> None:
+    """Invariant: `node join --settings` reaches the ClientApp's settings (so Flower rounds read the export alike)."""
+    from nodes.flower.supernode import JoinSettings, node_config_toml
+    from nodes.match_round import NodeSettings
+
+    join = JoinSettings(tmp_path / "a.toml", "school", "127.0.0.1:9091", tmp_path / "s.csv", None,
+                        tmp_path / "s.key", tmp_path / "out", settings_path=tmp_path / "node.toml")
+    config = tomllib.loads(node_config_toml(join))
+    assert NodeSettings.from_node_config(config).settings_path == (tmp_path / "node.toml").resolve()
+    plain = tomllib.loads(node_config_toml(JoinSettings(tmp_path / "a.toml", "school", "127.0.0.1:9091",
+                                                        tmp_path / "s.csv", None, tmp_path / "s.key", tmp_path)))
+    assert NodeSettings.from_node_config(plain).settings_path is None

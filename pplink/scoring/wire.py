@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from pplink.accounting import Mechanism
 from pplink.errors import TransportError
 from pplink.models import PplinkModel
+from pplink.scoring.he import SignedBundle
 from pplink.scoring.protocol import (
     HoldoutReply,
     HoldoutRequest,
@@ -44,9 +45,19 @@ from pplink.scoring.protocol import (
     VerticalSettings,
 )
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
+from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
+from pplink.scoring.suffstats_protocol import (
+    BlockRequest,
+    DecryptRequest,
+    PresenceAsk,
+    Released,
+    ScoreRequest,
+    SuffStatsPlan,
+)
 
-__all__ = ["PAYLOAD_TYPES", "FinishReply", "FinishRequest", "JoinRequest", "decode_payload", "encode_payload",
-           "register_payload_type"]
+__all__ = ["PAYLOAD_TYPES", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk", "JoinRequest",
+           "OwnerScoresAsk", "PresenceCountsAsk", "RunAsk", "SuffJoin", "ThresholdAsk", "decode_payload",
+           "encode_payload", "register_payload_type"]
 
 _TREE = "$tree"
 #: The types a payload may hold, by name (dataclasses, pydantic models and enums).
@@ -54,8 +65,12 @@ PAYLOAD_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (RunPlan, VerticalSettings, Mechanism, MaskKeyAnnouncement, StepCharge, ShareRequest, ShareReply,
                 ResidualRequest, ResidualReply, HoldoutRequest, HoldoutReply, ThresholdRequest, ThresholdReply,
-                PresenceRequest, PresenceReply)
+                PresenceRequest, PresenceReply, SuffStatsPlan, SuffStatsSettings, NoisePlan, SignedBundle,
+                BlockRequest, DecryptRequest, Released, PresenceAsk, ScoreRequest)
 }
+#: Bytes values longer than this travel as arrays of the archive, not as hex in its JSON tree
+#: (ciphertexts: tens of megabytes per message).
+_INLINE_BYTES = 256
 
 
 def register_payload_type(cls: type) -> type:
@@ -91,6 +106,70 @@ class FinishReply:
     rows: int
 
 
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class SuffJoin:
+    """Coordinator -> node (sufficient statistics): the plan, every party's mask key, the ledger chain."""
+
+    plan: SuffStatsPlan
+    announcements: tuple[MaskKeyAnnouncement, ...]
+    ledger_lines: tuple[bytes, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class RunAsk:
+    """Coordinator -> label owner: a message with no content but its run (setup, holdout, presence setup)."""
+
+    run_id: str
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class ForwardAsk:
+    """Coordinator -> agency: forward the label owner's training vectors times your columns."""
+
+    run_id: str
+    owner: SignedBundle
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class OwnerScoresAsk:
+    """Coordinator -> label owner: every agency's masked score share."""
+
+    run_id: str
+    shares: tuple[SignedBundle, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class ThresholdAsk:
+    """Coordinator -> label owner: exact error counts by subgroup at a public threshold."""
+
+    run_id: str
+    threshold: float
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class PresenceCountsAsk:
+    """Coordinator -> label owner: the agencies' noisy presence sums and the ledger lines charging them."""
+
+    run_id: str
+    sums: tuple[SignedBundle, ...]
+    ledger_lines: tuple[bytes, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class CountsReply:
+    """Label owner -> coordinator: released counts ``(agency, "known" | "not known", outcome, count)``."""
+
+    run_id: str
+    counts: tuple[tuple[str, str, str, int], ...]
+
+
 def _to_tree(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, Enum):  # before str: a StrEnum is a str too
         _known(type(obj).__name__)
@@ -106,7 +185,11 @@ def _to_tree(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes):
-        return {"$bytes": obj.hex()}
+        if len(obj) <= _INLINE_BYTES:
+            return {"$bytes": obj.hex()}
+        name = f"a{len(arrays)}"
+        arrays[name] = np.frombuffer(obj, dtype=np.uint8)
+        return {"$blob": name}
     name = type(obj).__name__
     if isinstance(obj, PplinkModel):
         _known(name)
@@ -144,6 +227,11 @@ def _from_tree(node: Any, arrays: Any) -> Any:
         return arrays[node["$array"]]
     if "$bytes" in node:
         return bytes.fromhex(node["$bytes"])
+    if "$blob" in node:
+        blob = arrays[node["$blob"]]
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise TransportError("scoring payload: a byte string is not a 1-D uint8 array")
+        return blob.tobytes()
     if "$tuple" in node:
         return tuple(_from_tree(v, arrays) for v in node["$tuple"])
     if "$set" in node:

@@ -17,7 +17,7 @@ from coordinator.scoring.suffstats import train_suffstats
 from pplink.accounting import Mechanism, QueryKind, rho_for_epsilon
 from pplink.audit.verify import verify_ledger
 from pplink.cli.score import truth_joined_inputs
-from pplink.cli.score_suffstats import SYNTH_FEATURE_SCALES, build_suffstats_nodes, run_suffstats
+from pplink.lab.scoring_run import SYNTH_FEATURE_SCALES, build_suffstats_nodes, run_suffstats
 from pplink.errors import BudgetExceededError
 from pplink.lab.synth import generate_synth
 from pplink.ledger import read_ledger

@@ -5,13 +5,13 @@ the figures isolate scoring. Every agency is a real :class:`nodes.scoring.vertic
 key agreement, ChaCha20 masks, OpenDP noise at the label owner, every step on a signed ledger);
 the transport is a plain method call, so the times are compute only.
 
-``--transport flower`` runs the same training over a real Flower deployment instead
-(:class:`tests.deployment.LocalDeployment`: ``pplink coordinator serve`` with TLS and node
-authentication and one ``pplink node join`` per agency, on 127.0.0.1): a match round links the
-synthetic agencies, then ``pplink coordinator run --task score`` trains and evaluates on that
-linkage. It prints the scoring run's wall time as the operator sees it, seconds, messages and
-exchanges per step, and the service start-up apart. Each exchange costs about two seconds (an idle
-SuperNode polls every 0.5 s and starts a warm process per message), so keep ``--steps`` small.
+``--transport flower`` runs a noisy-sufficient-statistics scoring run (the protocol ``coordinator
+run --task score`` runs) over a real Flower deployment instead (:class:`tests.deployment.LocalDeployment`:
+``pplink coordinator serve`` with TLS and node authentication and one ``pplink node join`` per
+agency, on 127.0.0.1): a match round links the synthetic agencies, then ``pplink coordinator run
+--task score`` trains and evaluates on that linkage. It prints the scoring run's wall time as the
+operator sees it, seconds per phase, messages, exchanges and bytes, the service start-up and the
+match round apart, and the machine's load average.
 
 Each run prints one JSON line: parameters, versions, setup/training/evaluation seconds, seconds
 per step, messages and bytes per step, the label owner's exact holdout AUC, the released (DP)
@@ -33,8 +33,8 @@ Usage::
 
     uv run python benchmarks/scoring.py --people 20000 --agencies 4
     uv run python benchmarks/scoring.py --people 20000 --budget-table --epsilons 1,2,5,10,20,60 --repeats 3
-    uv run python benchmarks/scoring.py --transport flower --people 2000 --agencies 3 --steps 3 \
-        --training-epsilon 1 --evaluation-epsilon 0.5
+    uv run python benchmarks/scoring.py --transport flower --people 20000 --agencies 4 \
+        --training-epsilon 2 --evaluation-epsilon 0.6
 """
 
 from __future__ import annotations
@@ -142,12 +142,12 @@ def run_once(people: int, agencies: int, *, seed: int = 3, steps: int = 10, lear
         return record
 
 
-def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, training_epsilon: float = 1.0,
-               evaluation_epsilon: float = 0.5, keep: Path | None = None) -> dict[str, Any]:
-    """One match round, then one scoring run, over a real Flower deployment on 127.0.0.1.
+def run_flower(people: int, agencies: int, *, seed: int = 3, training_epsilon: float = 2.0,
+               evaluation_epsilon: float = 0.6, keep: Path | None = None) -> dict[str, Any]:
+    """One match round, then one scoring run (noisy sufficient statistics), over a real Flower deployment.
 
-    The agreement is the default one (budget epsilon 4), so the run must fit it; the learning rate
-    is the default (``coordinator run`` does not set it).
+    The agreement is the default one (budget epsilon 4), so the run must fit it. The run has no
+    steps: one run is the whole training (two DP releases), which a 10-step residual run stood for.
     """
     import os
 
@@ -171,7 +171,8 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, tra
             if done.returncode != 0:
                 raise SystemExit(f"the match round failed:\n{done.stderr}")
             t0 = time.perf_counter()
-            done, record = d.run_round("--task", "score", "--match-run", matched["run_id"], "--steps", str(steps),
+            load_before = os.getloadavg()[0]
+            done, record = d.run_round("--task", "score", "--match-run", matched["run_id"],
                                        "--training-epsilon", str(training_epsilon),
                                        "--evaluation-epsilon", str(evaluation_epsilon),
                                        "--reply-timeout", "600", timeout=3600)
@@ -179,22 +180,19 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, steps: int = 3, tra
             if done.returncode != 0:
                 raise SystemExit(f"the scoring run failed:\n{done.stderr}")
             summary = json.loads((d.state / "scoring" / f"{record['run_id']}.json").read_text(encoding="utf-8"))
-    step_seconds = summary["step_seconds"]
     return {
-        "benchmark": "scoring-vertical-flower", "people": people, "agencies": len(names),
-        "linked_entities": matched.get("entities"), "seed": seed, "steps": summary["steps"],
+        "benchmark": "scoring-suffstats-flower", "people": people, "agencies": len(names),
+        "linked_entities": matched.get("entities"), "plan_entities": summary["entities"], "seed": seed,
         "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon, "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "flwr": metadata.version("flwr"), "service_startup_seconds": round(startup, 2),
-        "match_round_seconds": round(match_seconds, 2), "scoring_run_seconds": round(score_seconds, 2),
-        "serverapp_seconds": summary["seconds"],
-        "seconds_per_step": round(statistics.fmean(step_seconds), 2) if step_seconds else None,
-        "step_seconds": [round(s, 2) for s in step_seconds],
-        "messages_per_step": summary["messages_per_step"], "exchanges_per_step": summary["exchanges_per_step"],
+        "python": platform.python_version(), "flwr": metadata.version("flwr"),
+        "service_startup_seconds": round(startup, 2), "match_round_seconds": round(match_seconds, 2),
+        "scoring_run_seconds": round(score_seconds, 2), "serverapp_seconds": summary["seconds"],
+        "phase_seconds": summary["phase_seconds"], "bytes_by_message": summary["bytes_by_message"],
         "messages_total": summary["messages"], "exchanges_total": summary["exchanges"],
         "seconds_per_exchange": round(summary["seconds"] / summary["exchanges"], 2),
         "score_rows": summary["score_rows"], "auc_released_dp": summary["released_auc"],
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "own_auc_released_dp": summary["released_own_auc"], "verdict": summary["verdict"],
+        "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -290,14 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_table:
             parser.error("--budget-table runs in process only")
         for rep in range(args.repeats):
-            rec = run_flower(args.people, min(args.agencies, 4), seed=args.seed + rep, steps=args.steps,
+            rec = run_flower(args.people, min(args.agencies, 4), seed=args.seed + rep,
                              training_epsilon=args.training_epsilon,
                              evaluation_epsilon=args.evaluation_epsilon, keep=args.keep)
             print(json.dumps(rec), flush=True)
-        print(f"Flower, {rec['agencies']} agencies x {rec['people']} people: "
-              f"scoring run {rec['scoring_run_seconds']} s wall for {rec['steps']} steps; "
-              f"{rec['seconds_per_step']} s, {rec['messages_per_step']} messages and "
-              f"{rec['exchanges_per_step']} exchanges per step ({rec['seconds_per_exchange']} s per exchange)")
+        print(f"Flower, {rec['agencies']} agencies x {rec['people']} people ({rec['plan_entities']} entities): "
+              f"scoring run {rec['scoring_run_seconds']} s wall ({rec['serverapp_seconds']} s in the ServerApp), "
+              f"{rec['messages_total']} messages in {rec['exchanges_total']} exchanges; load average "
+              f"{rec['load_average_1m_before']} -> {rec['load_average_1m_after']}")
         return 0
     if args.budget_table:
         print(budget_table(args.people, args.agencies, [float(e) for e in args.epsilons.split(",")], args.repeats))

@@ -33,9 +33,9 @@ def _world(people: int, seed: int, budget: float = 100.0):  # type: ignore[no-un
 
     from pplink.agreement import parse_agreement
     from pplink.agreement_template import default_agreement_toml
-    from pplink.cli.score import truth_joined_inputs
     from pplink.crypto import load_private_key
     from pplink.keystore import ensure_party_keys, private_key_path
+    from pplink.lab.scoring_run import truth_joined_inputs
     from pplink.lab.synth import generate_synth
 
     root = Path(tempfile.mkdtemp(prefix="pplink-bench-suffstats-"))

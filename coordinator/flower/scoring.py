@@ -248,6 +248,12 @@ class FlowerSuffStatsNode:
         request = dataclasses.replace(request, owner=self._owner(request.owner, [self._agency]))
         return self._one(ScoringCall.BLOCK, request, SignedBundle)
 
+    def block_each(self, requests: Mapping[str, BlockRequest]) -> dict[str, SignedBundle]:
+        """Every agency's noisy encrypted sums, each its own request, in one exchange."""
+        payloads = {a: dataclasses.replace(r, owner=self._owner(r.owner, [a])) for a, r in requests.items()}
+        answers = self._channel.exchange(ScoringCall.BLOCK, payloads)
+        return {a: _typed(answers[a], SignedBundle, a, ScoringCall.BLOCK) for a in requests}
+
     def score_share(self, request: ScoreRequest) -> SignedBundle:
         """Every agency's masked score share (one exchange)."""
         parties = self._plan().parties[1:]

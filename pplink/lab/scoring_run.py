@@ -19,7 +19,7 @@ from pplink.scoring.model_card import VERDICT_TEXT, model_card
 from pplink.scoring.suffstats import SuffStatsSettings
 
 __all__ = ["SYNTH_FEATURE_SCALES", "SuffStatsSummary", "build_suffstats_nodes", "demo_settings", "run_suffstats",
-           "run_suffstats_demo"]
+           "run_suffstats_demo", "truth_joined_inputs"]
 
 #: Public centre and scale of each synthetic feature, from the generator's documented ranges
 #: (``pplink.lab.synth`` profiles: Poisson counts of rate about e^-1 to e^1, attendance 80-100%),
@@ -30,6 +30,39 @@ SYNTH_FEATURE_SCALES: dict[str, tuple[float, float]] = {
     "health.ae_visits": (1.0, 1.5), "health.missed_appointments": (1.0, 1.5),
     "police.callouts": (1.0, 2.0), "police.dv_incidents": (0.3, 1.0),
 }
+
+def truth_joined_inputs(agreement: AgreementConfig, data: Any, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A linkage state and per-agency scoring inputs joined by the synthetic truth (no linkage errors).
+
+    For benchmarks and the centralised comparison: every synthetic person on some agency's books
+    is one entity; opted-out rows are left out, as encoding would.
+    """
+    import numpy as np
+
+    from coordinator.linkage.state import LinkageState
+    from nodes.scoring.data import build_agency_data
+
+    rng = np.random.default_rng(seed)
+    kept: dict[str, tuple[list[tuple[str, ...]], np.ndarray]] = {}
+    for agency, table in data.tables.items():
+        opt_out = table.columns.index("opt_out")
+        rows = [i for i, row in enumerate(table.rows) if row[opt_out].strip().upper() != "Y"]
+        kept[agency] = ([table.rows[i] for i in rows], table.persons[rows])
+    persons = np.unique(np.concatenate([p for _, p in kept.values()]))
+    pseudonyms = rng.integers(0, 256, size=(persons.size, 16), dtype=np.uint8)
+    hexes = [bytes(row).hex() for row in pseudonyms]
+    cluster_of: dict[str, np.ndarray] = {}
+    inputs: dict[str, Any] = {}
+    for agency, (rows, who) in kept.items():
+        clusters = np.searchsorted(persons, who)
+        cluster_of[agency] = clusters.astype(np.int64)
+        entity_of = {row[0]: hexes[c] for row, c in zip(rows, clusters.tolist(), strict=True)}
+        inputs[agency] = build_agency_data(agreement, agency, data.tables[agency].columns, rows, entity_of,
+                                           source=f"synthetic {agency}")
+    state = LinkageState(agreement_id=agreement.agreement_id, parties=tuple(kept), cluster_of=cluster_of,
+                         pseudonyms=pseudonyms, attributes={}, threshold=agreement.linkage.threshold)
+    return state, inputs
+
 
 def build_suffstats_nodes(agreement: AgreementConfig, data: Mapping[str, Any], keys: Mapping[str, Any], *,
                           holdout_key: bytes | None = None) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """Encoding vertical scoring payloads as bytes, for Flower messages and a node's saved run state.
 
-The payloads of :mod:`pplink.scoring.protocol` are dataclasses holding numpy vectors, pydantic
-models (settings, mask-key announcements) and enums. :func:`encode_payload` writes one as an
-``.npz`` archive: every array under its own name, and a JSON tree (``$tree``) describing the rest,
+The payloads of :mod:`pplink.scoring.suffstats_protocol` are dataclasses holding numpy vectors,
+bytes (ciphertexts, ledger lines), pydantic models (settings, mask-key announcements) and enums.
+:func:`encode_payload` writes one as an ``.npz`` archive: every array (and every long byte string)
+under its own name, and a JSON tree (``$tree``) describing the rest,
 with each array replaced by a reference to its name. :func:`decode_payload` reads it back with
 ``allow_pickle=False`` and rebuilds only the types listed in :data:`PAYLOAD_TYPES`, so bytes from
 a peer can never make the reader run code or build an object it did not expect.
 
->>> from pplink.scoring.protocol import ShareRequest
->>> back = decode_payload(encode_payload(ShareRequest(run_id="a" * 32, step=2, residuals=np.arange(3))))
->>> back.step, back.residuals.tolist()
-(2, [0, 1, 2])
+>>> back = decode_payload(encode_payload(ThresholdAsk(run_id="a" * 32, threshold=-1.5)))
+>>> back.threshold
+-1.5
 """
 
 from __future__ import annotations
@@ -29,21 +29,6 @@ from pplink.accounting import Mechanism
 from pplink.errors import TransportError
 from pplink.models import PplinkModel
 from pplink.scoring.he import SignedBundle
-from pplink.scoring.protocol import (
-    HoldoutReply,
-    HoldoutRequest,
-    PresenceReply,
-    PresenceRequest,
-    ResidualReply,
-    ResidualRequest,
-    RunPlan,
-    ShareReply,
-    ShareRequest,
-    StepCharge,
-    ThresholdReply,
-    ThresholdRequest,
-    VerticalSettings,
-)
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
 from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
 from pplink.scoring.suffstats_protocol import (
@@ -55,7 +40,7 @@ from pplink.scoring.suffstats_protocol import (
     SuffStatsPlan,
 )
 
-__all__ = ["PAYLOAD_TYPES", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk", "JoinRequest",
+__all__ = ["PAYLOAD_TYPES", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk",
            "OwnerScoresAsk", "PresenceCountsAsk", "RunAsk", "SuffJoin", "ThresholdAsk", "decode_payload",
            "encode_payload", "register_payload_type"]
 
@@ -63,9 +48,7 @@ _TREE = "$tree"
 #: The types a payload may hold, by name (dataclasses, pydantic models and enums).
 PAYLOAD_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RunPlan, VerticalSettings, Mechanism, MaskKeyAnnouncement, StepCharge, ShareRequest, ShareReply,
-                ResidualRequest, ResidualReply, HoldoutRequest, HoldoutReply, ThresholdRequest, ThresholdReply,
-                PresenceRequest, PresenceReply, SuffStatsPlan, SuffStatsSettings, NoisePlan, SignedBundle,
+    for cls in (Mechanism, MaskKeyAnnouncement, SuffStatsPlan, SuffStatsSettings, NoisePlan, SignedBundle,
                 BlockRequest, DecryptRequest, Released, PresenceAsk, ScoreRequest)
 }
 #: Bytes values longer than this travel as arrays of the archive, not as hex in its JSON tree
@@ -77,15 +60,6 @@ def register_payload_type(cls: type) -> type:
     """Allow another dataclass, pydantic model or enum in payloads (used as a class decorator)."""
     PAYLOAD_TYPES[cls.__name__] = cls
     return cls
-
-
-@register_payload_type
-@dataclasses.dataclass(frozen=True)
-class JoinRequest:
-    """Coordinator -> node: the plan again and every party's signed mask-key announcement."""
-
-    plan: RunPlan
-    announcements: tuple[MaskKeyAnnouncement, ...]
 
 
 @register_payload_type

@@ -1,4 +1,4 @@
-"""Vertical scoring (noisy sufficient statistics) over Flower's Message API, in process (``pplink.transport.inprocess``).
+"""Vertical scoring (noisy sufficient statistics) over Flower's Message API, in process (``InProcessGrid``).
 
 The Flower path drives the same node objects through ``query.score`` messages (signed, payload
 beside them, node state saved between messages as a SuperNode's process-per-message needs) and
@@ -20,14 +20,13 @@ import nodes.scoring.suffstats
 from coordinator.flower.server_app import app as server_app
 from coordinator.linkage.state import STATE_FILE
 from nodes.flower.client_app import app as client_app
+from nodes.scoring.round import holdout_key_for_seed
 from pplink.agreement import load_agreement
 from pplink.audit.verify import verify_ledger
 from pplink.cli.main import cli
-from nodes.scoring.round import holdout_key_for_seed
 from pplink.keystore import private_key_path
 from pplink.lab.scoring_run import demo_settings, run_suffstats_demo
 from pplink.transport.inprocess import InProcessGrid, InProcessNode, run_in_process
-
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +99,9 @@ def test_flower_path_gives_the_same_model_as_the_in_process_path(demo_dir: Path,
     summary = json.loads(next((state / "scoring").glob("*.json")).read_text())
     k = len(config.agency_ids)
     assert summary["protocol"] == "sufficient-statistics" and summary["verdict"] in ("helped", "did not help")
-    # announce, join, owner setup, forward, one block per other agency, decrypt, scores, owner scores.
-    assert summary["training_exchanges"] == 3 + 1 + (k - 1) + 1 + 1 + 1
+    # announce, join, owner setup, forward, blocks (every agency at once), decrypt, scores, owner scores.
+    assert summary["training_exchanges"] == 8
+    assert summary["training_messages"] == 2 * k + 1 + (k - 2) + (k - 1) + 1 + (k - 1) + 1
     assert [t for t, _ in grid.sent].count("query.score") == summary["messages"]
     verdict = verify_ledger(config, state / "ledger.jsonl")
     assert verdict.ok, verdict.findings

@@ -2,8 +2,8 @@
 
 One SuperLink (`pplink coordinator serve`) and three SuperNodes (`pplink node join`) run as separate
 processes; a match round over ~300 synthetic people links the agencies, then `pplink coordinator run
---task score` trains (noisy sufficient statistics under CKKS) and evaluates a vertical model on that linkage. Every process tree is
-stopped (by pid) when the module ends, pass or fail. Synthetic people only.
+--task score` trains (noisy sufficient statistics under CKKS) and evaluates a vertical model on that
+linkage. Every process tree is stopped (by pid) when the module ends, pass or fail. Synthetic people only.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, training_epsilon: f
     """
     import os
 
+    from pplink.lab.scoring_run import demo_settings
     from pplink.lab.synth import DEFAULT_AGENCIES
     from tests.deployment import LocalDeployment
 
@@ -70,8 +71,12 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, training_epsilon: f
             if done.returncode != 0:
                 raise SystemExit(f"the match round failed:\n{done.stderr}")
             t0 = time.perf_counter()
+            # The synthetic generator's public feature constants (as `pplink demo` uses), never this data's.
+            scales = root / "feature-scales.json"
+            scales.write_text(json.dumps(demo_settings(d.setup.agreement).feature_scales), encoding="utf-8")
             load_before = os.getloadavg()[0]
             done, record = d.run_round("--task", "score", "--match-run", matched["run_id"],
+                                       "--feature-scales", str(scales),
                                        "--training-epsilon", str(training_epsilon),
                                        "--evaluation-epsilon", str(evaluation_epsilon),
                                        "--reply-timeout", "600", timeout=3600)

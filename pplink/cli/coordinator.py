@@ -205,10 +205,14 @@ def _render_scoring(summary: dict) -> None:  # type: ignore[type-arg]
               help="score: privacy loss of the two training releases, G and b (default 2).")
 @click.option("--evaluation-epsilon", type=float, default=None,
               help="score: privacy loss of the evaluation releases (default 0.6).")
+@click.option("--feature-scales", type=existing_file, default=None,
+              help='score: a JSON file {"agency.column": [centre, scale]} of public constants (never this '
+                   "run's data); a feature without one is mapped with asinh.")
 @FORMAT_OPTION
 def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wait_nodes: float,
                 reply_timeout: float, workers: int, task: str, match_run: str | None,
-                training_epsilon: float | None, evaluation_epsilon: float | None, output_format: str) -> None:
+                training_epsilon: float | None, evaluation_epsilon: float | None, feature_scales: Path | None,
+                output_format: str) -> None:
     """Run one match round (or, with --task score, one scoring run) over Flower and wait for it to finish.
 
     A scoring run trains on the people a finished match round linked (noisy sufficient statistics
@@ -226,8 +230,13 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     config = load_agreement(agreement_path)
     scoring = None
     asked = {"training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon}
+    if feature_scales is not None:
+        try:
+            asked["feature_scales"] = json.loads(Path(feature_scales).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--feature-scales: not a readable JSON file ({type(err).__name__})") from None
     if task == "match" and (match_run is not None or any(v is not None for v in asked.values())):
-        raise UsageError("--match-run, --training-epsilon and --evaluation-epsilon need --task score")
+        raise UsageError("--match-run, --training-epsilon, --evaluation-epsilon and --feature-scales need --task score")
     if task == "score":
         from pydantic import ValidationError
 

@@ -47,7 +47,10 @@ def test_scoring_settings_belong_to_a_score_run_only(setup: Setup, tmp_path: Pat
     """Invariant: scoring options on a match round, an unknown match round or bad settings are
     refused before anything is launched, with the usage exit code."""
     base = ("coordinator", "run", "--agreement", str(setup.agreement_path), "--dir", str(tmp_path))
-    for extra in (("--training-epsilon", "1"), ("--match-run", "ab" * 8), ("--task", "score", "--match-run", "ab" * 8),
+    scales = tmp_path / "scales.json"
+    scales.write_text("not json", encoding="utf-8")
+    for extra in (("--training-epsilon", "1"), ("--match-run", "ab" * 8), ("--feature-scales", str(scales)),
+                  ("--task", "score", "--feature-scales", str(scales)), ("--task", "score", "--match-run", "ab" * 8),
                   ("--task", "score", "--match-run", "../../etc"),
                   ("--task", "score", "--training-epsilon", "-1")):
         result = _run(*base, *extra)

@@ -33,9 +33,9 @@ def _world(people: int, seed: int, budget: float = 100.0):  # type: ignore[no-un
 
     from pplink.agreement import parse_agreement
     from pplink.agreement_template import default_agreement_toml
-    from pplink.cli.score import truth_joined_inputs
     from pplink.crypto import load_private_key
     from pplink.keystore import ensure_party_keys, private_key_path
+    from pplink.lab.scoring_run import truth_joined_inputs
     from pplink.lab.synth import generate_synth
 
     root = Path(tempfile.mkdtemp(prefix="pplink-bench-suffstats-"))
@@ -60,7 +60,7 @@ def plain_aucs(agreement: Any, inputs: dict[str, Any], epsilons: list[float], *,
 
     from nodes.scoring.suffstats import draw_noise
     from nodes.scoring.suffstats_owner import own_feature_model
-    from pplink.cli.score_suffstats import SYNTH_FEATURE_SCALES
+    from pplink.lab.scoring_run import SYNTH_FEATURE_SCALES
     from pplink.scoring.suffstats import SuffStatsSettings, encode_block, in_holdout, noise_plan, solve_model
 
     owner = agreement.scoring.label_owner
@@ -138,7 +138,7 @@ def time_run(people: int, seed: int, training_epsilon: float = 2.0, *, world: An
              holdout_key: bytes | None = None) -> dict[str, Any]:
     """One real run (CKKS, every party, the ledger) in process; its timings, message sizes and AUCs."""
     from coordinator.scoring.suffstats import evaluate_suffstats, train_suffstats
-    from pplink.cli.score_suffstats import SYNTH_FEATURE_SCALES, build_suffstats_nodes
+    from pplink.lab.scoring_run import SYNTH_FEATURE_SCALES, build_suffstats_nodes
     from pplink.scoring.suffstats import SuffStatsSettings
 
     root = Path(tempfile.mkdtemp(prefix="pplink-bench-suffstats-"))

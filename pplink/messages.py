@@ -198,15 +198,21 @@ class RollbackReply(_Message):
 
 
 class ScoringCall(StrEnum):
-    """The node-side method a scoring message asks for (see :mod:`pplink.scoring.protocol`)."""
+    """The node-side method a scoring message asks for (see :mod:`pplink.scoring.suffstats_protocol`)."""
 
     ANNOUNCE = "announce"
     JOIN = "join"
-    SHARE = "share"
-    RESIDUALS = "residuals"
+    OWNER_SETUP = "owner-setup"
+    FORWARD = "forward"
+    BLOCK = "block"
+    DECRYPT = "decrypt"
+    SCORES = "scores"
+    OWNER_SCORES = "owner-scores"
     HOLDOUT = "holdout"
     THRESHOLD = "threshold"
+    PRESENCE_SETUP = "presence-setup"
     PRESENCE = "presence"
+    PRESENCE_COUNTS = "presence-counts"
     FINISH = "finish"
 
 

@@ -1,4 +1,4 @@
-"""Imports flow nodes/ -> pplink/ <- coordinator/; only pplink/cli/ composes both sides.
+"""Imports flow nodes/ -> pplink/ <- coordinator/; only pplink/cli/ and pplink/lab/ compose both sides.
 
 Parsed with ast, so a forbidden edge fails here even if no test happens to import it.
 """
@@ -38,9 +38,10 @@ def test_import_directions() -> None:
     for package, forbidden in (("pplink", {"nodes", "coordinator"}), ("nodes", {"coordinator"}),
                                ("coordinator", {"nodes"})):
         for path in sorted((ROOT / package).rglob("*.py")):
-            in_cli = package == "pplink" and "cli" in path.relative_to(ROOT / package).parts[:1]
+            # The CLI and the lab (demo and benchmark composition) may compose both sides, inside functions.
+            in_composer = package == "pplink" and path.relative_to(ROOT / package).parts[0] in ("cli", "lab")
             for module, line, in_func in _imports(path):
-                if _top(module) in forbidden and not (in_cli and in_func):
+                if _top(module) in forbidden and not (in_composer and in_func):
                     problems.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not problems, "\n".join(problems)
 
@@ -87,6 +88,18 @@ def test_flower_is_imported_only_by_its_adapters() -> None:
             if rel.startswith(_FLOWER_ROOMS):
                 continue
             problems += [f"{rel}:{line} imports {m}" for m, line, _ in _imports(path) if _top(m) == "flwr"]
+    assert not problems, "\n".join(problems)
+
+
+def test_library_code_never_imports_the_cli() -> None:
+    # The CLI is the composition root: the library and benchmarks call the library, never a click module.
+    problems = []
+    for folder in ("nodes", "coordinator", "pplink", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith("pplink/cli/"):
+                continue
+            problems += [f"{rel}:{line} imports {m}" for m, line, _ in _imports(path) if m.startswith("pplink.cli")]
     assert not problems, "\n".join(problems)
 
 

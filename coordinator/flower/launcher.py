@@ -37,7 +37,7 @@ from coordinator.run_records import (
 from pplink.agreement import AgreementConfig
 from pplink.errors import TransportError, UsageError
 from pplink.messages import new_run_id
-from pplink.scoring.protocol import VerticalSettings
+from pplink.scoring.suffstats import SuffStatsSettings
 from pplink.transport.flower_env import flower_env, flower_executable, stop_process
 
 __all__ = ["APP_PYPROJECT", "TASKS", "RunSettings", "launch_round", "run_task", "write_flower_app"]
@@ -110,7 +110,7 @@ class RunSettings:
     workers: int = 2
     timeout: float = 3600.0
     task: str = "match"
-    scoring: VerticalSettings | None = None
+    scoring: SuffStatsSettings | None = None
     match_run: str | None = None
 
     def __post_init__(self) -> None:
@@ -143,7 +143,7 @@ def _run_config(settings: RunSettings, run_id: str) -> str:
         "workers": int(settings.workers),
         "task": settings.task,
         # Every declared key is set, so a run never inherits another task's settings from the app's defaults.
-        "scoring": (settings.scoring or VerticalSettings()).model_dump_json() if settings.task == "score" else "",
+        "scoring": (settings.scoring or SuffStatsSettings()).model_dump_json() if settings.task == "score" else "",
         "match-run": settings.match_run or "",
     }
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

@@ -1,21 +1,29 @@
 """The coordinator's side of a vertical scoring run over Flower: endpoints that are Flower messages.
 
 :func:`run_scoring_round` is what the ServerApp runs for ``task = "score"``. It drives the same
-:func:`coordinator.scoring.vertical.train_vertical` and :func:`~coordinator.scoring.vertical.evaluate_vertical` as
-the in-process run; only the node endpoints differ. :class:`FlowerVerticalNode` satisfies
-:class:`pplink.scoring.protocol.LabelOwnerEndpoint`: each method is one ``query.score`` message
-(a signed :class:`~pplink.messages.ScoringRequest` with its payload beside it, as in a match round).
+:func:`coordinator.scoring.suffstats.train_suffstats` and
+:func:`~coordinator.scoring.suffstats.evaluate_suffstats` as the in-process run (noisy sufficient
+statistics, docs/scoring.md); only the node endpoints differ. :class:`FlowerSuffStatsNode`
+satisfies :class:`pplink.scoring.suffstats_protocol.SuffStatsOwnerEndpoint`: each method is one
+``query.score`` message (a signed :class:`~pplink.messages.ScoringRequest` with its payload beside
+it, as in a match round). These endpoints only encode, send, decode and check types.
 
-Requests that go to every party with the same content (announce, join, share; presence to every
-agency but the label owner) are sent to all of them in **one** exchange when the first endpoint is
-asked, and the other endpoints answer from that exchange: a SuperNode polls every few seconds,
-so a step costs two exchanges (shares from all, then residuals from the label owner) instead of
-K + 1. Each node still receives exactly the message the in-process run would give it.
+Requests that go to several parties with the same content (announce, join, forward, scores,
+presence) are sent to all of them in **one** exchange when the first endpoint is asked, and the
+other endpoints answer from that exchange (a SuperNode polls for work every few seconds). Each
+node still receives exactly the message the in-process run would give it, except that the label
+owner's setup bundle (~40 MB at 20,000 people, mostly its public key material) is sent to each
+agency once: later requests carry it without its ciphertexts, named by its signature, and the
+node uses the copy it kept (:mod:`nodes.scoring.suffstats_state`) and verifies it again.
+
+Message size: a payload travels as one uint8 array of a Flower ``ArrayRecord``; Flower (1.41)
+cuts arrays into 5 MB chunks for gRPC itself (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``) and allows
+gRPC messages of up to 2 GB, so pplink sends whole payloads and does no chunking of its own.
 
 After the evaluation every node is told the run is finished (each removes its saved run state) and
-the label owner, sent the released figures, writes its scores locally
-(``<out-dir>/<owner>.scores.csv``); nothing of a score leaves it. The run's summary goes to
-``<state>/scoring/<run_id>.json`` and its progress to the run record.
+the label owner, sent the model card, writes its scores locally (``<out-dir>/<owner>.scores.csv``);
+nothing of a score leaves it. The run's summary goes to ``<state>/scoring/<run_id>.json`` and its
+progress to the run record.
 """
 
 from __future__ import annotations
@@ -42,31 +50,47 @@ from coordinator.flower.exchange import (
 from coordinator.flower.node_directory import wait_for_nodes
 from coordinator.linkage.state import STATE_FILE, LinkageState, load_linkage_state
 from coordinator.run_records import RunPhase, RunRecord, RunStatus
-from coordinator.scoring.vertical import ScoringEvaluation, TrainingRun, evaluate_vertical, train_vertical
+from coordinator.scoring.suffstats import (
+    SuffStatsEvaluation,
+    SuffStatsRun,
+    evaluate_suffstats,
+    spent_loss,
+    train_suffstats,
+)
+from pplink.atomic import atomic_write
 from pplink.errors import ConfigError, PplinkError, TransportError
 from pplink.messages import RoundStep, ScoringCall, ScoringReply, ScoringRequest, blob_digest, sign_message
-from pplink.scoring.protocol import (
-    HoldoutReply,
-    HoldoutRequest,
-    PresenceReply,
-    PresenceRequest,
-    ResidualReply,
-    ResidualRequest,
-    RunPlan,
-    ShareReply,
-    ShareRequest,
-    ThresholdReply,
-    ThresholdRequest,
-    VerticalSettings,
+from pplink.scoring.he import SignedBundle
+from pplink.scoring.model_card import model_card
+from pplink.scoring.secure_sum import MaskKeyAnnouncement
+from pplink.scoring.suffstats import SuffStatsSettings
+from pplink.scoring.suffstats_protocol import (
+    BlockRequest,
+    DecryptRequest,
+    PresenceAsk,
+    Released,
+    ScoreRequest,
+    SuffStatsPlan,
 )
-from pplink.scoring.wire import FinishRequest, JoinRequest, decode_payload, encode_payload
+from pplink.scoring.wire import (
+    CountsReply,
+    FinishReply,
+    FinishRequest,
+    ForwardAsk,
+    OwnerScoresAsk,
+    PresenceCountsAsk,
+    RunAsk,
+    SuffJoin,
+    ThresholdAsk,
+    decode_payload,
+    encode_payload,
+)
 
 __all__ = [
     "LEDGER_FILE",
     "FlowerScoringChannel",
-    "FlowerVerticalNode",
+    "FlowerSuffStatsNode",
     "ScoringRunSettings",
-    "evaluation_lines",
     "latest_round",
     "run_scoring_round",
     "scoring_run_id",
@@ -95,7 +119,9 @@ class FlowerScoringChannel:
     def __init__(self, grid: Grid, settings: RoundSettings, node_of: Mapping[str, int], recorder: RunRecorder,
                  log: Callable[[str], None]) -> None:
         self.grid, self.settings, self.node_of, self.recorder, self.log = grid, settings, dict(node_of), recorder, log
-        self.plan: RunPlan | None = None
+        self.plan: SuffStatsPlan | None = None
+        #: Agencies that have been sent the label owner\'s setup bundle in full.
+        self.setup_sent: set[str] = set()
         #: Request/reply pairs and exchanges (round trips through the SuperLink) so far.
         self.messages = 0
         self.exchanges = 0
@@ -109,8 +135,11 @@ class FlowerScoringChannel:
         """
         settings = self.settings
         requests = {}
+        encoded: dict[int, bytes] = {}  # a payload sent to several parties is encoded once
         for party, payload in payloads.items():
-            blob = encode_payload(payload)
+            if id(payload) not in encoded:
+                encoded[id(payload)] = encode_payload(payload)
+            blob = encoded[id(payload)]
             request = ScoringRequest(run_id=settings.run_id, agreement_digest=settings.agreement.agreement_id,
                                      party=party, call=call, blob_sha256=blob_digest(blob))
             requests[party] = (self.node_of[party], sign_message(request, settings.key), blob)
@@ -135,15 +164,17 @@ class FlowerScoringChannel:
             raise TransportError(f"scoring failed at {call.value} ({', '.join(sorted(problems))}): {listed}")
         return good
 
-    def broadcast(self, call: ScoringCall, token: object, payload: Any, parties: Sequence[str], agency: str) -> Any:
-        """``agency``'s answer to ``payload``, sent to every one of ``parties`` in one exchange.
+    def broadcast(self, call: ScoringCall, token: object, make: Callable[[], Any], parties: Sequence[str],
+                  agency: str) -> Any:
+        """``agency``'s answer to ``make()``, sent to every one of ``parties`` in one exchange.
 
-        The exchange is made when ``token`` differs from the last broadcast's (the first endpoint
-        asked); the other parties' endpoints then answer from it.
+        The exchange is made (and ``make`` called) when ``token`` differs from the last broadcast's
+        (the first endpoint asked); the other parties' endpoints then answer from it.
         """
         last = self._last
         if last is None or last[0] is not call or last[1] is not token and last[1] != token or agency not in last[2]:
-            answers = self.exchange(call, {p: payload for p in parties})
+            payload = make()
+            answers = self.exchange(call, dict.fromkeys(parties, payload))
             self._last = last = (call, token, answers)
         return last[2][agency]
 
@@ -152,8 +183,19 @@ class FlowerScoringChannel:
         return self.exchange(call, {agency: payload})[agency]
 
 
-class FlowerVerticalNode:
-    """One agency's endpoint in a vertical run, reached through a :class:`FlowerScoringChannel`."""
+def _typed(answer: Any, cls: type, agency: str, call: ScoringCall) -> Any:
+    if not isinstance(answer, cls):
+        raise TransportError(f"{agency}: the {call.value} answer is not a {cls.__name__}")
+    return answer
+
+
+def _named(bundle: SignedBundle) -> SignedBundle:
+    """The setup bundle without its ciphertexts: a node already holding it uses its own copy."""
+    return SignedBundle(bundle.run_id, bundle.maker, bundle.purpose, {}, bundle.signature)
+
+
+class FlowerSuffStatsNode:
+    """One agency's endpoint in a sufficient-statistics run, reached through a :class:`FlowerScoringChannel`."""
 
     def __init__(self, channel: FlowerScoringChannel, agency: str) -> None:
         self._channel, self._agency = channel, agency
@@ -163,53 +205,96 @@ class FlowerVerticalNode:
         """The agency."""
         return self._agency
 
-    def _plan(self) -> RunPlan:
+    def _plan(self) -> SuffStatsPlan:
         if self._channel.plan is None:
             raise TransportError("scoring message before the run was announced")
         return self._channel.plan
 
-    def announce(self, plan: RunPlan) -> Any:
+    def _owner(self, bundle: SignedBundle, parties: Sequence[str]) -> SignedBundle:
+        sent = self._channel.setup_sent
+        if all(p in sent for p in parties):
+            return _named(bundle)
+        sent.update(parties)
+        return bundle
+
+    def _one(self, call: ScoringCall, payload: Any, cls: type) -> Any:
+        return _typed(self._channel.one(call, self._agency, payload), cls, self._agency, call)
+
+    def _all(self, call: ScoringCall, token: object, make: Callable[[], Any], parties: Sequence[str],
+             cls: type) -> Any:
+        answer = self._channel.broadcast(call, token, make, parties, self._agency)
+        return _typed(answer, cls, self._agency, call)
+
+    def announce(self, plan: SuffStatsPlan) -> MaskKeyAnnouncement:
         """Ask every party for its signed mask key (one exchange)."""
         self._channel.plan = plan
-        return self._channel.broadcast(ScoringCall.ANNOUNCE, plan, plan, plan.parties, self._agency)
+        return self._all(ScoringCall.ANNOUNCE, plan, lambda: plan, plan.parties, MaskKeyAnnouncement)
 
-    def join(self, plan: RunPlan, announcements: Sequence[Any]) -> None:
-        """Relay every key to every party (one exchange)."""
-        self._channel.broadcast(ScoringCall.JOIN, announcements, JoinRequest(plan, tuple(announcements)),
-                                plan.parties, self._agency)
+    def join(self, plan: SuffStatsPlan, announcements: Sequence[MaskKeyAnnouncement],
+             ledger_lines: Sequence[bytes]) -> None:
+        """Relay every key and the ledger chain to every party (one exchange)."""
+        lines = tuple(bytes(x) for x in ledger_lines)
+        self._all(ScoringCall.JOIN, announcements, lambda: SuffJoin(plan, tuple(announcements), lines), plan.parties,
+                  type(None))
 
-    def share(self, request: ShareRequest) -> ShareReply:
-        """Ask for masked shares (one exchange for every party)."""
-        answer = self._channel.broadcast(ScoringCall.SHARE, request, request, self._plan().parties, self._agency)
-        assert isinstance(answer, ShareReply)
-        return answer
+    def forward(self, run_id: str, owner: SignedBundle) -> SignedBundle:
+        """Ask every agency that forwards (all but the label owner and the last) at once."""
+        parties = self._plan().parties[1:-1]
+        return self._all(ScoringCall.FORWARD, owner, lambda: ForwardAsk(run_id, self._owner(owner, parties)), parties,
+                         SignedBundle)
 
-    def presence(self, request: PresenceRequest) -> PresenceReply:
-        """Ask every agency but the label owner for its outcome-mask sums (one exchange)."""
-        plan = self._plan()
-        others = [a for a in plan.parties if a != plan.label_owner]
-        answer = self._channel.broadcast(ScoringCall.PRESENCE, ("presence", request.run_id), request, others,
-                                         self._agency)
-        assert isinstance(answer, PresenceReply)
-        return answer
+    def block(self, request: BlockRequest) -> SignedBundle:
+        """This agency's noisy encrypted sums (one message)."""
+        request = dataclasses.replace(request, owner=self._owner(request.owner, [self._agency]))
+        return self._one(ScoringCall.BLOCK, request, SignedBundle)
 
-    def residuals(self, request: ResidualRequest) -> ResidualReply:
-        """The label owner's noisy residuals (one message)."""
-        answer = self._channel.one(ScoringCall.RESIDUALS, self._agency, request)
-        assert isinstance(answer, ResidualReply)
-        return answer
+    def block_each(self, requests: Mapping[str, BlockRequest]) -> dict[str, SignedBundle]:
+        """Every agency's noisy encrypted sums, each its own request, in one exchange."""
+        payloads = {a: dataclasses.replace(r, owner=self._owner(r.owner, [a])) for a, r in requests.items()}
+        answers = self._channel.exchange(ScoringCall.BLOCK, payloads)
+        return {a: _typed(answers[a], SignedBundle, a, ScoringCall.BLOCK) for a in requests}
 
-    def holdout(self, request: HoldoutRequest) -> HoldoutReply:
-        """The label owner's holdout histogram (one message)."""
-        answer = self._channel.one(ScoringCall.HOLDOUT, self._agency, request)
-        assert isinstance(answer, HoldoutReply)
-        return answer
+    def score_share(self, request: ScoreRequest) -> SignedBundle:
+        """Every agency's masked score share (one exchange)."""
+        parties = self._plan().parties[1:]
+        return self._all(ScoringCall.SCORES, request,
+                         lambda: dataclasses.replace(request, owner=self._owner(request.owner, parties)), parties,
+                         SignedBundle)
 
-    def threshold(self, request: ThresholdRequest) -> ThresholdReply:
-        """The label owner's error counts at the threshold (one message)."""
-        answer = self._channel.one(ScoringCall.THRESHOLD, self._agency, request)
-        assert isinstance(answer, ThresholdReply)
-        return answer
+    def presence(self, request: PresenceAsk) -> SignedBundle:
+        """Every agency's noisy presence sums (one exchange)."""
+        return self._all(ScoringCall.PRESENCE, request, lambda: request, self._plan().parties[1:], SignedBundle)
+
+    def owner_setup(self, run_id: str) -> SignedBundle:
+        """The label owner's public context and encrypted training vectors (one message)."""
+        return self._one(ScoringCall.OWNER_SETUP, RunAsk(run_id), SignedBundle)
+
+    def decrypt(self, request: DecryptRequest) -> Released:
+        """The released ``G`` and ``b`` (one message)."""
+        return self._one(ScoringCall.DECRYPT, request, Released)
+
+    def owner_scores(self, run_id: str, shares: tuple[SignedBundle, ...]) -> None:
+        """The label owner sums and decrypts its own people's scores (one message)."""
+        self._one(ScoringCall.OWNER_SCORES, OwnerScoresAsk(run_id, tuple(shares)), type(None))
+
+    def holdout(self, run_id: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Exact holdout histograms, federated and own-feature model (one message, to the release engine)."""
+        return self._one(ScoringCall.HOLDOUT, RunAsk(run_id), dict)  # type: ignore[no-any-return]
+
+    def threshold(self, run_id: str, threshold: float) -> dict[str, dict[str, int]]:
+        """Exact error counts by subgroup at a public threshold (one message, to the release engine)."""
+        return self._one(ScoringCall.THRESHOLD, ThresholdAsk(run_id, float(threshold)), dict)  # type: ignore[no-any-return]
+
+    def presence_setup(self, run_id: str) -> SignedBundle:
+        """The label owner's encrypted held-out outcomes (one message)."""
+        return self._one(ScoringCall.PRESENCE_SETUP, RunAsk(run_id), SignedBundle)
+
+    def presence_counts(self, run_id: str, sums: tuple[SignedBundle, ...],
+                        ledger_lines: Sequence[bytes]) -> dict[tuple[str, str, str], int]:
+        """The released errors by agency presence (one message)."""
+        reply = self._one(ScoringCall.PRESENCE_COUNTS,
+                          PresenceCountsAsk(run_id, tuple(sums), tuple(bytes(x) for x in ledger_lines)), CountsReply)
+        return {(a, w, o): int(c) for a, w, o, c in reply.counts}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +302,12 @@ class ScoringRunSettings:
     """What a scoring run over Flower needs beyond the round settings.
 
     Attributes:
-        vertical: the training and evaluation settings.
+        suffstats: the training and evaluation settings.
         match_run: the finished match round whose linkage to score on (None: the latest).
         ledger_path: the ledger (default ``<state>/ledger.jsonl``).
     """
 
-    vertical: VerticalSettings = dataclasses.field(default_factory=VerticalSettings)
+    suffstats: SuffStatsSettings = dataclasses.field(default_factory=SuffStatsSettings)
     match_run: str | None = None
     ledger_path: Path | None = None
 
@@ -240,20 +325,9 @@ def latest_round(state_dir: Path) -> Path:
     return max(rounds, key=lambda p: (p / STATE_FILE).stat().st_mtime)
 
 
-def evaluation_lines(run: TrainingRun, evaluation: ScoringEvaluation) -> list[str]:
-    """The released evaluation in a few lines, for the label owner's evaluation note."""
-    s = run.plan.settings
-    top = evaluation.top
-    lines = [f"run {run.plan.run_id[:12]}: {run.steps_done} training steps; released holdout AUC {evaluation.auc:.2f}; "
-             f"top {100 * s.top_share:g}% flagged: precision {top.precision:.2f}, recall {top.recall:.2f}"]
-    for group, rates in sorted(evaluation.subgroup_rates.items()):
-        lines.append(f"  {group}: false positive rate {rates.fpr:.2f}, false negative rate {rates.fnr:.2f}")
-    return lines
-
-
 def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSettings, *,
-                      log: Callable[[str], None] = print) -> tuple[RunRecord, TrainingRun, ScoringEvaluation]:
-    """Train and evaluate a vertical model over ``grid``; the label owner writes its scores.
+                      log: Callable[[str], None] = print) -> tuple[RunRecord, SuffStatsRun, SuffStatsEvaluation]:
+    """Train and evaluate a vertical model over ``grid``; the label owner writes its scores and model card.
 
     Returns:
         The final run record, the training run and the released evaluation.
@@ -261,7 +335,7 @@ def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSe
     Raises:
         TransportError: a node was missing, failed or was refused.
         BudgetExceededError: the run does not fit the budget left (refused before any release).
-        PplinkError: as :func:`coordinator.scoring.vertical.train_vertical` and ``evaluate_vertical`` raise.
+        PplinkError: as :func:`coordinator.scoring.suffstats.train_suffstats` and ``evaluate_suffstats`` raise.
         Every failure is recorded in the run record first.
     """
     agreement = settings.agreement
@@ -278,34 +352,40 @@ def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSe
         plan_id = scoring_run_id(settings.run_id)
         channel = FlowerScoringChannel(grid, dataclasses.replace(settings, run_id=plan_id), directory.node_of,
                                        recorder, log)
-        nodes = {a: FlowerVerticalNode(channel, a) for a in state.parties}
+        nodes = {a: FlowerSuffStatsNode(channel, a) for a in state.parties}
         ledger = scoring.ledger_path or Path(settings.state_dir) / LEDGER_FILE
         recorder.update(phase=RunPhase.ENCODE, parties=tuple(state.parties))
-        log(f"run {settings.run_id}: scoring run {plan_id[:12]} on round {round_dir.name}, "
-            f"{scoring.vertical.steps} steps")
-        run = train_vertical(agreement, state, ledger, settings.key, nodes, scoring.vertical, run_id=plan_id,
-                             on_step=lambda step, sec: log(f"run {settings.run_id}: step {step + 1} in {sec:.1f} s"))
+        log(f"run {settings.run_id}: scoring run {plan_id[:12]} (noisy sufficient statistics) on round "
+            f"{round_dir.name}")
+        run = train_suffstats(agreement, state, ledger, settings.key, nodes, scoring.suffstats, run_id=plan_id)
         train_exchanges, train_messages = channel.exchanges, channel.messages
-        evaluation = evaluate_vertical(agreement, state, ledger, settings.key, nodes, run)
-        lines = evaluation_lines(run, evaluation)
-        # Every node forgets the run's keys and seeds; the label owner writes its scores first.
-        finish = FinishRequest(plan_id, tuple(lines))
-        answer = channel.exchange(ScoringCall.FINISH, {a: finish for a in run.plan.parties})[run.plan.label_owner]
+        log(f"run {settings.run_id}: G and b released; "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in run.seconds.items()))
+        owner = nodes[run.plan.label_owner]
+        evaluation = evaluate_suffstats(agreement, ledger, settings.key, owner, run, nodes)
+        card = model_card(agreement, run, evaluation, spent_loss(agreement, ledger).epsilon)
+        # Every node forgets the run's keys and seeds; the label owner writes its scores and the card first.
+        finish = FinishRequest(plan_id, tuple(card.splitlines()))
+        answer = channel.exchange(ScoringCall.FINISH, dict.fromkeys(run.plan.parties, finish))[run.plan.label_owner]
+        if not isinstance(answer, FinishReply):
+            raise TransportError(f"{run.plan.label_owner}: the finish answer is not a FinishReply")
         total = round(time.perf_counter() - started, 3)
         summary = {
-            "scoring_run_id": plan_id, "match_round": round_dir.name, "steps": run.steps_done,
-            "stop_reason": run.stop_reason, "ledger_entries": [c.seq for c in run.charges],
-            "released_auc": evaluation.auc, "score_rows": answer.rows, "seconds": total,
-            "step_seconds": list(run.step_seconds), "messages": channel.messages, "exchanges": channel.exchanges,
+            "scoring_run_id": plan_id, "match_round": round_dir.name, "protocol": "sufficient-statistics",
+            "ledger_entries": [run.ledger_seen - 1, run.ledger_seen], "released_auc": evaluation.auc,
+            "released_own_auc": evaluation.own_auc, "verdict": evaluation.verdict, "score_rows": answer.rows,
+            "entities": run.plan.n_entities, "seconds": total,
+            "phase_seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+            "bytes_by_message": run.bytes_by_message, "messages": channel.messages, "exchanges": channel.exchanges,
             "training_messages": train_messages, "training_exchanges": train_exchanges,
-            "messages_per_step": run.messages_per_step, "exchanges_per_step": 2,
         }
         out = Path(settings.state_dir) / "scoring" / f"{settings.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        atomic_write(out, json.dumps(summary, indent=2).encode("utf-8"))
         recorder.update(status=RunStatus.FINISHED, phase=RunPhase.DONE, output_dir=str(out),
                         entities=state.n_clusters, seconds={"total": total})
-        log(f"run {settings.run_id}: scoring finished in {total:.1f} s; released AUC {evaluation.auc:.2f}; "
+        log(f"run {settings.run_id}: scoring finished in {total:.1f} s; released AUC {evaluation.auc:.2f} "
+            f"(own features {evaluation.own_auc:.2f}: linking {evaluation.verdict}); "
             f"{answer.rows} scores written at {run.plan.label_owner}")
         return recorder.record, run, evaluation
     except BaseException as err:

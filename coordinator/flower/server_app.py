@@ -2,7 +2,7 @@
 
 It reads the round settings from the run config that ``pplink coordinator run`` passes, runs
 :func:`coordinator.flower.match_round.run_flower_match_round` (``task = "match"``, the default) or
-:func:`coordinator.flower.scoring.run_scoring_round` (``task = "score"``, with the vertical
+:func:`coordinator.flower.scoring.run_scoring_round` (``task = "score"``, with the scoring
 settings as JSON under ``scoring`` and optionally ``match-run``) against the SuperLink's Grid and logs to the
 run's log (``<state>/runs/<run_id>.log``) and to Flower's log stream (``flwr run --stream``).
 """
@@ -18,7 +18,7 @@ from coordinator.flower.match_round import run_flower_match_round, settings_from
 from coordinator.flower.scoring import ScoringRunSettings, run_scoring_round
 from coordinator.run_records import runs_dir
 from pplink.errors import ConfigError
-from pplink.scoring.protocol import VerticalSettings
+from pplink.scoring.suffstats import SuffStatsSettings
 
 __all__ = ["app"]
 
@@ -46,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
         match_run = context.run_config.get("match-run", "") or None
         if not isinstance(raw, str) or not isinstance(match_run, str | None):
             raise ConfigError("run config: 'scoring' and 'match-run' must be strings")
-        scoring = ScoringRunSettings(vertical=VerticalSettings.model_validate_json(raw), match_run=match_run)
+        scoring = ScoringRunSettings(suffstats=SuffStatsSettings.model_validate_json(raw), match_run=match_run)
         run_scoring_round(grid, settings, scoring, log=log)
     else:
         raise ConfigError(f"run config: unknown task {task!r} (match or score)")

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.linkage.state import LinkageState
 from coordinator.release.engine import Release, release_confusion_counts, release_vector
 from coordinator.release.queries import QueryVector
-from coordinator.scoring.vertical import ENTITY_LIST_QUANTUM, check_run_budget
+from coordinator.scoring.budget import ENTITY_LIST_QUANTUM, check_run_budget
 from pplink.accounting import (
     OPENDP_LIBRARY,
     Mechanism,
@@ -144,6 +144,19 @@ def _size(bundle: SignedBundle) -> int:
     return sum(len(c) for chunks in bundle.items.values() for c in chunks)
 
 
+def _ask_blocks(nodes: Mapping[str, SuffStatsEndpoint],
+                requests: Mapping[str, BlockRequest]) -> dict[str, SignedBundle]:
+    """Each agency's block; endpoints that can send several requests at once (``block_each``) do.
+
+    The requests do not depend on each other's answers, so a transport with a round-trip cost
+    (Flower: a SuperNode polls for work) sends them together.
+    """
+    each = getattr(nodes[next(iter(requests))], "block_each", None) if requests else None
+    if callable(each):
+        return each(requests)  # type: ignore[no-any-return]
+    return {a: nodes[a].block(r) for a, r in requests.items()}
+
+
 def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path: Path, key: Ed25519PrivateKey,
                     nodes: Mapping[str, SuffStatsEndpoint], settings: SuffStatsSettings, *,
                     run_id: str | None = None) -> SuffStatsRun:
@@ -157,7 +170,7 @@ def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path
     missing = [a for a in plan.parties if a not in nodes]
     if missing:
         raise TransportError(f"no endpoint for {', '.join(missing)}: every agency in the linkage must take part")
-    check_run_budget(agreement, ledger_path, settings)  # type: ignore[arg-type] - reads the two epsilons only
+    check_run_budget(agreement, ledger_path, settings)
     owner: SuffStatsOwnerEndpoint = nodes[plan.label_owner]  # type: ignore[assignment]
     others = plan.parties[1:]
     seconds: dict[str, float] = {}
@@ -182,10 +195,10 @@ def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path
     lines = read_ledger_lines(Path(ledger_path))
     new = tuple(lines[seen:])
     t0 = time.perf_counter()
-    blocks = []
-    for i, agency in enumerate(others):
-        earlier = tuple(forwards[a] for a in others[:i])
-        blocks.append(nodes[agency].block(BlockRequest(plan.run_id, setup, earlier, new)))
+    requests = {agency: BlockRequest(plan.run_id, setup, tuple(forwards[a] for a in others[:i]), new)
+                for i, agency in enumerate(others)}
+    blocks = [answer for _, answer in sorted(_ask_blocks(nodes, requests).items(),
+                                             key=lambda item: others.index(item[0]))]
     sizes["block"] = sum(_size(b) for b in blocks)
     seconds["block"] = time.perf_counter() - t0
     t0 = time.perf_counter()

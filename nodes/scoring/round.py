@@ -1,12 +1,12 @@
 """An agency's side of a vertical scoring run over Flower, as plain functions (no Flower here).
 
 The ClientApp (:mod:`nodes.flower.client_app`) unpacks each ``query.score`` message and calls
-:func:`handle_scoring`, which answers it with the same :class:`nodes.scoring.vertical.ScoringNode` (or
-:class:`~nodes.scoring.vertical.LabelOwnerNode`) method the in-process run calls. A SuperNode starts a
-new process per message, so the node's run state (its mask key, pair seeds, weights, and at the
-label owner the holdout split, blinding seed and exact scores) is written after every message to
-``<out-dir>/scoring/<run_id>.state`` (owner-only, never sent anywhere) and read back by the next.
-That file holds secrets of this run only; :func:`forget_run` removes it once the run is finished.
+:func:`handle_scoring`, which decodes its payload, checks it, calls the same
+:class:`nodes.scoring.suffstats.SuffStatsNode` (or :class:`~nodes.scoring.suffstats_owner.SuffStatsOwner`)
+method the in-process run calls, and encodes the answer. A SuperNode starts a new process per
+message, so the node's run state is saved after every message (:mod:`nodes.scoring.suffstats_state`,
+owner-only, never sent anywhere) and read back by the next; :func:`forget_run` removes it once the
+run is finished.
 
 Inputs: the agency's records file (``data-path``, the same CSV it encoded, with the feature
 columns the agreement names for it) and ``<out-dir>/<party>.entities.csv`` from the last match
@@ -20,20 +20,29 @@ reply is signed with the agency's key and binds its payload by digest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.export_settings import load_export_settings
 from nodes.match_round import NodeSettings, check_result, entities_path
 from nodes.scoring.data import load_agency_data
-from nodes.scoring.vertical import LabelOwnerNode, ScoringNode, write_scores
+from nodes.scoring.scores import write_scores
+from nodes.scoring.suffstats import SuffStatsNode
+from nodes.scoring.suffstats_owner import SuffStatsOwner
+from nodes.scoring.suffstats_state import (
+    forget_state,
+    load_node,
+    load_owner_setup,
+    save_node,
+    save_owner_setup,
+    state_path,
+)
 from pplink.agreement import AgreementConfig, load_agreement
-from pplink.atomic import atomic_write
 from pplink.crypto import load_private_key, public_key_text
 from pplink.errors import AgreementMismatchError, ConfigError, KeyFileError, TransportError
 from pplink.messages import (
@@ -44,25 +53,34 @@ from pplink.messages import (
     sign_message,
     verify_message,
 )
-from pplink.scoring.wire import FinishReply, decode_payload, encode_payload
+from pplink.scoring import he
+from pplink.scoring.suffstats_protocol import BlockRequest, ScoreRequest
+from pplink.scoring.wire import CountsReply, FinishReply, decode_payload, encode_payload
 
 __all__ = [
     "SCORING_NODE_CONFIG_KEYS",
     "ScoringNodeSettings",
     "forget_run",
     "handle_scoring",
+    "holdout_key_for_seed",
     "scores_path",
     "split_node_config",
 ]
 
 #: ``--node-config`` keys used only by scoring (the match round's keys are
 #: :data:`nodes.match_round.NODE_CONFIG_KEYS`). ``holdout-seed`` fixes the label owner's holdout
-#: split (tests, reproducible reports); ``horizontal-data`` is the local labelled data of
+#: key (tests, reproducible reports); ``horizontal-data`` is the local labelled data of
 #: horizontal mode (:mod:`nodes.flower.horizontal`).
 SCORING_NODE_CONFIG_KEYS = ("holdout-seed", "horizontal-data")
-_STATE_DIR = "scoring"
-#: Node attributes rebuilt from local files on every message rather than saved.
-_NOT_SAVED = ("_agreement", "_key", "_mask_key")
+
+
+def holdout_key_for_seed(seed: int) -> bytes:
+    """The holdout key a fixed ``holdout-seed`` stands for (tests and reproducible reports only).
+
+    >>> len(holdout_key_for_seed(1))
+    32
+    """
+    return hashlib.sha256(f"pplink holdout seed {seed}".encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -103,60 +121,12 @@ def scores_path(out_dir: Path, party: str) -> Path:
     return Path(out_dir) / f"{party}.scores.csv"
 
 
-def _state_path(out_dir: Path, run_id: str) -> Path:
-    return Path(out_dir) / _STATE_DIR / f"{run_id}.state"
-
-
-def _save(node: ScoringNode, path: Path) -> None:
-    """Write the node's run state (owner-only, atomically)."""
-    state = {k: v for k, v in vars(node).items() if k not in _NOT_SAVED}
-    mask_key = getattr(node, "_mask_key", None)
-    state["_mask_key_raw"] = mask_key.private_bytes_raw() if mask_key is not None else None
-    state["_class"] = type(node).__name__
-    data = encode_payload(_saved(state))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write(path, data, mode=0o600)
-
-
-def _saved(state: dict[str, Any]) -> dict[str, Any]:
-    # The agency's data is a dataclass the payload codec does not know; save its fields.
-    out = dict(state)
-    data = out.pop("_data")
-    out["_data_fields"] = {f: getattr(data, f) for f in data.__dataclass_fields__}
-    # Object arrays (the label owner's subgroup per entity) travel as lists of strings.
-    objects = [k for k, v in out.items() if isinstance(v, np.ndarray) and v.dtype == object]
-    for k in objects:
-        out[k] = [str(v) for v in out[k].tolist()]
-    out["_object_arrays"] = objects
-    return out
-
-
-def _load(path: Path, agreement: AgreementConfig, key: Any) -> ScoringNode:
-    from nodes.scoring.data import AgencyScoringData
-
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        raise TransportError("no scoring run state at this node for that run (was announce sent?)") from None
-    state = decode_payload(raw, what=f"{path}")
-    cls = LabelOwnerNode if state.pop("_class") == "LabelOwnerNode" else ScoringNode
-    node = cls.__new__(cls)
-    fields = state.pop("_data_fields")
-    mask_raw = state.pop("_mask_key_raw")
-    for k in state.pop("_object_arrays"):
-        state[k] = np.array(state[k], dtype=object)
-    vars(node).update(state)
-    vars(node).update(_agreement=agreement, _key=key, _data=AgencyScoringData(**fields),
-                      _mask_key=X25519PrivateKey.from_private_bytes(mask_raw) if mask_raw else None)
-    return node
-
-
 def forget_run(out_dir: Path, run_id: str) -> None:
-    """Remove a run's saved state (its mask key and seeds): nothing of the run can be re-answered."""
-    _state_path(out_dir, run_id).unlink(missing_ok=True)
+    """Remove a run's saved state (its keys and seeds): nothing of the run can be re-answered."""
+    forget_state(out_dir, run_id)
 
 
-def _new_node(agreement: AgreementConfig, settings: ScoringNodeSettings, key: Any) -> ScoringNode:
+def _new_node(agreement: AgreementConfig, settings: ScoringNodeSettings, key: Ed25519PrivateKey) -> SuffStatsNode:
     base = settings.base
     if agreement.scoring is None:
         raise ConfigError("the agreement has no [scoring] section")
@@ -164,38 +134,71 @@ def _new_node(agreement: AgreementConfig, settings: ScoringNodeSettings, key: An
     data = load_agency_data(agreement, base.party, base.data_path, entities_path(base.out_dir, base.party),
                             load_export_settings(base.settings_path))
     if base.party == agreement.scoring.label_owner:
-        return LabelOwnerNode(agreement, data, key, holdout_seed=settings.holdout_seed)
-    return ScoringNode(agreement, data, key)
+        seed = settings.holdout_seed
+        return SuffStatsOwner(agreement, data, key, holdout_key=None if seed is None else holdout_key_for_seed(seed))
+    return SuffStatsNode(agreement, data, key)
 
 
-def _answer(agreement: AgreementConfig, settings: ScoringNodeSettings, key: Any, node: ScoringNode | None,
-            call: ScoringCall, payload: Any) -> tuple[ScoringNode, Any]:
+def _owner_bundle(out_dir: Path, bundle: he.SignedBundle) -> he.SignedBundle:
+    """The setup bundle in full: kept when it comes in full, looked up when only named (no items)."""
+    if bundle.items:
+        save_owner_setup(out_dir, bundle)
+        return bundle
+    return load_owner_setup(out_dir, bundle)
+
+
+def _answer(settings: ScoringNodeSettings, node: SuffStatsNode, call: ScoringCall, payload: Any) -> Any:
+    out_dir = settings.base.out_dir
     if call is ScoringCall.ANNOUNCE:
-        node = _new_node(agreement, settings, key)
-        return node, node.announce(payload)
-    assert node is not None
+        return node.announce(payload)
     if call is ScoringCall.JOIN:
-        node.join(payload.plan, payload.announcements)
-        return node, None
-    if call is ScoringCall.SHARE:
-        return node, node.share(payload)
+        return node.join(payload.plan, payload.announcements, payload.ledger_lines)
+    if call is ScoringCall.FORWARD:
+        return node.forward(payload.run_id, _owner_bundle(out_dir, payload.owner))
+    if call is ScoringCall.BLOCK:
+        return node.block(BlockRequest(payload.run_id, _owner_bundle(out_dir, payload.owner), payload.forwards,
+                                       payload.ledger_lines))
+    if call is ScoringCall.SCORES:
+        return node.score_share(ScoreRequest(payload.run_id, payload.released, _owner_bundle(out_dir, payload.owner)))
     if call is ScoringCall.PRESENCE:
-        return node, node.presence(payload)
-    if call is ScoringCall.FINISH and not isinstance(node, LabelOwnerNode):
-        return node, FinishReply(run_id=payload.run_id, rows=0)  # the run's state is removed below
-    if not isinstance(node, LabelOwnerNode):
+        kept = state_path(out_dir, payload.run_id, "owner-setup")
+        if getattr(node, "_context_bytes", None) is None and kept.is_file():
+            # The agency's copy of the label owner's public context, verified when it first used it.
+            setup = decode_payload(kept.read_bytes(), what="the kept setup")
+            node._context_bytes = setup.item("context")[0]
+        return node.presence(payload)
+    if call is ScoringCall.FINISH and not isinstance(node, SuffStatsOwner):
+        return FinishReply(run_id=payload.run_id, rows=0)  # the run's state is removed by the caller
+    if not isinstance(node, SuffStatsOwner):
         raise TransportError(f"{settings.base.party}: {call.value} goes to the label owner only")
-    if call is ScoringCall.RESIDUALS:
-        return node, node.residuals(payload)
+    if call is ScoringCall.OWNER_SETUP:
+        return node.owner_setup(payload.run_id)
+    if call is ScoringCall.DECRYPT:
+        return node.decrypt(payload)
+    if call is ScoringCall.OWNER_SCORES:
+        return node.owner_scores(payload.run_id, payload.shares)
     if call is ScoringCall.HOLDOUT:
-        return node, node.holdout(payload)
+        return node.holdout(payload.run_id)
     if call is ScoringCall.THRESHOLD:
-        return node, node.threshold(payload)
+        return node.threshold(payload.run_id, payload.threshold)
+    if call is ScoringCall.PRESENCE_SETUP:
+        return node.presence_setup(payload.run_id)
+    if call is ScoringCall.PRESENCE_COUNTS:
+        counts = node.presence_counts(payload.run_id, payload.sums, payload.ledger_lines)
+        return CountsReply(payload.run_id, tuple((a, w, o, int(c)) for (a, w, o), c in sorted(counts.items())))
     # FINISH: write the scores beside the released evaluation.
     rows = node.score_rows()
-    write_scores(scores_path(settings.base.out_dir, settings.base.party), rows,
-                 evaluation_lines=payload.evaluation_lines, owner=settings.base.party)
-    return node, FinishReply(run_id=payload.run_id, rows=len(rows))
+    write_scores(scores_path(out_dir, settings.base.party), rows, evaluation_lines=payload.evaluation_lines,
+                 owner=settings.base.party)
+    return FinishReply(run_id=payload.run_id, rows=len(rows))
+
+
+def _payload_run(payload: Any) -> str | None:
+    if hasattr(payload, "run_id"):
+        return str(payload.run_id)
+    if hasattr(payload, "plan"):
+        return str(payload.plan.run_id)
+    return None
 
 
 def handle_scoring(settings: ScoringNodeSettings, request: ScoringRequest,
@@ -223,19 +226,29 @@ def handle_scoring(settings: ScoringNodeSettings, request: ScoringRequest,
         raise TransportError(f"scoring {request.call.value}: "
                              "the payload does not match the digest the coordinator signed")
     payload = decode_payload(blob, what=f"scoring {request.call.value} payload")
-    payload_run = (payload.run_id if hasattr(payload, "run_id")
-                   else payload.plan.run_id if hasattr(payload, "plan") else None)
-    if payload_run != request.run_id:
+    if _payload_run(payload) != request.run_id:
         raise TransportError(f"scoring {request.call.value}: the payload is for another run")
     key = load_private_key(base.key_path)
     if public_key_text(key) != agreement.agency(base.party).public_key:
         raise KeyFileError(f"{base.key_path}: not {base.party}'s signing key in the agreement")
-    path = _state_path(base.out_dir, request.run_id)
-    node = None if request.call is ScoringCall.ANNOUNCE else _load(path, agreement, key)
-    node, answer = _answer(agreement, settings, key, node, request.call, payload)
-    _save(node, path)
+    path = state_path(base.out_dir, request.run_id)
+    if request.call is ScoringCall.ANNOUNCE:
+        if path.exists():
+            raise TransportError(f"{base.party}: run already announced; a repeated announce is refused")
+        node = _new_node(agreement, settings, key)
+    else:
+        node = load_node(path, agreement, key)
+    try:
+        answer = _answer(settings, node, request.call, payload)
+    except BaseException:
+        # Saved even when the answer failed: a message marked answered stays answered (never re-asked).
+        if request.call not in (ScoringCall.ANNOUNCE, ScoringCall.FINISH):
+            save_node(node, path)
+        raise
     if request.call is ScoringCall.FINISH:
         forget_run(base.out_dir, request.run_id)
+    else:
+        save_node(node, path)
     out = encode_payload(answer)
     reply = ScoringReply(run_id=request.run_id, agreement_digest=agreement.agreement_id, party=base.party,
                          call=request.call, blob_sha256=blob_digest(out))

@@ -20,8 +20,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.scoring.data import AgencyScoringData
+from nodes.scoring.scores import ScoreRow
 from nodes.scoring.suffstats import SuffStatsNode, draw_noise
-from nodes.scoring.vertical import ScoreRow
 from pplink.agreement import AgreementConfig
 from pplink.crypto import sign
 from pplink.errors import ConfigError, TransportError

@@ -194,12 +194,11 @@ def _scoring_summary(state_dir: Path, run_id: str) -> dict | None:  # type: igno
 
 def _render_scoring(summary: dict) -> None:  # type: ignore[type-arg]
     click.echo(f"  scoring run {summary['scoring_run_id'][:12]} on match round {summary['match_round']}: "
-               f"{summary['steps']} steps ({summary['stop_reason']}), "
-               f"released holdout AUC {summary['released_auc']:.2f}")
+               f"released holdout AUC {summary['released_auc']:.2f}, own features "
+               f"{summary.get('released_own_auc', float('nan')):.2f} (linking {summary.get('verdict', '?')})")
     click.echo(f"  ledger entries: {', '.join(map(str, summary['ledger_entries']))}; "
                f"{summary['score_rows']} scores written at the label owner's node")
-    click.echo(f"  messages: {summary['messages']} in {summary['exchanges']} exchanges "
-               f"({summary['messages_per_step']} per training step)")
+    click.echo(f"  messages: {summary['messages']} in {summary['exchanges']} exchanges")
 
 
 @coordinator.command("run")
@@ -216,20 +215,24 @@ def _render_scoring(summary: dict) -> None:  # type: ignore[type-arg]
 @click.option("--task", type=click.Choice(["match", "score"]), default="match", show_default=True,
               help="match: a match round; score: a vertical scoring run on a finished match round.")
 @click.option("--match-run", default=None, help="score: the finished match round to score on (default: the newest).")
-@click.option("--steps", type=click.IntRange(1, 500), default=None, help="score: training steps (default 10).")
 @click.option("--training-epsilon", type=float, default=None,
-              help="score: privacy loss of all residual releases (default 2).")
+              help="score: privacy loss of the two training releases, G and b (default 2).")
 @click.option("--evaluation-epsilon", type=float, default=None,
               help="score: privacy loss of the evaluation releases (default 0.6).")
+@click.option("--feature-scales", type=existing_file, default=None,
+              help='score: a JSON file {"agency.column": [centre, scale]} of public constants (never this '
+                   "run's data); a feature without one is mapped with asinh.")
 @FORMAT_OPTION
 def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wait_nodes: float,
-                reply_timeout: float, workers: int, task: str, match_run: str | None, steps: int | None,
-                training_epsilon: float | None, evaluation_epsilon: float | None, output_format: str) -> None:
+                reply_timeout: float, workers: int, task: str, match_run: str | None,
+                training_epsilon: float | None, evaluation_epsilon: float | None, feature_scales: Path | None,
+                output_format: str) -> None:
     """Run one match round (or, with --task score, one scoring run) over Flower and wait for it to finish.
 
-    A scoring run trains on the people a finished match round linked: agencies keep their features
-    and weights, every residual and evaluation release is charged on STATE/ledger.jsonl first, and
-    only the label owner's node writes scores (OUT_DIR/<party>.scores.csv).
+    A scoring run trains on the people a finished match round linked (noisy sufficient statistics
+    under the label owner's CKKS key): agencies keep their features, the two training releases and
+    the evaluation releases are charged on STATE/ledger.jsonl first, and only the label owner's node
+    writes scores and the model card (OUT_DIR/<party>.scores.csv).
     """
     from coordinator.flower.launcher import RunSettings, launch_round
     from coordinator.linkage.match_round import check_coordinator_key
@@ -240,13 +243,18 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
 
     config = load_agreement(agreement_path)
     scoring = None
-    asked = {"steps": steps, "training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon}
+    asked = {"training_epsilon": training_epsilon, "evaluation_epsilon": evaluation_epsilon}
+    if feature_scales is not None:
+        try:
+            asked["feature_scales"] = json.loads(Path(feature_scales).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--feature-scales: not a readable JSON file ({type(err).__name__})") from None
     if task == "match" and (match_run is not None or any(v is not None for v in asked.values())):
-        raise UsageError("--match-run, --steps, --training-epsilon and --evaluation-epsilon need --task score")
+        raise UsageError("--match-run, --training-epsilon, --evaluation-epsilon and --feature-scales need --task score")
     if task == "score":
         from pydantic import ValidationError
 
-        from pplink.scoring.protocol import VerticalSettings
+        from pplink.scoring.suffstats import SuffStatsSettings
 
         if config.scoring is None:
             raise UsageError(f"{agreement_path}: the agreement has no [scoring] section")
@@ -261,7 +269,7 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
             if not (Path(state_dir) / "rounds" / match_run / STATE_FILE).is_file():
                 raise UsageError(f"{Path(state_dir) / 'rounds' / match_run}: no such finished match round")
         try:
-            scoring = VerticalSettings(**{k: v for k, v in asked.items() if v is not None})
+            scoring = SuffStatsSettings(**{k: v for k, v in asked.items() if v is not None})
         except ValidationError as err:
             reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False))
             raise UsageError(f"bad scoring settings: {reasons}") from None
@@ -333,7 +341,7 @@ def runs_command(state_dir: Path, run_id: str | None, output_format: str) -> Non
         if r.error:
             outcome = r.error.splitlines()[0][:80]
         elif summary is not None:
-            outcome = f"{summary['steps']} steps, released AUC {summary['released_auc']:.2f}"
+            outcome = f"released AUC {summary['released_auc']:.2f}"
         else:
             outcome = f"{r.entities} entities" if r.entities else ""
         click.echo(f"{r.run_id}  {r.started}  {task:<5} {r.status.value:<11} {r.phase.value:<17} {outcome}")

@@ -1,8 +1,7 @@
-"""Secure summation of per-node vectors: fixed point mod 2^64, pairwise masks from X25519.
+"""Pairwise masks between agencies: signed X25519 keys, pair seeds, ChaCha20 mask streams.
 
-The coordinator must learn the sum of the nodes' vectors (partial logits, counts) and nothing
-about any single node's vector. Each node therefore sends its vector plus masks that cancel in
-the sum:
+The sufficient-statistics protocol masks each agency's encrypted partial scores so that the label
+owner, summing them, can decrypt each of its people's total score but no single agency's part:
 
 1. **Keys.** For each run, every node makes a fresh X25519 key pair and announces the public half
    through the coordinator, signed with its Ed25519 key from the agreement
@@ -11,41 +10,24 @@ the sum:
 2. **Pair seeds.** Nodes ``i`` and ``j`` agree on a 32-byte seed: HKDF-SHA256 of their X25519
    shared secret, salted with the run id and bound to the agreement id and both agency ids
    (:func:`pair_seed`). The coordinator, holding neither private key, cannot compute it.
-3. **Masks per step.** Each step and purpose (``"logits"``, ...) expands the seed into a fresh
-   ChaCha20 key stream (:func:`mask_stream`; the ChaCha20 key is BLAKE2b of the seed, step and
-   purpose): no mask is ever used twice. Node ``i`` adds the stream shared with every ``j`` that
-   sorts after it and subtracts the streams shared with every ``j`` that sorts before it, so the
-   masks cancel exactly in the sum over all nodes (:func:`masked_share`).
-4. **Fixed point.** Values are scaled by ``2**FRACTION_BITS``, rounded to integers and held as
-   ``uint64``; all arithmetic is mod ``2**64`` (numpy's wrapping ``uint64`` addition), so a
-   masked share is uniformly distributed whatever the value under it, and the sum of the shares
-   decodes to the sum of the rounded values **exactly** (:func:`encode_fixed`, :func:`decode_fixed`).
-5. **Blinding.** A node that is to receive the sum (the label owner) may also add a *blind*: a
-   stream from a seed only it holds. The coordinator then sees only ``sum + blind``, uniform mod
-   ``2**64``, and forwards it; the receiver subtracts its blind (:func:`unblind`). So the
-   coordinator learns nothing at all, and the receiver learns the sum and nothing else.
+3. **Mask streams.** A seed expands into a ChaCha20 key stream per (step, purpose)
+   (:func:`mask_stream`); node ``i`` adds the stream shared with every ``j`` after it and subtracts
+   those shared with every ``j`` before it, so the masks cancel in the sum over all nodes
+   (``nodes.scoring.suffstats``).
 
-Every node must take part in every step (honest-but-curious, no dropout recovery): a missing share
-leaves the masks uncancelled, and the coordinator refuses the step rather than release noise.
+(The residual protocol's fixed-point secure sum and blinding were removed with it; issue #13.)
 
->>> import numpy as np
 >>> from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
->>> keys = {a: X25519PrivateKey.generate() for a in ("a", "b", "c")}
->>> run = "0" * 32
->>> seeds = {a: {b: pair_seed(keys[a], keys[b].public_key(), agreement_id="f" * 64, run_id=run,
-...                          own_id=a, peer_id=b) for b in keys if b != a} for a in keys}
->>> values = {"a": [1.5, -2.0], "b": [0.25, 4.0], "c": [-1.0, 0.5]}
->>> shares = [masked_share(encode_fixed(np.array(values[a])), own_id=a, seeds=seeds[a], step=0,
-...                        purpose="logits") for a in keys]
->>> decode_fixed(sum_shares(shares)).tolist()
-[0.75, 2.5]
+>>> a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+>>> ab = pair_seed(a, b.public_key(), agreement_id="f" * 64, run_id="0" * 32, own_id="a", peer_id="b")
+>>> ab == pair_seed(b, a.public_key(), agreement_id="f" * 64, run_id="0" * 32, own_id="b", peer_id="a")
+True
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 import numpy as np
@@ -62,27 +44,13 @@ from pplink.errors import AgreementMismatchError, ConfigError, SignatureError
 from pplink.models import PplinkModel
 
 __all__ = [
-    "FRACTION_BITS",
-    "MAX_ABS_VALUE",
     "MaskKeyAnnouncement",
     "announce_mask_key",
-    "decode_fixed",
-    "encode_fixed",
     "mask_stream",
-    "masked_share",
     "new_mask_key",
     "pair_seed",
-    "sum_shares",
-    "unblind",
     "verify_mask_key",
 ]
-
-#: Fixed-point fraction bits: values are rounded to multiples of 2**-32.
-FRACTION_BITS = 32
-_SCALE = float(1 << FRACTION_BITS)
-#: Largest magnitude one node may encode. Sums of up to 2**7 such values stay below 2**63 / 2**32,
-#: so a decoded sum is never wrapped.
-MAX_ABS_VALUE = float(1 << 24)
 
 _SEED_BYTES = 32
 _KEY_LABEL = "pplink secure-sum key v1"
@@ -92,67 +60,6 @@ _STREAM_PERSON = b"pplink-mask-v1"  # BLAKE2b personalisation (max 16 bytes)
 RunId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 PartyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
-
-
-# --- fixed point ------------------------------------------------------------------------------
-
-
-def encode_fixed(values: np.ndarray) -> np.ndarray:
-    """Real values to fixed point mod 2**64 (``uint64``, two's complement for negatives).
-
-    Args:
-        values: finite floats with ``|v| <= MAX_ABS_VALUE``.
-
-    Returns:
-        ``round(v * 2**FRACTION_BITS)`` as ``uint64``.
-
-    Raises:
-        ConfigError: a value is not finite or too large (the message names the position, not the value).
-
-    >>> encode_fixed(np.array([1.0, -1.0])).tolist() == [2**32, 2**64 - 2**32]
-    True
-    """
-    arr = np.asarray(values, dtype=np.float64)
-    bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_ABS_VALUE)
-    if bad.any():
-        where = int(np.flatnonzero(bad.reshape(-1))[0])
-        raise ConfigError(
-            f"secure sum: value at position {where} is not finite or exceeds {MAX_ABS_VALUE:g} in magnitude"
-        )
-    return np.rint(arr * _SCALE).astype(np.int64).view(np.uint64)
-
-
-def decode_fixed(encoded: np.ndarray) -> np.ndarray:
-    """Fixed point mod 2**64 back to floats (the inverse of :func:`encode_fixed` on its range).
-
-    >>> decode_fixed(encode_fixed(np.array([0.5, -3.25]))).tolist()
-    [0.5, -3.25]
-    """
-    return np.asarray(encoded, dtype=np.uint64).view(np.int64).astype(np.float64) / _SCALE
-
-
-def sum_shares(shares: Sequence[np.ndarray]) -> np.ndarray:
-    """Add ``uint64`` shares mod 2**64: what the coordinator does.
-
-    Raises:
-        ConfigError: no shares, or shares of different lengths or types.
-
-    >>> sum_shares([np.array([2**63], dtype=np.uint64), np.array([2**63 + 5], dtype=np.uint64)]).tolist()
-    [5]
-    """
-    if not shares:
-        raise ConfigError("secure sum: no shares to add")
-    first = np.asarray(shares[0])
-    total = np.zeros(first.shape, dtype=np.uint64)
-    for i, share in enumerate(shares):
-        arr = np.asarray(share)
-        if arr.dtype != np.uint64 or arr.shape != first.shape:
-            raise ConfigError(f"secure sum: share {i} is not a uint64 vector of shape {first.shape}")
-        total += arr  # uint64 array addition wraps mod 2**64 without a warning
-    return total
-
-
-# --- keys -------------------------------------------------------------------------------------
 
 
 def new_mask_key() -> X25519PrivateKey:
@@ -280,45 +187,3 @@ def mask_stream(seed: bytes, *, step: int, purpose: str, length: int) -> np.ndar
     key = hashlib.blake2b(f"{step}|{purpose}".encode(), key=seed, digest_size=32, person=_STREAM_PERSON).digest()
     encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
     return np.frombuffer(encryptor.update(bytes(8 * length)), dtype=np.uint64).copy()
-
-
-def masked_share(
-    encoded: np.ndarray,
-    *,
-    own_id: str,
-    seeds: Mapping[str, bytes],
-    step: int,
-    purpose: str,
-    blind_seed: bytes | None = None,
-) -> np.ndarray:
-    """A node's share: its fixed-point vector plus pairwise masks (and its blind, if it has one).
-
-    Args:
-        encoded: the node's vector from :func:`encode_fixed`.
-        own_id: this node's agency id.
-        seeds: ``{peer agency id: pair seed}`` for every other node in the sum.
-        step: the step number (masks are fresh per step).
-        purpose: what is being summed; masks are fresh per purpose too.
-        blind_seed: a seed only this node holds; the receiver of the sum passes it to :func:`unblind`.
-
-    Returns:
-        ``encoded + sum_{j > own} m_ij - sum_{j < own} m_ij (+ blind)`` mod 2**64.
-    """
-    share = np.asarray(encoded, dtype=np.uint64).copy()
-    n = share.shape[0]
-    for peer in sorted(seeds):
-        stream = mask_stream(seeds[peer], step=step, purpose=purpose, length=n)
-        if own_id < peer:
-            share += stream
-        else:
-            share -= stream  # wraps mod 2**64
-    if blind_seed is not None:
-        share += mask_stream(blind_seed, step=step, purpose=f"blind|{purpose}", length=n)
-    return share
-
-
-def unblind(blinded_sum: np.ndarray, blind_seed: bytes, *, step: int, purpose: str) -> np.ndarray:
-    """Remove the receiver's blind from a summed vector (still fixed point; see :func:`decode_fixed`)."""
-    total = np.asarray(blinded_sum, dtype=np.uint64)
-    return total - mask_stream(blind_seed, step=step, purpose=f"blind|{purpose}", length=total.shape[0])
-

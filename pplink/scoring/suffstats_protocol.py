@@ -184,6 +184,7 @@ class LedgerFollower:
         self._head = GENESIS_HASH
         self._seq = 0
         self._entries: list[LedgerEntry] = []
+        self._lines: list[bytes] = []
         self._used: set[int] = set()
 
     @property
@@ -211,8 +212,25 @@ class LedgerFollower:
             except SignatureError as exc:
                 raise LedgerError(str(exc)) from None
             self._entries.append(entry)
+            self._lines.append(bytes(line))
             self._head = line_hash(bytes(line))
             self._seq = entry.seq
+
+    def saved(self) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+        """The lines seen and the charges consumed (a node's saved run state; see :meth:`restored`)."""
+        return tuple(self._lines), tuple(sorted(self._used))
+
+    @classmethod
+    def restored(cls, agreement: AgreementConfig, lines: Sequence[bytes], used: Sequence[int]) -> LedgerFollower:
+        """A follower rebuilt from :meth:`saved` (every line is checked again).
+
+        Raises:
+            LedgerError: the saved lines no longer verify.
+        """
+        follower = cls(agreement)
+        follower.extend(lines)
+        follower._used = set(used)
+        return follower
 
     def consume(self, subject: str, *, sensitivity: int, scale: float) -> LedgerEntry:
         """The one unconsumed entry charging ``subject`` at this sensitivity and scale; marks it used.

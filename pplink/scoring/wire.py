@@ -1,16 +1,16 @@
 """Encoding vertical scoring payloads as bytes, for Flower messages and a node's saved run state.
 
-The payloads of :mod:`pplink.scoring.protocol` are dataclasses holding numpy vectors, pydantic
-models (settings, mask-key announcements) and enums. :func:`encode_payload` writes one as an
-``.npz`` archive: every array under its own name, and a JSON tree (``$tree``) describing the rest,
+The payloads of :mod:`pplink.scoring.suffstats_protocol` are dataclasses holding numpy vectors,
+bytes (ciphertexts, ledger lines), pydantic models (settings, mask-key announcements) and enums.
+:func:`encode_payload` writes one as an ``.npz`` archive: every array (and every long byte string)
+under its own name, and a JSON tree (``$tree``) describing the rest,
 with each array replaced by a reference to its name. :func:`decode_payload` reads it back with
 ``allow_pickle=False`` and rebuilds only the types listed in :data:`PAYLOAD_TYPES`, so bytes from
 a peer can never make the reader run code or build an object it did not expect.
 
->>> from pplink.scoring.protocol import ShareRequest
->>> back = decode_payload(encode_payload(ShareRequest(run_id="a" * 32, step=2, residuals=np.arange(3))))
->>> back.step, back.residuals.tolist()
-(2, [0, 1, 2])
+>>> back = decode_payload(encode_payload(ThresholdAsk(run_id="a" * 32, threshold=-1.5)))
+>>> back.threshold
+-1.5
 """
 
 from __future__ import annotations
@@ -28,49 +28,38 @@ from pydantic import ValidationError
 from pplink.accounting import Mechanism
 from pplink.errors import TransportError
 from pplink.models import PplinkModel
-from pplink.scoring.protocol import (
-    HoldoutReply,
-    HoldoutRequest,
-    PresenceReply,
-    PresenceRequest,
-    ResidualReply,
-    ResidualRequest,
-    RunPlan,
-    ShareReply,
-    ShareRequest,
-    StepCharge,
-    ThresholdReply,
-    ThresholdRequest,
-    VerticalSettings,
-)
+from pplink.scoring.he import SignedBundle
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
+from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
+from pplink.scoring.suffstats_protocol import (
+    BlockRequest,
+    DecryptRequest,
+    PresenceAsk,
+    Released,
+    ScoreRequest,
+    SuffStatsPlan,
+)
 
-__all__ = ["PAYLOAD_TYPES", "FinishReply", "FinishRequest", "JoinRequest", "decode_payload", "encode_payload",
-           "register_payload_type"]
+__all__ = ["PAYLOAD_TYPES", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk",
+           "OwnerScoresAsk", "PresenceCountsAsk", "RunAsk", "SuffJoin", "ThresholdAsk", "decode_payload",
+           "encode_payload", "register_payload_type"]
 
 _TREE = "$tree"
 #: The types a payload may hold, by name (dataclasses, pydantic models and enums).
 PAYLOAD_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RunPlan, VerticalSettings, Mechanism, MaskKeyAnnouncement, StepCharge, ShareRequest, ShareReply,
-                ResidualRequest, ResidualReply, HoldoutRequest, HoldoutReply, ThresholdRequest, ThresholdReply,
-                PresenceRequest, PresenceReply)
+    for cls in (Mechanism, MaskKeyAnnouncement, SuffStatsPlan, SuffStatsSettings, NoisePlan, SignedBundle,
+                BlockRequest, DecryptRequest, Released, PresenceAsk, ScoreRequest)
 }
+#: Bytes values longer than this travel as arrays of the archive, not as hex in its JSON tree
+#: (ciphertexts: tens of megabytes per message).
+_INLINE_BYTES = 256
 
 
 def register_payload_type(cls: type) -> type:
     """Allow another dataclass, pydantic model or enum in payloads (used as a class decorator)."""
     PAYLOAD_TYPES[cls.__name__] = cls
     return cls
-
-
-@register_payload_type
-@dataclasses.dataclass(frozen=True)
-class JoinRequest:
-    """Coordinator -> node: the plan again and every party's signed mask-key announcement."""
-
-    plan: RunPlan
-    announcements: tuple[MaskKeyAnnouncement, ...]
 
 
 @register_payload_type
@@ -91,6 +80,70 @@ class FinishReply:
     rows: int
 
 
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class SuffJoin:
+    """Coordinator -> node (sufficient statistics): the plan, every party's mask key, the ledger chain."""
+
+    plan: SuffStatsPlan
+    announcements: tuple[MaskKeyAnnouncement, ...]
+    ledger_lines: tuple[bytes, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class RunAsk:
+    """Coordinator -> label owner: a message with no content but its run (setup, holdout, presence setup)."""
+
+    run_id: str
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class ForwardAsk:
+    """Coordinator -> agency: forward the label owner's training vectors times your columns."""
+
+    run_id: str
+    owner: SignedBundle
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class OwnerScoresAsk:
+    """Coordinator -> label owner: every agency's masked score share."""
+
+    run_id: str
+    shares: tuple[SignedBundle, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class ThresholdAsk:
+    """Coordinator -> label owner: exact error counts by subgroup at a public threshold."""
+
+    run_id: str
+    threshold: float
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class PresenceCountsAsk:
+    """Coordinator -> label owner: the agencies' noisy presence sums and the ledger lines charging them."""
+
+    run_id: str
+    sums: tuple[SignedBundle, ...]
+    ledger_lines: tuple[bytes, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class CountsReply:
+    """Label owner -> coordinator: released counts ``(agency, "known" | "not known", outcome, count)``."""
+
+    run_id: str
+    counts: tuple[tuple[str, str, str, int], ...]
+
+
 def _to_tree(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, Enum):  # before str: a StrEnum is a str too
         _known(type(obj).__name__)
@@ -106,7 +159,11 @@ def _to_tree(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes):
-        return {"$bytes": obj.hex()}
+        if len(obj) <= _INLINE_BYTES:
+            return {"$bytes": obj.hex()}
+        name = f"a{len(arrays)}"
+        arrays[name] = np.frombuffer(obj, dtype=np.uint8)
+        return {"$blob": name}
     name = type(obj).__name__
     if isinstance(obj, PplinkModel):
         _known(name)
@@ -144,6 +201,11 @@ def _from_tree(node: Any, arrays: Any) -> Any:
         return arrays[node["$array"]]
     if "$bytes" in node:
         return bytes.fromhex(node["$bytes"])
+    if "$blob" in node:
+        blob = arrays[node["$blob"]]
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise TransportError("scoring payload: a byte string is not a 1-D uint8 array")
+        return blob.tobytes()
     if "$tuple" in node:
         return tuple(_from_tree(v, arrays) for v in node["$tuple"])
     if "$set" in node:

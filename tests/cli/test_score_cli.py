@@ -1,4 +1,4 @@
-"""`pplink score demo` and `run_demo_scoring`: scoring after the demo's linkage, fairness figures shown."""
+"""`pplink score demo` and `run_suffstats_demo`: scoring after the demo's linkage, the own-feature model beside it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from pplink.agreement import load_agreement
 from pplink.audit.verify import verify_ledger
 from pplink.cli.main import cli
-from pplink.cli.score import run_demo_scoring
 from pplink.errors import BudgetExceededError
-from pplink.scoring.protocol import VerticalSettings
+from pplink.lab.scoring_run import demo_settings, run_suffstats_demo
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +24,19 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def test_run_demo_scoring_after_linkage_prints_fairness_figures(demo_dir: Path) -> None:
-    """The function the demo calls trains over the linkage output and reports error rates by group, side by side."""
+def test_run_suffstats_demo_after_linkage_shows_the_own_model_and_fairness_figures(demo_dir: Path) -> None:
+    """The function the demo calls trains over the linkage output, shows the own-feature model beside the
+    federated one, writes the scores and the model card (errors by group) at the label owner only."""
     config = load_agreement(demo_dir / "agreement.toml")
-    settings = VerticalSettings(steps=3, training_epsilon=1.0, evaluation_epsilon=0.5, score_edges=(-2.0, -1.0))
-    summary = run_demo_scoring(demo_dir, config, settings=settings, holdout_seed=1)
+    summary = run_suffstats_demo(demo_dir, config, settings=demo_settings(config, training_epsilon=0.3,
+                                                                          evaluation_epsilon=0.2))
     text = "\n".join(summary.lines)
-    assert "error rates at the top 10% threshold by deprivation_quintile" in text
-    assert "FPR" in text and "FNR" in text and "known FPR" in text
-    assert "never a decision" in text and "never released" in text
-    assert summary.run.steps_done == 3
+    assert "own features" in text and "never released" in text
+    assert "| group | false positive rate" in summary.card
     assert summary.scores_path is not None and summary.scores_path.exists()
     assert summary.scores_path.parent == demo_dir / "nodes" / "social_care"
+    note = summary.scores_path.with_name("social_care.scores-evaluation.txt").read_text(encoding="utf-8")
+    assert "never a decision" in note and "proxies for poverty" in note
     # Scores stay at the label owner: nothing under the coordinator's folder mentions them.
     assert not list((demo_dir / "coordinator").rglob("*scores*"))
     verdict = verify_ledger(config, demo_dir / "coordinator" / "ledger.jsonl")
@@ -44,13 +44,14 @@ def test_run_demo_scoring_after_linkage_prints_fairness_figures(demo_dir: Path) 
 
 
 def test_score_demo_command_json_and_budget_refusal(demo_dir: Path) -> None:
-    """The command renders JSON without NaN, and exits with the budget error's code when a run cannot fit."""
+    """The command renders JSON without NaN (two training charges, the verdict), and exits with the budget
+    error's code when a run cannot fit."""
     runner = CliRunner()
-    ok = runner.invoke(cli, ["score", "demo", "--dir", str(demo_dir), "--steps", "2", "--training-epsilon", "0.3",
+    ok = runner.invoke(cli, ["score", "demo", "--dir", str(demo_dir), "--training-epsilon", "0.3",
                              "--evaluation-epsilon", "0.2", "--format", "json"])
     assert ok.exit_code == 0, ok.output
     payload = json.loads(ok.output)
-    assert payload["steps_done"] == 2 and len(payload["ledger_entries"]) == 2
+    assert len(payload["ledger_entries"]) == 2 and payload["released"]["verdict"] in ("helped", "did not help")
     assert "NaN" not in ok.output
     refused = runner.invoke(cli, ["score", "demo", "--dir", str(demo_dir), "--training-epsilon", "50"])
     assert refused.exit_code == BudgetExceededError("x").exit_code

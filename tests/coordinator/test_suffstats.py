@@ -16,9 +16,8 @@ import nodes.scoring.suffstats_owner as owner_module
 from coordinator.scoring.suffstats import train_suffstats
 from pplink.accounting import Mechanism, QueryKind, rho_for_epsilon
 from pplink.audit.verify import verify_ledger
-from pplink.cli.score import truth_joined_inputs
-from pplink.cli.score_suffstats import SYNTH_FEATURE_SCALES, build_suffstats_nodes, run_suffstats
 from pplink.errors import BudgetExceededError
+from pplink.lab.scoring_run import SYNTH_FEATURE_SCALES, build_suffstats_nodes, run_suffstats, truth_joined_inputs
 from pplink.lab.synth import generate_synth
 from pplink.ledger import read_ledger
 from pplink.scoring.suffstats import CKKS_ERROR_BOUND, SuffStatsSettings, upper_pairs

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from coordinator.scoring.suffstats import charge_release, plan_suffstats_run
-from pplink.cli.score import truth_joined_inputs
-from pplink.cli.score_suffstats import SYNTH_FEATURE_SCALES, build_suffstats_nodes
 from pplink.errors import LedgerError, ReleaseError, SignatureError, TransportError
+from pplink.lab.scoring_run import SYNTH_FEATURE_SCALES, build_suffstats_nodes, truth_joined_inputs
 from pplink.lab.synth import generate_synth
 from pplink.ledger import read_ledger_lines
 from pplink.scoring import he

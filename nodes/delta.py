@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.encode import encode_records
 from pplink.agreement import AgreementConfig, canonical_json
+from pplink.atomic import atomic_write
 from pplink.crypto import SecretBytes
 from pplink.deltafile import WithdrawReason, day_of, delta_from_bytes, file_digest, is_delta, write_delta
 from pplink.encfile import TOKEN_BYTES, encodings_from_bytes
@@ -107,13 +108,7 @@ def save_snapshot(path: Path, snap: NodeSnapshot) -> None:
                        "rows": len(snap.tokens)}).encode("utf-8")
     body = b"".join([_SNAPSHOT_MAGIC, struct.pack(">I", len(head)), head, snap.tokens.astype(np.uint8).tobytes(),
                      snap.digests.astype(np.uint8).tobytes(), snap.sent_day.astype("<i8").tobytes()])
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, body, mode=0o600)
 
 
 def load_snapshot(path: Path) -> NodeSnapshot:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, ValidationError
 
 from pplink.agreement import AgreementConfig, Role, canonical_json
+from pplink.atomic import atomic_write
 from pplink.crypto import sign, verify
 from pplink.encfile import MAGIC as ENC_MAGIC
 from pplink.encfile import TOKEN_BYTES, EncodingsFile, encodings_from_bytes, encodings_to_bytes
@@ -196,13 +197,7 @@ def write_delta(path: Path, **kwargs: object) -> tuple[DeltaHeader, str]:
         The header and the file's digest (the next delta's ``previous``).
     """
     header, data = delta_to_bytes(**kwargs)  # type: ignore[arg-type]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(Path(path), data)
     return header, file_digest(data)
 
 

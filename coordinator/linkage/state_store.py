@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pplink.atomic import atomic_file
 from pplink.errors import StateError
 
 __all__ = ["STATE_NAME", "IncrementalState", "derive_state_key", "load_state", "save_state", "state_path"]
@@ -201,19 +202,14 @@ def save_state(path: Path, state: IncrementalState, key: bytes) -> int:
                         sort_keys=True).encode("utf-8")
     head_digest = hashlib.sha256(_MAGIC + header).digest()
     aead = AESGCM(key)
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     written = 0
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_file(path, mode=0o600) as fh:
         fh.write(_MAGIC + _U32.pack(len(header)) + header)
         for i, piece in enumerate(pieces):
             sealed = aead.encrypt(prefix + _U32.pack(i), piece, _aad(head_digest, i, i == segments - 1))
             fh.write(_U32.pack(len(sealed)))
             fh.write(sealed)
             written += len(sealed)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return written
 
 

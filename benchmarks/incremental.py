@@ -84,7 +84,7 @@ def _setup(root: Path, agencies: int, threshold: float):  # type: ignore[no-unty
     names = [f"agency{i}" for i in range(agencies)]
     keys_dir = root / "keys"
     public_keys, _ = ensure_party_keys(keys_dir, [*names, "coordinator", "auditor"])
-    text = default_agreement_toml(names, public_keys).replace("threshold = 0.75", f"threshold = {threshold}")
+    text = default_agreement_toml(names, public_keys).replace('threshold = "auto"', f"threshold = {threshold}")
     agreement = parse_agreement(tomllib.loads(text))
     return agreement, names, {p: load_private_key(private_key_path(keys_dir, p)) for p in [*names, "coordinator"]}
 

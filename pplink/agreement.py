@@ -251,13 +251,45 @@ class IdentifierSchema(PplinkModel):
         return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
 
 
-class Linkage(PplinkModel):
-    """How the coordinator matches encodings."""
+_Similarity = Annotated[float, Field(gt=0.0, lt=1.0)]
 
-    #: Dice similarity at or above which two encodings may be linked.
-    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+
+class Linkage(PplinkModel):
+    """How the coordinator matches encodings.
+
+    The threshold is a round setting, not part of what is encoded: ``"auto"`` lets every round choose
+    it from its own candidate pairs (the estimated best F1, or the lowest meeting ``precision_floor``),
+    a number fixes it. ``coordinator match --threshold`` may override either within ``threshold_bounds``.
+    """
+
+    #: Dice similarity at or above which two encodings may be linked, or "auto" (chosen per round).
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["auto"] = "auto"
+    #: The range the parties agree a round's threshold may take (chosen or given); unset: (0, 1).
+    threshold_bounds: tuple[_Similarity, _Similarity] | None = None
+    #: With "auto": choose the lowest threshold whose estimated precision reaches this.
+    precision_floor: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     #: Whether a round may continue without an agency that dropped out (it is then named).
     allow_missing_parties: bool = False
+
+    @model_validator(mode="after")
+    def _threshold_within_bounds(self) -> Linkage:
+        if self.threshold_bounds is not None:
+            low, high = self.threshold_bounds
+            if not low < high:
+                raise ValueError("threshold_bounds must be [low, high] with low below high")
+            if self.threshold != "auto" and not low <= self.threshold <= high:
+                raise ValueError("threshold lies outside threshold_bounds")
+        return self
+
+    @property
+    def fixed_threshold(self) -> float | None:
+        """The agreed threshold, ``None`` when every round chooses its own ("auto")."""
+        return None if self.threshold == "auto" else self.threshold
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The agreed threshold range, ``(0, 1)`` when unset."""
+        return self.threshold_bounds or (0.0, 1.0)
 
 
 class Accounting(StrEnum):

@@ -105,8 +105,7 @@ min_fields = 3
 # Measured in docs/hardening.md (`pplink attack sweep` reproduces it). Without hardening the
 # coordinator, holding every agency's encodings, mined first names back from 13% of synthetic
 # records. XOR folding (1) hashes into twice the filter and folds its halves together: it
-# stopped the frequency and pattern-mining attacks at no loss of linkage with the threshold
-# below at 0.75. Setting 0 turns it off (and then use threshold 0.8).
+# stopped the frequency and pattern-mining attacks at no loss of linkage. Setting 0 turns it off.
 xor_folds = 1
 # Also available, off by default (see docs/hardening.md before turning them on):
 #   flip_probability = 0.02   keyed random bit flips (BLIP); costs recall, did not stop the attacks
@@ -152,9 +151,15 @@ required = false
 
 # ---- linkage ----
 [linkage]
-# Dice similarity at or above which two encodings may be linked (0.75 suits xor_folds = 1:
-# folding raises every score a little; see docs/hardening.md).
-threshold = 0.75
+# Dice similarity at or above which two encodings may be linked. "auto": every round fits the
+# similarity distribution of its own pairs (no truth needed), picks the threshold with the best
+# estimated F1 and reports its estimated precision and recall. A number fixes it (0.75 suits
+# xor_folds = 1). The threshold is not part of what is encoded: `coordinator match --threshold`
+# may set it for one round within the bounds, without re-encoding.
+threshold = "auto"
+# Optional: the range a round's threshold may take, and a precision the choice must reach.
+#   threshold_bounds = [0.6, 0.9]
+#   precision_floor = 0.995
 # Continue a round without an agency that dropped out (it is named in the result)?
 allow_missing_parties = false
 

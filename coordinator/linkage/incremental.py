@@ -67,6 +67,10 @@ class IncrementalSummary:
     maps: dict[str, Path] = field(default_factory=dict)
 
 
+#: The threshold an incremental state keeps when the agreement says "auto".
+INCREMENTAL_AUTO_THRESHOLD = 0.75
+
+
 def _new_state(agreement: AgreementConfig, uploads: Sequence[Upload], blocking: BlockingConfig | None,
                today: int) -> IncrementalState:
     """An empty state; in blocked mode, with band positions chosen from the first round's rows."""
@@ -81,7 +85,11 @@ def _new_state(agreement: AgreementConfig, uploads: Sequence[Upload], blocking: 
         clks = np.concatenate([by_party[p] for p in parties])
         party = np.repeat(np.arange(len(parties)), [len(by_party[p]) for p in parties])
         positions = freeze_positions(clks, party, blocking)
-    return IncrementalState(agreement_id=agreement.agreement_id, parties=parties, threshold=agreement.linkage.threshold,
+    # Incremental edges are kept at one threshold for the life of the state: "auto" (chosen per full
+    # round from its own pairs) has no single value here, so it falls back to the template's former
+    # fixed 0.75 (suits xor_folds = 1).
+    threshold = agreement.linkage.fixed_threshold or INCREMENTAL_AUTO_THRESHOLD
+    return IncrementalState(agreement_id=agreement.agreement_id, parties=parties, threshold=threshold,
                             mode="all-pairs" if blocking is None else "blocked", positions=positions, skip=skip,
                             width=width, epoch_day=today)
 

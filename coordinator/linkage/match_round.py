@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.linkage.auto import auto_match
 from coordinator.linkage.blocking import BlockingConfig
-from coordinator.linkage.match import MatchResult, match_clks
+from coordinator.linkage.match import MatchResult
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from pplink.agreement import AgreementConfig
 from pplink.atomic import atomic_write
@@ -63,6 +64,8 @@ class MatchRoundSummary:
     maps: dict[str, Path]
     seconds: float
     result: MatchResult
+    #: The round's threshold method and estimated precision, recall and missed links (no truth).
+    calibration: dict[str, Any] | None = None
 
 
 def load_inputs(
@@ -162,15 +165,29 @@ def match_files(
     workers: int = 2,
     blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
+    threshold: float | None = None,
 ) -> tuple[LinkageState, MatchResult]:
     """Link verified files and build the coordinator's linkage state (pure: writes nothing).
 
-    ``blocking="auto"`` applies :func:`blocking_for` to the file sizes.
+    ``blocking="auto"`` applies :func:`blocking_for` to the file sizes. ``threshold`` overrides the
+    agreement's for this round (within its bounds). Every round is calibrated (its estimated
+    precision and recall go into ``state.meta["calibration"]``); with the agreement's ``"auto"`` and
+    no override, the calibration also chooses the threshold.
+
+    Raises:
+        MatchError: ``threshold`` lies outside the agreement's ``threshold_bounds``.
     """
     if blocking == "auto":
         blocking = blocking_for([f.header.n_records for f in files])
-    result = match_clks([f.clks for f in files], agreement.linkage.threshold, blocking=blocking,
-                        workers=workers, progress=progress)
+    linkage = agreement.linkage
+    low, high = linkage.bounds
+    if threshold is not None and not (low <= threshold <= high and 0.0 < threshold < 1.0):
+        raise MatchError(f"threshold {threshold} lies outside the agreed bounds [{low}, {high}]")
+    fixed = threshold if threshold is not None else (None if linkage.threshold == "auto" else linkage.threshold)
+    result, calibration, per_pair = auto_match([f.clks for f in files], threshold=fixed,
+                                        precision_floor=linkage.precision_floor, bounds=(low, high),
+                                        blocking=blocking, workers=workers, progress=progress)
+    method = "given" if threshold is not None else calibration.method
     parties = tuple(f.header.party for f in files)
     state = LinkageState(
         agreement_id=agreement.agreement_id,
@@ -178,10 +195,16 @@ def match_files(
         cluster_of=dict(zip(parties, result.labels, strict=True)),
         pseudonyms=assign_pseudonyms(result.n_clusters),
         attributes={f.header.party: dict(f.attributes) for f in files},
-        threshold=agreement.linkage.threshold,
+        threshold=result.stats.threshold,
         meta={
             "inputs": {f.header.party: f.header.file_id for f in files},
             "stats": result.stats.model_dump(mode="json"),
+            "calibration": {"method": method, **calibration.estimate.model_dump(mode="json")},
+            # Coordinator-only (match.json), never in the manifest: per agency pair, its own solve's estimate.
+            "calibration_by_agency_pair": {
+                f"{files[a].header.party}~{files[b].header.party}": c.estimate.model_dump(mode="json")
+                for (a, b), c in per_pair.items()
+            },
         },
     )
     return state, result
@@ -229,7 +252,8 @@ def write_round_outputs(
                              zip(f.token_hex(), (entity_hex[i] for i in labels.tolist()), strict=True))
             maps[party] = out_dir / map_file_name(party)
         save_linkage_state(stage / STATE_FILE, state)
-        report = {"stats": result.stats.model_dump(mode="json"),
+        report = {"stats": result.stats.model_dump(mode="json"), "calibration": state.meta.get("calibration"),
+                  "calibration_by_agency_pair": state.meta.get("calibration_by_agency_pair"),
                   "histogram": result.histogram.model_dump(mode="json") if result.histogram else None,
                   "missing": list(missing)}
         atomic_write(stage / MATCH_REPORT_FILE, json.dumps(report, indent=2))
@@ -239,7 +263,8 @@ def write_round_outputs(
             "inputs": {f.header.party: f.header.file_id for f in files},
             "missing": list(missing),
             "maps": {party: map_file_name(party) for party in maps},
-            "threshold": agreement.linkage.threshold,
+            "threshold": state.threshold,
+            "calibration": state.meta.get("calibration"),
         }
         publish_round(out_dir, stage, manifest, key)
     finally:
@@ -257,6 +282,7 @@ def run_match_round(
     blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
     clks: Mapping[str, Path] | None = None,
+    threshold: float | None = None,
 ) -> MatchRoundSummary:
     """Verify, match, and write every agency's pseudonym map plus the coordinator's state.
 
@@ -272,7 +298,7 @@ def run_match_round(
 
     started = time.perf_counter()
     outcome = run_round(agreement, key, FileMatchNodes(agreement, paths, clks), out_dir, workers=workers,
-                        blocking=blocking, progress=progress)
+                        blocking=blocking, progress=progress, threshold=threshold)
     return MatchRoundSummary(
         out_dir=Path(out_dir),
         parties=outcome.state.parties,
@@ -283,4 +309,5 @@ def run_match_round(
         maps=outcome.maps,
         seconds=time.perf_counter() - started,
         result=outcome.result,
+        calibration=outcome.state.meta.get("calibration"),
     )

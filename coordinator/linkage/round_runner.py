@@ -99,6 +99,7 @@ def run_round(
     workers: int = 2,
     blocking: BlockingConfig | None | Literal["auto"] = "auto",
     progress: Callable[[int, int], None] | None = None,
+    threshold: float | None = None,
     record: Callable[..., None] = _ignore,
     log: Callable[[str], None] = _ignore,
 ) -> RoundOutcome:
@@ -114,6 +115,7 @@ def run_round(
         blocking: the blocking policy (see :func:`~coordinator.linkage.match_round.match_files`).
         progress: receives ``(done, total)`` while comparing; told each stage (loading, blocking,
             comparing, solving, writing) if it has a ``stage(name, total)`` method.
+        threshold: this round's threshold, overriding the agreement's (within its bounds).
         record: receives the run record's changes at every phase (``phase=``, ``status=``, …).
         log: receives one line per event.
 
@@ -165,7 +167,8 @@ def run_round(
                records={p: f.header.n_records for p, f in files.items()})
         log(f"matching {sum(f.header.n_records for f in ordered)} encodings from {len(ordered)} agencies"
             + (f" (without {', '.join(missing)})" if missing else ""))
-        state, result = match_files(agreement, ordered, workers=workers, blocking=blocking, progress=progress)
+        state, result = match_files(agreement, ordered, workers=workers, blocking=blocking, progress=progress,
+                                    threshold=threshold)
         written_to = out_dir
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

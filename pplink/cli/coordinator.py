@@ -31,12 +31,17 @@ def coordinator() -> None:
 @click.option("--clks", "clks", multiple=True, metavar="PARTY=PATH",
               help="An anonlink-client / clkhash {\"clks\": [...]} file from PARTY, which the agreement must mark "
                    "encodings = \"clkhash-json\" (unsigned: the marking is what admits it). Repeatable.")
+@click.option("--threshold", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
+              help="This round's Dice threshold, within the agreement's threshold_bounds (no re-encoding). "
+                   "Default: the agreement's (\"auto\": chosen from the round's own pairs).")
 @FORMAT_OPTION
 def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, ...], out_dir: Path, workers: int,
-                  progress: bool | None, state_dir: Path | None, clks: tuple[str, ...], output_format: str) -> None:
+                  progress: bool | None, state_dir: Path | None, clks: tuple[str, ...], threshold: float | None,
+                  output_format: str) -> None:
     """Verify ENCODINGS (.enc files from 2..N agencies), link them, and write each agency's pseudonym map.
 
     With --state, ENCODINGS may also be deltas (`node encode --delta-from`), from any number of agencies.
+    Every round estimates its own precision and recall from its pairs (no truth) and prints them.
     """
     from coordinator.linkage.match_round import run_match_round
     from pplink.agreement import load_agreement
@@ -62,19 +67,22 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
         match_incremental_command(config, key, encodings, out_dir, state_dir, workers, output_format)
         return
     with stage_progress(progress, "match") as bar:
-        summary = run_match_round(config, key, encodings, out_dir, workers=workers, progress=bar, clks=json_files)
+        summary = run_match_round(config, key, encodings, out_dir, workers=workers, progress=bar, clks=json_files,
+                                  threshold=threshold)
     stats = summary.result.stats
+    calibration = summary.calibration
     if output_format == "json":
         click.echo(json.dumps({
             "out": str(summary.out_dir), "records": summary.records, "missing": list(summary.missing),
             "entities": summary.entities, "linked_entities": summary.linked_entities,
             "maps": {p: str(m) for p, m in summary.maps.items()}, "seconds": round(summary.seconds, 3),
             "comparisons": stats.comparisons, "candidate_pairs": stats.candidate_pairs,
+            "threshold": stats.threshold, "calibration": calibration,
         }))
         return
     total = sum(summary.records.values())
     click.echo(f"matched {total} records from {len(summary.parties)} agencies in {summary.seconds:.1f} s "
-               f"(threshold {config.linkage.threshold})")
+               f"(threshold {stats.threshold:g}, {calibration['method'] if calibration else 'given'})")
     for party, n in summary.records.items():
         click.echo(f"  {party:<14} {n:>9} records -> {summary.maps[party]}")
     if summary.missing:
@@ -82,7 +90,19 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
     click.echo(f"  entities: {summary.entities} ({summary.linked_entities} found at two or more agencies)")
     click.echo(f"  comparisons: {stats.comparisons:,} ({stats.comparisons_per_second / 1e6:.0f} M/s), "
                f"candidate pairs: {stats.candidate_pairs:,}")
+    if calibration:
+        click.echo(_estimate_line(calibration))
     click.echo("Send each agency only its own map; they run `pplink node resolve`.")
+
+
+def _estimate_line(estimate: dict) -> str:  # type: ignore[type-arg]
+    def interval(name: str, digits: int) -> str:
+        bounds = estimate.get(f"{name}_interval")
+        return f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds else ""
+
+    return (f"  estimated (no truth): precision {estimate['precision']:.3f}{interval('precision', 3)}, "
+            f"recall {estimate['recall']:.3f}{interval('recall', 3)}, "
+            f"missed links {estimate['missed']:.0f}{interval('missed', 0)}")
 
 
 def _default_keys_dir(agreement_path: Path) -> Path:
@@ -356,24 +376,33 @@ def runs_command(state_dir: Path, run_id: str | None, output_format: str) -> Non
 @FORMAT_OPTION
 def suggest_threshold_command(agreement_path: Path, encodings: tuple[Path, ...], bins: int, workers: int,
                               output_format: str) -> None:
-    """Propose a Dice threshold from the similarity distribution of the blocked candidate pairs.
+    """Propose a Dice threshold: the one a round with threshold "auto" would choose, with its estimates.
 
-    The suggestion is the valley between the non-match and match modes. The histogram is for the
-    coordinator's eyes: it describes pairs of encodings, not people, and is not a DP release.
+    The same calibration every round runs (a mixture fitted to the linked pairs' similarities, no
+    truth). The histogram is for the coordinator's eyes: it describes pairs of encodings, not people,
+    and is not a DP release.
     """
+    from coordinator.linkage.auto import auto_match
     from coordinator.linkage.match import similarity_histogram
-    from coordinator.linkage.match_round import load_inputs
-    from coordinator.linkage.threshold import analyse_threshold, render_histogram
+    from coordinator.linkage.match_round import blocking_for, load_inputs
+    from coordinator.linkage.threshold import render_histogram
     from pplink.agreement import load_agreement
 
     config = load_agreement(agreement_path)
     files = load_inputs(config, encodings)
-    histogram = similarity_histogram([f.clks for f in files], bins=bins, workers=workers)
-    suggestion = analyse_threshold(histogram)
+    clks = [f.clks for f in files]
+    blocking = blocking_for([len(c) for c in clks])
+    histogram = similarity_histogram(clks, bins=bins, workers=workers, blocking=blocking)
+    _, calibration, _ = auto_match(clks, precision_floor=config.linkage.precision_floor,
+                                   bounds=config.linkage.bounds, blocking=blocking, workers=workers)
+    estimate = {"method": calibration.method, **calibration.estimate.model_dump(mode="json")}
     if output_format == "json":
-        click.echo(json.dumps({"suggestion": suggestion.model_dump(mode="json"), "counts": list(histogram.counts),
+        click.echo(json.dumps({"suggestion": estimate, "counts": list(histogram.counts),
                                "agreement_threshold": config.linkage.threshold}))
         return
-    click.echo(render_histogram(histogram, suggestion=suggestion.threshold))
-    click.echo(f"suggested threshold: {suggestion.threshold:.3f} ({suggestion.reason})")
-    click.echo(f"the agreement's threshold: {config.linkage.threshold}; changing it means a new agreement id.")
+    click.echo(render_histogram(histogram, suggestion=calibration.threshold))
+    click.echo(f"suggested threshold: {calibration.threshold:.3f} (best estimated F1"
+               f"{'' if config.linkage.precision_floor is None else ' meeting the precision floor'})")
+    click.echo(_estimate_line(estimate))
+    click.echo(f"the agreement's threshold: {config.linkage.threshold}; `coordinator match --threshold` sets one "
+               "for a round within the agreed bounds, without re-encoding.")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pplink.cli.options import FORMAT_OPTION, existing_file
+from pplink.errors import UsageError
 
 if TYPE_CHECKING:
     from pplink.lab.linkage_eval import LinkageReport, PairScores
@@ -25,21 +26,49 @@ def eval_group() -> None:
 @click.option("--truth", "truth_path", type=existing_file, required=True,
               help="truth.csv (agency,record_id,person) from `pplink synth`.")
 @click.argument("predictions", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--manifest", "manifest_path", type=existing_file, default=None,
+              help="The round's manifest.json: show its threshold, method and estimates next to the measured figures.")
 @FORMAT_OPTION
-def linkage_command(truth_path: Path, predictions: tuple[Path, ...], output_format: str) -> None:
+def linkage_command(truth_path: Path, predictions: tuple[Path, ...], manifest_path: Path | None,
+                    output_format: str) -> None:
     """Score PREDICTIONS (<agency>.entities.csv files, or folders of them) against the truth.
 
     Pairwise precision, recall and F1 over cross-agency record pairs, overall and per agency
     pair, and how many true entities were reconstructed exactly. Records the predictions lack
-    (opted-out rows, for example) are counted, not scored.
+    (opted-out rows, for example) are counted, not scored. With --manifest, the round's threshold,
+    how it was set, and the precision and recall it estimated without truth are shown too.
     """
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
 
     report = evaluate_linkage_by_agency(read_truth(truth_path), read_predictions(list(predictions)))
+    round_info = _round_info(manifest_path) if manifest_path else None
     if output_format == "json":
-        click.echo(json.dumps(report.to_dict()))
+        click.echo(json.dumps({**report.to_dict(), **({"round": round_info} if round_info else {})}))
         return
     click.echo(render_linkage_report(report))
+    if round_info:
+        click.echo(_render_round(round_info, report))
+
+
+def _round_info(path: Path) -> dict[str, Any]:
+    """The threshold and calibration a round's manifest states (read, not verified: an evaluation aid)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or "threshold" not in manifest:
+        raise UsageError(f"{path}: not a linkage manifest (no threshold)")
+    return {"threshold": manifest["threshold"], "calibration": manifest.get("calibration")}
+
+
+def _render_round(info: dict[str, Any], report: LinkageReport) -> str:
+    calibration = info.get("calibration") or {}
+    line = f"Round threshold {info['threshold']:g} ({calibration.get('method', 'not recorded')})"
+    if "precision" in calibration:
+        line += (f"; estimated without truth: precision {calibration['precision']:.4f} "
+                 f"(measured {_score(report.overall.precision)}), recall {calibration['recall']:.4f} "
+                 f"(measured {_score(report.overall.recall)})")
+    return line
 
 
 def _score(value: float | None) -> str:

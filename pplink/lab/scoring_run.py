@@ -60,7 +60,8 @@ def truth_joined_inputs(agreement: AgreementConfig, data: Any, *, seed: int = 0)
         inputs[agency] = build_agency_data(agreement, agency, data.tables[agency].columns, rows, entity_of,
                                            source=f"synthetic {agency}")
     state = LinkageState(agreement_id=agreement.agreement_id, parties=tuple(kept), cluster_of=cluster_of,
-                         pseudonyms=pseudonyms, attributes={}, threshold=agreement.linkage.threshold)
+                         pseudonyms=pseudonyms, attributes={},
+                         threshold=agreement.linkage.fixed_threshold or 0.0)
     return state, inputs
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from pplink.cli.main import cli
-from pplink.errors import ConfigError, RecordValidationError
+from pplink.errors import ConfigError, RecordValidationError, UsageError
 
 AGENCIES = ("social_care", "school", "health", "police")
 
@@ -103,3 +103,22 @@ def test_eval_linkage_names_file_and_row_of_a_bad_csv(tmp_path: Path) -> None:
     result = _runner().invoke(cli, ["eval", "linkage", "--truth", summary["truth"], str(bad)])
     assert result.exit_code == RecordValidationError("x").exit_code
     assert str(bad) in result.stderr and "row 3" in result.stderr and "record_id" in result.stderr
+
+
+def test_eval_linkage_shows_the_rounds_threshold_and_estimates_next_to_the_measured(tmp_path: Path) -> None:
+    """Invariant: with --manifest, the round's threshold, method and estimates are reported beside
+    the measured figures (JSON under "round"); a file without a threshold is refused as a usage error."""
+    summary = _synth(tmp_path / "data")
+    _entities_from_truth(Path(summary["truth"]), tmp_path / "pred")
+    manifest = tmp_path / "manifest.json"
+    calibration = {"method": "auto", "threshold": 0.63, "precision": 0.991, "recall": 0.972, "missed": 12.0}
+    manifest.write_text(json.dumps({"threshold": 0.63, "calibration": calibration}), encoding="utf-8")
+    args = ["eval", "linkage", "--truth", summary["truth"], str(tmp_path / "pred"), "--manifest", str(manifest)]
+    result = _runner().invoke(cli, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["round"] == {"threshold": 0.63, "calibration": calibration}
+    text = _runner().invoke(cli, args)
+    assert "Round threshold 0.63 (auto)" in text.stdout and "precision 0.9910 (measured 1.0000)" in text.stdout
+    manifest.write_text("{}", encoding="utf-8")
+    refused = _runner().invoke(cli, args)
+    assert refused.exit_code == UsageError("x").exit_code and "no threshold" in refused.stderr

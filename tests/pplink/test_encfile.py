@@ -66,7 +66,7 @@ def test_foreign_agreement_is_refused(setup: Setup, tmp_path: Path) -> None:
     path = tmp_path / "s.enc"
     _write(setup, path)
     # Same keys, one changed setting: a different agreement id.
-    other_text = setup.agreement_path.read_text().replace("threshold = 0.75", "threshold = 0.85")
+    other_text = setup.agreement_path.read_text().replace('threshold = "auto"', "threshold = 0.85")
     other = make_setup(tmp_path / "o", edit=lambda _: other_text).agreement
     with pytest.raises(AgreementMismatchError, match="made under agreement"):
         read_encodings(path, other)

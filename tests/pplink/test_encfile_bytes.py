@@ -45,7 +45,7 @@ def test_bytes_are_verified_like_files(setup: Setup, tmp_path: Path) -> None:
     with pytest.raises(EncodingFileError, match="expected 'health'"):
         encodings_from_bytes(data, setup.agreement, expected_party="health")
     # Same parties and keys, one setting changed: another agreement id.
-    other = parse_agreement(tomllib.loads(setup.agreement_path.read_text().replace("threshold = 0.75",
+    other = parse_agreement(tomllib.loads(setup.agreement_path.read_text().replace('threshold = "auto"',
                                                                                   "threshold = 0.85")))
     _, foreign = encodings_to_bytes(agreement=other, party="school", key=setup.key("school"), **_parts())
     with pytest.raises(AgreementMismatchError, match="made under agreement"):

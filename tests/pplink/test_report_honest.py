@@ -115,3 +115,16 @@ def test_the_public_notice_does_not_present_a_clipped_share_as_measured(setup: S
     assert "100%" in missing and "too few people to measure" in missing
     north = next(line for line in page.splitlines() if "north" in line)
     assert "too few" not in north
+
+
+def test_the_exact_page_shows_the_rounds_threshold_and_its_estimates(setup: Setup) -> None:
+    """With threshold "auto" the agreement holds no number: the exact page marks the round's own threshold
+    (from match.json) and prints the round's estimated precision and recall, never on the DP page."""
+    from pplink.audit.report.exact import render_exact_page
+
+    assert setup.agreement.linkage.threshold == "auto"
+    calibration = {"method": "auto", "threshold": 0.63, "precision": 0.991, "recall": 0.972, "missed": 12.0}
+    page = render_exact_page(setup.agreement, match_report={"histogram": {"counts": [5, 900, 40, 7]},
+                                                            "stats": {"threshold": 0.63}, "calibration": calibration})
+    assert page is not None
+    assert "threshold 0.63" in page and "precision 0.991" in page and "recall 0.972" in page

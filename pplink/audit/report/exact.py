@@ -34,11 +34,21 @@ def render_exact_page(config: AgreementConfig, *, match_report: dict[str, Any] |
     """The HTML of the exact-figures page, or None when there is nothing to show."""
     parts = []
     if match_report and match_report.get("histogram"):
-        chart = histogram_chart(match_report["histogram"]["counts"], marker=config.linkage.threshold,
+        # The round's own threshold (the agreement may say "auto"); older match.json files lack it.
+        threshold = match_report.get("stats", {}).get("threshold")
+        if threshold is None and config.linkage.fixed_threshold is not None:
+            threshold = config.linkage.fixed_threshold
+        chart = histogram_chart(match_report["histogram"]["counts"], marker=threshold,
                                 title="Similarity of candidate pairs")
+        calibration = match_report.get("calibration")
+        estimate = ""
+        if calibration:
+            estimate = (f"<p>Threshold {calibration['threshold']:g} ({_e(calibration['method'])}), estimated from "
+                        f"the pairs alone, with no truth: precision {calibration['precision']:.3f}, recall "
+                        f"{calibration['recall']:.3f}, about {calibration['missed']:.0f} links missed.</p>")
         parts.append("<section><h2>Similarity distribution (coordinator only)</h2><p>Dice similarity of the "
-                     "blocked candidate pairs in the last match, with the agreement's threshold: exact counts of "
-                     "pairs of encodings.</p>" + chart + "</section>")
+                     "candidate pairs in the last match, with the round's threshold: exact counts of "
+                     "pairs of encodings.</p>" + estimate + chart + "</section>")
     if model:
         metrics = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in model.get("metrics", {}).items()]
         if metrics:

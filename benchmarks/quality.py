@@ -1,0 +1,222 @@
+"""Linkage quality with no truth given, on data pplink was not tuned on, against a truth-tuned oracle.
+
+For each dataset (UK-style people, households with siblings and twins, FEBRL 1-4, ``pplink synth``):
+every agency file goes through ``pplink node encode``'s code with the default agreement (FEBRL with
+its own identifier fields), the coordinator matches with the automatic threshold (no truth), and the
+truth then scores it. Printed side by side:
+
+* ``f1``, ``precision``, ``recall``: measured at the automatic threshold;
+* ``est_precision``, ``est_recall``: what the round's calibration estimated, with no truth;
+* ``oracle_f1`` at ``oracle_threshold``: plain clkhash (same fields and weights, no folding, minimal
+  normalisation: trimmed, lower case, dates to ISO where they parse) and anonlink's greedy solver over
+  all pairs, at the best threshold chosen *with* the truth.
+
+One JSON line per dataset, then a table.
+
+    uv run python benchmarks/quality.py                  # the target sizes
+    uv run python benchmarks/quality.py --size tiny      # seconds; the test suite runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {
+    # name: (uk_style people, households, synth people, FEBRL sets)
+    "tiny": (300, 120, 300, (1,)),
+    "small": (1200, 600, 1500, (1, 4)),
+    "full": (3200, 3000, 4000, (1, 2, 3, 4)),
+}
+
+
+def _datasets(size: str):  # type: ignore[no-untyped-def]
+    from pplink.lab.datasets import AgencyRecords, LinkageDataset
+    from pplink.lab.datasets.febrl import load_febrl
+    from pplink.lab.datasets.uk_style import COLUMNS, generate_uk_style
+    from pplink.lab.synth import generate_synth
+
+    people, households, synth_people, febrl = SIZES[size]
+    yield generate_uk_style(people, seed=12)
+    yield generate_uk_style(households, households=True, seed=12)
+    for number in febrl:
+        yield load_febrl(number)
+    synth = generate_synth(synth_people, ["social_care", "school", "health", "police"], seed=12, opt_out_rate=0.0)
+    truth = synth.truth()
+    extracts = {}
+    for agency, table in synth.tables.items():
+        at = [table.columns.index(c) for c in ("record_id", *COLUMNS)]
+        rows = [tuple(r[i] for i in at) for r in table.rows]
+        extracts[agency] = AgencyRecords(tuple(r[0] for r in rows), tuple(r[1:] for r in rows),
+                                         tuple(truth[(agency, r[0])] for r in rows))
+    yield LinkageDataset("synth", COLUMNS, tuple(synth.tables), extracts)
+
+
+def _agreement_edit(dataset):  # type: ignore[no-untyped-def]
+    from pplink.lab.datasets.febrl import febrl_fields_toml
+
+    if not dataset.name.startswith("febrl"):
+        return None
+
+    def edit(text: str) -> str:
+        start = text.index("[[identifiers.fields]]")
+        end = text.index("# ---- linkage ----")
+        text = text[:start] + febrl_fields_toml() + "\n" + text[end:]
+        return re.sub(r"(?m)^min_fields = \d+$", "min_fields = 0", text, count=1)
+
+    return edit
+
+
+def _pplink(dataset, root: Path):  # type: ignore[no-untyped-def]
+    """Encode with pplink's node code and the default agreement; match with the automatic threshold."""
+    from coordinator.linkage.auto import auto_match
+    from coordinator.linkage.match_round import blocking_for
+    from nodes.encode import encode_records
+    from pplink.lab.datasets import write_dataset
+    from tests.support import make_setup
+
+    write_dataset(dataset, root)
+    setup = make_setup(root / "agreement", agencies=dataset.agencies, edit=_agreement_edit(dataset))
+    ids, clks = [], []
+    for agency in dataset.agencies:
+        encoded = encode_records(setup.agreement, agency, setup.secret, root / f"{agency}.csv", workers=1)
+        ids.append(encoded.record_ids)
+        clks.append(encoded.clks)
+    started = time.perf_counter()
+    result, calibration, _ = auto_match(clks, blocking=blocking_for([len(c) for c in clks]), workers=2)
+    seconds = time.perf_counter() - started
+    predicted = {a: dict(zip(i, lab.tolist(), strict=True)) for a, i, lab in zip(dataset.agencies, ids, result.labels,
+                                                                                   strict=True)}
+    return setup, predicted, calibration, seconds
+
+
+def _minimal(value: str, column: str) -> str:
+    from pplink.normalise import InvalidValue, normalise_date
+
+    value = value.strip().lower()
+    if column == "date_of_birth":
+        try:
+            return normalise_date(value, ("%Y-%m-%d", "%d/%m/%Y")).replace("-", "") or value
+        except InvalidValue:
+            return value
+    if column == "postcode":
+        return value.replace(" ", "")
+    return value
+
+
+def _oracle(dataset, setup) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Plain clkhash + anonlink greedy over all pairs, at the best threshold chosen with the truth."""
+    from anonlink.candidate_generation import find_candidate_pairs
+    from anonlink.similarities import dice_coefficient_accelerated
+    from anonlink.solving import greedy_solve
+    from clkhash import clk
+    from clkhash.schema import from_json_dict
+
+    from pplink.agreement import Hardening
+    from pplink.encoding import clkhash_schema_dict
+    from pplink.lab.linkage_eval import evaluate_linkage_by_agency
+
+    identifiers = setup.agreement.identifiers.model_copy(update={"hardening": Hardening()})
+    schema = from_json_dict(clkhash_schema_dict(identifiers))
+    encoded = []
+    for agency in dataset.agencies:
+        rows = [[_minimal(v, c) for v, c in zip(row, dataset.columns, strict=True)]
+                for row in dataset.extracts[agency].rows]
+        encoded.append(clk.generate_clks(rows, schema, "oracle-secret", validate=False))
+    floor = 0.6
+    candidates = find_candidate_pairs(encoded, dice_coefficient_accelerated, floor)
+    sims = np.frombuffer(candidates[0], dtype=np.float64) if not isinstance(candidates[0], np.ndarray) \
+        else candidates[0]
+    truth = dataset.truth()
+    best = (0.0, floor)
+    for threshold in np.arange(floor, 0.951, 0.025):
+        keep = np.flatnonzero(sims >= threshold - 1e-12)
+        chosen = (candidates[0][: len(keep)], tuple(x[: len(keep)] for x in candidates[1]),
+                  tuple(x[: len(keep)] for x in candidates[2]))
+        groups = greedy_solve(chosen)
+        predicted: dict[str, dict[str, int]] = {a: {} for a in dataset.agencies}
+        for g, group in enumerate(groups):
+            for d, r in group:
+                agency = dataset.agencies[d]
+                predicted[agency][dataset.extracts[agency].record_ids[r]] = g
+        for agency in dataset.agencies:  # unlinked records are singletons
+            for r in dataset.extracts[agency].record_ids:
+                predicted[agency].setdefault(r, f"{agency}:{r}")
+        f1 = evaluate_linkage_by_agency(truth, predicted).overall.f1 or 0.0
+        if f1 > best[0]:
+            best = (f1, float(round(threshold, 3)))
+    return best
+
+
+def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
+    """Every figure for one dataset."""
+    from pplink.lab.linkage_eval import evaluate_linkage_by_agency
+
+    with tempfile.TemporaryDirectory() as tmp:
+        setup, predicted, calibration, seconds = _pplink(dataset, Path(tmp))
+    scores = evaluate_linkage_by_agency(dataset.truth(), predicted)
+    oracle_f1, oracle_threshold = _oracle(dataset, setup)
+    est = calibration.estimate
+    return {
+        "dataset": dataset.name,
+        "records": dataset.records,
+        "agencies": len(dataset.agencies),
+        "threshold": calibration.threshold,
+        "f1": scores.overall.f1,
+        "precision": scores.overall.precision,
+        "recall": scores.overall.recall,
+        "est_precision": est.precision,
+        "est_precision_interval": est.precision_interval,
+        "est_recall": est.recall,
+        "est_recall_interval": est.recall_interval,
+        "est_missed": est.missed,
+        "true_missed": scores.overall.false_negatives,
+        "oracle_f1": oracle_f1,
+        "oracle_threshold": oracle_threshold,
+        "match_seconds": round(seconds, 2),
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    head = (f"{'dataset':<11} {'records':>7} {'thr':>6} {'F1':>6} {'P':>6} {'estP':>6} {'R':>6} {'estR':>6} "
+            f"{'oracleF1':>8} {'@thr':>5}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['dataset']:<11} {r['records']:>7} {r['threshold']:>6.3f} {r['f1']:>6.4f} "
+                     f"{r['precision']:>6.4f} {r['est_precision']:>6.4f} {r['recall']:>6.4f} {r['est_recall']:>6.4f} "
+                     f"{r['oracle_f1']:>8.4f} {r['oracle_threshold']:>5.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark; print JSON lines and a table; return the rows."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--only", nargs="*", help="dataset names to run (default: all)")
+    args = parser.parse_args(argv)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for dataset in _datasets(args.size):
+            if args.only and dataset.name not in args.only:
+                continue
+            row = measure(dataset)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

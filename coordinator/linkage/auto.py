@@ -1,0 +1,161 @@
+"""Match with a threshold chosen from the round's own data, and estimate the round's error.
+
+One solve at a low floor (:data:`CALIBRATION_FLOOR`, or the agreed lower bound if higher) gives
+every link the round could make; the Dice of every cross-agency pair inside its clusters is the
+calibration's data (:mod:`coordinator.linkage.calibration`). The threshold is chosen from the fit
+(or given), and the clusters at that threshold are the solve at the threshold: anonlink's greedy
+solver takes pairs in descending similarity, so its decisions above ``t`` never depend on pairs
+below ``t``, but this module still re-solves rather than trusting that (a second comparison pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from coordinator.linkage.blocking import BlockingConfig
+from coordinator.linkage.calibration import Calibration, ScoreHistogram, calibrate, estimate_at, score_histogram
+from coordinator.linkage.match import MatchResult, Progress, match_clks
+from coordinator.linkage.similarity import as_words, check_datasets, compute_dice, dice_rows, popcounts
+
+__all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
+
+#: One agency pair's one-to-one links: ``(rows_a, rows_b, scores)``.
+Links = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+#: The solve the calibration reads starts here: below every default threshold worth using, above
+#: the mass of blocked strangers (they sit around 0.4-0.6 with the default encodings).
+CALIBRATION_FLOOR = 0.55
+
+
+def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(row_a, row_b)`` whose cluster labels are equal, ordered by ``row_a``.
+
+    >>> same_cluster_rows(np.array([0, 1, 2]), np.array([2, 0, 0]))
+    (array([0, 0, 2]), array([1, 2, 0]))
+    """
+    order_b = np.argsort(labels_b, kind="stable")
+    sorted_b = labels_b[order_b]
+    left = np.searchsorted(sorted_b, labels_a, side="left")
+    counts = np.searchsorted(sorted_b, labels_a, side="right") - left
+    rows_a = np.repeat(np.arange(len(labels_a)), counts)
+    within = np.arange(len(rows_a)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows_a, order_b[np.repeat(left, counts) + within]
+
+
+def linked_pair_scores(datasets: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Dice of every cross-agency pair of records that share a cluster, and its agency pair.
+
+    Args:
+        datasets: packed encodings, one array per agency.
+        labels: per agency, the cluster of each row (a :class:`~coordinator.linkage.match.MatchResult`'s).
+
+    Returns:
+        ``(scores, agency_pairs)``: float64 similarities and, per pair, ``(d_a, d_b)`` with d_a < d_b.
+    """
+    datasets = check_datasets(datasets)
+    words = [as_words(d) for d in datasets]
+    pops = [popcounts(w) for w in words]
+    scores: list[np.ndarray] = []
+    pairs: list[np.ndarray] = []
+    for d_a in range(len(datasets)):
+        for d_b in range(d_a + 1, len(datasets)):
+            rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
+            if not len(rows_a):
+                continue
+            scores.append(dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b))
+            pairs.append(np.tile(np.array([[d_a, d_b]], dtype=np.int64), (len(rows_a), 1)))
+    if not scores:
+        return np.zeros(0), np.zeros((0, 2), dtype=np.int64)
+    return np.concatenate(scores), np.concatenate(pairs)
+
+
+def _pair_calibrations(
+    datasets: Sequence[np.ndarray], floor: float, threshold: float | None, blocking: BlockingConfig | None,
+    workers: int,
+) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
+    """Each agency pair's own one-to-one solve at the floor: histogram, calibration (no intervals), links."""
+    out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
+    for d_a in range(len(datasets)):
+        for d_b in range(d_a + 1, len(datasets)):
+            pair = [datasets[d_a], datasets[d_b]]
+            solved = match_clks(pair, floor, blocking=blocking, workers=workers, histogram_bins=None)
+            rows_a, rows_b = same_cluster_rows(*solved.labels)
+            scores = compute_dice(pair[0], pair[1], rows_a, rows_b)
+            histogram = score_histogram(scores, floor)
+            calibration = calibrate(histogram, threshold=threshold, bootstrap=0)
+            out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
+    return out
+
+
+def auto_match(
+    datasets: Sequence[np.ndarray],
+    *,
+    threshold: float | None = None,
+    precision_floor: float | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    blocking: BlockingConfig | None = BlockingConfig(),
+    workers: int = 2,
+    bootstrap: int = 20,
+    progress: Progress | None = None,
+    duplicates: bool = True,
+) -> tuple[MatchResult, Calibration, dict[tuple[int, int], Calibration]]:
+    """Calibrate on a floor solve, choose the threshold (unless given) and match at it.
+
+    With three or more agencies, each agency pair is also solved and fitted on its own: a
+    multi-party cluster that fails to form hides its true pairs from the round's histogram, while
+    each pair's one-to-one solve shows them, so the pairs' fits give the round's count of true links
+    (the recall's denominator).
+
+    Args:
+        datasets: packed encodings, one array per agency.
+        threshold: a fixed threshold (estimated, not chosen); ``None`` chooses one.
+        precision_floor: choose the lowest threshold whose estimated precision reaches this.
+        bounds: the agreed range a chosen threshold must stay within.
+        blocking: blocking settings (``None``: all pairs).
+        workers: threads.
+        bootstrap: bootstrap refits behind the intervals.
+        progress: called with ``(done, total)`` work units of the calibration's solve.
+        duplicates: attach an agency's own near-identical records to their cluster
+            (:mod:`coordinator.linkage.duplicates`).
+
+    Returns:
+        The match at the threshold, the round's calibration, and each agency pair's own (three or
+        more agencies only).
+    """
+    from coordinator.linkage.duplicates import attach_duplicates
+    from coordinator.linkage.merge import merge_split_clusters
+
+    # The calibration needs the low floor even when the agreed bounds start higher: they bound the
+    # chosen threshold, not the data the choice is made from.
+    floor = CALIBRATION_FLOOR if threshold is None else min(CALIBRATION_FLOOR, threshold)
+    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress)
+    scores, _ = linked_pair_scores(datasets, first.labels)
+    pairs = _pair_calibrations(datasets, floor, threshold, blocking, workers) if len(datasets) > 2 else {}
+    matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
+    overall = calibrate(score_histogram(scores, floor), threshold=threshold, precision_floor=precision_floor,
+                        bounds=bounds, bootstrap=bootstrap, matches=matches)
+    # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share
+    # of the multi-party round).
+    per_pair = {
+        key: calibration.model_copy(update={
+            "method": overall.method, "threshold": overall.threshold,
+            "estimate": estimate_at(histogram, calibration.fit, overall.threshold)})
+        for key, (histogram, calibration, _) in pairs.items()
+    }
+    result = first if overall.threshold == floor else match_clks(
+        datasets, overall.threshold, blocking=blocking, workers=workers
+    )
+    labels, n_clusters = result.labels, result.n_clusters
+    if pairs:
+        links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}
+        labels, n_clusters, _ = merge_split_clusters(datasets, labels, links, overall.threshold)
+    if duplicates:
+        labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
+                                                  workers=workers)
+    if n_clusters != result.n_clusters:
+        sizes = np.bincount(np.concatenate(labels), minlength=n_clusters)
+        stats = result.stats.model_copy(update={"clusters": n_clusters, "linked_records": int(sizes[sizes > 1].sum())})
+        result = MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=result.histogram)
+    return result, overall, per_pair

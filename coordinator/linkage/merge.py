@@ -1,0 +1,120 @@
+"""Join clusters the multi-party solve left split although most of their records agree.
+
+anonlink's greedy solver joins two groups only when every cross pair between them is a candidate:
+one pair below the threshold (a surname change at one agency, a blank date at another) keeps one
+person's four records in two clusters, and every pair across the split is missed. Each agency
+pair's own one-to-one solve still links such records. This pass takes those pairwise links at or
+above the threshold, most similar first, and joins the two clusters they fall in when the clusters
+hold no common agency, at least :data:`MERGE_SHARE` of the cross pairs between them reach the
+threshold, and the cross pairs agree about as well as the pairs inside (:data:`MERGE_MARGIN`).
+Clusters that share an agency join only when that agency's records in them are its own duplicates
+(Dice at least ``DUPLICATE_SIMILARITY``): one person held twice, each copy linked elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from coordinator.linkage.duplicates import DUPLICATE_SIMILARITY, relabel
+from coordinator.linkage.similarity import compute_dice
+
+__all__ = ["MERGE_MARGIN", "MERGE_SHARE", "merge_split_clusters"]
+
+#: Share of the cross pairs between two clusters that must reach the threshold for them to join.
+MERGE_SHARE = 0.5
+#: Two clusters join only if their cross pairs score, on average, within this of the pairs inside
+#: them: one person's split records agree with each other about as well as with the rest, while
+#: siblings' clusters hold close pairs inside and only middling ones across (shared surname,
+#: postcode and close dates of birth put sibling pairs around 0.6-0.7). Measured on the UK-style
+#: and household sets (benchmarks/quality.py): 0.1 kept too many splits, 0.3 joined siblings.
+MERGE_MARGIN = 0.2
+
+
+def _scores(pairs: list[tuple[tuple[int, int], tuple[int, int]]], datasets: Sequence[np.ndarray]) -> np.ndarray:
+    return np.array([compute_dice(datasets[d_x], datasets[d_y], np.array([r_x]), np.array([r_y]))[0]
+                     for (d_x, r_x), (d_y, r_y) in pairs], dtype=np.float64)
+
+
+def merge_split_clusters(
+    datasets: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    links: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    threshold: float,
+    *,
+    share: float = MERGE_SHARE,
+    margin: float | None = MERGE_MARGIN,
+    duplicate_similarity: float | None = DUPLICATE_SIMILARITY,
+) -> tuple[tuple[np.ndarray, ...], int, int]:
+    """Join split clusters that pairwise links connect.
+
+    Args:
+        datasets: packed encodings, one array per agency.
+        labels: per agency, the cluster of each row.
+        links: per agency pair ``(d_a, d_b)``, that pair's one-to-one links ``(rows_a, rows_b, scores)``.
+        threshold: the round's threshold.
+        share: share of cross pairs that must reach the threshold.
+        margin: the cross pairs' mean Dice must be within this of the mean Dice inside the two
+            clusters (``None``: no such check).
+        duplicate_similarity: two clusters holding records of one agency join only if those
+            records are this similar (the agency's own duplicates); ``None``: never.
+
+    Returns:
+        The new labels (renumbered), the number of clusters, and how many joins were made.
+    """
+    labels = [np.asarray(x, dtype=np.int64) for x in labels]
+    n = int(max((x.max() for x in labels if len(x)), default=-1)) + 1
+    mask = np.zeros(n, dtype=np.int64)
+    members: dict[int, list[tuple[int, int]]] = {}
+    for d, lab in enumerate(labels):
+        np.bitwise_or.at(mask, lab, 1 << d)
+    edges = []
+    for (d_a, d_b), (rows_a, rows_b, scores) in links.items():
+        keep = scores >= threshold
+        c_a, c_b = labels[d_a][rows_a[keep]], labels[d_b][rows_b[keep]]
+        apart = c_a != c_b
+        if duplicate_similarity is None:
+            apart &= (mask[c_a] & mask[c_b]) == 0
+        edges.extend(zip(scores[keep][apart].tolist(), c_a[apart].tolist(), c_b[apart].tolist(), strict=True))
+    if not edges:
+        out, count = relabel(labels)
+        return out, count, 0
+    involved = {c for _, a, b in edges for c in (a, b)}
+    for d, lab in enumerate(labels):
+        for row in np.flatnonzero(np.isin(lab, list(involved))).tolist():
+            members.setdefault(int(lab[row]), []).append((d, row))
+    parent = list(range(n))
+
+    def root(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    joins = 0
+    for _, a, b in sorted(edges, key=lambda e: (-e[0], e[1], e[2])):
+        ra, rb = root(a), root(b)
+        if ra == rb:
+            continue
+        pairs = [(x, y) for x in members[ra] for y in members[rb]]
+        if mask[ra] & mask[rb]:
+            same = _scores([(x, y) for x, y in pairs if x[0] == y[0]], datasets)
+            if duplicate_similarity is None or (same < duplicate_similarity).any():
+                continue
+        cross = _scores([(x, y) for x, y in pairs if x[0] != y[0]], datasets)
+        if not len(cross) or (cross >= threshold).sum() < share * len(cross):
+            continue
+        if margin is not None:
+            inside = _scores([(x, y) for group in (members[ra], members[rb])
+                              for i, x in enumerate(group) for y in group[i + 1 :]], datasets)
+            if len(inside) and cross.mean() < inside.mean() - margin:
+                continue
+        parent[rb] = ra
+        mask[ra] |= mask[rb]
+        members[ra] = members[ra] + members.pop(rb)
+        joins += 1
+    roots = np.array([root(c) for c in range(n)], dtype=np.int64)
+    merged = [roots[lab] for lab in labels]
+    out, count = relabel(merged)
+    return out, count, joins

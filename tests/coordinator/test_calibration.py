@@ -1,0 +1,82 @@
+"""Unsupervised calibration: estimates track the truth on a known mixture, and the round matches at its choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.linkage.auto import auto_match, linked_pair_scores
+from coordinator.linkage.calibration import calibrate, choose_threshold, estimate_at, fit_mixture, score_histogram
+from coordinator.linkage.match import match_clks
+
+
+def _mixture(seed: int, true: int = 4000, false: int = 600, floor: float = 0.55):  # type: ignore[no-untyped-def]
+    """True links: half exact (1.0), half Beta(12, 2); false links decaying from the floor."""
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate([np.ones(true // 2), rng.beta(12, 2, true - true // 2)])
+    labels = np.ones(len(scores), dtype=bool)
+    false_scores = floor + rng.exponential(1 / 15, false)
+    scores = np.concatenate([scores, false_scores[false_scores < 1]])
+    labels = np.concatenate([labels, np.zeros((false_scores < 1).sum(), dtype=bool)])
+    return scores, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_estimated_precision_and_recall_track_the_truth(seed: int) -> None:
+    """On a mixture of the fitted shapes, estimates at the chosen threshold are within 0.02 of the truth."""
+    scores, labels = _mixture(seed)
+    floor = 0.55
+    histogram = score_histogram(scores, floor)
+    fit = fit_mixture(histogram)
+    threshold = choose_threshold(histogram, fit)
+    estimate = estimate_at(histogram, fit, threshold)
+    kept = scores >= threshold
+    true_precision = (labels & kept).sum() / kept.sum()
+    true_recall = (labels & kept).sum() / labels.sum()
+    assert abs(estimate.precision - true_precision) < 0.02
+    assert abs(estimate.recall - true_recall) < 0.02
+    assert floor < threshold < 0.9
+
+
+def test_precision_floor_and_bounds_constrain_the_choice() -> None:
+    """A precision floor picks a threshold meeting it; bounds are never left."""
+    scores, _ = _mixture(3)
+    histogram = score_histogram(scores, 0.55)
+    fit = fit_mixture(histogram)
+    strict = choose_threshold(histogram, fit, precision_floor=0.999)
+    assert estimate_at(histogram, fit, strict).precision >= 0.999
+    assert strict >= choose_threshold(histogram, fit)
+    assert 0.8 <= choose_threshold(histogram, fit, bounds=(0.8, 0.9)) <= 0.9
+
+
+def test_calibrate_gives_intervals_around_the_estimate_and_fixed_thresholds_are_kept() -> None:
+    """Bootstrap intervals hold the point estimate; a fixed threshold is estimated, not replaced."""
+    scores, _ = _mixture(4)
+    calibration = calibrate(score_histogram(scores, 0.55), threshold=0.7, bootstrap=10)
+    estimate = calibration.estimate
+    assert calibration.method == "fixed" and calibration.threshold == 0.7
+    assert estimate.precision_interval is not None and estimate.recall_interval is not None
+    assert estimate.precision_interval[0] - 1e-9 <= estimate.precision <= estimate.precision_interval[1] + 1e-9
+    assert estimate.recall_interval[0] - 1e-9 <= estimate.recall <= estimate.recall_interval[1] + 1e-9
+
+
+def test_linked_pair_scores_are_the_dice_of_pairs_sharing_a_cluster() -> None:
+    """Every cross-agency pair inside a cluster is scored once, with its Dice."""
+    a = np.array([[0xF0, 0x0F], [0xFF, 0x00]], dtype=np.uint8)
+    b = np.array([[0xF0, 0x0E], [0x00, 0xFF]], dtype=np.uint8)
+    result = match_clks([a, b], 0.8, blocking=None, workers=1)
+    scores, pairs = linked_pair_scores([a, b], result.labels)
+    assert pairs.tolist() == [[0, 1]]
+    assert scores.tolist() == pytest.approx([2 * 7 / 15])
+
+
+def test_auto_match_links_at_its_chosen_threshold() -> None:
+    """The round's clusters are those of a plain match at the threshold the calibration chose."""
+    rng = np.random.default_rng(5)
+    base = rng.random((300, 256)) < 0.3
+    noisy = base ^ (rng.random(base.shape) < 0.04)
+    a, b = np.packbits(base, axis=1), np.packbits(noisy[::-1], axis=1)
+    result, calibration, _ = auto_match([a, b], blocking=None, workers=1, bootstrap=0)
+    plain = match_clks([a, b], calibration.threshold, blocking=None, workers=1)
+    assert [x.tolist() for x in result.labels] == [x.tolist() for x in plain.labels]
+    assert calibration.method == "auto" and calibration.estimate.recall > 0.95

@@ -1,0 +1,87 @@
+"""After the solve: an agency's own duplicates join their cluster; split clusters of one person join."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from coordinator.linkage.duplicates import attach_duplicates, relabel
+from coordinator.linkage.merge import merge_split_clusters
+
+
+def _bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.random((n, 512)) < 0.3
+
+
+def _flip(rng: np.random.Generator, bits: np.ndarray, p: float) -> np.ndarray:
+    return bits ^ (rng.random(bits.shape) < p)
+
+
+def test_relabel_numbers_clusters_by_first_member() -> None:
+    """Labels become 0..n-1 in order of first (dataset, row) appearance; equal labels stay equal."""
+    labels, n = relabel([np.array([7, 7, 3]), np.array([3, 9])])
+    assert [x.tolist() for x in labels] == [[0, 0, 1], [1, 2]] and n == 3
+
+
+def test_a_near_identical_singleton_joins_its_records_cluster_and_a_stranger_does_not() -> None:
+    """Agency 0 holds person 0 twice (a near copy) and a stranger: only the copy is attached."""
+    rng = np.random.default_rng(1)
+    people = _bits(rng, 3)
+    own = np.packbits(np.stack([people[0], _flip(rng, people[0], 0.01), people[1]]), axis=1)
+    other = np.packbits(np.stack([_flip(rng, people[0], 0.02), people[2]]), axis=1)
+    labels = [np.array([0, 1, 2]), np.array([0, 3])]  # the solve linked (0,0)-(1,0) only
+    new, n, attached = attach_duplicates([own, other], labels, 0.8, blocking=None, workers=1)
+    assert attached == 1
+    assert new[0][0] == new[0][1] == new[1][0]
+    assert len({new[0][2], new[1][1], new[0][0]}) == 3 and n == 3
+
+
+def test_a_twin_is_not_attached_to_its_twins_cluster() -> None:
+    """A record agreeing with the cluster's own-agency record only in part (a twin) stays alone."""
+    rng = np.random.default_rng(2)
+    person = _bits(rng, 1)[0]
+    twin = person.copy()
+    twin[:150] = _bits(rng, 1)[0][:150]  # a different given name: part of the bits differ
+    own = np.packbits(np.stack([person, twin]), axis=1)
+    other = np.packbits(np.stack([_flip(rng, person, 0.01)]), axis=1)
+    new, _, attached = attach_duplicates([own, other], [np.array([0, 1]), np.array([0])], 0.6, blocking=None,
+                                         workers=1)
+    assert attached == 0 and new[0][0] != new[0][1]
+
+
+def test_one_persons_split_cluster_joins_but_siblings_clusters_do_not() -> None:
+    """Person P at four agencies split 2+2 joins (three of four cross pairs agree); two siblings'
+    clusters, linked by one middling pairwise link, stay apart."""
+    rng = np.random.default_rng(3)
+    p = _bits(rng, 1)[0]
+    sib_a = _bits(rng, 1)[0]
+    sib_b = sib_a.copy()
+    sib_b[:200] = _bits(rng, 1)[0][:200]
+    records = [np.stack([_flip(rng, p, 0.01), sib_a]), np.stack([_flip(rng, p, 0.01), _flip(rng, sib_a, 0.01)]),
+               np.stack([_flip(rng, p, 0.01), sib_b]), np.stack([_flip(rng, p, 0.01), _flip(rng, sib_b, 0.01)])]
+    datasets = [np.packbits(r, axis=1) for r in records]
+    labels = [np.array([0, 2]), np.array([0, 2]), np.array([1, 3]), np.array([1, 3])]
+    links = {(0, 2): (np.array([0, 1]), np.array([0, 1]), np.array([0.95, 0.7])),
+             (1, 3): (np.array([0]), np.array([0]), np.array([0.95]))}
+    new, n, joins = merge_split_clusters(datasets, labels, links, 0.6)
+    assert joins == 1 and n == 3
+    assert len({lab[0] for lab in new}) == 1
+    assert new[0][1] == new[1][1] != new[2][1] == new[3][1]
+
+
+def test_clusters_sharing_an_agency_join_only_through_that_agencys_own_duplicates() -> None:
+    """Person P held twice by agency 0, each copy linked elsewhere ({0a, 1} and {0b, 2}): the clusters
+    join because 0a and 0b are near copies; two different people of agency 0 never share a cluster."""
+    rng = np.random.default_rng(4)
+    p, q = _bits(rng, 2)
+    own = np.packbits(np.stack([_flip(rng, p, 0.005), _flip(rng, p, 0.005), q]), axis=1)
+    one = np.packbits(np.stack([_flip(rng, p, 0.01), _flip(rng, q, 0.01)]), axis=1)
+    two = np.packbits(np.stack([_flip(rng, p, 0.01), _flip(rng, q, 0.01)]), axis=1)
+    labels = [np.array([0, 1, 2]), np.array([0, 2]), np.array([1, 3])]
+    links = {(0, 2): (np.array([0]), np.array([0]), np.array([0.9])),
+             (1, 2): (np.array([0, 1]), np.array([0, 1]), np.array([0.9, 0.9]))}
+    new, _, joins = merge_split_clusters([own, one, two], labels, links, 0.7)
+    assert joins == 2
+    assert new[0][0] == new[0][1] == new[1][0] == new[2][0]
+    assert new[0][2] == new[1][1] == new[2][1] != new[0][0]
+    _, _, refused = merge_split_clusters([own, one, two], labels, links, 0.7, duplicate_similarity=None)
+    assert refused == 1  # only q's clusters {0c, 1b} and {2b} join without the duplicate rule

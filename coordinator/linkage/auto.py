@@ -3,9 +3,11 @@
 One solve at a low floor (:data:`CALIBRATION_FLOOR`, or the agreed lower bound if higher) gives
 every link the round could make; the Dice of every cross-agency pair inside its clusters is the
 calibration's data (:mod:`coordinator.linkage.calibration`). The threshold is chosen from the fit
-(or given), and the clusters at that threshold are the solve at the threshold: anonlink's greedy
-solver takes pairs in descending similarity, so its decisions above ``t`` never depend on pairs
-below ``t``, but this module still re-solves rather than trusting that (a second comparison pass).
+(or given), and the clusters at that threshold are the solve at the threshold. Every solve after
+the first (each agency pair's own, and the one at the chosen threshold) filters the first one's
+scored candidates rather than comparing again: blocking does not depend on the threshold, so the
+pairs at or above ``t`` among them are exactly the pairs a round at ``t`` would compare and keep,
+and the round costs one comparison pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import numpy as np
 
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.calibration import Calibration, ScoreHistogram, calibrate, estimate_at, score_histogram
-from coordinator.linkage.match import MatchResult, Progress, match_clks
+from coordinator.linkage.match import (
+    Candidates,
+    MatchResult,
+    Progress,
+    match_clks,
+    select_candidates,
+    solve_candidates,
+)
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice, dice_rows, popcounts
 
 __all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
@@ -72,21 +81,30 @@ def linked_pair_scores(datasets: Sequence[np.ndarray], labels: Sequence[np.ndarr
 
 
 def _pair_calibrations(
-    datasets: Sequence[np.ndarray], floor: float, threshold: float | None, blocking: BlockingConfig | None,
-    workers: int,
+    datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
-    """Each agency pair's own one-to-one solve at the floor: histogram, calibration (no intervals), links."""
+    """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links."""
+    sizes = [len(d) for d in datasets]
     out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
     for d_a in range(len(datasets)):
         for d_b in range(d_a + 1, len(datasets)):
-            pair = [datasets[d_a], datasets[d_b]]
-            solved = match_clks(pair, floor, blocking=blocking, workers=workers, histogram_bins=None)
-            rows_a, rows_b = same_cluster_rows(*solved.labels)
-            scores = compute_dice(pair[0], pair[1], rows_a, rows_b)
+            labels, _, _ = solve_candidates(select_candidates(candidates, datasets=(d_a, d_b)), sizes)
+            rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
+            scores = compute_dice(datasets[d_a], datasets[d_b], rows_a, rows_b)
             histogram = score_histogram(scores, floor)
             calibration = calibrate(histogram, threshold=threshold, bootstrap=0)
             out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
     return out
+
+
+def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float) -> MatchResult:
+    """The round at ``threshold``, solved from the floor's candidates (no second comparison pass)."""
+    assert first.candidates is not None
+    candidates = select_candidates(first.candidates, threshold=threshold)
+    labels, n_clusters, linked = solve_candidates(candidates, [len(d) for d in datasets])
+    stats = first.stats.model_copy(update={"threshold": threshold, "candidate_pairs": len(candidates[0]),
+                                           "clusters": n_clusters, "linked_records": linked})
+    return MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=first.histogram)
 
 
 def auto_match(
@@ -130,9 +148,10 @@ def auto_match(
     # The calibration needs the low floor even when the agreed bounds start higher: they bound the
     # chosen threshold, not the data the choice is made from.
     floor = CALIBRATION_FLOOR if threshold is None else min(CALIBRATION_FLOOR, threshold)
-    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress)
+    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True)
+    assert first.candidates is not None
     scores, _ = linked_pair_scores(datasets, first.labels)
-    pairs = _pair_calibrations(datasets, floor, threshold, blocking, workers) if len(datasets) > 2 else {}
+    pairs = _pair_calibrations(datasets, first.candidates, threshold, floor) if len(datasets) > 2 else {}
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
     overall = calibrate(score_histogram(scores, floor), threshold=threshold, precision_floor=precision_floor,
                         bounds=bounds, bootstrap=bootstrap, matches=matches)
@@ -144,9 +163,7 @@ def auto_match(
             "estimate": estimate_at(histogram, calibration.fit, overall.threshold)})
         for key, (histogram, calibration, _) in pairs.items()
     }
-    result = first if overall.threshold == floor else match_clks(
-        datasets, overall.threshold, blocking=blocking, workers=workers
-    )
+    result = _solve_at(first, datasets, overall.threshold)  # also drops the candidates from the result
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
         links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}

@@ -35,13 +35,16 @@ from pplink.models import PplinkModel
 
 __all__ = [
     "BlockingRecall",
+    "Candidates",
     "MatchResult",
     "MatchStats",
     "SimilarityHistogram",
     "compute_dice",
     "match_clks",
     "measure_blocking_recall",
+    "select_candidates",
     "similarity_histogram",
+    "solve_candidates",
 ]
 
 
@@ -127,12 +130,16 @@ class MatchResult:
         n_clusters: number of clusters, singletons included.
         stats: counts and timings.
         histogram: similarity histogram of the scored pairs, if one was requested.
+        candidates: the scored pairs at or above the threshold in anonlink's candidate order, if
+            they were asked for (``keep_candidates``): a later solve at a higher threshold, or of
+            one agency pair, filters them instead of comparing again.
     """
 
     labels: tuple[np.ndarray, ...]
     n_clusters: int
     stats: MatchStats
     histogram: SimilarityHistogram | None = None
+    candidates: Candidates | None = None
 
     def clusters(self) -> list[list[tuple[int, int]]]:
         """Every cluster as a list of ``(dataset_index, row_index)``, in cluster-index order.
@@ -185,7 +192,41 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _candidates(found: Found) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+#: anonlink's candidate pairs: similarities (descending), ``(dataset_a, dataset_b)``, ``(row_a, row_b)``.
+Candidates = tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def select_candidates(candidates: Candidates, *, threshold: float | None = None,
+                      datasets: tuple[int, int] | None = None) -> Candidates:
+    """The candidates at or above ``threshold`` and/or between two datasets, order kept.
+
+    The greedy solver takes pairs in this order, so solving a selection is solving the round that
+    would have compared only those pairs (blocking does not depend on the threshold).
+
+    >>> c = (np.array([0.9, 0.8, 0.7]), (np.array([0, 0, 1]), np.array([1, 2, 2])),
+    ...      (np.array([0, 1, 2]), np.array([0, 1, 2])))
+    >>> select_candidates(c, threshold=0.75)[0].tolist(), select_candidates(c, datasets=(1, 2))[0].tolist()
+    ([0.9, 0.8], [0.7])
+    """
+    sims, (d_a, d_b), (r_a, r_b) = candidates
+    keep = np.ones(len(sims), dtype=bool)
+    if threshold is not None:
+        keep &= sims >= threshold
+    if datasets is not None:
+        keep &= (d_a == datasets[0]) & (d_b == datasets[1])
+    return sims[keep], (d_a[keep], d_b[keep]), (r_a[keep], r_b[keep])
+
+
+def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tuple[np.ndarray, ...], int, int]:
+    """Cluster candidates with anonlink's greedy solver: ``(labels, n_clusters, linked_records)``."""
+    from anonlink.solving import greedy_solve
+
+    groups = greedy_solve(candidates) if len(candidates[0]) else ()
+    labels, n_clusters = _label(groups, sizes)
+    return labels, n_clusters, sum(len(g) for g in groups)
+
+
+def _candidates(found: Found) -> Candidates:
     """Concatenate found pairs in anonlink's candidate order: similarity descending, then indices."""
     if not found.sims:
         empty = np.zeros(0, dtype=np.uint32)
@@ -220,6 +261,7 @@ def match_clks(
     workers: int = 2,
     progress: Progress | None = None,
     histogram_bins: int | None = 100,
+    keep_candidates: bool = False,
 ) -> MatchResult:
     """Link records across datasets: block, score with Dice, cluster with anonlink's greedy solver.
 
@@ -238,6 +280,7 @@ def match_clks(
             comparing, solving) starts.
         histogram_bins: bins of the similarity histogram of scored pairs; ``None`` for none
             (all-pairs then only returns the pairs at or above the threshold, which is faster).
+        keep_candidates: return the scored pairs at or above the threshold with the result.
 
     Returns:
         Clusters (every record in exactly one), stats and the histogram.
@@ -264,7 +307,7 @@ def match_clks(
         datasets, threshold, blocking, workers, progress, histogram_bins
     )
     return _solve(datasets, threshold, found, blocking, blocking_stats, (seconds_blocking, seconds_comparing),
-                  workers, started, progress)
+                  workers, started, progress, keep_candidates)
 
 
 def _solve(
@@ -277,16 +320,14 @@ def _solve(
     workers: int,
     started: float,
     progress: Progress | None,
+    keep_candidates: bool = False,
 ) -> MatchResult:
     """Cluster the found pairs with anonlink's greedy solver and assemble the result."""
-    from anonlink.solving import greedy_solve
-
     solving = time.perf_counter()
     announce(progress, "solving")
     candidates = _candidates(found)
-    groups = greedy_solve(candidates) if len(candidates[0]) else ()
     sizes = [len(d) for d in datasets]
-    labels, n_clusters = _label(groups, sizes)
+    labels, n_clusters, linked = solve_candidates(candidates, sizes)
     finished = time.perf_counter()
     stats = MatchStats(
         records=tuple(sizes),
@@ -294,7 +335,7 @@ def _solve(
         comparisons=found.comparisons,
         candidate_pairs=len(candidates[0]),
         clusters=n_clusters,
-        linked_records=sum(len(g) for g in groups),
+        linked_records=linked,
         workers=workers,
         blocking=blocking_stats,
         seconds_blocking=seconds[0],
@@ -305,7 +346,8 @@ def _solve(
     histogram = None
     if found.histogram is not None:
         histogram = SimilarityHistogram(counts=tuple(found.histogram.tolist()), blocked=blocking is not None)
-    return MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=histogram)
+    return MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=histogram,
+                       candidates=candidates if keep_candidates else None)
 
 
 def similarity_histogram(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.linkage.auto import auto_match, linked_pair_scores
+from coordinator.linkage.auto import auto_match, linked_pair_scores, same_cluster_rows
 from coordinator.linkage.calibration import calibrate, choose_threshold, estimate_at, fit_mixture, score_histogram
 from coordinator.linkage.match import match_clks
 
@@ -80,3 +80,36 @@ def test_auto_match_links_at_its_chosen_threshold() -> None:
     plain = match_clks([a, b], calibration.threshold, blocking=None, workers=1)
     assert [x.tolist() for x in result.labels] == [x.tolist() for x in plain.labels]
     assert calibration.method == "auto" and calibration.estimate.recall > 0.95
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_one_comparison_pass_solves_every_threshold_as_a_fresh_round(blocked: bool) -> None:
+    """Filtering a floor round's candidates at t gives exactly the clusters of a fresh round at t.
+
+    auto_match compares once at the floor and solves the chosen threshold and each agency pair from
+    those candidates; this holds because blocking does not depend on the threshold.
+    """
+    from coordinator.linkage.auto import _solve_at
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.match import select_candidates, solve_candidates
+
+    rng = np.random.default_rng(11)
+    base = rng.random((400, 1024)) < 0.25
+    sets = [np.packbits(base[rng.permutation(400)[:300]] ^ (rng.random((300, 1024)) < p), axis=1)
+            for p in (0.02, 0.05, 0.08)]
+    blocking = BlockingConfig() if blocked else None
+    first = match_clks(sets, 0.55, blocking=blocking, workers=1, keep_candidates=True)
+    for t in (0.6, 0.7, 0.8):
+        fresh = match_clks(sets, t, blocking=blocking, workers=1)
+        solved = _solve_at(first, sets, t)
+        assert [x.tolist() for x in solved.labels] == [x.tolist() for x in fresh.labels]
+        assert solved.stats.candidate_pairs == fresh.stats.candidate_pairs
+        assert solved.candidates is None
+    # One agency pair solved from the round's candidates is that pair's own all-pairs round.
+    if not blocked:
+        labels, _, _ = solve_candidates(select_candidates(first.candidates, datasets=(0, 2)), [300, 300, 300])
+        own = match_clks([sets[0], sets[2]], 0.55, blocking=None, workers=1)
+        linked = same_cluster_rows(labels[0], labels[2])
+        expected = same_cluster_rows(own.labels[0], own.labels[1])
+        assert len(linked[0]) > 100
+        assert [x.tolist() for x in linked] == [x.tolist() for x in expected]

@@ -10,8 +10,11 @@ re-derives come from the same code path:
 * :func:`compose` adds losses up: pure epsilons add; zCDP rhos add and the total is converted to
   epsilon once, at the agreement's delta (far tighter than adding per-release epsilons).
 * :func:`check_budget` refuses a release that would take the total past the agreement's epsilon.
-* :func:`query_sensitivity` states, per query kind, how far one person can move the released
-  vector (the privacy unit is one person: one linked cluster).
+* :func:`release_loss` is the engine's one way to cost a release; it and :func:`scale_for` refuse
+  a requested loss or noise scale outside :data:`EPSILON_RANGE`, :data:`RHO_RANGE` and
+  :data:`MAX_SCALE` with a :class:`~pplink.errors.ReleaseError` (never an OpenDP overflow).
+
+Per-query sensitivities are in the query table, :mod:`pplink.queries`.
 
 The closed forms (``epsilon = sensitivity / scale``; ``rho = sensitivity**2 / (2 * scale**2)``)
 are given as :func:`laplace_epsilon` and :func:`gaussian_rho`; OpenDP's maps agree with them up
@@ -39,6 +42,9 @@ from pplink.models import PplinkModel
 
 __all__ = [
     "BUDGET_SLACK",
+    "EPSILON_RANGE",
+    "MAX_SCALE",
+    "RHO_RANGE",
     "OPENDP_LIBRARY",
     "Mechanism",
     "PrivacyLoss",
@@ -53,7 +59,7 @@ __all__ = [
     "losses_agree",
     "mechanism_for",
     "opendp",
-    "query_sensitivity",
+    "release_loss",
     "remaining_epsilon",
     "rho_for_epsilon",
     "scale_for",
@@ -69,6 +75,19 @@ BUDGET_SLACK = 1e-9
 #: Relative tolerance when an auditor compares a claimed loss with the re-derived one. Both come
 #: from the same OpenDP map and JSON round-trips floats exactly, so they normally agree bit for bit.
 CLAIM_TOLERANCE = 1e-9
+
+#: The epsilon one release may ask for. Below, the noise swamps any count (and, past
+#: :data:`MAX_SCALE`, would overflow OpenDP's 32-bit integer counts); above, the release is
+#: essentially exact and OpenDP's conversions overflow (``--epsilon 1e308``).
+EPSILON_RANGE = (1e-6, 100.0)
+#: The rho one release may ask for under zCDP (``--rho 1e300`` overflows OpenDP's conversion).
+RHO_RANGE = (1e-12, 100.0)
+#: The largest noise scale drawn: noise this wide stays below 2**31 (OpenDP's ``int`` counts)
+#: with probability 1 - exp(-214) per cell, so no cell saturates.
+MAX_SCALE = 1e7
+
+#: Above this rho, :func:`zcdp_to_epsilon` reports infinity instead of letting OpenDP overflow.
+_RHO_UNBOUNDED = 1e5
 
 #: The library and version stamped on every ledger entry.
 OPENDP_LIBRARY = "opendp==0.16.0"
@@ -228,6 +247,9 @@ def zcdp_to_epsilon(rho: float, delta: float) -> float:
     """
     if rho == 0.0:
         return 0.0
+    if rho > _RHO_UNBOUNDED:
+        # OpenDP's conversion overflows; the epsilon is at least rho anyway, so it is unbounded in practice.
+        return math.inf
     if not (rho > 0.0 and math.isfinite(rho)):
         raise ValueError(f"rho must be finite and non-negative, got {rho}")
     if not 0.0 < delta < 1.0:
@@ -333,23 +355,61 @@ def scale_for(
     """
     if (epsilon is None) == (rho is None):
         raise ReleaseError("give exactly one of epsilon or rho for a release")
-    asked = epsilon if epsilon is not None else rho
+    name, asked, (low, high) = ("epsilon", epsilon, EPSILON_RANGE) if epsilon is not None else ("rho", rho, RHO_RANGE)
     assert asked is not None
     if not (asked > 0.0 and math.isfinite(asked)):
-        raise ReleaseError(f"the privacy loss asked for must be positive and finite, got {asked}")
+        raise ReleaseError(f"the privacy loss asked for must be positive and finite, got {name} {asked}")
+    if not low <= asked <= high:
+        raise ReleaseError(f"{name} {asked:g} is outside the range one release may ask for, [{low:g}, {high:g}]")
     mechanism = mechanism_for(budget.accounting)
     d_in = sensitivity.for_mechanism(mechanism)
     if mechanism is Mechanism.LAPLACE:
         if rho is not None:
             raise ReleaseError("the agreement uses pure accounting: ask for epsilon, not rho")
         assert epsilon is not None
-        return mechanism, d_in, d_in / epsilon
+        return mechanism, d_in, _usable_scale(d_in / epsilon, f"epsilon {epsilon:g}")
     if rho is None:
         assert epsilon is not None
         rho = rho_for_epsilon(epsilon, budget.delta)
         if rho <= 0.0:
             raise ReleaseError(f"epsilon {epsilon} is too small to give any rho at delta {budget.delta}")
-    return mechanism, d_in, d_in / math.sqrt(2.0 * rho)
+    return mechanism, d_in, _usable_scale(d_in / math.sqrt(2.0 * rho), f"{name} {asked:g}")
+
+
+def _usable_scale(scale: float, asked: str) -> float:
+    if not scale <= MAX_SCALE:
+        raise ReleaseError(f"{asked} gives a noise scale of {scale:.3g}, above the largest usable ({MAX_SCALE:g}: "
+                           "wider noise would saturate counts); ask for a larger loss")
+    return scale
+
+
+def release_loss(budget: PrivacyBudget, mechanism: Mechanism, sensitivity: int, scale: float) -> PrivacyLoss:
+    """The loss of one release the engine is about to charge: :func:`entry_loss`, refusing unusable inputs.
+
+    Raises:
+        ReleaseError: the mechanism does not fit the agreement's accounting, the sensitivity is not
+            positive, the scale is not in ``(0, MAX_SCALE]``, or the loss is outside the per-release
+            range (so no OpenDP overflow reaches the caller).
+
+    >>> from pplink.agreement import PrivacyBudget
+    >>> release_loss(PrivacyBudget(epsilon=1, accounting="pure"), Mechanism.LAPLACE, 2, 4.0).epsilon
+    0.5
+    """
+    if mechanism is not mechanism_for(budget.accounting):
+        raise ReleaseError(f"a {mechanism.value} release does not fit the agreement's {budget.accounting.value} "
+                           "accounting")
+    if isinstance(sensitivity, bool) or not isinstance(sensitivity, int) or sensitivity <= 0:
+        raise ReleaseError(f"sensitivity must be a positive integer, got {sensitivity!r}")
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ReleaseError(f"noise scale must be positive and finite, got {scale}")
+    _usable_scale(scale, "the request")
+    # Checked before OpenDP's map: the conversion to epsilon overflows for rho in the hundreds of thousands.
+    closed = laplace_epsilon(sensitivity, scale) if mechanism is Mechanism.LAPLACE else gaussian_rho(sensitivity, scale)
+    name, (low, high) = ("epsilon", EPSILON_RANGE) if mechanism is Mechanism.LAPLACE else ("rho", RHO_RANGE)
+    if not closed <= high * (1.0 + BUDGET_SLACK):
+        raise ReleaseError(f"sensitivity {sensitivity} at noise scale {scale:.6g} costs {name} {closed:.6g}, above "
+                           f"the most one release may cost ({high:g})")
+    return entry_loss(mechanism, sensitivity, scale, budget.delta if mechanism is Mechanism.GAUSSIAN else 0.0)
 
 
 # --- composition and the budget ---------------------------------------------------------------
@@ -451,48 +511,3 @@ def losses_agree(claimed: float, derived: float) -> bool:
     (True, False)
     """
     return math.isclose(claimed, derived, rel_tol=CLAIM_TOLERANCE, abs_tol=1e-15)
-
-
-# --- per-query sensitivity --------------------------------------------------------------------
-
-
-def query_sensitivity(kind: QueryKind, n_parties: int) -> Sensitivity:
-    """How far one person (one linked cluster) can move a query's vector of counts.
-
-    Every query counts each person once, from a per-person value (see ``docs/privacy-accounting.md``):
-
-    * ``overlap``: the person sits in exactly one agency-combination cell -> L1 = L2 = 1.
-    * ``count-by`` (crossed with combination or not) and ``histogram``: one cell -> 1.
-    * ``confusion``: one (group, outcome) cell -> 1.
-    * ``score-histogram``: one held-out person in one (score bin, outcome) cell -> 1.
-    * ``fedavg``: one FedAvg round of horizontal training. Here the unit is **one agency's whole
-      update** (not one person): adding or removing an agency moves the sum of updates, each
-      clipped to L2 norm C, by at most C; in units of C the sensitivity is 1 and the noise scale is
-      the noise multiplier z (Flower adds ``N(0, (z C / n)**2)`` to the mean of n updates, i.e.
-      ``z C`` to their sum), so one round costs ``rho = 1 / (2 z**2)``.
-    * ``residuals``: one person moves one residual entry by at most 1 residual unit (added or
-      removed; clipped to [-1, 1]). Residuals travel in fixed point, so the stated sensitivity is
-      the unit (e.g. 1024); this lower bound of 1 is what the auditor can check from the kind.
-    * ``sufficient-statistics``: one person moves the Gram matrix ``G`` by ``x x^T`` and ``b`` by
-      ``x (y - 1/2)``, with their whole row clipped to norm ``C`` by construction; the stated
-      sensitivity is ``C^2`` (``G``) or ``C / 2`` (``b``) in the release's fixed-point units (see
-      ``docs/scoring.md``); this lower bound of 1 is what the auditor can check from the kind.
-    * ``link-rate``: a person at k agencies adds 1 to k denominators (people at A with value v) and
-      to k(k-1)/2 numerators (people at both A and B, an unordered pair, which serves as the
-      numerator of both the A-in-B and the B-in-A rate) -> L1 = N + N(N-1)/2 = N(N+1)/2, and
-      L2 = sqrt(N(N+1)/2), rounded up to an integer because OpenDP's integer L2 metric takes
-      integer distances (an upper bound, so the stated loss is never too low).
-
-    >>> query_sensitivity(QueryKind.OVERLAP, 4)
-    Sensitivity(l1=1, l2=1)
-    >>> query_sensitivity(QueryKind.LINK_RATE, 3)
-    Sensitivity(l1=6, l2=3)
-    >>> query_sensitivity(QueryKind.LINK_RATE, 2)
-    Sensitivity(l1=3, l2=2)
-    """
-    if kind is QueryKind.LINK_RATE:
-        if n_parties < 2:
-            raise ValueError("link-rate needs at least two agencies")
-        l1 = n_parties * (n_parties + 1) // 2
-        return Sensitivity(l1=l1, l2=math.isqrt(l1 - 1) + 1)  # ceil(sqrt(l1))
-    return Sensitivity(l1=1, l2=1)

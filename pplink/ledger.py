@@ -6,11 +6,13 @@ privacy loss and the running total, the released (noisy, suppressed) cells, the 
 previous line (64 zeros for the first) and the coordinator's Ed25519 signature over the entry's
 canonical JSON without its ``signature`` field.
 
-Appends go through :func:`open_ledger`, which takes an exclusive ``fcntl`` lock on
-``<ledger>.lock`` for the whole read-check-append cycle (so two releases cannot both pass a
-budget check against the same total), refuses a ledger whose chain or signatures do not hold, and
-writes each entry with one ``O_APPEND`` write followed by ``fsync``. A torn last line (a crash mid
-write) is reported, never repaired: the ledger is evidence, and a human decides what happened.
+The first line is the ledger's genesis (:mod:`pplink.ledger_genesis`): the agreement and the
+linkage round the budget belongs to; the first entry chains to it. Appends go through
+:func:`pplink.ledger_writer.open_ledger`, which locks the ledger file (by inode) for the whole
+read-check-append cycle (so two releases cannot both pass a budget check against the same total),
+refuses a ledger whose chain or signatures do not hold or that is not the round's, and writes each
+entry with one ``O_APPEND`` write followed by ``fsync``. A torn last line (a crash mid write) is
+reported, never repaired: the ledger is evidence, and a human decides what happened.
 
 The ledger does not enforce the budget; the release engine does, before any noise is drawn, and
 the auditor (:mod:`pplink.audit.verify`) re-checks everything from the file alone.
@@ -19,46 +21,45 @@ the auditor (:mod:`pplink.audit.verify`) re-checks everything from the file alon
 from __future__ import annotations
 
 import base64
-import errno
-import fcntl
 import hashlib
 import json
-import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, StringConstraints, ValidationError, model_validator
 
-from pplink.accounting import Mechanism, PrivacyLoss, QueryKind, compose, mechanism_for
+from pplink.accounting import Mechanism, PrivacyLoss, QueryKind
 from pplink.agreement import Accounting, AgreementConfig, canonical_json
-from pplink.crypto import public_key_text, sign, verify
+from pplink.crypto import verify
 from pplink.errors import AgreementMismatchError, LedgerError, SignatureError
+from pplink.ledger_genesis import LedgerGenesis, check_genesis, is_genesis_object
 from pplink.models import PplinkModel
+from pplink.queries import check_options
 
 __all__ = [
     "GENESIS_HASH",
+    "LOCK_TIMEOUT_S",
     "Cell",
+    "CheckedLedger",
     "EntryDraft",
     "LedgerEntry",
-    "LedgerWriter",
     "ReleaseQuery",
     "decode_signature",
     "entry_line",
+    "first_prev_hash",
     "line_hash",
-    "lock_path",
-    "open_ledger",
     "parse_line",
+    "read_genesis",
     "read_ledger",
     "read_ledger_lines",
     "signing_payload",
+    "split_genesis",
+    "split_lines",
+    "utc_now",
 ]
 
-#: ``prev_hash`` of the first entry.
+#: ``prev_hash`` of the first entry of a ledger written before genesis lines (and of nothing else).
 GENESIS_HASH = "0" * 64
 
 HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -92,16 +93,7 @@ class ReleaseQuery(PplinkModel):
 
     @model_validator(mode="after")
     def _options_fit_kind(self) -> ReleaseQuery:
-        needs_attribute = {QueryKind.COUNT_BY, QueryKind.HISTOGRAM, QueryKind.CONFUSION}
-        if self.kind in needs_attribute and self.attribute is None:
-            raise ValueError(f"query {self.kind.value} needs an attribute")
-        if self.kind is QueryKind.OVERLAP and self.attribute is not None:
-            raise ValueError("query overlap takes no attribute")
-        if self.by_combination and self.kind is not QueryKind.COUNT_BY:
-            raise ValueError("by_combination applies to count-by only")
-        if self.subject and self.kind not in {QueryKind.CONFUSION, QueryKind.RESIDUALS, QueryKind.SCORE_HISTOGRAM,
-                                              QueryKind.FEDAVG, QueryKind.SUFFICIENT_STATISTICS}:
-            raise ValueError("subject applies to confusion counts, scoring releases and fedavg rounds only")
+        check_options(self.kind, self.attribute, self.by_combination, self.subject)
         return self
 
 
@@ -175,20 +167,16 @@ def signing_payload(entry_json: dict[str, Any]) -> bytes:
     return canonical_json({k: v for k, v in entry_json.items() if k != "signature"})
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The current UTC time as the ledger writes it (microseconds, ``Z``)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def lock_path(path: Path) -> Path:
-    """The lock file guarding appends to ``path``."""
-    return path.with_name(path.name + ".lock")
 
 
 # --- reading ----------------------------------------------------------------------------------
 
 
 def read_ledger_lines(path: Path) -> list[bytes]:
-    """The ledger's lines without newlines; a missing file is an empty ledger.
+    """The ledger's lines (its genesis line included) without newlines; a missing file is an empty ledger.
 
     Raises:
         LedgerError: the last line is torn (no trailing newline), naming the file and line.
@@ -200,6 +188,15 @@ def read_ledger_lines(path: Path) -> list[bytes]:
         return []
     except OSError as exc:
         raise LedgerError(f"{path}: cannot read ledger ({exc.strerror})") from None
+    return split_lines(data, path)
+
+
+def split_lines(data: bytes, path: Path) -> list[bytes]:
+    """A ledger file's bytes as lines without newlines.
+
+    Raises:
+        LedgerError: the last line is torn (no trailing newline).
+    """
     if not data:
         return []
     lines = data.split(b"\n")
@@ -209,6 +206,29 @@ def read_ledger_lines(path: Path) -> list[bytes]:
             "the ledger is left as it is for a person to inspect"
         )
     return lines[:-1]
+
+
+def split_genesis(lines: list[bytes]) -> tuple[bytes | None, list[bytes]]:
+    """``(genesis line or None, entry lines)``: a ledger written before genesis lines existed has none.
+
+    >>> split_genesis([b'{"format":"pplink-ledger-genesis"}', b"{}"])
+    (b'{"format":"pplink-ledger-genesis"}', [b'{}'])
+    >>> split_genesis([b'{"seq":1}'])
+    (None, [b'{"seq":1}'])
+    """
+    if lines:
+        try:
+            first = json.loads(lines[0])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            first = None
+        if is_genesis_object(first):
+            return lines[0], lines[1:]
+    return None, lines
+
+
+def first_prev_hash(genesis: bytes | None) -> str:
+    """The ``prev_hash`` of a ledger's first entry: its genesis line's hash (64 zeros without one)."""
+    return GENESIS_HASH if genesis is None else line_hash(genesis)
 
 
 def parse_line(line: bytes, path: Path, lineno: int) -> tuple[dict[str, Any], LedgerEntry]:
@@ -233,40 +253,66 @@ def parse_line(line: bytes, path: Path, lineno: int) -> tuple[dict[str, Any], Le
     return obj, entry
 
 
-def read_ledger(path: Path, agreement: AgreementConfig | None = None) -> list[LedgerEntry]:
-    """Read and check a ledger: every line parses, sequence numbers run 1..n, the hash chain holds.
+class CheckedLedger:
+    """A ledger's lines, checked: its genesis (if any), entries, each entry line's hash and the head.
 
-    With ``agreement``, also every entry's agreement id and coordinator signature. This is the
-    coordinator's own pre-append check; :func:`pplink.audit.verify.verify_ledger` is the auditor's full
-    check, which reports every problem instead of stopping at the first.
+    Raises:
+        LedgerError: the first problem (see :func:`read_ledger`).
+        AgreementMismatchError: an entry made under another agreement.
+    """
+
+    def __init__(self, path: Path, lines: list[bytes], agreement: AgreementConfig | None) -> None:
+        self.genesis_line, entry_lines = split_genesis(lines)
+        self.genesis: LedgerGenesis | None = None
+        if self.genesis_line is not None and agreement is not None:
+            self.genesis = check_genesis(agreement, self.genesis_line, str(path))
+        offset = 1 if self.genesis_line is not None else 0
+        self.entries: list[LedgerEntry] = []
+        self.hashes: list[str] = []
+        prev = first_prev_hash(self.genesis_line)
+        coordinator_key = agreement.coordinator.public_key if agreement is not None else None
+        for i, line in enumerate(entry_lines):
+            lineno = i + 1 + offset
+            obj, entry = parse_line(line, path, lineno)
+            if entry.seq != i + 1:
+                raise LedgerError(f"{path}: line {lineno} has sequence number {entry.seq}, not {i + 1}")
+            if entry.prev_hash != prev:
+                raise LedgerError(f"{path}: line {lineno} does not chain to the line before it (hash mismatch)")
+            if agreement is not None:
+                if entry.agreement_id != agreement.agreement_id:
+                    raise AgreementMismatchError(f"{path}: line {lineno} was made under another agreement")
+                assert coordinator_key is not None
+                try:
+                    verify(coordinator_key, signing_payload(obj), decode_signature(entry.signature),
+                           what=f"{path}: line {lineno}")
+                except SignatureError as exc:
+                    raise LedgerError(str(exc)) from None
+            self.entries.append(entry)
+            prev = line_hash(line)
+            self.hashes.append(prev)
+        self.head = prev
+
+
+def read_ledger(path: Path, agreement: AgreementConfig | None = None) -> list[LedgerEntry]:
+    """Read and check a ledger's entries: every line parses, sequence numbers run 1..n, the hash chain holds.
+
+    The chain starts at the genesis line (the first entry's ``prev_hash`` is its hash). With
+    ``agreement``, also the genesis, every entry's agreement id and coordinator signature. This is
+    the coordinator's own pre-append check; :func:`pplink.audit.verify_ledger` is the auditor's
+    full check, which reports every problem instead of stopping at the first.
 
     Raises:
         LedgerError: a torn, malformed, out-of-sequence, unchained or badly signed line.
         AgreementMismatchError: an entry made under another agreement.
     """
     path = Path(path)
-    entries: list[LedgerEntry] = []
-    prev = GENESIS_HASH
-    coordinator_key = agreement.coordinator.public_key if agreement is not None else None
-    for i, line in enumerate(read_ledger_lines(path)):
-        lineno = i + 1
-        obj, entry = parse_line(line, path, lineno)
-        if entry.seq != lineno:
-            raise LedgerError(f"{path}: line {lineno} has sequence number {entry.seq}")
-        if entry.prev_hash != prev:
-            raise LedgerError(f"{path}: line {lineno} does not chain to the line before it (hash mismatch)")
-        if agreement is not None:
-            if entry.agreement_id != agreement.agreement_id:
-                raise AgreementMismatchError(f"{path}: line {lineno} was made under another agreement")
-            assert coordinator_key is not None
-            try:
-                verify(coordinator_key, signing_payload(obj), decode_signature(entry.signature),
-                       what=f"{path}: line {lineno}")
-            except SignatureError as exc:
-                raise LedgerError(str(exc)) from None
-        entries.append(entry)
-        prev = line_hash(line)
-    return entries
+    return CheckedLedger(path, read_ledger_lines(path), agreement).entries
+
+
+def read_genesis(path: Path, agreement: AgreementConfig) -> LedgerGenesis | None:
+    """The ledger's verified genesis, or None for an empty ledger or one written before genesis lines."""
+    path = Path(path)
+    return CheckedLedger(path, read_ledger_lines(path), agreement).genesis
 
 
 def decode_signature(text: str) -> bytes:
@@ -284,144 +330,3 @@ def decode_signature(text: str) -> bytes:
     except ValueError:
         return b""
     return raw if base64.b64encode(raw).decode("ascii") == text else b""
-
-
-# --- appending --------------------------------------------------------------------------------
-
-
-class LedgerWriter:
-    """An open, locked, checked ledger; append with :meth:`append`.
-
-    Obtain one from :func:`open_ledger`; it is valid only inside that ``with`` block.
-    """
-
-    def __init__(self, path: Path, agreement: AgreementConfig, entries: list[LedgerEntry], prev_hash: str) -> None:
-        self.path = path
-        self.agreement = agreement
-        self._entries = entries
-        self._prev_hash = prev_hash
-        self._open = True
-
-    @property
-    def entries(self) -> tuple[LedgerEntry, ...]:
-        """Entries on the ledger so far, this block's appends included."""
-        return tuple(self._entries)
-
-    @property
-    def spent(self) -> PrivacyLoss:
-        """Total loss of the entries so far, recomputed from their own losses (not trusted totals)."""
-        budget = self.agreement.budget
-        return compose([e.loss for e in self._entries], budget.accounting, budget.delta)
-
-    def append(self, draft: EntryDraft, key: Ed25519PrivateKey) -> LedgerEntry:
-        """Number, chain, sign, write and fsync one entry; returns it once it is on disk.
-
-        Raises:
-            SignatureError: ``key`` is not the agreement's coordinator key.
-            LedgerError: the draft's accounting or mechanism does not fit the agreement, or the write failed
-                (the caller must not show the release).
-        """
-        if not self._open:
-            raise LedgerError(f"{self.path}: ledger writer used outside its `with open_ledger(...)` block")
-        if public_key_text(key) != self.agreement.coordinator.public_key:
-            raise SignatureError("the signing key is not the agreement's coordinator key; entries would not verify")
-        budget = self.agreement.budget
-        if draft.accounting is not budget.accounting or draft.mechanism is not mechanism_for(budget.accounting) or (
-            (draft.loss.rho is None) != (budget.accounting is Accounting.PURE)
-        ):
-            raise LedgerError(
-                f"{self.path}: a {draft.mechanism.value} entry under {draft.accounting.value} accounting does not fit "
-                f"the agreement's {budget.accounting.value} accounting"
-            )
-        unsigned = {
-            **draft.model_dump(mode="json"),
-            "seq": len(self._entries) + 1,
-            "time": _utc_now(),
-            "agreement_id": self.agreement.agreement_id,
-            "cumulative": compose([*(e.loss for e in self._entries), draft.loss], budget.accounting,
-                                  budget.delta).model_dump(mode="json"),
-            "prev_hash": self._prev_hash,
-        }
-        signature = base64.b64encode(sign(key, signing_payload(unsigned))).decode("ascii")
-        entry = LedgerEntry.model_validate({**unsigned, "signature": signature})
-        line = entry_line(entry)
-        _append_line(self.path, line)
-        self._entries.append(entry)
-        self._prev_hash = line_hash(line)
-        return entry
-
-
-def _append_line(path: Path, line: bytes) -> None:
-    r"""One ``O_APPEND`` write of ``line + b"\n"``, then fsync (and the directory's on creation)."""
-    created = not path.exists()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise LedgerError(f"{path}: cannot open ledger for appending ({exc.strerror})") from None
-    try:
-        data = memoryview(line + b"\n")
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
-        os.fsync(fd)
-    except OSError as exc:
-        raise LedgerError(f"{path}: append failed ({exc.strerror}); the release was not shown") from None
-    finally:
-        os.close(fd)
-    if created:
-        # The new directory entry must survive a crash too, or the "recorded" release could vanish.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _acquire_lock(path: Path, timeout_s: float) -> int:
-    lock = lock_path(path)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise LedgerError(f"{lock}: cannot open ledger lock file ({exc.strerror})") from None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise LedgerError(f"{lock}: cannot lock ledger ({exc.strerror})") from None
-        if time.monotonic() >= deadline:
-            os.close(fd)
-            raise LedgerError(f"{path}: another process has held the ledger lock for over {timeout_s:g} s")
-        time.sleep(0.01)
-
-
-@contextmanager
-def open_ledger(path: Path, agreement: AgreementConfig, *,
-                lock_timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[LedgerWriter]:
-    """Lock a ledger, check it, and yield a writer; the lock is held until the block ends.
-
-    A missing ledger is created (with its parent folder) on the first append.
-
-    Raises:
-        LedgerError: the ledger is torn, malformed or does not verify (appending is refused), or
-            the lock could not be taken within ``lock_timeout_s``.
-        AgreementMismatchError: the ledger belongs to another agreement.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire_lock(path, lock_timeout_s)
-    writer: LedgerWriter | None = None
-    try:
-        lines = read_ledger_lines(path)
-        entries = read_ledger(path, agreement)
-        prev = line_hash(lines[-1]) if lines else GENESIS_HASH
-        writer = LedgerWriter(path, agreement, entries, prev)
-        yield writer
-    finally:
-        if writer is not None:
-            writer._open = False
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

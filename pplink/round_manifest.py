@@ -84,7 +84,8 @@ def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: 
         stage: a folder from :func:`new_stage` holding the round's files under their final
             relative names.
         manifest: the round's description (agreement id, inputs, …); ``format``, ``version``,
-            ``round_id`` and ``files`` (every staged file's SHA-256) are added.
+            ``round_id`` (unless given: the match round's, which its ledger is bound to) and
+            ``files`` (every staged file's SHA-256) are added.
         key: the coordinator's signing key.
 
     Returns:
@@ -96,7 +97,8 @@ def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: 
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     body_dict = {**manifest, "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-                 "round_id": secrets.token_hex(16), "files": {rel: file_sha256(p) for rel, p in staged.items()}}
+                 "round_id": str(manifest.get("round_id") or secrets.token_hex(16)),
+                 "files": {rel: file_sha256(p) for rel, p in staged.items()}}
     body = canonical_json(body_dict)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here until the end, no reader accepts the folder
     fsync_dir(out_dir)

@@ -82,3 +82,21 @@ def write_records(path: Path, rows: Sequence[dict[str, str]], columns: Sequence[
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def publish_linkage_round(agreement: AgreementConfig, key: object, state: object, out: Path) -> Path:
+    """Publish a hand-built linkage state as a match round would: a round id, its ledger, a signed manifest.
+
+    The manifest is written by the real publisher (``pplink.round_manifest.publish_round``) and
+    names the round's ledger as ``coordinator match`` names it. Returns ``out``.
+    """
+    from coordinator.linkage.match_round import round_ledger
+    from coordinator.linkage.state import STATE_FILE, save_linkage_state
+    from pplink.round_manifest import new_stage, publish_round
+
+    ledger = round_ledger(agreement, key, state)  # type: ignore[arg-type]
+    stage = new_stage(out)
+    save_linkage_state(stage / STATE_FILE, state)  # type: ignore[arg-type]
+    publish_round(out, stage, {"agreement_id": agreement.agreement_id, "round_id": ledger["round_id"],
+                               "ledger": ledger}, key)  # type: ignore[arg-type]
+    return out

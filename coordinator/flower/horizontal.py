@@ -42,11 +42,12 @@ from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from pydantic import ValidationError
 
-from pplink.accounting import Mechanism, PrivacyLoss, QueryKind, check_budget, compose, entry_loss
+from coordinator.release.engine import charge, spent_so_far
+from pplink.accounting import Mechanism, PrivacyLoss, QueryKind, check_budget, compose, release_loss
 from pplink.agreement import Accounting, AgreementConfig, load_agreement
 from pplink.crypto import load_private_key, public_key_text
 from pplink.errors import AgreementMismatchError, BudgetExceededError, ConfigError, ReleaseError, SignatureError
-from pplink.ledger import EntryDraft, LedgerEntry, ReleaseQuery, open_ledger
+from pplink.ledger import LedgerEntry, ReleaseQuery, read_ledger
 from pplink.scoring.horizontal import WEIGHT_METRIC, WEIGHTS_KEY, HorizontalSettings, initial_weights
 
 __all__ = ["FLOWER_LIBRARY", "HorizontalRun", "app", "round_loss", "run_horizontal"]
@@ -87,14 +88,15 @@ def round_loss(agreement: AgreementConfig, settings: HorizontalSettings) -> Priv
     """The ledger loss of one round: OpenDP's Gaussian map at sensitivity 1, scale z (rho = 1/(2 z**2)).
 
     Raises:
-        ReleaseError: the agreement uses pure accounting.
+        ReleaseError: the agreement uses pure accounting, or z is outside the per-release range.
     """
     if agreement.budget.accounting is Accounting.PURE:
         raise ReleaseError(
             "horizontal training releases Gaussian-noised models, which have no pure-DP bound; "
             "it needs an agreement with zcdp accounting (this one uses pure)"
         )
-    return entry_loss(Mechanism.GAUSSIAN, 1, settings.noise_multiplier, agreement.budget.delta)
+    # release_loss refuses a z so small that OpenDP's conversion would overflow (a ReleaseError, not a traceback).
+    return release_loss(agreement.budget, Mechanism.GAUSSIAN, 1, settings.noise_multiplier)
 
 
 class _LedgeredStrategy(Strategy):
@@ -167,18 +169,18 @@ def run_horizontal(grid: Grid, settings: HorizontalSettings, *, agreement: Agree
                                      "agreement; only its agencies may train")
 
     whole_run = compose([loss] * settings.rounds, budget.accounting, budget.delta)
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        if any(e.query.kind is not QueryKind.FEDAVG for e in ledger.entries):
-            # Its unit is one agency's round, not one person: adding it into a per-person total would
-            # make that total mean nothing (and a per-person release would be charged agency losses).
-            raise ConfigError(f"{ledger_path}: holds per-person releases; horizontal rounds go on a ledger of "
-                              "their own (e.g. ledger-agency-unit.jsonl), never into the per-person total")
-        try:
-            check_budget(ledger.spent, whole_run, budget)
-        except BudgetExceededError as err:
-            log.warning("horizontal run of %d rounds refused before round 1: %s", settings.rounds, err)
-            raise BudgetExceededError(f"horizontal run of {settings.rounds} rounds refused before round 1: "
-                                      f"{err}") from None
+    existing = read_ledger(Path(ledger_path), agreement) if Path(ledger_path).exists() else []
+    if any(e.query.kind is not QueryKind.FEDAVG for e in existing):
+        # Its unit is one agency's round, not one person: adding it into a per-person total would
+        # make that total mean nothing (and a per-person release would be charged agency losses).
+        raise ConfigError(f"{ledger_path}: holds per-person releases; horizontal rounds go on a ledger of "
+                          "their own (e.g. ledger-agency-unit.jsonl), never into the per-person total")
+    try:
+        check_budget(spent_so_far(agreement, Path(ledger_path)), whole_run, budget)
+    except BudgetExceededError as err:
+        log.warning("horizontal run of %d rounds refused before round 1: %s", settings.rounds, err)
+        raise BudgetExceededError(f"horizontal run of {settings.rounds} rounds refused before round 1: "
+                                  f"{err}") from None
 
     accountant = RdpAccountant(PrivacyConfig(
         target_delta=budget.delta, population_size=n, neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
@@ -194,15 +196,13 @@ def run_horizontal(grid: Grid, settings: HorizontalSettings, *, agreement: Agree
         rdp_epsilon = accountant.get_epsilon(budget.delta)
         subject = (f"round {server_round}/{settings.rounds}, {n} agencies, clip {settings.clipping_norm:g}, "
                    f"z {settings.noise_multiplier:g}; flower rdp epsilon {rdp_epsilon:.6g}")
-        with open_ledger(Path(ledger_path), agreement) as ledger:
-            check_budget(ledger.spent, loss, budget)
-            draft = EntryDraft(
-                query=ReleaseQuery(kind=QueryKind.FEDAVG, parties=parties, subject=subject),
-                accounting=budget.accounting, mechanism=Mechanism.GAUSSIAN, sensitivity=1,
-                scale=settings.noise_multiplier, loss=loss, min_cell_size=agreement.release.min_cell_size,
-                cells=(), library=FLOWER_LIBRARY,
-            )
-            run.entries.append(ledger.append(draft, coordinator_key))
+        # The noise is drawn already (by Flower's strategy), but nobody has seen the model: the
+        # engine's one charge path records it before it is returned, or refuses.
+        done = charge(agreement, Path(ledger_path), coordinator_key,
+                      ReleaseQuery(kind=QueryKind.FEDAVG, parties=parties, subject=subject),
+                      mechanism=Mechanism.GAUSSIAN, sensitivity=1, scale=settings.noise_multiplier,
+                      library=FLOWER_LIBRARY)
+        run.entries.append(done.entry)
         run.rdp_epsilons.append(rdp_epsilon)
         log.info("horizontal round %d recorded as ledger entry %d (rho %.6g; ledger epsilon %.6g; rdp epsilon %.6g)",
                  server_round, run.entries[-1].seq, loss.rho or 0.0, run.ledger_epsilon, rdp_epsilon)

@@ -32,6 +32,8 @@ from pplink.encfile import EncodingsFile, read_encodings
 from pplink.entity_files import map_file_name, write_entity_map
 from pplink.errors import EncodingFileError, KeyFileError, MatchError
 from pplink.interop import looks_like_clks_json, read_clks_json
+from pplink.ledger import line_hash
+from pplink.ledger_genesis import genesis_line, new_round_id
 from pplink.round_manifest import MANIFEST_FILE, new_stage, publish_round
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "check_inputs",
     "load_inputs",
     "match_files",
+    "round_ledger",
     "run_match_round",
     "write_round_outputs",
 ]
@@ -205,9 +208,17 @@ def match_files(
                 f"{files[a].header.party}~{files[b].header.party}": c.estimate.model_dump(mode="json")
                 for (a, b), c in per_pair.items()
             },
+            # The round's privacy ledger is bound to this id (its genesis names it; see pplink.ledger_genesis).
+            "round_id": new_round_id(),
         },
     )
     return state, result
+
+
+def round_ledger(agreement: AgreementConfig, key: Ed25519PrivateKey, state: LinkageState) -> dict[str, object]:
+    """The manifest's ``ledger``: the round id and the SHA-256 of the round's ledger genesis line."""
+    round_id = str(state.meta.setdefault("round_id", new_round_id()))
+    return {"round_id": round_id, "genesis": line_hash(genesis_line(agreement, key, round_id, state.parties))}
 
 
 def check_coordinator_key(agreement: AgreementConfig, key: Ed25519PrivateKey) -> None:
@@ -240,6 +251,7 @@ def write_round_outputs(
     point leaves no manifest (readers refuse the folder) or the whole new round.
     """
     out_dir = Path(out_dir)
+    ledger = round_ledger(agreement, key, state)  # before the state is saved: it carries the round id
     stage = new_stage(out_dir)
     try:
         (stage / "coordinator").mkdir()
@@ -265,6 +277,9 @@ def write_round_outputs(
             "maps": {party: map_file_name(party) for party in maps},
             "threshold": state.threshold,
             "calibration": state.meta.get("calibration"),
+            # The one ledger this round's releases may spend: its genesis (agreement, round, agencies).
+            "ledger": ledger,
+            "round_id": ledger["round_id"],
         }
         publish_round(out_dir, stage, manifest, key)
     finally:

@@ -1,7 +1,9 @@
 """The release engine: differentially private aggregates, each on the signed ledger before anyone sees it.
 
-One path for every query (:func:`release_query` for the linkage structure,
-:func:`release_confusion_counts` for model error counts from scoring):
+:func:`charge` is the one path that spends privacy budget: count releases (:func:`release_query`
+for the linkage structure, :func:`release_confusion_counts` and :func:`release_vector` for
+scoring's evaluation), each vertical-scoring step and each horizontal FedAvg round. For a count
+release:
 
 1. compute the exact count vector over its public key set and its per-person sensitivity
    (:mod:`coordinator.release.queries`);
@@ -20,13 +22,14 @@ was not shown, which is the safe way round.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.linkage.state import STATE_FILE, LinkageState, load_linkage_state
+from coordinator.release.binding import binding_for_linkage, binding_for_state, ledger_for_round
 from coordinator.release.queries import (
     LinkRate,
     QueryVector,
@@ -41,19 +44,25 @@ from pplink.accounting import (
     QueryKind,
     check_budget,
     count_measurement,
-    entry_loss,
+    release_loss,
     remaining_epsilon,
     scale_for,
 )
 from pplink.agreement import AgreementConfig, load_agreement
 from pplink.crypto import load_private_key, public_key_text
-from pplink.errors import AgreementMismatchError, BudgetExceededError, SignatureError
-from pplink.ledger import Cell, EntryDraft, LedgerEntry, ReleaseQuery, entry_line, line_hash, open_ledger
+from pplink.errors import AgreementMismatchError, BudgetExceededError, ReleaseError, SignatureError
+from pplink.ledger import Cell, EntryDraft, LedgerEntry, ReleaseQuery
+from pplink.ledger_genesis import LedgerBinding
+from pplink.ledger_writer import open_ledger
 from pplink.models import PplinkModel
+from pplink.queries import derive
+from pplink.receipts import Receipt, receipt_for
 from pplink.round_manifest import verify_round_member
 
 __all__ = [
+    "Charge",
     "Release",
+    "charge",
     "release_confusion_counts",
     "release_from_files",
     "release_query",
@@ -65,18 +74,29 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class Charge(PplinkModel):
+    """A recorded charge: the entry on the ledger, its hash, the recipients' receipt, and the budget left."""
+
+    entry: LedgerEntry
+    entry_hash: str
+    receipt: Receipt
+    remaining_epsilon: float
+
+
 class Release(PplinkModel):
     """A recorded release: its ledger entry (which holds the released cells) and the budget left.
 
     Attributes:
         entry: the ledger entry, already fsynced.
         entry_hash: SHA-256 of the entry's line, a receipt recipients can check against the ledger.
+        receipt: what every recipient keeps (:mod:`pplink.receipts`).
         budget_epsilon: the agreement's total epsilon.
         remaining_epsilon: what is left after this release.
     """
 
     entry: LedgerEntry
     entry_hash: str
+    receipt: Receipt
     budget_epsilon: float
     remaining_epsilon: float
 
@@ -127,6 +147,92 @@ def _check_key(agreement: AgreementConfig, key: Ed25519PrivateKey) -> None:
         )
 
 
+def charge(
+    agreement: AgreementConfig,
+    ledger_path: Path,
+    coordinator_key: Ed25519PrivateKey,
+    query: ReleaseQuery,
+    *,
+    mechanism: Mechanism,
+    sensitivity: int,
+    scale: float,
+    keys: Sequence[tuple[str, ...]] = (),
+    draw: Callable[[], Sequence[int | None]] | None = None,
+    binding: LedgerBinding | None = None,
+    library: str = OPENDP_LIBRARY,
+    allotment: Callable[[PrivacyLoss], None] | None = None,
+) -> Charge:
+    """The one path that spends privacy budget: every release, scoring step and FedAvg round comes here.
+
+    In order: the key is checked (once); the loss is asked of OpenDP's map; the entry is checked
+    against the query table exactly as the auditor will check it (:func:`pplink.queries.derive`:
+    agencies, key set and sensitivity); then, under the ledger's lock, the ledger is checked (and
+    must be the round's, with ``binding``), the budget and the caller's ``allotment`` are checked,
+    and only then ``draw`` draws the noise; the entry is appended and fsynced; only then does this
+    return, so nothing can be shown before it is on the ledger.
+
+    Args:
+        agreement: the agreement (budget, min_cell_size, coordinator key).
+        ledger_path: the ledger.
+        coordinator_key: the coordinator's signing key.
+        query: the query as recorded on the ledger.
+        mechanism: Laplace (pure) or Gaussian (zCDP).
+        sensitivity: in the mechanism's metric.
+        scale: the noise scale.
+        keys: the public keys of the cells recorded on the ledger (empty when the released vector
+            goes to the agencies instead, as for residuals and FedAvg).
+        draw: draws the noise and returns one value per key (None where suppressed); called once,
+            under the lock, after the budget check. None when there are no cells.
+        binding: the linkage round the ledger must belong to.
+        library: the library that draws the noise, recorded on the entry.
+        allotment: called with the loss under the lock before any noise is drawn; raises
+            :class:`~pplink.errors.BudgetExceededError` to refuse (a scoring run's own allotment).
+
+    Returns:
+        The entry, its hash and the receipt for its recipients.
+
+    Raises:
+        SignatureError: the key is not the agreement's coordinator key.
+        ReleaseError: the scale is not usable, or the entry would not pass the auditor's check.
+        BudgetExceededError: the budget or the allotment would be passed; no noise was drawn.
+        LedgerError: the ledger is not the round's, does not verify, or the append failed.
+    """
+    _check_key(agreement, coordinator_key)
+    budget = agreement.budget
+    loss = release_loss(budget, mechanism, sensitivity, scale)
+    keys = tuple(tuple(k) for k in keys)
+    derived = derive(agreement, query.kind, attribute=query.attribute, by_combination=query.by_combination,
+                     parties=query.parties, subject=query.subject, cells=keys,
+                     round_parties=binding.parties if binding is not None else None)
+    if derived.problems or derived.sensitivity.for_mechanism(mechanism) > sensitivity:
+        reasons = "; ".join(derived.problems) or (
+            f"sensitivity {sensitivity} is below the {derived.sensitivity.for_mechanism(mechanism)} the query implies")
+        raise ReleaseError(f"release {query.kind.value} refused: the auditor would not accept it ({reasons})")
+    with open_ledger(Path(ledger_path), agreement, binding=binding) as ledger:
+        try:
+            total = check_budget(ledger.spent, loss, budget)
+            if allotment is not None:
+                allotment(loss)
+        except BudgetExceededError as err:
+            log.warning("release %s refused, no noise drawn: %s", query.kind.value, err)
+            raise
+        values = list(draw()) if draw is not None else []
+        if len(values) != len(keys):
+            raise ReleaseError(f"release {query.kind.value}: {len(values)} values drawn for {len(keys)} keys")
+        draft = EntryDraft(
+            query=query, accounting=budget.accounting, mechanism=mechanism, sensitivity=sensitivity, scale=scale,
+            loss=loss, min_cell_size=agreement.release.min_cell_size,
+            cells=tuple(Cell(key=k, value=v) for k, v in zip(keys, values, strict=True)), library=library,
+        )
+        entry = ledger.append(draft, coordinator_key)
+        ledger_id = ledger.ledger_id
+    log.info("release %s recorded as ledger entry %d (epsilon %.6g, total %.6g of %g)",
+             query.kind.value, entry.seq, loss.epsilon, total.epsilon, budget.epsilon)
+    receipt = receipt_for(ledger_id, entry)
+    return Charge(entry=entry, entry_hash=receipt.entry_hash, receipt=receipt,
+                  remaining_epsilon=remaining_epsilon(entry.cumulative, budget))
+
+
 def release_vector(
     agreement: AgreementConfig,
     ledger_path: Path,
@@ -136,8 +242,9 @@ def release_vector(
     *,
     epsilon: float | None = None,
     rho: float | None = None,
+    binding: LedgerBinding | None = None,
 ) -> Release:
-    """Noise, suppress, record and return one count vector: the engine's single release path.
+    """Noise, suppress, record and return one count vector (through :func:`charge`).
 
     Args:
         agreement: the agreement (budget, min_cell_size, coordinator key).
@@ -147,6 +254,7 @@ def release_vector(
         vector: exact counts, public keys and sensitivity.
         epsilon: the loss to spend on this release (zCDP: this release alone, at the agreement's delta).
         rho: zCDP only, instead of epsilon.
+        binding: the linkage round the ledger must belong to.
 
     Returns:
         The release, after its entry is on disk.
@@ -158,29 +266,15 @@ def release_vector(
         LedgerError: the ledger is torn, does not verify, or the append failed.
     """
     _check_key(agreement, coordinator_key)
-    budget = agreement.budget
-    mechanism, d_in, scale = scale_for(budget, vector.sensitivity, epsilon=epsilon, rho=rho)
-    request = entry_loss(mechanism, d_in, scale, budget.delta)
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        spent = ledger.spent
-        try:
-            total = check_budget(spent, request, budget)
-        except BudgetExceededError as err:
-            log.warning("release %s refused, no noise drawn: %s", query.kind.value, err)
-            raise
-        noisy = _sample(mechanism, scale, vector.counts)
-        values = suppress(noisy, agreement.release.min_cell_size)
-        draft = EntryDraft(
-            query=query, accounting=budget.accounting, mechanism=mechanism, sensitivity=d_in, scale=scale,
-            loss=request, min_cell_size=agreement.release.min_cell_size,
-            cells=tuple(Cell(key=k, value=v) for k, v in zip(vector.keys, values, strict=True)),
-            library=OPENDP_LIBRARY,
-        )
-        entry = ledger.append(draft, coordinator_key)
-    log.info("release %s recorded as ledger entry %d (epsilon %.6g, total %.6g of %g)",
-             query.kind.value, entry.seq, request.epsilon, total.epsilon, budget.epsilon)
-    return Release(entry=entry, entry_hash=line_hash(entry_line(entry)), budget_epsilon=budget.epsilon,
-                   remaining_epsilon=remaining_epsilon(entry.cumulative, budget))
+    mechanism, d_in, scale = scale_for(agreement.budget, vector.sensitivity, epsilon=epsilon, rho=rho)
+
+    def draw() -> list[int | None]:
+        return suppress(_sample(mechanism, scale, vector.counts), agreement.release.min_cell_size)
+
+    done = charge(agreement, ledger_path, coordinator_key, query, mechanism=mechanism, sensitivity=d_in, scale=scale,
+                  keys=vector.keys, draw=draw, binding=binding)
+    return Release(entry=done.entry, entry_hash=done.entry_hash, receipt=done.receipt,
+                   budget_epsilon=agreement.budget.epsilon, remaining_epsilon=done.remaining_epsilon)
 
 
 def release_query(
@@ -192,6 +286,7 @@ def release_query(
     *,
     epsilon: float | None = None,
     rho: float | None = None,
+    binding: LedgerBinding | None = None,
 ) -> Release:
     """Release an overlap, count-by, histogram or link-rate query over the linkage state.
 
@@ -203,6 +298,8 @@ def release_query(
         query: what to release; its ``parties`` are filled from the state.
         epsilon: privacy loss for this release (or ``rho`` under zCDP).
         rho: zCDP only.
+        binding: the ledger the round's releases must spend (default: the state's round, checked by
+            genesis only; :func:`release_from_files` also pins the file).
 
     Raises:
         AgreementMismatchError: the state was made under another agreement.
@@ -211,9 +308,12 @@ def release_query(
     if state.agreement_id != agreement.agreement_id:
         raise AgreementMismatchError("the linkage state was made under another agreement")
     _check_key(agreement, coordinator_key)
+    if binding is None:
+        binding = binding_for_state(agreement, coordinator_key, state)
     query = ReleaseQuery.model_validate({**query.model_dump(), "parties": state.parties})
     vector = compute_query(agreement, state, query)
-    return release_vector(agreement, ledger_path, coordinator_key, query, vector, epsilon=epsilon, rho=rho)
+    return release_vector(agreement, ledger_path, coordinator_key, query, vector, epsilon=epsilon, rho=rho,
+                          binding=binding)
 
 
 def release_confusion_counts(
@@ -226,6 +326,7 @@ def release_confusion_counts(
     epsilon: float | None = None,
     rho: float | None = None,
     subject: str = "",
+    binding: LedgerBinding | None = None,
 ) -> Release:
     """Release model error counts (tp/fp/fn/tn) by subgroup.
 
@@ -239,6 +340,7 @@ def release_confusion_counts(
         epsilon: privacy loss for this release (or ``rho`` under zCDP).
         rho: zCDP only.
         subject: what the counts are of, recorded on the ledger (e.g. "model v1, holdout").
+        binding: the linkage round the ledger must belong to.
 
     Raises:
         ReleaseError: undeclared groups or outcomes, bad counts; and see :func:`release_vector`.
@@ -246,12 +348,13 @@ def release_confusion_counts(
     _check_key(agreement, coordinator_key)
     vector = confusion_vector(agreement, attribute, counts_by_group)
     query = ReleaseQuery(kind=QueryKind.CONFUSION, attribute=attribute, subject=subject)
-    return release_vector(agreement, ledger_path, coordinator_key, query, vector, epsilon=epsilon, rho=rho)
+    return release_vector(agreement, ledger_path, coordinator_key, query, vector, epsilon=epsilon, rho=rho,
+                          binding=binding)
 
 
 def release_from_files(
     agreement_path: Path,
-    ledger_path: Path,
+    ledger_path: Path | None,
     linkage_dir: Path,
     key_path: Path,
     query: ReleaseQuery,
@@ -263,12 +366,16 @@ def release_from_files(
 
     Args:
         agreement_path: the agreement TOML.
-        ledger_path: the ledger file.
+        ledger_path: the ledger file; None: the one the round's pin names, or
+            ``linkage_dir/coordinator/ledger.jsonl`` before the round's first release.
         linkage_dir: the match output folder (state at ``linkage_dir/coordinator/linkage.npz``).
         key_path: the coordinator's private key file.
         query: what to release.
         epsilon: privacy loss for this release (or ``rho`` under zCDP).
         rho: zCDP only.
+
+    Raises:
+        LedgerError: the ledger is not the one the round's signed manifest names and pin records.
     """
     agreement = load_agreement(Path(agreement_path))
     key = load_private_key(Path(key_path))
@@ -276,10 +383,13 @@ def release_from_files(
     # Only a whole, published round: the state must be the one its signed manifest names.
     verify_round_member(agreement, Path(linkage_dir), STATE_FILE)
     state = load_linkage_state(Path(linkage_dir) / STATE_FILE, agreement.agreement_id)
-    return release_query(agreement, state, ledger_path, key, query, epsilon=epsilon, rho=rho)
+    binding = binding_for_linkage(agreement, key, state, Path(linkage_dir))
+    if ledger_path is None:
+        ledger_path = ledger_for_round(Path(linkage_dir), binding)
+    return release_query(agreement, state, ledger_path, key, query, epsilon=epsilon, rho=rho, binding=binding)
 
 
-def spent_so_far(agreement: AgreementConfig, ledger_path: Path) -> PrivacyLoss:
-    """The total privacy loss on a ledger (checked as for an append)."""
-    with open_ledger(Path(ledger_path), agreement) as ledger:
+def spent_so_far(agreement: AgreementConfig, ledger_path: Path, *, binding: LedgerBinding | None = None) -> PrivacyLoss:
+    """The total privacy loss on a ledger (checked as for an append, under its lock)."""
+    with open_ledger(Path(ledger_path), agreement, binding=binding) as ledger:
         return ledger.spent

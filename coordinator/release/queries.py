@@ -23,11 +23,20 @@ from itertools import combinations
 import numpy as np
 
 from coordinator.linkage.state import LinkageState
-from pplink.accounting import QueryKind, Sensitivity, query_sensitivity
+from pplink.accounting import QueryKind, Sensitivity
 from pplink.agreement import AgreementConfig, ReleaseAttribute
 from pplink.audit.release_views import LinkRate, derive_link_rates
 from pplink.errors import ReleaseError
 from pplink.ledger import ReleaseQuery
+from pplink.queries import (
+    CONFUSION_OUTCOMES,
+    MAX_AGENCIES,
+    MISSING,
+    attribute_labels,
+    combination_keys,
+    declared_attribute,
+    query_sensitivity,
+)
 
 __all__ = [
     "CONFUSION_OUTCOMES",
@@ -43,14 +52,6 @@ __all__ = [
     "entity_codes",
     "entity_combinations",
 ]
-
-#: The key under which people with no value for an attribute are counted.
-MISSING = "(missing)"
-#: Outcome keys of a confusion-count release.
-CONFUSION_OUTCOMES = ("tp", "fp", "fn", "tn")
-#: More agencies would make 2^N - 1 combination cells unreadable (and slow to noise).
-MAX_AGENCIES = 12
-
 
 @dataclass(frozen=True)
 class QueryVector:
@@ -68,45 +69,12 @@ class QueryVector:
 # --- per-person values ------------------------------------------------------------------------
 
 
-def combination_keys(parties: Sequence[str]) -> list[tuple[int, str]]:
-    """All 2^N - 1 non-empty agency combinations as ``(bitmask, "a+b")``, smallest first.
-
-    Bit j of the mask is ``parties[j]``.
-
-    >>> combination_keys(["a", "b"])
-    [(1, 'a'), (2, 'b'), (3, 'a+b')]
-    """
-    if len(parties) > MAX_AGENCIES:
-        raise ReleaseError(f"combination releases support at most {MAX_AGENCIES} agencies, not {len(parties)}")
-    out = []
-    for size in range(1, len(parties) + 1):
-        for combo in combinations(range(len(parties)), size):
-            mask = sum(1 << j for j in combo)
-            out.append((mask, "+".join(parties[j] for j in combo)))
-    return out
-
-
 def entity_combinations(state: LinkageState) -> np.ndarray:
     """Per cluster, the bitmask of agencies with a row in it (``int64``, shape ``(n_clusters,)``)."""
     masks = np.zeros(state.n_clusters, dtype=np.int64)
     for j, party in enumerate(state.parties):
         masks[state.cluster_of[party]] |= np.int64(1 << j)
     return masks
-
-
-def attribute_labels(attribute: ReleaseAttribute) -> tuple[str, ...]:
-    """The public keys of an attribute: its declared values, or its bins, then :data:`MISSING`.
-
-    >>> attribute_labels(ReleaseAttribute(column="age", lower=0, upper=18, bins=3))
-    ('[0, 6)', '[6, 12)', '[12, 18]', '(missing)')
-    """
-    if attribute.values is not None:
-        return (*attribute.values, MISSING)
-    assert attribute.lower is not None and attribute.upper is not None and attribute.bins is not None
-    edges = np.linspace(attribute.lower, attribute.upper, attribute.bins + 1)
-    labels = [f"[{edges[i]:g}, {edges[i + 1]:g})" for i in range(attribute.bins)]
-    labels[-1] = labels[-1][:-1] + "]"
-    return (*labels, MISSING)
 
 
 def _row_codes(values: Sequence[str | None], attribute: ReleaseAttribute, party: str) -> np.ndarray:
@@ -179,13 +147,6 @@ def entity_codes(state: LinkageState, attribute: ReleaseAttribute) -> np.ndarray
 # --- the queries ------------------------------------------------------------------------------
 
 
-def _declared(agreement: AgreementConfig, column: str | None) -> ReleaseAttribute:
-    for attribute in agreement.release.attributes:
-        if attribute.column == column:
-            return attribute
-    raise ReleaseError(f"attribute {column} is not a release attribute of the agreement")
-
-
 def _overlap(state: LinkageState) -> QueryVector:
     masks = entity_combinations(state)
     combos = combination_keys(state.parties)
@@ -249,14 +210,14 @@ def compute_query(agreement: AgreementConfig, state: LinkageState, query: Releas
     if query.kind is QueryKind.OVERLAP:
         return _overlap(state)
     if query.kind is QueryKind.COUNT_BY:
-        return _count_by(state, _declared(agreement, query.attribute), query.by_combination)
+        return _count_by(state, declared_attribute(agreement, query.attribute), query.by_combination)
     if query.kind is QueryKind.HISTOGRAM:
-        attribute = _declared(agreement, query.attribute)
+        attribute = declared_attribute(agreement, query.attribute)
         if attribute.values is not None:
             raise ReleaseError(f"histogram needs a numeric attribute; {attribute.column} is categorical (use count-by)")
         return _count_by(state, attribute, by_combination=False)
     if query.kind is QueryKind.LINK_RATE:
-        attribute = None if query.attribute is None else _declared(agreement, query.attribute)
+        attribute = None if query.attribute is None else declared_attribute(agreement, query.attribute)
         return _link_rate(state, attribute)
     raise ReleaseError(f"query {query.kind.value} is not computed from the linkage state")
 
@@ -274,7 +235,7 @@ def confusion_vector(
     Raises:
         ReleaseError: an undeclared group or outcome, or a count that is not a non-negative integer.
     """
-    declared = _declared(agreement, attribute)
+    declared = declared_attribute(agreement, attribute)
     groups = attribute_labels(declared)
     table = np.zeros((len(groups), len(CONFUSION_OUTCOMES)), dtype=np.int64)
     for group, outcomes in counts_by_group.items():

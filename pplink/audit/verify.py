@@ -18,9 +18,15 @@ instead of stopping at the first. It
    claimed running total with the recomputed one, and the total with the agreement's budget;
 6. checks no released cell is below ``min_cell_size`` (the rule is: suppressed, never shown).
 
-What it cannot see: entries cut off the end of the file leave a valid, shorter chain. Recipients
-keep each release's entry hash as a receipt; ``expected_hashes`` makes the auditor check that
-those entries are still on the ledger.
+The ledger's first line is its genesis (:mod:`pplink.ledger_genesis`): it is checked, and the
+round's agencies it names are the ones every linkage query is derived over; with
+``expected_genesis`` (from the round's signed manifest) it must be that round's.
+
+What it cannot see alone: entries cut off the end of the file leave a valid, shorter chain, and a
+second ledger started from the same genesis verifies on its own. Recipients keep each release's
+receipt (:mod:`pplink.receipts`); given receipts from any parties, the auditor reports a fork or
+rewrite (another entry at a receipt's number), a truncation (the ledger ends before it) and
+receipts for another ledger.
 """
 
 from __future__ import annotations
@@ -28,10 +34,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 
-from pydantic import ValidationError, computed_field
+from pydantic import ValidationError
 
 from pplink.accounting import (
     Mechanism,
@@ -40,15 +45,25 @@ from pplink.accounting import (
     entry_loss,
     losses_agree,
     mechanism_for,
-    query_sensitivity,
     remaining_epsilon,
     within_budget,
 )
 from pplink.agreement import Accounting, AgreementConfig, canonical_json
+from pplink.audit.receipts import check_receipts
+from pplink.audit.verdict import AuditRow, AuditVerdict, Finding, FindingKind, describe_query
 from pplink.crypto import verify
-from pplink.errors import LedgerError, SignatureError
-from pplink.ledger import GENESIS_HASH, LedgerEntry, ReleaseQuery, decode_signature, line_hash, signing_payload
-from pplink.models import PplinkModel
+from pplink.errors import AgreementMismatchError, LedgerError, SignatureError
+from pplink.ledger import (
+    LedgerEntry,
+    decode_signature,
+    first_prev_hash,
+    line_hash,
+    signing_payload,
+    split_genesis,
+)
+from pplink.ledger_genesis import check_genesis
+from pplink.queries import derive
+from pplink.receipts import Receipt
 
 __all__ = [
     "AuditRow",
@@ -61,98 +76,6 @@ __all__ = [
 ]
 
 
-class FindingKind(StrEnum):
-    """What is wrong with an entry (or the ledger as a whole)."""
-
-    TORN = "torn"
-    MALFORMED = "malformed"
-    NOT_CANONICAL = "not-canonical"
-    SEQUENCE = "sequence"
-    CHAIN = "chain"
-    AGREEMENT = "agreement"
-    SIGNATURE = "signature"
-    MECHANISM = "mechanism"
-    SENSITIVITY = "sensitivity"
-    UNDER_CLAIMED = "under-claimed"
-    LOSS_MISMATCH = "loss-mismatch"
-    CUMULATIVE = "cumulative"
-    OVERSPEND = "overspend"
-    SMALL_CELL = "small-cell"
-    MISSING_ENTRY = "missing-entry"
-
-
-class Finding(PplinkModel):
-    """One problem, naming where it is.
-
-    Attributes:
-        line: the ledger line (1-based), or None for a ledger-wide finding.
-        seq: the entry's own sequence number, where the line parsed.
-        kind: the category.
-        problem: a sentence naming the problem (no record values: the ledger holds none).
-    """
-
-    line: int | None
-    seq: int | None
-    kind: FindingKind
-    problem: str
-
-
-class AuditRow(PplinkModel):
-    """One entry as the auditor sees it: claimed and re-derived losses and the running total."""
-
-    line: int
-    seq: int
-    query: str
-    mechanism: Mechanism
-    claimed_epsilon: float
-    derived_epsilon: float
-    claimed_rho: float | None
-    derived_rho: float | None
-    cumulative_epsilon: float
-    cumulative_rho: float | None
-    remaining_epsilon: float
-
-
-class AuditVerdict(PplinkModel):
-    """The auditor's verdict on a ledger: ``ok`` when there are no findings."""
-
-    source: str
-    agreement_id: str
-    accounting: Accounting
-    budget_epsilon: float
-    delta: float
-    lines: int
-    rows: tuple[AuditRow, ...]
-    findings: tuple[Finding, ...]
-    spent: PrivacyLoss
-    remaining_epsilon: float
-    head_hash: str
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ok(self) -> bool:
-        """True when the ledger verified with no findings."""
-        return not self.findings
-
-
-def describe_query(query: ReleaseQuery) -> str:
-    """A short human description of a query.
-
-    >>> describe_query(ReleaseQuery(kind="count-by", attribute="area", by_combination=True))
-    'count-by area x combination'
-    >>> describe_query(ReleaseQuery(kind="overlap"))
-    'overlap'
-    """
-    parts = [query.kind.value]
-    if query.attribute:
-        parts.append(query.attribute)
-    if query.by_combination:
-        parts.append("x combination")
-    if query.subject:
-        parts.append(f"({query.subject})")
-    return " ".join(parts)
-
-
 class _Auditor:
     """Walks the lines once, collecting rows and findings."""
 
@@ -163,6 +86,9 @@ class _Auditor:
         self.rows: list[AuditRow] = []
         self.losses: list[PrivacyLoss] = []
         self.overspent = False
+        #: The linkage round's agencies, from a bound genesis (None: not bound to a round).
+        self.round_parties: tuple[str, ...] | None = None
+        self.round_id: str | None = None
 
     def add(self, line: int | None, seq: int | None, kind: FindingKind, problem: str) -> None:
         self.findings.append(Finding(line=line, seq=seq, kind=kind, problem=problem))
@@ -206,19 +132,30 @@ class _Auditor:
             self.add(lineno, entry.seq, FindingKind.MECHANISM,
                      f"entry {entry.seq}: epsilon converted at delta {entry.loss.delta:g}, "
                      f"not the agreement's {self.budget.delta:g}")
+        # No label is trusted: agencies, key set and sensitivity come from the agreement, the
+        # ledger's genesis (the round's agencies) and the query table.
+        query = entry.query
+        derivation = derive(self.agreement, query.kind, attribute=query.attribute, by_combination=query.by_combination,
+                            parties=query.parties, subject=query.subject, cells=tuple(c.key for c in entry.cells),
+                            round_parties=self.round_parties)
+        for problem in derivation.problems:
+            self.add(lineno, entry.seq, FindingKind.QUERY, f"entry {entry.seq} ({describe_query(query)}): {problem}")
         sensitivity = entry.sensitivity
-        try:
-            required = query_sensitivity(entry.query.kind, len(entry.query.parties)).for_mechanism(entry.mechanism)
-        except ValueError as exc:
-            self.add(lineno, entry.seq, FindingKind.SENSITIVITY, f"entry {entry.seq}: {exc}")
-            required = sensitivity
+        required = derivation.sensitivity.for_mechanism(entry.mechanism)
         if sensitivity < required:
             self.add(lineno, entry.seq, FindingKind.SENSITIVITY,
                      f"entry {entry.seq}: stated sensitivity {sensitivity} is below the {required} that "
-                     f"{describe_query(entry.query)} over {len(entry.query.parties)} agencies implies")
+                     f"{describe_query(query)} implies over the round's agencies")
             sensitivity = required  # compose what the release really cost
         delta = self.budget.delta if entry.mechanism is Mechanism.GAUSSIAN else 0.0
-        derived = entry_loss(entry.mechanism, sensitivity, entry.scale, delta)
+        try:
+            derived = entry_loss(entry.mechanism, sensitivity, entry.scale, delta)
+        except Exception as exc:  # noqa: BLE001 - OpenDP overflows on absurd scales; the finding says so
+            self.add(lineno, entry.seq, FindingKind.UNDER_CLAIMED,
+                     f"entry {entry.seq}: its loss cannot be computed from scale {entry.scale:.6g} "
+                     f"({type(exc).__name__}); counted as unbounded")
+            return PrivacyLoss(epsilon=math.inf, rho=math.inf if self.budget.accounting is Accounting.ZCDP else None,
+                               delta=self.budget.delta if self.budget.accounting is Accounting.ZCDP else 0.0)
         self.compare_claim(lineno, entry, "epsilon", entry.loss.epsilon, derived.epsilon)
         if derived.rho is not None:
             self.compare_claim(lineno, entry, "rho", entry.loss.rho, derived.rho)
@@ -278,12 +215,34 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.6g}"
 
 
+def _read_genesis(auditor: _Auditor, lines: list[bytes], expected_genesis: str | None) -> tuple[str, int]:
+    """Check the genesis line, if the ledger has one; returns ``(ledger id, index of the first entry line)``."""
+    genesis_raw, _ = split_genesis(lines)
+    ledger_id = first_prev_hash(genesis_raw)
+    if genesis_raw is not None:
+        try:
+            genesis = check_genesis(auditor.agreement, genesis_raw, "line 1")
+        except (LedgerError, AgreementMismatchError) as exc:
+            auditor.add(1, None, FindingKind.GENESIS, str(exc))
+        else:
+            auditor.round_parties = genesis.parties if genesis.round_id is not None else None
+            auditor.round_id = genesis.round_id
+    if expected_genesis is not None and ledger_id != expected_genesis:
+        auditor.add(1 if genesis_raw is not None else None, None, FindingKind.GENESIS,
+                    ("the ledger has no genesis line" if genesis_raw is None else
+                     f"the ledger's genesis {ledger_id[:12]} is not the round's")
+                    + f": the round's signed manifest names ledger {expected_genesis[:12]} (another or a new ledger)")
+    return ledger_id, 0 if genesis_raw is None else 1
+
+
 def verify_ledger_bytes(
     agreement: AgreementConfig,
     data: bytes,
     *,
     source: str = "<ledger>",
     expected_hashes: Sequence[str] = (),
+    receipts: Sequence[Receipt] = (),
+    expected_genesis: str | None = None,
 ) -> AuditVerdict:
     """Verify a ledger's bytes against the agreement; pure (no files, no clock).
 
@@ -291,7 +250,11 @@ def verify_ledger_bytes(
         agreement: gives the coordinator's key, the budget and the release rules.
         data: the whole ledger file.
         source: names the ledger in the verdict.
-        expected_hashes: entry hashes (release receipts) that must be on the ledger.
+        expected_hashes: entry hashes that must be on the ledger.
+        receipts: release receipts from any parties (:mod:`pplink.receipts`): each must be on the
+            ledger at its number; another entry there is a fork or rewrite, a ledger too short is a
+            truncation.
+        expected_genesis: the ledger id the round's signed manifest names, if known.
 
     Returns:
         The verdict, with one row per parsed entry and every finding.
@@ -300,10 +263,13 @@ def verify_ledger_bytes(
     chunks = data.split(b"\n") if data else [b""]
     tail = chunks.pop()  # b"" when the file ends with a newline
     lines = chunks
-    prev_hash = GENESIS_HASH
+    ledger_id, first = _read_genesis(auditor, lines, expected_genesis)
+    prev_hash = ledger_id
     expected_seq = 1
     hashes: list[str] = []
-    for i, raw in enumerate(lines):
+    by_seq: dict[int, str] = {}
+    for i in range(first, len(lines)):
+        raw = lines[i]
         lineno = i + 1
         parsed = auditor.parse(lineno, raw)
         if parsed is not None:
@@ -323,6 +289,7 @@ def verify_ledger_bytes(
                             f"not {agreement.agreement_id[:12]}")
             auditor.check_signature(lineno, obj, entry)
             auditor.check_entry(lineno, entry, auditor.derive_loss(lineno, entry))
+            by_seq.setdefault(entry.seq, line_hash(raw))
             expected_seq = entry.seq + 1
         else:
             expected_seq += 1
@@ -336,17 +303,20 @@ def verify_ledger_bytes(
         if expected not in known:
             auditor.add(None, None, FindingKind.MISSING_ENTRY,
                         f"the entry with hash {expected} is not on the ledger (removed, or from another ledger)")
+    for kind, problem in check_receipts(agreement, ledger_id, by_seq, receipts):
+        auditor.add(None, None, FindingKind(kind), problem)
     spent = compose(auditor.losses, agreement.budget.accounting, agreement.budget.delta)
     return AuditVerdict(
         source=source, agreement_id=agreement.agreement_id, accounting=agreement.budget.accounting,
         budget_epsilon=agreement.budget.epsilon, delta=agreement.budget.delta, lines=len(lines) + (1 if tail else 0),
         rows=tuple(auditor.rows), findings=tuple(auditor.findings), spent=spent,
-        remaining_epsilon=remaining_epsilon(spent, agreement.budget), head_hash=prev_hash,
+        remaining_epsilon=remaining_epsilon(spent, agreement.budget), head_hash=prev_hash, ledger_id=ledger_id,
+        round_id=auditor.round_id, receipts_checked=len(receipts),
     )
 
 
-def verify_ledger(agreement: AgreementConfig, ledger_path: Path, *,
-                  expected_hashes: Sequence[str] = ()) -> AuditVerdict:
+def verify_ledger(agreement: AgreementConfig, ledger_path: Path, *, expected_hashes: Sequence[str] = (),
+                  receipts: Sequence[Receipt] = (), expected_genesis: str | None = None) -> AuditVerdict:
     """Read a ledger file and verify it (:func:`verify_ledger_bytes`).
 
     Raises:
@@ -358,4 +328,5 @@ def verify_ledger(agreement: AgreementConfig, ledger_path: Path, *,
         data = path.read_bytes()
     except OSError as exc:
         raise LedgerError(f"{path}: cannot read ledger ({exc.strerror})") from None
-    return verify_ledger_bytes(agreement, data, source=str(path), expected_hashes=expected_hashes)
+    return verify_ledger_bytes(agreement, data, source=str(path), expected_hashes=expected_hashes,
+                               receipts=receipts, expected_genesis=expected_genesis)

@@ -27,21 +27,31 @@ def audit() -> None:
 @click.option("--ledger", "ledger_path", type=existing_file, required=True, help="The privacy ledger (JSON Lines).")
 @click.option("--expect-entry", "expected", multiple=True, metavar="HASH",
               help="An entry hash (a release receipt) that must be on the ledger; repeatable.")
+@click.option("--receipts", "receipt_files", multiple=True, type=existing_file, metavar="FILE",
+              help="Release receipts from any party (a receipts file, or a release's --out JSON); repeatable. "
+                   "Catches forks, rewrites and truncation.")
+@click.option("--linkage", "linkage_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The round's folder: its signed manifest names the ledger this must be.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @FORMAT_OPTION
-def verify_command(agreement_path: Path, ledger_path: Path, expected: tuple[str, ...], as_json: bool,
-                   output_format: str) -> None:
-    """Recompute the hash chain, check signatures, re-derive and compose every privacy loss.
+def verify_command(agreement_path: Path, ledger_path: Path, expected: tuple[str, ...], receipt_files: tuple[Path, ...],
+                   linkage_dir: Path | None, as_json: bool, output_format: str) -> None:
+    """Recompute the hash chain, check signatures, re-derive every entry from the agreement and compose the losses.
 
-    Exits 0 when the ledger verifies; otherwise prints every finding and exits with the ledger
-    error's code.
+    No label on an entry is trusted: its agencies, cells and sensitivity are re-derived from the
+    agreement, the ledger's genesis and the query table. Exits 0 when the ledger verifies;
+    otherwise prints every finding and exits with the ledger error's code.
     """
     from pplink.agreement import load_agreement
     from pplink.audit.verify import verify_ledger
     from pplink.errors import LedgerError
+    from pplink.ledger_genesis import manifest_ledger
+    from pplink.receipts import load_receipts
 
     agreement = load_agreement(agreement_path)
-    verdict = verify_ledger(agreement, ledger_path, expected_hashes=expected)
+    expected_genesis = manifest_ledger(agreement, linkage_dir)["genesis"] if linkage_dir is not None else None
+    verdict = verify_ledger(agreement, ledger_path, expected_hashes=expected, receipts=load_receipts(receipt_files),
+                            expected_genesis=expected_genesis)
     if as_json or output_format == "json":
         click.echo(json.dumps(verdict.model_dump(mode="json"), indent=2, sort_keys=True))
     else:
@@ -80,6 +90,8 @@ def render_verdict(verdict) -> str:  # noqa: ANN001 - pplink.audit.verify.AuditV
         "",
         f"Spent epsilon {verdict.spent.epsilon:.6g}" + (f" (rho {verdict.spent.rho:.6g})" if zcdp else "")
         + f" of {verdict.budget_epsilon:g}; remaining {verdict.remaining_epsilon:.6g}. Head hash {verdict.head_hash}.",
+        f"Ledger id {verdict.ledger_id}" + (f" (round {verdict.round_id})" if verdict.round_id else " (no round)")
+        + f"; {verdict.receipts_checked} receipt(s) checked.",
     ]
     if verdict.ok:
         lines.append("OK: chain, signatures, privacy losses and budget all verify.")

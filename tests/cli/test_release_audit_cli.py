@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
+from coordinator.linkage.state import LinkageState
 from pplink.agreement_template import DEFAULT_AREAS
 from pplink.cli.audit import audit
 from pplink.cli.main import PplinkGroup
 from pplink.cli.release import release_command
 from pplink.errors import BudgetExceededError, LedgerError, UsageError
-from pplink.round_manifest import new_stage, publish_round
-from tests.support import AGENCIES, Setup, make_setup
+from tests.support import AGENCIES, Setup, make_setup, publish_linkage_round
 
 
 def _cli() -> click.Group:
@@ -52,10 +51,7 @@ def files(tmp_path: Path) -> tuple[Setup, Path]:
     state = LinkageState(setup.agreement.agreement_id, AGENCIES,
                          {p: np.array(v, dtype=np.int64) for p, v in cluster_of.items()},
                          np.zeros((300, 16), dtype=np.uint8), attributes, 0.8)
-    out = tmp_path / "match"
-    stage = new_stage(out)  # published as a round: releases read only a state its signed manifest names
-    save_linkage_state(stage / STATE_FILE, state)
-    publish_round(out, stage, {"agreement_id": setup.agreement.agreement_id}, setup.key("coordinator"))
+    out = publish_linkage_round(setup.agreement, setup.key("coordinator"), state, tmp_path / "match")
     return setup, out
 
 
@@ -76,7 +72,7 @@ def test_release_then_audit_round_trip(files) -> None:  # type: ignore[no-untype
     assert "Release recorded as ledger entry 1" in r.stdout and "social_care+school" in r.stdout
     assert "gaussian" in r.stdout and "remaining" in r.stdout
     written = json.loads((setup.root / "overlap.json").read_text())
-    ledger_line = json.loads((setup.root / "ledger.jsonl").read_bytes().splitlines()[0])
+    ledger_line = json.loads((setup.root / "ledger.jsonl").read_bytes().splitlines()[1])  # after the genesis
     assert written["entry"] == ledger_line
     r = release(setup, out, "--query", "count-by", "--attribute", "area", "--by-combination", "--epsilon", "0.3")
     assert r.exit_code == 0, r.stderr
@@ -128,13 +124,13 @@ def test_audit_names_tampering_and_exits_with_the_ledger_code(files) -> None:  #
         assert release(setup, out, "--query", "count-by", "--attribute", "area", "--epsilon", "0.2").exit_code == 0
     path = setup.root / "ledger.jsonl"
     lines = path.read_bytes().splitlines()
-    obj = json.loads(lines[0])
+    obj = json.loads(lines[1])
     obj["cells"][0]["value"] = (obj["cells"][0]["value"] or 0) + 100
-    lines[0] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    lines[1] = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     path.write_bytes(b"\n".join(lines) + b"\n")
     r = verify(setup)
     assert r.exit_code == LedgerError("x").exit_code
-    assert "[signature] line 1" in r.stdout and "[chain] line 2" in r.stdout and "FAILED" in r.stdout
+    assert "[signature] line 2" in r.stdout and "[chain] line 3" in r.stdout and "FAILED" in r.stdout
     assert "does not verify" in r.stderr
     r = verify(setup, "--json")
     assert r.exit_code == LedgerError("x").exit_code
@@ -149,6 +145,6 @@ def test_audit_checks_receipts_against_a_truncated_ledger(files) -> None:  # typ
     receipt = json.loads(release(setup, out, "--query", "overlap", "--epsilon", "0.1", "--json").stdout)["entry_hash"]
     assert verify(setup, "--expect-entry", receipt).exit_code == 0
     path = setup.root / "ledger.jsonl"
-    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))  # genesis and entry 1
     r = verify(setup, "--expect-entry", receipt)
     assert r.exit_code == LedgerError("x").exit_code and "[missing-entry] ledger" in r.stdout

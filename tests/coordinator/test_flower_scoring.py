@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 import nodes.scoring.suffstats
 from coordinator.flower.server_app import app as server_app
-from coordinator.linkage.state import STATE_FILE
 from nodes.flower.client_app import app as client_app
 from nodes.scoring.round import holdout_key_for_seed
 from pplink.agreement import load_agreement
@@ -52,9 +51,9 @@ def _flower_run(demo: Path, root: Path, settings) -> tuple[InProcessGrid, Path]:
     """Copy the demo's node folders and the linkage into a coordinator state folder; run over Flower."""
     config = load_agreement(demo / "agreement.toml")
     state = root / "state"
-    (state / "rounds" / "0123456789abcdef").mkdir(parents=True)
-    (state / "rounds" / "0123456789abcdef" / STATE_FILE).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(demo / "coordinator" / "linkage" / STATE_FILE, state / "rounds" / "0123456789abcdef" / STATE_FILE)
+    # The whole round folder: the state and the signed manifest that names the round's ledger.
+    (state / "rounds").mkdir(parents=True)
+    shutil.copytree(demo / "coordinator" / "linkage", state / "rounds" / "0123456789abcdef")
     nodes = []
     for i, party in enumerate(config.agency_ids):
         out = root / "nodes" / party
@@ -103,7 +102,9 @@ def test_flower_path_gives_the_same_model_as_the_in_process_path(demo_dir: Path,
     assert summary["training_exchanges"] == 8
     assert summary["training_messages"] == 2 * k + 1 + (k - 2) + (k - 1) + 1 + (k - 1) + 1
     assert [t for t, _ in grid.sent].count("query.score") == summary["messages"]
-    verdict = verify_ledger(config, state / "ledger.jsonl")
+    # The run charged its match round's own ledger (the budget belongs to the round).
+    assert Path(summary["ledger"]) == state / "rounds" / summary["match_round"] / "coordinator" / "ledger.jsonl"
+    verdict = verify_ledger(config, Path(summary["ledger"]))
     assert verdict.ok, verdict.findings
     assert len(summary["ledger_entries"]) == 2
     # The run's keys, seeds and kept setup bundles do not outlive it at any node.

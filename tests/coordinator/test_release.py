@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coordinator.release.engine as release_module
-import pplink.ledger as ledger_module
+import pplink.ledger_writer as ledger_writer_module
 from coordinator.linkage.state import LinkageState
 from coordinator.release.engine import release_confusion_counts, release_query, release_vector
 from coordinator.release.queries import (
@@ -26,13 +26,14 @@ from coordinator.release.queries import (
     compute_query,
     derive_link_rates,
 )
-from pplink.accounting import BUDGET_SLACK, QueryKind, Sensitivity, query_sensitivity
+from pplink.accounting import BUDGET_SLACK, QueryKind, Sensitivity
 from pplink.agreement import AgreementConfig, parse_agreement
 from pplink.agreement_template import DEFAULT_AREAS, default_agreement_toml
 from pplink.audit.verify import verify_ledger
 from pplink.crypto import generate_signing_key, public_key_text
 from pplink.errors import AgreementMismatchError, BudgetExceededError, LedgerError, ReleaseError, SignatureError
 from pplink.ledger import Cell, ReleaseQuery, read_ledger
+from pplink.queries import query_sensitivity
 
 AGENCIES = ("social_care", "school", "health")
 COLUMNS = ("area", "deprivation_quintile", "age_band", "age_years")
@@ -301,11 +302,11 @@ def test_nothing_is_returned_when_the_ledger_append_fails(tmp_path: Path, monkey
     def disk_full(path: Path, line: bytes) -> None:
         raise LedgerError(f"{path}: append failed (No space left on device); the release was not shown")
 
-    monkeypatch.setattr(ledger_module, "_append_line", disk_full)
+    monkeypatch.setattr(ledger_writer_module, "_append_line", disk_full)
     with pytest.raises(LedgerError, match="not shown"):
         release_query(agreement, state, tmp_path / "l.jsonl", key, ReleaseQuery(kind="overlap"), epsilon=0.1)
     assert drawn == [1]
-    assert not (tmp_path / "l.jsonl").exists()
+    assert (tmp_path / "l.jsonl").read_bytes() == b""  # locked (so created), never written
 
 
 def test_zcdp_releases_cost_the_requested_epsilon_or_rho(tmp_path: Path) -> None:
@@ -362,8 +363,11 @@ def test_engine_noise_variance_matches_the_recorded_scale(tmp_path: Path, accoun
     """5,000 cells of true count 1,000: the released values' variance is 2b^2 (Laplace) or sigma^2 (Gaussian)."""
     agreement, key = make_agreement(accounting, epsilon=10.0)
     n = 5000
-    vec = QueryVector(tuple((str(i),) for i in range(n)), np.full(n, 1000, dtype=np.int64), Sensitivity(l1=1, l2=1))
-    query = ReleaseQuery(kind=QueryKind.CONFUSION, attribute="deprivation_quintile", subject="variance check")
+    # A score histogram of n/2 bins: any bin labels are a valid key set for it (the engine refuses cells
+    # whose keys do not fit the query table).
+    keys = tuple((f"bin {i // 2}", ("positive", "negative")[i % 2]) for i in range(n))
+    vec = QueryVector(keys, np.full(n, 1000, dtype=np.int64), Sensitivity(l1=1, l2=1))
+    query = ReleaseQuery(kind=QueryKind.SCORE_HISTOGRAM, subject="variance check")
     release = release_vector(agreement, tmp_path / "l.jsonl", key, query, vec, epsilon=0.1)
     scale = release.entry.scale
     noise = np.array([c.value for c in release.cells], dtype=float) - 1000

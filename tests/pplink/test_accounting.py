@@ -20,13 +20,14 @@ from pplink.accounting import (
     entry_loss,
     gaussian_rho,
     laplace_epsilon,
-    query_sensitivity,
+    release_loss,
     rho_for_epsilon,
     scale_for,
     zcdp_to_epsilon,
 )
 from pplink.agreement import Accounting, PrivacyBudget
 from pplink.errors import BudgetExceededError, ReleaseError
+from pplink.queries import query_sensitivity
 
 
 def test_doctests_pass() -> None:
@@ -180,3 +181,25 @@ def test_gaussian_noise_has_the_stated_scale() -> None:
     lo, hi = _variance_bounds(sigma**2, n, kurtosis=3.0)
     assert lo < draws.var() < hi
     assert abs(draws.mean()) < 6 * sigma / math.sqrt(n)
+
+
+@pytest.mark.parametrize(("accounting", "ask"), [("pure", {"epsilon": 1e308}), ("pure", {"epsilon": 1e-300}),
+                                                 ("zcdp", {"rho": 1e300}), ("zcdp", {"epsilon": 1e308}),
+                                                 ("zcdp", {"rho": 1e-300}), ("pure", {"epsilon": math.nan})])
+def test_extreme_requests_are_release_errors_not_overflows(accounting: str, ask: dict[str, float]) -> None:
+    """Outside the per-release range: a ReleaseError naming it, before OpenDP is asked anything."""
+    budget = PrivacyBudget(epsilon=1, accounting=accounting)
+    with pytest.raises(ReleaseError, match="range|positive and finite"):
+        scale_for(budget, Sensitivity(l1=1, l2=1), **ask)
+
+
+def test_a_scale_that_would_saturate_counts_is_refused() -> None:
+    """epsilon 1e-6 over link-rate's L1 78 (12 agencies) asks for noise wider than MAX_SCALE."""
+    budget = PrivacyBudget(epsilon=1, accounting="pure")
+    with pytest.raises(ReleaseError, match="saturate"):
+        scale_for(budget, Sensitivity(l1=78, l2=9), epsilon=1e-6)
+    with pytest.raises(ReleaseError, match="saturate"):
+        release_loss(budget, Mechanism.LAPLACE, 1, 1e9)
+    with pytest.raises(ReleaseError, match="most one release may cost"):
+        release_loss(PrivacyBudget(epsilon=1, accounting="zcdp"), Mechanism.GAUSSIAN, 1, 1e-4)
+    assert release_loss(budget, Mechanism.LAPLACE, 2, 4.0) == entry_loss(Mechanism.LAPLACE, 2, 4.0, 0.0)

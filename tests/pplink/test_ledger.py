@@ -1,4 +1,4 @@
-"""The ledger file: canonical signed lines, a hash chain, fsynced locked appends, torn lines refused."""
+"""The ledger file: a signed genesis, canonical signed chained lines, fsynced locked appends, torn lines refused."""
 
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ from pplink.agreement_template import default_agreement_toml
 from pplink.crypto import generate_signing_key, public_key_text, verify
 from pplink.errors import AgreementMismatchError, LedgerError, SignatureError
 from pplink.ledger import (
-    GENESIS_HASH,
     Cell,
     EntryDraft,
     ReleaseQuery,
     decode_signature,
     line_hash,
-    lock_path,
-    open_ledger,
+    read_genesis,
     read_ledger,
     signing_payload,
 )
+from pplink.ledger_writer import open_ledger
 
 AGENCIES = ("social_care", "school", "health")
 
@@ -61,12 +60,14 @@ def test_appends_are_canonical_chained_signed_and_totalled(tmp_path: Path) -> No
         second = ledger.append(draft(agreement, 2.0), key)
         assert ledger.spent.epsilon == pytest.approx(0.75)
     assert (first.seq, second.seq) == (1, 2)
-    assert first.prev_hash == GENESIS_HASH
     raw = path.read_bytes()
     lines = raw.split(b"\n")
-    assert lines[-1] == b"" and len(lines) == 3
-    assert second.prev_hash == hashlib.sha256(lines[0]).hexdigest() == line_hash(lines[0])
-    for line in lines[:2]:
+    assert lines[-1] == b"" and len(lines) == 4  # genesis, two entries
+    genesis = read_genesis(path, agreement)
+    assert genesis is not None and genesis.agreement_id == agreement.agreement_id and genesis.round_id is None
+    assert first.prev_hash == line_hash(lines[0])  # the chain starts at the genesis line
+    assert second.prev_hash == hashlib.sha256(lines[1]).hexdigest() == line_hash(lines[1])
+    for line in lines[1:3]:
         obj = json.loads(line)
         assert canonical_json(obj) == line
         verify(agreement.coordinator.public_key, signing_payload(obj), decode_signature(obj["signature"]), what="t")
@@ -105,9 +106,9 @@ def test_a_torn_last_line_is_reported_and_appending_refused(tmp_path: Path) -> N
     good = path.read_bytes()
     torn = good + good.split(b"\n")[0][:50]
     path.write_bytes(torn)
-    with pytest.raises(LedgerError, match=r"l\.jsonl: line 3 is torn"):
+    with pytest.raises(LedgerError, match=r"l\.jsonl: line 4 is torn"):
         read_ledger(path, agreement)
-    with pytest.raises(LedgerError, match="line 3 is torn"), open_ledger(path, agreement):
+    with pytest.raises(LedgerError, match="line 4 is torn"), open_ledger(path, agreement):
         pass
     assert path.read_bytes() == torn  # left exactly as found
 
@@ -115,11 +116,12 @@ def test_a_torn_last_line_is_reported_and_appending_refused(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("mangle", "message"),
     [
-        (lambda lines: [lines[0], b"{not json"], "line 2 is not JSON"),
-        (lambda lines: [lines[0], lines[1].replace(b'"seq":2', b'"seq": 2')], "line 2 is not in canonical form"),
-        (lambda lines: [lines[0], b'{"seq":2}'], "line 2 is not a valid ledger entry"),
-        (lambda lines: [lines[1], lines[0]], "line 1 has sequence number 2"),
-        (lambda lines: [lines[0], lines[1].replace(b'"value":42', b'"value":43')], "line 2: signature does not verify"),
+        (lambda lines: [lines[0], b"{not json"], "line 3 is not JSON"),
+        (lambda lines: [lines[0], lines[1].replace(b'"seq":2', b'"seq": 2')], "line 3 is not in canonical form"),
+        (lambda lines: [lines[0], b'{"seq":2}'], "line 3 is not a valid ledger entry"),
+        (lambda lines: [lines[1], lines[0]], "line 2 has sequence number 2"),
+        (lambda lines: [lines[0], lines[1].replace(b'"value":42', b'"value":43')], "line 3: signature does not verify"),
+        (lambda lines: [lines[1]], "line 2 has sequence number 2"),
     ],
 )
 def test_a_damaged_ledger_is_refused_for_appending(tmp_path: Path, mangle, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -129,8 +131,8 @@ def test_a_damaged_ledger_is_refused_for_appending(tmp_path: Path, mangle, messa
     with open_ledger(path, agreement) as ledger:
         ledger.append(draft(agreement), key)
         ledger.append(draft(agreement), key)
-    lines = path.read_bytes().split(b"\n")[:-1]
-    path.write_bytes(b"\n".join(mangle(lines)) + b"\n")
+    genesis, *lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"\n".join([genesis, *mangle(lines)]) + b"\n")
     with pytest.raises(LedgerError, match=message), open_ledger(path, agreement):
         pass
 
@@ -151,7 +153,6 @@ def test_the_lock_excludes_a_second_appender(tmp_path: Path) -> None:
     agreement, _ = make_agreement()
     path = tmp_path / "l.jsonl"
     with open_ledger(path, agreement):
-        assert lock_path(path).exists()
         with (pytest.raises(LedgerError, match="held the ledger lock"),
               open_ledger(path, agreement, lock_timeout_s=0.05)):
             pass
@@ -201,6 +202,33 @@ def test_release_query_model_rules() -> None:
         ReleaseQuery(kind=QueryKind.COUNT_BY)
     with pytest.raises(ValidationError, match="takes no attribute"):
         ReleaseQuery(kind=QueryKind.OVERLAP, attribute="area")
-    with pytest.raises(ValidationError, match="count-by only"):
+    with pytest.raises(ValidationError, match="by_combination does not apply to query histogram"):
         ReleaseQuery(kind=QueryKind.HISTOGRAM, attribute="age", by_combination=True)
     assert ReleaseQuery(kind=QueryKind.LINK_RATE).attribute is None
+
+
+def test_a_lock_is_on_the_file_not_its_name(tmp_path: Path) -> None:
+    """A hard link takes the same lock; a waiter whose name is renamed over locks the new file, not the old."""
+    import os
+    import time
+
+    from pplink.ledger_genesis import file_identity, lock_file, unlock_file
+
+    path, hard = tmp_path / "l.jsonl", tmp_path / "hard.jsonl"
+    path.write_bytes(b"")
+    os.link(path, hard)
+    held = lock_file(path, 1.0, what="ledger")
+    with pytest.raises(LedgerError, match="held the ledger lock"):
+        lock_file(hard, 0.05, what="ledger")
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(lock_file(path, 5.0, what="ledger")))
+    waiter.start()
+    time.sleep(0.2)  # the waiter has opened the old file and is waiting on its lock
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_bytes(b"")
+    os.replace(replacement, path)  # the name now points at another file
+    unlock_file(held)
+    waiter.join()
+    st = os.stat(path)
+    assert file_identity(got[0]) == (st.st_dev, st.st_ino)
+    unlock_file(got[0])

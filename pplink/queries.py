@@ -81,6 +81,8 @@ class PartiesRule(StrEnum):
     TRAINERS = "trainers"
     #: None: ``parties`` is empty.
     NONE = "none"
+    #: Optionally some of the agreement's agencies (scoring's errors by presence name the run's agencies).
+    ANY = "any"
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,12 @@ def _presence_agencies(cells: Keys) -> tuple[str, ...]:
     return tuple(dict.fromkeys(key[0] for key in cells if key))
 
 
-def _confusion_keys(_a: AgreementConfig, _p: tuple[str, ...], attribute: ReleaseAttribute | None, _c: bool,
-                    cells: Keys) -> Keys:
+def _confusion_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: ReleaseAttribute | None, _c: bool,
+                    cells: Keys) -> Keys | None:
+    if parties and not cells:
+        # Errors by presence under the label owner's key: the agencies noise their own counts after
+        # this charge and the vector goes to the label owner, not onto the ledger.
+        return None
     if cells and len(cells[0]) == 3:
         # Scoring's errors by agency presence: (agency, known | not known, outcome) per agency asked.
         return tuple((agency, where, outcome) for agency in _presence_agencies(cells)
@@ -199,7 +205,10 @@ def _link_rate(n: int, _subject: str, _cells: Keys) -> Sensitivity:
     return link_rate_sensitivity(n)
 
 
-def _confusion(_n: int, _subject: str, cells: Keys) -> Sensitivity:
+def _confusion(n: int, _subject: str, cells: Keys) -> Sensitivity:
+    if n and not cells:
+        # By presence over the n agencies named: one cell per agency asked plus one total per person.
+        return Sensitivity(l1=n, l2=_ceil_sqrt(n))
     if cells and len(cells[0]) == 3:
         # One person is in one (where, outcome) cell of every agency asked.
         l1 = max(1, len(_presence_agencies(cells)))
@@ -232,11 +241,14 @@ QUERY_SPECS: dict[QueryKind, QuerySpec] = {spec.kind: spec for spec in (
     QuerySpec(QueryKind.LINK_RATE, "share of each agency's people found at each other agency",
               Option.OPTIONAL, False, False, PartiesRule.LINKAGE, 2, True, False, _link_rate_keys, _link_rate),
     QuerySpec(QueryKind.CONFUSION, "model error counts (tp/fp/fn/tn) by subgroup or by agency presence",
-              Option.REQUIRED, False, True, PartiesRule.NONE, 0, False, False, _confusion_keys, _confusion),
+              Option.REQUIRED, False, True, PartiesRule.ANY, 0, False, False, _confusion_keys, _confusion),
     QuerySpec(QueryKind.RESIDUALS, "one vertical-scoring step's noisy residuals (sent to the agencies)",
               Option.NONE, False, True, PartiesRule.NONE, 0, False, False, _no_cells, _residuals),
     QuerySpec(QueryKind.SCORE_HISTOGRAM, "held-out people by score bin and outcome", Option.NONE, False, True,
               PartiesRule.NONE, 0, False, False, _score_histogram_keys, _one),
+    QuerySpec(QueryKind.SUFFICIENT_STATISTICS, "a sufficient-statistics scoring run's G or b (sent to the parties); "
+              "its C-dependent bound is not on the ledger, so only the kind's lower bound is derived", Option.NONE,
+              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
     QuerySpec(QueryKind.FEDAVG, "one horizontal FedAvg round's noised model (sent to the agencies)", Option.NONE,
               False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
 )}
@@ -324,6 +336,8 @@ def _check_parties(spec: QuerySpec, agreement: AgreementConfig, parties: tuple[s
         problems.append(f"names agencies not in the agreement ({', '.join(strangers)})")
     if len(set(parties)) != len(parties):
         problems.append("names an agency twice")
+    if spec.parties is PartiesRule.ANY:
+        return
     if spec.parties is PartiesRule.NONE:
         if parties:
             problems.append(f"{spec.kind.value} is over no agencies, but the entry lists {len(parties)}")

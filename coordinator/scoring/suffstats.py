@@ -19,22 +19,21 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.linkage.state import LinkageState
-from coordinator.release.engine import Release, release_confusion_counts, release_vector
+from coordinator.release.binding import binding_for_state
+from coordinator.release.engine import Release, charge, release_confusion_counts, release_vector, spent_so_far
 from coordinator.release.queries import QueryVector
 from coordinator.scoring.budget import ENTITY_LIST_QUANTUM, check_run_budget
 from pplink.accounting import (
-    OPENDP_LIBRARY,
     Mechanism,
     PrivacyLoss,
     QueryKind,
     Sensitivity,
-    check_budget,
-    entry_loss,
     rho_for_epsilon,
 )
 from pplink.agreement import Accounting, AgreementConfig
 from pplink.errors import AgreementMismatchError, ConfigError, ReleaseError, TransportError
-from pplink.ledger import EntryDraft, ReleaseQuery, open_ledger, read_ledger_lines
+from pplink.ledger import ReleaseQuery, read_ledger_lines
+from pplink.ledger_genesis import LedgerBinding
 from pplink.scoring.evaluation import auc_from_histogram, fill_suppressed, top_share_from_histogram
 from pplink.scoring.fairness import GroupRates, group_rates
 from pplink.scoring.he import SignedBundle
@@ -99,8 +98,10 @@ def plan_suffstats_run(agreement: AgreementConfig, state: LinkageState, settings
 
 
 def charge_release(agreement: AgreementConfig, ledger_path: Path, key: Ed25519PrivateKey, plan: SuffStatsPlan,
-                   release: str) -> None:
+                   release: str, *, binding: LedgerBinding | None = None) -> None:
     """Append one training release's charge (budget checked first); nobody has drawn its noise yet.
+
+    Goes through the release engine's one charge path (:func:`coordinator.release.engine.charge`).
 
     Raises:
         BudgetExceededError: it does not fit the budget left; nothing appended.
@@ -108,15 +109,10 @@ def charge_release(agreement: AgreementConfig, ledger_path: Path, key: Ed25519Pr
     noise = plan.noise
     sens, scale = ((noise.gram_sensitivity, noise.gram_scale) if release == RELEASE_GRAM
                    else (noise.b_sensitivity, noise.b_scale))
-    budget = agreement.budget
-    loss = entry_loss(Mechanism.GAUSSIAN, sens, scale, budget.delta)
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        check_budget(ledger.spent, loss, budget)
-        ledger.append(EntryDraft(
-            query=ReleaseQuery(kind=QueryKind.SUFFICIENT_STATISTICS, parties=plan.parties,
-                               subject=release_subject(release, plan.run_id)),
-            accounting=budget.accounting, mechanism=Mechanism.GAUSSIAN, sensitivity=sens, scale=scale, loss=loss,
-            min_cell_size=agreement.release.min_cell_size, cells=(), library=OPENDP_LIBRARY), key)
+    charge(agreement, Path(ledger_path), key,
+           ReleaseQuery(kind=QueryKind.SUFFICIENT_STATISTICS, parties=plan.parties,
+                        subject=release_subject(release, plan.run_id)),
+           mechanism=Mechanism.GAUSSIAN, sensitivity=sens, scale=scale, binding=binding)
 
 
 @dataclass(frozen=True)
@@ -167,6 +163,7 @@ def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path
         TransportError: a node is missing or answers out of protocol.
     """
     plan = plan_suffstats_run(agreement, state, settings, run_id=run_id)
+    binding = binding_for_state(agreement, key, state)  # the round's ledger (genesis checked)
     missing = [a for a in plan.parties if a not in nodes]
     if missing:
         raise TransportError(f"no endpoint for {', '.join(missing)}: every agency in the linkage must take part")
@@ -191,7 +188,7 @@ def train_suffstats(agreement: AgreementConfig, state: LinkageState, ledger_path
     seconds["forward"] = time.perf_counter() - t0
 
     for release in (RELEASE_GRAM, RELEASE_B):
-        charge_release(agreement, ledger_path, key, plan, release)
+        charge_release(agreement, ledger_path, key, plan, release, binding=binding)
     lines = read_ledger_lines(Path(ledger_path))
     new = tuple(lines[seen:])
     t0 = time.perf_counter()
@@ -340,15 +337,10 @@ def _presence(agreement: AgreementConfig, ledger_path: Path, key: Ed25519Private
     if attribute is None:
         return None, {}
     sensitivity, scale = presence_noise(plan.settings, len(plan.parties), agreement.budget.delta)
-    budget = agreement.budget
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        loss = entry_loss(Mechanism.GAUSSIAN, sensitivity, scale, budget.delta)
-        check_budget(ledger.spent, loss, budget)
-        ledger.append(EntryDraft(
-            query=ReleaseQuery(kind=QueryKind.CONFUSION, attribute=attribute, parties=plan.parties,
-                               subject=presence_subject(plan.run_id)),
-            accounting=budget.accounting, mechanism=Mechanism.GAUSSIAN, sensitivity=sensitivity, scale=scale,
-            loss=loss, min_cell_size=agreement.release.min_cell_size, cells=(), library=OPENDP_LIBRARY), key)
+    charge(agreement, Path(ledger_path), key,
+           ReleaseQuery(kind=QueryKind.CONFUSION, attribute=attribute, parties=plan.parties,
+                        subject=presence_subject(plan.run_id)),
+           mechanism=Mechanism.GAUSSIAN, sensitivity=sensitivity, scale=scale)
     new = tuple(read_ledger_lines(Path(ledger_path))[run.ledger_seen:])
     outcomes = owner.presence_setup(plan.run_id)
     sums = tuple(nodes[a].presence(PresenceAsk(plan.run_id, outcomes, new)) for a in others)
@@ -374,5 +366,4 @@ def _auc_spread(positives: np.ndarray, negatives: np.ndarray, scale: float, draw
 
 def spent_loss(agreement: AgreementConfig, ledger_path: Path) -> PrivacyLoss:
     """The ledger's total so far."""
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        return ledger.spent
+    return spent_so_far(agreement, Path(ledger_path))

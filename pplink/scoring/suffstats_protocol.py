@@ -21,6 +21,7 @@ checks they extend the chain it has seen and that they charge exactly this run's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,6 +33,7 @@ from pplink.agreement import AgreementConfig, canonical_json
 from pplink.crypto import verify
 from pplink.errors import LedgerError, ReleaseError, SignatureError, TransportError
 from pplink.ledger import GENESIS_HASH, LedgerEntry, decode_signature, line_hash, parse_line, signing_payload
+from pplink.ledger_genesis import check_genesis, is_genesis_object
 from pplink.scoring.he import SignedBundle
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
 from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
@@ -200,6 +202,11 @@ class LedgerFollower:
                 does not verify.
         """
         for line in lines:
+            if self._seq == 0 and self._head == GENESIS_HASH and _is_genesis(bytes(line)):
+                # The ledger's first line: its signed genesis; the first entry chains to its hash.
+                check_genesis(self._agreement, bytes(line), "ledger genesis offered")
+                self._head = line_hash(bytes(line))
+                continue
             where = f"ledger line offered as entry {self._seq + 1}"
             obj, entry = parse_line(bytes(line), where, self._seq + 1)  # type: ignore[arg-type]
             if entry.seq != self._seq + 1 or entry.prev_hash != self._head:
@@ -249,6 +256,13 @@ class LedgerFollower:
             self._used.add(entry.seq)
             return entry
         raise ReleaseError(f"no ledger charge for '{subject[:40]}' on the chain this node has seen")
+
+
+def _is_genesis(line: bytes) -> bool:
+    try:
+        return is_genesis_object(json.loads(line))
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def require_run(plan: SuffStatsPlan | None, run_id: str, who: str) -> SuffStatsPlan:

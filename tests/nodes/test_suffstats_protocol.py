@@ -154,9 +154,10 @@ def test_forged_and_reordered_ledger_lines_are_refused(harness: Harness) -> None
     with pytest.raises(LedgerError):
         harness.nodes[agency].block(harness.block_request(agency, lines[::-1]))
     other = harness.others[1]
-    forged = lines[0].replace(b'"sensitivity":', b'"sensitivity":1')  # breaks canonical form / signature
+    *genesis, gram, b = lines  # the ledger's genesis line first, then the two charges
+    forged = gram.replace(b'"sensitivity":', b'"sensitivity":1')  # breaks canonical form / signature
     with pytest.raises(LedgerError):
-        harness.nodes[other].block(harness.block_request(other, (forged, lines[1])))
+        harness.nodes[other].block(harness.block_request(other, (*genesis, forged, b)))
 
 
 def test_a_charge_at_another_scale_or_a_shifted_plan_is_refused(harness: Harness, tmp_path: Path) -> None:

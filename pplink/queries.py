@@ -300,7 +300,9 @@ def query_sensitivity(kind: QueryKind | str, n_parties: int) -> Sensitivity:
     """
     if QueryKind(kind) is QueryKind.RESIDUALS:
         return Sensitivity(l1=1, l2=1)
-    return spec_for(kind).sensitivity(n_parties, "", ())
+    spec = spec_for(kind)
+    over = n_parties if spec.parties in (PartiesRule.LINKAGE, PartiesRule.TRAINERS) else 0
+    return spec.sensitivity(over, "", ())
 
 
 def worst_case_sensitivity(n_parties: int) -> Sensitivity:

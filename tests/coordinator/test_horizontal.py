@@ -220,7 +220,8 @@ def test_a_ledger_with_per_person_releases_is_refused(tmp_path: Path) -> None:
     holds a per-person release is refused before any message, and left byte-identical."""
     from pplink.accounting import OPENDP_LIBRARY, Mechanism, entry_loss
     from pplink.crypto import load_private_key
-    from pplink.ledger import EntryDraft, ReleaseQuery, open_ledger
+    from pplink.ledger import EntryDraft, ReleaseQuery
+    from pplink.ledger_writer import open_ledger
 
     setup = make_setup(tmp_path)
     budget = setup.agreement.budget

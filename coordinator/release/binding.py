@@ -46,12 +46,18 @@ def binding_for_state(agreement: AgreementConfig, key: Ed25519PrivateKey, state:
 
 
 def binding_for_linkage(agreement: AgreementConfig, key: Ed25519PrivateKey, state: LinkageState,
-                        linkage_dir: Path) -> LedgerBinding:
+                        linkage_dir: Path) -> LedgerBinding | None:
     """The binding for releases over a round's folder: the manifest's ledger, pinned in the folder.
+
+    Returns None for an incremental round (``docs/incremental.md``): those do not name a ledger
+    yet, so their releases are bound to the agreement only (a known gap, in
+    ``docs/privacy-accounting.md``).
 
     Raises:
         LedgerError: the manifest names no ledger, or not the one the state and key give.
     """
+    if state.meta.get("incremental") is True:
+        return None
     named = manifest_ledger(agreement, linkage_dir)
     binding = binding_for_state(agreement, key, state, pin=Path(linkage_dir) / PIN_FILE)
     if binding is None or binding.genesis != named["genesis"]:
@@ -59,9 +65,10 @@ def binding_for_linkage(agreement: AgreementConfig, key: Ed25519PrivateKey, stat
     return binding
 
 
-def ledger_for_round(linkage_dir: Path, binding: LedgerBinding) -> Path:
+def ledger_for_round(linkage_dir: Path, binding: LedgerBinding | None) -> Path:
     """The round's ledger file: the one its pin names, or ``DEFAULT_LEDGER`` in its folder before its first release."""
-    pin = read_pin(binding.pin) if binding.pin is not None else None
-    if pin is None or pin.genesis != binding.genesis:  # none yet, or an earlier round's in a re-used folder
+    pin = read_pin(binding.pin) if binding is not None and binding.pin is not None else None
+    # No pin yet, or one an earlier round left in a re-used folder.
+    if pin is None or binding is None or pin.genesis != binding.genesis:
         return Path(linkage_dir) / DEFAULT_LEDGER
     return Path(pin.path)

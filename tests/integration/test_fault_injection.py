@@ -222,6 +222,8 @@ def test_release_killed_at_every_write_point(world: tuple[Setup, Path]) -> None:
 
     def reset() -> None:
         ledger.unlink(missing_ok=True)
+        # A fresh ledger for the round: its pin (which file the round's releases went to) goes too.
+        (root / "linkage" / "coordinator" / "ledger.pin.json").unlink(missing_ok=True)
         step()  # one release already on the ledger
 
     torn = []

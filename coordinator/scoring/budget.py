@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from coordinator.release.engine import spent_so_far
 from pplink.accounting import PrivacyLoss, check_budget, compose, rho_for_epsilon
 from pplink.agreement import Accounting, AgreementConfig
 from pplink.errors import BudgetExceededError
-from pplink.ledger import open_ledger
 from pplink.scoring.suffstats import SuffStatsSettings
 
 __all__ = ["ENTITY_LIST_QUANTUM", "check_run_budget"]
@@ -37,8 +37,7 @@ def check_run_budget(agreement: AgreementConfig, ledger_path: Path, settings: Su
                    for e in (settings.training_epsilon, settings.evaluation_epsilon)]
     else:
         planned = [PrivacyLoss(epsilon=settings.training_epsilon), PrivacyLoss(epsilon=settings.evaluation_epsilon)]
-    with open_ledger(Path(ledger_path), agreement) as ledger:
-        spent = ledger.spent
+    spent = spent_so_far(agreement, Path(ledger_path))  # read under the ledger's lock, as for an append
     request = compose(planned, budget.accounting, budget.delta)
     try:
         return check_budget(spent, request, budget)

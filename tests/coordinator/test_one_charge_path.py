@@ -18,7 +18,7 @@ import pytest
 import coordinator.release.engine as engine
 from coordinator.flower import horizontal
 from coordinator.release.queries import QueryVector
-from coordinator.scoring import vertical
+from coordinator.scoring import budget, suffstats
 from pplink.accounting import Mechanism, QueryKind, Sensitivity
 from pplink.ledger import ReleaseQuery
 from tests.coordinator.test_audit_forgeries import make_agreement, make_state
@@ -46,9 +46,9 @@ def test_only_the_engine_opens_the_ledger_for_appending() -> None:
 
 
 def test_scoring_steps_and_fedavg_rounds_are_charged_by_the_engine() -> None:
-    """Vertical scoring's step charge and horizontal's round recorder use the engine's own ``charge``."""
-    assert vertical.charge is engine.charge and horizontal.charge is engine.charge
-    assert vertical.spent_so_far is engine.spent_so_far and horizontal.spent_so_far is engine.spent_so_far
+    """Scoring's release charges and horizontal's round recorder use the engine's own ``charge``."""
+    assert suffstats.charge is engine.charge and horizontal.charge is engine.charge
+    assert budget.spent_so_far is engine.spent_so_far and horizontal.spent_so_far is engine.spent_so_far
 
 
 def test_every_release_goes_through_charge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -206,6 +206,7 @@ class LedgerFollower:
                 # The ledger's first line: its signed genesis; the first entry chains to its hash.
                 check_genesis(self._agreement, bytes(line), "ledger genesis offered")
                 self._head = line_hash(bytes(line))
+                self._lines.append(bytes(line))  # kept with the entries, so a restored follower re-checks it
                 continue
             where = f"ledger line offered as entry {self._seq + 1}"
             obj, entry = parse_line(bytes(line), where, self._seq + 1)  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -68,7 +67,7 @@ def test_a_scoring_run_over_tls_charges_the_ledger_and_leaves_scores_at_the_labe
     assert summary["match_round"] == matched["run_id"] and summary["protocol"] == "sufficient-statistics"
     assert summary["verdict"] in ("helped", "did not help")
 
-    verdict = verify_ledger(d.setup.agreement, Path(summary["ledger"]))  # the match round's own ledger
+    verdict = verify_ledger(d.setup.agreement, d.state / "ledger.jsonl")
     assert verdict.ok, verdict.findings
     assert len(verdict.rows) == TRAINING_RELEASES + EVALUATION_RELEASES
     assert len(summary["ledger_entries"]) == TRAINING_RELEASES

@@ -49,6 +49,7 @@ from coordinator.flower.exchange import (
 )
 from coordinator.flower.node_directory import wait_for_nodes
 from coordinator.linkage.state import STATE_FILE, LinkageState, load_linkage_state
+from coordinator.release.binding import binding_for_linkage, ledger_for_round
 from coordinator.run_records import RunPhase, RunRecord, RunStatus
 from coordinator.scoring.suffstats import (
     SuffStatsEvaluation,
@@ -87,7 +88,6 @@ from pplink.scoring.wire import (
 )
 
 __all__ = [
-    "LEDGER_FILE",
     "FlowerScoringChannel",
     "FlowerSuffStatsNode",
     "ScoringRunSettings",
@@ -96,8 +96,6 @@ __all__ = [
     "scoring_run_id",
 ]
 
-#: The coordinator's ledger in its state folder.
-LEDGER_FILE = "ledger.jsonl"
 
 
 def scoring_run_id(run_id: str) -> str:
@@ -304,7 +302,7 @@ class ScoringRunSettings:
     Attributes:
         suffstats: the training and evaluation settings.
         match_run: the finished match round whose linkage to score on (None: the latest).
-        ledger_path: the ledger (default ``<state>/ledger.jsonl``).
+        ledger_path: the ledger (default: the match round's own, see :func:`ledger_for_round`).
     """
 
     suffstats: SuffStatsSettings = dataclasses.field(default_factory=SuffStatsSettings)
@@ -353,7 +351,9 @@ def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSe
         channel = FlowerScoringChannel(grid, dataclasses.replace(settings, run_id=plan_id), directory.node_of,
                                        recorder, log)
         nodes = {a: FlowerSuffStatsNode(channel, a) for a in state.parties}
-        ledger = scoring.ledger_path or Path(settings.state_dir) / LEDGER_FILE
+        # The round's own ledger (its manifest names the genesis), so each round keeps its own budget.
+        ledger = scoring.ledger_path or ledger_for_round(
+            round_dir, binding_for_linkage(agreement, settings.key, state, round_dir))
         recorder.update(phase=RunPhase.ENCODE, parties=tuple(state.parties))
         log(f"run {settings.run_id}: scoring run {plan_id[:12]} (noisy sufficient statistics) on round "
             f"{round_dir.name}")
@@ -372,7 +372,8 @@ def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSe
         total = round(time.perf_counter() - started, 3)
         summary = {
             "scoring_run_id": plan_id, "match_round": round_dir.name, "protocol": "sufficient-statistics",
-            "ledger_entries": [run.ledger_seen - 1, run.ledger_seen], "released_auc": evaluation.auc,
+            "ledger": str(ledger), "ledger_entries": [run.ledger_seen - 1, run.ledger_seen],
+            "released_auc": evaluation.auc,
             "released_own_auc": evaluation.own_auc, "verdict": evaluation.verdict, "score_rows": answer.rows,
             "entities": run.plan.n_entities, "seconds": total,
             "phase_seconds": {k: round(v, 3) for k, v in run.seconds.items()},

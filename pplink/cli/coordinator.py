@@ -251,8 +251,9 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
 
     A scoring run trains on the people a finished match round linked (noisy sufficient statistics
     under the label owner's CKKS key): agencies keep their features, the two training releases and
-    the evaluation releases are charged on STATE/ledger.jsonl first, and only the label owner's node
-    writes scores and the model card (OUT_DIR/<party>.scores.csv).
+    the evaluation releases are charged first on the match round's own ledger
+    (STATE/rounds/RUN/coordinator/ledger.jsonl), and only the label owner's node writes scores and
+    the model card (OUT_DIR/<party>.scores.csv).
     """
     from coordinator.flower.launcher import RunSettings, launch_round
     from coordinator.linkage.match_round import check_coordinator_key

@@ -102,7 +102,7 @@ def test_flower_path_gives_the_same_model_as_the_in_process_path(demo_dir: Path,
     assert summary["training_exchanges"] == 8
     assert summary["training_messages"] == 2 * k + 1 + (k - 2) + (k - 1) + 1 + (k - 1) + 1
     assert [t for t, _ in grid.sent].count("query.score") == summary["messages"]
-    verdict = verify_ledger(config, state / "ledger.jsonl")
+    verdict = verify_ledger(config, Path(summary["ledger"]))
     assert verdict.ok, verdict.findings
     assert len(summary["ledger_entries"]) == 2
     # The run's keys, seeds and kept setup bundles do not outlive it at any node.

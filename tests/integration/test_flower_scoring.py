@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,9 @@ def test_a_scoring_run_over_tls_charges_the_ledger_and_leaves_scores_at_the_labe
     assert summary["match_round"] == matched["run_id"] and summary["protocol"] == "sufficient-statistics"
     assert summary["verdict"] in ("helped", "did not help")
 
-    verdict = verify_ledger(d.setup.agreement, d.state / "ledger.jsonl")
+    # Charged on the match round's own ledger, the one its signed manifest names.
+    assert Path(summary["ledger"]).parent.parent == d.state / "rounds" / matched["run_id"]
+    verdict = verify_ledger(d.setup.agreement, Path(summary["ledger"]))
     assert verdict.ok, verdict.findings
     assert len(verdict.rows) == TRAINING_RELEASES + EVALUATION_RELEASES
     assert len(summary["ledger_entries"]) == TRAINING_RELEASES

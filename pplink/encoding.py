@@ -229,7 +229,7 @@ class ClkEncoder:
         out = np.zeros((len(rows), self._hash_bits // 8), dtype=np.uint8)
         for start in range(0, len(rows), _BATCH_ROWS):
             batch = rows[start : start + _BATCH_ROWS]
-            if any(len(row) != n_fields for row in batch):
+            if set(map(len, batch)) - {n_fields}:
                 raise ValueError(f"every row must hold {n_fields} identifier values")
             block = out[start : start + len(batch)]
             for table, values in zip(self._tables, zip(*batch, strict=True), strict=True):

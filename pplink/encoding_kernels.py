@@ -10,8 +10,9 @@ before reach Python, where clkhash's own ``blake_hash_token`` gives their bit in
 filters are bit for bit clkhash's (tests pin it).
 
 An n-gram of up to three code points (21 bits each) packs into one 64-bit key; a positional
-n-gram's position is a second key. Token strings are rebuilt from the keys exactly as clkhash's
-``NgramComparison.tokenize`` writes them (space padding, ``"{position} {gram}"``).
+n-gram's position and a salted field's salt (an id per distinct salt value) make a second key.
+Token strings are rebuilt from the keys exactly as clkhash's ``NgramComparison.tokenize`` writes
+them (space padding, ``"{position} {gram}"``), followed by pplink's salt suffix where salted.
 
 Compiled code is cached on disk (numba ``cache=True``, as in ``coordinator/linkage/kernels.py``).
 """
@@ -29,6 +30,8 @@ __all__ = ["FieldTable"]
 _BITS_PER_CODE_POINT = 21
 _CODE_POINT_MASK = (1 << _BITS_PER_CODE_POINT) - 1
 _SPACE = 32
+#: A token's second key is its salt's id above this bit and its position (if positional) below.
+_SALT_SHIFT = 32
 _MIX_A = np.uint64(0x9E3779B97F4A7C15)
 _MIX_B = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -41,7 +44,7 @@ def _slot(a: np.uint64, b: np.uint64, mask: np.uint64) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _gram_ids(cps, lengths, offsets, n, positional, slot_id, keys_a, keys_b, count, row, ids):  # noqa: ANN001, ANN202
+def _gram_ids(cps, lengths, offsets, n, positional, salts, slot_id, keys_a, keys_b, count, row, ids):  # noqa: ANN001, ANN202
     """Token ids of rows ``row..`` into ``ids``; stops early when the table could overflow.
 
     Returns:
@@ -63,7 +66,9 @@ def _gram_ids(cps, lengths, offsets, n, positional, slot_id, keys_a, keys_b, cou
                 p = i + j - (n - 1)
                 c = np.uint64(_SPACE) if p < 0 or p >= length else np.uint64(cps[r, p])
                 a = (a << shift) | c
-            b = np.uint64(i + 1) if positional else np.uint64(0)
+            b = np.uint64(salts[r]) << np.uint64(_SALT_SHIFT)
+            if positional:
+                b |= np.uint64(i + 1)
             s = _slot(a, b, mask)
             while True:
                 t = slot_id[s]
@@ -113,13 +118,18 @@ class FieldTable:
         key: the field's BLAKE2 key.
         hash_bits: filter length before folding.
         encoding: the field's text encoding for hashing.
+        salt_separator: for a salted field, what joins each token and its salt; ``None`` if unsalted.
     """
 
-    def __init__(self, n: int, positional: bool, k: int, key: bytes, hash_bits: int, encoding: str) -> None:
+    def __init__(self, n: int, positional: bool, k: int, key: bytes, hash_bits: int, encoding: str,
+                 salt_separator: str | None = None) -> None:
         if not 1 <= n <= 3:
             raise ValueError("n-grams of 1 to 3 code points only")
         self.n, self.positional, self.k = n, positional, k
         self._key, self._hash_bits, self._encoding = key, hash_bits, encoding
+        self._separator = salt_separator
+        self._salt_ids: dict[str, int] = {}
+        self._suffixes: list[bytes] = []
         self._allocate(1 << 12)
 
     def _allocate(self, capacity: int) -> None:
@@ -133,6 +143,8 @@ class FieldTable:
         """Forget every token (bounded memory): costs later BLAKE2 calls, never changes a filter."""
         self.count = 0
         self._slots.fill(-1)
+        self._salt_ids.clear()
+        self._suffixes.clear()
 
     def _grow(self) -> None:
         capacity = 2 * len(self._keys_a)
@@ -146,16 +158,33 @@ class FieldTable:
     def _token(self, t: int) -> bytes:
         a = int(self._keys_a[t])
         gram = "".join(chr((a >> (_BITS_PER_CODE_POINT * (self.n - 1 - j))) & _CODE_POINT_MASK) for j in range(self.n))
-        token = f"{int(self._keys_b[t])} {gram}" if self.positional else gram
-        return token.encode(self._encoding)
+        b = int(self._keys_b[t])
+        position = b & ((1 << _SALT_SHIFT) - 1)
+        token = f"{position} {gram}" if self.positional else gram
+        suffix = self._suffixes[b >> _SALT_SHIFT] if self._separator is not None else b""
+        return token.encode(self._encoding) + suffix
 
-    def add(self, values: Sequence[str], out: np.ndarray) -> None:
-        """OR the filters of ``values`` (one per row of ``out``, ``""`` for none) into ``out``."""
+    def _salt_row_ids(self, salts: Sequence[str]) -> np.ndarray:
+        ids = self._salt_ids
+        # setdefault's default is evaluated first: a new salt gets the next id.
+        row_ids = np.fromiter((ids.setdefault(s, len(ids)) for s in salts), dtype=np.int64, count=len(salts))
+        assert self._separator is not None
+        self._suffixes.extend((self._separator + s).encode(self._encoding) for s in list(ids)[len(self._suffixes):])
+        return row_ids
+
+    def add(self, values: Sequence[str], out: np.ndarray, salts: Sequence[str] = ()) -> None:
+        """OR the filters of ``values`` (one per row of ``out``, ``""`` for none) into ``out``.
+
+        ``salts`` holds each row's salt for a salted field (ignored otherwise).
+        """
         m = len(values)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=m)
         width = int(lengths.max()) if m else 0
         if width == 0:
             return
+        if width + self.n >= 1 << _SALT_SHIFT:
+            raise ValueError("identifier value too long to encode")
+        salt_ids = self._salt_row_ids(salts) if self._separator is not None else np.zeros(m, dtype=np.int64)
         # Fixed-width UTF-32: code point j of value r is cps[r, j] (zero beyond the value's length).
         cps = np.array(values, dtype=f"<U{width}").view(np.uint32).reshape(m, width)
         offsets = np.zeros(m + 1, dtype=np.int64)
@@ -164,7 +193,7 @@ class FieldTable:
         first_new = self.count
         row = 0
         while True:
-            row, self.count = _gram_ids(cps, lengths, offsets, self.n, self.positional, self._slots,
+            row, self.count = _gram_ids(cps, lengths, offsets, self.n, self.positional, salt_ids, self._slots,
                                         self._keys_a, self._keys_b, self.count, row, ids)
             if row == m:
                 break

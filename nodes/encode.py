@@ -265,6 +265,15 @@ def _encode_pass(
                 keep_rejected_rows.extend(result.rejected_values)
             for column, counts in result.date_values.items():
                 date_values[column].update(counts)
+            # The parent merges serially while workers encode, so the usual case (no repeated id)
+            # takes C-level dict and list operations instead of a Python loop over the rows.
+            fresh = dict(zip(result.record_ids, result.row_numbers, strict=True))
+            if len(fresh) == len(result.record_ids) and row_of.keys().isdisjoint(fresh):
+                row_of.update(fresh)
+                record_ids.extend(result.record_ids)
+                attr_rows.extend(result.attributes)
+                clk_parts.append(clks)
+                continue
             keep = np.ones(len(result.record_ids), dtype=bool)
             for i, (rid, row_number) in enumerate(zip(result.record_ids, result.row_numbers, strict=True)):
                 first = row_of.setdefault(rid, row_number)

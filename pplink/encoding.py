@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 from clkhash.bloomfilter import blake_hash_token
+from clkhash.comparators import NgramComparison
+from clkhash.field_formats import BitsPerTokenStrategy
 from clkhash.key_derivation import generate_key_lists
 from clkhash.schema import Schema, from_json_dict
 
 from pplink.agreement import IdentifierSchema
+from pplink.encoding_kernels import FieldTable
 from pplink.errors import AgreementError
 
 __all__ = ["ClkEncoder", "clkhash_schema_dict", "encodings_to_anonlink_json"]
@@ -41,6 +44,8 @@ _SALT_SEPARATOR = "\x1f"
 _FLIP_RESOLUTION = 1 << 16
 #: Distinct (token, bits) filters kept per field before the cache starts afresh (~300 bytes each).
 _TOKEN_CACHE_SIZE = 1 << 17
+#: Records assembled per compiled batch: bounds the token ids and code points held at once.
+_BATCH_ROWS = 8192
 
 
 def clkhash_schema_dict(identifiers: IdentifierSchema) -> dict[str, Any]:
@@ -84,13 +89,14 @@ def clkhash_schema_dict(identifiers: IdentifierSchema) -> dict[str, Any]:
 class ClkEncoder:
     """Encodes normalised identifier tuples into packed CLKs with one derived key.
 
-    Bit for bit what ``clkhash.clk.hash_chunk`` produces for the same schema and key (a test pins
-    it), but assembled faster: every token goes through clkhash's own ``blake_hash_token``, while
-    each token's bits and each field's partial filter are cached as Python integers (tokens and
-    identifier values repeat heavily), records are the OR of their fields' integers, and XOR
-    folding is two integer ops.
-    In an integer, filter index ``i`` is bit ``L - 1 - i``, so ``int.to_bytes(…, "big")`` gives
-    ``bitarray.tobytes()`` order.
+    Bit for bit what ``clkhash.clk.hash_chunk`` produces for the same schema and key (tests pin
+    it), but assembled faster (:mod:`pplink.encoding_kernels`): each field keeps a table from
+    n-gram (and salt) to its bit indices, records are assembled a batch at a time, column by
+    column, in numba loops over the values' code points, and only tokens never seen before reach
+    clkhash's own ``blake_hash_token``. XOR folding XORs the halves of the packed bytes. A schema
+    the tables cannot hold (not built by :func:`clkhash_schema_dict`) takes the Python path: each
+    token's bits and each field value's partial filter cached as Python integers, in which filter
+    index ``i`` is bit ``L - 1 - i``, so ``int.to_bytes(…, "big")`` gives ``bitarray.tobytes()`` order.
 
     The agreement's hardening may add two steps clkhash does not have: a salted field hashes each
     token followed by a separator and the salt (part of another field's value), and bit flipping
@@ -137,8 +143,30 @@ class ClkEncoder:
             salted = {columns.index(c) for c in hardening.salt.fields}
         self._salted = tuple(i in salted for i in range(len(columns)))
         self._field_filters = [self._field_filter(i, i in salted) for i in range(len(self.schema.fields))]
+        self._tables = self._field_tables()
         self._flip_threshold = round(hardening.flip_probability * _FLIP_RESOLUTION)
         self._flip_key = hashlib.blake2b(b"flip", key=key, digest_size=32, person=_FLIP_PERSON).digest()
+
+    def _field_tables(self) -> list[FieldTable] | None:
+        """The compiled path's per-field token tables, or ``None`` where a field needs the Python path."""
+        tables = []
+        for index, field in enumerate(self.schema.fields):
+            props = field.hashing_properties
+            comparator = props.comparator if props is not None else None
+            if (
+                props is None
+                or props.hash_type != "blakeHash"
+                or not isinstance(comparator, NgramComparison)
+                or not 1 <= comparator.n <= 3
+                or not isinstance(props.strategy, BitsPerTokenStrategy)
+                or props.missing_value is not None
+            ):
+                return None
+            k = props.strategy.bits_per_token(1)[0]
+            separator = _SALT_SEPARATOR if self._salted[index] else None
+            tables.append(FieldTable(comparator.n, bool(comparator.positional), k, bytes(self._keys[index][0]),
+                                     self._hash_bits, props.encoding, separator))
+        return tables
 
     def _field_filter(self, index: int, salted: bool):  # type: ignore[no-untyped-def]
         field = self.schema.fields[index]
@@ -191,6 +219,34 @@ class ClkEncoder:
         Returns:
             ``uint8`` array of shape ``(len(rows), filter_bits // 8)``.
         """
+        clks = self._assemble(rows) if self._tables is not None else self._assemble_python(rows)
+        if self._flip_threshold and len(rows):
+            clks = clks ^ self._flip_masks(rows)
+        return clks
+
+    def _assemble(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """Filters column by column in compiled loops (see :mod:`pplink.encoding_kernels`)."""
+        assert self._tables is not None
+        n_fields = len(self._tables)
+        out = np.zeros((len(rows), self._hash_bits // 8), dtype=np.uint8)
+        for start in range(0, len(rows), _BATCH_ROWS):
+            batch = rows[start : start + _BATCH_ROWS]
+            if set(map(len, batch)) - {n_fields}:
+                raise ValueError(f"every row must hold {n_fields} identifier values")
+            block = out[start : start + len(batch)]
+            salts = [self._salt(row) for row in batch] if self._salt_source is not None else []
+            for table, values in zip(self._tables, zip(*batch, strict=True), strict=True):
+                if table.count > _TOKEN_CACHE_SIZE:
+                    table.reset()
+                table.add(values, block, salts)
+        # XOR folding: folded filter index j is index j XOR index j + half, i.e. the two halves' bytes.
+        for _ in range(self._folds):
+            half = out.shape[1] // 2
+            out = out[:, :half] ^ out[:, half:]
+        return np.ascontiguousarray(out)
+
+    def _assemble_python(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """Filters with Python integers: the path for schemas the compiled tables cannot hold."""
         out = bytearray(len(rows) * self.filter_bytes)
         width, folds, filters = self.filter_bytes, self._folds, self._field_filters
         half_bits = [self._hash_bits >> (f + 1) for f in range(folds)]
@@ -206,10 +262,7 @@ class ClkEncoder:
                 bits = (bits >> half) ^ (bits & ((1 << half) - 1))
             out[offset : offset + width] = bits.to_bytes(width, "big")
             offset += width
-        clks = np.frombuffer(bytes(out), dtype=np.uint8).reshape(len(rows), width)
-        if self._flip_threshold and len(rows):
-            clks = clks ^ self._flip_masks(rows)
-        return clks
+        return np.frombuffer(bytes(out), dtype=np.uint8).reshape(len(rows), width)
 
     def _flip_masks(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
         """One keyed pseudo-random mask per record: bit ``i`` is set with the flip probability.

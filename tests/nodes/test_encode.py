@@ -85,6 +85,24 @@ def test_skip_invalid_writes_rejects_with_original_rows(setup: Setup, people, tm
     assert summary.encoded + summary.rejected + summary.opted_out == len(rows)
 
 
+def test_repeated_ids_across_and_within_chunks(setup: Setup, people, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The merge takes a fast path for chunks with no repeated id; a repeat within a chunk or of an
+    # id from an earlier chunk must still reject the later row and keep the first's encoding.
+    import nodes.encode as encode
+
+    rows = people(300)
+    rows[20]["record_id"] = rows[10]["record_id"]  # within the first chunk
+    rows[290]["record_id"] = rows[5]["record_id"]  # in a later chunk
+    records = write_records(tmp_path / "school.csv", rows)
+    whole = encode_records(setup.agreement, "school", setup.secret, records, workers=1)
+    monkeypatch.setattr(encode, "BLOCK_BYTES", 2_000)  # many chunks
+    chunked = encode_records(setup.agreement, "school", setup.secret, records, workers=1)
+    for result in (whole, chunked):
+        assert result.rejected_rows == [22, 292]  # file rows: the header is row 1
+        assert result.record_ids == [r["record_id"] for i, r in enumerate(rows) if i not in (20, 290)]
+    assert np.array_equal(whole.clks, chunked.clks) and len(chunked.clks) == 298
+
+
 def test_missing_column_is_named(setup: Setup, people, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     records = write_records(tmp_path / "s.csv", people(3), [c for c in COLUMNS if c != "surname"])
     with pytest.raises(RecordValidationError, match=r"row 1: missing column\(s\) surname"):

@@ -74,6 +74,31 @@ def test_token_cache_eviction_keeps_filters_exact(tmp_path, monkeypatch) -> None
     assert ours.tobytes() == b"".join(t.tobytes() for t in theirs)
 
 
+def test_compiled_assembly_matches_clkhash_on_awkward_values(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The compiled path packs n-grams into integer keys and rebuilds token strings from them; any
+    # key collision, lost code point or wrong padding would change a filter. Values here carry
+    # non-ASCII and astral code points, NUL and spaces; tiny batches and a tiny token cache make
+    # the tables reset between batches, and thousands of distinct tokens make them grow.
+    import pplink.encoding as encoding
+
+    def edit(t: str) -> str:
+        return t.replace('kind = "postcode"\nbits_per_token = 8',
+                         'kind = "postcode"\nbits_per_token = 8\nngram = 3\npositional = true')
+
+    config = make_setup(tmp_path, edit=edit).agreement
+    key = derive_linkage_key(SECRET, config.agreement_id)
+    rng = random.Random(11)
+    alphabet = string.ascii_lowercase + " \x00éß中\U0001f600"
+    rows = [tuple("".join(rng.choices(alphabet, k=rng.randrange(0, 30))) for _ in range(5)) for _ in range(400)]
+    rows += [tuple(chr(0x4E00 + i * 7 + j) * (j + 1) for j in range(5)) for i in range(300)] + ROWS
+    schema = from_json_dict(clkhash_schema_dict(config.identifiers))
+    theirs = b"".join(t.tobytes() for t in clk.generate_clks(rows, schema, key, validate=True, max_workers=1))
+    assert ClkEncoder(config.identifiers, key).encode(rows).tobytes() == theirs
+    monkeypatch.setattr(encoding, "_TOKEN_CACHE_SIZE", 50)
+    monkeypatch.setattr(encoding, "_BATCH_ROWS", 7)
+    assert ClkEncoder(config.identifiers, key).encode(rows).tobytes() == theirs
+
+
 def test_typo_scores_high_and_strangers_low(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = make_setup(tmp_path).agreement
     enc = ClkEncoder(config.identifiers, derive_linkage_key(SECRET, config.agreement_id)).encode(ROWS)

@@ -51,8 +51,9 @@ def pack_keys(words: np.ndarray, word: np.ndarray, shift: np.ndarray, out: np.nd
 def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]:
     """Cross-dataset pairs per key in one band: which keys exceed ``cap``, and the largest that does not.
 
-    Sorts each key tagged with its dataset in the low bits once (numpy's vectorised sort) and
-    counts the runs in a compiled loop: far cheaper than key-indexed tables, whose random
+    Sorts each key tagged with its dataset in the low bits once (a compiled radix sort: two or
+    three passes of 11-bit digits, several times faster than numpy's sort) and counts the runs
+    in a compiled loop: far cheaper than key-indexed tables, whose random
     accesses miss the cache.
 
     Args:
@@ -76,8 +77,13 @@ def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]
         np.left_shift(column, tag_bits, out=part, dtype=np.int64)
         part |= d
         first += len(column)
-    tagged.sort()
-    return _census_runs(tagged, tag_bits, cap)
+    from coordinator.linkage.band_kernels import radix_sort
+
+    if len(tagged) and tagged.min() < 0:
+        # Keys too wide for their tag (never with valid blocking settings): numpy's signed order.
+        tagged.sort()
+        return _census_runs(tagged, tag_bits, cap)
+    return _census_runs(radix_sort(tagged), tag_bits, cap)
 
 
 @njit(nogil=True, cache=True)

@@ -22,15 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.linkage.blocking import (
-    BandKeys,
-    BlockingConfig,
-    BlockingStats,
-    compute_band_keys,
-    join_bands,
-    sort_band,
-)
-from coordinator.linkage.kernels import bucket_pair_dice, gather_buckets, row_popcounts
+from coordinator.linkage.band_kernels import band_entries, score_band_runs
+from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
+from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
@@ -85,6 +79,17 @@ class Found:
         if len(sims):
             self.dset_a.append(np.full(len(sims), d_a, dtype=np.uint32))
             self.dset_b.append(np.full(len(sims), d_b, dtype=np.uint32))
+            self.rows_a.append(rows_a.astype(np.uint32))
+            self.rows_b.append(rows_b.astype(np.uint32))
+            self.sims.append(np.array(sims, dtype=np.float64))
+
+    def add_mixed(
+        self, dset_a: np.ndarray, dset_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, sims: np.ndarray
+    ) -> None:
+        """Keep pairs ``(dset_a[k], rows_a[k]) - (dset_b[k], rows_b[k])`` scoring ``sims[k]`` (copies them)."""
+        if len(sims):
+            self.dset_a.append(dset_a.astype(np.uint32))
+            self.dset_b.append(dset_b.astype(np.uint32))
             self.rows_a.append(rows_a.astype(np.uint32))
             self.rows_b.append(rows_b.astype(np.uint32))
             self.sims.append(np.array(sims, dtype=np.float64))
@@ -182,58 +187,50 @@ def compare_bands(
         The kept pairs, the histogram and the number of comparisons of these bands.
     """
     found = Found.empty(bins)
-    # One copy of a group of key columns reads each row's keys once; a column at a time would
-    # read a whole cache line per key.
-    columns = [np.ascontiguousarray(k[:, bands.start : bands.stop].T) for k in keys]
-    for i, band in enumerate(bands):
-        _compare_band(found, band, words, pops, keys, [c[i] for c in columns], sentinel, threshold)
+    histogram = found.histogram if found.histogram is not None else np.zeros(0, dtype=np.int64)
+    # Without a histogram, pairs below the threshold are neither counted nor kept: only those at
+    # or above it need the earlier-band check.
+    floor = min(threshold, DEDUP_FLOOR) if len(histogram) else threshold
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+    if offsets[-1] >= 2**32:
+        raise MatchError("blocked matching handles fewer than 2**32 records in all")
+    words, keys = tuple(words), tuple(keys)
+    out = _Output()
+    for band in bands:
+        sorted_keys, records = band_entries(keys, band, sentinel, offsets)
+        entry = 0
+        while entry < len(records):
+            entry, kept, comparisons = score_band_runs(
+                sorted_keys, records, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram,
+                *out.arrays,
+            )
+            found.comparisons += comparisons
+            found.add_mixed(*(a[:kept] for a in out.arrays))
+            if entry < len(records) and not kept:
+                # The next bucket alone overflows the buffer: grow it to that bucket's pairs.
+                out.grow(_run_pairs(sorted_keys, records, entry, offsets))
         if tick:
             tick()
     return found
 
 
-def _compare_band(
-    found: Found,
-    band: int,
-    words: Sequence[np.ndarray],
-    pops: Sequence[np.ndarray],
-    keys: Sequence[np.ndarray],
-    columns: Sequence[np.ndarray],
-    sentinel: int,
-    threshold: float,
-) -> None:
-    histogram = found.histogram if found.histogram is not None else np.zeros(0, dtype=np.int64)
-    # Without a histogram, pairs below the threshold are neither counted nor kept: only those at
-    # or above it need the earlier-band check.
-    floor = min(threshold, DEDUP_FLOOR) if len(histogram) else threshold
-    grouped = [sort_band(column, sentinel) for column in columns]
-    out_a = out_b = out_sim = np.zeros(0)
-    for d_a in range(len(words)):
-        for d_b in range(d_a + 1, len(words)):
-            join = join_bands(grouped[d_a], grouped[d_b])
-            buckets = len(join.count_a)
-            if not buckets:
-                continue
-            # Copy the shared buckets' encodings out in bucket order: the kernel then reads each
-            # bucket as contiguous memory, front to back, and only records that have a partner in
-            # this band are copied (memory stays at two small buffers per thread).
-            side_a = gather_buckets(words[d_a], pops[d_a], join.order_a, join.start_a, join.count_a)
-            side_b = gather_buckets(words[d_b], pops[d_b], join.order_b, join.start_b, join.count_b)
-            largest = int((join.count_a * join.count_b).max())
-            if len(out_sim) < largest or not len(out_sim):
-                size = max(_OUTPUT_PAIRS, largest)
-                out_a, out_b = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
-                out_sim = np.empty(size, dtype=np.float64)
-            bucket = 0
-            while bucket < buckets:
-                bucket, kept, comparisons = bucket_pair_dice(
-                    side_a[0], side_b[0], side_a[1], side_b[1], side_a[2], side_b[2],
-                    side_a[3], join.count_a, side_b[3], join.count_b, bucket,
-                    keys[d_a], keys[d_b], band, sentinel, threshold, floor, histogram, out_a, out_b, out_sim,
-                )  # fmt: skip
-                found.comparisons += comparisons
-                found.add(d_a, d_b, out_a[:kept], out_b[:kept], out_sim[:kept])
-    return found
+class _Output:
+    """The kernel's buffer of kept pairs (dataset and row of each side, similarity), reused per band."""
+
+    def __init__(self) -> None:
+        self.arrays: tuple[np.ndarray, ...] = ()
+        self.grow(_OUTPUT_PAIRS)
+
+    def grow(self, size: int) -> None:
+        size = max(size, _OUTPUT_PAIRS)
+        self.arrays = (*(np.empty(size, dtype=np.int64) for _ in range(4)), np.empty(size, dtype=np.float64))
+
+
+def _run_pairs(sorted_keys: np.ndarray, records: np.ndarray, entry: int, offsets: np.ndarray) -> int:
+    """Cross-dataset pairs of the run of equal keys that starts at ``entry``."""
+    last = entry + int(np.searchsorted(sorted_keys[entry:], sorted_keys[entry], side="right"))
+    sizes = np.bincount(np.searchsorted(offsets, records[entry:last], side="right") - 1, minlength=len(offsets))
+    return int((sizes.sum() ** 2 - (sizes * sizes).sum()) // 2)
 
 
 def _compare_all_pairs_chunk(

@@ -10,6 +10,8 @@ from bitarray import bitarray
 
 from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
 from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
+from coordinator.linkage import compare
+from coordinator.linkage.band_kernels import radix_sort
 from coordinator.linkage.compare import Found, compare_datasets
 from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice
@@ -147,10 +149,13 @@ def _pairs(found: Found) -> set:
     return out
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_blocked_comparison_equals_its_definition(workers: int) -> None:
+@pytest.mark.parametrize(("workers", "buffer_pairs"), [(1, 1 << 18), (2, 1 << 18), (1, 1), (2, 7)])
+def test_blocked_comparison_equals_its_definition(workers: int, buffer_pairs: int, monkeypatch) -> None:  # noqa: ANN001
     """The compiled blocked comparison finds exactly the pairs, comparisons and histogram that the
-    definition of blocking gives (computed by brute force), each kept pair once, with any thread count."""
+    definition of blocking gives (computed by brute force), each kept pair once, with any thread count,
+    and whatever the kernel's output buffer holds (a full buffer is drained and the band resumed, a bucket
+    larger than the buffer grows it)."""
+    monkeypatch.setattr(compare, "_OUTPUT_PAIRS", buffer_pairs)
     rng = np.random.default_rng(8)
     base = _encodings(rng, 120, 32)
     datasets = [base ^ (rng.random(base.shape) < 0.02).astype(np.uint8) for _ in range(3)]
@@ -199,3 +204,13 @@ def test_merge_join_equals_intersect1d() -> None:
     _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
     got_a, got_b = merge_join(a, b)
     assert np.array_equal(got_a, ia) and np.array_equal(got_b, ib)
+
+
+@pytest.mark.parametrize("bits", [0, 5, 11, 21, 33, 63])
+def test_radix_sort_equals_numpys_sort(bits: int) -> None:
+    """The compiled radix sort returns numpy's ascending order for non-negative keys of any width."""
+    rng = np.random.default_rng(bits)
+    values = rng.integers(0, 2**bits, size=5000, dtype=np.int64) if bits else np.zeros(5000, dtype=np.int64)
+    out = radix_sort(values)
+    assert out.dtype == values.dtype and np.array_equal(out, np.sort(values))
+    assert np.array_equal(radix_sort(values.astype(np.uint64)), np.sort(values).astype(np.uint64))

@@ -51,8 +51,8 @@ def pack_keys(words: np.ndarray, word: np.ndarray, shift: np.ndarray, out: np.nd
 def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]:
     """Cross-dataset pairs per key in one band: which keys exceed ``cap``, and the largest that does not.
 
-    Sorts each key tagged with its dataset in the low bits once (a compiled radix sort: two or
-    three passes of 11-bit digits, several times faster than numpy's sort) and counts the runs
+    Sorts each key tagged with its dataset in the low bits once (a compiled radix sort: two
+    passes of 12-bit digits for 21-bit keys, several times faster than numpy's sort) and counts the runs
     in a compiled loop: far cheaper than key-indexed tables, whose random
     accesses miss the cache.
 

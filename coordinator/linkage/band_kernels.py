@@ -181,8 +181,9 @@ def band_entries(keys, band, sentinel, offsets):  # noqa: ANN001, ANN201
                 records[at] = np.uint32(first + row)
                 top |= np.uint64(key)
                 at += 1
-    return _radix_pairs(entry_keys[:at], records[:at], np.empty(at, dtype=np.uint64),
-                        np.empty(at, dtype=np.uint32), _bit_length(top))
+    return _radix_pairs(
+        entry_keys[:at], records[:at], np.empty(at, dtype=np.uint64), np.empty(at, dtype=np.uint32), _bit_length(top)
+    )
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -203,8 +204,22 @@ def _row_popcount(words, row):  # noqa: ANN001, ANN202
 
 @njit(nogil=True, cache=True)
 def score_band_runs(
-    sorted_keys, records, first, offsets, words, keys, band, sentinel, threshold, floor, histogram,
-    out_da, out_db, out_ra, out_rb, out_sim,
+    sorted_keys,
+    records,
+    first,
+    offsets,
+    words,
+    keys,
+    band,
+    sentinel,
+    threshold,
+    floor,
+    histogram,
+    out_da,
+    out_db,
+    out_ra,
+    out_rb,
+    out_sim,
 ):  # noqa: ANN001, ANN201  (fmt: one argument per kernel input)
     """Score every cross-dataset pair of every run of equal keys from entry ``first`` on.
 

@@ -203,7 +203,7 @@ def compare_bands(
             entry, kept, comparisons = score_band_runs(
                 sorted_keys, records, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram,
                 *out.arrays,
-            )
+            )  # fmt: skip
             found.comparisons += comparisons
             found.add_mixed(*(a[:kept] for a in out.arrays))
             if entry < len(records) and not kept:

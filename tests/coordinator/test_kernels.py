@@ -8,10 +8,10 @@ import pytest
 from anonlink.similarities import dice_coefficient_accelerated
 from bitarray import bitarray
 
-from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
-from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage import compare
 from coordinator.linkage.band_kernels import radix_sort
+from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
+from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage.compare import Found, compare_datasets
 from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice

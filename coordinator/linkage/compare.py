@@ -1,11 +1,12 @@
 """Find the candidate pairs at or above a threshold: blocked (compiled kernels) or all pairs (anonlink).
 
-With blocking, each band is one work unit: every dataset's records are grouped by their key in
-that band, the buckets two datasets share are joined, and :func:`~coordinator.linkage.kernels.
-bucket_pair_dice` scores every cross pair of every shared bucket in place, keeping the pairs at or
-above the threshold and counting the histogram as it goes. Work units run on ``workers`` threads
-(the kernels release the GIL). Memory stays bounded: only pairs at or above the threshold are
-kept, and the kernel writes them to a fixed buffer that the caller drains between calls.
+With blocking, each band is one compiled pass (:mod:`coordinator.linkage.band_kernels`): the
+(key, record) entries of all datasets are radix-sorted together, and the runs of equal keys are
+walked, scoring every cross-dataset pair in place by row index, keeping the pairs at or above the
+threshold and counting the histogram as it goes. Groups of ``BAND_GROUP`` bands run on
+``workers`` threads (the kernels release the GIL). Memory stays bounded: a band's working set is
+~32 bytes per record, and the kernel writes kept pairs to a fixed buffer that the caller drains
+between calls.
 
 Without blocking, every pair is scored by ``anonlink.similarities.dice_coefficient_accelerated``
 over ``anonlink.concurrency.split_to_chunks`` chunks: the reference that blocking is measured
@@ -39,7 +40,7 @@ DEDUP_FLOOR = 0.5
 _ALL_PAIRS_CHUNK = 50_000_000
 #: Comparisons per chunk when the all-pairs run also counts a histogram (every pair comes back).
 _ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
-#: Bands per work unit: their key columns are copied out together.
+#: Bands per work unit (one task of a thread or of Ray).
 BAND_GROUP = 4
 #: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
 _OUTPUT_PAIRS = 1 << 18
@@ -174,7 +175,7 @@ def compare_bands(
     """Score every candidate pair of some bands, keeping those that no earlier band found.
 
     Args:
-        bands: the bands to compare (consecutive: their key columns are copied out together).
+        bands: the bands to compare (any order).
         words: per dataset, encodings as uint64 words (``as_words``).
         pops: per dataset, int64 popcounts of ``words`` (``row_popcounts``).
         keys: per dataset, every record's key in every band (``BandKeys.keys``).

@@ -195,7 +195,7 @@ def compare_bands(
     offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
     if offsets[-1] >= 2**32:
         raise MatchError("blocked matching handles fewer than 2**32 records in all")
-    words, keys = tuple(words), tuple(keys)
+    words, keys = _one_type(words), _one_type(keys)
     out = _Output()
     for band in bands:
         sorted_keys, records = band_entries(keys, band, sentinel, offsets)
@@ -213,6 +213,21 @@ def compare_bands(
         if tick:
             tick()
     return found
+
+
+def _one_type(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Read-only C-contiguous views of one dtype: the kernel indexes them as one tuple type.
+
+    Arrays from different places (a caller's, Ray's object store) differ in writeability, and a
+    tuple that mixes them cannot be indexed at run time in compiled code.
+    """
+    dtype = np.result_type(*arrays)
+    out = []
+    for array in arrays:
+        view = np.ascontiguousarray(array, dtype=dtype).view()
+        view.flags.writeable = False
+        out.append(view)
+    return tuple(out)
 
 
 class _Output:

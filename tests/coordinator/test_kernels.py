@@ -214,3 +214,21 @@ def test_radix_sort_equals_numpys_sort(bits: int) -> None:
     out = radix_sort(values)
     assert out.dtype == values.dtype and np.array_equal(out, np.sort(values))
     assert np.array_equal(radix_sort(values.astype(np.uint64)), np.sort(values).astype(np.uint64))
+
+
+def test_compare_bands_takes_read_only_and_writable_arrays_mixed() -> None:
+    """Arrays from a caller and from Ray's object store (read-only) may come mixed: the result is the same."""
+    rng = np.random.default_rng(11)
+    base = _encodings(rng, 60, 16)
+    datasets = check_datasets([base ^ (rng.random(base.shape) < 0.02).astype(np.uint8) for _ in range(3)])
+    prepared = compare.prepare(datasets, BlockingConfig(bits_per_band=6, bands=8), 1)
+    keys = prepared.band_keys.keys
+    bands = range(prepared.band_keys.bands)
+    expected = compare.compare_bands(bands, prepared.words, prepared.pops, keys, prepared.band_keys.sentinel, 0.6, 10)
+    frozen = [w.copy() for w in prepared.words]
+    frozen[1].flags.writeable = False
+    frozen_keys = [k.copy() for k in keys]
+    frozen_keys[0].flags.writeable = False
+    got = compare.compare_bands(bands, frozen, prepared.pops, frozen_keys, prepared.band_keys.sentinel, 0.6, 10)
+    assert _pairs(got) == _pairs(expected) and len(_pairs(got)) > 10
+    assert got.comparisons == expected.comparisons and np.array_equal(got.histogram, expected.histogram)

@@ -286,7 +286,8 @@ def linkage_quality(labels: Sequence[np.ndarray], entities: Sequence[np.ndarray]
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
     """Run one match (in whatever process calls it) and return its stats and labels."""
     from coordinator.linkage.blocking import BlockingConfig
-    from coordinator.linkage.match import match_clks, measure_blocking_recall
+    from coordinator.linkage.blocking_recall import measure_blocking_recall
+    from coordinator.linkage.match import match_clks
 
     encodings, _ = load_encodings(Path(job["cache"]))
     if job.get("rows") is not None:

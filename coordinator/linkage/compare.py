@@ -10,7 +10,7 @@ between calls.
 
 Without blocking, every pair is scored by ``anonlink.similarities.dice_coefficient_accelerated``
 over ``anonlink.concurrency.split_to_chunks`` chunks: the reference that blocking is measured
-against (``measure_blocking_recall``) and the peer that ``benchmarks/match.py`` runs.
+against (``blocking_recall.measure_blocking_recall``) and the peer that ``benchmarks/match.py`` runs.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.compare import BAND_GROUP, Found, Progress, announce, compare_bands, prepare
-from coordinator.linkage.match import MatchResult, _check_threshold, _solve
+from coordinator.linkage.match import MatchResult, _solve, check_threshold
 from coordinator.linkage.similarity import check_datasets
 from pplink.errors import DependencyMissingError, MatchError
 
@@ -87,7 +87,7 @@ def match_clks_on_ray(
         raise MatchError("Ray is not initialised: call ray.init(address=...) before comparing on Ray")
     started = time.perf_counter()
     datasets = check_datasets(datasets)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if bands_per_task < 1:
         raise MatchError(f"bands_per_task must be at least 1, got {bands_per_task}")
     if histogram_bins is not None and histogram_bins < 2:

@@ -25,10 +25,8 @@ from coordinator.linkage.blocking import (
     BlockingConfig,
     bit_frequencies,
     choose_band_bits,
-    iter_pair_chunks,
-    join_bands,
-    sort_band,
 )
+from coordinator.linkage.bucket_join import iter_pair_chunks, join_bands, sort_band
 from coordinator.linkage.similarity import CHUNK_PAIRS, as_words, dice_rows, popcounts
 from pplink.errors import MatchError
 

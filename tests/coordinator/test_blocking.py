@@ -13,10 +13,8 @@ from coordinator.linkage.blocking import (
     bit_frequencies,
     choose_band_bits,
     compute_band_keys,
-    iter_pair_chunks,
-    join_bands,
-    sort_band,
 )
+from coordinator.linkage.bucket_join import iter_pair_chunks, join_bands, sort_band
 
 
 def _random_encodings(rng: np.random.Generator, n: int, nbytes: int = 128, density: float = 0.3) -> np.ndarray:

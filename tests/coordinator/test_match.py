@@ -13,12 +13,12 @@ from anonlink.similarities import dice_coefficient_accelerated
 from bitarray import bitarray
 
 from coordinator.linkage.blocking import BlockingConfig
+from coordinator.linkage.blocking_recall import measure_blocking_recall
 from coordinator.linkage.match import (
     MatchResult,
     SimilarityHistogram,
     compute_dice,
     match_clks,
-    measure_blocking_recall,
     similarity_histogram,
 )
 from pplink.errors import MatchError

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, StringConstraints, ValidationError
 
 from pplink.agreement import AgreementConfig, PartyId, canonical_json
+from pplink.atomic import atomic_write
 from pplink.crypto import sign, verify
 from pplink.errors import AgreementMismatchError, LedgerError, SignatureError
 from pplink.models import PplinkModel
@@ -230,21 +231,8 @@ def read_pin(path: Path) -> LedgerPin | None:
 
 
 def write_pin(path: Path, pin: LedgerPin) -> None:
-    """Write the pin atomically: temp file, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, canonical_json(pin.model_dump(mode="json")) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write the pin atomically (:func:`pplink.atomic.atomic_write`)."""
+    atomic_write(Path(path), canonical_json(pin.model_dump(mode="json")) + b"\n")
 
 
 # --- locks by file identity ---------------------------------------------------------------------

@@ -38,7 +38,8 @@ def _verdict(setup: Setup) -> AuditVerdict:
     loss = PrivacyLoss(epsilon=1.0, rho=None, delta=0.0)
     return AuditVerdict(source="ledger", agreement_id=setup.agreement.agreement_id, accounting=Accounting.PURE,
                         budget_epsilon=4.0, delta=0.0, lines=2, rows=(), findings=(), spent=loss,
-                        remaining_epsilon=3.0, head_hash="0" * 64)
+                        remaining_epsilon=3.0, head_hash="0" * 64, ledger_id="0" * 64, round_id=None,
+                        receipts_checked=0)
 
 
 def _link_rate_entry() -> LedgerEntry:

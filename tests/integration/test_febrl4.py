@@ -23,25 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pplink.lab.datasets.febrl import FEBRL_FIELDS
 from tests.support import make_setup
 
 pytestmark = pytest.mark.slow
 
-#: FEBRL columns hashed, with (kind, bits per token, n-gram, positional). Weights favour the fields
-#: FEBRL corrupts least (date of birth, social security id, postcode differ in 9-16% of pairs;
-#: names in a third, addresses in 40%) and keep about a third of the bits set.
-FEBRL_FIELDS: tuple[tuple[str, str, int, int, bool], ...] = (
-    ("given_name", "name", 7, 2, False),
-    ("surname", "name", 7, 2, False),
-    ("street_number", "text", 7, 1, True),
-    ("address_1", "text", 2, 2, False),
-    ("address_2", "text", 2, 2, False),
-    ("suburb", "text", 3, 2, False),
-    ("postcode", "text", 8, 1, True),
-    ("state", "text", 6, 2, False),
-    ("date_of_birth", "text", 10, 1, True),
-    ("soc_sec_id", "text", 10, 1, True),
-)
 #: FEBRL's duplicates carry up to six corrupted fields (a third have three or more) and score lower
 #: than the synthetic agencies' records: a lower threshold, at which precision stays 1.000.
 FEBRL_THRESHOLD = 0.6

@@ -94,6 +94,7 @@ def run_flower(people: int, agencies: int, *, seed: int = 3, training_epsilon: f
         "phase_seconds": summary["phase_seconds"], "bytes_by_message": summary["bytes_by_message"],
         "messages_total": summary["messages"], "exchanges_total": summary["exchanges"],
         "seconds_per_exchange": round(summary["seconds"] / summary["exchanges"], 2),
+        "exchange_seconds": summary.get("exchange_seconds"),
         "score_rows": summary["score_rows"], "auc_released_dp": summary["released_auc"],
         "own_auc_released_dp": summary["released_own_auc"], "verdict": summary["verdict"],
         "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(os.getloadavg()[0], 2),

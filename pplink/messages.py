@@ -214,6 +214,8 @@ class ScoringCall(StrEnum):
     PRESENCE = "presence"
     PRESENCE_COUNTS = "presence-counts"
     FINISH = "finish"
+    #: Several of the above for one node, answered in order in one message (:class:`pplink.scoring.wire.Batch`).
+    BATCH = "batch"
 
 
 class ScoringRequest(_Message):

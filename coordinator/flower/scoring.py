@@ -36,18 +36,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message
 from flwr.serverapp import Grid
 
-from coordinator.flower.exchange import (
-    PartyProblem,
-    RoundSettings,
-    RunRecorder,
-    check_reply,
-    collect_replies,
-    exchange_step,
-)
+from coordinator.flower.exchange import RoundSettings, RunRecorder
 from coordinator.flower.node_directory import wait_for_nodes
+from coordinator.flower.scoring_channel import FlowerScoringChannel
 from coordinator.linkage.state import STATE_FILE, LinkageState, load_linkage_state
 from coordinator.release.binding import binding_for_linkage, ledger_for_round
 from coordinator.run_records import RunPhase, RunRecord, RunStatus
@@ -55,12 +48,13 @@ from coordinator.scoring.suffstats import (
     SuffStatsEvaluation,
     SuffStatsRun,
     evaluate_suffstats,
+    presence_attribute,
     spent_loss,
     train_suffstats,
 )
 from pplink.atomic import atomic_write
 from pplink.errors import ConfigError, PplinkError, TransportError
-from pplink.messages import RoundStep, ScoringCall, ScoringReply, ScoringRequest, blob_digest, sign_message
+from pplink.messages import ScoringCall
 from pplink.scoring.he import SignedBundle
 from pplink.scoring.model_card import model_card
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
@@ -83,8 +77,6 @@ from pplink.scoring.wire import (
     RunAsk,
     SuffJoin,
     ThresholdAsk,
-    decode_payload,
-    encode_payload,
 )
 
 __all__ = [
@@ -101,84 +93,6 @@ __all__ = [
 def scoring_run_id(run_id: str) -> str:
     """A scoring run id (32 hex) that starts with the pplink run id (16 to 32 hex)."""
     return (run_id + secrets.token_hex(16))[:32]
-
-
-class FlowerScoringChannel:
-    """Sends scoring messages over the Grid; one exchange per call or per broadcast.
-
-    Args:
-        grid: the Grid.
-        settings: the round settings; ``run_id`` must be the scoring run's id (32 hex).
-        node_of: Flower node id per agency.
-        recorder: the run record.
-        log: the run's log.
-    """
-
-    def __init__(self, grid: Grid, settings: RoundSettings, node_of: Mapping[str, int], recorder: RunRecorder,
-                 log: Callable[[str], None]) -> None:
-        self.grid, self.settings, self.node_of, self.recorder, self.log = grid, settings, dict(node_of), recorder, log
-        self.plan: SuffStatsPlan | None = None
-        #: Agencies that have been sent the label owner\'s setup bundle in full.
-        self.setup_sent: set[str] = set()
-        #: Request/reply pairs and exchanges (round trips through the SuperLink) so far.
-        self.messages = 0
-        self.exchanges = 0
-        self._last: tuple[ScoringCall, object, dict[str, Any]] | None = None
-
-    def exchange(self, call: ScoringCall, payloads: Mapping[str, Any]) -> dict[str, Any]:
-        """Send ``payloads[party]`` to each party at once; return each party's decoded answer.
-
-        Raises:
-            TransportError: a party did not answer, failed or was refused (each named).
-        """
-        settings = self.settings
-        requests = {}
-        encoded: dict[int, bytes] = {}  # a payload sent to several parties is encoded once
-        for party, payload in payloads.items():
-            if id(payload) not in encoded:
-                encoded[id(payload)] = encode_payload(payload)
-            blob = encoded[id(payload)]
-            request = ScoringRequest(run_id=settings.run_id, agreement_digest=settings.agreement.agreement_id,
-                                     party=party, call=call, blob_sha256=blob_digest(blob))
-            requests[party] = (self.node_of[party], sign_message(request, settings.key), blob)
-        replies, absent = exchange_step(self.grid, settings, RoundStep.SCORE, requests, self.recorder, self.log)
-        self.messages += len(requests)
-        self.exchanges += 1
-
-        def check(party: str, message: Message) -> Any:
-            reply, blob = check_reply(settings, RoundStep.SCORE, party, self.node_of[party], message, ScoringReply)
-            assert isinstance(reply, ScoringReply)
-            if reply.call is not call or blob is None or blob_digest(blob) != reply.blob_sha256:
-                raise PartyProblem(party, f"refused: the {call.value} answer does not match what it signed",
-                                   refused=True)
-            try:
-                return decode_payload(blob, what=f"{call.value} answer from {party}")
-            except PplinkError as err:
-                raise PartyProblem(party, f"refused: {err}", refused=True) from None
-
-        good, problems = collect_replies(RoundStep.SCORE, list(payloads), replies, absent, check, self.log)
-        if problems:
-            listed = "; ".join(f"{p}: {why}" for p, why in sorted(problems.items()))
-            raise TransportError(f"scoring failed at {call.value} ({', '.join(sorted(problems))}): {listed}")
-        return good
-
-    def broadcast(self, call: ScoringCall, token: object, make: Callable[[], Any], parties: Sequence[str],
-                  agency: str) -> Any:
-        """``agency``'s answer to ``make()``, sent to every one of ``parties`` in one exchange.
-
-        The exchange is made (and ``make`` called) when ``token`` differs from the last broadcast's
-        (the first endpoint asked); the other parties' endpoints then answer from it.
-        """
-        last = self._last
-        if last is None or last[0] is not call or last[1] is not token and last[1] != token or agency not in last[2]:
-            payload = make()
-            answers = self.exchange(call, dict.fromkeys(parties, payload))
-            self._last = last = (call, token, answers)
-        return last[2][agency]
-
-    def one(self, call: ScoringCall, agency: str, payload: Any) -> Any:
-        """Send one message to one agency and return its answer."""
-        return self.exchange(call, {agency: payload})[agency]
 
 
 def _typed(answer: Any, cls: type, agency: str, call: ScoringCall) -> Any:
@@ -215,8 +129,11 @@ class FlowerSuffStatsNode:
         sent.update(parties)
         return bundle
 
-    def _one(self, call: ScoringCall, payload: Any, cls: type) -> Any:
-        return _typed(self._channel.one(call, self._agency, payload), cls, self._agency, call)
+    def _one(self, call: ScoringCall, payload: Any, cls: type, then: Sequence[tuple[ScoringCall, Any]] = ()) -> Any:
+        found, answer = self._channel.take(self._agency, call)
+        if not found:
+            answer = self._channel.one(call, self._agency, payload, then)
+        return _typed(answer, cls, self._agency, call)
 
     def _all(self, call: ScoringCall, token: object, make: Callable[[], Any], parties: Sequence[str],
              cls: type) -> Any:
@@ -232,8 +149,12 @@ class FlowerSuffStatsNode:
              ledger_lines: Sequence[bytes]) -> None:
         """Relay every key and the ledger chain to every party (one exchange)."""
         lines = tuple(bytes(x) for x in ledger_lines)
-        self._all(ScoringCall.JOIN, announcements, lambda: SuffJoin(plan, tuple(announcements), lines), plan.parties,
-                  type(None))
+        # The label owner's setup needs nothing from the join's answers: it rides in the same message.
+        setup = {plan.label_owner: [(ScoringCall.OWNER_SETUP, RunAsk(plan.run_id))]}
+        answer = self._channel.broadcast(ScoringCall.JOIN, announcements,
+                                         lambda: SuffJoin(plan, tuple(announcements), lines), plan.parties,
+                                         self._agency, setup)
+        _typed(answer, type(None), self._agency, ScoringCall.JOIN)
 
     def forward(self, run_id: str, owner: SignedBundle) -> SignedBundle:
         """Ask every agency that forwards (all but the label owner and the last) at once."""
@@ -273,7 +194,9 @@ class FlowerSuffStatsNode:
 
     def owner_scores(self, run_id: str, shares: tuple[SignedBundle, ...]) -> None:
         """The label owner sums and decrypts its own people's scores (one message)."""
-        self._one(ScoringCall.OWNER_SCORES, OwnerScoresAsk(run_id, tuple(shares)), type(None))
+        # The evaluation's first request (exact holdout histograms) needs nothing from this answer.
+        self._one(ScoringCall.OWNER_SCORES, OwnerScoresAsk(run_id, tuple(shares)), type(None),
+                  then=[(ScoringCall.HOLDOUT, RunAsk(run_id))])
 
     def holdout(self, run_id: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
         """Exact holdout histograms, federated and own-feature model (one message, to the release engine)."""
@@ -281,7 +204,13 @@ class FlowerSuffStatsNode:
 
     def threshold(self, run_id: str, threshold: float) -> dict[str, dict[str, int]]:
         """Exact error counts by subgroup at a public threshold (one message, to the release engine)."""
-        return self._one(ScoringCall.THRESHOLD, ThresholdAsk(run_id, float(threshold)), dict)  # type: ignore[no-any-return]
+        # The presence setup (encrypted held-out outcomes at this threshold) goes with it when the
+        # evaluation will ask for it: it needs nothing from this answer.
+        plan = self._plan()
+        then = ([(ScoringCall.PRESENCE_SETUP, RunAsk(run_id))]
+                if len(plan.parties) > 1 and presence_attribute(self._channel.settings.agreement) else [])
+        return self._one(ScoringCall.THRESHOLD, ThresholdAsk(run_id, float(threshold)), dict,  # type: ignore[no-any-return]
+                         then=then)
 
     def presence_setup(self, run_id: str) -> SignedBundle:
         """The label owner's encrypted held-out outcomes (one message)."""
@@ -379,6 +308,7 @@ def run_scoring_round(grid: Grid, settings: RoundSettings, scoring: ScoringRunSe
             "phase_seconds": {k: round(v, 3) for k, v in run.seconds.items()},
             "bytes_by_message": run.bytes_by_message, "messages": channel.messages, "exchanges": channel.exchanges,
             "training_messages": train_messages, "training_exchanges": train_exchanges,
+            "exchange_seconds": channel.timings,
         }
         out = Path(settings.state_dir) / "scoring" / f"{settings.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ from pplink.scoring.suffstats_protocol import (
 )
 
 __all__ = ["SuffStatsEvaluation", "SuffStatsRun", "charge_release", "evaluate_suffstats",
-           "plan_suffstats_run", "train_suffstats"]
+           "plan_suffstats_run", "presence_attribute", "train_suffstats"]
 
 
 
@@ -323,6 +323,13 @@ def evaluate_suffstats(agreement: AgreementConfig, ledger_path: Path, key: Ed255
                                presence_rates=presence_rates, auc_sd=sd, verdict=verdict)
 
 
+def presence_attribute(agreement: AgreementConfig) -> str | None:
+    """The attribute the errors by agency presence are released by (None: that release is skipped)."""
+    assert agreement.scoring is not None
+    return agreement.scoring.subgroup_attribute or (
+        agreement.release.attributes[0].column if agreement.release.attributes else None)
+
+
 def _presence(agreement: AgreementConfig, ledger_path: Path, key: Ed25519PrivateKey, owner: SuffStatsOwnerEndpoint,
               nodes: Mapping[str, SuffStatsEndpoint] | None, run: SuffStatsRun
               ) -> tuple[dict[tuple[str, str, str], int] | None, dict[tuple[str, str], GroupRates]]:
@@ -331,9 +338,7 @@ def _presence(agreement: AgreementConfig, ledger_path: Path, key: Ed25519Private
     others = plan.parties[1:]
     if not others or nodes is None:
         return None, {}
-    assert agreement.scoring is not None
-    attribute = agreement.scoring.subgroup_attribute or (
-        agreement.release.attributes[0].column if agreement.release.attributes else None)
+    attribute = presence_attribute(agreement)
     if attribute is None:
         return None, {}
     sensitivity, scale = presence_noise(plan.settings, len(plan.parties), agreement.budget.delta)

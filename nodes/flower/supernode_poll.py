@@ -4,40 +4,61 @@ A SuperNode asks the SuperLink for work and, when there is none, sleeps a fixed 
 (``time.sleep(3)`` in ``flwr.supernode.start_client_internal``; Flower 1.41 has no setting for it).
 Every exchange of a round waits for that sleep: 1.5 s on average, 3 s at worst, and a scoring run
 has a dozen exchanges. This entry point gives that module a view of :mod:`time` whose three-second
-sleep lasts ``--poll-interval`` seconds instead (every other sleep, and everything else, is the
-real module's), then runs Flower's own ``flower-supernode`` entry point with ``ARGS``.
+sleep lasts ``--poll-interval`` seconds instead, or only :data:`BUSY_POLL` seconds for
+:data:`BUSY_WINDOW` seconds after the node last answered a message (a round's next message
+follows within seconds; an idle node goes back to the slower poll). Its half-second sleeps, which
+wait for the ClientApp's reply in the node's own memory (no request to anyone), last
+:data:`REPLY_WAIT` seconds. Every other sleep, and everything else, is the real module's. Then it
+runs Flower's own ``flower-supernode`` entry point with ``ARGS``.
 
 It is written against flwr 1.41.0, which pplink pins; a test reads Flower's source and fails if
-the idle sleep is not where this expects it, so an upgrade cannot silently lose the shorter poll.
+the sleeps are not where this expects them, so an upgrade cannot silently lose the shorter poll.
 A shorter poll costs one small request to the SuperLink per interval per agency.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import types
 from collections.abc import Sequence
 
-__all__ = ["FLOWER_IDLE_SLEEP", "install", "main"]
+__all__ = ["BUSY_POLL", "BUSY_WINDOW", "FLOWER_IDLE_SLEEP", "FLOWER_REPLY_WAIT", "REPLY_WAIT", "install", "main"]
 
 #: The seconds Flower 1.41's SuperNode sleeps after a poll that found no message.
 FLOWER_IDLE_SLEEP = 3
+#: The seconds it sleeps between looks for the ClientApp's reply (and its content) in its own store.
+FLOWER_REPLY_WAIT = 0.5
+#: The idle poll while a round is under way (within :data:`BUSY_WINDOW` s of the last answer).
+BUSY_POLL = 0.2
+#: Seconds after an answer during which the node polls every :data:`BUSY_POLL` s.
+BUSY_WINDOW = 30.0
+#: What a reply wait lasts instead of :data:`FLOWER_REPLY_WAIT` (a look into the node's own memory).
+REPLY_WAIT = 0.02
 
 
 class _PollClock(types.ModuleType):
-    """:mod:`time` for one module, with its idle sleep shortened."""
+    """:mod:`time` for one module, with its idle poll and reply waits shortened."""
 
     def __init__(self, poll_interval: float) -> None:
         super().__init__("time")
         self.poll_interval = poll_interval
+        self.last_busy = -math.inf
 
     def __getattr__(self, name: str) -> object:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self.poll_interval if seconds == FLOWER_IDLE_SLEEP else seconds)
+        if seconds == FLOWER_IDLE_SLEEP:
+            busy = time.monotonic() - self.last_busy < BUSY_WINDOW
+            time.sleep(min(BUSY_POLL, self.poll_interval) if busy else self.poll_interval)
+        elif seconds == FLOWER_REPLY_WAIT:
+            self.last_busy = time.monotonic()  # only a node that took a message waits for a reply
+            time.sleep(REPLY_WAIT)
+        else:
+            time.sleep(seconds)
 
 
 def install(poll_interval: float) -> None:

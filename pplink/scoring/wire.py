@@ -40,7 +40,7 @@ from pplink.scoring.suffstats_protocol import (
     SuffStatsPlan,
 )
 
-__all__ = ["PAYLOAD_TYPES", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk",
+__all__ = ["PAYLOAD_TYPES", "Batch", "BatchReply", "CountsReply", "FinishReply", "FinishRequest", "ForwardAsk",
            "OwnerScoresAsk", "PresenceCountsAsk", "RunAsk", "SuffJoin", "ThresholdAsk", "decode_payload",
            "encode_payload", "register_payload_type"]
 
@@ -142,6 +142,35 @@ class CountsReply:
 
     run_id: str
     counts: tuple[tuple[str, str, str, int], ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Coordinator -> one node: requests whose contents do not depend on each other's answers.
+
+    The node answers them in order, in one message, each exactly as if it came alone (the same
+    checks, answered once); it saves its run state once, after the last. Saves a round trip
+    through the SuperLink per request after the first.
+
+    Attributes:
+        run_id: the run (every request in it must be for this run).
+        calls: each request's :class:`~pplink.messages.ScoringCall` value, in order.
+        payloads: each request's payload.
+    """
+
+    run_id: str
+    calls: tuple[str, ...]
+    payloads: tuple[Any, ...]
+
+
+@register_payload_type
+@dataclasses.dataclass(frozen=True)
+class BatchReply:
+    """Node -> coordinator: the answers to a :class:`Batch`, in its order."""
+
+    run_id: str
+    answers: tuple[Any, ...]
 
 
 def _to_tree(obj: Any, arrays: dict[str, np.ndarray]) -> Any:

@@ -98,9 +98,16 @@ def test_flower_path_gives_the_same_model_as_the_in_process_path(demo_dir: Path,
     summary = json.loads(next((state / "scoring").glob("*.json")).read_text())
     k = len(config.agency_ids)
     assert summary["protocol"] == "sufficient-statistics" and summary["verdict"] in ("helped", "did not help")
-    # announce, join, owner setup, forward, blocks (every agency at once), decrypt, scores, owner scores.
-    assert summary["training_exchanges"] == 8
-    assert summary["training_messages"] == 2 * k + 1 + (k - 2) + (k - 1) + 1 + (k - 1) + 1
+    # announce, join (the label owner's setup in the same message), forward, blocks (every agency at
+    # once), decrypt, scores, owner scores (with the holdout histograms behind them).
+    assert summary["training_exchanges"] == 7
+    assert summary["training_messages"] == 2 * k + (k - 2) + (k - 1) + 1 + (k - 1) + 1
+    # Evaluation: holdout went ahead; threshold (with the presence setup), presence, presence
+    # counts; then finish.
+    assert summary["exchanges"] == 7 + 3 + 1
+    assert [name for name, _ in summary["exchange_seconds"]] == [
+        "announce", "join+owner-setup", "forward", "block", "decrypt", "scores", "owner-scores+holdout",
+        "threshold+presence-setup", "presence", "presence-counts", "finish"]
     assert [t for t, _ in grid.sent].count("query.score") == summary["messages"]
     verdict = verify_ledger(config, Path(summary["ledger"]))
     assert verdict.ok, verdict.findings

@@ -200,7 +200,10 @@ def launch_round(settings: RunSettings, *, on_update: Callable[[RunRecord], None
     if on_update is not None:
         on_update(submitted)
     env = flower_env(Path(str(info["flwr_home"])))
-    cmd = [flower_executable("flwr"), "run", str(app), CONNECTION_NAME, "--stream", "--run-config", str(config_path)]
+    # The warm launcher `coordinator serve` recorded (no import wait), else the installed program.
+    warm = info.get("flwr")
+    flwr = str(warm) if isinstance(warm, str) and Path(warm).is_file() else flower_executable("flwr")
+    cmd = [flwr, "run", str(app), CONNECTION_NAME, "--stream", "--run-config", str(config_path)]
     last = submitted
     deadline = time.monotonic() + settings.timeout
     with open(log_path, "ab") as log:

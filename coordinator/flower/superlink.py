@@ -284,6 +284,10 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
         if settings.warm_start
         else None
     )
+    # `flwr run` (started by `coordinator run` for every round) imports for seconds on a busy machine;
+    # its launcher, recorded in serve.json, hands the start to a zygote that has imported it already.
+    cli_env = dict(env)
+    warm_cli = warm_path("flwr", state / "warm-cli", cli_env, ["flwr.cli.app"]) if settings.warm_start else None
     log_path = state / "superlink.log"
     serve_file = state / SERVE_FILE
     try:
@@ -292,8 +296,9 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
             process = subprocess.Popen(lifeline_command(superlink_command(settings)), env=env, stdout=log,
                                        stderr=subprocess.STDOUT, cwd=state, start_new_session=True)
     except BaseException:
-        if warm is not None:
-            warm.stop()
+        for zygote in (warm, warm_cli):
+            if zygote is not None:
+                zygote.stop()
         raise
     try:
         wait_until_listening(settings.address, process, start_timeout, log_path)
@@ -307,6 +312,7 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
             "ca_cert": str(ca) if ca else None, "flwr_home": str(home), "started": timestamp(),
             "agreement_id": settings.agreement.agreement_id, "registered": sorted(nodes),
             "interrupted_runs": interrupted, "log": str(log_path),
+            "flwr": str(warm_cli.bin_dir / "flwr") if warm_cli is not None else None,
         }
         serve_file.write_text(json.dumps(info, indent=2), encoding="utf-8")
         if on_ready is not None:
@@ -315,5 +321,6 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     finally:
         serve_file.unlink(missing_ok=True)
         stop_process(process, 15, group=True)  # with the SuperLink's group: Flower's SuperExec and apps
-        if warm is not None:
-            warm.stop()
+        for zygote in (warm, warm_cli):
+            if zygote is not None:
+                zygote.stop()

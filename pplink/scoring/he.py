@@ -7,7 +7,11 @@ with DP noise already added by the agency that computed it.
 
 Vectors are cut into chunks of :data:`SLOTS` values (one ciphertext each, zero padded). A dot
 product with a plaintext vector is one ciphertext-plaintext product per chunk, a chunk sum and a
-rotate-and-add sum over the slots (the public context carries the Galois keys for that).
+rotate-and-add sum over the slots: TenSEAL rotates left by 1, 2, 4, ..., 2048, so the public
+context carries Galois keys for those 12 rotations only (:data:`SUM_STEPS`), in SEAL's seeded form:
+about 9 MB, where TenSEAL's own ``generate_galois_keys`` (every power-of-two rotation both ways,
+expanded) makes 34 MB that every agency would receive. The label owner never rotates (it encrypts,
+adds and decrypts), so its own context has no Galois keys at all.
 
 Parameters: ring degree 8192, moduli 60/40/40/60 bits, scale 2**40: two plaintext products deep,
 about 128-bit security (the SEAL/HE-standard bound for 8192 is 218 bits of modulus). Measured
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +40,7 @@ from pplink.agreement import AgreementConfig, canonical_json
 from pplink.crypto import sign, verify
 from pplink.errors import SignatureError, TransportError
 
-__all__ = ["SLOTS", "HeSecret", "SignedBundle", "chunked", "dot", "encrypt", "load", "mul_plain", "public_context",
+__all__ = ["SLOTS", "SUM_STEPS", "HeSecret", "SignedBundle", "chunked", "dot", "encrypt", "load", "mul_plain", "public_context",
            "round_units", "sign_bundle", "verify_bundle"]
 
 #: Values per ciphertext (half the ring degree).
@@ -42,6 +48,42 @@ SLOTS = 4096
 _POLY = 8192
 _MODULI = (60, 40, 40, 60)
 _SCALE = 2.0**40
+#: The rotations (left, in slots) of TenSEAL's sum over a :data:`SLOTS`-slot ciphertext.
+SUM_STEPS = tuple(2**i for i in range(SLOTS.bit_length() - 1))
+
+
+def _galois_element(step: int) -> int:
+    """SEAL's Galois element for a left rotation by ``step`` slots (``3**step`` mod ``2 * ring degree``).
+
+    >>> _galois_element(1), _galois_element(2)
+    (3, 9)
+    """
+    return pow(3, step, 2 * _POLY)
+
+
+def _context_message() -> type:
+    """TenSEAL's serialised context (``tenseal/proto/tensealcontext.proto``), as a protobuf class.
+
+    Built from its field list here (TenSEAL ships the ``.proto`` but no Python module for it), in a
+    pool of its own; only the public part's fields are named, the rest pass through unchanged.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="pplink_tenseal_context.proto", package="pplink_tenseal",
+                                               syntax="proto3")
+    public = proto.message_type.add(name="Public")
+    for number, (name, kind) in enumerate((("public_key", field.TYPE_BYTES), ("auto_flags", field.TYPE_UINT32),
+                                           ("scale", field.TYPE_DOUBLE), ("relin_keys", field.TYPE_BYTES),
+                                           ("galois_keys", field.TYPE_BYTES)), start=1):
+        public.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
+    context = proto.message_type.add(name="Context")
+    context.field.add(name="encryption_parameters", number=1, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    context.field.add(name="public_context", number=2, type=field.TYPE_MESSAGE, type_name=".pplink_tenseal.Public",
+                      label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("pplink_tenseal.Context"))  # type: ignore[no-any-return]
 
 
 class HeSecret:
@@ -50,7 +92,6 @@ class HeSecret:
     def __init__(self) -> None:
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=_POLY, coeff_mod_bit_sizes=list(_MODULI))
         ctx.global_scale = _SCALE
-        ctx.generate_galois_keys()
         self._ctx = ctx
 
     @property
@@ -59,10 +100,25 @@ class HeSecret:
         return self._ctx
 
     def public_bytes(self) -> bytes:
-        """The public context (encryption, products, Galois keys) without the secret key."""
+        """The public context (encryption, products, the Galois keys of :data:`SUM_STEPS`) without the secret key."""
         public = self._ctx.copy()
         public.make_context_public()
-        return public.serialize(save_galois_keys=True, save_relin_keys=False)
+        message = _context_message()()
+        message.ParseFromString(public.serialize(save_galois_keys=False, save_relin_keys=False))
+        message.public_context.galois_keys = self._galois_keys()
+        return message.SerializeToString()  # type: ignore[no-any-return]
+
+    def _galois_keys(self) -> bytes:
+        """SEAL's seeded serialisation of the Galois keys for :data:`SUM_STEPS` (public key material)."""
+        from tenseal import sealapi
+
+        generator = sealapi.KeyGenerator(self._ctx.seal_context().data, self._ctx.secret_key().data)
+        keys = generator.create_galois_keys([_galois_element(step) for step in SUM_STEPS])
+        with tempfile.TemporaryDirectory(prefix="pplink-galois-") as folder:  # SEAL's binding saves to a file only
+            path = os.path.join(folder, "galois")
+            keys.save(path)
+            with open(path, "rb") as fh:
+                return fh.read()
 
     def decrypt_scalar(self, data: bytes) -> float:
         """Decrypt a one-value ciphertext (a sum over entities)."""

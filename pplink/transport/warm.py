@@ -47,6 +47,7 @@ __all__ = ["ENTRY_POINTS", "WarmStart", "launcher_script", "start_warm", "warm_p
 ENTRY_POINTS = {
     "flwr-clientapp": "flwr.supernode.cli:flwr_clientapp",
     "flwr-serverapp": "flwr.superlink.cli:flwr_serverapp",
+    "flwr": "flwr.cli.app:app",  # `flwr run`, which `pplink coordinator run` starts once per round
 }
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")

@@ -40,8 +40,8 @@ from pplink.agreement import AgreementConfig, canonical_json
 from pplink.crypto import sign, verify
 from pplink.errors import SignatureError, TransportError
 
-__all__ = ["SLOTS", "SUM_STEPS", "HeSecret", "SignedBundle", "chunked", "dot", "encrypt", "load", "mul_plain", "public_context",
-           "round_units", "sign_bundle", "verify_bundle"]
+__all__ = ["SLOTS", "SUM_STEPS", "HeSecret", "SignedBundle", "chunked", "dot", "encrypt", "load", "mul_plain",
+           "public_context", "round_units", "sign_bundle", "verify_bundle"]
 
 #: Values per ciphertext (half the ring degree).
 SLOTS = 4096

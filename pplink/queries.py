@@ -230,6 +230,33 @@ def _residuals(_n: int, subject: str, _cells: Keys) -> Sensitivity:
     return Sensitivity(l1=unit, l2=unit)
 
 
+_SUFFSTATS = re.compile(r"^sufficient statistics (gram|b): vertical run [0-9a-f]{32}; C ([0-9.e+-]+), unit 1/(\d+), "
+                        r"CKKS slack ([0-9.e+-]+) on (\d+) values$")
+
+
+def _sufficient_statistics(_n: int, subject: str, _cells: Keys) -> Sensitivity:
+    # G moves by C^2, b by C/2 (times the fixed-point unit), plus the CKKS slack on every value: the
+    # subject names each input, so the sensitivity is re-derived exactly, never taken from the entry.
+    from pplink.scoring.suffstats import CKKS_ERROR_BOUND, release_sensitivity, release_values
+
+    match = _SUFFSTATS.match(subject)
+    if match is None:
+        raise ValueError("a sufficient-statistics release must name its release, run, C, unit and CKKS slack in "
+                         "its subject ('sufficient statistics gram|b: vertical run ID; C x, unit 1/N, CKKS slack e "
+                         "on m values')")
+    release, bound, unit, slack, values = match.groups()
+    c, u, e, m = float(bound), int(unit), float(slack), int(values)
+    if not (math.isfinite(c) and c > 0 and u >= 1 and m >= 1):
+        raise ValueError("a sufficient-statistics release's C, unit and value count must be positive")
+    if not e >= CKKS_ERROR_BOUND:
+        raise ValueError(f"a sufficient-statistics release's CKKS slack {e:g} is below the protocol's "
+                         f"{CKKS_ERROR_BOUND:g}")
+    if release == "gram" and release_values("gram", math.isqrt(2 * m)) != m:
+        raise ValueError("a sufficient-statistics G release's value count is not an upper triangle's")
+    sensitivity = release_sensitivity(release, c, u, e, m)
+    return Sensitivity(l1=sensitivity, l2=sensitivity)
+
+
 #: The table. One row per :class:`~pplink.accounting.QueryKind`.
 QUERY_SPECS: dict[QueryKind, QuerySpec] = {spec.kind: spec for spec in (
     QuerySpec(QueryKind.OVERLAP, "people per combination of agencies", Option.NONE, False, False,
@@ -247,8 +274,8 @@ QUERY_SPECS: dict[QueryKind, QuerySpec] = {spec.kind: spec for spec in (
     QuerySpec(QueryKind.SCORE_HISTOGRAM, "held-out people by score bin and outcome", Option.NONE, False, True,
               PartiesRule.NONE, 0, False, False, _score_histogram_keys, _one),
     QuerySpec(QueryKind.SUFFICIENT_STATISTICS, "a sufficient-statistics scoring run's G or b (sent to the parties); "
-              "its C-dependent bound is not on the ledger, so only the kind's lower bound is derived", Option.NONE,
-              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
+              "C^2 or C/2 in fixed-point units plus the CKKS slack, each named in its subject", Option.NONE,
+              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _sufficient_statistics),
     QuerySpec(QueryKind.FEDAVG, "one horizontal FedAvg round's noised model (sent to the agencies)", Option.NONE,
               False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
 )}
@@ -292,13 +319,14 @@ def check_options(kind: QueryKind, attribute: str | None, by_combination: bool, 
 def query_sensitivity(kind: QueryKind | str, n_parties: int) -> Sensitivity:
     """The table's sensitivity of a kind over ``n_parties`` agencies, in its plain form.
 
-    Residuals: one unit (the entry's subject names how many fixed-point units that is); confusion:
-    by subgroup (one cell per person).
+    Residuals: one unit (the entry's subject names how many fixed-point units that is); sufficient
+    statistics: one unit (the subject names C, the unit and the slack the real one is derived from);
+    confusion: by subgroup (one cell per person).
 
     >>> query_sensitivity(QueryKind.OVERLAP, 4), query_sensitivity(QueryKind.LINK_RATE, 3)
     (Sensitivity(l1=1, l2=1), Sensitivity(l1=6, l2=3))
     """
-    if QueryKind(kind) is QueryKind.RESIDUALS:
+    if QueryKind(kind) in (QueryKind.RESIDUALS, QueryKind.SUFFICIENT_STATISTICS):
         return Sensitivity(l1=1, l2=1)
     spec = spec_for(kind)
     over = n_parties if spec.parties in (PartiesRule.LINKAGE, PartiesRule.TRAINERS) else 0

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.flower.certs import tls_files
-from coordinator.flower.node_directory import NODES_FILE
 from coordinator.run_records import mark_interrupted, timestamp
 from pplink.agreement import AgreementConfig
 from pplink.atomic import atomic_write
@@ -182,6 +181,8 @@ def register_nodes(settings: ServeSettings, env: dict[str, str],
         TransportError: the SuperLink refused a registration.
     """
     keys = keys if keys is not None else _agency_keys(settings)
+    from coordinator.flower.node_directory import NODES_FILE  # here: it imports Flower's ServerApp, seconds
+
     path = Path(settings.state_dir) / NODES_FILE
     previous = json.loads(path.read_text(encoding="utf-8"))["nodes"] if path.is_file() else {}
     flwr = flower_executable("flwr")
@@ -303,6 +304,8 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[dict[str, object]], No
     try:
         wait_until_listening(settings.address, process, start_timeout, log_path)
         if settings.insecure:
+            from coordinator.flower.node_directory import NODES_FILE
+
             (state / NODES_FILE).unlink(missing_ok=True)
             nodes: dict[str, dict[str, object]] = {}
         else:

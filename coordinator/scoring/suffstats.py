@@ -111,7 +111,7 @@ def charge_release(agreement: AgreementConfig, ledger_path: Path, key: Ed25519Pr
                    else (noise.b_sensitivity, noise.b_scale))
     charge(agreement, Path(ledger_path), key,
            ReleaseQuery(kind=QueryKind.SUFFICIENT_STATISTICS, parties=plan.parties,
-                        subject=release_subject(release, plan.run_id)),
+                        subject=release_subject(release, plan)),
            mechanism=Mechanism.GAUSSIAN, sensitivity=sens, scale=scale, binding=binding)
 
 

@@ -249,9 +249,9 @@ class SuffStatsNode:
     def _charges(self, plan: SuffStatsPlan, lines: Sequence[bytes]) -> None:
         self._ledger.extend(lines)
         noise = plan.noise
-        self._ledger.consume(release_subject(RELEASE_GRAM, plan.run_id), sensitivity=noise.gram_sensitivity,
+        self._ledger.consume(release_subject(RELEASE_GRAM, plan), sensitivity=noise.gram_sensitivity,
                              scale=noise.gram_scale)
-        self._ledger.consume(release_subject(RELEASE_B, plan.run_id), sensitivity=noise.b_sensitivity,
+        self._ledger.consume(release_subject(RELEASE_B, plan), sensitivity=noise.b_sensitivity,
                              scale=noise.b_scale)
 
     def block(self, request: BlockRequest) -> he.SignedBundle:

@@ -256,11 +256,10 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
     the model card (OUT_DIR/<party>.scores.csv).
     """
     from coordinator.flower.launcher import RunSettings, launch_round
-    from coordinator.linkage.match_round import check_coordinator_key
     from coordinator.run_records import RunStatus
     from pplink.agreement import load_agreement
-    from pplink.crypto import load_private_key
-    from pplink.errors import UsageError, error_for_code
+    from pplink.crypto import load_private_key, public_key_text
+    from pplink.errors import KeyFileError, UsageError, error_for_code
 
     config = load_agreement(agreement_path)
     scoring = None
@@ -298,7 +297,10 @@ def run_command(agreement_path: Path, state_dir: Path, key_path: Path | None, wa
         key_path = _default_keys_dir(agreement_path) / "coordinator.key"
         if not key_path.is_file():
             raise UsageError(f"{key_path}: not found; give the coordinator's signing key with --key")
-    check_coordinator_key(config, load_private_key(key_path))
+    # As coordinator.linkage.match_round.check_coordinator_key, without importing the match round
+    # (seconds on a busy machine, before every round).
+    if public_key_text(load_private_key(key_path)) != config.coordinator.public_key:
+        raise KeyFileError("the signing key given is not the coordinator's key in the agreement")
     shown: list[tuple[str, tuple[str, ...]]] = []
 
     def progress(record) -> None:  # type: ignore[no-untyped-def]

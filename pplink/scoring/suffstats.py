@@ -50,6 +50,8 @@ __all__ = [
     "EVALUATION_WEIGHTS",
     "RELEASE_B",
     "RELEASE_GRAM",
+    "release_sensitivity",
+    "release_values",
     "NoisePlan",
     "SuffStatsSettings",
     "block_columns",
@@ -188,13 +190,34 @@ class NoisePlan:
         return self.gram_scale / self.gram_unit
 
 
+def release_sensitivity(release: str, bound: float, unit: int, slack: float, values: int) -> int:
+    """A training release's L2 sensitivity in integer units: what one person moves it by, plus the CKKS slack.
+
+    ``G`` moves by ``C^2``, ``b`` by ``C / 2`` (values), times ``unit``; each of the ``values``
+    released numbers may carry a CKKS error of at most ``slack``, so a neighbour's vector can
+    differ by ``2 slack sqrt(values)`` more; rounded up for OpenDP. The ledger entry's subject
+    names every input (:func:`pplink.scoring.suffstats_protocol.release_subject`), so the auditor
+    re-derives this exactly.
+
+    >>> release_sensitivity("gram", 2.0, 4, 0.0, 1), release_sensitivity("b", 2.0, 4, 0.0, 1)
+    (16, 4)
+    """
+    moved = bound * bound if release == RELEASE_GRAM else 0.5 * bound
+    return math.ceil(moved * unit + 2 * slack * unit * math.sqrt(values) - 1e-9)
+
+
+def release_values(release: str, dimension: int) -> int:
+    """How many numbers a release has: ``G``'s upper triangle or ``b``."""
+    return dimension * (dimension + 1) // 2 if release == RELEASE_GRAM else dimension
+
+
 def noise_plan(settings: SuffStatsSettings, n_agencies: int, delta: float, dimension: int) -> NoisePlan:
     """The noise of the two releases: ``rho_G + rho_b`` is the training allotment's rho.
 
     ``G``'s L2 sensitivity is ``C^2`` (``C^2 grid^2`` units), ``b``'s is ``C / 2`` (``C grid`` units),
     plus the CKKS slack (each of the ``m`` released values may carry an arithmetic error of at most
     :data:`CKKS_ERROR_BOUND`, so a neighbour's vector can differ by ``2 E sqrt(m)`` more), rounded
-    up to integers for OpenDP; ``sigma = sensitivity / sqrt(2 rho)``.
+    up to integers for OpenDP (:func:`release_sensitivity`); ``sigma = sensitivity / sqrt(2 rho)``.
 
     >>> p = noise_plan(SuffStatsSettings(), 4, 1e-6, 12)
     >>> p.gram_sensitivity, p.b_sensitivity
@@ -203,9 +226,9 @@ def noise_plan(settings: SuffStatsSettings, n_agencies: int, delta: float, dimen
     c = person_bound(settings, n_agencies)
     rho = rho_for_epsilon(settings.training_epsilon, delta)
     gram_unit, b_unit = settings.grid**2, 2 * settings.grid
-    m = dimension * (dimension + 1) // 2
-    gram_sens = math.ceil(c * c * gram_unit + 2 * CKKS_ERROR_BOUND * gram_unit * math.sqrt(m) - 1e-9)
-    b_sens = math.ceil(0.5 * c * b_unit + 2 * CKKS_ERROR_BOUND * b_unit * math.sqrt(dimension) - 1e-9)
+    gram_sens = release_sensitivity(RELEASE_GRAM, c, gram_unit, CKKS_ERROR_BOUND,
+                                    release_values(RELEASE_GRAM, dimension))
+    b_sens = release_sensitivity(RELEASE_B, c, b_unit, CKKS_ERROR_BOUND, release_values(RELEASE_B, dimension))
     rho_g = rho * settings.gram_share
     rho_b = rho - rho_g
     return NoisePlan(gram_sensitivity=gram_sens, gram_scale=gram_sens / math.sqrt(2.0 * rho_g),

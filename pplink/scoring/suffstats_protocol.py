@@ -36,20 +36,38 @@ from pplink.ledger import GENESIS_HASH, LedgerEntry, decode_signature, line_hash
 from pplink.ledger_genesis import check_genesis, is_genesis_object
 from pplink.scoring.he import SignedBundle
 from pplink.scoring.secure_sum import MaskKeyAnnouncement
-from pplink.scoring.suffstats import NoisePlan, SuffStatsSettings
+from pplink.scoring.suffstats import (
+    CKKS_ERROR_BOUND,
+    RELEASE_GRAM,
+    NoisePlan,
+    SuffStatsSettings,
+    person_bound,
+    release_values,
+)
 
 __all__ = ["BlockRequest", "DecryptRequest", "LedgerFollower", "PresenceAsk", "Released", "ScoreRequest",
            "SuffStatsEndpoint", "SuffStatsOwnerEndpoint", "SuffStatsPlan", "presence_subject", "release_subject",
            "require_run"]
 
 
-def release_subject(release: str, run_id: str) -> str:
-    """The ledger subject of a training release; a node accepts only exactly this.
+def release_subject(release: str, plan: SuffStatsPlan) -> str:
+    """The ledger subject of a training release; a node accepts only exactly this (from its own plan).
 
-    >>> release_subject("gram", "ab" * 16)
-    'sufficient statistics gram: vertical run abababababababababababababababab'
+    It names everything the release's sensitivity is made of (:func:`pplink.scoring.suffstats.release_sensitivity`):
+    the person bound ``C`` (exactly, as Python writes the float), the fixed-point unit, the CKKS
+    slack per value and how many values, so the auditor re-derives the sensitivity and refuses an
+    entry that states less (:mod:`pplink.queries`).
+
+    >>> from pplink.scoring.suffstats import noise_plan
+    >>> plan = SuffStatsPlan("ab" * 16, "cd" * 32, "a", ("a", "b"), (2, 2), ("e1",), SuffStatsSettings(),
+    ...                      noise_plan(SuffStatsSettings(), 2, 1e-6, 4))
+    >>> release_subject("b", plan).split("; ")[1]
+    'C 1.7677669529663689, unit 1/32, CKKS slack 0.015625 on 4 values'
     """
-    return f"sufficient statistics {release}: vertical run {run_id}"
+    bound = person_bound(plan.settings, len(plan.parties))
+    unit = plan.noise.gram_unit if release == RELEASE_GRAM else plan.noise.b_unit
+    return (f"sufficient statistics {release}: vertical run {plan.run_id}; C {bound!r}, unit 1/{unit}, "
+            f"CKKS slack {CKKS_ERROR_BOUND!r} on {release_values(release, plan.dimension)} values")
 
 
 @dataclass(frozen=True)

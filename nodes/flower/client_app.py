@@ -14,6 +14,9 @@ The SuperNode passes the settings as ``--node-config`` (see ``pplink node join``
 from __future__ import annotations
 
 import logging
+import os
+import time
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -44,7 +47,19 @@ def _node_log(settings: NodeSettings) -> logging.Handler | None:
     return handler
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux; None elsewhere): Flower's own work before the handler."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text(encoding="ascii").split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _serve(step: RoundStep, message: Message, context: Context) -> Message:
+    age = _process_age()
+    started = time.perf_counter()
     settings: NodeSettings | None = None
     request: AnyRequest | None = None
     handler = None
@@ -59,7 +74,8 @@ def _serve(step: RoundStep, message: Message, context: Context) -> Message:
             reply, out_blob = handle_scoring(scoring, request, blob)
         else:
             reply, out_blob = handle_request(settings, request, blob)
-        _log.info("%s: run %s: %s answered", settings.party, request.run_id, step.value)
+        _log.info("%s: run %s: %s answered in %.2f s, %s s after its process started", settings.party,
+                  request.run_id, step.value, time.perf_counter() - started, "?" if age is None else f"{age:.2f}")
     except Exception as err:  # noqa: BLE001 - every failure becomes an error reply, never a raise
         _log.exception("%s failed at this node", step.value)
         reply, out_blob = error_reply(settings, request, step, err), None

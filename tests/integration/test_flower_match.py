@@ -71,10 +71,11 @@ def test_a_round_over_tls_links_like_the_file_based_path(deployment: LocalDeploy
         written = json.loads(round_record_path(d.out_dir(party), party).read_text())
         assert written["run_id"] == record["run_id"] and written["rows"] == record["records"][party]
     assert (Path(record["output_dir"]) / "manifest.json").is_file()
-    # Every message (encode, resolve) and the run were answered by warm-started processes.
+    # Every message (encode, resolve), the run and `flwr run` itself were warm-started processes.
     for party in AGENCIES:
         assert (d.out_dir(party) / "warm.log").read_text().count("started flwr.supernode.cli:flwr_clientapp") >= 2
     assert "started flwr.superlink.cli:flwr_serverapp" in (d.state / "warm.log").read_text()
+    assert "started flwr.cli.app:app" in (d.state / "warm-cli.log").read_text()
 
     assert stray.wait(timeout=60) == TransportError("x").exit_code
     assert "refused" in d.node_log("stray")

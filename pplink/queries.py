@@ -40,6 +40,7 @@ from pplink.query_keys import (
 )
 
 __all__ = [
+    "CKKS_SLACK",
     "CONFUSION_OUTCOMES",
     "MAX_AGENCIES",
     "MISSING",
@@ -57,6 +58,8 @@ __all__ = [
     "derive",
     "link_rate_sensitivity",
     "query_sensitivity",
+    "release_sensitivity",
+    "release_values",
     "spec_for",
     "worst_case_sensitivity",
 ]
@@ -230,6 +233,37 @@ def _residuals(_n: int, subject: str, _cells: Keys) -> Sensitivity:
     return Sensitivity(l1=unit, l2=unit)
 
 
+#: The least CKKS error bound per released value (``2**-6``) a sufficient-statistics entry may
+#: state as its slack: a bound on the CKKS error of one encrypted sum (measured at most 1.3e-3 at
+#: 20,000 people); ``pplink.scoring.suffstats.CKKS_ERROR_BOUND`` is this value.
+CKKS_SLACK = 2.0**-6
+
+
+def release_values(release: str, dimension: int) -> int:
+    """How many numbers a sufficient-statistics release has: ``G``'s upper triangle or ``b``.
+
+    >>> release_values("gram", 12), release_values("b", 12)
+    (78, 12)
+    """
+    return dimension * (dimension + 1) // 2 if release == "gram" else dimension
+
+
+def release_sensitivity(release: str, bound: float, unit: int, slack: float, values: int) -> int:
+    """A sufficient-statistics release's L2 sensitivity in integer units: one person, plus the CKKS slack.
+
+    ``G`` (``release == "gram"``) moves by ``C^2``, ``b`` by ``C / 2`` (values), times ``unit``;
+    each of the ``values`` released numbers may carry a CKKS error of at most ``slack``, so a
+    neighbour's vector can differ by ``2 slack sqrt(values)`` more; rounded up for OpenDP. The
+    entry's subject names every input (``pplink.scoring.suffstats_protocol.release_subject``), so
+    the auditor re-derives this exactly.
+
+    >>> release_sensitivity("gram", 2.0, 4, 0.0, 1), release_sensitivity("b", 2.0, 4, 0.0, 1)
+    (16, 4)
+    """
+    moved = bound * bound if release == "gram" else 0.5 * bound
+    return math.ceil(moved * unit + 2 * slack * unit * math.sqrt(values) - 1e-9)
+
+
 _SUFFSTATS = re.compile(r"^sufficient statistics (gram|b): vertical run [0-9a-f]{32}; C ([0-9.e+-]+), unit 1/(\d+), "
                         r"CKKS slack ([0-9.e+-]+) on (\d+) values$")
 
@@ -237,8 +271,6 @@ _SUFFSTATS = re.compile(r"^sufficient statistics (gram|b): vertical run [0-9a-f]
 def _sufficient_statistics(_n: int, subject: str, _cells: Keys) -> Sensitivity:
     # G moves by C^2, b by C/2 (times the fixed-point unit), plus the CKKS slack on every value: the
     # subject names each input, so the sensitivity is re-derived exactly, never taken from the entry.
-    from pplink.scoring.suffstats import CKKS_ERROR_BOUND, release_sensitivity, release_values
-
     match = _SUFFSTATS.match(subject)
     if match is None:
         raise ValueError("a sufficient-statistics release must name its release, run, C, unit and CKKS slack in "
@@ -248,9 +280,8 @@ def _sufficient_statistics(_n: int, subject: str, _cells: Keys) -> Sensitivity:
     c, u, e, m = float(bound), int(unit), float(slack), int(values)
     if not (math.isfinite(c) and c > 0 and u >= 1 and m >= 1):
         raise ValueError("a sufficient-statistics release's C, unit and value count must be positive")
-    if not e >= CKKS_ERROR_BOUND:
-        raise ValueError(f"a sufficient-statistics release's CKKS slack {e:g} is below the protocol's "
-                         f"{CKKS_ERROR_BOUND:g}")
+    if not e >= CKKS_SLACK:
+        raise ValueError(f"a sufficient-statistics release's CKKS slack {e:g} is below the protocol's {CKKS_SLACK:g}")
     if release == "gram" and release_values("gram", math.isqrt(2 * m)) != m:
         raise ValueError("a sufficient-statistics G release's value count is not an upper triangle's")
     sensitivity = release_sensitivity(release, c, u, e, m)

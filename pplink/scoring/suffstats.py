@@ -43,6 +43,7 @@ from pydantic import Field, model_validator
 
 from pplink.accounting import rho_for_epsilon
 from pplink.models import PplinkModel
+from pplink.queries import CKKS_SLACK, release_sensitivity, release_values
 
 __all__ = [
     "CKKS_ERROR_BOUND",
@@ -67,8 +68,9 @@ __all__ = [
 ]
 
 #: A bound on the arithmetic error of one encrypted sum (value terms). Measured: at most 1.3e-3
-#: over 81 sums at 20,000 entities (docs/scoring.md); the stated sensitivities include it.
-CKKS_ERROR_BOUND = 2.0**-6
+#: over 81 sums at 20,000 entities (docs/scoring.md); the stated sensitivities include it. It is
+#: the ledger contract's ``CKKS_SLACK`` (``2**-6``), the least slack the auditor accepts.
+CKKS_ERROR_BOUND = CKKS_SLACK
 #: Public logit bin edges of the evaluation histograms: -3 to 1 by 0.5 (10 bins).
 EVALUATION_EDGES: tuple[float, ...] = tuple(-3.0 + 0.5 * i for i in range(9))
 #: Evaluation budget split: own-feature histogram, federated histogram, errors by subgroup, errors
@@ -188,27 +190,6 @@ class NoisePlan:
     def gram_sd(self) -> float:
         """Noise sd on one entry of ``G`` in value terms."""
         return self.gram_scale / self.gram_unit
-
-
-def release_sensitivity(release: str, bound: float, unit: int, slack: float, values: int) -> int:
-    """A training release's L2 sensitivity in integer units: what one person moves it by, plus the CKKS slack.
-
-    ``G`` moves by ``C^2``, ``b`` by ``C / 2`` (values), times ``unit``; each of the ``values``
-    released numbers may carry a CKKS error of at most ``slack``, so a neighbour's vector can
-    differ by ``2 slack sqrt(values)`` more; rounded up for OpenDP. The ledger entry's subject
-    names every input (:func:`pplink.scoring.suffstats_protocol.release_subject`), so the auditor
-    re-derives this exactly.
-
-    >>> release_sensitivity("gram", 2.0, 4, 0.0, 1), release_sensitivity("b", 2.0, 4, 0.0, 1)
-    (16, 4)
-    """
-    moved = bound * bound if release == RELEASE_GRAM else 0.5 * bound
-    return math.ceil(moved * unit + 2 * slack * unit * math.sqrt(values) - 1e-9)
-
-
-def release_values(release: str, dimension: int) -> int:
-    """How many numbers a release has: ``G``'s upper triangle or ``b``."""
-    return dimension * (dimension + 1) // 2 if release == RELEASE_GRAM else dimension
 
 
 def noise_plan(settings: SuffStatsSettings, n_agencies: int, delta: float, dimension: int) -> NoisePlan:

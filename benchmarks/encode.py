@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,8 +79,14 @@ def _plain_csv(setup, path: Path, out: Path) -> int:  # type: ignore[no-untyped-
     return n
 
 
-def _measure(kind: str, root: Path, workers: int) -> tuple[float, int]:
-    """One timed run in this (fresh) process; returns seconds and records encoded."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (encode workers), user and system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _measure(kind: str, root: Path, workers: int) -> tuple[float, int, float]:
+    """One timed run in this (fresh) process; returns seconds, records encoded and CPU seconds."""
     from pplink.agreement import load_agreement
     from pplink.crypto import load_private_key, load_secret
 
@@ -88,16 +95,16 @@ def _measure(kind: str, root: Path, workers: int) -> tuple[float, int]:
     if kind == "clkhash":
         schema = from_json_dict(clkhash_schema_dict(agreement.identifiers))
         key = derive_linkage_key(secret, agreement.agreement_id)
-        start = time.perf_counter()
+        cpu, start = _cpu_seconds(), time.perf_counter()
         with open(root / "plain.csv", encoding="utf-8") as fh:
             clks = clk.generate_clk_from_csv(fh, key, schema, validate=True, header=True, progress_bar=False,
                                              max_workers=workers)
-        return time.perf_counter() - start, len(clks)
+        return time.perf_counter() - start, len(clks), _cpu_seconds() - cpu
     signing_key = load_private_key(root / "agreement" / "keys" / "health.key")
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(), time.perf_counter()
     summary = encode_file(agreement, "health", secret, signing_key, root / "health.csv", root / f"h{workers}.enc",
                           skip_invalid=True, workers=workers)
-    return time.perf_counter() - start, summary.encoded
+    return time.perf_counter() - start, summary.encoded, _cpu_seconds() - cpu
 
 
 def _in_fresh_process(kind: str, root: Path, workers: int) -> tuple[float, int]:
@@ -178,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        seconds, encoded = _measure(args.measure, args.root, args.workers[0])
-        print(json.dumps({"seconds": seconds, "encoded": encoded}))
+        seconds, encoded, cpu = _measure(args.measure, args.root, args.workers[0])
+        print(json.dumps({"seconds": seconds, "encoded": encoded, "cpu_s": cpu}))
         return 0
     results = run(args.records, args.seed, args.workers, args.repeat)
     table = io.StringIO()

@@ -294,7 +294,8 @@ def _encode_pass(
             keep_rejected_rows.extend(r for r in parse_chunk(file, chunk) if r[0] in duplicates)
     width = agreement.identifiers.filter_bits // 8
     clks_all = np.concatenate(clk_parts) if clk_parts else np.zeros((0, width), dtype=np.uint8)
-    attributes = {a.column: [row[i] for row in attr_rows] for i, a in enumerate(spec.attributes)}
+    by_column = list(zip(*attr_rows, strict=True)) if attr_rows else [()] * len(spec.attributes)
+    attributes = {a.column: list(values) for a, values in zip(spec.attributes, by_column, strict=True)}
     encoded = EncodedRecords(record_ids, clks_all, attributes, opted_out, problems, sorted(set(rejected)), columns)
     return encoded, date_values
 
@@ -385,8 +386,8 @@ def encode_file(
     if n == 0:
         raise _nothing_encoded(records, encoded, rejects_path)
     token_bytes = np.frombuffer(os.urandom(TOKEN_BYTES * n), dtype=np.uint8).reshape(n, TOKEN_BYTES)
-    raw = token_bytes.tobytes()
-    token_hex = [raw[i : i + TOKEN_BYTES].hex() for i in range(0, len(raw), TOKEN_BYTES)]
+    hex_all, step = token_bytes.tobytes().hex(), 2 * TOKEN_BYTES
+    token_hex = [hex_all[i : i + step] for i in range(0, len(hex_all), step)]
     output.parent.mkdir(parents=True, exist_ok=True)
     tokens_path.parent.mkdir(parents=True, exist_ok=True)
     # Tokens first, the .enc last (each atomic): a kill in between leaves new tokens beside the old

@@ -35,7 +35,15 @@ from coordinator.linkage.edges import apply_skip, band_keys, find_edges, freeze_
 from coordinator.linkage.incremental_outputs import REASON_NAMES, REPLACED, write_incremental_outputs
 from coordinator.linkage.match_round import blocking_for, check_coordinator_key, check_inputs
 from coordinator.linkage.resolve_clusters import ClusterChange, fresh_pseudonyms, recluster
-from coordinator.linkage.state_store import IncrementalState, derive_state_key, load_state, save_state, state_path
+from coordinator.linkage.state_segments import append_delta, needs_compaction
+from coordinator.linkage.state_store import (
+    IncrementalState,
+    RoundChange,
+    derive_state_key,
+    load_state,
+    save_state,
+    state_path,
+)
 from coordinator.linkage.uploads import Upload, check_chain, read_upload
 from pplink.agreement import AgreementConfig
 from pplink.deltafile import WithdrawReason, day_of
@@ -65,6 +73,10 @@ class IncrementalSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
     maps: dict[str, Path] = field(default_factory=dict)
+    #: How the state was saved: ``"whole"`` (a new base) or ``"delta"`` (a delta segment appended).
+    saved_as: str = ""
+    #: Bytes written to save the state.
+    saved_bytes: int = 0
 
 
 #: The threshold an incremental state keeps when the agreement says "auto".
@@ -277,7 +289,7 @@ def apply_round(
                     for p, name in enumerate(state.parties)}
     removed = {REASON_NAMES[int(code)]: int((reason == code).sum()) for code in np.unique(reason[drop])}
     lost_edge = _drop_edges(state, drop)
-    first_new = int((~drop).sum())
+    n_before, first_new = state.n_rows, int((~drop).sum())
     order = {a: i for i, a in enumerate(state.parties + [a for a in agreement.agency_ids if a not in state.parties])}
     _rebuild(state, drop, sorted(uploads, key=lambda u: order[u.party]))
     new_rows = np.arange(first_new, state.n_rows, dtype=np.int64)
@@ -309,6 +321,7 @@ def apply_round(
         chain["sequence"] = up.delta.header.sequence if up.delta is not None else 0
         chain["history"] = [*chain["history"], up.digest]  # type: ignore[misc]
     state.round += 1
+    state.change = RoundChange(n_before, np.flatnonzero(drop), first_new, len(a))
     sizes = np.bincount(state.entity, minlength=len(state.pseudonyms))
     summary = IncrementalSummary(
         round=state.round, parties=tuple(state.parties),
@@ -336,10 +349,14 @@ def run_incremental_round(
     workers: int = 2,
     blocking: BlockingConfig | None | Literal["auto"] = "auto",
     now: datetime | None = None,
+    compact: bool = False,
 ) -> IncrementalSummary:
     """Verify the uploads, apply them to the encrypted state, write the round's outputs, save the state.
 
-    Without a state in ``state_dir`` the round creates one from full encodings files.
+    Without a state in ``state_dir`` the round creates one from full encodings files. The state is
+    saved as a delta segment holding what the round changed, or whole (compacted) when it is new,
+    when ``compact`` is set, or when its deltas grew past the limits of
+    :func:`coordinator.linkage.state_segments.needs_compaction`.
 
     Raises:
         KeyFileError: the key is not the agreement's coordinator key.
@@ -357,12 +374,13 @@ def run_incremental_round(
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StateError(f"{path.parent}: another round is using this linkage state") from None
-        return _locked_round(agreement, key, paths, Path(out_dir), path, secret, workers, blocking, now, started)
+        return _locked_round(agreement, key, paths, Path(out_dir), path, secret, workers, blocking, now, started,
+                             compact)
 
 
 def _locked_round(agreement: AgreementConfig, key: Ed25519PrivateKey, paths: Sequence[Path], out_dir: Path,
                   path: Path, secret: bytes, workers: int, blocking: BlockingConfig | None | Literal["auto"],
-                  now: datetime | None, started: float) -> IncrementalSummary:
+                  now: datetime | None, started: float, compact: bool) -> IncrementalSummary:
     state = load_state(path, secret, agreement.agreement_id) if path.exists() else None
     loaded = time.perf_counter()
     uploads = [read_upload(p, agreement) for p in paths]
@@ -377,8 +395,10 @@ def _locked_round(agreement: AgreementConfig, key: Ed25519PrivateKey, paths: Seq
     maps = write_incremental_outputs(agreement, key, state, {up.party: up.digest for up in uploads}, removed,
                                      report, Path(out_dir))
     outputs = time.perf_counter()
-    save_state(path, state, secret)
+    whole = compact or needs_compaction(state)
+    saved_bytes = save_state(path, state, secret) if whole else append_delta(path, state, secret)
     saved = time.perf_counter()
     seconds = {"load_state": loaded - started, "read_inputs": read - loaded, **summary.seconds,
                "write_outputs": outputs - written, "save_state": saved - outputs, "total": saved - started}
-    return IncrementalSummary(**{**summary.__dict__, "seconds": seconds, "out_dir": Path(out_dir), "maps": maps})
+    return IncrementalSummary(**{**summary.__dict__, "seconds": seconds, "out_dir": Path(out_dir), "maps": maps,
+                                 "saved_as": "whole" if whole else "delta", "saved_bytes": saved_bytes})

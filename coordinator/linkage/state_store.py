@@ -64,6 +64,43 @@ def derive_state_key(key: Ed25519PrivateKey, agreement_id: str) -> bytes:
                 info=b"pplink linkage state v1").derive(raw)
 
 
+@dataclass(frozen=True)
+class RoundChange:
+    """What one round changed in the state's rows and edges, for its delta segment (never saved itself).
+
+    Attributes:
+        n_before: rows before the round.
+        removed: the row numbers (before the round) of the rows that left, ascending.
+        first_new: the row number of the first row the round added (rows before it are the kept
+            ones, in their order); every row from it on is new.
+        new_edges: edges the round added, at the end of the edge arrays (after the kept edges).
+    """
+
+    n_before: int
+    removed: np.ndarray
+    first_new: int
+    new_edges: int
+
+
+@dataclass(frozen=True)
+class SegmentChain:
+    """Where the state on disk stands: its base and delta segments (set when loaded, never saved itself).
+
+    Attributes:
+        base_digest: the header digest of the base file, which every delta binds.
+        last_digest: the header digest of the last delta (the base's when none).
+        deltas: delta segments after the base.
+        base_rows: rows in the base.
+        changed_rows: rows added or removed by the deltas since the base.
+    """
+
+    base_digest: bytes
+    last_digest: bytes
+    deltas: int
+    base_rows: int
+    changed_rows: int
+
+
 @dataclass
 class IncrementalState:
     """The linkage state in memory (mutable: a round edits it, then saves it whole).
@@ -119,6 +156,10 @@ class IncrementalState:
     attr_codes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     chains: dict[str, dict[str, object]] = field(default_factory=dict)
     log: list[dict[str, object]] = field(default_factory=list)
+    #: The base and delta segments the state was loaded from (``None``: not saved yet).
+    stored: SegmentChain | None = field(default=None, compare=False, repr=False)
+    #: What the last round applied to the state changed (``None``: nothing since it was loaded).
+    change: RoundChange | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.clks.shape[1] != self.width:
@@ -147,19 +188,18 @@ class IncrementalState:
                 arrays[f"attr/{i}/{j}"] = self.attr_codes[party][column]
         return arrays
 
+    def meta(self) -> dict[str, object]:
+        """The state's fields other than arrays, JSON-ready."""
+        return {"agreement_id": self.agreement_id, "parties": self.parties, "threshold": self.threshold,
+                "mode": self.mode, "width": self.width, "round": self.round, "epoch_day": self.epoch_day,
+                "attr_values": self.attr_values, "chains": self.chains, "log": self.log}
+
     def to_parts(self) -> list[memoryview]:
         """The plaintext in pieces, without copying the arrays: the metadata, then each array's bytes.
 
         Concatenated, the pieces are what :meth:`from_bytes` reads.
         """
-        arrays = {name: np.ascontiguousarray(a) for name, a in self._arrays().items()}
-        meta = {"agreement_id": self.agreement_id, "parties": self.parties, "threshold": self.threshold,
-                "mode": self.mode, "width": self.width, "round": self.round, "epoch_day": self.epoch_day,
-                "attr_values": self.attr_values, "chains": self.chains, "log": self.log,
-                "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
-        head = json.dumps(meta, sort_keys=True).encode("utf-8")
-        return [memoryview(_U32.pack(len(head)) + head),
-                *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays.values())]
+        return pack(self.meta(), self._arrays())
 
     @classmethod
     def from_bytes(cls, data: bytearray) -> IncrementalState:
@@ -168,53 +208,127 @@ class IncrementalState:
         Raises:
             ValueError: the layout is inconsistent or names a dtype a state never holds.
         """
-        (head_len,) = _U32.unpack(data[:4])
-        meta = json.loads(bytes(data[4 : 4 + head_len]))
-        pos, arrays = 4 + head_len, {}
-        for name, dtype, shape in meta.pop("arrays"):
-            if dtype not in _DTYPES:
-                raise ValueError("unexpected dtype")
-            count = int(np.prod(shape, dtype=np.int64))
-            arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=pos).reshape(shape)
-            pos += arrays[name].nbytes
-        if pos != len(data):
-            raise ValueError("trailing bytes")
+        meta, arrays = unpack(data)
         codes = {party: {column: arrays[f"attr/{i}/{j}"]
                          for j, column in enumerate(sorted(meta["attr_values"].get(party, {})))}
                  for i, party in enumerate(meta["parties"])}
         return cls(**meta, **{name: arrays[name] for name in _ARRAYS}, attr_codes=codes)
 
 
+def pack(meta: dict[str, object], arrays: dict[str, np.ndarray]) -> list[memoryview]:
+    """``meta`` as JSON (with the arrays' names, dtypes and shapes), then each array's bytes, uncopied."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    head = json.dumps({**meta, "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]},
+                      sort_keys=True).encode("utf-8")
+    return [memoryview(_U32.pack(len(head)) + head),
+            *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays.values())]
+
+
+def unpack(data: bytearray) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """The inverse of :func:`pack` on the joined pieces; arrays are views of ``data``.
+
+    Raises:
+        ValueError: the layout is inconsistent or names a dtype a state never holds.
+    """
+    (head_len,) = _U32.unpack(data[:4])
+    meta = json.loads(bytes(data[4 : 4 + head_len]))
+    pos, arrays = 4 + head_len, {}
+    for name, dtype, shape in meta.pop("arrays"):
+        if dtype not in _DTYPES:
+            raise ValueError("unexpected dtype")
+        count = int(np.prod(shape, dtype=np.int64))
+        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=pos).reshape(shape)
+        pos += arrays[name].nbytes
+    if pos != len(data):
+        raise ValueError("trailing bytes")
+    return meta, arrays
+
+
 def _aad(header_digest: bytes, index: int, last: bool) -> bytes:
     return header_digest + _U32.pack(index) + (b"\x01" if last else b"\x00")
 
 
-def save_state(path: Path, state: IncrementalState, key: bytes) -> int:
-    """Encrypt and write the state atomically, owner-only; return the bytes written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_sealed(path: Path, magic: bytes, header: dict[str, object], parts: list[memoryview], key: bytes) -> bytes:
+    """Encrypt ``parts`` in segments and write them atomically, owner-only, under ``magic`` and ``header``.
+
+    Returns:
+        The header digest (SHA-256 of magic and header), which every segment's associated data binds.
+    """
     # Segments never straddle two pieces, so each is sealed straight from the array's memory.
-    pieces = [part[i : i + _SEGMENT] for part in state.to_parts() for i in range(0, len(part), _SEGMENT)]
+    pieces = [part[i : i + _SEGMENT] for part in parts for i in range(0, len(part), _SEGMENT)]
     segments = len(pieces)
     prefix = os.urandom(8)
-    header = json.dumps({"format": "pplink-linkage-state", "version": 1, "agreement_id": state.agreement_id,
-                         "round": state.round, "nonce_prefix": prefix.hex(), "segments": segments},
-                        sort_keys=True).encode("utf-8")
-    head_digest = hashlib.sha256(_MAGIC + header).digest()
+    head = json.dumps({**header, "nonce_prefix": prefix.hex(), "segments": segments}, sort_keys=True).encode("utf-8")
+    head_digest = hashlib.sha256(magic + head).digest()
     aead = AESGCM(key)
-    written = 0
     with atomic_file(path, mode=0o600) as fh:
-        fh.write(_MAGIC + _U32.pack(len(header)) + header)
+        fh.write(magic + _U32.pack(len(head)) + head)
         for i, piece in enumerate(pieces):
             sealed = aead.encrypt(prefix + _U32.pack(i), piece, _aad(head_digest, i, i == segments - 1))
             fh.write(_U32.pack(len(sealed)))
             fh.write(sealed)
-            written += len(sealed)
-    return written
+    return head_digest
 
 
-def load_state(path: Path, key: bytes, agreement_id: str) -> IncrementalState:
-    """Read, authenticate and decrypt the state.
+def read_header(raw: memoryview, magic: bytes) -> tuple[dict[str, object], bytes, int]:
+    """A sealed file's header, its digest and where its segments start.
+
+    Raises:
+        ValueError: not a file of this kind.
+    """
+    if bytes(raw[: len(magic)]) != magic:
+        raise ValueError("magic")
+    at = len(magic)
+    head_len = _U32.unpack(raw[at : at + 4])[0]
+    header_bytes = bytes(raw[at + 4 : at + 4 + head_len])
+    header = json.loads(header_bytes)
+    if not isinstance(header, dict):
+        raise ValueError("header")
+    return header, hashlib.sha256(magic + header_bytes).digest(), at + 4 + head_len
+
+
+def open_sealed(raw: memoryview, header: dict[str, object], head_digest: bytes, pos: int, key: bytes) -> bytearray:
+    """Authenticate and decrypt the segments after a header (see :func:`read_header`).
+
+    Raises:
+        InvalidTag: a segment fails authentication.
+        ValueError: truncated or trailing bytes.
+    """
+    segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
+    aead = AESGCM(key)
+    plain = bytearray()
+    for i in range(segments):
+        (size,) = _U32.unpack(raw[pos : pos + 4])
+        sealed = raw[pos + 4 : pos + 4 + size]
+        if len(sealed) != size:
+            raise ValueError("truncated")
+        plain += aead.decrypt(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1))
+        pos += 4 + size
+    if pos != len(raw):
+        raise ValueError("trailing bytes")
+    return plain
+
+
+def save_state(path: Path, state: IncrementalState, key: bytes) -> int:
+    """Encrypt and write the whole state atomically, owner-only, and drop its delta segments; return the bytes.
+
+    The delta segments of the state it replaces (:mod:`coordinator.linkage.state_segments`) are
+    removed after the new state is in place; any a crash leaves behind name the old base and are
+    ignored.
+    """
+    from coordinator.linkage.state_segments import remove_deltas
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "pplink-linkage-state", "version": 1, "agreement_id": state.agreement_id,
+              "round": state.round}
+    write_sealed(path, _MAGIC, header, state.to_parts(), key)
+    remove_deltas(path)
+    return path.stat().st_size
+
+
+def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalState, bytes]:
+    """Read, authenticate and decrypt the state's base file; return it and its header digest.
 
     Raises:
         StateError: unreadable, truncated, tampered with, sealed under another key, or made
@@ -226,33 +340,30 @@ def load_state(path: Path, key: bytes, agreement_id: str) -> IncrementalState:
     except OSError as exc:
         raise StateError(f"{path}: cannot read the linkage state ({exc.strerror})") from None
     try:
-        if bytes(raw[:8]) != _MAGIC:
-            raise ValueError("magic")
-        head_len = _U32.unpack(raw[8:12])[0]
-        header_bytes = bytes(raw[12 : 12 + head_len])
-        header = json.loads(header_bytes)
-        segments, prefix = int(header["segments"]), bytes.fromhex(header["nonce_prefix"])
+        header, head_digest, pos = read_header(raw, _MAGIC)
+        int(header["segments"]), bytes.fromhex(header["nonce_prefix"])  # type: ignore[call-overload]
     except (ValueError, KeyError, TypeError, struct.error):
         raise StateError(f"{path}: not a pplink linkage state") from None
     if header.get("agreement_id") != agreement_id:
         raise StateError(f"{path}: the linkage state belongs to another agreement")
-    head_digest = hashlib.sha256(_MAGIC + header_bytes).digest()
-    aead = AESGCM(key)
-    pos, plain = 12 + head_len, bytearray()
     try:
-        for i in range(segments):
-            (size,) = _U32.unpack(raw[pos : pos + 4])
-            sealed = raw[pos + 4 : pos + 4 + size]
-            if len(sealed) != size:
-                raise ValueError("truncated")
-            plain += aead.decrypt(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1))
-            pos += 4 + size
-        if pos != len(raw):
-            raise ValueError("trailing bytes")
-        state = IncrementalState.from_bytes(plain)
+        state = IncrementalState.from_bytes(open_sealed(raw, header, head_digest, pos, key))
     except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
         raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
                          "or sealed under another coordinator key)") from None
     if state.agreement_id != agreement_id:
         raise StateError(f"{path}: the linkage state belongs to another agreement")
-    return state
+    return state, head_digest
+
+
+def load_state(path: Path, key: bytes, agreement_id: str) -> IncrementalState:
+    """Read, authenticate and decrypt the state: its base file, then its delta segments in order.
+
+    Raises:
+        StateError: unreadable, truncated, tampered with (a segment edited, dropped from the
+            middle or reordered), sealed under another key, or made under another agreement.
+    """
+    from coordinator.linkage.state_segments import apply_deltas
+
+    state, head_digest = load_base(path, key, agreement_id)
+    return apply_deltas(Path(path), state, head_digest, key)

@@ -1,0 +1,124 @@
+"""The linkage state on disk as a base and delta segments: loading replays exactly the state a round left."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.linkage.incremental import apply_round
+from coordinator.linkage.state_segments import COMPACT_AFTER_DELTAS, append_delta, delta_paths
+from coordinator.linkage.state_store import IncrementalState, derive_state_key, load_state, save_state, state_path
+from coordinator.linkage.uploads import read_upload
+from pplink.errors import StateError
+from tests.coordinator.test_incremental import World, first_round
+
+
+def _same(a: IncrementalState, b: IncrementalState) -> None:
+    assert a.meta() == b.meta()
+    for name in ("party", "tokens", "clks", "keys", "added_day", "entity", "pseudonyms", "edge_a", "edge_b",
+                 "edge_sim", "positions", "skip"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert a.attr_codes.keys() == b.attr_codes.keys()
+    for party, codes in a.attr_codes.items():
+        assert codes.keys() == b.attr_codes[party].keys()
+        assert all(np.array_equal(v, b.attr_codes[party][c]) for c, v in codes.items())
+
+
+@pytest.fixture
+def world(setup, tmp_path: Path) -> World:  # type: ignore[no-untyped-def]
+    return World(setup, tmp_path)
+
+
+def test_loading_base_and_deltas_gives_the_state_each_round_left(world: World) -> None:
+    """Invariant: after any sequence of rounds saved as deltas, loading equals the state in memory."""
+    agreement = world.setup.agreement
+    key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
+    path = state_path(world.root / "state")
+    first_round(world)
+    names = agreement.agency_ids
+    rounds = [[world.delta(names[0], add=6, withdraw=4), world.delta(names[1], add=0, withdraw=3)],
+              [world.full(names[2], 50)],  # an agency starting over: all its rows leave, a new set arrives
+              [world.delta(names[3], add=9, withdraw=0)],
+              [world.delta(name, add=2, withdraw=2) for name in names]]
+    for paths in rounds:
+        state = load_state(path, key, agreement.agreement_id)
+        before = len(delta_paths(path))
+        state, _, _ = apply_round(agreement, state, [read_upload(p, agreement) for p in paths])
+        append_delta(path, state, key)
+        assert len(delta_paths(path)) == before + 1
+        _same(load_state(path, key, agreement.agreement_id), state)
+    # Compaction writes the same state whole and removes the deltas.
+    state = load_state(path, key, agreement.agreement_id)
+    save_state(path, state, key)
+    assert delta_paths(path) == []
+    _same(load_state(path, key, agreement.agreement_id), state)
+
+
+def test_a_round_saves_a_delta_and_compacts_after_the_limit(world: World) -> None:
+    first = first_round(world)
+    assert first.saved_as == "whole"
+    path = state_path(world.root / "state")
+    sizes = []
+    for i in range(1, COMPACT_AFTER_DELTAS + 1):
+        summary = world.run([world.delta("school", add=1, withdraw=1)])
+        if i < COMPACT_AFTER_DELTAS:
+            assert summary.saved_as == "delta" and len(delta_paths(path)) == i
+            sizes.append(summary.saved_bytes)
+        else:  # the round that would write the limit's delta writes the state whole instead
+            assert summary.saved_as == "whole" and delta_paths(path) == []
+    assert max(sizes) < path.stat().st_size / 2  # a delta holds what changed, not the state
+    assert world.run([world.delta("school", add=1, withdraw=0)], compact=True).saved_as == "whole"
+
+
+def test_an_edited_reordered_or_missing_delta_is_refused(world: World) -> None:
+    agreement = world.setup.agreement
+    key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
+    path = state_path(world.root / "state")
+    first_round(world)
+    for _ in range(3):
+        world.run([world.delta("school", add=2, withdraw=1)])
+    deltas = [p for _, p in delta_paths(path)]
+    raw = [p.read_bytes() for p in deltas]
+    expected = load_state(path, key, agreement.agreement_id)
+    for position in (10, len(raw[1]) // 2, len(raw[1]) - 1):
+        tampered = bytearray(raw[1])
+        tampered[position] ^= 1
+        deltas[1].write_bytes(bytes(tampered))
+        with pytest.raises(StateError):
+            load_state(path, key, agreement.agreement_id)
+    deltas[0].write_bytes(raw[1])  # reordered
+    deltas[1].write_bytes(raw[0])
+    with pytest.raises(StateError, match="fails authentication"):
+        load_state(path, key, agreement.agreement_id)
+    deltas[1].write_bytes(raw[1])
+    deltas[0].unlink()  # dropped from the middle
+    with pytest.raises(StateError, match="fails authentication"):
+        load_state(path, key, agreement.agreement_id)
+    deltas[0].write_bytes(raw[0])
+    other = derive_state_key(world.setup.key("school"), agreement.agreement_id)
+    with pytest.raises(StateError):
+        load_state(path, other, agreement.agreement_id)
+    _same(load_state(path, key, agreement.agreement_id), expected)
+
+
+def test_deltas_of_an_earlier_base_are_skipped(world: World) -> None:
+    """A compaction cut short (new base written, old deltas not yet removed) loads as the new base."""
+    agreement = world.setup.agreement
+    key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
+    path = state_path(world.root / "state")
+    first_round(world)
+    world.run([world.delta("school", add=3, withdraw=1)])
+    stale = world.root / "stale"
+    stale.mkdir()
+    for _, p in delta_paths(path):
+        shutil.copy(p, stale / p.name)
+    world.run([world.delta("school", add=3, withdraw=1)], compact=True)
+    expected = load_state(path, key, agreement.agreement_id)
+    for p in stale.iterdir():
+        shutil.copy(p, path.parent / p.name)
+    assert delta_paths(path)
+    _same(load_state(path, key, agreement.agreement_id), expected)

@@ -325,3 +325,20 @@ def test_incremental_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     assert row["incremental_added"] == 3 * 6 and row["incremental_removed"] == {"withdrawn": 3 * 1}
     assert 0 < row["incremental_comparisons"] < row["full_rematch_comparisons"]
     assert abs(row["f1_incremental"] - row["f1_full_rematch"]) < 0.01
+
+
+def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: Path) -> None:
+    """Invariant: with --state-from truth the benchmark builds the starting state without a first round, and its
+    round applies every delta to it and saves the state as a delta segment, not whole."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "incremental.py"
+    done = subprocess.run([sys.executable, str(script), "--agencies", "3", "--records", "600", "--repeat", "1",
+                           "--state-from", "truth", "--no-peer", "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, check=True)
+    row = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    assert row["incremental_added"] == 3 * 6 and row["incremental_removed"] == {"withdrawn": 3 * 1}
+    assert row["saved_as"] == "delta" and 0 < row["saved_bytes"] < row["state_bytes"]
+    assert row["full_rematch_seconds"] is None and row["f1_incremental"] > 0.5

@@ -4,8 +4,9 @@ What ``pplink coordinator match --state DIR`` keeps between rounds (``DIR/linkag
 live row's token, encoding, blocking keys, day added and release attributes; every candidate
 edge at or above the threshold; each row's entity and the entity pseudonyms; each agency's chain
 head (the digest of the last file accepted from it); and a log of what each round changed.
-Everything is in one file, rewritten each round, so a withdrawn row's encoding is gone from disk
-once the round that withdraws it has finished.
+This module writes and reads the whole state (the *base* file); a round appends a delta segment
+holding only what it changed (:mod:`coordinator.linkage.state_segments`), and every few rounds
+the state is compacted into a new base.
 
 File layout::
 

@@ -15,10 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain, compress
-from operator import itemgetter
-
-import numpy as np
 
 from nodes.dates import DateDecision, date_reader
 from nodes.export_settings import ExportSettings
@@ -223,62 +219,6 @@ def _attribute_checker(spec: AttributeSpec) -> Callable[[str], str | None | Inva
     return run
 
 
-def _invalid(outputs: set[object]) -> set[object]:
-    """The :class:`InvalidValue` results among a column's distinct outputs (found at C speed when none)."""
-    if InvalidValue not in set(map(type, outputs)):
-        return set()
-    return {o for o in outputs if o.__class__ is InvalidValue}
-
-
-def _row_checks(
-    spec: RecordSpec,
-    rows: Sequence[tuple[int, Sequence[str]]],
-    width: int,
-    opt_at: int | None,
-    check_nul: bool,
-    refuse: Callable[[int, Sequence[str], str, str], None],
-) -> tuple[list[tuple[int, Sequence[str]]], int]:
-    """The rows that pass the whole-row and opt-out checks, and how many opted out.
-
-    Refusals are reported through ``refuse`` in row order, as a row-by-row reading finds them. The
-    usual chunk (every row of the header's width, no NUL, no opt-out or unreadable opt-out value)
-    is checked by C-level ``map`` calls with no Python step per row; any other chunk takes the
-    row-by-row loop.
-    """
-    # One lookup per row: value -> opted out (True) or not (False); absent: unreadable.
-    verdict = {v: True for v in spec.opt_out_values} | {v: False for v in spec.opt_in_values}
-    verdict |= {theirs: verdict[ours] for theirs, ours in spec.opt_out_map if ours in verdict}
-    values = [v for _, v in rows]
-    n = len(rows)
-    plain = all(map(width.__eq__, map(len, values))) and not (
-        check_nul and any("\x00" in v for v in chain.from_iterable(values)))
-    if plain:
-        if opt_at is None:
-            return list(rows), 0
-        verdicts = list(map(verdict.get, map(str.casefold, map(str.strip, map(itemgetter(opt_at), values)))))
-        if verdicts.count(False) == n and None not in verdicts:  # count(False) also counts 0: no such verdict
-            return list(rows), 0
-    kept: list[tuple[int, Sequence[str]]] = []
-    opted_out = 0
-    for row_number, row in rows:
-        if len(row) != width:
-            refuse(row_number, row, "(row)", f"has {len(row)} fields, header has {width}")
-            continue
-        if check_nul and any("\x00" in v for v in row):
-            refuse(row_number, row, "(row)", NUL_IN_ROW)
-            continue
-        if opt_at is not None:
-            opted = verdict.get(row[opt_at].strip().casefold())
-            if opted:
-                opted_out += 1
-                continue
-            if opted is None:
-                refuse(row_number, row, spec.opt_out_column or "", OPT_OUT_UNREADABLE)
-                continue
-        kept.append((row_number, row))
-    return kept, opted_out
-
-
 def validate_chunk(
     spec: RecordSpec,
     file: str,
@@ -290,8 +230,7 @@ def validate_chunk(
     """Validate and normalise a chunk of raw rows.
 
     Works column by column through cached normalisers: identifier values repeat heavily, so most
-    values cost one dictionary lookup, and the checks of a column's outputs look at its distinct
-    values, going row by row only in a column that holds a problem.
+    values cost one dictionary lookup.
 
     Args:
         spec: from :func:`record_spec`.
@@ -309,79 +248,84 @@ def validate_chunk(
     index = {name: i for i, name in enumerate(columns)}
     id_at = index[spec.record_id_column]
     opt_at = index[spec.opt_out_column] if spec.opt_out_column else None
+    # One lookup per row: value -> opted out (True) or not (False); absent: unreadable.
+    verdict = {v: True for v in spec.opt_out_values} | {v: False for v in spec.opt_in_values}
+    verdict |= {theirs: verdict[ours] for theirs, ours in spec.opt_out_map if ours in verdict}
+    width = len(columns)
     result = ChunkResult()
     problems: list[tuple[int, int, RowProblem]] = []  # (position in chunk, column order, problem)
+    kept: list[tuple[int, Sequence[str]]] = []
 
     def refuse(row_number: int, values: Sequence[str], column: str, reason: str) -> None:
         result.problems.append(RowProblem(file, row_number, column, reason))
         result.rejected_rows.append(row_number)
         result.rejected_values.append((row_number, values))
 
-    kept, result.opted_out = _row_checks(spec, rows, len(columns), opt_at, check_nul, refuse)
-    n = len(kept)
-    numbers = [r for r, _ in kept]
-    # Every kept row has the header's width: one transpose gives every column at C speed.
-    by_column = list(zip(*(v for _, v in kept), strict=True)) if kept else [()] * len(columns)
-    ids = list(map(str.strip, by_column[id_at]))
-    if "" in ids:
-        problems.extend((i, -1, RowProblem(file, numbers[i], spec.record_id_column, "is empty"))
-                        for i, rid in enumerate(ids) if not rid)
+    for row_number, values in rows:
+        if len(values) != width:
+            refuse(row_number, values, "(row)", f"has {len(values)} fields, header has {width}")
+            continue
+        if check_nul and any("\x00" in v for v in values):
+            refuse(row_number, values, "(row)", NUL_IN_ROW)
+            continue
+        if opt_at is not None:
+            opted = verdict.get(values[opt_at].strip().casefold())
+            if opted:
+                result.opted_out += 1
+                continue
+            if opted is None:
+                refuse(row_number, values, spec.opt_out_column or "", OPT_OUT_UNREADABLE)
+                continue
+        kept.append((row_number, values))
+    numbers = [n for n, _ in kept]
+    ids = [v[id_at].strip() for _, v in kept]
+    problems.extend((i, -1, RowProblem(file, numbers[i], spec.record_id_column, "is empty"))
+                    for i, rid in enumerate(ids) if not rid)
     outputs: list[list[str]] = []
     for order, (col, kind, required) in enumerate(spec.fields):
-        raw = by_column[index[col]]
+        at = index[col]
+        raw = [v[at] for _, v in kept]
         if kind is FieldKind.DATE:
             result.date_values[col] = set(raw)  # raw values: stripped once, after the merge
         out = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
-        distinct = set(out)
-        flagged = _invalid(distinct) | ({""} if required and "" in distinct else set())
-        # Only the rows holding a flagged output are visited, found by C-level calls.
-        for i in compress(range(n), map(flagged.__contains__, out)) if flagged else ():
-            value = out[i]
+        for i, value in enumerate(out):
             if value.__class__ is InvalidValue:
                 problems.append((i, order, RowProblem(file, numbers[i], col, str(value))))
                 out[i] = ""
-            else:
+            elif required and not value:
                 problems.append((i, order, RowProblem(file, numbers[i], col, "is required but empty")))
         outputs.append(out)  # type: ignore[arg-type]
-    attr_outputs: list[Sequence[str | None]] = []
+    attr_outputs = []
     for order, attr in enumerate(spec.attributes, start=len(spec.fields)):
         if attr.column not in index:
-            attr_outputs.append([None] * n)
+            attr_outputs.append([None] * len(kept))
             continue
-        out_a = list(map(_attribute_checker(attr), by_column[index[attr.column]]))
-        invalid = _invalid(set(out_a))
-        if invalid:
-            problems.extend((i, order, RowProblem(file, numbers[i], attr.column, str(out_a[i])))
-                            for i in compress(range(n), map(invalid.__contains__, out_a)))
+        at = index[attr.column]
+        out_a = list(map(_attribute_checker(attr), [v[at] for _, v in kept]))
+        for i, value in enumerate(out_a):
+            if value.__class__ is InvalidValue:
+                problems.append((i, order, RowProblem(file, numbers[i], attr.column, str(value))))
         attr_outputs.append(out_a)
-    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * n
-    if spec.min_fields and n:
-        filled = np.zeros(n, dtype=np.int32)
-        for out in outputs:
-            filled += np.fromiter(map(bool, out), dtype=bool, count=n) if "" in set(out) else 1
+    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * len(kept)
+    if spec.min_fields:
         order = len(spec.fields) + len(spec.attributes)
         problems.extend(
-            (int(i), order, RowProblem(file, numbers[i], "(identifiers)",
-                                       f"has fewer than {spec.min_fields} identifier values"))
-            for i in np.flatnonzero(filled < spec.min_fields)
+            (i, order, RowProblem(file, numbers[i], "(identifiers)",
+                                  f"has fewer than {spec.min_fields} identifier values"))
+            for i, ident in enumerate(identifiers) if sum(map(bool, ident)) < spec.min_fields
         )
-    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * n
-    if not problems:
-        result.record_ids, result.row_numbers = ids, numbers
-        result.identifiers, result.attributes = identifiers, attributes  # type: ignore[assignment]
-        return result
-    bad = sorted({i for i, _, _ in problems})
+    bad = {i for i, _, _ in problems}
     problems.sort(key=lambda p: (p[0], p[1]))
     result.problems.extend(p for _, _, p in problems)
-    result.rejected_rows.extend(numbers[i] for i in bad)
-    result.rejected_values.extend(kept[i] for i in bad)
-    good = np.ones(n, dtype=bool)
-    good[bad] = False
-    keep = good.tolist()
-    result.record_ids = list(compress(ids, keep))
-    result.row_numbers = list(compress(numbers, keep))
-    result.identifiers = list(compress(identifiers, keep))
-    result.attributes = list(compress(attributes, keep))  # type: ignore[arg-type]
+    result.rejected_rows.extend(numbers[i] for i in sorted(bad))
+    result.rejected_values.extend(kept[i] for i in sorted(bad))
+    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * len(kept)
+    for i in range(len(kept)):
+        if i not in bad:
+            result.record_ids.append(ids[i])
+            result.row_numbers.append(numbers[i])
+            result.identifiers.append(identifiers[i])
+            result.attributes.append(attributes[i])  # type: ignore[arg-type]
     return result
 
 

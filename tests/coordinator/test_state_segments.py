@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.incremental import apply_round
 from coordinator.linkage.state_segments import COMPACT_AFTER_DELTAS, append_delta, delta_paths
 from coordinator.linkage.state_store import IncrementalState, derive_state_key, load_state, save_state, state_path
@@ -33,12 +34,14 @@ def world(setup, tmp_path: Path) -> World:  # type: ignore[no-untyped-def]
     return World(setup, tmp_path)
 
 
-def test_loading_base_and_deltas_gives_the_state_each_round_left(world: World) -> None:
+@pytest.mark.parametrize("blocking", [None, BlockingConfig(bits_per_band=10, bands=12)])
+def test_loading_base_and_deltas_gives_the_state_each_round_left(world: World, blocking) -> None:  # type: ignore[no-untyped-def]
     """Invariant: after any sequence of rounds saved as deltas, loading equals the state in memory."""
     agreement = world.setup.agreement
     key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
     path = state_path(world.root / "state")
-    first_round(world)
+    first_round(world, blocking=blocking)
+    assert load_state(path, key, agreement.agreement_id).mode == ("all-pairs" if blocking is None else "blocked")
     names = agreement.agency_ids
     rounds = [[world.delta(names[0], add=6, withdraw=4), world.delta(names[1], add=0, withdraw=3)],
               [world.full(names[2], 50)],  # an agency starting over: all its rows leave, a new set arrives

@@ -28,6 +28,7 @@ A row withdrawn by a delta is gone from the state in memory, but its encoding st
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -126,22 +127,24 @@ def apply_deltas(path: Path, state: IncrementalState, base_digest: bytes, key: b
     base_rows, changed, last, count = state.n_rows, 0, base_digest, 0
     for index, delta in delta_paths(path):
         try:
-            raw = memoryview(delta.read_bytes())
+            fh = open(delta, "rb")  # noqa: SIM115 (closed below, after every read)
+            size = os.fstat(fh.fileno()).st_size
         except OSError as exc:
             raise StateError(f"{delta}: cannot read the linkage state ({exc.strerror})") from None
-        try:
-            header, digest, pos = read_header(raw, _MAGIC)
-            if header.get("base") != base_digest.hex():
-                continue  # left by a compaction cut short: already in the base
-            if header.get("index") != index or index != count + 1 or header.get("previous") != last.hex():
-                raise ValueError("out of order")
-            if header.get("agreement_id") != state.agreement_id:
-                raise ValueError("agreement")
-            meta, arrays = unpack(open_sealed(raw, header, digest, pos, key))
-            changed += _apply(state, meta, arrays)
-        except (InvalidTag, ValueError, KeyError, TypeError, IndexError, struct.error):
-            raise StateError(f"{delta}: the linkage state fails authentication (tampered with, reordered, a "
-                             "segment missing, or sealed under another coordinator key)") from None
+        with fh:
+            try:
+                header, digest = read_header(fh, _MAGIC)
+                if header.get("base") != base_digest.hex():
+                    continue  # left by a compaction cut short: already in the base
+                if header.get("index") != index or index != count + 1 or header.get("previous") != last.hex():
+                    raise ValueError("out of order")
+                if header.get("agreement_id") != state.agreement_id:
+                    raise ValueError("agreement")
+                meta, arrays = unpack(open_sealed(fh, size, header, digest, key))
+                changed += _apply(state, meta, arrays)
+            except (InvalidTag, ValueError, KeyError, TypeError, IndexError, struct.error):
+                raise StateError(f"{delta}: the linkage state fails authentication (tampered with, reordered, "
+                                 "a segment missing, or sealed under another coordinator key)") from None
         last, count = digest, index
     state.stored = SegmentChain(base_digest, last, count, base_rows, changed)
     return state

@@ -30,6 +30,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -271,41 +272,60 @@ def write_sealed(path: Path, magic: bytes, header: dict[str, object], parts: lis
     return head_digest
 
 
-def read_header(raw: memoryview, magic: bytes) -> tuple[dict[str, object], bytes, int]:
-    """A sealed file's header, its digest and where its segments start.
+def read_header(fh: BinaryIO, magic: bytes) -> tuple[dict[str, object], bytes]:
+    """A sealed file's header and its digest; leaves ``fh`` at the first segment.
 
     Raises:
         ValueError: not a file of this kind.
     """
-    if bytes(raw[: len(magic)]) != magic:
+    if fh.read(len(magic)) != magic:
         raise ValueError("magic")
-    at = len(magic)
-    head_len = _U32.unpack(raw[at : at + 4])[0]
-    header_bytes = bytes(raw[at + 4 : at + 4 + head_len])
+    (head_len,) = _U32.unpack(fh.read(4))
+    header_bytes = fh.read(head_len)
     header = json.loads(header_bytes)
     if not isinstance(header, dict):
         raise ValueError("header")
-    return header, hashlib.sha256(magic + header_bytes).digest(), at + 4 + head_len
+    return header, hashlib.sha256(magic + header_bytes).digest()
 
 
-def open_sealed(raw: memoryview, header: dict[str, object], head_digest: bytes, pos: int, key: bytes) -> bytearray:
-    """Authenticate and decrypt the segments after a header (see :func:`read_header`).
+def open_sealed(fh: BinaryIO, size: int, header: dict[str, object], head_digest: bytes, key: bytes) -> bytearray:
+    """Authenticate and decrypt the segments after a header (see :func:`read_header`), streaming.
+
+    Each segment is read into one reused buffer and decrypted straight into its place in the
+    plaintext, so loading holds the plaintext and one segment, never the whole file twice.
+
+    Args:
+        fh: the file, at its first segment.
+        size: the file's size in bytes.
+        header: its header.
+        head_digest: the header's digest.
+        key: the state key.
 
     Raises:
         InvalidTag: a segment fails authentication.
-        ValueError: truncated or trailing bytes.
+        ValueError: truncated, oversized or trailing bytes.
     """
     segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
+    # A well-formed file holds a 4-byte length and a 16-byte tag per segment around the plaintext.
+    payload = size - fh.tell() - segments * (4 + 16)
+    if segments < 0 or payload < 0:
+        raise ValueError("truncated")
+    plain = bytearray(payload)
+    out = memoryview(plain)
+    sealed = memoryview(bytearray(_SEGMENT + 16))
     aead = AESGCM(key)
-    plain = bytearray()
+    at = 0
     for i in range(segments):
-        (size,) = _U32.unpack(raw[pos : pos + 4])
-        sealed = raw[pos + 4 : pos + 4 + size]
-        if len(sealed) != size:
+        length = fh.read(4)
+        if len(length) != 4:
             raise ValueError("truncated")
-        plain += aead.decrypt(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1))
-        pos += 4 + size
-    if pos != len(raw):
+        (n,) = _U32.unpack(length)
+        if not 16 <= n <= _SEGMENT + 16 or at + n - 16 > payload or fh.readinto(sealed[:n]) != n:
+            raise ValueError("truncated")
+        aead.decrypt_into(prefix + _U32.pack(i), sealed[:n], _aad(head_digest, i, i == segments - 1),
+                          out[at : at + n - 16])
+        at += n - 16
+    if at != payload:
         raise ValueError("trailing bytes")
     return plain
 
@@ -337,21 +357,23 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
     """
     path = Path(path)
     try:
-        raw = memoryview(path.read_bytes())
+        fh = open(path, "rb")  # noqa: SIM115 (closed below, after every read)
+        size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         raise StateError(f"{path}: cannot read the linkage state ({exc.strerror})") from None
-    try:
-        header, head_digest, pos = read_header(raw, _MAGIC)
-        int(header["segments"]), bytes.fromhex(header["nonce_prefix"])  # type: ignore[call-overload]
-    except (ValueError, KeyError, TypeError, struct.error):
-        raise StateError(f"{path}: not a pplink linkage state") from None
-    if header.get("agreement_id") != agreement_id:
-        raise StateError(f"{path}: the linkage state belongs to another agreement")
-    try:
-        state = IncrementalState.from_bytes(open_sealed(raw, header, head_digest, pos, key))
-    except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
-        raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
-                         "or sealed under another coordinator key)") from None
+    with fh:
+        try:
+            header, head_digest = read_header(fh, _MAGIC)
+            int(header["segments"]), bytes.fromhex(header["nonce_prefix"])  # type: ignore[call-overload]
+        except (ValueError, KeyError, TypeError, struct.error):
+            raise StateError(f"{path}: not a pplink linkage state") from None
+        if header.get("agreement_id") != agreement_id:
+            raise StateError(f"{path}: the linkage state belongs to another agreement")
+        try:
+            state = IncrementalState.from_bytes(open_sealed(fh, size, header, head_digest, key))
+        except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
+            raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
+                             "or sealed under another coordinator key)") from None
     if state.agreement_id != agreement_id:
         raise StateError(f"{path}: the linkage state belongs to another agreement")
     return state, head_digest

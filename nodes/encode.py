@@ -190,6 +190,7 @@ def _run_chunks(
         yield from drain(0)
 
 
+@_without_gc
 def encode_records(
     agreement: AgreementConfig,
     party: str,

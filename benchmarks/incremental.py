@@ -299,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  target (issue #17): an incremental round adding {args.new_fraction:.0%} new records to "
               f"{args.agencies} x {args.records:,} in < 10 s: {incremental_seconds:.2f} s measured, {verdict} "
               f"(load {result['load_average']:.1f})")
+    extrapolated = args.extrapolate_to != args.records
     for label, key in (("today's kernel", "kernel_now"), (f"kernel at {KERNEL_TARGET:.0e}/s/core", "kernel_target")):
+        if not extrapolated:  # measured at the size itself: no estimate to print
+            break
         print(f"  estimate at {args.agencies} x {args.extrapolate_to:,}, {label} (scaled from this run, not measured): "
               f"{result['estimate_seconds_' + key]} s = "
               + ", ".join(f"{k} {v}" for k, v in result["estimate_phases_" + key].items()))

@@ -73,9 +73,14 @@ def remove_deltas(path: Path) -> None:
 
 
 def needs_compaction(state: IncrementalState) -> bool:
-    """Whether the round just applied should write the state whole rather than a delta."""
+    """Whether the round just applied should write the state whole rather than a delta.
+
+    A round that removed rows (withdrawals, retention expiry) always does: a delta would leave the
+    removed rows' encodings in the encrypted base or an earlier delta until the next compaction,
+    and an opt-out or expiry promises they are gone from disk when the round ends.
+    """
     stored, change = state.stored, state.change
-    if stored is None or change is None:
+    if stored is None or change is None or len(change.removed):
         return True
     changed = stored.changed_rows + len(change.removed) + state.n_rows - change.first_new
     return stored.deltas + 1 >= COMPACT_AFTER_DELTAS or changed > COMPACT_CHANGED_SHARE * max(stored.base_rows, 1)

@@ -67,7 +67,7 @@ def test_a_round_saves_a_delta_and_compacts_after_the_limit(world: World) -> Non
     path = state_path(world.root / "state")
     sizes = []
     for i in range(1, COMPACT_AFTER_DELTAS + 1):
-        summary = world.run([world.delta("school", add=1, withdraw=1)])
+        summary = world.run([world.delta("school", add=1, withdraw=0)])
         if i < COMPACT_AFTER_DELTAS:
             assert summary.saved_as == "delta" and len(delta_paths(path)) == i
             sizes.append(summary.saved_bytes)
@@ -77,13 +77,22 @@ def test_a_round_saves_a_delta_and_compacts_after_the_limit(world: World) -> Non
     assert world.run([world.delta("school", add=1, withdraw=0)], compact=True).saved_as == "whole"
 
 
+def test_a_round_that_removes_rows_writes_the_state_whole(world: World) -> None:
+    """Invariant: a withdrawn row's encoding is on disk in no base or delta once its round ends."""
+    first_round(world)
+    path = state_path(world.root / "state")
+    assert world.run([world.delta("school", add=2, withdraw=0)]).saved_as == "delta"
+    summary = world.run([world.delta("school", add=1, withdraw=1)])
+    assert summary.saved_as == "whole" and sum(summary.removed.values()) == 1 and delta_paths(path) == []
+
+
 def test_an_edited_reordered_or_missing_delta_is_refused(world: World) -> None:
     agreement = world.setup.agreement
     key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
     path = state_path(world.root / "state")
     first_round(world)
     for _ in range(3):
-        world.run([world.delta("school", add=2, withdraw=1)])
+        world.run([world.delta("school", add=2, withdraw=0)])
     deltas = [p for _, p in delta_paths(path)]
     raw = [p.read_bytes() for p in deltas]
     expected = load_state(path, key, agreement.agreement_id)
@@ -114,7 +123,7 @@ def test_deltas_of_an_earlier_base_are_skipped(world: World) -> None:
     key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
     path = state_path(world.root / "state")
     first_round(world)
-    world.run([world.delta("school", add=3, withdraw=1)])
+    world.run([world.delta("school", add=3, withdraw=0)])
     stale = world.root / "stale"
     stale.mkdir()
     for _, p in delta_paths(path):

@@ -122,6 +122,16 @@ def test_given_name_variant_table_is_normalised_and_has_no_chains() -> None:
         assert formal not in table
 
 
+def test_given_name_variant_table_is_pinned() -> None:
+    # The agreement id does not cover the shipped table, so every agency must hash with the same one:
+    # a change to it is deliberate (docs/agreement.md), made together with this digest.
+    import hashlib
+    from importlib import resources
+
+    data = resources.files("pplink").joinpath("data/given_name_variants.csv").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == "917a70b8f6366751032455b035bf93ca7407feab033d1f75067834674b393c20"
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     ("Liz", "elizabeth"), ("LIZZIE", "elizabeth"), ("Elizabeth", "elizabeth"), (" bob ", "robert"),
     ("Kate", "katherine"), ("Bob-Ann", "robert ann"), ("Sam", "sam"), ("Lizx", "lizx"), ("", ""),

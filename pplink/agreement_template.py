@@ -114,8 +114,8 @@ xor_folds = 1
 #       records whose years differ or lack a date of birth then never link on names
 
 # A missing value in a `required = true` field rejects the row; optional fields may be empty.
-# bits_per_token weights each field; ngram 2 = bigrams; dates (hashed as YYYYMMDD) use positional
-# unigrams. The weights keep about a third of the bits set, so strangers score low.
+# bits_per_token weights each field; ngram 2 = bigrams; dates use positional unigrams. The weights
+# keep about a third of the bits set, so strangers score low.
 [[identifiers.fields]]
 column = "given_name"
 # "given_name": a name whose known diminutives (Bob, Liz, Kate) hash as the formal name (Robert,

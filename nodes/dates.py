@@ -84,8 +84,11 @@ class DateDecision:
     ambiguous: tuple[tuple[str, str], ...] = ()
 
 
-def date_reader(formats: tuple[str, ...], ambiguous: tuple[tuple[str, str], ...] = ()) -> Callable[[str], str]:
-    """The hashed form (``YYYYMMDD``) of a date in ``formats``; a value of an ambiguous shape is refused.
+def date_reader(formats: tuple[str, ...], ambiguous: tuple[tuple[str, str], ...] = (),
+                kind: str = "date") -> Callable[[str], str]:
+    """The hashed form of a date in ``formats``; a value of an ambiguous shape is refused.
+
+    The hashed form is :func:`pplink.normalise.hashed_form` of ``kind``: ``YYYYMMDD`` for ``date``.
 
     >>> read = date_reader(("%Y-%m-%d",), (("99/99/9999", "fits two formats"),))
     >>> read("2012-04-03")
@@ -94,7 +97,7 @@ def date_reader(formats: tuple[str, ...], ambiguous: tuple[tuple[str, str], ...]
     Traceback (most recent call last):
     pplink.normalise.InvalidValue: fits two formats
     """
-    base = hashed_form("date", formats)
+    base = hashed_form(kind, formats)
     if not ambiguous:
         return base
     reasons = dict(ambiguous)

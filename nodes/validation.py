@@ -93,7 +93,7 @@ class RecordSpec:
     @property
     def date_columns(self) -> list[str]:
         """The identifier columns of kind date."""
-        return [c for c, kind, _ in self.fields if kind is FieldKind.DATE]
+        return [c for c, kind, _ in self.fields if kind.is_date]
 
     def ambiguous_for(self, column: str) -> tuple[tuple[str, str], ...]:
         """``(shape, reason)`` of a date column's values that are refused as ambiguous."""
@@ -126,10 +126,10 @@ def record_spec(agreement: AgreementConfig, party: str, settings: ExportSettings
     stated = party_formats is not None
     per_column = []
     for f in ids.fields:
-        formats = settings.date_format_for(f.column) if f.kind is FieldKind.DATE else None
+        formats = settings.date_format_for(f.column) if f.kind.is_date else None
         if formats is not None:
             per_column.append((f.column, formats))
-    unknown = sorted(set(settings.date_formats) - {f.column for f in ids.fields if f.kind is FieldKind.DATE})
+    unknown = sorted(set(settings.date_formats) - {f.column for f in ids.fields if f.kind.is_date})
     if unknown:
         raise ConfigError(f"node settings: date_formats names {', '.join(unknown)}, not a date field of the agreement")
     return RecordSpec(
@@ -184,8 +184,8 @@ def _safe(fn: Callable[[str], str]) -> Callable[[str], str | InvalidValue]:
 def _normaliser(kind: FieldKind, date_formats: tuple[str, ...],
                 ambiguous: tuple[tuple[str, str], ...] = ()) -> Callable[[str], str | InvalidValue]:
     """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
-    if kind is FieldKind.DATE:
-        return _safe(date_reader(date_formats, ambiguous))
+    if kind.is_date:
+        return _safe(date_reader(date_formats, ambiguous, kind))
     return _safe(hashed_form(kind, date_formats))
 
 
@@ -285,7 +285,7 @@ def validate_chunk(
     for order, (col, kind, required) in enumerate(spec.fields):
         at = index[col]
         raw = [v[at] for _, v in kept]
-        if kind is FieldKind.DATE:
+        if kind.is_date:
             result.date_values[col] = set(raw)  # raw values: stripped once, after the merge
         out = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
         for i, value in enumerate(out):

@@ -114,11 +114,13 @@ xor_folds = 1
 #       records whose years differ or lack a date of birth then never link on names
 
 # A missing value in a `required = true` field rejects the row; optional fields may be empty.
-# bits_per_token weights each field; ngram 2 = bigrams; dates (hashed as YYYYMMDD) use positional
-# unigrams. The weights keep about a third of the bits set, so strangers score low.
+# bits_per_token weights each field; ngram 2 = bigrams; dates use positional unigrams. The weights
+# keep about a third of the bits set, so strangers score low.
 [[identifiers.fields]]
 column = "given_name"
-kind = "name"
+# "given_name": a name whose known diminutives (Bob, Liz, Kate) hash as the formal name (Robert,
+# Elizabeth, Katherine) at every agency; the table ships with pplink (docs/agreement.md).
+kind = "given_name"
 bits_per_token = 15
 required = false
 
@@ -130,7 +132,9 @@ required = false
 
 [[identifiers.fields]]
 column = "date_of_birth"
-kind = "date"
+# "birth_date": hashed as YYYYMMDD and then its month and day once more, the smaller first, so a
+# record whose day and month were swapped (03/11 for 11/03) still agrees on four of twelve digits.
+kind = "birth_date"
 bits_per_token = 10
 ngram = 1
 positional = true

@@ -23,10 +23,23 @@ class FieldKind(StrEnum):
     """How an identifier column is validated and normalised."""
 
     NAME = "name"
+    #: A name, with known diminutives replaced by their formal names (``pplink/data/given_name_variants.csv``).
+    GIVEN_NAME = "given_name"
     DATE = "date"
+    #: A date, hashed with its day and month a second time in ascending order (survives a day/month swap).
+    BIRTH_DATE = "birth_date"
     SEX = "sex"
     POSTCODE = "postcode"
     TEXT = "text"
+
+    @property
+    def is_date(self) -> bool:
+        """Whether values are dates (read in the agreement's date formats, decided per file).
+
+        >>> FieldKind.BIRTH_DATE.is_date, FieldKind.NAME.is_date
+        (True, False)
+        """
+        return self in (FieldKind.DATE, FieldKind.BIRTH_DATE)
 
 
 class IdentifierField(PplinkModel):

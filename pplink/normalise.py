@@ -7,6 +7,8 @@ well below the cost of hashing.
 
 >>> normalise_name("  José  O'Brien-Smith ")
 'jose obrien smith'
+>>> normalise_given_name("Liz"), normalise_given_name("BOB-Ann")
+('elizabeth', 'robert ann')
 >>> normalise_postcode("sw1a1aa")
 'SW1A 1AA'
 >>> normalise_sex("female")
@@ -17,16 +19,20 @@ well below the cost of hashing.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Callable
-from functools import lru_cache
+from collections.abc import Callable, Mapping
+from functools import cache, lru_cache
+from importlib import resources
 
 __all__ = [
     "InvalidValue",
     "hashed_form",
+    "given_name_variants",
     "normalise_date",
+    "normalise_given_name",
     "normalise_name",
     "normalise_postcode",
     "normalise_sex",
@@ -71,6 +77,38 @@ def normalise_name(value: str) -> str:
     if not any(ch.isalpha() for ch in cleaned):
         raise InvalidValue("name has no letters")
     return cleaned
+
+
+@cache
+def given_name_variants() -> Mapping[str, str]:
+    """The shipped table of given-name diminutives: ``{variant: formal}``, both in normalised form.
+
+    ``pplink/data/given_name_variants.csv`` (see docs/agreement.md for its source and limits): short
+    forms that stand for one formal name in English usage (Bob, Liz, Kate). Forms shared by several
+    formal names (Sam, Alex, Chris, Charlie, Jo, Beth) are deliberately absent.
+
+    >>> given_name_variants()["bob"]
+    'robert'
+    """
+    text = resources.files("pplink").joinpath("data/given_name_variants.csv").read_text(encoding="utf-8")
+    rows = list(csv.reader(text.splitlines()))
+    if rows[0] != ["variant", "formal"]:
+        raise ValueError("given_name_variants.csv: unexpected header")
+    return {normalise_name(variant): normalise_name(formal) for variant, formal in rows[1:]}
+
+
+@lru_cache(maxsize=_CACHE)
+def normalise_given_name(value: str) -> str:
+    """A given name as :func:`normalise_name` gives it, each known diminutive replaced by its formal name.
+
+    Every word is looked up in :func:`given_name_variants`, so ``Liz``, ``LIZ`` and ``Elizabeth`` all
+    hash as ``elizabeth`` at every agency; a word not in the table (including a mistyped one) is kept.
+
+    Raises:
+        InvalidValue: as :func:`normalise_name`.
+    """
+    variants = given_name_variants()
+    return " ".join(variants.get(word, word) for word in normalise_name(value).split())
 
 
 @lru_cache(maxsize=_CACHE)
@@ -203,22 +241,46 @@ def _compact_date(formats: tuple[str, ...]) -> Callable[[str], str]:
     return lambda value: normalise_date(value, formats).replace("-", "")
 
 
+def _swap_tolerant(date: str) -> str:
+    """``YYYYMMDD`` followed by month and day in ascending order, so a day/month swap keeps those four.
+
+    >>> _swap_tolerant("20110311"), _swap_tolerant("20111103"), _swap_tolerant("")
+    ('201103110311', '201111030311', '')
+    """
+    if not date:
+        return ""
+    month, day = date[4:6], date[6:8]
+    return date + min(month, day) + max(month, day)
+
+
+def _birth_date(formats: tuple[str, ...]) -> Callable[[str], str]:
+    compact = _compact_date(formats)
+    return lambda value: _swap_tolerant(compact(value))
+
+
 def hashed_form(kind: str, date_formats: tuple[str, ...]) -> Callable[[str], str]:
     """The normaliser giving the form a node hashes for an identifier kind (``FieldKind`` value).
 
-    The same as the per-kind normalisers, except that dates are compacted to ``YYYYMMDD``. One
+    The same as the per-kind normalisers, except that dates are compacted to ``YYYYMMDD``, and
+    ``birth_date`` appends the month and day once more, the smaller first (``MMDD`` or ``DDMM``): hashed
+    as positional unigrams, a date and its day/month swap then agree on those four positions. One
     definition for the node's encoder and for the attack harness, which must hash exactly alike.
 
     >>> hashed_form("date", ("%d/%m/%Y",))("03/02/2011"), hashed_form("name", ())(" O'Brien ")
     ('20110203', 'obrien')
+    >>> hashed_form("birth_date", ("%d/%m/%Y",))("03/02/2011"), hashed_form("birth_date", ("%d/%m/%Y",))("02/03/2011")
+    ('201102030203', '201103020203')
 
     Raises:
         ValueError: an unknown kind.
     """
     if kind == "date":
         return _compact_date(date_formats)
+    if kind == "birth_date":
+        return _birth_date(date_formats)
     plain: dict[str, Callable[[str], str]] = {
         "name": normalise_name,
+        "given_name": normalise_given_name,
         "sex": normalise_sex,
         "postcode": normalise_postcode,
         "text": normalise_text,

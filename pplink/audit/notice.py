@@ -213,8 +213,8 @@ def build_notice(config: AgreementConfig, ledger: Sequence[LedgerEntry] = ()) ->
     agencies = [p for p in config.parties if p.role is Role.AGENCY]
     coordinator = config.coordinator
     auditors = [p for p in config.parties if p.role is Role.AUDITOR]
-    identifier_words = {"name": "names", "date": "date of birth", "sex": "sex", "postcode": "postcode",
-                        "text": "other details"}
+    identifier_words = {"name": "names", "given_name": "names", "date": "date of birth",
+                        "birth_date": "date of birth", "sex": "sex", "postcode": "postcode", "text": "other details"}
     identifiers = sorted({identifier_words[f.kind.value] for f in config.identifiers.fields})
     attributes = [a.column.replace("_", " ") for a in config.release.attributes]
     sections = [

@@ -26,3 +26,17 @@ def test_quality_benchmark_reports_every_dataset_at_tiny_size() -> None:
             assert 0.0 <= row[key] <= 1.0, key
         low, high = row["est_precision_interval"]
         assert low <= high
+
+
+@pytest.mark.slow
+def test_quality_errors_benchmark_counts_every_wrong_pair_once() -> None:
+    """Invariant: every missed pair is counted once by its combination of causes, each cause at least
+    as often as it appears in a combination, and no count exceeds the true pairs."""
+    sys.path.insert(0, str(BENCHMARK.parent.parent))
+    from benchmarks.quality_errors import analyse
+
+    result = analyse(150, seed=2, households=False)
+    assert sum(result["missed_by_combination"].values()) <= result["missed"] <= result["true_pairs"]
+    for cause, count in result["missed_by_cause"].items():
+        assert count >= sum(n for combo, n in result["missed_by_combination"].items() if cause in combo.split("+"))
+    assert all(kind.split(":")[0] in {"stranger", "household", "twin"} for kind in result["false_by_kind"])

@@ -149,8 +149,9 @@ FREQUENCY_AND_PATTERN = AttackPlan(attacks=("frequency", "pattern"))
 @pytest.mark.slow
 def test_weak_encodings_fall_to_frequency_and_pattern_attacks(corpus: PlaintextCorpus) -> None:
     """Measured: surname filter 5 of the top 20 by frequency (7.4% of records); first-name filter
-    54% of records by pattern mining at 98% precision; the template's CLK 13% of first names at
-    86% precision by pattern mining."""
+    54% of records by pattern mining at 98% precision; an unhardened record-level CLK of the
+    template's fields but the date of birth 30% of first names at 98% precision by pattern mining
+    (with the birth_date field, whose twelve positional digits set many more bits, 0)."""
     plan = AttackPlan(attacks=("frequency",), targets=("surname",))
     surname = run_attacks(corpus, attack_settings()["abf-surname"], seed=1, plan=plan)
     assert outcome(surname, "frequency", "surname").values_recovered >= 4
@@ -159,9 +160,12 @@ def test_weak_encodings_fall_to_frequency_and_pattern_attacks(corpus: PlaintextC
     given = run_attacks(corpus, attack_settings()["abf-given"], seed=1, plan=plan)
     assert outcome(given, "pattern", "given_name").rate >= 0.4
     assert outcome(given, "pattern", "given_name").precision >= 0.9
-    template = run_attacks(corpus, TEMPLATE.model_copy(update={"hardening": Hardening()}), seed=1, plan=plan)
-    assert outcome(template, "pattern", "given_name").rate >= 0.05
-    assert outcome(template, "pattern", "given_name").precision >= 0.7
+    # A record-level CLK falls too: the harness can fail for the encodings the template builds on.
+    fields = tuple(f for f in TEMPLATE.fields if f.column != "date_of_birth")
+    record_level = TEMPLATE.model_copy(update={"hardening": Hardening(), "fields": fields})
+    template = run_attacks(corpus, record_level, seed=1, plan=plan)
+    assert outcome(template, "pattern", "given_name").rate >= 0.1
+    assert outcome(template, "pattern", "given_name").precision >= 0.9
 
 
 @pytest.mark.slow

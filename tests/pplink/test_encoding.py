@@ -40,6 +40,33 @@ def test_bit_for_bit_equal_to_clkhash(tmp_path) -> None:  # type: ignore[no-unty
     assert ours.shape == (4, 128)
 
 
+def test_node_encodings_are_clkhash_of_the_hashed_forms(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The template's given_name and birth_date kinds change only the strings hashed: the node's
+    # encodings must be clkhash's encodings of hashed_form(kind) of every value, bit for bit.
+    from nodes.encode import encode_records
+    from pplink.normalise import hashed_form
+    from tests.support import write_records
+
+    setup = make_setup(tmp_path)
+    ids = setup.agreement.identifiers
+    assert {f.column: f.kind.value for f in ids.fields}["given_name"] == "given_name"
+    assert {f.column: f.kind.value for f in ids.fields}["date_of_birth"] == "birth_date"
+    raw = [("R1", "Liz", "Smith", "03/11/2012", "F", "sw1a1aa"), ("R2", "Elizabeth", "SMITH", "2012-03-11", "f", ""),
+           ("R3", "Bob Tom", "O'Brien", "", "M", "LS6 2AB"), ("R4", "Sam", "Khan", "25/02/2010", "", "M1 1AA")]
+    columns = ("record_id", "given_name", "surname", "date_of_birth", "sex", "postcode")
+    rows = [{**dict(zip(columns, r, strict=True)), "opt_out": "N"} for r in raw]
+    records = write_records(tmp_path / "r.csv", rows, columns=(*columns, "opt_out"))
+    ours = encode_records(setup.agreement, "social_care", setup.secret, records)
+    forms = [hashed_form(f.kind.value, ids.date_formats) for f in ids.fields]
+    hashed = [[form(v) for form, v in zip(forms, r[1:], strict=True)] for r in raw]
+    assert hashed[0][0] == hashed[1][0] == "elizabeth" and hashed[2][0] == "robert thomas"
+    assert hashed[0][2][8:] == hashed[1][2][8:] == "0311"  # a day/month swap keeps the sorted pair
+    key = derive_linkage_key(setup.secret, setup.agreement.agreement_id)
+    theirs = clk.generate_clks(hashed, from_json_dict(clkhash_schema_dict(ids)), key, validate=True, max_workers=1)
+    assert ours.record_ids == ["R1", "R2", "R3", "R4"]
+    assert ours.clks.tobytes() == b"".join(t.tobytes() for t in theirs)
+
+
 def test_bit_for_bit_with_folding_and_other_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # The fast assembly must match clkhash for folds, other lengths and n-gram settings too.
     def edit(t: str) -> str:

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from pplink.normalise import (
     InvalidValue,
+    given_name_variants,
+    hashed_form,
     normalise_date,
+    normalise_given_name,
     normalise_name,
     normalise_postcode,
     normalise_sex,
@@ -105,3 +108,57 @@ def test_bad_postcodes(raw: str) -> None:
 
 def test_text_folds_accents_and_punctuation() -> None:
     assert normalise_text("  Flat 3, Rue de l'Église ") == "flat 3 rue de l eglise"
+
+
+def test_given_name_variant_table_is_normalised_and_has_no_chains() -> None:
+    # Every entry must already be in normalised form (else it could never be looked up), no variant
+    # may map to itself, and no formal name may itself be a variant: one lookup is the whole mapping,
+    # so normalising twice changes nothing.
+    table = given_name_variants()
+    assert len(table) > 100
+    for variant, formal in table.items():
+        assert normalise_name(variant) == variant and normalise_name(formal) == formal
+        assert variant != formal
+        assert formal not in table
+
+
+def test_given_name_variant_table_is_pinned() -> None:
+    # The agreement id does not cover the shipped table, so every agency must hash with the same one:
+    # a change to it is deliberate (docs/agreement.md), made together with this digest.
+    import hashlib
+    from importlib import resources
+
+    data = resources.files("pplink").joinpath("data/given_name_variants.csv").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == "917a70b8f6366751032455b035bf93ca7407feab033d1f75067834674b393c20"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("Liz", "elizabeth"), ("LIZZIE", "elizabeth"), ("Elizabeth", "elizabeth"), (" bob ", "robert"),
+    ("Kate", "katherine"), ("Bob-Ann", "robert ann"), ("Sam", "sam"), ("Lizx", "lizx"), ("", ""),
+])
+def test_given_name_examples(raw: str, expected: str) -> None:
+    # Known diminutives become the formal name; ambiguous (Sam) and unknown forms are kept as written.
+    assert normalise_given_name(raw) == expected
+
+
+@given(names)
+def test_given_name_normalisation_is_idempotent(value: str) -> None:
+    try:
+        once = normalise_given_name(value)
+    except InvalidValue:
+        return
+    assert normalise_given_name(once) == once
+
+
+@given(st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2020, 12, 31)))
+def test_birth_date_keeps_year_and_day_month_token_under_a_swap(date: dt.date) -> None:
+    # The hashed birth date is the date kind's YYYYMMDD plus four characters that a day/month swap
+    # leaves unchanged; a swapped record therefore agrees on the year and on those four positions.
+    birth = hashed_form("birth_date", FORMATS)
+    plain = hashed_form("date", FORMATS)
+    value = date.strftime("%d/%m/%Y")
+    assert birth(value)[:8] == plain(value) and len(birth(value)) == 12
+    if date.day <= 12:
+        swapped = f"{date.month:02d}/{date.day:02d}/{date.year}"
+        assert birth(swapped)[8:] == birth(value)[8:] and birth(swapped)[:4] == birth(value)[:4]
+    assert birth("") == ""

@@ -43,9 +43,9 @@ __all__ = [
 
 #: The identifier columns of ``pplink synth`` data, in order, with their kinds.
 COLUMNS: tuple[tuple[str, FieldKind], ...] = (
-    ("given_name", FieldKind.NAME),
+    ("given_name", FieldKind.GIVEN_NAME),
     ("surname", FieldKind.NAME),
-    ("date_of_birth", FieldKind.DATE),
+    ("date_of_birth", FieldKind.BIRTH_DATE),
     ("sex", FieldKind.SEX),
     ("postcode", FieldKind.POSTCODE),
 )
@@ -142,9 +142,9 @@ def synth_corpus(people: int, seed: int = 0, *, encoded_share: float = 0.5) -> P
     pop = data.population
     dob = np.datetime_as_string(pop.date_of_birth, unit="D")
     true_values = {
-        "given_name": [_normalise(FieldKind.NAME, v) for v in pop.given_name.tolist()],
+        "given_name": [_normalise(FieldKind.GIVEN_NAME, v) for v in pop.given_name.tolist()],
         "surname": [_normalise(FieldKind.NAME, v) for v in pop.surname.tolist()],
-        "date_of_birth": [_normalise(FieldKind.DATE, d) for d in dob.tolist()],
+        "date_of_birth": [_normalise(FieldKind.BIRTH_DATE, d) for d in dob.tolist()],
         "sex": ["f" if f else "m" for f in pop.female.tolist()],
         "postcode": [_normalise(FieldKind.POSTCODE, v) for v in pop.postcode.tolist()],
     }

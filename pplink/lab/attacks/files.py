@@ -18,7 +18,8 @@ from pplink.agreement import FieldKind
 from pplink.errors import RecordValidationError, UsageError
 from pplink.normalise import (
     InvalidValue,
-    normalise_date,
+    hashed_form,
+    normalise_given_name,
     normalise_name,
     normalise_postcode,
     normalise_sex,
@@ -29,10 +30,11 @@ __all__ = ["read_public_list", "read_truth_column"]
 
 
 def _normaliser(kind: FieldKind):  # type: ignore[no-untyped-def]
-    if kind is FieldKind.DATE:
-        return lambda v: normalise_date(v, ("%Y-%m-%d", "%d/%m/%Y", "%Y%m%d")).replace("-", "")
+    if kind.is_date:
+        return hashed_form(kind, ("%Y-%m-%d", "%d/%m/%Y", "%Y%m%d"))
     return {
         FieldKind.NAME: normalise_name,
+        FieldKind.GIVEN_NAME: normalise_given_name,
         FieldKind.SEX: normalise_sex,
         FieldKind.POSTCODE: normalise_postcode,
         FieldKind.TEXT: normalise_text,

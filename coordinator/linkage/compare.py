@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.linkage.band_kernels import band_entries, score_band_runs
+from coordinator.linkage.band_kernels import band_columns, band_entries, score_band_runs
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
@@ -42,6 +42,8 @@ _ALL_PAIRS_CHUNK = 50_000_000
 _ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
 #: Bands per work unit (one task of a thread or of Ray).
 BAND_GROUP = 4
+#: Bands whose key columns are copied out of the key matrices together (16 uint32 keys share a cache line).
+_COLUMN_GROUP = 4
 #: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
 _OUTPUT_PAIRS = 1 << 18
 
@@ -197,22 +199,43 @@ def compare_bands(
         raise MatchError("blocked matching handles fewer than 2**32 records in all")
     words, keys = _one_type(words), _one_type(keys)
     out = _Output()
-    for band in bands:
-        sorted_keys, records = band_entries(keys, band, sentinel, offsets)
-        entry = 0
-        while entry < len(records):
-            entry, kept, comparisons = score_band_runs(
-                sorted_keys, records, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram,
-                *out.arrays,
-            )  # fmt: skip
-            found.comparisons += comparisons
-            found.add_mixed(*(a[:kept] for a in out.arrays))
-            if entry < len(records) and not kept:
-                # The next bucket alone overflows the buffer: grow it to that bucket's pairs.
-                out.grow(_run_pairs(sorted_keys, records, entry, offsets))
-        if tick:
-            tick()
+    order = sorted(bands)
+    for group in range(0, len(order), _COLUMN_GROUP):
+        chosen = order[group : group + _COLUMN_GROUP]
+        # Consecutive bands share the key matrices' cache lines: copy their columns out together.
+        columns = band_columns(keys, chosen[0], chosen[-1] - chosen[0] + 1)
+        for band in chosen:
+            column, column_sentinel = _narrow(columns[band - chosen[0]], sentinel)
+            entries = band_entries(column, column_sentinel)
+            entry = 0
+            while entry < len(entries):
+                start = entry
+                entry, kept, comparisons = score_band_runs(
+                    entries, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram, *out.arrays
+                )
+                found.comparisons += comparisons
+                found.add_mixed(*(a[:kept] for a in out.arrays))
+                if entry == start:
+                    # The next bucket alone overflows the buffer: grow it to that bucket's pairs.
+                    out.grow(_run_pairs(entries, entry, offsets))
+            if tick:
+                tick()
     return found
+
+
+def _narrow(column: np.ndarray, sentinel: int) -> tuple[np.ndarray, int]:
+    """A band's keys as uint32 (the kernel packs a key and a record number in 64 bits), and their sentinel.
+
+    Keys wider than 32 bits (``bits_per_band + split_bits > 30``) are replaced by their rank
+    among the band's distinct keys: only equality matters to the walk.
+    """
+    if column.dtype == np.uint32:
+        return column, int(np.iinfo(np.uint32).max)
+    skipped = column == sentinel
+    _, ranks = np.unique(column, return_inverse=True)
+    ranks = ranks.astype(np.uint32)
+    ranks[skipped] = np.iinfo(np.uint32).max
+    return ranks, int(np.iinfo(np.uint32).max)
 
 
 def _one_type(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -242,10 +265,12 @@ class _Output:
         self.arrays = (*(np.empty(size, dtype=np.int64) for _ in range(4)), np.empty(size, dtype=np.float64))
 
 
-def _run_pairs(sorted_keys: np.ndarray, records: np.ndarray, entry: int, offsets: np.ndarray) -> int:
-    """Cross-dataset pairs of the run of equal keys that starts at ``entry``."""
-    last = entry + int(np.searchsorted(sorted_keys[entry:], sorted_keys[entry], side="right"))
-    sizes = np.bincount(np.searchsorted(offsets, records[entry:last], side="right") - 1, minlength=len(offsets))
+def _run_pairs(entries: np.ndarray, entry: int, offsets: np.ndarray) -> int:
+    """Cross-dataset pairs of the run of equal keys that starts at ``entry`` (entries as ``band_entries``)."""
+    keys = entries[entry:] >> np.uint64(32)
+    last = entry + int(np.searchsorted(keys, keys[0], side="right"))
+    records = (entries[entry:last] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    sizes = np.bincount(np.searchsorted(offsets, records, side="right") - 1, minlength=len(offsets))
     return int((sizes.sum() ** 2 - (sizes * sizes).sum()) // 2)
 
 

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 from coordinator.linkage.kernels import _popcount64
 
-__all__ = ["band_columns", "band_entries", "radix_sort", "score_band_runs"]
+__all__ = ["band_columns", "band_entries", "radix_sort", "score_band_runs", "sorted_entries"]
 
 #: Most bits per radix digit: 4096 counters (32 KB) stay in the first-level cache.
 _DIGIT = 12
@@ -422,3 +422,27 @@ def band_columns(keys, first, count):  # noqa: ANN001, ANN201
                 out[c, at] = matrix[row, first + c]
             at += 1
     return out
+
+
+def sorted_entries(column: np.ndarray, sentinel: int | None) -> np.ndarray:
+    """:func:`band_entries` of one band's keys of any unsigned or non-negative integer type.
+
+    Keys that do not fit below ``2**32 - 1`` (``bits_per_band + split_bits > 30``, or a column
+    holding that value) are replaced by their rank among the band's distinct keys first: the
+    walks only compare keys for equality, and ranks keep the keys' order.
+
+    Args:
+        column: the band's key of every record of all datasets, dataset after dataset.
+        sentinel: the key of skipped records, left out; ``None`` when none is skipped.
+
+    Returns:
+        uint64 entries ``key << 32 | record``, ascending.
+    """
+    narrow_sentinel = np.uint32(np.iinfo(np.uint32).max)
+    if column.dtype == np.uint32 and (sentinel == narrow_sentinel or not np.any(column == narrow_sentinel)):
+        return band_entries(column, narrow_sentinel)
+    skipped = np.zeros(len(column), dtype=bool) if sentinel is None else column == sentinel
+    _, ranks = np.unique(column, return_inverse=True)
+    ranks = ranks.reshape(-1).astype(np.uint32)
+    ranks[skipped] = narrow_sentinel
+    return band_entries(ranks, narrow_sentinel)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["bucket_census", "bit_word_shifts", "merge_join", "pack_keys"]
+__all__ = ["bit_word_shifts", "bucket_census", "column_census", "merge_join", "pack_keys"]
 
 
 def bit_word_shifts(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,31 +33,58 @@ def bit_word_shifts(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return positions // 64, 8 * ((positions // 8) % 8) + 7 - positions % 8
 
 
+#: Rows whose words are transposed together in ``pack_keys`` (16 words x 512 rows: 64 KB).
+_PACK_ROWS = 512
+
+
 @njit(nogil=True, cache=True)
 def pack_keys(words: np.ndarray, word: np.ndarray, shift: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
     """Set ``out[r, band]`` to the bits ``(word[band, t], shift[band, t])`` of row ``r``, bit ``t`` first.
 
-    Rows ``first:last`` only, so that threads can share the work.
+    Rows ``first:last`` only, so that threads can share the work. Each block of rows is first
+    transposed to one row of values per word, so that every sampled bit is taken from a whole
+    block of rows by one contiguous (vectorised) loop instead of one row at a time.
     """
     bands, width = word.shape
-    for row in range(first, last):
+    columns = np.empty((words.shape[1], _PACK_ROWS), dtype=np.uint64)
+    narrow = np.empty(_PACK_ROWS, dtype=np.uint32)
+    wide = np.empty(_PACK_ROWS, dtype=np.uint64)
+    for start in range(first, last, _PACK_ROWS):
+        rows = min(_PACK_ROWS, last - start)
+        for r in range(rows):
+            for w in range(words.shape[1]):
+                columns[w, r] = words[start + r, w]
         for band in range(bands):
-            key = np.uint64(0)
-            for t in range(width):
-                key |= ((words[row, word[band, t]] >> np.uint64(shift[band, t])) & np.uint64(1)) << np.uint64(t)
-            out[row, band] = key
+            # Fixed-length loops over 32-bit keys where they fit: they vectorise best.
+            if out.itemsize == 4:
+                for r in range(_PACK_ROWS):
+                    narrow[r] = 0
+                for t in range(width):
+                    column = columns[word[band, t]]
+                    at = np.uint64(shift[band, t])
+                    bit = np.uint32(t)
+                    for r in range(_PACK_ROWS):
+                        narrow[r] |= np.uint32((column[r] >> at) & np.uint64(1)) << bit
+                for r in range(rows):
+                    out[start + r, band] = narrow[r]
+            else:
+                for r in range(_PACK_ROWS):
+                    wide[r] = 0
+                for t in range(width):
+                    column = columns[word[band, t]]
+                    at = np.uint64(shift[band, t])
+                    bit = np.uint64(t)
+                    for r in range(_PACK_ROWS):
+                        wide[r] |= ((column[r] >> at) & np.uint64(1)) << bit
+                for r in range(rows):
+                    out[start + r, band] = wide[r]
 
 
 def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]:
     """Cross-dataset pairs per key in one band: which keys exceed ``cap``, and the largest that does not.
 
-    Sorts each key tagged with its dataset in the low bits once (a compiled radix sort: two
-    passes of 12-bit digits for 21-bit keys, several times faster than numpy's sort) and counts the runs
-    in a compiled loop: far cheaper than key-indexed tables, whose random
-    accesses miss the cache.
-
     Args:
-        columns: the band's keys, one array per dataset (keys below ``2**(63 - tag bits)``).
+        columns: the band's keys, one array per dataset (non-negative integers).
         cap: most pairs a bucket may give.
 
     Returns:
@@ -69,47 +96,58 @@ def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]
         >>> giant.tolist(), largest
         ([1, 2], 0)
     """
-    tag_bits = max(1, (len(columns) - 1).bit_length())
-    tagged = np.empty(sum(len(c) for c in columns), dtype=np.int64)
-    first = 0
-    for d, column in enumerate(columns):
-        part = tagged[first : first + len(column)]
-        np.left_shift(column, tag_bits, out=part, dtype=np.int64)
-        part |= d
-        first += len(column)
-    from coordinator.linkage.band_kernels import radix_sort
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in columns])]).astype(np.int64)
+    return column_census(np.concatenate(columns), offsets, cap)
 
-    if len(tagged) and tagged.min() < 0:
-        # Keys too wide for their tag (never with valid blocking settings): numpy's signed order.
-        tagged.sort()
-        return _census_runs(tagged, tag_bits, cap)
-    return _census_runs(radix_sort(tagged), tag_bits, cap)
+
+def column_census(column: np.ndarray, offsets: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
+    """:func:`bucket_census` of one band's keys of all datasets, dataset after dataset (``offsets`` as in ``compare``).
+
+    Sorts the band's (key, record) entries once (``band_kernels.sorted_entries``: a compiled
+    radix sort, two passes of 11-bit digits for 21-bit keys) and counts each run's records per
+    dataset in a compiled loop: far cheaper than key-indexed tables, whose random accesses miss
+    the cache.
+    """
+    from coordinator.linkage.band_kernels import sorted_entries
+
+    records, largest = _census_runs(sorted_entries(column, None), offsets, cap)
+    return np.sort(column[records]), largest
 
 
 @njit(nogil=True, cache=True)
-def _census_runs(tagged: np.ndarray, tag_bits: int, cap: int) -> tuple[np.ndarray, int]:
-    giant = np.empty(tagged.shape[0], dtype=np.int64)
+def _census_runs(entries: np.ndarray, offsets: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
+    """Giant runs (their first records) and the most pairs of any other run, of ``key << 32 | record`` entries."""
+    giant = np.empty(entries.shape[0], dtype=np.int64)
     n_giant = 0
     largest = 0
+    mask = np.uint64(0xFFFFFFFF)
+    n = entries.shape[0]
     i = 0
-    while i < tagged.shape[0]:
-        key = tagged[i] >> tag_bits
-        total = 0
-        squares = 0
-        while i < tagged.shape[0] and tagged[i] >> tag_bits == key:
-            tag = tagged[i]
-            run = 0
-            while i < tagged.shape[0] and tagged[i] == tag:
-                run += 1
-                i += 1
-            total += run
-            squares += run * run
-        pairs = (total * total - squares) // 2
-        if pairs > cap:
-            giant[n_giant] = key
-            n_giant += 1
-        elif pairs > largest:
-            largest = pairs
+    while i < n:
+        key = entries[i] >> np.uint64(32)
+        j = i + 1
+        while j < n and entries[j] >> np.uint64(32) == key:
+            j += 1
+        if j - i > 1:
+            # Records ascend within a key, so each dataset is one stretch of the run.
+            squares = 0
+            p = i
+            while p < j:
+                d = 0
+                while np.int64(entries[p] & mask) >= offsets[d + 1]:
+                    d += 1
+                q = p + 1
+                while q < j and np.int64(entries[q] & mask) < offsets[d + 1]:
+                    q += 1
+                squares += (q - p) * (q - p)
+                p = q
+            pairs = ((j - i) * (j - i) - squares) // 2
+            if pairs > cap:
+                giant[n_giant] = np.int64(entries[i] & mask)
+                n_giant += 1
+            elif pairs > largest:
+                largest = pairs
+        i = j
     return giant[:n_giant].copy(), largest
 
 

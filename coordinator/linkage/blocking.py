@@ -260,16 +260,19 @@ def compute_band_keys(
 
     lock, counted = threading.Lock(), []
 
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
+
     def giants(first: int) -> list[tuple[np.ndarray, int]]:
-        from coordinator.linkage.block_kernels import bucket_census
+        from coordinator.linkage.band_kernels import band_columns
+        from coordinator.linkage.block_kernels import column_census
 
         bands = range(first, min(first + _BAND_GROUP, config.bands))
-        # One copy of a group of columns reads each row's keys once; a column at a time would
-        # read a whole cache line per key.
-        groups = [np.ascontiguousarray(k[:, bands.start : bands.stop].T) for k in keys]
+        # One compiled copy of a group of columns reads each row's keys once; a column at a time
+        # would read a whole cache line per key.
+        columns = band_columns(tuple(keys), bands.start, len(bands))
         out = []
-        for i in range(len(bands)):
-            giant_keys, largest = bucket_census([g[i] for g in groups], cap)
+        for column in columns:
+            giant_keys, largest = column_census(column, offsets, cap)
             out.append((giant_keys.astype(dtype), int(largest)))
         if progress:
             with lock:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.linkage.band_kernels import band_columns, band_entries, score_band_runs
+from coordinator.linkage.band_kernels import band_columns, score_band_runs, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
@@ -205,8 +205,7 @@ def compare_bands(
         # Consecutive bands share the key matrices' cache lines: copy their columns out together.
         columns = band_columns(keys, chosen[0], chosen[-1] - chosen[0] + 1)
         for band in chosen:
-            column, column_sentinel = _narrow(columns[band - chosen[0]], sentinel)
-            entries = band_entries(column, column_sentinel)
+            entries = sorted_entries(columns[band - chosen[0]], sentinel)
             entry = 0
             while entry < len(entries):
                 start = entry
@@ -221,21 +220,6 @@ def compare_bands(
             if tick:
                 tick()
     return found
-
-
-def _narrow(column: np.ndarray, sentinel: int) -> tuple[np.ndarray, int]:
-    """A band's keys as uint32 (the kernel packs a key and a record number in 64 bits), and their sentinel.
-
-    Keys wider than 32 bits (``bits_per_band + split_bits > 30``) are replaced by their rank
-    among the band's distinct keys: only equality matters to the walk.
-    """
-    if column.dtype == np.uint32:
-        return column, int(np.iinfo(np.uint32).max)
-    skipped = column == sentinel
-    _, ranks = np.unique(column, return_inverse=True)
-    ranks = ranks.astype(np.uint32)
-    ranks[skipped] = np.iinfo(np.uint32).max
-    return ranks, int(np.iinfo(np.uint32).max)
 
 
 def _one_type(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -1,13 +1,12 @@
-"""One compiled pass per band: group every dataset's records by key, then score the shared buckets.
+"""One compiled walk per band: score every cross-dataset pair of every shared bucket, in place.
 
-Per band, each record's key and global number are packed in one uint64 (key above bit 32) and
-radix-sorted on the key bits only (two 11-bit passes for 21-bit keys, the digit counts of both
-taken in one read), so the records of a key come out ascending, dataset by dataset. The walk over
-the runs of equal keys copies each shared bucket's encodings into one contiguous block (their
-loads started a few entries ahead, so that they overlap) and scores every cross-dataset pair of
-it from there with a fixed-length popcount loop. Pairs scoring at least the dedup floor are
-checked against earlier bands in one batch at the end of the call, their earlier keys prefetched
-a few pairs ahead: only those pairs ever read earlier keys.
+The band's records come grouped by key (:func:`coordinator.linkage.band_sort.sorted_entries`).
+The walk over the runs of equal keys copies each shared bucket's encodings into one contiguous
+block (their loads started a few runs ahead, so that they overlap) and scores every
+cross-dataset pair from there (two ``vpopcntq`` per 1024-bit pair where the CPU has them).
+Pairs scoring at least the dedup floor are checked against earlier bands in one batch at the end
+of the call, their earlier keys prefetched a few pairs ahead: only those pairs ever read
+earlier keys.
 
 Results are those of :func:`coordinator.linkage.kernels.bucket_pair_dice`: the same Dice
 arithmetic, the same first-band rule, the same comparison count; only the order in which pairs
@@ -17,174 +16,19 @@ are found differs, and the caller sorts the candidates anyway.
 from __future__ import annotations
 
 import numpy as np
-import llvmlite.binding as ll
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
-from coordinator.linkage.kernels import _popcount64
+from coordinator.linkage.band_sort import RECORD_BITS
+from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch
 
-__all__ = ["band_columns", "band_entries", "radix_sort", "score_band_runs", "sorted_entries"]
+__all__ = ["score_band_runs"]
 
-#: Most bits per radix digit: 4096 counters (32 KB) stay in the first-level cache.
-_DIGIT = 12
 #: uint64 words per 64-byte cache line.
 _LINE_WORDS = 8
 #: Entries the walk looks ahead to start loading an encoding (about the loads a core keeps in flight).
 _AHEAD = 24
 #: Pairs the earlier-band check looks ahead to start loading the two records' earlier keys.
 _CHECK_AHEAD = 8
-#: Whether the CPU counts bits of 512-bit vectors in one instruction: then a 1024-bit AND-popcount is two.
-_VECTOR_POPCOUNT = "avx512vpopcntdq" in ll.get_host_cpu_features().flatten()
-#: Entries carry the key above this bit and the global record below it.
-_RECORD_BITS = 32
-
-
-@intrinsic
-def _prefetch(typingctx, array, row, column):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
-    """Ask the CPU to start loading the cache line of ``array[row, column]`` (no effect on results)."""
-    signature = types.void(array, types.intp, types.intp)
-
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        array_type = sig.args[0]
-        data = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1], args[2]])
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
-        # read (0), keep in all cache levels (3), data cache (1)
-        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-@intrinsic
-def _and_popcount_1024(typingctx, block, p, q):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
-    """popcount(block[p] & block[q]) for rows of 16 uint64 words (1024 bits), as two 512-bit vectors.
-
-    LLVM lowers the vector ``ctpop`` to ``vpopcntq`` where the CPU has it (AVX-512 VPOPCNTDQ); the
-    caller uses this only there, and the scalar loop elsewhere. The count is exact either way.
-    """
-    signature = types.uint64(block, types.intp, types.intp)
-
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        array_type = sig.args[0]
-        data = context.make_array(array_type)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        i64 = ir.IntType(64)
-        vec = ir.VectorType(i64, 8)
-        vec_ptr = vec.as_pointer()
-        total = None
-        rows = [cgutils.get_item_pointer(context, builder, array_type, data, [row, zero]) for row in args[1:]]
-        ptr_p, ptr_q = (builder.bitcast(row, vec_ptr) for row in rows)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
-        for half in range(2):
-            idx = ir.Constant(ir.IntType(64), half)
-            a = builder.load(builder.gep(ptr_p, [idx]), align=8)
-            b = builder.load(builder.gep(ptr_q, [idx]), align=8)
-            c = builder.call(ctpop, [builder.and_(a, b)])
-            total = c if total is None else builder.add(total, c)
-        reduce_type = ir.FunctionType(i64, [vec])
-        reduce = cgutils.get_or_insert_function(builder.module, reduce_type, "llvm.vector.reduce.add.v8i64")
-        return builder.call(reduce, [total])
-
-    return signature, codegen
-
-
-@njit(nogil=True, cache=True)
-def _bit_length(value: np.uint64) -> int:
-    bits = 0
-    while value != np.uint64(0):
-        value >>= np.uint64(1)
-        bits += 1
-    return bits
-
-
-@njit(nogil=True, cache=True)
-def _digit_bits(bits):  # noqa: ANN001, ANN202
-    """Digit width for the fewest passes over ``bits`` bits (21 bits: two of 11; 23: two of 12)."""
-    passes = max(1, (bits + _DIGIT - 1) // _DIGIT)
-    return (bits + passes - 1) // passes if bits else 1
-
-
-@njit(nogil=True, cache=True)
-def _radix_sort_bits(values, spare, low, bits):  # noqa: ANN001, ANN202
-    """Stable LSD radix sort of uint64 ``values`` by their bits ``low .. low + bits - 1``.
-
-    One read counts the digits of every pass; a pass whose digit is the same for every value is
-    skipped. Returns whichever of ``values`` and ``spare`` holds the result (the other is scratch).
-    """
-    n = values.shape[0]
-    if bits == 0 or n < 2:
-        return values
-    digit_bits = _digit_bits(bits)
-    passes = (bits + digit_bits - 1) // digit_bits
-    size = 1 << digit_bits
-    mask = np.uint64(size - 1)
-    counts = np.zeros((passes, size), dtype=np.int64)
-    for i in range(n):
-        value = values[i] >> np.uint64(low)
-        for p in range(passes):
-            counts[p, (value >> np.uint64(p * digit_bits)) & mask] += 1
-    for p in range(passes):
-        shift = np.uint64(low + p * digit_bits)
-        total = 0
-        single = False
-        for digit in range(size):
-            count = counts[p, digit]
-            if count == n:
-                single = True
-            counts[p, digit] = total
-            total += count
-        if single:
-            continue
-        for i in range(n):
-            value = values[i]
-            digit = (value >> shift) & mask
-            at = counts[p, digit]
-            spare[at] = value
-            counts[p, digit] = at + 1
-        values, spare = spare, values
-    return values
-
-
-@njit(nogil=True, cache=True)
-def radix_sort(values: np.ndarray) -> np.ndarray:
-    """Ascending copy of a uint64 or int64 array of non-negative values (LSD radix, digits of at most 12 bits)."""
-    keys = values.astype(np.uint64)
-    top = np.uint64(0)
-    for i in range(keys.shape[0]):
-        top |= keys[i]
-    out = _radix_sort_bits(keys, np.empty_like(keys), 0, _bit_length(top))
-    return out.astype(values.dtype)
-
-
-@njit(nogil=True, cache=True)
-def band_entries(column, sentinel):  # noqa: ANN001, ANN201
-    """Every record's key in one band (records keyed ``sentinel`` left out), sorted by key, then by record.
-
-    Args:
-        column: the band's key of every record of all datasets, dataset after dataset (keys below
-            ``2**32``; the global record number is the index).
-        sentinel: the key of skipped records.
-
-    Returns:
-        uint64 entries ``key << 32 | record``, ascending.
-    """
-    n = column.shape[0]
-    entries = np.empty(n, dtype=np.uint64)
-    at = 0
-    top = np.uint64(0)
-    for record in range(n):
-        key = column[record]
-        if key != sentinel:
-            entries[at] = (np.uint64(key) << np.uint64(_RECORD_BITS)) | np.uint64(record)
-            top |= np.uint64(key)
-            at += 1
-    return _radix_sort_bits(entries[:at], np.empty(at, dtype=np.uint64), _RECORD_BITS, _bit_length(top))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -206,21 +50,21 @@ def _seen_before(keys_a, keys_b, row_a, row_b, band, sentinel):  # noqa: ANN001,
 
 
 @njit(nogil=True, cache=True)
-def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202
+def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
     """Check the ``pending`` pairs against earlier bands; count and keep (compacted) those no earlier band found."""
     bins = histogram.shape[0]
     line_keys = 64 // keys[0].itemsize
     for k in range(min(_CHECK_AHEAD, pending)):
         for column in range(0, band, line_keys):
-            _prefetch(keys[out_da[k]], out_ra[k], column)
-            _prefetch(keys[out_db[k]], out_rb[k], column)
+            prefetch(keys[out_da[k]], out_ra[k], column)
+            prefetch(keys[out_db[k]], out_rb[k], column)
     kept = 0
     for k in range(pending):
         ahead = k + _CHECK_AHEAD
         if ahead < pending:
             for column in range(0, band, line_keys):
-                _prefetch(keys[out_da[ahead]], out_ra[ahead], column)
-                _prefetch(keys[out_db[ahead]], out_rb[ahead], column)
+                prefetch(keys[out_da[ahead]], out_ra[ahead], column)
+                prefetch(keys[out_db[ahead]], out_rb[ahead], column)
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
         if _seen_before(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
             continue
@@ -258,7 +102,7 @@ def score_band_runs(
     has bins) and kept in the ``out_*`` arrays if it scores at least ``threshold``.
 
     Args:
-        entries: the band's sorted entries (:func:`band_entries`).
+        entries: the band's sorted entries (:func:`coordinator.linkage.band_sort.sorted_entries`).
         first: the entry to start from.
         offsets: ``offsets[d]`` is dataset ``d``'s first global record number (``len(words) + 1`` values).
         words: per dataset, the encodings as uint64 words (a tuple of arrays of one type).
@@ -285,7 +129,7 @@ def score_band_runs(
     bins = histogram.shape[0]
     capacity = out_sim.shape[0]
     n = entries.shape[0]
-    record_mask = np.uint64((1 << _RECORD_BITS) - 1)
+    record_mask = np.uint64((1 << RECORD_BITS) - 1)
     starts = np.empty(datasets + 1, dtype=np.int64)
     owner = np.empty(datasets, dtype=np.int64)
     block = np.empty((64, width), dtype=np.uint64)
@@ -294,30 +138,30 @@ def score_band_runs(
     block_sets = np.empty(64, dtype=np.int64)
     block_next = np.empty(64, dtype=np.int64)
     check = band > 0
-    vector = _VECTOR_POPCOUNT and width == 16
+    vector = VECTOR_POPCOUNT and width == 16
     pending = 0
     comparisons = 0
     i = first
     ahead = first
     while i < n:
-        key = entries[i] >> np.uint64(_RECORD_BITS)
+        key = entries[i] >> np.uint64(RECORD_BITS)
         j = i + 1
-        while j < n and entries[j] >> np.uint64(_RECORD_BITS) == key:
+        while j < n and entries[j] >> np.uint64(RECORD_BITS) == key:
             j += 1
         # Start loading, once each, the encodings of the runs that will be scored a few entries
         # from now: runs of two datasets or more (records ascend, so the first and last differ).
         while ahead < n and ahead < j + _AHEAD:
-            ahead_key = entries[ahead] >> np.uint64(_RECORD_BITS)
+            ahead_key = entries[ahead] >> np.uint64(RECORD_BITS)
             end = ahead + 1
-            while end < n and entries[end] >> np.uint64(_RECORD_BITS) == ahead_key:
+            while end < n and entries[end] >> np.uint64(RECORD_BITS) == ahead_key:
                 end += 1
-            first_record = np.int64(entries[ahead] & record_mask)
-            if end - ahead > 1 and np.int64(entries[end - 1] & record_mask) >= offsets[_dataset_of(first_record, offsets) + 1]:
+            first_dataset = _dataset_of(np.int64(entries[ahead] & record_mask), offsets)
+            if end - ahead > 1 and np.int64(entries[end - 1] & record_mask) >= offsets[first_dataset + 1]:
                 for entry in range(ahead, end):
                     record = np.int64(entries[entry] & record_mask)
                     d = _dataset_of(record, offsets)
                     for column in range(0, width, _LINE_WORDS):
-                        _prefetch(words[d], record - offsets[d], column)
+                        prefetch(words[d], record - offsets[d], column)
             ahead = end
         size = j - i
         if size < 2:
@@ -360,7 +204,7 @@ def score_band_runs(
                 for w in range(width):
                     value = words_d[row, w]
                     block[p, w] = value
-                    total += _popcount64(value)
+                    total += popcount64(value)
                 block_pops[p] = np.int64(total)
                 block_rows[p] = row
         # Every pair (p, q) with q in a later dataset than p: one inner loop per record.
@@ -376,11 +220,11 @@ def score_band_runs(
             pop_a = block_pops[p]
             for q in range(block_next[p], size):
                 if vector:
-                    shared = _and_popcount_1024(block, p, q)
+                    shared = and_popcount_1024(block, p, q)
                 else:
                     shared = np.uint64(0)
                     for w in range(width):
-                        shared += _popcount64(block[p, w] & block[q, w])
+                        shared += popcount64(block[p, w] & block[q, w])
                 denominator = pop_a + block_pops[q]
                 # anonlink's arithmetic: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0.
                 sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
@@ -399,50 +243,6 @@ def score_band_runs(
         comparisons += pairs
         i = j
     if check:
-        return i, _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim), comparisons
+        outputs = (out_da, out_db, out_ra, out_rb, out_sim)
+        pending = _drop_seen(keys, band, sentinel, threshold, histogram, pending, *outputs)
     return i, pending, comparisons
-
-
-@njit(nogil=True, cache=True)
-def band_columns(keys, first, count):  # noqa: ANN001, ANN201
-    """Columns ``first .. first + count - 1`` of the key matrices, as ``(count, records)`` rows of all datasets.
-
-    One pass reads each record's keys of these bands together, from one cache line where they
-    share one, instead of a whole line per key and band.
-    """
-    total = 0
-    for d in range(len(keys)):
-        total += keys[d].shape[0]
-    out = np.empty((count, total), dtype=keys[0].dtype)
-    at = 0
-    for d in range(len(keys)):
-        matrix = keys[d]
-        for row in range(matrix.shape[0]):
-            for c in range(count):
-                out[c, at] = matrix[row, first + c]
-            at += 1
-    return out
-
-
-def sorted_entries(column: np.ndarray, sentinel: int | None) -> np.ndarray:
-    """:func:`band_entries` of one band's keys of any unsigned or non-negative integer type.
-
-    Keys that do not fit below ``2**32 - 1`` (``bits_per_band + split_bits > 30``, or a column
-    holding that value) are replaced by their rank among the band's distinct keys first: the
-    walks only compare keys for equality, and ranks keep the keys' order.
-
-    Args:
-        column: the band's key of every record of all datasets, dataset after dataset.
-        sentinel: the key of skipped records, left out; ``None`` when none is skipped.
-
-    Returns:
-        uint64 entries ``key << 32 | record``, ascending.
-    """
-    narrow_sentinel = np.uint32(np.iinfo(np.uint32).max)
-    if column.dtype == np.uint32 and (sentinel == narrow_sentinel or not np.any(column == narrow_sentinel)):
-        return band_entries(column, narrow_sentinel)
-    skipped = np.zeros(len(column), dtype=bool) if sentinel is None else column == sentinel
-    _, ranks = np.unique(column, return_inverse=True)
-    ranks = ranks.reshape(-1).astype(np.uint32)
-    ranks[skipped] = narrow_sentinel
-    return band_entries(ranks, narrow_sentinel)

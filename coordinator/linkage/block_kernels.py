@@ -108,7 +108,7 @@ def column_census(column: np.ndarray, offsets: np.ndarray, cap: int) -> tuple[np
     dataset in a compiled loop: far cheaper than key-indexed tables, whose random accesses miss
     the cache.
     """
-    from coordinator.linkage.band_kernels import sorted_entries
+    from coordinator.linkage.band_sort import sorted_entries
 
     records, largest = _census_runs(sorted_entries(column, None), offsets, cap)
     return np.sort(column[records]), largest

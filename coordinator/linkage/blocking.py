@@ -263,7 +263,7 @@ def compute_band_keys(
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
 
     def giants(first: int) -> list[tuple[np.ndarray, int]]:
-        from coordinator.linkage.band_kernels import band_columns
+        from coordinator.linkage.band_sort import band_columns
         from coordinator.linkage.block_kernels import column_census
 
         bands = range(first, min(first + _BAND_GROUP, config.bands))

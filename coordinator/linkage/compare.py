@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.linkage.band_kernels import band_columns, score_band_runs, sorted_entries
+from coordinator.linkage.band_kernels import score_band_runs
+from coordinator.linkage.band_sort import band_columns, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words

@@ -15,17 +15,30 @@ on a machine pays the ~2-4 s compile; later imports load it in well under a seco
 
 from __future__ import annotations
 
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["bucket_pair_dice", "gather_buckets", "pair_dice", "row_popcounts"]
+__all__ = [
+    "VECTOR_POPCOUNT",
+    "and_popcount_1024",
+    "bucket_pair_dice",
+    "gather_buckets",
+    "pair_dice",
+    "popcount64",
+    "prefetch",
+    "row_popcounts",
+]
+
+#: Whether the CPU counts bits of 512-bit vectors in one instruction: then a 1024-bit AND-popcount is two.
+VECTOR_POPCOUNT = "avx512vpopcntdq" in ll.get_host_cpu_features().flatten()
 
 
 @intrinsic
-def _popcount64(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+def popcount64(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
     """Population count of a uint64 via LLVM ``ctpop``."""
     signature = types.uint64(types.uint64)
 
@@ -56,6 +69,59 @@ def _prefetch_row(typingctx, array, row):  # noqa: ANN001, ANN202 (numba's intri
     return signature, codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, row, column):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+    """Ask the CPU to start loading the cache line of ``array[row, column]`` (no effect on results)."""
+    signature = types.void(array, types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        array_type = sig.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1], args[2]])
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        # read (0), keep in all cache levels (3), data cache (1)
+        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def and_popcount_1024(typingctx, block, p, q):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
+    """popcount(block[p] & block[q]) for rows of 16 uint64 words (1024 bits), as two 512-bit vectors.
+
+    LLVM lowers the vector ``ctpop`` to ``vpopcntq`` where the CPU has it (AVX-512 VPOPCNTDQ); the
+    caller uses this only there, and the scalar loop elsewhere. The count is exact either way.
+    """
+    signature = types.uint64(block, types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+        array_type = sig.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(i64, 8)
+        vec_ptr = vec.as_pointer()
+        total = None
+        rows = [cgutils.get_item_pointer(context, builder, array_type, data, [row, zero]) for row in args[1:]]
+        ptr_p, ptr_q = (builder.bitcast(row, vec_ptr) for row in rows)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64")
+        for half in range(2):
+            idx = ir.Constant(ir.IntType(64), half)
+            a = builder.load(builder.gep(ptr_p, [idx]), align=8)
+            b = builder.load(builder.gep(ptr_q, [idx]), align=8)
+            c = builder.call(ctpop, [builder.and_(a, b)])
+            total = c if total is None else builder.add(total, c)
+        reduce_type = ir.FunctionType(i64, [vec])
+        reduce = cgutils.get_or_insert_function(builder.module, reduce_type, "llvm.vector.reduce.add.v8i64")
+        return builder.call(reduce, [total])
+
+    return signature, codegen
+
+
 @njit(nogil=True, cache=True)
 def row_popcounts(words: np.ndarray) -> np.ndarray:
     """Set bits of each row of a ``(n, w)`` uint64 matrix, as int64."""
@@ -63,7 +129,7 @@ def row_popcounts(words: np.ndarray) -> np.ndarray:
     for row in range(words.shape[0]):
         total = np.uint64(0)
         for w in range(words.shape[1]):
-            total += _popcount64(words[row, w])
+            total += popcount64(words[row, w])
         out[row] = np.int64(total)
     return out
 
@@ -72,7 +138,7 @@ def row_popcounts(words: np.ndarray) -> np.ndarray:
 def _dice(words_a, words_b, row_a, row_b, pop_a, pop_b):  # noqa: ANN001, ANN202
     shared = np.uint64(0)
     for w in range(words_a.shape[1]):
-        shared += _popcount64(words_a[row_a, w] & words_b[row_b, w])
+        shared += popcount64(words_a[row_a, w] & words_b[row_b, w])
     denominator = pop_a + pop_b
     if denominator == 0:
         return 0.0

@@ -9,7 +9,7 @@ from anonlink.similarities import dice_coefficient_accelerated
 from bitarray import bitarray
 
 from coordinator.linkage import compare
-from coordinator.linkage.band_kernels import radix_sort
+from coordinator.linkage.band_sort import radix_sort
 from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
 from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage.compare import Found, compare_datasets
@@ -149,17 +149,19 @@ def _pairs(found: Found) -> set:
     return out
 
 
-@pytest.mark.parametrize(("workers", "buffer_pairs"), [(1, 1 << 18), (2, 1 << 18), (1, 1), (2, 7)])
-def test_blocked_comparison_equals_its_definition(workers: int, buffer_pairs: int, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("workers", "buffer_pairs", "nbytes"), [(1, 1 << 18, 32), (2, 1 << 18, 32), (1, 1, 32), (2, 7, 32), (2, 7, 128)]
+)
+def test_blocked_comparison_equals_its_definition(workers: int, buffer_pairs: int, nbytes: int, monkeypatch) -> None:  # noqa: ANN001
     """The compiled blocked comparison finds exactly the pairs, comparisons and histogram that the
     definition of blocking gives (computed by brute force), each kept pair once, with any thread count,
     and whatever the kernel's output buffer holds (a full buffer is drained and the band resumed, a bucket
-    larger than the buffer grows it)."""
+    larger than the buffer grows it); 1024-bit encodings take the kernel's vector popcount where the CPU has it."""
     monkeypatch.setattr(compare, "_OUTPUT_PAIRS", buffer_pairs)
     rng = np.random.default_rng(8)
-    base = _encodings(rng, 120, 32)
+    base = _encodings(rng, 120, nbytes)
     datasets = [base ^ (rng.random(base.shape) < 0.02).astype(np.uint8) for _ in range(3)]
-    datasets = [np.concatenate([d, _encodings(rng, 40 + 10 * i, 32)]) for i, d in enumerate(datasets)]
+    datasets = [np.concatenate([d, _encodings(rng, 40 + 10 * i, nbytes)]) for i, d in enumerate(datasets)]
     config = BlockingConfig(bits_per_band=6, bands=10, split_bits=4, max_bucket_pairs=400)
     pairs, hist, comparisons = _brute_force_blocked(datasets, config, 0.6, 20)
     found, stats, *_ = compare_datasets(check_datasets(datasets), 0.6, config, workers, None, 20)
@@ -171,16 +173,22 @@ def test_blocked_comparison_equals_its_definition(workers: int, buffer_pairs: in
     assert found.histogram is not None and np.array_equal(found.histogram, hist)
 
 
-def test_pack_keys_reads_big_endian_bits() -> None:
-    """Key bit t is the encoding's bit at position t of the band (big-endian within each byte)."""
+@pytest.mark.parametrize(("dtype", "rows"), [(np.uint32, 25), (np.uint32, 1300), (np.uint64, 1300)])
+def test_pack_keys_reads_big_endian_bits(dtype: type, rows: int) -> None:
+    """Key bit t is the encoding's bit at position t of the band (big-endian within each byte), for
+    32- and 64-bit keys, over several of the kernel's row blocks, and only rows first:last are written."""
     rng = np.random.default_rng(3)
-    data = _encodings(rng, 25, 16)
-    positions = np.stack([rng.choice(128, 9, replace=False) for _ in range(4)])
+    data = _encodings(rng, rows, 16)
+    width = 9 if dtype == np.uint32 else 40
+    positions = np.stack([rng.choice(128, width, replace=False) for _ in range(4)])
     word, shift = bit_word_shifts(positions)
-    out = np.empty((25, 4), np.uint32)
-    pack_keys(as_words(data).copy(), word, shift, out, 0, 25)
-    bits = np.unpackbits(data, axis=1)
-    expected = (bits[:, positions].astype(np.uint32) << np.arange(9, dtype=np.uint32)).sum(axis=2)
+    out = np.zeros((rows, 4), dtype)
+    first, last = (0, rows) if rows < 100 else (3, rows - 5)
+    pack_keys(as_words(data).copy(), word, shift, out, first, last)
+    bits = np.unpackbits(data, axis=1).astype(np.uint64)
+    expected = (bits[:, positions] << np.arange(width, dtype=np.uint64)).sum(axis=2).astype(dtype)
+    expected[:first] = 0
+    expected[last:] = 0
     assert np.array_equal(out, expected)
 
 
@@ -232,3 +240,21 @@ def test_compare_bands_takes_read_only_and_writable_arrays_mixed() -> None:
     got = compare.compare_bands(bands, frozen, prepared.pops, frozen_keys, prepared.band_keys.sentinel, 0.6, 10)
     assert _pairs(got) == _pairs(expected) and len(_pairs(got)) > 10
     assert got.comparisons == expected.comparisons and np.array_equal(got.histogram, expected.histogram)
+
+
+def test_keys_wider_than_32_bits_compare_as_their_narrow_values() -> None:
+    """Only key equality matters: the same keys held as uint64 (ranked before sorting, sentinel
+    moved to the uint64 maximum) give the same pairs, comparisons and histogram as uint32 keys."""
+    rng = np.random.default_rng(12)
+    base = _encodings(rng, 80, 128)
+    datasets = check_datasets([base ^ (rng.random(base.shape) < 0.03).astype(np.uint8) for _ in range(3)])
+    prepared = compare.prepare(datasets, BlockingConfig(bits_per_band=5, bands=6, split_bits=0, max_bucket_pairs=30), 1)
+    keys, sentinel = prepared.band_keys.keys, prepared.band_keys.sentinel
+    assert sentinel == 2**32 - 1 and prepared.band_keys.stats.buckets_skipped > 0  # some keys are the sentinel
+    wide = [np.where(k == sentinel, np.uint64(2**64 - 1), k.astype(np.uint64) << np.uint64(31)) for k in keys]
+    bands = range(prepared.band_keys.bands)
+    narrow_found = compare.compare_bands(bands, prepared.words, prepared.pops, keys, sentinel, 0.6, 10)
+    wide_found = compare.compare_bands(bands, prepared.words, prepared.pops, wide, 2**64 - 1, 0.6, 10)
+    assert _pairs(wide_found) == _pairs(narrow_found) and len(_pairs(narrow_found)) > 10
+    assert wide_found.comparisons == narrow_found.comparisons
+    assert np.array_equal(wide_found.histogram, narrow_found.histogram)

@@ -27,6 +27,8 @@ __all__ = ["score_band_runs"]
 _LINE_WORDS = 8
 #: Entries the walk looks ahead to start loading an encoding (about the loads a core keeps in flight).
 _AHEAD = 24
+#: Shared-bucket records copied, then scored, together (128 KB of 1024-bit encodings: the L2 cache holds them).
+_CHUNK = 1024
 #: Pairs the earlier-band check looks ahead to start loading the two records' earlier keys.
 _CHECK_AHEAD = 8
 
@@ -93,6 +95,7 @@ def score_band_runs(
     out_ra,
     out_rb,
     out_sim,
+    scratch,
 ):  # noqa: ANN001, ANN201  (fmt: one argument per kernel input)
     """Score every cross-dataset pair of every run of equal keys from entry ``first`` on.
 
@@ -118,130 +121,122 @@ def score_band_runs(
         out_ra: see ``out_da``.
         out_rb: see ``out_da``.
         out_sim: see ``out_da``.
+        scratch: the most records of one run the call must hold (at least ``_CHUNK`` are held).
 
     Returns:
         ``(next_entry, kept, comparisons)``: where to resume (``len(entries)`` when done), pairs
-        written, and pairs scored. A run is started only when all its pairs would fit the output,
-        so the caller must size the output for the largest bucket.
+        written, and pairs scored. A run is started only when all its pairs fit the output and its
+        records fit ``scratch``: when the call returns ``first``, the next run needs more of either.
     """
-    datasets = len(words)
     width = words[0].shape[1]
     bins = histogram.shape[0]
     capacity = out_sim.shape[0]
     n = entries.shape[0]
     record_mask = np.uint64((1 << RECORD_BITS) - 1)
-    starts = np.empty(datasets + 1, dtype=np.int64)
-    owner = np.empty(datasets, dtype=np.int64)
-    block = np.empty((64, width), dtype=np.uint64)
-    block_pops = np.empty(64, dtype=np.int64)
-    block_rows = np.empty(64, dtype=np.int64)
-    block_sets = np.empty(64, dtype=np.int64)
-    block_next = np.empty(64, dtype=np.int64)
+    # The shared buckets' records of a chunk of runs, in run order: global record, dataset, row,
+    # where the record's dataset stretch of its run ends; then their encodings and popcounts.
+    # Allocated once: arrays reassigned inside the loops would cost reference counting on every run.
+    size = max(_CHUNK, scratch)
+    records = np.empty(size, dtype=np.int64)
+    sets = np.empty(size, dtype=np.int64)
+    rows = np.empty(size, dtype=np.int64)
+    stretch_end = np.empty(size, dtype=np.int64)
+    run_end = np.empty(size, dtype=np.int64)
+    block = np.empty((size, width), dtype=np.uint64)
+    pops = np.empty(size, dtype=np.int64)
     check = band > 0
     vector = VECTOR_POPCOUNT and width == 16
     pending = 0
     comparisons = 0
     i = first
-    ahead = first
-    while i < n:
-        key = entries[i] >> np.uint64(RECORD_BITS)
-        j = i + 1
-        while j < n and entries[j] >> np.uint64(RECORD_BITS) == key:
-            j += 1
-        # Start loading, once each, the encodings of the runs that will be scored a few entries
-        # from now: runs of two datasets or more (records ascend, so the first and last differ).
-        while ahead < n and ahead < j + _AHEAD:
-            ahead_key = entries[ahead] >> np.uint64(RECORD_BITS)
-            end = ahead + 1
-            while end < n and entries[end] >> np.uint64(RECORD_BITS) == ahead_key:
-                end += 1
-            first_dataset = _dataset_of(np.int64(entries[ahead] & record_mask), offsets)
-            if end - ahead > 1 and np.int64(entries[end - 1] & record_mask) >= offsets[first_dataset + 1]:
-                for entry in range(ahead, end):
-                    record = np.int64(entries[entry] & record_mask)
-                    d = _dataset_of(record, offsets)
-                    for column in range(0, width, _LINE_WORDS):
-                        prefetch(words[d], record - offsets[d], column)
-            ahead = end
-        size = j - i
-        if size < 2:
+    full = False
+    while i < n and not full:
+        # 1. List the next shared buckets (runs of equal keys holding two datasets or more).
+        m = 0
+        chunk_pairs = 0
+        while i < n and m < _CHUNK:
+            key = entries[i] >> np.uint64(RECORD_BITS)
+            j = i + 1
+            while j < n and entries[j] >> np.uint64(RECORD_BITS) == key:
+                j += 1
+            if j - i < 2:
+                i = j
+                continue
+            if m + j - i > size:
+                # This run starts the next chunk; alone, it needs a larger ``scratch`` from the caller.
+                full = m == 0
+                break
+            # Records ascend within a key, so each dataset is one stretch of the run.
+            squares = 0
+            p = i
+            while p < j:
+                d = _dataset_of(np.int64(entries[p] & record_mask), offsets)
+                q = p + 1
+                while q < j and np.int64(entries[q] & record_mask) < offsets[d + 1]:
+                    q += 1
+                for e in range(p, q):
+                    at = m + e - i
+                    records[at] = np.int64(entries[e] & record_mask)
+                    sets[at] = d
+                    rows[at] = records[at] - offsets[d]
+                    stretch_end[at] = m + q - i
+                    run_end[at] = m + j - i
+                squares += (q - p) * (q - p)
+                p = q
+            pairs = ((j - i) * (j - i) - squares) // 2
+            if pairs == 0:
+                i = j
+                continue
+            if pending + chunk_pairs + pairs > capacity:
+                full = True
+                break
+            chunk_pairs += pairs
+            m += j - i
             i = j
-            continue
-        # Split the run into its datasets (records ascend, so each dataset is one stretch).
-        parts = 0
-        squares = 0
-        p = i
-        while p < j:
-            d = _dataset_of(np.int64(entries[p] & record_mask), offsets)
-            q = p + 1
-            while q < j and np.int64(entries[q] & record_mask) < offsets[d + 1]:
-                q += 1
-            starts[parts] = p - i
-            owner[parts] = d
-            parts += 1
-            squares += (q - p) * (q - p)
-            p = q
-        starts[parts] = size
-        pairs = (size * size - squares) // 2
-        if pairs == 0:
-            i = j
-            continue
-        if pending + pairs > capacity:
-            break
-        # Copy the run's encodings into one block: scored from there, each is read from memory once.
-        if size > block.shape[0]:
-            block = np.empty((2 * size, width), dtype=np.uint64)
-            block_pops = np.empty(2 * size, dtype=np.int64)
-            block_rows = np.empty(2 * size, dtype=np.int64)
-            block_sets = np.empty(2 * size, dtype=np.int64)
-            block_next = np.empty(2 * size, dtype=np.int64)
-        for part in range(parts):
-            words_d = words[owner[part]]
-            base = offsets[owner[part]]
-            for p in range(starts[part], starts[part + 1]):
-                row = np.int64(entries[i + p] & record_mask) - base
-                total = np.uint64(0)
-                for w in range(width):
-                    value = words_d[row, w]
-                    block[p, w] = value
-                    total += popcount64(value)
-                block_pops[p] = np.int64(total)
-                block_rows[p] = row
-        # Every pair (p, q) with q in a later dataset than p: one inner loop per record.
-        for p in range(starts[1]):
-            block_next[p] = starts[1]
-            block_sets[p] = owner[0]
-        for part in range(1, parts):
-            for p in range(starts[part], starts[part + 1]):
-                block_next[p] = starts[part + 1]
-                block_sets[p] = owner[part]
-        for p in range(starts[parts - 1]):
-            d_a = block_sets[p]
-            pop_a = block_pops[p]
-            for q in range(block_next[p], size):
+        # 2. Copy their encodings into one block, loads started a few records ahead so that they overlap.
+        for k in range(min(_AHEAD, m)):
+            for column in range(0, width, _LINE_WORDS):
+                prefetch(words[sets[k]], rows[k], column)
+        for k in range(m):
+            ahead = k + _AHEAD
+            if ahead < m:
+                for column in range(0, width, _LINE_WORDS):
+                    prefetch(words[sets[ahead]], rows[ahead], column)
+            words_d = words[sets[k]]
+            row = rows[k]
+            total = np.uint64(0)
+            for w in range(width):
+                value = words_d[row, w]
+                block[k, w] = value
+                total += popcount64(value)
+            pops[k] = np.int64(total)
+        # 3. Score every pair (p, q) of a run with q in a later dataset than p, from the block.
+        for p in range(m):
+            d_a = sets[p]
+            pop_a = pops[p]
+            for q in range(stretch_end[p], run_end[p]):
                 if vector:
                     shared = and_popcount_1024(block, p, q)
                 else:
                     shared = np.uint64(0)
                     for w in range(width):
                         shared += popcount64(block[p, w] & block[q, w])
-                denominator = pop_a + block_pops[q]
+                denominator = pop_a + pops[q]
                 # anonlink's arithmetic: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0.
                 sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
                 if sim >= floor and (check or sim >= threshold):
                     # Checked against earlier bands (and then counted) in one batch below.
                     out_da[pending] = d_a
-                    out_db[pending] = block_sets[q]
-                    out_ra[pending] = block_rows[p]
-                    out_rb[pending] = block_rows[q]
+                    out_db[pending] = sets[q]
+                    out_ra[pending] = rows[p]
+                    out_rb[pending] = rows[q]
                     out_sim[pending] = sim
                     pending += 1
                     if check:
                         continue
                 if bins > 0:
                     histogram[min(int(sim * bins), bins - 1)] += 1
-        comparisons += pairs
-        i = j
+        comparisons += chunk_pairs
     if check:
         outputs = (out_da, out_db, out_ra, out_rb, out_sim)
         pending = _drop_seen(keys, band, sentinel, threshold, histogram, pending, *outputs)

@@ -200,6 +200,7 @@ def compare_bands(
         raise MatchError("blocked matching handles fewer than 2**32 records in all")
     words, keys = _one_type(words), _one_type(keys)
     out = _Output()
+    scratch = 0
     order = sorted(bands)
     for group in range(0, len(order), _COLUMN_GROUP):
         chosen = order[group : group + _COLUMN_GROUP]
@@ -211,13 +212,17 @@ def compare_bands(
             while entry < len(entries):
                 start = entry
                 entry, kept, comparisons = score_band_runs(
-                    entries, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram, *out.arrays
-                )
+                    entries, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram, *out.arrays,
+                    scratch,
+                )  # fmt: skip
                 found.comparisons += comparisons
                 found.add_mixed(*(a[:kept] for a in out.arrays))
                 if entry == start:
-                    # The next bucket alone overflows the buffer: grow it to that bucket's pairs.
-                    out.grow(_run_pairs(entries, entry, offsets))
+                    # The next bucket alone overflows the buffer or the kernel's scratch: grow them to it.
+                    records, pairs = _run_size(entries, entry, offsets)
+                    if pairs > len(out.arrays[0]):
+                        out.grow(pairs)
+                    scratch = max(scratch, records)
             if tick:
                 tick()
     return found
@@ -250,13 +255,13 @@ class _Output:
         self.arrays = (*(np.empty(size, dtype=np.int64) for _ in range(4)), np.empty(size, dtype=np.float64))
 
 
-def _run_pairs(entries: np.ndarray, entry: int, offsets: np.ndarray) -> int:
-    """Cross-dataset pairs of the run of equal keys that starts at ``entry`` (entries as ``band_entries``)."""
+def _run_size(entries: np.ndarray, entry: int, offsets: np.ndarray) -> tuple[int, int]:
+    """Records and cross-dataset pairs of the run of equal keys that starts at ``entry`` (``sorted_entries``)."""
     keys = entries[entry:] >> np.uint64(32)
     last = entry + int(np.searchsorted(keys, keys[0], side="right"))
     records = (entries[entry:last] & np.uint64(0xFFFFFFFF)).astype(np.int64)
     sizes = np.bincount(np.searchsorted(offsets, records, side="right") - 1, minlength=len(offsets))
-    return int((sizes.sum() ** 2 - (sizes * sizes).sum()) // 2)
+    return last - entry, int((sizes.sum() ** 2 - (sizes * sizes).sum()) // 2)
 
 
 def _compare_all_pairs_chunk(

@@ -258,3 +258,22 @@ def test_keys_wider_than_32_bits_compare_as_their_narrow_values() -> None:
     assert _pairs(wide_found) == _pairs(narrow_found) and len(_pairs(narrow_found)) > 10
     assert wide_found.comparisons == narrow_found.comparisons
     assert np.array_equal(wide_found.histogram, narrow_found.histogram)
+
+
+def test_a_bucket_larger_than_the_kernels_chunk_is_scored_whole() -> None:
+    """A bucket of more records than the kernel holds at once (1024) is scored after the caller
+    grows the kernel's scratch: every cross-dataset pair once, the kept pairs equal to the reference Dice."""
+    rng = np.random.default_rng(13)
+    base = _encodings(rng, 700, 128)
+    datasets = check_datasets([base ^ (rng.random(base.shape) < 0.05).astype(np.uint8) for _ in range(3)])
+    words = tuple(as_words(d).copy() for d in datasets)
+    keys = [np.zeros((len(d), 1), np.uint32) for d in datasets]  # one band, one bucket of 2100 records
+    found = compare.compare_bands(range(1), words, tuple(row_popcounts(w) for w in words), keys, 2**32 - 1, 0.7, None)
+    assert found.comparisons == 3 * 700 * 700
+    expected = set()
+    for d_a in range(3):
+        for d_b in range(d_a + 1, 3):
+            sims = _reference_dice(datasets[d_a], datasets[d_b])
+            rows_a, rows_b = np.nonzero(sims >= 0.7)
+            expected |= {(d_a, d_b, int(a), int(b), float(sims[a, b])) for a, b in zip(rows_a, rows_b, strict=True)}
+    assert _pairs(found) == expected and len(expected) >= 3 * 700

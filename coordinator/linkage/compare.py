@@ -1,9 +1,10 @@
 """Find the candidate pairs at or above a threshold: blocked (compiled kernels) or all pairs (anonlink).
 
-With blocking, each band is one compiled pass (:mod:`coordinator.linkage.band_kernels`): the
-(key, record) entries of all datasets are radix-sorted together, and the runs of equal keys are
-walked, scoring every cross-dataset pair in place by row index, keeping the pairs at or above the
-threshold and counting the histogram as it goes. Groups of ``BAND_GROUP`` bands run on
+With blocking, each band is one compiled pass: the (key, record) entries of all datasets are
+radix-sorted together (:mod:`coordinator.linkage.band_sort`), and the runs of equal keys are
+walked (:mod:`coordinator.linkage.band_kernels`), their encodings copied into a contiguous block
+a chunk of runs at a time and every cross-dataset pair scored from there, keeping the pairs at or
+above the threshold and counting the histogram as it goes. Groups of ``BAND_GROUP`` bands run on
 ``workers`` threads (the kernels release the GIL). Memory stays bounded: a band's working set is
 ~32 bytes per record, and the kernel writes kept pairs to a fixed buffer that the caller drains
 between calls.

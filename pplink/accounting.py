@@ -115,6 +115,9 @@ class QueryKind(StrEnum):
     #: Scoring: one of the two training releases of a vertical run (the noisy Gram matrix ``G`` or
     #: ``b``; see the subject), sums over the label owner's training people (docs/scoring.md).
     SUFFICIENT_STATISTICS = "sufficient-statistics"
+    #: Linkage calibration: the round's floor-solve linked pairs by Dice bin (public bins from the
+    #: floor to 1, named in the subject); the published precision and recall estimates derive from it.
+    LINK_SCORES = "link-scores"
 
 
 class PrivacyLoss(PplinkModel):

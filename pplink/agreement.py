@@ -140,6 +140,10 @@ class Linkage(PplinkModel):
     precision_floor: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     #: Whether a round may continue without an agency that dropped out (it is then named).
     allow_missing_parties: bool = False
+    #: The privacy loss of each round's ``link-scores`` release (its estimated precision and recall
+    #: are published from it; under zCDP read as that release alone at the budget's delta). None: no
+    #: release, and no estimate leaves the coordinator. See docs/privacy-accounting.md.
+    calibration_epsilon: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
 
     @model_validator(mode="after")
     def _threshold_within_bounds(self) -> Linkage:

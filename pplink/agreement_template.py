@@ -32,6 +32,11 @@ def _toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(f'"{v}"' for v in values) + "]"
 
 
+#: The template's ``linkage.calibration_epsilon``: see docs/privacy-accounting.md for what it costs
+#: and how far its noise moves the published estimates.
+DEFAULT_CALIBRATION_EPSILON = 1.0
+
+
 def default_agreement_toml(
     agencies: Sequence[str],
     public_keys: Mapping[str, str],
@@ -164,6 +169,11 @@ threshold = "auto"
 # Optional: the range a round's threshold may take, and a precision the choice must reach.
 #   threshold_bounds = [0.6, 0.9]
 #   precision_floor = 0.995
+# The privacy loss of each round's DP release of its linked pairs' similarities (the `link-scores`
+# ledger entry), from which the estimated precision and recall that leave the coordinator are
+# derived. Under zcdp it is this release alone at the budget's delta (it composes as rho).
+# Remove it to publish no estimate.
+calibration_epsilon = {DEFAULT_CALIBRATION_EPSILON:g}
 # Continue a round without an agency that dropped out (it is named in the result)?
 allow_missing_parties = false
 

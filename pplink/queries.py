@@ -29,6 +29,11 @@ from itertools import combinations
 from pplink.accounting import QueryKind, Sensitivity
 from pplink.agreement import AgreementConfig, ReleaseAttribute
 from pplink.errors import ReleaseError
+from pplink.link_scores import (
+    link_score_keys,
+    link_score_sensitivity,
+    parse_link_score_subject,
+)
 from pplink.query_keys import (
     CONFUSION_OUTCOMES,
     MAX_AGENCIES,
@@ -102,10 +107,11 @@ class QuerySpec:
         min_parties: the fewest agencies it is defined for.
         command: offered by ``pplink coordinator release``.
         numeric_attribute: its attribute must be numeric (binned).
-        keys: ``(agreement, parties, attribute, by_combination, cells) -> keys``: the public key set
-            the cells must have, or None where the vector is not on the ledger (then there must be no
-            cells). ``cells`` is only read by kinds whose key set depends on a parameter recorded
-            nowhere else (score bins, presence agencies).
+        keys: ``(agreement, parties, attribute, by_combination, cells, subject) -> keys``: the public
+            key set the cells must have, or None where the vector is not on the ledger (then there must
+            be no cells). ``cells`` is only read by kinds whose key set depends on a parameter recorded
+            nowhere else (score bins, presence agencies); ``subject`` only by ``link-scores`` (its
+            floor and bins).
         sensitivity: ``(n_parties, subject, cells) -> Sensitivity`` for one privacy unit.
     """
 
@@ -118,7 +124,7 @@ class QuerySpec:
     min_parties: int
     command: bool
     numeric_attribute: bool
-    keys: Callable[[AgreementConfig, tuple[str, ...], ReleaseAttribute | None, bool, Keys], Keys | None]
+    keys: Callable[[AgreementConfig, tuple[str, ...], ReleaseAttribute | None, bool, Keys, str], Keys | None]
     sensitivity: Callable[[int, str, Keys], Sensitivity]
 
 
@@ -130,12 +136,12 @@ def _labels(attribute: ReleaseAttribute | None) -> tuple[str, ...]:
 
 
 def _overlap_keys(_a: AgreementConfig, parties: tuple[str, ...], _at: ReleaseAttribute | None, _c: bool,
-                  _cells: Keys) -> Keys:
+                  _cells: Keys, _subject: str = "") -> Keys:
     return tuple((label,) for _, label in combination_keys(parties))
 
 
 def _count_by_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: ReleaseAttribute | None,
-                   by_combination: bool, _cells: Keys) -> Keys:
+                   by_combination: bool, _cells: Keys, _subject: str = "") -> Keys:
     labels = _labels(attribute)
     if not by_combination:
         return tuple((label,) for label in labels)
@@ -143,7 +149,7 @@ def _count_by_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: Rel
 
 
 def _link_rate_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: ReleaseAttribute | None, _c: bool,
-                    _cells: Keys) -> Keys:
+                    _cells: Keys, _subject: str = "") -> Keys:
     labels = _labels(attribute)
     keys: list[tuple[str, ...]] = [("at", party, label) for party in parties for label in labels]
     keys += [("both", a, b, label) for a, b in combinations(parties, 2) for label in labels]
@@ -155,7 +161,7 @@ def _presence_agencies(cells: Keys) -> tuple[str, ...]:
 
 
 def _confusion_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: ReleaseAttribute | None, _c: bool,
-                    cells: Keys) -> Keys | None:
+                    cells: Keys, _subject: str = "") -> Keys | None:
     if parties and not cells:
         # Errors by presence under the label owner's key: the agencies noise their own counts after
         # this charge and the vector goes to the label owner, not onto the ledger.
@@ -168,11 +174,16 @@ def _confusion_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: Re
 
 
 def _score_histogram_keys(_a: AgreementConfig, _p: tuple[str, ...], _at: ReleaseAttribute | None, _c: bool,
-                          cells: Keys) -> Keys:
+                          cells: Keys, _subject: str = "") -> Keys:
     # The score bins are the run's (public) settings, not the agreement's: the shape is checked
     # instead: every bin once as positive and once as negative, in that order.
     bins = tuple(dict.fromkeys(key[0] for key in cells if key))
     return tuple((label, outcome) for label in bins for outcome in ("positive", "negative"))
+
+
+def _link_score_keys(_a: AgreementConfig, _p: tuple[str, ...], _at: ReleaseAttribute | None, _c: bool,
+                     _cells: Keys, subject: str = "") -> Keys:
+    return link_score_keys(*parse_link_score_subject(subject))
 
 
 def _no_cells(*_args: object) -> None:
@@ -217,6 +228,10 @@ def _confusion(n: int, _subject: str, cells: Keys) -> Sensitivity:
         l1 = max(1, len(_presence_agencies(cells)))
         return Sensitivity(l1=l1, l2=_ceil_sqrt(l1))
     return Sensitivity(l1=1, l2=1)
+
+
+def _link_scores(n: int, _subject: str, _cells: Keys) -> Sensitivity:
+    return link_score_sensitivity(n)
 
 
 _UNIT = re.compile(r"\bunit 1/(\d+)\b")
@@ -309,6 +324,9 @@ QUERY_SPECS: dict[QueryKind, QuerySpec] = {spec.kind: spec for spec in (
               False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _sufficient_statistics),
     QuerySpec(QueryKind.FEDAVG, "one horizontal FedAvg round's noised model (sent to the agencies)", Option.NONE,
               False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
+    QuerySpec(QueryKind.LINK_SCORES, "a match round's linked pairs by Dice bin, from its calibration floor "
+              "(the published precision and recall estimates derive from it)", Option.NONE, False, True,
+              PartiesRule.LINKAGE, 2, False, False, _link_score_keys, _link_scores),
 )}
 
 
@@ -462,7 +480,7 @@ def derive(
         problems.append(str(exc))
         sensitivity = worst_case_sensitivity(n)
     try:
-        expected = spec.keys(agreement, parties, declared, by_combination, cells)
+        expected = spec.keys(agreement, parties, declared, by_combination, cells, subject)
     except ReleaseError as exc:
         problems.append(str(exc))
         expected = cells

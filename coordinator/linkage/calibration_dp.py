@@ -1,0 +1,95 @@
+"""The published estimates of a round: post-processing of its ``link-scores`` release, never of exact data.
+
+A round's exact calibration (:mod:`coordinator.linkage.calibration`) chooses its threshold and stays
+on the coordinator. What leaves it (the report, the notice, ``pplink eval linkage``) is computed here
+from the ledger entry of the round's ``link-scores`` release (:mod:`coordinator.release.calibration`)
+and the round's public threshold alone: the noisy bin counts are refitted with the same mixture, and
+the intervals come from a bootstrap that redraws both the pairs and the DP noise (the entry's own
+mechanism and scale), so they include the noise. The functions take a ledger entry, not a histogram:
+they cannot read the exact counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from coordinator.linkage.calibration import Estimate, estimate_at
+from coordinator.linkage.mixture import MixtureFit, ScoreHistogram, fit_mixture
+from pplink.accounting import Mechanism, QueryKind
+from pplink.ledger import LedgerEntry
+from pplink.link_scores import parse_link_score_subject
+
+__all__ = ["dp_estimate", "noisy_histogram"]
+
+
+def noisy_histogram(entry: LedgerEntry) -> ScoreHistogram:
+    """The released bin counts as a histogram over [0, 1] (bins below the floor empty).
+
+    A suppressed bin (below the agreement's ``min_cell_size``) counts as half that size, the middle
+    of what it could be; a negative count (no suppression) as zero.
+
+    Raises:
+        ValueError: the entry is not a ``link-scores`` release.
+    """
+    if entry.query.kind is not QueryKind.LINK_SCORES:
+        raise ValueError(f"a {entry.query.kind.value} entry is not a link-scores release")
+    floor, bins = parse_link_score_subject(entry.query.subject)
+    values = [entry.min_cell_size / 2 if cell.value is None else max(cell.value, 0) for cell in entry.cells]
+    counts = np.zeros(bins)
+    counts[bins - len(values):] = values
+    return ScoreHistogram(counts=counts, floor=floor)
+
+
+def _noise(entry: LedgerEntry, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Noise of the entry's mechanism and scale (continuous stand-ins for OpenDP's discrete draws)."""
+    if entry.mechanism is Mechanism.LAPLACE:
+        return rng.laplace(0.0, entry.scale, size)
+    return rng.normal(0.0, entry.scale, size)
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    low, high = np.percentile(np.asarray(values), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def dp_estimate(entry: LedgerEntry, threshold: float, *, bootstrap: int = 30, seed: int = 0) -> Estimate:
+    """Estimated precision, recall and missed links at ``threshold``, from a ``link-scores`` entry alone.
+
+    Args:
+        entry: the round's ``link-scores`` ledger entry (its noisy cells, mechanism and scale).
+        threshold: the round's threshold (public: its manifest states it).
+        bootstrap: refits behind the intervals; each resamples the pairs from the noisy histogram
+            and adds fresh noise of the entry's scale, then applies the suppression rule again.
+        seed: seeds the bootstrap (the estimate itself is deterministic).
+
+    Returns:
+        The estimate (``links`` is the noisy count at or above the threshold).
+    """
+    histogram = noisy_histogram(entry)
+    fit: MixtureFit = fit_mixture(histogram)
+    estimate = estimate_at(histogram, fit, threshold)
+    if bootstrap <= 0 or histogram.total <= 0:
+        return estimate
+    rng = np.random.default_rng(seed)
+    first = histogram.first
+    total = int(round(histogram.total))
+    probabilities = histogram.counts / histogram.total
+    precisions, recalls, missed = [], [], []
+    for _ in range(bootstrap):
+        counts = rng.multinomial(total, probabilities).astype(np.float64)
+        counts[first:] = np.rint(counts[first:] + _noise(entry, rng, len(counts) - first))
+        counts[first:] = np.where(counts[first:] >= entry.min_cell_size, counts[first:],
+                                  entry.min_cell_size / 2 if entry.min_cell_size > 0 else 0.0)
+        counts = np.maximum(counts, 0.0)
+        resampled = ScoreHistogram(counts=counts, floor=histogram.floor)
+        again = estimate_at(resampled, fit_mixture(resampled, start=fit.parameters), threshold)
+        precisions.append(again.precision)
+        recalls.append(again.recall)
+        missed.append(again.missed)
+    if not all(math.isfinite(v) for v in precisions + recalls + missed):
+        return estimate
+    return estimate.model_copy(update={"precision_interval": _interval(precisions),
+                                       "recall_interval": _interval(recalls),
+                                       "missed_interval": _interval(missed)})

@@ -157,6 +157,8 @@ class Calibration(PplinkModel):
         estimate: estimated precision, recall and missed links at the threshold, with intervals.
         fit: the mixture fit.
         bootstrap: bootstrap refits behind the intervals.
+        counts: the histogram's bin counts (exact: the coordinator keeps them; only their
+            ``link-scores`` release leaves it, see :mod:`coordinator.release.calibration`).
     """
 
     method: str
@@ -165,6 +167,12 @@ class Calibration(PplinkModel):
     estimate: Estimate
     fit: MixtureFit
     bootstrap: int
+    counts: tuple[float, ...] = ()
+
+    @property
+    def histogram(self) -> ScoreHistogram:
+        """The linked-pair histogram the calibration was fitted to."""
+        return ScoreHistogram(counts=np.asarray(self.counts, dtype=np.float64), floor=self.floor)
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -237,4 +245,4 @@ def calibrate(
             "missed_interval": _interval(missed),
         })
     return Calibration(method=method, threshold=chosen, floor=histogram.floor, estimate=estimate, fit=fit,
-                       bootstrap=bootstrap)
+                       bootstrap=bootstrap, counts=tuple(float(c) for c in histogram.counts))

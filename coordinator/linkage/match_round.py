@@ -67,8 +67,12 @@ class MatchRoundSummary:
     maps: dict[str, Path]
     seconds: float
     result: MatchResult
-    #: The round's threshold method and estimated precision, recall and missed links (no truth).
+    #: The round's threshold method and estimated precision, recall and missed links (no truth;
+    #: exact: for the coordinator's own operator only).
     calibration: dict[str, Any] | None = None
+    #: What the round published about its calibration (DP, from its link-scores ledger entry; the
+    #: round folder's ``calibration.json``), None when the agreement states no calibration epsilon.
+    published_calibration: dict[str, Any] | None = None
 
 
 def load_inputs(
@@ -203,6 +207,9 @@ def match_files(
             "inputs": {f.header.party: f.header.file_id for f in files},
             "stats": result.stats.model_dump(mode="json"),
             "calibration": {"method": method, **calibration.estimate.model_dump(mode="json")},
+            # Coordinator-only: the floor solve's linked-pair histogram, which only its link-scores DP
+            # release (coordinator.release.calibration) may take out of the coordinator.
+            "calibration_histogram": {"floor": calibration.floor, "counts": [int(c) for c in calibration.counts]},
             # Coordinator-only (match.json), never in the manifest: per agency pair, its own solve's estimate.
             "calibration_by_agency_pair": {
                 f"{files[a].header.party}~{files[b].header.party}": c.estimate.model_dump(mode="json")
@@ -276,7 +283,10 @@ def write_round_outputs(
             "missing": list(missing),
             "maps": {party: map_file_name(party) for party in maps},
             "threshold": state.threshold,
-            "calibration": state.meta.get("calibration"),
+            # How the threshold was set; the estimates are not here: exact ones stay on the coordinator,
+            # published ones derive from the round's link-scores release (docs/privacy-accounting.md).
+            "calibration": {"method": (state.meta.get("calibration") or {}).get("method", "given"),
+                            "threshold": state.threshold},
             # The one ledger this round's releases may spend: its genesis (agreement, round, agencies).
             "ledger": ledger,
             "round_id": ledger["round_id"],
@@ -310,10 +320,14 @@ def run_match_round(
     # Imported here: the round function builds on this module's steps (a top-level import would be a cycle).
     from coordinator.linkage.round_nodes import FileMatchNodes
     from coordinator.linkage.round_runner import run_round
+    from coordinator.release.calibration import publish_calibration
 
     started = time.perf_counter()
     outcome = run_round(agreement, key, FileMatchNodes(agreement, paths, clks), out_dir, workers=workers,
                         blocking=blocking, progress=progress, threshold=threshold)
+    # After publication: the round's ledger is the one its signed manifest names.
+    published = (publish_calibration(agreement, key, Path(out_dir))
+                 if agreement.linkage.calibration_epsilon is not None else None)
     return MatchRoundSummary(
         out_dir=Path(out_dir),
         parties=outcome.state.parties,
@@ -325,4 +339,5 @@ def run_match_round(
         seconds=time.perf_counter() - started,
         result=outcome.result,
         calibration=outcome.state.meta.get("calibration"),
+        published_calibration=published,
     )

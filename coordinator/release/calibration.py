@@ -11,22 +11,33 @@ ledger before anyone sees it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.linkage.calibration_dp import dp_estimate
 from coordinator.linkage.mixture import ScoreHistogram
+from coordinator.linkage.state import STATE_FILE, load_linkage_state
+from coordinator.release.binding import binding_for_linkage, ledger_for_round
 from coordinator.release.engine import Release, release_vector
 from coordinator.release.queries import QueryVector
 from pplink.accounting import QueryKind
 from pplink.agreement import AgreementConfig
+from pplink.atomic import atomic_write
+from pplink.errors import ReleaseError
 from pplink.ledger import ReleaseQuery
 from pplink.ledger_genesis import LedgerBinding
 from pplink.link_scores import link_score_keys, link_score_sensitivity, link_score_subject
+from pplink.round_manifest import verify_round_member
 
-__all__ = ["RELEASE_BINS", "link_score_vector", "release_link_scores"]
+__all__ = ["CALIBRATION_FILE", "RELEASE_BINS", "link_score_vector", "publish_calibration", "release_link_scores"]
+
+#: In the round's folder, beside the maps: the published (DP) estimates and the ledger entry they derive from.
+CALIBRATION_FILE = "calibration.json"
 
 #: Bins of the release over [0, 1] (0.01 wide): the noise is per bin, so fewer bins carry less of it
 #: in total; the fit is parametric and needs no finer bins (measured in benchmarks/quality.py).
@@ -87,3 +98,49 @@ def release_link_scores(
                          subject=link_score_subject(histogram.floor, bins))
     return release_vector(agreement, ledger_path, coordinator_key, query, vector, epsilon=epsilon, rho=rho,
                           binding=binding)
+
+
+def publish_calibration(agreement: AgreementConfig, key: Ed25519PrivateKey, linkage_dir: Path) -> dict[str, Any]:
+    """Release a published round's calibration on its ledger and write its estimates beside the maps.
+
+    Runs after the round is published (its ledger is the one the signed manifest names, pinned in
+    the folder, as for ``coordinator release``), at the agreement's ``linkage.calibration_epsilon``.
+    Writes :data:`CALIBRATION_FILE`: the round's threshold and method, the ledger entry (sequence
+    number and hash) and the estimates derived from that entry alone, with intervals that include
+    the DP noise.
+
+    Args:
+        agreement: the agreement (its ``linkage.calibration_epsilon`` must be set).
+        key: the coordinator's signing key.
+        linkage_dir: the published round's folder.
+
+    Returns:
+        What was written.
+
+    Raises:
+        ReleaseError: the agreement states no calibration epsilon, or the round kept no histogram.
+        BudgetExceededError, LedgerError, RoundIntegrityError: as for any release over the round.
+    """
+    epsilon = agreement.linkage.calibration_epsilon
+    if epsilon is None:
+        raise ReleaseError("the agreement states no linkage.calibration_epsilon: no calibration is published")
+    linkage_dir = Path(linkage_dir)
+    verify_round_member(agreement, linkage_dir, STATE_FILE)
+    state = load_linkage_state(linkage_dir / STATE_FILE, agreement.agreement_id)
+    kept = state.meta.get("calibration_histogram")
+    if not isinstance(kept, dict):
+        raise ReleaseError(f"{linkage_dir}: the round kept no calibration histogram")
+    histogram = ScoreHistogram(counts=np.asarray(kept["counts"], dtype=np.float64), floor=float(kept["floor"]))
+    binding = binding_for_linkage(agreement, key, state, linkage_dir)
+    release = release_link_scores(agreement, ledger_for_round(linkage_dir, binding), key, histogram, state.parties,
+                                  epsilon=epsilon, binding=binding)
+    estimate = dp_estimate(release.entry, state.threshold)
+    published = {
+        "method": (state.meta.get("calibration") or {}).get("method", "given"),
+        "threshold": state.threshold,
+        "dp": {"query": QueryKind.LINK_SCORES.value, "epsilon": epsilon, "ledger_seq": release.entry.seq,
+               "entry_hash": release.entry_hash},
+        **estimate.model_dump(mode="json"),
+    }
+    atomic_write(linkage_dir / CALIBRATION_FILE, json.dumps(published, indent=2))
+    return published

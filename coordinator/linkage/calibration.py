@@ -200,8 +200,8 @@ def calibrate(
         bootstrap: refits on resampled histograms behind the intervals (0: no intervals).
         seed: seeds the resampling (the estimate is deterministic).
         matches: all true links, when known better than this histogram's fit knows them (a
-            multi-party solve hides some: the sum of the agency pairs' own fits); bootstrap refits
-            scale it by their own change.
+            multi-party solve hides some: the sum of the agency pairs' own fits); the larger of it
+            and the fit's own count is used; bootstrap refits scale it by their own change.
 
     Returns:
         The calibration.
@@ -217,7 +217,10 @@ def calibrate(
     fit = fit_mixture(histogram)
     own_matches = fit.matches
     if matches is not None:
-        fit = fit.model_copy(update={"matches": matches})
+        # Never fewer than this histogram's own fit shows: the agency pairs' fits are each on fewer
+        # pairs, and on households and synth their sum fell 2-4% below the round's own count (and
+        # below the truth), which put the estimated recall near 1 where 0.97 was true.
+        fit = fit.model_copy(update={"matches": max(matches, own_matches)})
     if threshold is None:
         method = "auto" if precision_floor is None else "precision_floor"
         chosen = choose_threshold(histogram, fit, precision_floor=precision_floor, bounds=bounds)

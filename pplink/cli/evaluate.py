@@ -27,7 +27,8 @@ def eval_group() -> None:
               help="truth.csv (agency,record_id,person) from `pplink synth`.")
 @click.argument("predictions", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--manifest", "manifest_path", type=existing_file, default=None,
-              help="The round's manifest.json: show its threshold, method and estimates next to the measured figures.")
+              help="The round's manifest.json: show its threshold and method, and the estimates the round "
+                   "published (calibration.json beside it, from its DP link-scores release), next to the measured.")
 @FORMAT_OPTION
 def linkage_command(truth_path: Path, predictions: tuple[Path, ...], manifest_path: Path | None,
                     output_format: str) -> None:
@@ -36,7 +37,9 @@ def linkage_command(truth_path: Path, predictions: tuple[Path, ...], manifest_pa
     Pairwise precision, recall and F1 over cross-agency record pairs, overall and per agency
     pair, and how many true entities were reconstructed exactly. Records the predictions lack
     (opted-out rows, for example) are counted, not scored. With --manifest, the round's threshold,
-    how it was set, and the precision and recall it estimated without truth are shown too.
+    how it was set, and the precision and recall it estimated without truth are shown too: the
+    published ones (DP, from the round's link-scores ledger entry, in calibration.json beside the
+    manifest), with their intervals.
     """
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency, read_predictions, read_truth
 
@@ -58,17 +61,35 @@ def _round_info(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a readable manifest ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or "threshold" not in manifest:
         raise UsageError(f"{path}: not a linkage manifest (no threshold)")
-    return {"threshold": manifest["threshold"], "calibration": manifest.get("calibration")}
+    info = {"threshold": manifest["threshold"], "calibration": manifest.get("calibration")}
+    # The estimates the round published (DP); the manifest itself carries none since they were made DP.
+    published = path.with_name("calibration.json")
+    if published.is_file():
+        try:
+            info["published"] = json.loads(published.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{published}: not readable ({type(exc).__name__})") from None
+    return info
 
 
 def _render_round(info: dict[str, Any], report: LinkageReport) -> str:
     calibration = info.get("calibration") or {}
     line = f"Round threshold {info['threshold']:g} ({calibration.get('method', 'not recorded')})"
+    published = info.get("published")
+    if published:
+        calibration = published
+        line += " ; published estimates (DP, link-scores ledger entry"
+        line += f" {published.get('dp', {}).get('ledger_seq', '?')})"
     if "precision" in calibration:
-        line += (f"; estimated without truth: precision {calibration['precision']:.4f} "
-                 f"(measured {_score(report.overall.precision)}), recall {calibration['recall']:.4f} "
-                 f"(measured {_score(report.overall.recall)})")
+        line += (f"; estimated without truth: precision {calibration['precision']:.4f}"
+                 f"{_interval(calibration.get('precision_interval'))} "
+                 f"(measured {_score(report.overall.precision)}), recall {calibration['recall']:.4f}"
+                 f"{_interval(calibration.get('recall_interval'))} (measured {_score(report.overall.recall)})")
     return line
+
+
+def _interval(bounds: Any) -> str:
+    return f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else ""
 
 
 def _score(value: float | None) -> str:

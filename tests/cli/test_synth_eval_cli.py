@@ -122,3 +122,24 @@ def test_eval_linkage_shows_the_rounds_threshold_and_estimates_next_to_the_measu
     manifest.write_text("{}", encoding="utf-8")
     refused = _runner().invoke(cli, args)
     assert refused.exit_code == UsageError("x").exit_code and "no threshold" in refused.stderr
+
+
+def test_eval_linkage_shows_the_published_dp_estimates_beside_the_manifest(tmp_path: Path) -> None:
+    """Invariant: the estimates shown for a round are the published (DP) ones from calibration.json beside
+    its manifest, with their intervals, and the manifest's own calibration carries no estimate."""
+    summary = _synth(tmp_path / "data")
+    _entities_from_truth(Path(summary["truth"]), tmp_path / "pred")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"threshold": 0.63, "calibration": {"method": "auto", "threshold": 0.63}}),
+                        encoding="utf-8")
+    published = {"method": "auto", "threshold": 0.63, "dp": {"query": "link-scores", "ledger_seq": 1},
+                 "precision": 0.987, "precision_interval": [0.975, 0.995], "recall": 0.964,
+                 "recall_interval": [0.95, 0.98], "missed": 40.0}
+    (tmp_path / "calibration.json").write_text(json.dumps(published), encoding="utf-8")
+    args = ["eval", "linkage", "--truth", summary["truth"], str(tmp_path / "pred"), "--manifest", str(manifest)]
+    result = _runner().invoke(cli, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["round"]["published"] == published
+    text = _runner().invoke(cli, args).stdout
+    assert "published estimates (DP, link-scores ledger entry 1)" in text
+    assert "precision 0.9870 [0.9750, 0.9950] (measured 1.0000)" in text

@@ -137,3 +137,24 @@ def test_suggest_threshold_cli_finds_the_valley(setup: Setup, round_inputs: dict
     # between them; on 400 people it has been measured from 0.52 to 0.83.
     assert 0.45 < data["suggestion"]["threshold"] < 0.92
     assert sum(data["counts"]) > 0
+
+
+def test_a_round_publishes_only_dp_estimates_and_its_ledger_audits(setup: Setup, round_inputs: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """Invariant: the signed manifest carries the threshold and method but no estimate; the estimates in
+    calibration.json come from a link-scores entry on the round's ledger, which the auditor re-derives."""
+    from coordinator.release.binding import DEFAULT_LEDGER
+    from pplink.audit.verify import verify_ledger
+    from pplink.ledger import read_ledger
+
+    out = tmp_path / "linkage"
+    summary = run_match_round(setup.agreement, setup.key("coordinator"), list(round_inputs.values()), out, workers=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["calibration"]) == {"method", "threshold"}
+    published = json.loads((out / "calibration.json").read_text())
+    assert published == summary.published_calibration and published["threshold"] == manifest["threshold"]
+    entries = read_ledger(out / DEFAULT_LEDGER, setup.agreement)
+    assert [e.query.kind.value for e in entries] == ["link-scores"] and entries[0].seq == published["dp"]["ledger_seq"]
+    assert 0.0 <= published["precision"] <= 1.0 and published["precision_interval"] is not None
+    verdict = verify_ledger(setup.agreement, out / DEFAULT_LEDGER)
+    assert verdict.ok, verdict.findings

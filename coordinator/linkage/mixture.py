@@ -16,7 +16,7 @@ import numpy as np
 
 from pplink.models import PplinkModel
 
-__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "fit_mixture", "score_histogram"]
+__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "expected_counts", "fit_mixture", "score_histogram"]
 
 #: Bins over [0, 1] (0.005 wide): fine enough that a threshold's estimate does not jump.
 BINS = 200
@@ -206,3 +206,17 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
         posterior=tuple(float(p) for p in posterior),
         parameters=tuple(float(x) for x in best.x),
     )
+
+
+def expected_counts(fit: MixtureFit, histogram: ScoreHistogram) -> np.ndarray:
+    """Pairs per bin the fit expects, out of the histogram's total (zero below its floor).
+
+    >>> h = score_histogram([0.9, 0.95, 1.0, 1.0], floor=0.5, bins=10)
+    >>> round(float(expected_counts(fit_mixture(h), h).sum()), 6)
+    4.0
+    """
+    if not fit.parameters:
+        return np.zeros(len(histogram.counts))
+    edges = np.linspace(0.0, 1.0, len(histogram.counts) + 1)
+    match, nonmatch, _, _ = _components(np.asarray(fit.parameters), edges, histogram.first)
+    return histogram.total * (match + nonmatch)

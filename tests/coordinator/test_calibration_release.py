@@ -117,7 +117,8 @@ def test_a_mislabelled_calibration_entry_is_refused(tmp_path: Path) -> None:
 
 def test_published_estimates_read_the_noisy_cells_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every histogram the estimate and its bootstrap fit is built from the entry's noisy cells: the first
-    is exactly them (suppressed bins at half the minimum cell size), and the exact counts never appear."""
+    is exactly them (suppressed bins empty), later ones differ from them only in suppressed bins (filled
+    from the fit, below the minimum cell size), and the exact counts never appear."""
     agreement, key = _agreement(min_cell=10)
     exact = _round_histogram()
     release = release_link_scores(agreement, tmp_path / "ledger.jsonl", key, exact, AGENCIES, epsilon=0.5)
@@ -125,8 +126,14 @@ def test_published_estimates_read_the_noisy_cells_only(tmp_path: Path, monkeypat
     real_fit = calibration_dp.fit_mixture
     monkeypatch.setattr(calibration_dp, "fit_mixture", lambda h, **k: seen.append(h.counts.copy()) or real_fit(h, **k))
     dp_estimate(release.entry, 0.7, bootstrap=3)
-    released = np.array([5.0 if c.value is None else c.value for c in release.entry.cells])
-    assert len(seen) == 4 and np.array_equal(seen[0][-len(released):], released)
+    released = np.array([0.0 if c.value is None else c.value for c in release.entry.cells])
+    suppressed = np.array([c.value is None for c in release.entry.cells])
+    assert suppressed.any() and len(seen) > 4
+    assert np.array_equal(seen[0][-len(released):], released)
+    for filled in seen[1:4]:  # the point estimate's filling rounds
+        tail = filled[-len(released):]
+        assert np.array_equal(tail[~suppressed], released[~suppressed])
+        assert (tail[suppressed] <= 9).all()
     coarse = link_score_vector(exact, len(AGENCIES)).counts
     assert not np.array_equal(released, coarse)  # the noise did move the cells
     assert all(not np.array_equal(h[-len(coarse):], coarse) for h in seen)

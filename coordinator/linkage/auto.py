@@ -13,11 +13,20 @@ and the round costs one comparison pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from coordinator.linkage.blocking import BlockingConfig
-from coordinator.linkage.calibration import Calibration, ScoreHistogram, calibrate, estimate_at, score_histogram
+from coordinator.linkage.calibration import (
+    Calibration,
+    ScoreHistogram,
+    calibrate,
+    estimate_at,
+    estimate_links,
+    score_histogram,
+)
+from coordinator.linkage.capture import capture_by_score
 from coordinator.linkage.match import (
     Candidates,
     MatchResult,
@@ -82,6 +91,7 @@ def linked_pair_scores(datasets: Sequence[np.ndarray], labels: Sequence[np.ndarr
 
 def _pair_calibrations(
     datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
+    capture: np.ndarray | None = None,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
     """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links."""
     sizes = [len(d) for d in datasets]
@@ -91,7 +101,7 @@ def _pair_calibrations(
             labels, _, _ = solve_candidates(select_candidates(candidates, datasets=(d_a, d_b)), sizes)
             rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
             scores = compute_dice(datasets[d_a], datasets[d_b], rows_a, rows_b)
-            histogram = score_histogram(scores, floor)
+            histogram = replace(score_histogram(scores, floor), capture=capture)
             calibration = calibrate(histogram, threshold=threshold, bootstrap=0)
             out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
     return out
@@ -151,10 +161,12 @@ def auto_match(
     first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True)
     assert first.candidates is not None
     scores, _ = linked_pair_scores(datasets, first.labels)
-    pairs = _pair_calibrations(datasets, first.candidates, threshold, floor) if len(datasets) > 2 else {}
+    # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
+    capture = capture_by_score(datasets, floor, blocking, workers=workers) if blocking is not None else None
+    pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture) if len(datasets) > 2 else {}
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
-    overall = calibrate(score_histogram(scores, floor), threshold=threshold, precision_floor=precision_floor,
-                        bounds=bounds, bootstrap=bootstrap, matches=matches)
+    overall = calibrate(replace(score_histogram(scores, floor), capture=capture), threshold=threshold,
+                        precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches)
     # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share
     # of the multi-party round).
     per_pair = {
@@ -171,6 +183,9 @@ def auto_match(
     if duplicates:
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
                                                   workers=workers)
+    # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
+    final_scores, _ = linked_pair_scores(datasets, labels)
+    overall = estimate_links(overall, final_scores)
     if n_clusters != result.n_clusters:
         sizes = np.bincount(np.concatenate(labels), minlength=n_clusters)
         stats = result.stats.model_copy(update={"clusters": n_clusters, "linked_records": int(sizes[sizes > 1].sum())})

@@ -39,7 +39,12 @@ def noisy_histogram(entry: LedgerEntry) -> ScoreHistogram:
     values = [0 if cell.value is None else max(cell.value, 0) for cell in entry.cells]
     counts = np.zeros(bins)
     counts[bins - len(values):] = values
-    return ScoreHistogram(counts=counts, floor=floor)
+    return ScoreHistogram(counts=counts, floor=floor, noise=_noise_variance(entry))
+
+
+def _noise_variance(entry: LedgerEntry) -> float:
+    """The variance of the noise the entry's mechanism added to each count."""
+    return 2 * entry.scale**2 if entry.mechanism is Mechanism.LAPLACE else entry.scale**2
 
 
 def _suppressed(entry: LedgerEntry, bins: int) -> np.ndarray:
@@ -69,7 +74,7 @@ def _impute(histogram: ScoreHistogram, suppressed: np.ndarray, limit: float, *,
     for _ in range(rounds):
         expected = expected_counts(fit, histogram)
         counts[suppressed] = np.minimum(expected[suppressed], max(limit - 1.0, 0.0))
-        histogram = ScoreHistogram(counts=counts.copy(), floor=histogram.floor)
+        histogram = ScoreHistogram(counts=counts.copy(), floor=histogram.floor, noise=histogram.noise)
         fit = fit_mixture(histogram, start=start)
     return histogram, fit
 
@@ -118,7 +123,8 @@ def dp_estimate(entry: LedgerEntry, threshold: float, *, bootstrap: int = 30, se
         counts = np.where(again_suppressed, 0.0, np.maximum(counts, 0.0))
         # From the fit's own optimum, one filling round: a refit from every starting point took
         # about 4 s a draw.
-        resampled, refit = _impute(ScoreHistogram(counts=counts, floor=histogram.floor), again_suppressed,
+        resampled, refit = _impute(ScoreHistogram(counts=counts, floor=histogram.floor, noise=histogram.noise),
+                                   again_suppressed,
                                    entry.min_cell_size, start=fit.parameters, rounds=1)
         again = estimate_at(resampled, refit, threshold)
         precisions.append(again.precision)

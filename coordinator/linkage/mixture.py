@@ -32,11 +32,13 @@ class ScoreHistogram:
         floor: the similarity the solve started from; no pair below it was offered.
         capture: per bin, the share of pairs the round's blocking finds
             (:func:`coordinator.linkage.capture.capture_by_score`); None: all pairs were compared.
+        noise: the variance of noise added to every count (a DP release's); 0: exact counts.
     """
 
     counts: np.ndarray
     floor: float
     capture: np.ndarray | None = None
+    noise: float = 0.0
 
     @property
     def first(self) -> int:
@@ -110,13 +112,20 @@ def _components(params: np.ndarray, edges: np.ndarray, first: int) -> tuple[np.n
 
 
 def _negative_loglik(params: np.ndarray, counts: np.ndarray, edges: np.ndarray, first: int,
-                     capture: np.ndarray | None = None) -> float:
+                     capture: np.ndarray | None = None, noise: float = 0.0) -> float:
     match, nonmatch, _, _ = _components(params, edges, first)
     mix = match[first:] + nonmatch[first:]
     if capture is not None:
         # What blocking lets through: both components thinned alike, then renormalised.
         mix = mix * capture[first:]
         mix = mix / max(float(mix.sum()), _EPS)
+    if noise > 0:
+        # Noisy counts (a DP release): each bin is its expected count plus sampling and added noise,
+        # so a thin bin's count weighs as little as its noise allows (Gaussian approximation).
+        observed = counts[first:]
+        expected = float(observed.sum()) * np.maximum(mix, _EPS)
+        variance = expected + noise
+        return float((0.5 * (observed - expected) ** 2 / variance + 0.5 * np.log(variance)).sum())
     return -float((counts[first:] * np.log(np.maximum(mix, _EPS))).sum())
 
 
@@ -181,7 +190,8 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
                           nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
     best = None
     for point in _STARTS if start is None else (tuple(start),):
-        found = minimize(_negative_loglik, np.array(point), args=(counts, edges, first, capture), method="Nelder-Mead",
+        found = minimize(_negative_loglik, np.array(point), args=(counts, edges, first, capture, histogram.noise),
+                         method="Nelder-Mead",
                          options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
         if best is None or found.fun < best.fun:
             best = found
@@ -191,7 +201,8 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
         # that unless the mixture's likelihood gain beats a BIC penalty for its two extra parameters:
         # where nearly every link is true (FEBRL), a steep "false" component would otherwise swallow
         # the true links' low tail and call a lower threshold unsafe.
-        alone = minimize(lambda x: _negative_loglik(np.concatenate([[30.0], x]), counts, edges, first, capture),
+        alone = minimize(lambda x: _negative_loglik(np.concatenate([[30.0], x]), counts, edges, first, capture,
+                                                    histogram.noise),
                          np.array(best.x[1:]), method="Nelder-Mead",
                          options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
         if alone.fun - best.fun < _BIC_FACTOR * math.log(max(total, 2.0)):

@@ -135,3 +135,24 @@ def test_the_fit_finds_false_links_where_early_starts_miss_them() -> None:
     calibration = calibrate(histogram, bootstrap=0)
     assert calibration.threshold >= 0.65
     assert calibration.estimate.precision < 1.0
+
+
+def test_the_estimate_of_the_final_links_weighs_each_final_pair_by_the_fit() -> None:
+    """Invariant: the reported estimate is over the final clusters' pairs: a final pair counts as true with
+    its bin's posterior, a pair below the floor counts as false, recall is over the fit's true links, and
+    the intervals move with the estimate."""
+    from coordinator.linkage.calibration import estimate_links
+
+    rng = np.random.default_rng(5)
+    strangers = 0.55 + rng.exponential(1 / 15, 400)
+    scores = np.concatenate([np.ones(1500), rng.beta(12, 2, 1500), strangers[strangers < 1]])
+    calibration = calibrate(score_histogram(scores, floor=0.55), bootstrap=5)
+    final = np.concatenate([np.ones(100), np.full(10, 0.3)])  # 100 identical pairs, 10 below the floor
+    moved = estimate_links(calibration, final).estimate
+    top = calibration.fit.posterior[-1]
+    assert moved.links == 110
+    assert moved.precision == pytest.approx(100 * top / 110)
+    assert moved.recall == pytest.approx(100 * top / calibration.fit.matches)
+    low, high = calibration.estimate.precision_interval
+    shift = moved.precision - calibration.estimate.precision
+    assert moved.precision_interval == pytest.approx((max(low + shift, 0.0), min(high + shift, 1.0)))

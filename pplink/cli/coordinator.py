@@ -78,6 +78,7 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
             "maps": {p: str(m) for p, m in summary.maps.items()}, "seconds": round(summary.seconds, 3),
             "comparisons": stats.comparisons, "candidate_pairs": stats.candidate_pairs,
             "threshold": stats.threshold, "calibration": calibration,
+            "published_calibration": summary.published_calibration,
         }))
         return
     total = sum(summary.records.values())
@@ -91,7 +92,11 @@ def match_command(agreement_path: Path, key_path: Path, encodings: tuple[Path, .
     click.echo(f"  comparisons: {stats.comparisons:,} ({stats.comparisons_per_second / 1e6:.0f} M/s), "
                f"candidate pairs: {stats.candidate_pairs:,}")
     if calibration:
-        click.echo(_estimate_line(calibration))
+        click.echo(_estimate_line(calibration) + " [exact: the coordinator's only]")
+    if summary.published_calibration:
+        entry = summary.published_calibration["dp"]["ledger_seq"]
+        click.echo(_estimate_line(summary.published_calibration).replace(
+            "estimated (no truth)", f"published (DP, ledger entry {entry}, calibration.json)"))
     click.echo("Send each agency only its own map; they run `pplink node resolve`.")
 
 

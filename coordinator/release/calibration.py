@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.linkage.calibration_dp import dp_estimate
 from coordinator.linkage.mixture import ScoreHistogram
 from coordinator.linkage.state import STATE_FILE, load_linkage_state
-from coordinator.release.binding import binding_for_linkage, ledger_for_round
+from coordinator.release.binding import DEFAULT_LEDGER, binding_for_linkage, ledger_for_round
 from coordinator.release.engine import Release, release_vector
 from coordinator.release.queries import QueryVector
 from pplink.accounting import QueryKind
 from pplink.agreement import AgreementConfig
 from pplink.atomic import atomic_write
 from pplink.errors import ReleaseError
-from pplink.ledger import ReleaseQuery
+from pplink.ledger import ReleaseQuery, line_hash
 from pplink.ledger_genesis import LedgerBinding
 from pplink.link_scores import link_score_keys, link_score_sensitivity, link_score_subject
 from pplink.round_manifest import verify_round_member
@@ -100,6 +100,18 @@ def release_link_scores(
                           binding=binding)
 
 
+def _round_ledger(linkage_dir: Path, binding: LedgerBinding | None) -> Path:
+    """The round's ledger file; beside an earlier round's ledger (kept as evidence), one named by the round id."""
+    path = ledger_for_round(linkage_dir, binding)
+    if binding is None or path != linkage_dir / DEFAULT_LEDGER or not path.is_file():
+        return path
+    with open(path, "rb") as fh:
+        first = fh.readline().rstrip(b"\n")
+    if not first or line_hash(first) == binding.genesis:
+        return path
+    return linkage_dir / f"coordinator/ledger.{binding.round_id}.jsonl"
+
+
 def publish_calibration(agreement: AgreementConfig, key: Ed25519PrivateKey, linkage_dir: Path) -> dict[str, Any]:
     """Release a published round's calibration on its ledger and write its estimates beside the maps.
 
@@ -132,10 +144,11 @@ def publish_calibration(agreement: AgreementConfig, key: Ed25519PrivateKey, link
         raise ReleaseError(f"{linkage_dir}: the round kept no calibration histogram")
     histogram = ScoreHistogram(counts=np.asarray(kept["counts"], dtype=np.float64), floor=float(kept["floor"]))
     binding = binding_for_linkage(agreement, key, state, linkage_dir)
-    release = release_link_scores(agreement, ledger_for_round(linkage_dir, binding), key, histogram, state.parties,
+    release = release_link_scores(agreement, _round_ledger(linkage_dir, binding), key, histogram, state.parties,
                                   epsilon=epsilon, binding=binding)
     estimate = dp_estimate(release.entry, state.threshold)
     published = {
+        "round_id": state.meta.get("round_id"),
         "method": (state.meta.get("calibration") or {}).get("method", "given"),
         "threshold": state.threshold,
         "dp": {"query": QueryKind.LINK_SCORES.value, "epsilon": epsilon, "ledger_seq": release.entry.seq,

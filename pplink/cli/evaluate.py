@@ -66,9 +66,12 @@ def _round_info(path: Path) -> dict[str, Any]:
     published = path.with_name("calibration.json")
     if published.is_file():
         try:
-            info["published"] = json.loads(published.read_text(encoding="utf-8"))
+            estimates = json.loads(published.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"{published}: not readable ({type(exc).__name__})") from None
+        # An earlier round's file left in a re-used folder is not this round's.
+        if isinstance(estimates, dict) and estimates.get("round_id") == manifest.get("round_id"):
+            info["published"] = estimates
     return info
 
 

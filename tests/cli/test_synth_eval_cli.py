@@ -130,9 +130,9 @@ def test_eval_linkage_shows_the_published_dp_estimates_beside_the_manifest(tmp_p
     summary = _synth(tmp_path / "data")
     _entities_from_truth(Path(summary["truth"]), tmp_path / "pred")
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"threshold": 0.63, "calibration": {"method": "auto", "threshold": 0.63}}),
-                        encoding="utf-8")
-    published = {"method": "auto", "threshold": 0.63, "dp": {"query": "link-scores", "ledger_seq": 1},
+    manifest.write_text(json.dumps({"threshold": 0.63, "round_id": "r1",
+                                    "calibration": {"method": "auto", "threshold": 0.63}}), encoding="utf-8")
+    published = {"round_id": "r1", "method": "auto", "threshold": 0.63, "dp": {"query": "link-scores", "ledger_seq": 1},
                  "precision": 0.987, "precision_interval": [0.975, 0.995], "recall": 0.964,
                  "recall_interval": [0.95, 0.98], "missed": 40.0}
     (tmp_path / "calibration.json").write_text(json.dumps(published), encoding="utf-8")
@@ -143,3 +143,6 @@ def test_eval_linkage_shows_the_published_dp_estimates_beside_the_manifest(tmp_p
     text = _runner().invoke(cli, args).stdout
     assert "published estimates (DP, link-scores ledger entry 1)" in text
     assert "precision 0.9870 [0.9750, 0.9950] (measured 1.0000)" in text
+    (tmp_path / "calibration.json").write_text(json.dumps({**published, "round_id": "r0"}), encoding="utf-8")
+    stale = _runner().invoke(cli, [*args, "--format", "json"])
+    assert "published" not in json.loads(stale.stdout)["round"]  # an earlier round's file is not shown

@@ -180,12 +180,14 @@ def auto_match(
     if pairs:
         links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}
         labels, n_clusters, _ = merge_split_clusters(datasets, labels, links, overall.threshold)
+    merged_scores = None
     if duplicates:
+        merged_scores, _ = linked_pair_scores(datasets, labels)
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
                                                   workers=workers)
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
-    overall = estimate_links(overall, final_scores)
+    overall = estimate_links(overall, final_scores, merged_scores)
     if n_clusters != result.n_clusters:
         sizes = np.bincount(np.concatenate(labels), minlength=n_clusters)
         stats = result.stats.model_copy(update={"clusters": n_clusters, "linked_records": int(sizes[sizes > 1].sum())})

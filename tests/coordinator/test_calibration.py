@@ -139,8 +139,8 @@ def test_the_fit_finds_false_links_where_early_starts_miss_them() -> None:
 
 def test_the_estimate_of_the_final_links_weighs_each_final_pair_by_the_fit() -> None:
     """Invariant: the reported estimate is over the final clusters' pairs: a final pair counts as true with
-    its bin's posterior, a pair below the floor counts as false, recall is over the fit's true links, and
-    the intervals move with the estimate."""
+    its bin's posterior, a pair below the floor counts as false, recall is over the fit's true links (plus
+    those attached duplicates add), and the intervals move with the estimate."""
     from coordinator.linkage.calibration import estimate_links
 
     rng = np.random.default_rng(5)
@@ -156,3 +156,7 @@ def test_the_estimate_of_the_final_links_weighs_each_final_pair_by_the_fit() -> 
     low, high = calibration.estimate.precision_interval
     shift = moved.precision - calibration.estimate.precision
     assert moved.precision_interval == pytest.approx((max(low + shift, 0.0), min(high + shift, 1.0)))
+    # Attached duplicates' true pairs (here 40 of the 100) are pairs no one-to-one count holds: they join
+    # the recall's denominator as well as its numerator.
+    with_duplicates = estimate_links(calibration, final, before_duplicates=final[40:]).estimate
+    assert with_duplicates.recall == pytest.approx(100 * top / (calibration.fit.matches + 40 * top))

@@ -102,7 +102,7 @@ def _pair_calibrations(
             rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
             scores = compute_dice(datasets[d_a], datasets[d_b], rows_a, rows_b)
             histogram = replace(score_histogram(scores, floor), capture=capture)
-            calibration = calibrate(histogram, threshold=threshold, bootstrap=0)
+            calibration = calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
             out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
     return out
 

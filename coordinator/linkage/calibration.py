@@ -291,6 +291,7 @@ def calibrate(
     bootstrap: int = 20,
     seed: int = 0,
     matches: float | None = None,
+    higher_floors: bool = True,
 ) -> Calibration:
     """Fit, choose (unless ``threshold`` is given) and estimate with bootstrap intervals.
 
@@ -304,6 +305,9 @@ def calibrate(
         matches: all true links, when known better than this histogram's fit knows them (a
             multi-party solve hides some: the sum of the agency pairs' own fits); the larger of it
             and the fit's own count is used; bootstrap refits scale it by their own change.
+        higher_floors: take the median precision over fits from higher floors too (see
+            :func:`_floor_median`); an agency pair's own fit, read only for its count of true
+            links, skips them.
 
     Returns:
         The calibration.
@@ -329,7 +333,8 @@ def calibrate(
     else:
         method, chosen = "fixed", float(threshold)
     base = estimate_at(histogram, fit, chosen)
-    fit = _floor_median(histogram, fit, chosen)
+    if higher_floors:
+        fit = _floor_median(histogram, fit, chosen)
     estimate = estimate_at(histogram, fit, chosen)
     if bootstrap > 0 and histogram.total > 0:
         rng = np.random.default_rng(seed)

@@ -87,6 +87,12 @@ def _agreement_edit(dataset):  # type: ignore[no-untyped-def]
 
 def _pplink(dataset, root: Path):  # type: ignore[no-untyped-def]
     """Encode with pplink's node code and the default agreement; match with the automatic threshold."""
+    setup, predicted, calibration, seconds, _ = _pplink_encodings(dataset, root)
+    return setup, predicted, calibration, seconds
+
+
+def _pplink_encodings(dataset, root: Path):  # type: ignore[no-untyped-def]
+    """:func:`_pplink`, also returning the encodings (the blocking-loss measurement reads them)."""
     from coordinator.linkage.auto import auto_match
     from coordinator.linkage.match_round import blocking_for
     from nodes.encode import encode_records
@@ -191,7 +197,7 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
     with tempfile.TemporaryDirectory() as tmp:
-        setup, predicted, calibration, seconds, clks = _pplink(dataset, Path(tmp))
+        setup, predicted, calibration, seconds, clks = _pplink_encodings(dataset, Path(tmp))
         dp_epsilon, dp_scale, dp = _dp(dataset, setup, calibration, Path(tmp))
     from coordinator.linkage.auto import CALIBRATION_FLOOR
 

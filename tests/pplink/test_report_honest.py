@@ -129,3 +129,17 @@ def test_the_exact_page_shows_the_rounds_threshold_and_its_estimates(setup: Setu
                                                             "stats": {"threshold": 0.63}, "calibration": calibration})
     assert page is not None
     assert "threshold 0.63" in page and "precision 0.991" in page and "recall 0.972" in page
+
+
+def test_the_dp_page_shows_the_rounds_link_scores_release_and_only_its_noisy_counts(setup: Setup) -> None:
+    """Linkage quality reaches the DP page only as the round's link-scores release: its noisy counts, their
+    range, suppressed bins named as such, and its privacy cost."""
+    cells: dict[tuple[str, ...], int | None] = {("0.5500",): 412, ("0.5600",): None, ("0.9900",): 7731}
+    entry = _entry(3, ReleaseQuery(kind=QueryKind.LINK_SCORES, subject="linked pairs by Dice: floor 0.55 bins 100",
+                                   parties=("social_care", "school")), cells)
+    page = render_report(setup.agreement, _verdict(setup), [entry])
+    section = page[page.index("<h2>Linkage quality</h2>"):]
+    section = section[: section.index("</section>")]
+    assert "7731" in section and "412" in section and "suppressed: 1 of 3" in section
+    assert "±" in section and "entry 3" in section and "epsilon 0.5" in section
+    assert "Linkage quality" not in render_report(setup.agreement, _verdict(setup), [_link_rate_entry()])

@@ -17,10 +17,11 @@ for agency in social_care school health; do
     --key "keys/$agency.key" "data/$agency.csv" -o "nodes/$agency/$agency.enc" --skip-invalid
 done
 
-# The coordinator matches, then releases one DP aggregate onto the signed ledger.
+# The coordinator matches (its calibration release starts the round's ledger,
+# linkage/coordinator/ledger.jsonl), then releases one DP aggregate onto that ledger.
 pplink coordinator match --agreement agreement.toml --key keys/coordinator.key \
   nodes/social_care/social_care.enc nodes/school/school.enc nodes/health/health.enc -o linkage
-pplink coordinator release --agreement agreement.toml --ledger ledger.jsonl --linkage linkage \
+pplink coordinator release --agreement agreement.toml --ledger linkage/coordinator/ledger.jsonl --linkage linkage \
   --key keys/coordinator.key --query overlap --epsilon 0.5
 
 # Each agency resolves its own pseudonym map locally.
@@ -32,5 +33,5 @@ done
 
 # Quality against the synthetic truth, the auditor's verdict, and the report.
 pplink eval linkage --truth data/truth.csv nodes/social_care nodes/school nodes/health
-pplink audit verify --agreement agreement.toml --ledger ledger.jsonl
-pplink report --agreement agreement.toml --ledger ledger.jsonl -o report.html
+pplink audit verify --agreement agreement.toml --ledger linkage/coordinator/ledger.jsonl
+pplink report --agreement agreement.toml --ledger linkage/coordinator/ledger.jsonl -o report.html

@@ -123,6 +123,7 @@ def run_demo(work_dir: Path, *, people: int = 20_000, seed: int = 727,
                             linkage_dir)
     say(f"4. coordinator matched {sum(match.records.values())} encodings in {match.seconds:.1f} s: "
         f"{match.entities} entities, {match.linked_entities} known to two or more agencies")
+    _link_round_ledger(config, linkage_dir, keys_dir, work_dir)
 
     for agency in AGENCIES:
         node_dir = work_dir / "nodes" / agency
@@ -164,9 +165,33 @@ def run_demo(work_dir: Path, *, people: int = 20_000, seed: int = 727,
         report_path=report_path, seconds=seconds)
 
 
+def _link_round_ledger(config: Any, linkage_dir: Path, keys_dir: Path, work_dir: Path) -> Path:
+    """Make ``coordinator/ledger.jsonl`` a link to the round's one ledger, and return that link.
+
+    The match round's calibration release started the round's ledger inside its folder (and pinned
+    it there); scoring, releases, the audit and the report all use that same file through this
+    link, so the round's whole spend is on one ledger, never split over two.
+    """
+    import os
+
+    from coordinator.linkage.state import STATE_FILE, load_linkage_state
+    from coordinator.release.binding import binding_for_linkage, ledger_for_round
+    from pplink.crypto import load_private_key
+    from pplink.keystore import private_key_path
+
+    state = load_linkage_state(linkage_dir / STATE_FILE, config.agreement_id)
+    key = load_private_key(private_key_path(keys_dir, "coordinator"))
+    target = ledger_for_round(linkage_dir, binding_for_linkage(config, key, state, linkage_dir))
+    link = work_dir / "coordinator" / "ledger.jsonl"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), link)
+    return link
+
+
 def _release_and_audit(config: Any, agreement_path: Path, linkage_dir: Path, keys_dir: Path, work_dir: Path,
                        say: Callable[[str], None]) -> Any:
     from coordinator.linkage.state import STATE_FILE, load_linkage_state
+    from coordinator.release.binding import binding_for_linkage
     from coordinator.release.engine import release_query
     from pplink.audit.verify import verify_ledger
     from pplink.crypto import load_private_key
@@ -176,14 +201,18 @@ def _release_and_audit(config: Any, agreement_path: Path, linkage_dir: Path, key
     state = load_linkage_state(linkage_dir / STATE_FILE, config.agreement_id)
     ledger = work_dir / "coordinator" / "ledger.jsonl"
     key = load_private_key(private_key_path(keys_dir, "coordinator"))
-    overlap = release_query(config, state, ledger, key, ReleaseQuery(kind=QueryKind.OVERLAP), epsilon=0.5)
+    # Bound to the round and its pin, as `coordinator release --linkage` is: no second ledger.
+    binding = binding_for_linkage(config, key, state, linkage_dir)
+    overlap = release_query(config, state, ledger, key, ReleaseQuery(kind=QueryKind.OVERLAP), epsilon=0.5,
+                            binding=binding)
     say(f"8. DP release of overlap counts (epsilon 0.5, {overlap.entry.mechanism}, "
         f"scale {overlap.entry.scale:.2f}), on the ledger before anyone sees it;")
     say("   people known to exactly these agencies:")
     for cell in overlap.cells:
         say(f"   {' + '.join(cell.key):<40} {overlap.display(cell):>8}")
     rates = release_query(config, state, ledger, key,
-                          ReleaseQuery(kind=QueryKind.LINK_RATE, attribute="deprivation_quintile"), epsilon=1.0)
+                          ReleaseQuery(kind=QueryKind.LINK_RATE, attribute="deprivation_quintile"), epsilon=1.0,
+                          binding=binding)
     say(f"   link rates by deprivation quintile released too (epsilon 1.0); "
         f"budget left: epsilon {rates.remaining_epsilon:.2f} of {rates.budget_epsilon}")
     verdict = verify_ledger(config, ledger)

@@ -215,7 +215,8 @@ def _true_link_blocking_loss(dataset, clks, ids, threshold: float) -> tuple[floa
     people: dict[str, list[tuple[int, int]]] = {}
     for d, agency in enumerate(dataset.agencies):
         for record, person in truth[agency].items():
-            people.setdefault(person, []).append((d, rows[d][record]))
+            if record in rows[d]:  # a record the encoder refused (too few usable fields) is never compared
+                people.setdefault(person, []).append((d, rows[d][record]))
     eligible = shared = 0
     for records in people.values():
         for i, (da, ra) in enumerate(records):

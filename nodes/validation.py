@@ -15,6 +15,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress, repeat
+from operator import itemgetter, not_
+from typing import Any
+
+import numpy as np
 
 from nodes.dates import DateDecision, date_reader
 from nodes.export_settings import ExportSettings
@@ -219,6 +224,59 @@ def _attribute_checker(spec: AttributeSpec) -> Callable[[str], str | None | Inva
     return run
 
 
+def _prefilter(
+    spec: RecordSpec,
+    index: Mapping[str, int],
+    width: int,
+    numbers: list[int],
+    values: list[Sequence[str]],
+    check_nul: bool,
+    refuse: Callable[[int, Sequence[str], str, str], None],
+    result: ChunkResult,
+) -> tuple[list[int], list[Sequence[str]]]:
+    """The rows left after the row-level checks (field count, NUL, opt-out), in order.
+
+    The usual chunk (every row the header's width, no NUL, nobody opted out or unreadable) is
+    recognised from its distinct opt-out values alone and returned as it is; otherwise each row
+    is checked in turn.
+    """
+    opt_at = index[spec.opt_out_column] if spec.opt_out_column else None
+    # One lookup per row: value -> opted out (True) or not (False); absent: unreadable.
+    verdict = {v: True for v in spec.opt_out_values} | {v: False for v in spec.opt_in_values}
+    verdict |= {theirs: verdict[ours] for theirs, ours in spec.opt_out_map if ours in verdict}
+    if not check_nul and set(map(len, values)) <= {width}:
+        if opt_at is None or all(verdict.get(v.strip().casefold()) is False
+                                 for v in set(map(itemgetter(opt_at), values))):
+            return numbers, values
+    kept_numbers: list[int] = []
+    kept: list[Sequence[str]] = []
+    for row_number, row in zip(numbers, values, strict=True):
+        if len(row) != width:
+            refuse(row_number, row, "(row)", f"has {len(row)} fields, header has {width}")
+            continue
+        if check_nul and any("\x00" in v for v in row):
+            refuse(row_number, row, "(row)", NUL_IN_ROW)
+            continue
+        if opt_at is not None:
+            opted = verdict.get(row[opt_at].strip().casefold())
+            if opted:
+                result.opted_out += 1
+                continue
+            if opted is None:
+                refuse(row_number, row, spec.opt_out_column or "", OPT_OUT_UNREADABLE)
+                continue
+        kept_numbers.append(row_number)
+        kept.append(row)
+    return kept_numbers, kept
+
+
+def _invalid_at(out: list[Any]) -> list[int]:
+    """Positions of the :class:`InvalidValue` results in ``out`` (C-level passes, no Python loop per value)."""
+    if InvalidValue not in set(map(type, out)):
+        return []
+    return list(compress(range(len(out)), map(isinstance, out, repeat(InvalidValue))))
+
+
 def validate_chunk(
     spec: RecordSpec,
     file: str,
@@ -230,7 +288,9 @@ def validate_chunk(
     """Validate and normalise a chunk of raw rows.
 
     Works column by column through cached normalisers: identifier values repeat heavily, so most
-    values cost one dictionary lookup.
+    values cost one dictionary lookup, and every per-value step (extracting a column, normalising,
+    finding the invalid or empty values, counting a row's identifiers) is a C-level ``map``, not a
+    Python loop over the rows.
 
     Args:
         spec: from :func:`record_spec`.
@@ -246,86 +306,70 @@ def validate_chunk(
         ``None`` in every row (counted as missing in releases).
     """
     index = {name: i for i, name in enumerate(columns)}
-    id_at = index[spec.record_id_column]
-    opt_at = index[spec.opt_out_column] if spec.opt_out_column else None
-    # One lookup per row: value -> opted out (True) or not (False); absent: unreadable.
-    verdict = {v: True for v in spec.opt_out_values} | {v: False for v in spec.opt_in_values}
-    verdict |= {theirs: verdict[ours] for theirs, ours in spec.opt_out_map if ours in verdict}
-    width = len(columns)
     result = ChunkResult()
     problems: list[tuple[int, int, RowProblem]] = []  # (position in chunk, column order, problem)
-    kept: list[tuple[int, Sequence[str]]] = []
 
     def refuse(row_number: int, values: Sequence[str], column: str, reason: str) -> None:
         result.problems.append(RowProblem(file, row_number, column, reason))
         result.rejected_rows.append(row_number)
         result.rejected_values.append((row_number, values))
 
-    for row_number, values in rows:
-        if len(values) != width:
-            refuse(row_number, values, "(row)", f"has {len(values)} fields, header has {width}")
-            continue
-        if check_nul and any("\x00" in v for v in values):
-            refuse(row_number, values, "(row)", NUL_IN_ROW)
-            continue
-        if opt_at is not None:
-            opted = verdict.get(values[opt_at].strip().casefold())
-            if opted:
-                result.opted_out += 1
-                continue
-            if opted is None:
-                refuse(row_number, values, spec.opt_out_column or "", OPT_OUT_UNREADABLE)
-                continue
-        kept.append((row_number, values))
-    numbers = [n for n, _ in kept]
-    ids = [v[id_at].strip() for _, v in kept]
+    numbers, kept = _prefilter(spec, index, len(columns), list(map(itemgetter(0), rows)),
+                               list(map(itemgetter(1), rows)), check_nul, refuse, result)
+    n = len(kept)
+    ids = list(map(str.strip, map(itemgetter(index[spec.record_id_column]), kept)))
     problems.extend((i, -1, RowProblem(file, numbers[i], spec.record_id_column, "is empty"))
-                    for i, rid in enumerate(ids) if not rid)
+                    for i in compress(range(n), map(not_, ids)))
     outputs: list[list[str]] = []
     for order, (col, kind, required) in enumerate(spec.fields):
-        at = index[col]
-        raw = [v[at] for _, v in kept]
+        raw = list(map(itemgetter(index[col]), kept))
         if kind.is_date:
             result.date_values[col] = set(raw)  # raw values: stripped once, after the merge
-        out = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
-        for i, value in enumerate(out):
-            if value.__class__ is InvalidValue:
-                problems.append((i, order, RowProblem(file, numbers[i], col, str(value))))
-                out[i] = ""
-            elif required and not value:
-                problems.append((i, order, RowProblem(file, numbers[i], col, "is required but empty")))
-        outputs.append(out)  # type: ignore[arg-type]
-    attr_outputs = []
+        out: list[Any] = list(map(_normaliser(kind, spec.formats_for(col), spec.ambiguous_for(col)), raw))
+        if required:  # an InvalidValue is truthy: only values normalised to "" count as empty
+            problems.extend((i, order, RowProblem(file, numbers[i], col, "is required but empty"))
+                            for i in compress(range(n), map(not_, out)))
+        for i in _invalid_at(out):
+            problems.append((i, order, RowProblem(file, numbers[i], col, str(out[i]))))
+            out[i] = ""
+        outputs.append(out)
+    attr_outputs: list[list[Any]] = []
     for order, attr in enumerate(spec.attributes, start=len(spec.fields)):
         if attr.column not in index:
-            attr_outputs.append([None] * len(kept))
+            attr_outputs.append([None] * n)
             continue
-        at = index[attr.column]
-        out_a = list(map(_attribute_checker(attr), [v[at] for _, v in kept]))
-        for i, value in enumerate(out_a):
-            if value.__class__ is InvalidValue:
-                problems.append((i, order, RowProblem(file, numbers[i], attr.column, str(value))))
+        out_a: list[Any] = list(map(_attribute_checker(attr), map(itemgetter(index[attr.column]), kept)))
+        problems.extend((i, order, RowProblem(file, numbers[i], attr.column, str(out_a[i])))
+                        for i in _invalid_at(out_a))
         attr_outputs.append(out_a)
-    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * len(kept)
-    if spec.min_fields:
+    if spec.min_fields and n:
+        present = np.zeros(n, dtype=np.int64)
+        for out in outputs:
+            present += np.fromiter(map(bool, out), dtype=bool, count=n)
         order = len(spec.fields) + len(spec.attributes)
         problems.extend(
             (i, order, RowProblem(file, numbers[i], "(identifiers)",
                                   f"has fewer than {spec.min_fields} identifier values"))
-            for i, ident in enumerate(identifiers) if sum(map(bool, ident)) < spec.min_fields
+            for i in np.flatnonzero(present < spec.min_fields).tolist()
         )
-    bad = {i for i, _, _ in problems}
+    identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * n
+    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * n
+    if not problems:
+        result.record_ids, result.row_numbers = ids, numbers
+        result.identifiers, result.attributes = identifiers, attributes
+        return result
+    bad = sorted({i for i, _, _ in problems})
     problems.sort(key=lambda p: (p[0], p[1]))
     result.problems.extend(p for _, _, p in problems)
-    result.rejected_rows.extend(numbers[i] for i in sorted(bad))
-    result.rejected_values.extend(kept[i] for i in sorted(bad))
-    attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * len(kept)
-    for i in range(len(kept)):
-        if i not in bad:
-            result.record_ids.append(ids[i])
-            result.row_numbers.append(numbers[i])
-            result.identifiers.append(identifiers[i])
-            result.attributes.append(attributes[i])  # type: ignore[arg-type]
+    result.rejected_rows.extend(numbers[i] for i in bad)
+    result.rejected_values.extend((numbers[i], kept[i]) for i in bad)
+    keep = bytearray(b"\x01") * n
+    for i in bad:
+        keep[i] = 0
+    result.record_ids = list(compress(ids, keep))
+    result.row_numbers = list(compress(numbers, keep))
+    result.identifiers = list(compress(identifiers, keep))
+    result.attributes = list(compress(attributes, keep))
     return result
 
 

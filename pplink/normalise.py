@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from functools import cache, lru_cache
@@ -139,12 +140,37 @@ def _numeric_pattern(fmt: str) -> re.Pattern[str] | None:
     return re.compile("".join(_FIELDS[p[1]] if p.startswith("%") else re.escape(p) for p in parts if p) + "$")
 
 
+@lru_cache(maxsize=64)
+def _date_parsers(formats: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str] | None, str], ...]:
+    """Per format: the format, its numeric regex (or ``None``: strptime) and its year group (``Y`` or ``y``)."""
+    parsers = []
+    for fmt in formats:
+        pattern = _numeric_pattern(fmt)
+        parsers.append((fmt, pattern, "" if pattern is None else ("Y" if "Y" in pattern.groupindex else "y")))
+    return tuple(parsers)
+
+
+#: ``(today, the time.time() at which it stops being today)``: date.today() costs about a
+#: microsecond, as much as the rest of reading a date, and every distinct date checks against it.
+_today_until: tuple[dt.date, float] = (dt.date.min, 0.0)
+
+
+def _today() -> dt.date:
+    global _today_until
+    if time.time() >= _today_until[1]:
+        today = dt.date.today()
+        midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time())
+        # Read again at the next local midnight (and at least every minute, should the clock move back).
+        _today_until = (today, min(midnight.timestamp(), time.time() + 60))
+    return _today_until[0]
+
+
 def _checked(year: int, month: int, day: int) -> str:
     try:
         date = dt.date(year, month, day)
     except ValueError:
         raise InvalidValue("not a calendar date") from None
-    if date < _EARLIEST or date > dt.date.today():
+    if date < _EARLIEST or date > _today():
         raise InvalidValue("date is before 1900 or in the future")
     return date.isoformat()
 
@@ -152,7 +178,7 @@ def _checked(year: int, month: int, day: int) -> str:
 def _two_digit_year(year: int) -> int:
     # Two-digit years are births: never in the future, so 30 is 1930 (and 15 is 2015).
     year += 2000
-    return year - 100 if year > dt.date.today().year else year
+    return year - 100 if year > _today().year else year
 
 
 @lru_cache(maxsize=_CACHE)
@@ -171,15 +197,14 @@ def normalise_date(value: str, formats: tuple[str, ...]) -> str:
     if not value:
         return ""
     error: InvalidValue | None = None
-    for fmt in formats:
-        pattern = _numeric_pattern(fmt)
+    for fmt, pattern, year_code in _date_parsers(formats):
         if pattern is not None:
             m = pattern.match(value)
             if not m:
                 continue
-            parts = m.groupdict()
-            year = int(parts["Y"]) if "Y" in parts else _two_digit_year(int(parts["y"]))
-            month, day = int(parts["m"]), int(parts["d"])
+            y, mm, dd = m.group(year_code, "m", "d")
+            year = int(y) if year_code == "Y" else _two_digit_year(int(y))
+            month, day = int(mm), int(dd)
         else:
             try:
                 parsed = dt.datetime.strptime(value, fmt).date()

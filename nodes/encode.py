@@ -20,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import chain
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -278,16 +279,26 @@ def _encode_pass(
     init_args = (spec, agreement.identifiers, key)
     # The merge only appends to lists; paused collections keep the growing lists from being walked.
     with _gc_paused():
+        results = []
         for result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
             opted_out += result.opted_out
-            problems.extend(result.problems)
-            rejected.extend(result.rejected_rows)
             if keep_rejected_rows is not None:
                 keep_rejected_rows.extend(result.rejected_values)
             for column, counts in result.date_values.items():
                 date_values[column].update(counts)
-            # The parent merges serially while workers encode, so the usual case (no repeated id)
-            # takes C-level dict and list operations instead of a Python loop over the rows.
+            results.append((result, clks))
+        # The usual file repeats no id: one set over all ids says so, and its chunks are joined as
+        # they are; otherwise each chunk's ids are checked against the earlier chunks'.
+        n_ids = sum(len(result.record_ids) for result, _ in results)
+        unique = len(set(chain.from_iterable(result.record_ids for result, _ in results))) == n_ids
+        for result, clks in results:
+            problems.extend(result.problems)
+            rejected.extend(result.rejected_rows)
+            if unique:
+                record_ids.extend(result.record_ids)
+                attr_rows.extend(result.attributes)
+                clk_parts.append(clks)
+                continue
             fresh = dict(zip(result.record_ids, result.row_numbers, strict=True))
             if len(fresh) == len(result.record_ids) and row_of.keys().isdisjoint(fresh):
                 row_of.update(fresh)

@@ -31,6 +31,7 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from pplink.atomic import atomic_file
@@ -86,10 +87,28 @@ def map_file_name(party: str) -> str:
 
 def write_pairs(fmt: PairFile, path: Path, rows: Iterable[tuple[str, str]]) -> None:
     """Write ``fmt``'s header and ``rows`` to ``path`` atomically, with ``fmt``'s permissions."""
+    rows = list(rows)
     with atomic_file(Path(path), mode=fmt.mode, text=True, encoding=fmt.encoding) as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(fmt.header)
-        writer.writerows(rows)
+        if _plain(rows):
+            # Nothing csv would quote: the same bytes, joined in C (a token file has a line per record).
+            fh.write("".join(map("{0[0]},{0[1]}\n".format, rows)))
+        else:
+            writer.writerows(rows)
+
+
+#: What csv might quote (a delimiter, quote or line break; whitespace at either end of a field,
+#: which NUL joins here): one search over the joined fields, not one per field.
+_QUOTED = re.compile(r'[,"\r\n]|(?:^|\x00)\s|\s(?:\x00|$)')
+
+
+def _plain(rows: list[tuple[str, str]]) -> bool:
+    """Whether every row is two non-empty strings that csv writes as they are (no quoting)."""
+    if not set(map(len, rows)) <= {2}:
+        return False
+    fields = list(chain.from_iterable(rows))
+    return "" not in fields and set(map(type, fields)) <= {str} and not _QUOTED.search("\x00".join(fields))
 
 
 def read_pairs(fmt: PairFile, path: Path, *, data: bytes | None = None) -> dict[str, str]:

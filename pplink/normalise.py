@@ -243,6 +243,7 @@ def normalise_sex(value: str) -> str:
 
 
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
+_CANONICAL_POSTCODE = re.compile(r"[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}\Z")
 
 
 @lru_cache(maxsize=_CACHE)
@@ -252,6 +253,8 @@ def normalise_postcode(value: str) -> str:
     Raises:
         InvalidValue: not of the UK postcode shape.
     """
+    if _CANONICAL_POSTCODE.match(value):  # already as written here (most exports): nothing to rebuild
+        return value
     compact = "".join(value.split()).upper()
     if not compact:
         return ""

@@ -31,7 +31,6 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 from pplink.atomic import atomic_file
@@ -88,27 +87,34 @@ def map_file_name(party: str) -> str:
 def write_pairs(fmt: PairFile, path: Path, rows: Iterable[tuple[str, str]]) -> None:
     """Write ``fmt``'s header and ``rows`` to ``path`` atomically, with ``fmt``'s permissions."""
     rows = list(rows)
+    text = _unquoted(rows)
     with atomic_file(Path(path), mode=fmt.mode, text=True, encoding=fmt.encoding) as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(fmt.header)
-        if _plain(rows):
-            # Nothing csv would quote: the same bytes, joined in C (a token file has a line per record).
-            fh.write("".join(map("{0[0]},{0[1]}\n".format, rows)))
+        if text is not None:
+            fh.write(text)  # the bytes csv would write, joined in C (a token file has a line per record)
         else:
             writer.writerows(rows)
 
 
-#: What csv might quote (a delimiter, quote or line break; whitespace at either end of a field,
-#: which NUL joins here): one search over the joined fields, not one per field.
-_QUOTED = re.compile(r'[,"\r\n]|(?:^|\x00)\s|\s(?:\x00|$)')
+def _unquoted(rows: list[tuple[str, str]]) -> str | None:
+    """The rows as csv writes them where no field needs quoting or formatting; otherwise ``None``.
 
-
-def _plain(rows: list[tuple[str, str]]) -> bool:
-    """Whether every row is two non-empty strings that csv writes as they are (no quoting)."""
+    A field needs csv's care when it holds a delimiter, quote or line break, is empty, or is not a
+    string: each shows in the joined text (an extra comma or newline, a comma at a line's edge).
+    """
+    if not rows:
+        return ""
     if not set(map(len, rows)) <= {2}:
-        return False
-    fields = list(chain.from_iterable(rows))
-    return "" not in fields and set(map(type, fields)) <= {str} and not _QUOTED.search("\x00".join(fields))
+        return None
+    try:
+        text = "\n".join(map(",".join, rows))
+    except TypeError:
+        return None
+    if (text.count(",") != len(rows) or text.count("\n") != len(rows) - 1 or '"' in text or "\r" in text
+            or text.startswith(",") or text.endswith(",") or ",\n" in text or "\n," in text):
+        return None
+    return text + "\n"
 
 
 def read_pairs(fmt: PairFile, path: Path, *, data: bytes | None = None) -> dict[str, str]:

@@ -50,7 +50,10 @@ class InvalidValue(ValueError):
 
 def _fold(value: str) -> str:
     # NFKD splits accented letters into base + combining mark; dropping the marks maps
-    # "José" to "jose" while keeping letters of non-Latin scripts intact.
+    # "José" to "jose" while keeping letters of non-Latin scripts intact. ASCII text has nothing to
+    # decompose and no marks: only its case changes (the usual value, without a Python step per character).
+    if value.isascii():
+        return value.lower()
     decomposed = unicodedata.normalize("NFKD", value)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
@@ -282,8 +285,15 @@ def _swap_tolerant(date: str) -> str:
 
 
 def _birth_date(formats: tuple[str, ...]) -> Callable[[str], str]:
-    compact = _compact_date(formats)
-    return lambda value: _swap_tolerant(compact(value))
+    def birth_date(value: str) -> str:
+        # _swap_tolerant of the compact date, built from the ISO text in one step (a call per distinct date).
+        iso = normalise_date(value, formats)
+        if not iso:
+            return ""
+        month, day = iso[5:7], iso[8:10]
+        return iso[:4] + month + day + min(month, day) + max(month, day)
+
+    return birth_date
 
 
 def hashed_form(kind: str, date_formats: tuple[str, ...]) -> Callable[[str], str]:

@@ -15,11 +15,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import itemgetter, not_
 from typing import Any
-
-import numpy as np
 
 from nodes.dates import DateDecision, date_reader
 from nodes.export_settings import ExportSettings
@@ -343,14 +341,18 @@ def validate_chunk(
                         for i in _invalid_at(out_a))
         attr_outputs.append(out_a)
     if spec.min_fields and n:
-        present = np.zeros(n, dtype=np.int64)
-        for out in outputs:
-            present += np.fromiter(map(bool, out), dtype=bool, count=n)
+        # Empty values are few: count them per row, rather than the values present.
+        spare = len(outputs) - spec.min_fields  # the empty values a row may have
+        if spare < 0:
+            short: Iterable[int] = range(n)
+        else:
+            empty = Counter(chain.from_iterable(compress(range(n), map(not_, out)) for out in outputs))
+            short = sorted(i for i, count in empty.items() if count > spare)
         order = len(spec.fields) + len(spec.attributes)
         problems.extend(
             (i, order, RowProblem(file, numbers[i], "(identifiers)",
                                   f"has fewer than {spec.min_fields} identifier values"))
-            for i in np.flatnonzero(present < spec.min_fields).tolist()
+            for i in short
         )
     identifiers = list(zip(*outputs, strict=True)) if outputs else [()] * n
     attributes = list(zip(*attr_outputs, strict=True)) if attr_outputs else [()] * n

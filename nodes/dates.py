@@ -47,6 +47,21 @@ def _shape(text: str) -> str:
     return _LETTERS.sub("a", _LONE_DIGIT.sub("99", text.translate(_CLASSES)))
 
 
+def _shapes(values: list[str]) -> list[str]:
+    """:func:`_shape` of each value, in one pass over the values joined by line breaks.
+
+    The substitutions never match across a line break (neither pattern matches one), so the joined
+    text splits back into one shape per value; values holding a line break take one pass each.
+
+    >>> _shapes(["3/12/2011", "25 Dec 2011"])
+    ['99/99/9999', '99 a 9999']
+    """
+    joined = "\n".join(values)
+    if joined.count("\n") != len(values) - 1:
+        return [_shape(v) for v in values]
+    return _shape(joined).split("\n") if values else []
+
+
 def _format_shape(fmt: str) -> str:
     return _shape(_SAMPLE.strftime(fmt))
 
@@ -145,8 +160,8 @@ def decide_date_formats(
         by_shape.setdefault(_format_shape(fmt), []).append(fmt)
     counts = dict.fromkeys({v.strip() for v in values} - {""}, 1)  # " 03/04/2012" and "03/04/2012" are one
     values_by_shape: dict[str, list[str]] = {}
-    for value in counts:
-        values_by_shape.setdefault(_shape(value), []).append(value)
+    for value, shape in zip(counts, _shapes(list(counts)), strict=True):
+        values_by_shape.setdefault(shape, []).append(value)
     losers: set[str] = set()
     detected: list[tuple[str, int]] = []
     refusals: list[str] = []

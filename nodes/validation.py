@@ -189,7 +189,9 @@ def _normaliser(kind: FieldKind, date_formats: tuple[str, ...],
     """One cached, non-raising normaliser per field kind (and date formats), shared by all chunks."""
     if kind.is_date:
         return _safe(date_reader(date_formats, ambiguous, kind))
-    return _safe(hashed_form(kind, date_formats))
+    form = hashed_form(kind, date_formats)
+    # The wrapper caches every value already: the normaliser's own cache would only hold them twice.
+    return _safe(getattr(form, "__wrapped__", form))
 
 
 def _check_attribute(spec: AttributeSpec, raw: str) -> str | None:

@@ -91,9 +91,18 @@ def _noise(entry: LedgerEntry, rng: np.random.Generator, size: int) -> np.ndarra
     return rng.normal(0.0, entry.scale, size)
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    low, high = np.percentile(np.asarray(values), [2.5, 97.5])
-    return float(low), float(high)
+def _interval(values: list[float], estimate: float, top: float | None = 1.0) -> tuple[float, float]:
+    """A 95% interval around ``estimate``: 1.96 bootstrap standard deviations, widened by the bootstrap's bias.
+
+    The 2.5 and 97.5 percentiles of 30 refits are nearly their extremes, and the refits of a noisy
+    fit lean to one side of it: those intervals held the exact estimate in about 7 releases of 8
+    (12-13 of 16 at epsilon 1, 4 agencies). The bias term (the refits' mean off the estimate) widens
+    the interval on both sides, as the direction of the noisy fit's own bias is unknown.
+    """
+    draws = np.asarray(values, dtype=np.float64)
+    half = 1.96 * float(draws.std(ddof=1)) + abs(float(draws.mean()) - estimate)
+    low, high = max(estimate - half, 0.0), estimate + half
+    return low, high if top is None else min(high, top)
 
 
 def _at(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -> Estimate:
@@ -156,6 +165,6 @@ def dp_estimate(entry: LedgerEntry, threshold: float, *, bootstrap: int = 30, se
         missed.append(again.missed + estimate.missed - base.missed)
     if not all(math.isfinite(v) for v in precisions + recalls + missed):
         return estimate
-    return estimate.model_copy(update={"precision_interval": _interval(precisions),
-                                       "recall_interval": _interval(recalls),
-                                       "missed_interval": _interval(missed)})
+    return estimate.model_copy(update={"precision_interval": _interval(precisions, estimate.precision),
+                                       "recall_interval": _interval(recalls, estimate.recall),
+                                       "missed_interval": _interval(missed, estimate.missed, None)})

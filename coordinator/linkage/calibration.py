@@ -21,7 +21,10 @@ given the blocking's capture rate per bin, measured on a sample of the round's o
 (:mod:`coordinator.linkage.capture`), and counts the true links blocking never offered as missed.
 And the estimate the round reports is of its final clusters (:func:`estimate_links`): merging
 split clusters and attaching an agency's duplicates add true pairs the floor solve never held
-(the duplicates' also join the recall's denominator). The threshold is chosen on the fit from the
+(the duplicates' also join the recall's denominator). Its recall is ``tp / (tp + missed)``, the
+missed true links counted from what the round saw (:mod:`coordinator.linkage.missed`): the fit's
+count alone fell below the true pairs the final clusters hold and capped the recall at 1.0 where
+0.989 was true. The threshold is chosen on the fit from the
 floor; the reported precision is the median of that fit and fits from two higher floors (0.575,
 0.6), which bracketed the truth where the floor's fit alone was 0.006-0.019 low.
 

@@ -35,6 +35,7 @@ from coordinator.linkage.match import (
     select_candidates,
     solve_candidates,
 )
+from coordinator.linkage.missed import missed_links
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice, dice_rows, popcounts
 
 __all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
@@ -187,7 +188,9 @@ def auto_match(
                                                   workers=workers)
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
-    overall = estimate_links(overall, final_scores, merged_scores)
+    missed = missed_links(final_scores, overall.fit, replace(overall.histogram, capture=capture),
+                          [(histogram, calibration.fit) for histogram, calibration, _ in pairs.values()])
+    overall = estimate_links(overall, final_scores, merged_scores, missed=missed.total)
     if n_clusters != result.n_clusters:
         sizes = np.bincount(np.concatenate(labels), minlength=n_clusters)
         stats = result.stats.model_copy(update={"clusters": n_clusters, "linked_records": int(sizes[sizes > 1].sum())})

@@ -21,7 +21,10 @@ given the blocking's capture rate per bin, measured on a sample of the round's o
 (:mod:`coordinator.linkage.capture`), and counts the true links blocking never offered as missed.
 And the estimate the round reports is of its final clusters (:func:`estimate_links`): merging
 split clusters and attaching an agency's duplicates add true pairs the floor solve never held
-(the duplicates' also join the recall's denominator). The threshold is chosen on the fit from the
+(the duplicates' also join the recall's denominator). Its recall is ``tp / (tp + missed)``, the
+missed true links counted from what the round saw (:mod:`coordinator.linkage.missed`): the fit's
+count alone fell below the true pairs the final clusters hold and capped the recall at 1.0 where
+0.989 was true. The threshold is chosen on the fit from the
 floor; the reported precision is the median of that fit and fits from two higher floors (0.575,
 0.6), which bracketed the truth where the floor's fit alone was 0.006-0.019 low.
 
@@ -60,6 +63,7 @@ __all__ = [
     "choose_threshold",
     "estimate_at",
     "estimate_links",
+    "floor_median",
     "fit_mixture",
     "score_histogram",
 ]
@@ -124,8 +128,8 @@ def estimate_at(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) ->
                     missed=max(fit.matches - float(tp[k]), 0.0))
 
 
-def estimate_links(calibration: Calibration, scores: np.ndarray, before_duplicates: np.ndarray | None = None
-                   ) -> Calibration:
+def estimate_links(calibration: Calibration, scores: np.ndarray, before_duplicates: np.ndarray | None = None,
+                   missed: float | None = None) -> Calibration:
     """The calibration's estimate moved to the round's final links: every cross-agency pair in its clusters.
 
     The fit's posterior (per similarity bin) weighs each final pair; a pair below the floor (a
@@ -140,6 +144,10 @@ def estimate_links(calibration: Calibration, scores: np.ndarray, before_duplicat
         before_duplicates: the same before an agency's own duplicates were attached: the true pairs
             they add are pairs no one-to-one solve holds, so they join the recall's denominator too
             (without it, UK-style's estimated recall reached 1 where 0.985 was true).
+        missed: the expected true links the final clusters lack, counted from what the round saw
+            (:func:`coordinator.linkage.missed.missed_links`); the recall is then ``tp / (tp + missed)``
+            and ``before_duplicates`` is not needed. ``None``: the fit's count of true links is the
+            denominator (it can fall below the final true pairs, which capped the recall at 1).
 
     Returns:
         The calibration with its estimate at the final links.
@@ -154,8 +162,11 @@ def estimate_links(calibration: Calibration, scores: np.ndarray, before_duplicat
         return float(np.where(at >= first, posterior[at], 0.0).sum())
 
     tp = true_pairs(scores)
-    gained = max(tp - true_pairs(before_duplicates), 0.0) if before_duplicates is not None else 0.0
-    matches = fit.matches + gained
+    if missed is not None:
+        matches = tp + max(missed, 0.0)
+    else:
+        gained = max(tp - true_pairs(before_duplicates), 0.0) if before_duplicates is not None else 0.0
+        matches = fit.matches + gained
     precision = tp / len(scores) if len(scores) else 1.0
     recall = min(tp / matches, 1.0) if matches > 0 else 0.0
     missed = max(matches - tp, 0.0)
@@ -242,7 +253,7 @@ class Calibration(PplinkModel):
 _ALTERNATIVE_FLOORS = (0.575, 0.6)
 
 
-def _floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -> MixtureFit:
+def floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -> MixtureFit:
     """The fit whose precision at ``threshold`` is the median of fits from the floor and from higher floors.
 
     The false links' exponential decay fits the pairs just above the floor (each record's best
@@ -306,7 +317,7 @@ def calibrate(
             multi-party solve hides some: the sum of the agency pairs' own fits); the larger of it
             and the fit's own count is used; bootstrap refits scale it by their own change.
         higher_floors: take the median precision over fits from higher floors too (see
-            :func:`_floor_median`); an agency pair's own fit, read only for its count of true
+            :func:`floor_median`); an agency pair's own fit, read only for its count of true
             links, skips them.
 
     Returns:
@@ -334,7 +345,7 @@ def calibrate(
         method, chosen = "fixed", float(threshold)
     base = estimate_at(histogram, fit, chosen)
     if higher_floors:
-        fit = _floor_median(histogram, fit, chosen)
+        fit = floor_median(histogram, fit, chosen)
     estimate = estimate_at(histogram, fit, chosen)
     if bootstrap > 0 and histogram.total > 0:
         rng = np.random.default_rng(seed)

@@ -160,3 +160,44 @@ def test_the_estimate_of_the_final_links_weighs_each_final_pair_by_the_fit() -> 
     # the recall's denominator as well as its numerator.
     with_duplicates = estimate_links(calibration, final, before_duplicates=final[40:]).estimate
     assert with_duplicates.recall == pytest.approx(100 * top / (calibration.fit.matches + 40 * top))
+
+
+def test_missed_links_are_the_true_links_seen_at_the_floor_that_the_final_pairs_lack() -> None:
+    """Invariant: the missed count is, bin by bin, the floor solves' expected true links (the larger of
+    the round's and the agency pairs' sum) less the final pairs' ones, never negative; blocking adds each
+    bin's expected true links over its capture rate less those found; and with it the recall is
+    tp / (tp + missed), so final clusters holding more true pairs than the fit counted do not cap it at 1."""
+    from dataclasses import replace
+
+    from coordinator.linkage.calibration import estimate_links
+    from coordinator.linkage.missed import missed_links
+
+    rng = np.random.default_rng(7)
+    strangers = 0.55 + rng.exponential(1 / 15, 400)
+    scores = np.concatenate([np.ones(1500), rng.beta(12, 2, 1500), strangers[strangers < 1]])
+    histogram = score_histogram(scores, floor=0.55)
+    calibration = calibrate(histogram, bootstrap=0)
+    fit = calibration.fit
+    posterior = np.asarray(fit.posterior)
+    kept = scores[scores >= calibration.threshold]
+    final = np.concatenate([kept, np.ones(200)])  # 200 more identical pairs than the floor solve held
+    expected = histogram.counts * posterior - score_histogram(final, floor=0.55).counts * posterior
+    missed = missed_links(final, fit, histogram)
+    assert missed.blocking == 0.0
+    assert missed.seen == pytest.approx(float(np.maximum(expected, 0.0).sum()))
+    assert missed.seen > 0  # the true links between the floor and the threshold
+    # The agency pairs' solves show more true links in a bin: the larger count is used.
+    doubled = missed_links(final, fit, histogram, [(histogram, fit), (histogram, fit)])
+    assert doubled.seen > missed.seen
+    # Blocking that found half of every pair: the capture-corrected count is twice the seen true links,
+    # and what it adds beyond the union of seen and final true links is the blocking's loss.
+    final_true = score_histogram(final, floor=0.55).counts * posterior
+    union = float(np.maximum(histogram.counts * posterior, final_true).sum())
+    halved = missed_links(final, fit, replace(histogram, capture=np.full(len(posterior), 0.5)))
+    assert halved.blocking == pytest.approx(2 * float((histogram.counts * posterior).sum()) - union)
+    assert halved.seen == pytest.approx(missed.seen)
+    moved = estimate_links(calibration, final, missed=missed.total).estimate
+    tp = float((score_histogram(final, floor=0.55).counts * posterior).sum())
+    assert moved.recall == pytest.approx(tp / (tp + missed.total))
+    assert moved.recall < 1.0
+    assert estimate_links(calibration, final).estimate.recall == 1.0  # the fit's count alone caps it

@@ -36,7 +36,7 @@ DEFAULT_CONFIGS = ("21x96", "20x128", "18x128", "17x160", "16x192", "15x256")
 
 def _encode(dataset, cache: Path) -> dict:  # type: ignore[no-untyped-def]
     """Encodings, the automatic threshold and the true cross-agency pairs of one dataset (cached)."""
-    from quality import _pplink_encodings
+    from quality import _pplink_encodings, true_pairs
 
     path = cache / f"{dataset.name}-{dataset.records}.npz"
     if path.exists():
@@ -44,15 +44,7 @@ def _encode(dataset, cache: Path) -> dict:  # type: ignore[no-untyped-def]
         return {k: data[k] for k in data.files}
     with tempfile.TemporaryDirectory() as tmp:
         _, _, calibration, _, clks, ids = _pplink_encodings(dataset, Path(tmp))
-    truth = dataset.truth()
-    rows = [{record: r for r, record in enumerate(agency_ids)} for agency_ids in ids]
-    people: dict[str, list[tuple[int, int]]] = {}
-    for d, agency in enumerate(dataset.agencies):
-        for record, person in truth[agency].items():
-            if record in rows[d]:  # a record the encoder refused (too few usable fields) is never compared
-                people.setdefault(person, []).append((d, rows[d][record]))
-    pairs = [(da, ra, db, rb) for records in people.values() for i, (da, ra) in enumerate(records)
-             for db, rb in records[i + 1:] if da != db]
+    pairs = true_pairs(dataset, ids)
     pairs_arr = np.array(pairs, dtype=np.int64).reshape(-1, 4)
     out = {f"clks{d}": c for d, c in enumerate(clks)}
     out |= {"pairs": pairs_arr, "threshold": np.float64(calibration.threshold)}

@@ -196,6 +196,22 @@ def _blocking_loss(clks, threshold: float) -> float:  # type: ignore[no-untyped-
     return measure_blocking_recall(clks, threshold, blocking=BlockingConfig(), sample_rows=3000).recall_loss
 
 
+def true_pairs(dataset, ids) -> list[tuple[int, int, int, int]]:  # type: ignore[no-untyped-def]
+    """Every true cross-agency pair as ``(agency a, row a, agency b, row b)``, rows as the encoder numbered them.
+
+    A record the encoder refused (too few usable fields) is never compared, so it is left out.
+    """
+    truth = dataset.truth()
+    rows = [{record: r for r, record in enumerate(agency_ids)} for agency_ids in ids]
+    people: dict[str, list[tuple[int, int]]] = {}
+    for d, agency in enumerate(dataset.agencies):
+        for record, person in truth[agency].items():
+            if record in rows[d]:
+                people.setdefault(person, []).append((d, rows[d][record]))
+    return [(da, ra, db, rb) for records in people.values() for i, (da, ra) in enumerate(records)
+            for db, rb in records[i + 1:] if da != db]
+
+
 def _true_link_blocking_loss(dataset, clks, ids, threshold: float) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """Share of the true cross-agency pairs scoring at least ``threshold`` that default blocking never compares.
 
@@ -210,27 +226,16 @@ def _true_link_blocking_loss(dataset, clks, ids, threshold: float) -> tuple[floa
     from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 
     band = compute_band_keys(clks, BlockingConfig(), workers=2)
-    truth = dataset.truth()
-    rows = [{record: r for r, record in enumerate(agency_ids)} for agency_ids in ids]
-    people: dict[str, list[tuple[int, int]]] = {}
-    for d, agency in enumerate(dataset.agencies):
-        for record, person in truth[agency].items():
-            if record in rows[d]:  # a record the encoder refused (too few usable fields) is never compared
-                people.setdefault(person, []).append((d, rows[d][record]))
     eligible = shared = 0
-    for records in people.values():
-        for i, (da, ra) in enumerate(records):
-            for db, rb in records[i + 1:]:
-                if da == db:
-                    continue
-                a, b = clks[da][ra], clks[db][rb]
-                both = int(np.bitwise_count(a & b).sum())
-                total = int(np.bitwise_count(a).sum() + np.bitwise_count(b).sum())
-                if total == 0 or 2 * both / total < threshold:
-                    continue
-                eligible += 1
-                ka, kb = band.keys[da][ra], band.keys[db][rb]
-                shared += bool(np.any((ka == kb) & (ka != band.sentinel)))
+    for da, ra, db, rb in true_pairs(dataset, ids):
+        a, b = clks[da][ra], clks[db][rb]
+        both = int(np.bitwise_count(a & b).sum())
+        total = int(np.bitwise_count(a).sum() + np.bitwise_count(b).sum())
+        if total == 0 or 2 * both / total < threshold:
+            continue
+        eligible += 1
+        ka, kb = band.keys[da][ra], band.keys[db][rb]
+        shared += bool(np.any((ka == kb) & (ka != band.sentinel)))
     return (1.0 - shared / eligible if eligible else 0.0), eligible
 
 

@@ -48,23 +48,26 @@ def popcount64(typingctx, value):  # noqa: ANN001, ANN202 (numba's intrinsic pro
     return signature, codegen
 
 
+def _emit_prefetch(context, builder, array_type, array, indices):  # noqa: ANN001, ANN202 (numba codegen objects)
+    """Emit ``llvm.prefetch`` of the cache line holding ``array[indices]`` (a hint: no effect on results)."""
+    data = context.make_array(array_type)(context, builder, array)
+    pointer = cgutils.get_item_pointer(context, builder, array_type, data, indices)
+    byte_pointer = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+    prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+    # read (0), keep in all cache levels (3), data cache (1)
+    builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+    return context.get_dummy_value()
+
+
 @intrinsic
 def _prefetch_row(typingctx, array, row):  # noqa: ANN001, ANN202 (numba's intrinsic protocol)
     """Ask the CPU to start loading the first cache line of ``array[row]`` (no effect on results)."""
     signature = types.void(array, types.intp)
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        array_type = sig.args[0]
-        data = context.make_array(array_type)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1], zero])
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
-        # read (0), keep in all cache levels (3), data cache (1)
-        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        return _emit_prefetch(context, builder, sig.args[0], args[0], [args[1], context.get_constant(types.intp, 0)])
 
     return signature, codegen
 
@@ -75,16 +78,7 @@ def prefetch(typingctx, array, row, column):  # noqa: ANN001, ANN202 (numba's in
     signature = types.void(array, types.intp, types.intp)
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        array_type = sig.args[0]
-        data = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1], args[2]])
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
-        prefetch = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
-        # read (0), keep in all cache levels (3), data cache (1)
-        builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        return _emit_prefetch(context, builder, sig.args[0], args[0], [args[1], args[2]])
 
     return signature, codegen
 

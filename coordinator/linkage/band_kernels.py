@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from coordinator.linkage.band_sort import RECORD_BITS
-from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch
+from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch, seen_in_earlier_band
 
 __all__ = ["score_band_runs"]
 
@@ -41,16 +41,6 @@ def _dataset_of(record, offsets):  # noqa: ANN001, ANN202
     return d
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _seen_before(keys_a, keys_b, row_a, row_b, band, sentinel):  # noqa: ANN001, ANN202
-    """Whether the two records share a key (other than ``sentinel``) in a band before ``band``."""
-    for earlier in range(band):
-        key = keys_a[row_a, earlier]
-        if key != sentinel and key == keys_b[row_b, earlier]:
-            return True
-    return False
-
-
 @njit(nogil=True, cache=True)
 def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
     """Check the ``pending`` pairs against earlier bands; count and keep (compacted) those no earlier band found."""
@@ -68,7 +58,7 @@ def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_
                 prefetch(keys[out_da[ahead]], out_ra[ahead], column)
                 prefetch(keys[out_db[ahead]], out_rb[ahead], column)
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
-        if _seen_before(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
+        if seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
             continue
         if bins > 0:
             histogram[min(int(sim * bins), bins - 1)] += 1

@@ -187,8 +187,9 @@ def _bucket_rows(order: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> t
     return rows, new_starts
 
 
-@njit(nogil=True, cache=True)
-def _seen_in_earlier_band(keys_a, keys_b, row_a, row_b, band, sentinel):  # noqa: ANN001, ANN202
+@njit(nogil=True, cache=True, inline="always")
+def seen_in_earlier_band(keys_a, keys_b, row_a, row_b, band, sentinel):  # noqa: ANN001, ANN202
+    """Whether the two records share a key (other than ``sentinel``) in a band before ``band``."""
     for earlier in range(band):
         key = keys_a[row_a, earlier]
         if key != sentinel and key == keys_b[row_b, earlier]:
@@ -259,7 +260,7 @@ def bucket_pair_dice(
             for q in range(first_b, first_b + size_b):
                 sim = _dice(sorted_a, sorted_b, p, q, pop_a, pops_b[q])
                 if sim >= floor and band > 0:
-                    if _seen_in_earlier_band(keys_a, keys_b, order_a[p], order_b[q], band, sentinel):
+                    if seen_in_earlier_band(keys_a, keys_b, order_a[p], order_b[q], band, sentinel):
                         continue
                 if bins > 0:
                     histogram[min(int(sim * bins), bins - 1)] += 1

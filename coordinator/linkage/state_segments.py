@@ -28,7 +28,6 @@ A row withdrawn by a delta is gone from the state in memory, but its encoding st
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from pathlib import Path
@@ -40,6 +39,7 @@ from coordinator.linkage.state_store import (
     IncrementalState,
     SegmentChain,
     open_sealed,
+    open_sized,
     pack,
     read_header,
     unpack,
@@ -131,11 +131,7 @@ def apply_deltas(path: Path, state: IncrementalState, base_digest: bytes, key: b
     """
     base_rows, changed, last, count = state.n_rows, 0, base_digest, 0
     for index, delta in delta_paths(path):
-        try:
-            fh = open(delta, "rb")  # noqa: SIM115 (closed below, after every read)
-            size = os.fstat(fh.fileno()).st_size
-        except OSError as exc:
-            raise StateError(f"{delta}: cannot read the linkage state ({exc.strerror})") from None
+        fh, size = open_sized(delta)
         with fh:
             try:
                 header, digest = read_header(fh, _MAGIC)

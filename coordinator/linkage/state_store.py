@@ -272,6 +272,19 @@ def write_sealed(path: Path, magic: bytes, header: dict[str, object], parts: lis
     return head_digest
 
 
+def open_sized(path: Path) -> tuple[BinaryIO, int]:
+    """Open a state file (base or delta) for reading, with its size.
+
+    Raises:
+        StateError: it cannot be opened.
+    """
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 (the caller closes it, after every read)
+        return fh, os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read the linkage state ({exc.strerror})") from None
+
+
 def read_header(fh: BinaryIO, magic: bytes) -> tuple[dict[str, object], bytes]:
     """A sealed file's header and its digest; leaves ``fh`` at the first segment.
 
@@ -356,11 +369,7 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
             under another agreement.
     """
     path = Path(path)
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 (closed below, after every read)
-        size = os.fstat(fh.fileno()).st_size
-    except OSError as exc:
-        raise StateError(f"{path}: cannot read the linkage state ({exc.strerror})") from None
+    fh, size = open_sized(path)
     with fh:
         try:
             header, head_digest = read_header(fh, _MAGIC)

@@ -31,12 +31,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 #: Thresholds at which the loss is also printed (true pairs scoring at least each).
 GRID = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
-DEFAULT_CONFIGS = ("21x96", "20x128", "18x128", "17x160", "16x192", "15x256")
+def _ladder() -> tuple[str, ...]:
+    from coordinator.linkage.blocking_budget import LADDER
+
+    return tuple(f"{bits}x{bands}" for bits, bands in LADDER)
 
 
 def _encode(dataset, cache: Path) -> dict:  # type: ignore[no-untyped-def]
     """Encodings, the automatic threshold and the true cross-agency pairs of one dataset (cached)."""
-    from quality import _pplink_encodings, true_pairs
+    from quality import _pplink_encodings
+    from quality_blocking import true_pairs
 
     path = cache / f"{dataset.name}-{dataset.records}.npz"
     if path.exists():
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "small", "full"), default="full")
     parser.add_argument("--only", nargs="*", help="dataset names to run (default: all)")
-    parser.add_argument("--configs", nargs="*", default=list(DEFAULT_CONFIGS), help="BITSxBANDS settings")
+    parser.add_argument("--configs", nargs="*", default=list(_ladder()),
+                        help="BITSxBANDS settings (default: the budget policy's ladder)")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/pplink-blocking-policy"))
     args = parser.parse_args(argv)
     rows = []

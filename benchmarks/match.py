@@ -292,7 +292,18 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     encodings, _ = load_encodings(Path(job["cache"]))
     if job.get("rows") is not None:
         encodings = [e[rows] for e, rows in zip(encodings, job["rows"], strict=True)]
-    blocking = BlockingConfig(**job["blocking"]) if job["blocking"] is not None else None
+    choosing = 0.0
+    if job["blocking"] == "policy":
+        # The coordinator's own choice (coordinator.linkage.blocking_budget), made on the full
+        # encodings (a subset would get a budget of its own), and timed as part of blocking.
+        from coordinator.linkage.blocking_budget import choose_blocking
+
+        started = time.perf_counter()
+        full = load_encodings(Path(job["cache"]))[0] if job.get("rows") is not None else encodings
+        blocking = choose_blocking(full).config() or BlockingConfig()
+        choosing = time.perf_counter() - started
+    else:
+        blocking = BlockingConfig(**job["blocking"]) if job["blocking"] is not None else None
     if job["kind"] == "recall":
         assert blocking is not None
         report = measure_blocking_recall(encodings, job["threshold"], blocking=blocking, workers=job["workers"])
@@ -302,7 +313,10 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     result = match_clks(
         encodings, job["threshold"], blocking=blocking, workers=job["workers"], histogram_bins=None
     )
-    out = {"stats": result.stats.model_dump(mode="json"), "labels": list(result.labels)}
+    stats = result.stats.model_copy(update={"seconds_blocking": result.stats.seconds_blocking + choosing,
+                                            "seconds_total": result.stats.seconds_total + choosing})
+    out = {"stats": stats.model_dump(mode="json"), "labels": list(result.labels),
+           "seconds_choosing_blocking": choosing}
     if blocking is not None:
         out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
     return out
@@ -422,6 +436,7 @@ def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequ
         "clusters": stats["clusters"],
         **quality,
         "blocking": stats["blocking"],
+        "seconds_choosing_blocking": round(out.get("seconds_choosing_blocking", 0.0), 3),
         "note": note,
         "versions": _versions(),
     }
@@ -465,8 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="above this, all-pairs runs on an entity subset of this many comparisons")
     parser.add_argument("--recall-max-comparisons", type=float, default=4e9,
                         help="all-pairs comparisons allowed for measuring blocking recall loss (entity subset)")
-    parser.add_argument("--bands", type=int, default=None, help="override BlockingConfig.bands")
-    parser.add_argument("--bits-per-band", type=int, default=None, help="override BlockingConfig.bits_per_band")
+    parser.add_argument("--bands", type=int, default=None,
+                        help="fix BlockingConfig.bands (default: the coordinator's budget policy chooses the setting)")
+    parser.add_argument("--bits-per-band", type=int, default=None,
+                        help="fix BlockingConfig.bits_per_band (default: the coordinator's budget policy)")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/pplink-bench-cache"))
     parser.add_argument("--ray-workers", default="",
                         help="comma-separated Ray worker counts (e.g. 1,2): also compare bands on a local Ray "
@@ -479,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.linkage.blocking import BlockingConfig
 
     overrides = {k: v for k, v in (("bands", args.bands), ("bits_per_band", args.bits_per_band)) if v is not None}
-    blocking = BlockingConfig(**overrides).model_dump()
+    # An explicit setting wins; otherwise every blocked run uses the coordinator's budget choice.
+    blocking: Any = BlockingConfig(**overrides).model_dump() if overrides else "policy"
     generated = time.perf_counter()
     cache = cached_encodings(args.cache_dir, args.agencies, args.records, args.seed)
     print(f"# encodings ready in {time.perf_counter() - generated:.1f}s: {cache}", file=sys.stderr)
@@ -557,6 +575,10 @@ def _print_targets(rows: list[dict[str, Any]], load_at_start: tuple[float, ...],
         print(f"  compiled kernel per core: {kernel:.3g}/s{ratio}")
     if peer_rate:
         print(f"  anonlink all-pairs per core in this run: {peer_rate:.3g}/s")
+    if ours.get("blocking"):
+        print(f"  blocking: {ours['blocking']['bits_per_band']} bits x {ours['blocking']['bands']} bands, "
+              f"{ours['comparisons']:.3g} comparisons ({ours['seconds_choosing_blocking']:.2f} s choosing it, "
+              "counted in blocking)")
     size = f"{len(ours['records'])} x {ours['records'][0]}"
     limit = {"4 x 100000": "< 5 s", "4 x 1000000": "< 180 s and < 4096 MB"}.get(size, "")
     print(f"  {size}: {ours['seconds']:.1f} s end to end (blocking {ours['seconds_blocking']:.1f}, comparing "

@@ -10,17 +10,20 @@ truth then scores it. Printed side by side:
   this stays on the coordinator);
 * ``dp_precision``, ``dp_recall``: what leaves the coordinator: the same estimates derived from the
   round's ``link-scores`` DP release at the template's ``calibration_epsilon`` (zCDP, its delta);
-* ``blocking_loss``: the share of all-pairs candidates at the calibration floor (0.55) that the
-  default LSH blocking (the one rounds past ``ALL_PAIRS_LIMIT`` use) loses, measured on a sample of
-  up to 3,000 rows per agency; ``blocking_loss_at_threshold``: the same at the round's threshold.
-  Most of these pairs are strangers (best strangers crowd the floor), so they overstate what
-  blocking costs the linkage;
-* ``true_link_blocking_loss``: the share of the true cross-agency pairs scoring at least the
-  round's threshold that default blocking never compares (no shared band key), over all records:
-  the blocking recall loss of issue #12's target (< 0.5%);
+* ``blocking``: how the round chose its blocking (``coordinator.linkage.blocking_budget``: all
+  pairs up to ``ALL_PAIRS_LIMIT``, else the densest setting a comparison budget allows);
+* ``round_blocking_loss``: the share of the true cross-agency pairs scoring at least the round's
+  threshold that the blocking the round used never compares (no shared band key, over all
+  records; 0 for an all-pairs round): the blocking recall loss of issue #12's target (< 0.5%);
+* ``round_linkage_blocking_loss``: recall of the same round over all pairs (same threshold) minus
+  the round's recall (a pair not compared may still join its cluster through a third agency);
+  ``null`` where all pairs would cost more than 1e9 comparisons;
+* ``hypothetical_21x96_*``: the same true-link loss, and the share of all pairs (strangers included)
+  at the floor 0.55 and at the threshold on a sample of 3,000 rows per agency, for the fixed 96 x 21
+  blocking that blocked rounds used before the budget rule, whether or not this round blocks;
 * ``oracle_f1`` at ``oracle_threshold``: plain clkhash (same fields and weights, no folding, minimal
   normalisation: trimmed, lower case, dates to ISO where they parse) and anonlink's greedy solver over
-  all pairs, at the best threshold chosen *with* the truth.
+  all pairs, at the best threshold chosen *with* the truth (``null`` beyond 1e9 pairs).
 
 One JSON line per dataset, then a table.
 
@@ -37,18 +40,23 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 
 SIZES = {
-    # name: (uk_style people, households, synth people, FEBRL sets)
-    "tiny": (300, 120, 300, (1,)),
-    "small": (1200, 600, 1500, (1, 4)),
-    "full": (3200, 3000, 4000, (1, 2, 3, 4)),
+    # name: (uk_style people, households, synth people, FEBRL sets, larger households (None: not run))
+    "tiny": (300, 120, 300, (1,), None),
+    "small": (1200, 600, 1500, (1, 4), None),
+    # The larger household set (~3x, ~83,000 records) is one a default round blocks at a sparser
+    # setting than the full one: the budget rule at a size past ALL_PAIRS_LIMIT's.
+    "full": (3200, 3000, 4000, (1, 2, 3, 4), 9000),
 }
 
 
@@ -58,9 +66,11 @@ def _datasets(size: str):  # type: ignore[no-untyped-def]
     from pplink.lab.datasets.uk_style import COLUMNS, generate_uk_style
     from pplink.lab.synth import generate_synth
 
-    people, households, synth_people, febrl = SIZES[size]
+    people, households, synth_people, febrl, large_households = SIZES[size]
     yield generate_uk_style(people, seed=12)
     yield generate_uk_style(households, households=True, seed=12)
+    if large_households:
+        yield replace(generate_uk_style(large_households, households=True, seed=13), name="households_large")
     for number in febrl:
         yield load_febrl(number)
     synth = generate_synth(synth_people, ["social_care", "school", "health", "police"], seed=12, opt_out_rate=0.0)
@@ -95,10 +105,13 @@ def _pplink(dataset, root: Path):  # type: ignore[no-untyped-def]
     return setup, predicted, calibration, seconds
 
 
-def _pplink_encodings(dataset, root: Path):  # type: ignore[no-untyped-def]
-    """:func:`_pplink`, also returning the encodings (the blocking-loss measurement reads them)."""
+def _pplink_encodings(dataset, root: Path, choice: list | None = None):  # type: ignore[no-untyped-def]
+    """:func:`_pplink`, also returning the encodings (the blocking-loss measurement reads them).
+
+    ``choice``, if given, receives the round's blocking and how it was chosen.
+    """
     from coordinator.linkage.auto import auto_match
-    from coordinator.linkage.match_round import blocking_for
+    from coordinator.linkage.match_round import round_blocking
     from nodes.encode import encode_records
     from pplink.lab.datasets import write_dataset
     from tests.support import make_setup
@@ -111,8 +124,11 @@ def _pplink_encodings(dataset, root: Path):  # type: ignore[no-untyped-def]
         ids.append(encoded.record_ids)
         clks.append(encoded.clks)
     started = time.perf_counter()
-    result, calibration, _ = auto_match(clks, blocking=blocking_for([len(c) for c in clks]), workers=2)
+    blocking, how = round_blocking(clks)  # the coordinator's own choice, as `coordinator match` makes it
+    result, calibration, _ = auto_match(clks, blocking=blocking, workers=2)
     seconds = time.perf_counter() - started
+    if choice is not None:
+        choice.extend([blocking, how])
     predicted = {a: dict(zip(i, lab.tolist(), strict=True)) for a, i, lab in zip(dataset.agencies, ids, result.labels,
                                                                                    strict=True)}
     return setup, predicted, calibration, seconds, clks, ids
@@ -132,7 +148,11 @@ def _minimal(value: str, column: str) -> str:
     return value
 
 
-def _oracle(dataset, setup) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+#: The oracle compares all pairs with anonlink: skipped (``None``) beyond this many.
+ORACLE_ALL_PAIRS_MAX = 1_000_000_000
+
+
+def _oracle(dataset, setup) -> tuple[float | None, float | None]:  # type: ignore[no-untyped-def]
     """Plain clkhash + anonlink greedy over all pairs, at the best threshold chosen with the truth."""
     from anonlink.candidate_generation import find_candidate_pairs
     from anonlink.similarities import dice_coefficient_accelerated
@@ -144,6 +164,9 @@ def _oracle(dataset, setup) -> tuple[float, float]:  # type: ignore[no-untyped-d
     from pplink.encoding import clkhash_schema_dict
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
+    sizes = [len(dataset.extracts[a].rows) for a in dataset.agencies]
+    if sum(a * b for i, a in enumerate(sizes) for b in sizes[i + 1:]) > ORACLE_ALL_PAIRS_MAX:
+        return None, None
     identifiers = setup.agreement.identifiers.model_copy(update={"hardening": Hardening()})
     schema = from_json_dict(clkhash_schema_dict(identifiers))
     encoded = []
@@ -188,70 +211,25 @@ def _dp(dataset, setup, calibration, root: Path):  # type: ignore[no-untyped-def
     return epsilon, release.entry.scale, dp_estimate(release.entry, calibration.threshold)
 
 
-def _blocking_loss(clks, threshold: float) -> float:  # type: ignore[no-untyped-def]
-    """Blocking recall loss at ``threshold``: default LSH blocking against all pairs, on a sample."""
-    from coordinator.linkage.blocking import BlockingConfig
-    from coordinator.linkage.blocking_recall import measure_blocking_recall
-
-    return measure_blocking_recall(clks, threshold, blocking=BlockingConfig(), sample_rows=3000).recall_loss
-
-
-def true_pairs(dataset, ids) -> list[tuple[int, int, int, int]]:  # type: ignore[no-untyped-def]
-    """Every true cross-agency pair as ``(agency a, row a, agency b, row b)``, rows as the encoder numbered them.
-
-    A record the encoder refused (too few usable fields) is never compared, so it is left out.
-    """
-    truth = dataset.truth()
-    rows = [{record: r for r, record in enumerate(agency_ids)} for agency_ids in ids]
-    people: dict[str, list[tuple[int, int]]] = {}
-    for d, agency in enumerate(dataset.agencies):
-        for record, person in truth[agency].items():
-            if record in rows[d]:
-                people.setdefault(person, []).append((d, rows[d][record]))
-    return [(da, ra, db, rb) for records in people.values() for i, (da, ra) in enumerate(records)
-            for db, rb in records[i + 1:] if da != db]
-
-
-def _true_link_blocking_loss(dataset, clks, ids, threshold: float) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    """Share of the true cross-agency pairs scoring at least ``threshold`` that default blocking never compares.
-
-    A pair is compared exactly when the two records share a key in some band (giant buckets are
-    split into sub-keys, skipped ones get a key that matches nothing), so this reads the band keys
-    of the full encodings: no sampling, and strangers (which the all-pairs measure above counts)
-    do not enter.
-
-    Returns:
-        The loss, and how many true pairs scored at least ``threshold``.
-    """
-    from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
-
-    band = compute_band_keys(clks, BlockingConfig(), workers=2)
-    eligible = shared = 0
-    for da, ra, db, rb in true_pairs(dataset, ids):
-        a, b = clks[da][ra], clks[db][rb]
-        both = int(np.bitwise_count(a & b).sum())
-        total = int(np.bitwise_count(a).sum() + np.bitwise_count(b).sum())
-        if total == 0 or 2 * both / total < threshold:
-            continue
-        eligible += 1
-        ka, kb = band.keys[da][ra], band.keys[db][rb]
-        shared += bool(np.any((ka == kb) & (ka != band.sentinel)))
-    return (1.0 - shared / eligible if eligible else 0.0), eligible
-
-
 def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
     """Every figure for one dataset."""
+    from quality_blocking import linkage_loss, sampled_loss, true_link_loss
+
+    from coordinator.linkage.auto import CALIBRATION_FLOOR
+    from coordinator.linkage.blocking import BlockingConfig
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
+    choice: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        setup, predicted, calibration, seconds, clks, ids = _pplink_encodings(dataset, Path(tmp))
+        setup, predicted, calibration, seconds, clks, ids = _pplink_encodings(dataset, Path(tmp), choice)
         dp_epsilon, dp_scale, dp = _dp(dataset, setup, calibration, Path(tmp))
-    from coordinator.linkage.auto import CALIBRATION_FLOOR
-
-    blocking_loss = _blocking_loss(clks, CALIBRATION_FLOOR)
-    blocking_loss_at_threshold = _blocking_loss(clks, calibration.threshold)
-    true_link_loss, true_link_pairs = _true_link_blocking_loss(dataset, clks, ids, calibration.threshold)
+    blocking, how = choice
+    fixed = BlockingConfig()  # today's fixed 96 x 21, whether or not the round blocks: hypothetical
     scores = evaluate_linkage_by_agency(dataset.truth(), predicted)
+    round_loss, true_link_pairs = true_link_loss(dataset, clks, ids, calibration.threshold, blocking)
+    round_linkage_loss = linkage_loss(dataset, clks, ids, calibration.threshold, scores.overall.recall or 0.0,
+                                      blocking)
+    fixed_loss, _ = true_link_loss(dataset, clks, ids, calibration.threshold, fixed)
     oracle_f1, oracle_threshold = _oracle(dataset, setup)
     est = calibration.estimate
     return {
@@ -273,10 +251,13 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
         "dp_precision_interval": dp.precision_interval,
         "dp_recall": dp.recall,
         "dp_recall_interval": dp.recall_interval,
-        "blocking_loss": blocking_loss,
-        "blocking_loss_at_threshold": blocking_loss_at_threshold,
-        "true_link_blocking_loss": true_link_loss,
+        "blocking": how.model_dump(mode="json"),
+        "round_blocking_loss": round_loss,
+        "round_linkage_blocking_loss": round_linkage_loss,
         "true_link_pairs_at_threshold": true_link_pairs,
+        "hypothetical_21x96_true_link_loss": fixed_loss,
+        "hypothetical_21x96_loss_all_pairs_floor": sampled_loss(clks, CALIBRATION_FLOOR, fixed),
+        "hypothetical_21x96_loss_all_pairs_threshold": sampled_loss(clks, calibration.threshold, fixed),
         "true_missed": scores.overall.false_negatives,
         "oracle_f1": oracle_f1,
         "oracle_threshold": oracle_threshold,
@@ -285,21 +266,27 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'dataset':<11} {'records':>7} {'thr':>6} {'F1':>6} {'P':>6} {'estP':>6} {'dpP':>6} {'R':>6} "
-            f"{'estR':>6} {'dpR':>6} {'|dP|':>6} {'|dR|':>6} {'blk@.55':>7} {'blk@thr':>7} {'trueblk':>7} "
-            f"{'oracleF1':>8} {'@thr':>5}")
+    head = (f"{'dataset':<16} {'records':>7} {'thr':>6} {'F1':>6} {'P':>6} {'estP':>6} {'dpP':>6} {'R':>6} "
+            f"{'estR':>6} {'dpR':>6} {'|dP|':>6} {'|dR|':>6} {'blocking':>9} {'roundblk':>8} {'linkblk':>8} "
+            f"{'21x96':>6} {'oracleF1':>8} {'@thr':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['dataset']:<11} {r['records']:>7} {r['threshold']:>6.3f} {r['f1']:>6.4f} "
+        how = r["blocking"]
+        setting = "all pairs" if how["bands"] is None else f"{how['bits_per_band']}x{how['bands']}"
+        link = "-" if r["round_linkage_blocking_loss"] is None else f"{r['round_linkage_blocking_loss']:.2%}"
+        lines.append(f"{r['dataset']:<16} {r['records']:>7} {r['threshold']:>6.3f} {r['f1']:>6.4f} "
                      f"{r['precision']:>6.4f} {r['est_precision']:>6.4f} {r['dp_precision']:>6.4f} "
                      f"{r['recall']:>6.4f} {r['est_recall']:>6.4f} {r['dp_recall']:>6.4f} "
                      f"{abs(r['est_precision'] - r['precision']):>6.4f} {abs(r['est_recall'] - r['recall']):>6.4f} "
-                     f"{r['blocking_loss']:>7.2%} {r['blocking_loss_at_threshold']:>7.2%} "
-                     f"{r['true_link_blocking_loss']:>7.2%} {r['oracle_f1']:>8.4f} {r['oracle_threshold']:>5.3f}")
+                     f"{setting:>9} {r['round_blocking_loss']:>8.2%} {link:>8} "
+                     f"{r['hypothetical_21x96_true_link_loss']:>6.2%} "
+                     + (f"{r['oracle_f1']:>8.4f} {r['oracle_threshold']:>5.3f}" if r["oracle_f1"] is not None
+                        else f"{'-':>8} {'-':>5}"))
     lines.append("|dP|, |dR|: exact estimate against the truth (target <= 0.02); dpP, dpR: the published (DP) "
-                 "estimates;\nblk@.55, blk@thr: all pairs (strangers included) at the floor 0.55 and at the threshold "
-                 "that default blocking loses;\ntrueblk: true links scoring at least the threshold that default "
-                 "blocking never compares (target < 0.5%)")
+                 "estimates;\nblocking: the setting the round used (bits x bands); roundblk: true links scoring at "
+                 "least the threshold that it never compares (target < 0.5%);\nlinkblk: recall over all pairs "
+                 "minus the round's; 21x96: roundblk for the fixed 96 x 21 blocking (hypothetical where the round "
+                 "compares all pairs)")
     return "\n".join(lines)
 
 

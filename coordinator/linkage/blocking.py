@@ -54,11 +54,18 @@ _FREQUENCY_SAMPLE = 65_536
 class BlockingConfig(PplinkModel):
     """How candidate pairs are chosen (Hamming LSH on sampled bit positions).
 
-    The defaults were chosen by measurement (``benchmarks/match.py``) on clkhash encodings of
-    synthetic people (five fields, 1024 bits, ~33% of bits set, typos in most records): against
-    all-pairs at Dice >= 0.8 they lose 0.14% of the pairs at 4 x 100k records and 0.25% at
-    2 x 1M, while comparing 0.19% of all pairs (1.8e9 of 1e12 at 2 x 1M). 20 bits x 48 bands
-    compared a quarter fewer pairs but lost 0.47%; 18 x 48 lost 0.18% for twice the comparisons.
+    The defaults (96 bands of 21 bits) were chosen by measurement (``benchmarks/match.py``) on
+    clkhash encodings of synthetic people (five fields, 1024 bits, ~33% of bits set, typos in most
+    records): against all-pairs at Dice >= 0.8 they lose 0.14% of the pairs at 4 x 100k records and
+    0.25% at 2 x 1M, while comparing 0.19% of all pairs (1.8e9 of 1e12 at 2 x 1M).
+
+    At the automatic thresholds of realistic data (0.55-0.7) 96 x 21 misses 0.7-8% of the true
+    links, so a round does not take these defaults as they are: past ``ALL_PAIRS_LIMIT`` the
+    coordinator takes the densest setting of a ladder (21 x 96, 20 x 128, 19 x 128, 18 x 128,
+    17 x 160, 16 x 192, 16 x 256, 15 x 256) whose comparisons, estimated from a sample's band keys,
+    fit a budget of ``max(2e8, 500 per record)`` (:mod:`coordinator.linkage.blocking_budget`;
+    the table of losses and costs is in docs/scaling.md). 15 x 256 loses at most 0.25% of the true
+    links scoring >= 0.55 on every quality dataset, at ~43x the comparisons of 96 x 21.
 
     Attributes:
         bits_per_band: bit positions per band; more bits mean smaller buckets and lower recall.

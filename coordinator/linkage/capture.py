@@ -9,7 +9,9 @@ or above the floor that all-pairs comparison finds, and the share of them blocki
 similarity bin. :func:`coordinator.linkage.mixture.fit_mixture` multiplies both components by it.
 
 Whether a pair collides in a band does not depend on the other records (apart from the
-giant-bucket guard), so a sample measures the full round's rates.
+giant-bucket guard), so a sample measures the full round's rates. The setting measured must be the
+one the round compares with: the budget policy (:mod:`coordinator.linkage.blocking_budget`) picks
+it per round, and :func:`coordinator.linkage.auto.auto_match` hands the same setting to both.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.linkage.auto import auto_match
 from coordinator.linkage.blocking import BlockingConfig
+from coordinator.linkage.blocking_budget import ALL_PAIRS_LIMIT, BlockingChoice, all_pairs_count, choose_blocking
 from coordinator.linkage.match import MatchResult
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from pplink.agreement import AgreementConfig
@@ -42,6 +43,7 @@ __all__ = [
     "ALL_PAIRS_LIMIT",
     "assign_pseudonyms",
     "blocking_for",
+    "round_blocking",
     "check_coordinator_key",
     "check_inputs",
     "load_inputs",
@@ -146,23 +148,40 @@ def assign_pseudonyms(n_clusters: int) -> np.ndarray:
             return pseudonyms
 
 
-#: Up to this many cross-agency comparisons, every pair is scored (exact, ~1 s of anonlink's
-#: accelerated Dice per 2e8 pairs on one core); beyond it, Hamming-LSH blocking keeps the cost
-#: near-linear at a measured recall loss of 0.1-0.3% on synthetic data (more on encodings with
-#: many fields and a low threshold, such as FEBRL's: docs/hardening.md).
-ALL_PAIRS_LIMIT = 200_000_000
-
-
-def blocking_for(sizes: Sequence[int]) -> BlockingConfig | None:
+def blocking_for(sizes: Sequence[int], encodings: Sequence[np.ndarray] | None = None) -> BlockingConfig | None:
     """The coordinator's blocking policy: exact all-pairs when affordable, else LSH blocking.
+
+    All pairs up to :data:`ALL_PAIRS_LIMIT`; beyond it, with the encodings, the densest setting a
+    comparison budget allows (:func:`coordinator.linkage.blocking_budget.choose_blocking`), and
+    without them the sparsest one (96 x 21).
 
     >>> blocking_for([5_000, 5_000]) is None
     True
-    >>> blocking_for([1_000_000, 1_000_000]) is not None
-    True
+    >>> blocking_for([1_000_000, 1_000_000]).bands
+    96
     """
-    pairs = sum(a * b for i, a in enumerate(sizes) for b in sizes[i + 1 :])
-    return None if pairs <= ALL_PAIRS_LIMIT else BlockingConfig()
+    if all_pairs_count(sizes) <= ALL_PAIRS_LIMIT:
+        return None
+    return choose_blocking(encodings).config() if encodings is not None else BlockingConfig()
+
+
+def round_blocking(
+    encodings: Sequence[np.ndarray], blocking: BlockingConfig | None | Literal["auto"] = "auto"
+) -> tuple[BlockingConfig | None, BlockingChoice]:
+    """The blocking a round uses and how it was chosen (``"auto"``: the budget policy; else the setting given).
+
+    >>> config, choice = round_blocking([np.zeros((3, 128), np.uint8)] * 2)
+    >>> config is None, choice.method
+    (True, 'all-pairs')
+    """
+    if blocking == "auto":
+        choice = choose_blocking(encodings)
+        return choice.config(), choice
+    pairs = all_pairs_count([len(e) for e in encodings])
+    if blocking is None:
+        return None, BlockingChoice(method="all-pairs", all_pairs=pairs)
+    return blocking, BlockingChoice(method="given", all_pairs=pairs, bits_per_band=blocking.bits_per_band,
+                                    bands=blocking.bands)
 
 
 def match_files(
@@ -176,7 +195,8 @@ def match_files(
 ) -> tuple[LinkageState, MatchResult]:
     """Link verified files and build the coordinator's linkage state (pure: writes nothing).
 
-    ``blocking="auto"`` applies :func:`blocking_for` to the file sizes. ``threshold`` overrides the
+    ``blocking="auto"`` applies :func:`round_blocking` to the encodings; how the blocking was chosen
+    goes into ``state.meta["blocking_choice"]``. ``threshold`` overrides the
     agreement's for this round (within its bounds). Every round is calibrated (its estimated
     precision and recall go into ``state.meta["calibration"]``); with the agreement's ``"auto"`` and
     no override, the calibration also chooses the threshold.
@@ -184,8 +204,7 @@ def match_files(
     Raises:
         MatchError: ``threshold`` lies outside the agreement's ``threshold_bounds``.
     """
-    if blocking == "auto":
-        blocking = blocking_for([f.header.n_records for f in files])
+    blocking, choice = round_blocking([f.clks for f in files], blocking)
     linkage = agreement.linkage
     low, high = linkage.bounds
     if threshold is not None and not (low <= threshold <= high and 0.0 < threshold < 1.0):
@@ -206,6 +225,7 @@ def match_files(
         meta={
             "inputs": {f.header.party: f.header.file_id for f in files},
             "stats": result.stats.model_dump(mode="json"),
+            "blocking_choice": choice.model_dump(mode="json"),
             "calibration": {"method": method, **calibration.estimate.model_dump(mode="json")},
             # Coordinator-only: the floor solve's linked-pair histogram, which only its link-scores DP
             # release (coordinator.release.calibration) may take out of the coordinator.
@@ -271,7 +291,8 @@ def write_round_outputs(
                              zip(f.token_hex(), (entity_hex[i] for i in labels.tolist()), strict=True))
             maps[party] = out_dir / map_file_name(party)
         save_linkage_state(stage / STATE_FILE, state)
-        report = {"stats": result.stats.model_dump(mode="json"), "calibration": state.meta.get("calibration"),
+        report = {"stats": result.stats.model_dump(mode="json"), "blocking_choice": state.meta.get("blocking_choice"),
+                  "calibration": state.meta.get("calibration"),
                   "calibration_by_agency_pair": state.meta.get("calibration_by_agency_pair"),
                   "histogram": result.histogram.model_dump(mode="json") if result.histogram else None,
                   "missing": list(missing)}
@@ -287,6 +308,9 @@ def write_round_outputs(
             # published ones derive from the round's link-scores release (docs/privacy-accounting.md).
             "calibration": {"method": (state.meta.get("calibration") or {}).get("method", "given"),
                             "threshold": state.threshold},
+            # The setting the round compared with (its estimates and budget stay in match.json).
+            "blocking": {key: (state.meta.get("blocking_choice") or {}).get(key)
+                         for key in ("method", "bits_per_band", "bands")},
             # The one ledger this round's releases may spend: its genesis (agreement, round, agencies).
             "ledger": ledger,
             "round_id": ledger["round_id"],

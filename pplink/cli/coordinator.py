@@ -399,7 +399,7 @@ def suggest_threshold_command(agreement_path: Path, encodings: tuple[Path, ...],
     config = load_agreement(agreement_path)
     files = load_inputs(config, encodings)
     clks = [f.clks for f in files]
-    blocking = blocking_for([len(c) for c in clks])
+    blocking = blocking_for([len(c) for c in clks], clks)
     histogram = similarity_histogram(clks, bins=bins, workers=workers, blocking=blocking)
     _, calibration, _ = auto_match(clks, precision_floor=config.linkage.precision_floor,
                                    bounds=config.linkage.bounds, blocking=blocking, workers=workers)

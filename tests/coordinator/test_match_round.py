@@ -62,6 +62,10 @@ def test_manifest_is_signed_by_the_coordinator(setup: Setup, round_inputs: dict[
     assert body == canonical_json(manifest)
     assert manifest["agreement_id"] == setup.agreement.agreement_id
     assert set(manifest["maps"]) == set(AGENCIES)
+    # 4 x ~400 records is far below ALL_PAIRS_LIMIT: the round names its blocking as all pairs.
+    assert manifest["blocking"] == {"method": "all-pairs", "bits_per_band": None, "bands": None}
+    report = json.loads((out / "coordinator" / "match.json").read_text())
+    assert report["blocking_choice"]["method"] == "all-pairs" and report["blocking_choice"]["all_pairs"] > 0
 
 
 def test_entity_pseudonyms_are_fresh_per_round(setup: Setup, round_inputs: dict[str, Path], tmp_path: Path) -> None:

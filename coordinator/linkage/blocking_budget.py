@@ -36,9 +36,10 @@ __all__ = [
     "estimate_comparisons",
 ]
 
-#: Up to this many cross-agency comparisons, every pair is scored (exact, ~1 s of anonlink's
-#: accelerated Dice per 2e8 pairs on one core); beyond it, LSH blocking chosen by
-#: :func:`choose_blocking` keeps the cost near that of a round at this limit, then near-linear.
+#: Up to this many cross-agency comparisons, every pair is scored (exact; anonlink's all-pairs
+#: Dice, ~45 s for the 2.9e8 pairs of the 27,724-record household set in an automatic round on the
+#: shared 2-core machine); beyond it, LSH blocking chosen by :func:`choose_blocking` compares at most
+#: about as many pairs (with the compiled band kernel: ~1 s), then a number that grows with the records.
 ALL_PAIRS_LIMIT = 200_000_000
 
 #: Comparisons per record a blocked round may spend once its size makes that more than
@@ -135,12 +136,17 @@ def estimate_comparisons(
     Returns:
         The estimated comparisons.
 
+    Raises:
+        ValueError: ``config`` has more than 30 bits per band (keys are counted as 32-bit values).
+
     Examples:
         >>> rng = np.random.default_rng(1)
         >>> data = [rng.integers(0, 256, (300, 128), dtype=np.uint8) for _ in range(2)]
         >>> estimate_comparisons(data, BlockingConfig(bits_per_band=4, bands=10)) > 0
         True
     """
+    if config.bits_per_band > 30:
+        raise ValueError("comparison estimates cover settings of at most 30 bits per band")
     if frequencies is None:
         frequencies = bit_frequencies(datasets, seed=config.seed)
     if sample is None:
@@ -184,7 +190,8 @@ def choose_blocking(
 
     Args:
         datasets: packed encodings, one ``uint8`` array per agency.
-        budget: comparisons the round may spend (default :func:`comparison_budget` of the sizes).
+        budget: comparisons the round may spend (default :func:`comparison_budget` of the sizes); a
+            budget given also chooses a setting for a round that all pairs would fit.
         base: seed, bucket guard and frequency bounds of the settings (default :class:`BlockingConfig`'s).
         ladder: ``(bits_per_band, bands)`` settings, sparsest first.
         sample_rows: rows per agency the estimates count.

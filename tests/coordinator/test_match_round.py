@@ -162,3 +162,25 @@ def test_a_round_publishes_only_dp_estimates_and_its_ledger_audits(setup: Setup,
     assert 0.0 <= published["precision"] <= 1.0 and published["precision_interval"] is not None
     verdict = verify_ledger(setup.agreement, out / DEFAULT_LEDGER)
     assert verdict.ok, verdict.findings
+
+
+def test_a_round_past_the_all_pairs_limit_blocks_with_the_setting_it_chose(
+        setup: Setup, round_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant: past ALL_PAIRS_LIMIT (lowered here so that ~1,500 records pass it) the round compares with the
+    setting the budget chose, and its stats, match.json and signed manifest all name that same setting."""
+    import coordinator.linkage.blocking_budget as budget
+
+    monkeypatch.setattr(budget, "ALL_PAIRS_LIMIT", 1000)
+    out = tmp_path / "linkage"
+    summary = run_match_round(setup.agreement, setup.key("coordinator"), list(round_inputs.values()), out, workers=1)
+    report = json.loads((out / "coordinator" / "match.json").read_text())
+    choice = report["blocking_choice"]
+    assert choice["method"] == "budget" and (choice["bits_per_band"], choice["bands"]) in budget.LADDER
+    assert choice["estimated_comparisons"] <= choice["budget"] or (choice["bits_per_band"], choice["bands"]) == \
+        budget.LADDER[0]
+    used = summary.result.stats.blocking
+    assert used is not None and (used.bits_per_band, used.bands) == (choice["bits_per_band"], choice["bands"])
+    assert report["stats"]["blocking"]["bands"] == choice["bands"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["blocking"] == {"method": "budget", "bits_per_band": choice["bits_per_band"],
+                                    "bands": choice["bands"]}

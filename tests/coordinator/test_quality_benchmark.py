@@ -15,7 +15,8 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 @pytest.mark.slow
 def test_quality_benchmark_reports_every_dataset_at_tiny_size() -> None:
     """Invariant: one JSON line per dataset, with F1 at the automatic threshold, estimates that are
-    probabilities (exact and DP), a blocking recall loss, and the oracle's F1 at a threshold it chose with the truth."""
+    probabilities (exact and DP), the round's own blocking loss (zero: every tiny round compares all pairs) beside
+    the hypothetical fixed 96 x 21 one, and the oracle's F1 at a threshold it chose with the truth."""
     done = subprocess.run([sys.executable, str(BENCHMARK), "--size", "tiny"],
                           capture_output=True, text=True, timeout=600, check=True)
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -23,8 +24,10 @@ def test_quality_benchmark_reports_every_dataset_at_tiny_size() -> None:
     for row in rows:
         assert 0.0 < row["threshold"] < 1.0
         for key in ("f1", "precision", "recall", "est_precision", "est_recall", "dp_precision", "dp_recall",
-                    "blocking_loss", "oracle_f1"):
+                    "hypothetical_21x96_true_link_loss", "hypothetical_21x96_loss_all_pairs_floor", "oracle_f1"):
             assert 0.0 <= row[key] <= 1.0, key
+        assert row["blocking"]["method"] == "all-pairs"
+        assert row["round_blocking_loss"] == row["round_linkage_blocking_loss"] == 0.0
         low, high = row["est_precision_interval"]
         assert low <= high
 

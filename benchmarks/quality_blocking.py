@@ -7,8 +7,8 @@ Three figures per dataset:
   of the full encodings: no sampling, no strangers);
 * the sampled all-pairs loss: the share of *all* pairs at or above a threshold (strangers included)
   that a setting loses, on a sample of rows;
-* the linkage loss: the recall of the round as run minus the recall of the same round (same
-  threshold) over all pairs. A pair blocking never compares may still join its cluster through a
+* the linkage loss: the recall of the same round (same threshold) over all pairs minus its recall
+  with the blocking. A pair blocking never compares may still join its cluster through a
   third agency, so this is at most the true-link loss, and may even be negative.
 """
 
@@ -92,23 +92,22 @@ def sampled_loss(clks, threshold: float, blocking) -> float:  # type: ignore[no-
     return measure_blocking_recall(clks, threshold, blocking=blocking, sample_rows=3000).recall_loss
 
 
-def linkage_loss(dataset, clks, ids, threshold: float, recall: float, blocking) -> float | None:  # type: ignore[no-untyped-def]
-    """Recall of the same round over all pairs (same threshold) minus ``recall``, the round's as run.
+def round_recall(dataset, clks, ids, threshold: float, blocking) -> float | None:  # type: ignore[no-untyped-def]
+    """Recall of the round at ``threshold`` with ``blocking`` (``None``: all pairs).
+
+    The clusters of an automatic round depend on its threshold alone (the calibration only chooses
+    it), so this is the recall of the same round as run, with other blocking.
 
     Returns:
-        0 for a round that compared all pairs; ``None`` where all pairs cost more than
-        :data:`LINKAGE_ALL_PAIRS_MAX` comparisons.
+        The recall; ``None`` for all pairs beyond :data:`LINKAGE_ALL_PAIRS_MAX` comparisons.
     """
     from coordinator.linkage.auto import auto_match
     from coordinator.linkage.blocking_budget import all_pairs_count
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
-    if blocking is None:
-        return 0.0
-    if all_pairs_count([len(c) for c in clks]) > LINKAGE_ALL_PAIRS_MAX:
+    if blocking is None and all_pairs_count([len(c) for c in clks]) > LINKAGE_ALL_PAIRS_MAX:
         return None
-    result, _, _ = auto_match(clks, threshold=threshold, blocking=None, workers=2, bootstrap=0)
+    result, _, _ = auto_match(clks, threshold=threshold, blocking=blocking, workers=2, bootstrap=0)
     predicted = {a: dict(zip(i, lab.tolist(), strict=True))
                  for a, i, lab in zip(dataset.agencies, ids, result.labels, strict=True)}
-    all_pairs_recall = evaluate_linkage_by_agency(dataset.truth(), predicted).overall.recall or 0.0
-    return all_pairs_recall - recall
+    return evaluate_linkage_by_agency(dataset.truth(), predicted).overall.recall or 0.0

@@ -44,3 +44,43 @@ def test_quality_errors_benchmark_counts_every_wrong_pair_once() -> None:
     for cause, count in result["missed_by_cause"].items():
         assert count >= sum(n for combo, n in result["missed_by_combination"].items() if cause in combo.split("+"))
     assert all(kind.split(":")[0] in {"stranger", "household", "twin"} for kind in result["false_by_kind"])
+
+
+class _People:
+    """The smallest dataset ``quality_blocking`` reads: row i of every agency is person i."""
+
+    def __init__(self, agencies: int, rows: int) -> None:
+        self.agencies = tuple(f"a{d}" for d in range(agencies))
+        self.ids = [tuple(f"r{i}" for i in range(rows)) for _ in range(agencies)]
+
+    def truth(self) -> dict[str, dict[str, str]]:
+        return {a: {r: f"p{i}" for i, r in enumerate(ids)} for a, ids in zip(self.agencies, self.ids, strict=True)}
+
+
+def test_true_link_loss_is_what_a_blocked_comparison_misses() -> None:
+    """Invariant: the loss read from the band keys equals the share of the true pairs scoring at least the
+    threshold that a blocked comparison with the same setting does not find (and is 0 for all pairs)."""
+    import numpy as np
+
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.match import match_clks
+
+    sys.path.insert(0, str(BENCHMARK.parent))
+    from quality_blocking import pair_dice, true_link_loss, true_pairs
+
+    rng = np.random.default_rng(4)
+    people = rng.random((300, 1024)) < 0.3
+    clks = [np.packbits(people ^ (rng.random(people.shape) < rng.uniform(0.02, 0.12, (300, 1))), axis=1)
+            for _ in range(3)]
+    dataset, threshold, config = _People(3, 300), 0.6, BlockingConfig(bits_per_band=16, bands=12)
+    loss, eligible = true_link_loss(dataset, clks, dataset.ids, threshold, config)
+    pairs = np.array(true_pairs(dataset, dataset.ids), dtype=np.int64)
+    kept = pairs[pair_dice(clks, pairs) >= threshold]
+    found = match_clks(clks, threshold, blocking=config, workers=1, keep_candidates=True).candidates
+    assert found is not None
+    (d_a, d_b), (r_a, r_b) = found[1], found[2]
+    seen = set(zip(d_a.tolist(), r_a.tolist(), d_b.tolist(), r_b.tolist(), strict=True))
+    missed = sum((int(a), int(ra), int(b), int(rb)) not in seen for a, ra, b, rb in kept)
+    assert eligible == len(kept) > 0 and 0 < missed < len(kept)
+    assert loss == pytest.approx(missed / len(kept))
+    assert true_link_loss(dataset, clks, dataset.ids, threshold, None) == (0.0, eligible)

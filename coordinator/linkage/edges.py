@@ -27,6 +27,7 @@ from coordinator.linkage.blocking import (
     choose_band_bits,
 )
 from coordinator.linkage.bucket_join import iter_pair_chunks, join_bands, sort_band
+from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import CHUNK_PAIRS, as_words, dice_rows, popcounts
 from pplink.errors import MatchError
 
@@ -246,17 +247,26 @@ def find_edges(
     new_rows = np.asarray(new_rows, dtype=np.int64)
     is_new = np.zeros(n, dtype=bool)
     is_new[new_rows] = True
-    words = as_words(clks)
-    ctx = (party, is_new, words, popcounts(words), threshold, sentinel)
+    words = np.ascontiguousarray(as_words(clks))
+    scan = keys is not None and 8 * len(new_rows) < n
+    # The compiled scan counts bits as integers; dice_rows takes them as float64 (the same sums).
+    pops = row_popcounts(words) if scan else popcounts(words)
+    ctx = (party, is_new, words, pops, threshold, sentinel)
     if keys is None:
         per = max(1, _ALL_PAIRS_CHUNK // max(n, 1))
         tasks: Sequence = [lambda s=s: _all_pairs_edges(s, new_rows, n, ctx) for s in range(0, len(new_rows), per)]
     else:
-        # Few new rows (an ordinary round): one join per band; many (the first round): per agency pair.
-        band_edges = _band_edges_few if 8 * len(new_rows) < n else _band_edges
-        tasks = [lambda b=b: band_edges(b, keys, new_rows, ctx) for b in range(keys.shape[0])]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda task: task(), tasks))
+        tasks = [lambda b=b: _band_edges(b, keys, new_rows, ctx) for b in range(keys.shape[0])]
+    if scan:
+        # Few new rows (an ordinary round): one compiled pass over the state; many (the first round): per band
+        # and agency pair.
+        from coordinator.linkage.edge_kernels import scan_edges
+
+        found, compared = scan_edges(keys, party, is_new, new_rows, words, pops, threshold, sentinel, workers)
+        results = [([found], compared)]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda task: task(), tasks))
     parts = [edge for found, _ in results for edge in found]
     compared = sum(c for _, c in results)
     if not parts:

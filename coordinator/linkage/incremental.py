@@ -35,6 +35,7 @@ from coordinator.linkage.edges import apply_skip, band_keys, find_edges, freeze_
 from coordinator.linkage.incremental_outputs import REASON_NAMES, REPLACED, write_incremental_outputs
 from coordinator.linkage.match_round import blocking_for, check_coordinator_key, check_inputs
 from coordinator.linkage.resolve_clusters import ClusterChange, fresh_pseudonyms, recluster
+from coordinator.linkage.state_arrays import keep_runs, replace_rows
 from coordinator.linkage.state_segments import append_delta, needs_compaction
 from coordinator.linkage.state_store import (
     IncrementalState,
@@ -182,26 +183,14 @@ def _rebuild(state: IncrementalState, drop: np.ndarray, uploads: Sequence[Upload
             raise MatchError(f"{up.source}: repeats a row token (of this file or of a live row)")
         _attributes(state, up, keep[state.party == p])
     n_keep = int(keep.sum())
-    total = n_keep + sum(up.added.header.n_records for up in uploads)
-
-    # The kept rows are long runs between the few dropped ones: copying run by run moves memory
-    # once, where a boolean gather per array (and per band) costs several times more.
-    bounds = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
-    runs = list(zip(bounds[::2].tolist(), bounds[1::2].tolist(), strict=True))
+    # The kept rows move left in place and the new ones follow (state_arrays: the buffers have spare rows).
+    runs = keep_runs(keep)
 
     def rebuilt(old: np.ndarray, parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
         shape = list(old.shape)
-        shape[axis] = total
-        out = np.empty(shape, dtype=old.dtype)
-        view = out if axis == 0 else out.T
-        source = old if axis == 0 else old.T
-        pos = 0
-        for start, end in runs:
-            view[pos : pos + end - start] = source[start:end]
-            pos += end - start
-        if parts:
-            view[n_keep:] = np.concatenate(parts, axis=axis) if axis == 0 else np.concatenate(parts, axis=1).T
-        return out
+        shape[axis] = 0
+        new = np.concatenate(parts, axis=axis) if parts else np.zeros(shape, dtype=old.dtype)
+        return replace_rows(old, runs, n_keep, new.astype(old.dtype, copy=False), axis)
 
     state.party = rebuilt(state.party, [np.full(up.added.header.n_records, state.parties.index(up.party),
                                                 dtype=np.uint16) for up in uploads])
@@ -214,7 +203,7 @@ def _rebuild(state: IncrementalState, drop: np.ndarray, uploads: Sequence[Upload
         parts = [apply_skip(band_keys(up.added.clks, state.positions), state.skip, state.positions) for up in uploads]
         state.keys = rebuilt(state.keys, parts, axis=1)
     else:
-        state.keys = np.zeros((0, total), dtype=np.uint32)
+        state.keys = np.zeros((0, state.n_rows), dtype=np.uint32)
 
 
 def _withdrawals(state: IncrementalState, uploads: Sequence[Upload], agreement: AgreementConfig,

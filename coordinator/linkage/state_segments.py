@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
+from coordinator.linkage.state_arrays import keep_runs, replace_rows
 from coordinator.linkage.state_store import (
     IncrementalState,
     SegmentChain,
@@ -161,21 +162,11 @@ def _apply(state: IncrementalState, meta: dict[str, object], arrays: dict[str, n
     n_keep = int(keep.sum())
     if n_keep != change["first_new"]:
         raise ValueError("inconsistent")
-    bounds = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
-    runs = list(zip(bounds[::2].tolist(), bounds[1::2].tolist(), strict=True))
+    runs = keep_runs(keep)
 
     def kept_then(old: np.ndarray, tail: np.ndarray, axis: int = 0) -> np.ndarray:
-        # Copy the kept rows run by run (the few removed ones split long runs), then the new rows.
-        shape = list(old.shape)
-        shape[axis] = n_keep + tail.shape[axis]
-        out = np.empty(shape, dtype=old.dtype)
-        view, source, new = (out, old, tail) if axis == 0 else (out.T, old.T, tail.T)
-        pos = 0
-        for start, end in runs:
-            view[pos : pos + end - start] = source[start:end]
-            pos += end - start
-        view[n_keep:] = new
-        return out
+        # The kept rows move left in place (the few removed ones split long runs), then the new rows follow.
+        return replace_rows(old, runs, n_keep, tail.astype(old.dtype, copy=False), axis)
 
     old_party = state.party
     parties: list[str] = meta["parties"]  # type: ignore[assignment]

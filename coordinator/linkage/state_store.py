@@ -210,7 +210,11 @@ class IncrementalState:
         Raises:
             ValueError: the layout is inconsistent or names a dtype a state never holds.
         """
-        meta, arrays = unpack(data)
+        return cls.from_parts(*unpack(data))
+
+    @classmethod
+    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> IncrementalState:  # type: ignore[type-arg]
+        """Rebuild the state from its metadata and arrays (as :func:`unpack` returns them)."""
         codes = {party: {column: arrays[f"attr/{i}/{j}"]
                          for j, column in enumerate(sorted(meta["attr_values"].get(party, {})))}
                  for i, party in enumerate(meta["parties"])}
@@ -219,11 +223,13 @@ class IncrementalState:
 
 def pack(meta: dict[str, object], arrays: dict[str, np.ndarray]) -> list[memoryview]:
     """``meta`` as JSON (with the arrays' names, dtypes and shapes), then each array's bytes, uncopied."""
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    from coordinator.linkage.state_arrays import COLUMN_ARRAYS, array_pieces
+
     head = json.dumps({**meta, "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]},
                       sort_keys=True).encode("utf-8")
+    # The keys, (bands, n) views of a buffer with spare room per band, go band by band (a piece each).
     return [memoryview(_U32.pack(len(head)) + head),
-            *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays.values())]
+            *(piece for name, a in arrays.items() for piece in array_pieces(a, by_row=name in COLUMN_ARRAYS))]
 
 
 def unpack(data: bytearray) -> tuple[dict[str, object], dict[str, np.ndarray]]:
@@ -368,6 +374,8 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
         StateError: unreadable, truncated, tampered with, sealed under another key, or made
             under another agreement.
     """
+    from coordinator.linkage.state_arrays import read_sealed_arrays
+
     path = Path(path)
     fh, size = open_sized(path)
     with fh:
@@ -379,7 +387,7 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
         if header.get("agreement_id") != agreement_id:
             raise StateError(f"{path}: the linkage state belongs to another agreement")
         try:
-            state = IncrementalState.from_bytes(open_sealed(fh, size, header, head_digest, key))
+            state = IncrementalState.from_parts(*read_sealed_arrays(fh, size, header, head_digest, key, _DTYPES))
         except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
             raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
                              "or sealed under another coordinator key)") from None

@@ -120,20 +120,36 @@ def _repeats(tokens: np.ndarray) -> bool:
     return bool((tokens[order[same]] == tokens[order[same + 1]]).all(axis=1).any()) if len(same) else False
 
 
+def _matches(tokens: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(i, j)`` with ``tokens[i] == wanted[j]``: only the few wanted tokens are sorted, the many searched."""
+    order = np.argsort(_prefix(wanted), kind="stable")
+    keys = _prefix(wanted)[order]
+    if not len(keys) or not len(tokens):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    prefix = _prefix(tokens)
+    pos = np.searchsorted(keys, prefix)
+    i = np.flatnonzero(keys[np.minimum(pos, len(keys) - 1)] == prefix)
+    # Wanted tokens sharing a prefix (never by chance) each pair with the rows holding it.
+    lo, hi = np.searchsorted(keys, prefix[i]), np.searchsorted(keys, prefix[i], side="right")
+    i = np.repeat(i, hi - lo)
+    j = order[np.concatenate([np.arange(s, e) for s, e in zip(lo.tolist(), hi.tolist(), strict=True)] or [[]])
+              .astype(np.int64)]
+    same = (tokens[i] == wanted[j]).all(axis=1)
+    return i[same], j[same]
+
+
+def _collides(live: np.ndarray, new: np.ndarray) -> bool:
+    """Whether a new token repeats another new one or a live one."""
+    return _repeats(new) or bool(len(_matches(live, new)[0]))
+
+
 def _lookup(tokens: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Index of each wanted token in ``tokens`` (distinct), ``-1`` where absent."""
-    keys = _prefix(tokens)
-    order = np.argsort(keys, kind="stable")
-    if len(order) and (keys[order][1:] == keys[order][:-1]).any():
-        # Two live tokens share 8 bytes (never by chance): match whole tokens instead.
-        index = {t.tobytes(): i for i, t in enumerate(tokens)}
-        return np.array([index.get(t.tobytes(), -1) for t in wanted], dtype=np.int64)
-    if not len(order):
-        return np.full(len(wanted), -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(keys[order], _prefix(wanted)), len(order) - 1)
-    candidate = order[pos]
-    hit = (tokens[candidate] == wanted).all(axis=1)
-    return np.where(hit, candidate, -1)
+    out = np.full(len(wanted), -1, dtype=np.int64)
+    i, j = _matches(tokens, wanted)
+    out[j] = i
+    return out
 
 
 def _drop_edges(state: IncrementalState, drop: np.ndarray) -> np.ndarray:
@@ -179,7 +195,7 @@ def _rebuild(state: IncrementalState, drop: np.ndarray, uploads: Sequence[Upload
     for up in uploads:
         p = state.parties.index(up.party)
         live = state.tokens[(state.party == p) & keep]
-        if _repeats(np.concatenate([live, up.added.tokens])):
+        if _collides(live, up.added.tokens):
             raise MatchError(f"{up.source}: repeats a row token (of this file or of a live row)")
         _attributes(state, up, keep[state.party == p])
     n_keep = int(keep.sum())

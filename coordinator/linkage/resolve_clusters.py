@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 __all__ = ["ClusterChange", "components", "fresh_pseudonyms", "greedy_groups", "recluster"]
 
@@ -65,28 +66,38 @@ def fresh_pseudonyms(n: int, taken: np.ndarray) -> np.ndarray:
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected component of each of ``n`` nodes given edges ``(a, b)``: its smallest node.
 
-    Hooks each edge's larger root onto the smaller, then jumps pointers until every root is its
-    own parent; a few rounds suffice on linkage graphs (mostly pairs and small groups).
+    A compiled union-find over every edge of the state (millions at 4 x 1M: numpy's rounds of
+    pointer jumping took ~0.8 s there), each root hooked under the smaller one, so a component's
+    root is its smallest node.
 
     >>> components(5, np.array([0, 3]), np.array([2, 4])).tolist()
     [0, 1, 0, 3, 3]
     """
-    label = np.arange(n, dtype=np.int64)
-    if len(a) == 0:
-        return label
-    a, b = a.astype(np.int64), b.astype(np.int64)
-    while True:
-        la, lb = label[a], label[b]
-        differ = la != lb
-        if not differ.any():
-            return label
-        lo, hi = np.minimum(la[differ], lb[differ]), np.maximum(la[differ], lb[differ])
-        np.minimum.at(label, hi, lo)
-        while True:
-            jumped = label[label]
-            if np.array_equal(jumped, label):
-                break
-            label = jumped
+    return _union_find(n, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+
+
+@njit(nogil=True, cache=True)
+def _root(parent, node):  # noqa: ANN001, ANN202
+    root = node
+    while parent[root] != root:
+        root = parent[root]
+    while parent[node] != root:  # path compression
+        parent[node], node = root, parent[node]
+    return root
+
+
+@njit(nogil=True, cache=True)
+def _union_find(n, a, b):  # noqa: ANN001, ANN202
+    parent = np.arange(n, dtype=np.int64)
+    for k in range(a.shape[0]):
+        ra, rb = _root(parent, a[k]), _root(parent, b[k])
+        if ra < rb:
+            parent[rb] = ra
+        elif rb < ra:
+            parent[ra] = rb
+    for node in range(n):
+        parent[node] = parent[parent[node]] if parent[node] < node else parent[node]
+    return parent
 
 
 def greedy_groups(party: np.ndarray, a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

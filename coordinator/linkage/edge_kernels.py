@@ -211,7 +211,7 @@ def scan_edges(
         it (the caller keeps each pair once); and how many scores were computed.
     """
     new_rows = np.asarray(new_rows, dtype=np.int64)
-    bitmaps, ranks, group_start, group_rows = _build_tables(np.ascontiguousarray(keys[:, new_rows]), int(sentinel))
+    new_keys = np.ascontiguousarray(keys[:, new_rows])
     new_words = words[new_rows]
     new_pops = pops[new_rows]
     new_party = party[new_rows]
@@ -219,11 +219,12 @@ def scan_edges(
     vector = VECTOR_POPCOUNT and words.shape[1] == 16
 
     def band(b: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int]:
+        bitmaps, ranks, group_start, group_rows = _build_tables(new_keys[b : b + 1], int(sentinel))
         xs, ys, sims, scored, first = [], [], [], 0, 0
         capacity = _FIRST_CAPACITY
         while first < n:
             out_x, out_y, out_sim = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
-            first, kept, done = _scan_band(keys[b], first, int(sentinel), bitmaps[b], ranks[b], group_start,
+            first, kept, done = _scan_band(keys[b], first, int(sentinel), bitmaps[0], ranks[0], group_start,
                                            group_rows, new_rows, new_words, new_pops, new_party, party, is_new,
                                            words, pops, float(threshold), vector, out_x, out_y, out_sim)
             xs.append(new_rows[out_x[:kept]])

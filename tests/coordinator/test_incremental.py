@@ -329,7 +329,8 @@ def test_incremental_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
 
 def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: Path) -> None:
     """Invariant: with --state-from truth the benchmark builds the starting state without a first round, and its
-    round applies every delta to it; the round withdraws rows, so it saves the state whole (erasure is not deferred)."""
+    round applies every delta to it; the round withdraws rows, so it saves the state whole (erasure is not deferred),
+    while the same round without withdrawals (the timed target) appends a delta segment."""
     import json
     import subprocess
     import sys
@@ -341,4 +342,5 @@ def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: P
     row = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
     assert row["incremental_added"] == 3 * 6 and row["incremental_removed"] == {"withdrawn": 3 * 1}
     assert row["saved_as"] == "whole" and row["saved_bytes"] > 0
+    assert row["incremental_saved_as"] == "delta" and 0 < row["incremental_saved_bytes"] < row["saved_bytes"]
     assert row["full_rematch_seconds"] is None and row["f1_incremental"] > 0.5

@@ -11,7 +11,10 @@ in some band and that bucket is not frozen out; in ``all-pairs`` mode (small lin
 cross-agency pair is.
 
 Keys are stored per band and row (4 bytes each), so a round only computes the new rows' keys.
-Scoring goes through ``coordinator.similarity.dice_rows`` (bit-identical to anonlink's Dice).
+A round adding few rows compares them in one compiled scan per band of the stored keys
+(:mod:`coordinator.linkage.edge_kernels`); the first round, where every row is new, joins the
+bands per pair of agencies and scores through ``coordinator.similarity.dice_rows``. Both are
+bit-identical to anonlink's Dice and score the same pairs.
 """
 
 from __future__ import annotations
@@ -179,6 +182,9 @@ def _band_edges(band: int, keys: np.ndarray, new_rows: np.ndarray, ctx: tuple) -
 
 def _band_edges_few(band: int, keys: np.ndarray, new_rows: np.ndarray, ctx: tuple) -> tuple[list[Edges], int]:
     """As :func:`_band_edges`, for a round adding few rows: one join, one filter, one scoring.
+
+    The numpy reference the compiled scan (:mod:`coordinator.linkage.edge_kernels`) replaced; kept
+    for the tests that check the scan scores the same pairs.
 
     The new rows are joined with every row sharing their keys; pairs within an agency, and
     new-new pairs seen from their later side, are then dropped. Joining per pair of agencies

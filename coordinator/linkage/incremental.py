@@ -45,6 +45,7 @@ from coordinator.linkage.state_store import (
     save_state,
     state_path,
 )
+from coordinator.linkage.state_tokens import collides, lookup
 from coordinator.linkage.uploads import Upload, check_chain, read_upload
 from pplink.agreement import AgreementConfig
 from pplink.deltafile import WithdrawReason, day_of
@@ -107,51 +108,6 @@ def _new_state(agreement: AgreementConfig, uploads: Sequence[Upload], blocking: 
                             width=width, epoch_day=today)
 
 
-def _prefix(tokens: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each 16-byte token as one integer: a sort key for random tokens."""
-    return np.ascontiguousarray(tokens).view(np.uint64)[:, 0]
-
-
-def _repeats(tokens: np.ndarray) -> bool:
-    """Whether any token appears twice (sorting 8-byte prefixes, then comparing whole tokens)."""
-    order = np.argsort(_prefix(tokens), kind="stable")
-    keys = _prefix(tokens)[order]
-    same = np.flatnonzero(keys[1:] == keys[:-1])
-    return bool((tokens[order[same]] == tokens[order[same + 1]]).all(axis=1).any()) if len(same) else False
-
-
-def _matches(tokens: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(i, j)`` with ``tokens[i] == wanted[j]``: only the few wanted tokens are sorted, the many searched."""
-    order = np.argsort(_prefix(wanted), kind="stable")
-    keys = _prefix(wanted)[order]
-    if not len(keys) or not len(tokens):
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    prefix = _prefix(tokens)
-    pos = np.searchsorted(keys, prefix)
-    i = np.flatnonzero(keys[np.minimum(pos, len(keys) - 1)] == prefix)
-    # Wanted tokens sharing a prefix (never by chance) each pair with the rows holding it.
-    lo, hi = np.searchsorted(keys, prefix[i]), np.searchsorted(keys, prefix[i], side="right")
-    i = np.repeat(i, hi - lo)
-    j = order[np.concatenate([np.arange(s, e) for s, e in zip(lo.tolist(), hi.tolist(), strict=True)] or [[]])
-              .astype(np.int64)]
-    same = (tokens[i] == wanted[j]).all(axis=1)
-    return i[same], j[same]
-
-
-def _collides(live: np.ndarray, new: np.ndarray) -> bool:
-    """Whether a new token repeats another new one or a live one."""
-    return _repeats(new) or bool(len(_matches(live, new)[0]))
-
-
-def _lookup(tokens: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Index of each wanted token in ``tokens`` (distinct), ``-1`` where absent."""
-    out = np.full(len(wanted), -1, dtype=np.int64)
-    i, j = _matches(tokens, wanted)
-    out[j] = i
-    return out
-
-
 def _drop_edges(state: IncrementalState, drop: np.ndarray) -> np.ndarray:
     """Delete the edges of dropped rows and renumber the rest; return the surviving rows that lost an edge."""
     new_index = np.cumsum(~drop) - 1
@@ -195,7 +151,7 @@ def _rebuild(state: IncrementalState, drop: np.ndarray, uploads: Sequence[Upload
     for up in uploads:
         p = state.parties.index(up.party)
         live = state.tokens[(state.party == p) & keep]
-        if _collides(live, up.added.tokens):
+        if collides(live, up.added.tokens):
             raise MatchError(f"{up.source}: repeats a row token (of this file or of a live row)")
         _attributes(state, up, keep[state.party == p])
     n_keep = int(keep.sum())
@@ -238,7 +194,7 @@ def _withdrawals(state: IncrementalState, uploads: Sequence[Upload], agreement: 
         if up.delta is None:
             reason[rows] = REPLACED
             continue
-        found = _lookup(state.tokens[rows], up.delta.withdrawn)
+        found = lookup(state.tokens[rows], up.delta.withdrawn)
         # A token not found was already expired here, by the same retention rule the node applies.
         unknown += int((found < 0).sum())
         reason[rows[found[found >= 0]]] = up.delta.reasons[found >= 0]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.linkage.incremental import _collides, _lookup
 from coordinator.linkage.incremental_outputs import _hex
 from coordinator.linkage.resolve_clusters import components
 from coordinator.linkage.state_arrays import _buffer, array_pieces, keep_runs, replace_rows
 from coordinator.linkage.state_store import _MAGIC, IncrementalState, load_base, write_sealed
+from coordinator.linkage.state_tokens import collides, lookup
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -69,11 +69,11 @@ def test_lookup_and_collisions_match_whole_tokens_even_when_prefixes_collide() -
     live = rng.integers(0, 256, (2000, 16), dtype=np.uint8)
     live[7, :8] = live[8, :8]  # two live tokens sharing 8 bytes
     wanted = np.concatenate([live[[8, 5, 7]], rng.integers(0, 256, (2, 16), dtype=np.uint8)])
-    assert _lookup(live, wanted).tolist() == [8, 5, 7, -1, -1]
-    assert not _collides(live, rng.integers(0, 256, (50, 16), dtype=np.uint8))
-    assert _collides(live, np.concatenate([rng.integers(0, 256, (5, 16), dtype=np.uint8), live[[8]]]))
+    assert lookup(live, wanted).tolist() == [8, 5, 7, -1, -1]
+    assert not collides(live, rng.integers(0, 256, (50, 16), dtype=np.uint8))
+    assert collides(live, np.concatenate([rng.integers(0, 256, (5, 16), dtype=np.uint8), live[[8]]]))
     twice = rng.integers(0, 256, (5, 16), dtype=np.uint8)
-    assert _collides(live, np.concatenate([twice, twice[:1]]))
+    assert collides(live, np.concatenate([twice, twice[:1]]))
 
 
 def test_components_and_hex_equal_their_plain_definitions() -> None:

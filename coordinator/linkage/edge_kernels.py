@@ -26,7 +26,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from coordinator.linkage.kernels import VECTOR_POPCOUNT, popcount64, prefetch
+from coordinator.linkage.kernels import VECTOR_POPCOUNT, popcount64, prefetch, row_popcounts
 
 __all__ = ["scan_edges"]
 
@@ -116,8 +116,10 @@ def _and_popcount_1024(typingctx, a, p, b, q):  # noqa: ANN001, ANN202 (numba's 
 
 @njit(nogil=True, cache=True)
 def _scan_band(row_keys, first, sentinel, bitmap, rank, group_start, group_rows, new_global, new_words, new_pops,  # noqa: ANN001, ANN202, E501
-               new_party, party, is_new, words, pops, threshold, vector, out_x, out_y, out_sim):
+               new_party, tags, new_flag, words, threshold, vector, out_x, out_y, out_sim):
     """Score the rows from ``first`` on against the new rows sharing their key in one band, chunk by chunk.
+
+    ``tags[y]`` is row ``y``'s party, plus ``new_flag`` when the row is new this round.
 
     Returns:
         ``(next_row, kept, scored)``: where to resume (``len(row_keys)`` when done: a chunk whose
@@ -154,9 +156,17 @@ def _scan_band(row_keys, first, sentinel, bitmap, rank, group_start, group_rows,
         for h in range(hits):
             y = hit_rows[h]
             g = hit_groups[h]
-            party_y = party[y]
-            new_y = is_new[y]
-            pop_y = pops[y]
+            # One small tag per row (party, and whether it is new) and the popcount from the encoding
+            # itself: per hit row, the scan reads no more than its key, its tag and its encoding.
+            tag = tags[y]
+            party_y = tag & (new_flag - 1)
+            new_y = tag >= new_flag
+            if vector:
+                pop_y = np.int64(_and_popcount_1024(words, y, words, y))
+            else:
+                pop_y = np.int64(0)
+                for w in range(width):
+                    pop_y += np.int64(popcount64(words[y, w]))
             for i in range(group_start[g], group_start[g + 1]):
                 xi = group_rows[i]
                 if new_party[xi] == party_y or (new_y and y <= new_global[xi]):
@@ -184,10 +194,8 @@ def _scan_band(row_keys, first, sentinel, bitmap, rank, group_start, group_rows,
 def scan_edges(
     keys: np.ndarray,
     party: np.ndarray,
-    is_new: np.ndarray,
     new_rows: np.ndarray,
     words: np.ndarray,
-    pops: np.ndarray,
     threshold: float,
     sentinel: int,
     workers: int = 2,
@@ -197,10 +205,8 @@ def scan_edges(
     Args:
         keys: ``(bands, n)`` every live row's key per band (uint32; ``sentinel`` where frozen out).
         party: every live row's party index.
-        is_new: whether each live row is new this round.
-        new_rows: the new rows' numbers.
+        new_rows: the new rows' numbers (distinct).
         words: every live row's encoding as uint64 words (C-contiguous).
-        pops: every live row's popcount (int64).
         threshold: keep pairs scoring at least this.
         sentinel: the frozen-out key; every other key is below it.
         workers: threads, each scanning its share of the bands.
@@ -213,8 +219,13 @@ def scan_edges(
     new_rows = np.asarray(new_rows, dtype=np.int64)
     new_keys = np.ascontiguousarray(keys[:, new_rows])
     new_words = words[new_rows]
-    new_pops = pops[new_rows]
-    new_party = party[new_rows]
+    new_pops = row_popcounts(new_words)
+    new_party = party[new_rows].astype(np.int64)
+    # A byte per row where the parties allow (fewer than 128), so the scan streams 1 byte a row, not 3.
+    small = not len(party) or int(party.max()) < 0x80
+    new_flag = 0x80 if small else 0x8000
+    tags = party.astype(np.uint8 if small else np.uint16)
+    tags[new_rows] |= new_flag
     n = keys.shape[1]
     vector = VECTOR_POPCOUNT and words.shape[1] == 16
 
@@ -225,8 +236,8 @@ def scan_edges(
         while first < n:
             out_x, out_y, out_sim = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
             first, kept, done = _scan_band(keys[b], first, int(sentinel), bitmaps[0], ranks[0], group_start,
-                                           group_rows, new_rows, new_words, new_pops, new_party, party, is_new,
-                                           words, pops, float(threshold), vector, out_x, out_y, out_sim)
+                                           group_rows, new_rows, new_words, new_pops, new_party, tags, new_flag,
+                                           words, float(threshold), vector, out_x, out_y, out_sim)
             xs.append(new_rows[out_x[:kept]])
             ys.append(out_y[:kept])
             sims.append(out_sim[:kept])

@@ -30,7 +30,6 @@ from coordinator.linkage.blocking import (
     choose_band_bits,
 )
 from coordinator.linkage.bucket_join import iter_pair_chunks, join_bands, sort_band
-from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import CHUNK_PAIRS, as_words, dice_rows, popcounts
 from pplink.errors import MatchError
 
@@ -255,9 +254,8 @@ def find_edges(
     is_new[new_rows] = True
     words = np.ascontiguousarray(as_words(clks))
     scan = keys is not None and 8 * len(new_rows) < n
-    # The compiled scan counts bits as integers; dice_rows takes them as float64 (the same sums).
-    pops = row_popcounts(words) if scan else popcounts(words)
-    ctx = (party, is_new, words, pops, threshold, sentinel)
+    # The compiled scan counts the bits of the rows it reads itself.
+    ctx = (party, is_new, words, None if scan else popcounts(words), threshold, sentinel)
     if keys is None:
         per = max(1, _ALL_PAIRS_CHUNK // max(n, 1))
         tasks: Sequence = [lambda s=s: _all_pairs_edges(s, new_rows, n, ctx) for s in range(0, len(new_rows), per)]
@@ -268,7 +266,7 @@ def find_edges(
         # and agency pair.
         from coordinator.linkage.edge_kernels import scan_edges
 
-        found, compared = scan_edges(keys, party, is_new, new_rows, words, pops, threshold, sentinel, workers)
+        found, compared = scan_edges(keys, party, new_rows, words, threshold, sentinel, workers)
         results = [([found], compared)]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -74,6 +74,16 @@ def test_scalar_and_vector_popcounts_agree(monkeypatch: pytest.MonkeyPatch) -> N
         assert np.array_equal(mine, theirs)
 
 
+def test_many_parties_take_wider_row_tags() -> None:
+    # Party numbers of 128 and above do not fit the scan's one-byte tags: it uses two bytes.
+    clks, party, keys, new_rows, sentinel = _world(6, 2_000, 128, 4, 6)
+    expected = find_edges(clks, party, keys, new_rows, 0.5, sentinel=int(sentinel))
+    wide = find_edges(clks, (party + 300).astype(np.uint16), keys, new_rows, 0.5, sentinel=int(sentinel))
+    assert wide[1] == expected[1] > 0
+    for mine, theirs in zip(wide[0], expected[0], strict=True):
+        assert np.array_equal(mine, theirs)
+
+
 def test_no_new_rows_or_only_frozen_keys_find_nothing() -> None:
     clks, party, keys, _, sentinel = _world(9, 500, 128, 3, 6)
     none = find_edges(clks, party, keys, np.zeros(0, dtype=np.int64), 0.5, sentinel=int(sentinel))

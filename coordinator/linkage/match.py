@@ -29,6 +29,7 @@ from pydantic import Field
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
+from coordinator.linkage.greedy import greedy_roots
 from coordinator.linkage.similarity import check_datasets, compute_dice
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
@@ -194,12 +195,22 @@ def select_candidates(candidates: Candidates, *, threshold: float | None = None,
 
 
 def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tuple[np.ndarray, ...], int, int]:
-    """Cluster candidates with anonlink's greedy solver: ``(labels, n_clusters, linked_records)``."""
-    from anonlink.solving import greedy_solve
+    """Cluster candidates with anonlink's greedy rule: ``(labels, n_clusters, linked_records)``.
 
-    groups = greedy_solve(candidates) if len(candidates[0]) else ()
-    labels, n_clusters = _label(groups, sizes)
-    return labels, n_clusters, sum(len(g) for g in groups)
+    The compiled solver (:mod:`coordinator.linkage.greedy`) gives exactly anonlink's
+    ``greedy_solve`` groups; clusters are numbered by their first ``(dataset, row)`` member.
+    """
+    _, (d_a, d_b), (r_a, r_b) = candidates
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    root = greedy_roots(offsets[np.asarray(d_a, dtype=np.int64)] + np.asarray(r_a, dtype=np.int64),
+                        offsets[np.asarray(d_b, dtype=np.int64)] + np.asarray(r_b, dtype=np.int64), int(offsets[-1]),
+                        np.repeat(np.arange(len(sizes)), sizes))
+    grouped = root >= 0
+    linked = int(grouped.sum())
+    root[~grouped] = np.flatnonzero(~grouped)
+    _, labels = np.unique(root, return_inverse=True)
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters, linked
 
 
 def _candidates(found: Found) -> Candidates:
@@ -215,7 +226,11 @@ def _candidates(found: Found) -> Candidates:
 
 
 def _label(groups: Sequence[Sequence[tuple[int, int]]], sizes: Sequence[int]) -> tuple[tuple[np.ndarray, ...], int]:
-    """Cluster index of every record, clusters numbered by their first (dataset, row) member."""
+    """Cluster index of every record from anonlink-style groups, numbered by their first (dataset, row) member.
+
+    :func:`solve_candidates` numbers its clusters the same way; this labels anonlink's own
+    ``greedy_solve`` groups for comparison (``tests/coordinator/test_greedy.py``).
+    """
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     root = np.arange(offsets[-1], dtype=np.int64)
     if groups:

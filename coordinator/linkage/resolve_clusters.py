@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from coordinator.linkage.greedy import greedy_roots
+
 __all__ = ["ClusterChange", "components", "fresh_pseudonyms", "greedy_groups", "recluster"]
 
 
@@ -101,7 +103,7 @@ def _union_find(n, a, b):  # noqa: ANN001, ANN202
 
 
 def greedy_groups(party: np.ndarray, a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Solve the edges with anonlink's greedy solver, in anonlink's candidate order.
+    """Solve the edges with anonlink's greedy rule (compiled, the same groups), in anonlink's candidate order.
 
     Args:
         party: party index of every row.
@@ -112,22 +114,14 @@ def greedy_groups(party: np.ndarray, a: np.ndarray, b: np.ndarray, sim: np.ndarr
     Returns:
         ``(rows, group)``: every row in a group of two or more, and its group's smallest row.
     """
-    from anonlink.solving import greedy_solve
-
     if len(a) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pa, pb = party[a].astype(np.uint32), party[b].astype(np.uint32)
     # Rows of one party keep their relative order in the global numbering, so (party, global row)
     # sorts exactly as (dataset, row) does in a full run.
-    order = np.lexsort((b, a, pb, pa, -sim))
-    candidates = (sim[order], (pa[order], pb[order]), (a[order].astype(np.uint32), b[order].astype(np.uint32)))
-    groups = greedy_solve(candidates)
-    if not groups:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    lengths = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
-    rows = np.fromiter((rec for g in groups for _, rec in g), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return rows, np.repeat(np.minimum.reduceat(rows, starts), lengths)
+    order = np.lexsort((b, a, party[b], party[a], -sim))
+    root = greedy_roots(a[order], b[order], len(party), party)
+    rows = np.flatnonzero(root >= 0)
+    return rows, root[rows]
 
 
 def recluster(

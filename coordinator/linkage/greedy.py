@@ -1,0 +1,221 @@
+"""anonlink's greedy solver, compiled: the same groups from the same candidates, in a fraction of the time.
+
+anonlink's ``greedy_solve`` walks the candidate pairs in the order given (most similar first)
+and keeps every record in at most one group. A pair of two ungrouped records makes a group; a
+pair of an ungrouped record and a group of one joins them; a pair of an ungrouped record and a
+larger group makes the record a group of its own (it cannot join yet: it has one edge to the
+group, not one to each member); a pair of two groups merges them when the edges seen so far
+between them (this one included) are at least the product of their sizes, i.e. every cross
+pair has been seen. At a low floor its C++ hash tables of group-to-group edge counts cost
+minutes at 4 x 100k records (131 s of a 153 s round).
+
+Here the count between two groups is not kept but recounted when needed: every edge seen is
+one between the two groups its ends now belong to (groups only merge, and an edge inside a
+group is never counted), so the count is the sum, over the cross pairs of members, of that
+pair's edges at or before the current one. Each record's edges are kept sorted by the other
+end, so each cross pair is a binary search; groups hold at most one record per agency when
+every candidate joins two agencies, so a check is a handful of searches. Which group absorbs
+the other changes no membership, so the result is anonlink's partition exactly, duplicate
+candidates and pairs within one dataset included (``tests/coordinator/test_greedy.py``
+compares the two on random candidate sets and on real encodings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+
+__all__ = ["greedy_roots", "greedy_solve_groups"]
+
+
+@njit(cache=True, nogil=True)
+def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's neighbours in edge order (CSR ``(indptr, nbr)``; self-pairs left out)."""
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(len(u)):
+        if u[i] != v[i]:
+            indptr[u[i] + 1] += 1
+            indptr[v[i] + 1] += 1
+    for x in range(n):
+        indptr[x + 1] += indptr[x]
+    fill = indptr[:-1].copy()
+    nbr = np.empty(indptr[n], dtype=np.int32)  # nodes < 2**31 (checked by the caller)
+    for i in range(len(u)):
+        a, b = u[i], v[i]
+        if a != b:
+            nbr[fill[a]] = b
+            fill[a] += 1
+            nbr[fill[b]] = a
+            fill[b] += 1
+    return indptr, nbr
+
+
+@njit(cache=True, nogil=True)
+def _pair_edges(indptr: np.ndarray, nbr: np.ndarray, seen: np.ndarray, x: int, y: int, repeated: bool) -> int:
+    """Edges seen so far between ``x`` and ``y``: the shorter of their seen prefixes is scanned."""
+    if seen[y] < seen[x]:
+        x, y = y, x
+    count = 0
+    for k in range(indptr[x], indptr[x] + seen[x]):
+        if nbr[k] == y:
+            count += 1
+            if not repeated:
+                break
+    return count
+
+
+@njit(cache=True, nogil=True)
+def _solve(u: np.ndarray, v: np.ndarray, n: int, indptr: np.ndarray, nbr: np.ndarray, repeated: bool,
+           bit: np.ndarray) -> np.ndarray:
+    """Group of every node (its smallest member) after anonlink's greedy pass; ``-1``: in no group of two or more.
+
+    ``bit`` is each node's dataset bit when every pair joins two datasets and none repeats (else 0):
+    two groups holding one dataset can then never merge (that dataset's pair is never an edge).
+    """
+    mask = np.zeros(n, dtype=np.int64)  # by group id: datasets present
+    seen = np.zeros(n, dtype=np.int64)  # edges of each node taken so far: a prefix of its neighbours
+    group = np.full(n, -1, dtype=np.int64)  # group id of each node, -1: none yet
+    size = np.zeros(n, dtype=np.int64)  # by group id (a group's id is the node it started from)
+    head = np.full(n, -1, dtype=np.int64)
+    tail = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    for i in range(len(u)):
+        a, b = u[i], v[i]
+        if a == b:
+            continue
+        seen[a] += 1
+        seen[b] += 1
+        ga, gb = group[a], group[b]
+        if ga < 0 and gb < 0:
+            group[a] = a
+            group[b] = a
+            size[a] = 2
+            mask[a] = bit[a] | bit[b]
+            head[a] = a
+            nxt[a] = b
+            tail[a] = b
+        elif ga < 0 or gb < 0:
+            if ga < 0:
+                g, new = gb, a
+            else:
+                g, new = ga, b
+            if size[g] == 1:
+                group[new] = g
+                nxt[tail[g]] = new
+                tail[g] = new
+                size[g] = 2
+                mask[g] |= bit[new]
+            else:
+                group[new] = new
+                size[new] = 1
+                mask[new] = bit[new]
+                head[new] = new
+                tail[new] = new
+        elif ga != gb and (mask[ga] & mask[gb]) == 0:
+            need = size[ga] * size[gb]
+            count = 0
+            x = head[ga]
+            while x >= 0 and count >= 0:
+                y = head[gb]
+                while y >= 0:
+                    found = 1 if x == a and y == b and not repeated else _pair_edges(indptr, nbr, seen, x, y, repeated)
+                    if found == 0 and not repeated:
+                        count = -1  # a cross pair never seen (each pair is at most one edge): no merge
+                        break
+                    count += found
+                    y = nxt[y]
+                x = nxt[x]
+            if count >= need:
+                # Which group absorbs the other changes no membership: move the smaller one's members.
+                keep, gone = (ga, gb) if size[ga] >= size[gb] else (gb, ga)
+                y = head[gone]
+                while y >= 0:
+                    group[y] = keep
+                    y = nxt[y]
+                nxt[tail[keep]] = head[gone]
+                tail[keep] = tail[gone]
+                size[keep] += size[gone]
+                size[gone] = 0
+                mask[keep] |= mask[gone]
+    root = np.full(n, -1, dtype=np.int64)
+    for g in range(n):
+        if size[g] > 1:
+            smallest = head[g]
+            x = head[g]
+            while x >= 0:
+                smallest = min(smallest, x)
+                x = nxt[x]
+            x = head[g]
+            while x >= 0:
+                root[x] = smallest
+                x = nxt[x]
+    return root
+
+
+@njit(cache=True, nogil=True)
+def _has_repeats(indptr: np.ndarray, nbr: np.ndarray, n: int) -> bool:
+    """Whether some pair of nodes is given twice (either way round)."""
+    mark = np.full(n, -1, dtype=np.int64)
+    for x in range(n):
+        for k in range(indptr[x], indptr[x + 1]):
+            if mark[nbr[k]] == x:
+                return True
+            mark[nbr[k]] = x
+    return False
+
+
+def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None = None) -> np.ndarray:
+    """The groups of anonlink's greedy solver over nodes ``0..n-1`` from edges ``(u[i], v[i])`` taken in order.
+
+    Args:
+        u: one end of each candidate pair (node numbers below ``n``), in the order to solve them.
+        v: the other end.
+        n: number of nodes.
+        party: each node's dataset, if known: when every pair joins two datasets (as a round's
+            candidates do) merges of groups sharing a dataset are refused without looking.
+
+    Returns:
+        Per node, the smallest node of its group, or ``-1`` when it is in no group of two or more.
+
+    Examples:
+        >>> greedy_roots(np.array([0, 2, 1]), np.array([1, 3, 2]), 4).tolist()
+        [0, 0, 2, 2]
+    """
+    u = np.ascontiguousarray(u, dtype=np.int64)
+    v = np.ascontiguousarray(v, dtype=np.int64)
+    if len(u) == 0:
+        return np.full(n, -1, dtype=np.int64)
+    if n >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 records can be solved, got {n}")
+    indptr, nbr = _adjacency(u, v, n)
+    # A pair given twice counts twice, as anonlink counts it: then every cross pair's edges are counted.
+    repeated = _has_repeats(indptr, nbr, n)
+    bit = np.zeros(n, dtype=np.int64)
+    if party is not None and not repeated:
+        party = np.asarray(party, dtype=np.int64)
+        if len(party) and party.max() < 63 and not (party[u] == party[v]).any():
+            bit = np.left_shift(1, party)
+    return _solve(u, v, n, indptr, nbr, repeated, bit)
+
+
+def greedy_solve_groups(candidates: tuple, sizes: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Drop-in for ``anonlink.solving.greedy_solve`` on datasets of ``sizes`` records: its groups, as tuples.
+
+    Groups come out in the order of their smallest ``(dataset, row)``, members sorted (anonlink's
+    own order is that of its hash tables; the groups are the same).
+    """
+    _, (d_a, d_b), (r_a, r_b) = candidates
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    u = offsets[np.asarray(d_a, dtype=np.int64)] + np.asarray(r_a, dtype=np.int64)
+    v = offsets[np.asarray(d_b, dtype=np.int64)] + np.asarray(r_b, dtype=np.int64)
+    root = greedy_roots(u, v, int(offsets[-1]), np.repeat(np.arange(len(sizes)), sizes))
+    members = np.flatnonzero(root >= 0)
+    order = np.lexsort((members, root[members]))
+    members = members[order]
+    dataset = np.searchsorted(offsets, members, side="right") - 1
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for node, d, r in zip(members.tolist(), dataset.tolist(), (members - offsets[dataset]).tolist(), strict=True):
+        groups.setdefault(int(root[node]), []).append((d, r))
+    return tuple(tuple(g) for g in groups.values())

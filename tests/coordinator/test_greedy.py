@@ -1,0 +1,109 @@
+"""The compiled greedy solver gives exactly anonlink's groups: random candidate sets and real encodings."""
+
+from __future__ import annotations
+
+import numpy as np
+from anonlink.solving import greedy_solve
+
+from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
+from coordinator.linkage.match import match_clks, solve_candidates
+
+
+def _partition(groups: tuple) -> set[frozenset[tuple[int, int]]]:
+    return {frozenset((int(d), int(r)) for d, r in g) for g in groups}
+
+
+def _without_dataset_hint(candidates: tuple, sizes: list[int]) -> set[frozenset[tuple[int, int]]]:
+    """The solver's partition when it is not told each record's dataset (no refusal without looking)."""
+    _, (d_a, d_b), (r_a, r_b) = candidates
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    root = greedy_roots(offsets[d_a] + r_a, offsets[d_b] + r_b, int(offsets[-1]))
+    dataset = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
+    groups: dict[int, set[tuple[int, int]]] = {}
+    for node in np.flatnonzero(root >= 0).tolist():
+        groups.setdefault(int(root[node]), set()).add((int(dataset[node]), int(node - offsets[dataset[node]])))
+    return {frozenset(g) for g in groups.values()}
+
+
+def _random_candidates(rng: np.random.Generator, sizes: list[int], pairs: int, *, ties: bool, within: bool,
+                       repeats: bool) -> tuple:
+    """Planted people (most of their cross pairs) plus random pairs, in anonlink's order (similarity descending)."""
+    d = len(sizes)
+    picked: list[np.ndarray] = []
+    for _ in range(min(sizes)):  # a person's records in 2..d datasets; each cross pair kept with p 0.85
+        where = np.sort(rng.choice(d, int(rng.integers(2, d + 1)), replace=False))
+        rows = [int(rng.integers(0, sizes[k])) for k in where]
+        picked.extend(np.array([where[i], rows[i], where[j], rows[j]])
+                      for i in range(len(where)) for j in range(i + 1, len(where)) if rng.random() < 0.85)
+    d_a = rng.integers(0, d, pairs)
+    d_b = rng.integers(0, d, pairs)
+    if not within:  # cross-dataset pairs only, lower dataset first (as pplink's rounds make them)
+        d_b = np.where(d_a == d_b, (d_a + 1 + rng.integers(0, d - 1, pairs)) % d, d_b)
+        d_a, d_b = np.minimum(d_a, d_b), np.maximum(d_a, d_b)
+    r_a = rng.integers(0, np.asarray(sizes)[d_a])
+    r_b = rng.integers(0, np.asarray(sizes)[d_b])
+    codes = np.concatenate([np.array(picked).reshape(-1, 4), np.stack([d_a, r_a, d_b, r_b], axis=1)])
+    # People's pairs score high, random pairs mostly low, with some overlap (and exact ties when asked).
+    high = np.arange(len(codes)) < len(picked)
+    sims = np.where(high, 0.7 + 0.3 * rng.random(len(codes)), 0.8 * rng.random(len(codes)))
+    if ties:
+        sims = np.round(sims * 5) / 5
+    if not repeats:
+        codes, first = np.unique(codes, axis=0, return_index=True)
+        sims = sims[first]
+    d_a, r_a, d_b, r_b = codes.T
+    order = np.lexsort((r_b, r_a, d_b, d_a, -sims))
+    cast = [x[order].astype(np.uint32) for x in (d_a, d_b, r_a, r_b)]
+    return sims[order], (cast[0], cast[1]), (cast[2], cast[3])
+
+
+def test_random_candidates_give_anonlinks_groups() -> None:
+    """Ties, 2-5 datasets, multi-party merges and refused merges: the same partition as anonlink, every time."""
+    multi_party = 0
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        datasets = 2 + seed % 4
+        sizes = [int(x) for x in rng.integers(5, 60, datasets)]
+        pairs = int(rng.integers(10, 2 * sum(sizes)))
+        candidates = _random_candidates(rng, sizes, pairs, ties=seed % 2 == 0, within=False, repeats=False)
+        expected = _partition(greedy_solve(candidates))
+        assert _partition(greedy_solve_groups(candidates, sizes)) == expected, seed
+        assert _without_dataset_hint(candidates, sizes) == expected, seed
+        multi_party += any(len(g) > 2 for g in expected)
+    assert multi_party > 150  # groups of three or more records were formed (and checked) in most sets
+
+
+def test_repeated_pairs_and_pairs_within_a_dataset_are_counted_as_anonlink_counts_them() -> None:
+    """A pair given twice counts twice toward a merge, and pairs inside one dataset are edges like any other."""
+    for seed in range(200):
+        rng = np.random.default_rng(1000 + seed)
+        sizes = [int(x) for x in rng.integers(3, 15, 2 + seed % 3)]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(5, 4 * sum(sizes))), ties=True, within=True,
+                                        repeats=True)
+        expected = _partition(greedy_solve(candidates))
+        assert _partition(greedy_solve_groups(candidates, sizes)) == expected, seed
+        assert _without_dataset_hint(candidates, sizes) == expected, seed
+
+
+def test_an_edge_to_a_group_of_two_leaves_the_record_waiting_until_every_pair_is_seen() -> None:
+    """Node 2 meets group {0, 1} through 0 only (no merge), then through 1 (merge): anonlink's rule."""
+    assert greedy_roots(np.array([0, 0]), np.array([1, 2]), 3).tolist() == [0, 0, -1]
+    assert greedy_roots(np.array([0, 0, 1]), np.array([1, 2, 2]), 3).tolist() == [0, 0, 0]
+    assert greedy_roots(np.zeros(0, np.int64), np.zeros(0, np.int64), 2).tolist() == [-1, -1]
+
+
+def test_real_encodings_at_a_low_floor_give_anonlinks_clusters() -> None:
+    """Four agencies' noisy copies at floor 0.5 (dense, every kind of merge): the rounds' labels equal anonlink's."""
+    from coordinator.linkage.match import _label
+
+    rng = np.random.default_rng(3)
+    base = rng.random((500, 1024)) < 0.25
+    sets = [np.packbits(base[rng.permutation(500)[:400]] ^ (rng.random((400, 1024)) < p), axis=1)
+            for p in (0.02, 0.05, 0.08, 0.1)]
+    first = match_clks(sets, 0.5, blocking=None, workers=1, keep_candidates=True)
+    assert first.candidates is not None and len(first.candidates[0]) > 1000
+    labels, n_clusters, linked = solve_candidates(first.candidates, [400] * 4)
+    groups = greedy_solve(first.candidates)
+    expected, expected_clusters = _label(groups, [400] * 4)
+    assert [x.tolist() for x in labels] == [x.tolist() for x in expected]
+    assert (n_clusters, linked) == (expected_clusters, sum(len(g) for g in groups))

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
+from coordinator.linkage.candidate_order import candidate_order
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.greedy import greedy_roots
@@ -221,7 +222,7 @@ def _candidates(found: Found) -> Candidates:
     sims = np.concatenate(found.sims)
     d_a, d_b = np.concatenate(found.dset_a), np.concatenate(found.dset_b)
     r_a, r_b = np.concatenate(found.rows_a), np.concatenate(found.rows_b)
-    order = np.lexsort((r_b, r_a, d_b, d_a, -sims))
+    order = candidate_order(sims, d_a, d_b, r_a, r_b)
     return sims[order], (d_a[order], d_b[order]), (r_a[order], r_b[order])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from anonlink.solving import greedy_solve
 
+from coordinator.linkage.candidate_order import candidate_order
 from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
 
@@ -107,3 +108,19 @@ def test_real_encodings_at_a_low_floor_give_anonlinks_clusters() -> None:
     expected, expected_clusters = _label(groups, [400] * 4)
     assert [x.tolist() for x in labels] == [x.tolist() for x in expected]
     assert (n_clusters, linked) == (expected_clusters, sum(len(g) for g in groups))
+
+
+def test_candidate_order_is_lexsorts_order() -> None:
+    """Similarity descending, then (dataset_a, dataset_b, row_a, row_b): exactly np.lexsort's permutation."""
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        n = int(rng.integers(1, 5000))
+        # Few distinct values (ties), Dice-like fractions, or arbitrary floats; repeated pairs too.
+        sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
+                rng.random(n)][trial % 3]
+        d_a, d_b = rng.integers(0, 3, n), rng.integers(0, 5, n)
+        r_a, r_b = rng.integers(0, 50, n), rng.integers(0, 1 + trial * 1000, n)
+        expected = np.lexsort((r_b, r_a, d_b, d_a, -sims))
+        assert candidate_order(sims, d_a, d_b, r_a, r_b).tolist() == expected.tolist()
+    wide = np.array([2**40, 1]), np.array([2**40, 3])  # indices too wide to pack: np.lexsort itself
+    assert candidate_order(np.array([0.5, 0.5]), np.zeros(2, int), np.ones(2, int), *wide).tolist() == [1, 0]

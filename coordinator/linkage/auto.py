@@ -184,8 +184,9 @@ def auto_match(
     merged_scores = None
     if duplicates:
         merged_scores, _ = linked_pair_scores(datasets, labels)
+        # The singletons' matches are solved from the round's own pairs: no second blocking pass.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
-                                                  workers=workers)
+                                                  workers=workers, candidates=first.candidates)
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
     missed = missed_links(final_scores, overall.fit, replace(overall.histogram, capture=capture),

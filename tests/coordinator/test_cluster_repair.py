@@ -85,3 +85,22 @@ def test_clusters_sharing_an_agency_join_only_through_that_agencys_own_duplicate
     assert new[0][2] == new[1][1] == new[2][1] != new[0][0]
     _, _, refused = merge_split_clusters([own, one, two], labels, links, 0.7, duplicate_similarity=None)
     assert refused == 1  # only q's clusters {0c, 1b} and {2b} join without the duplicate rule
+
+
+def test_duplicates_found_from_the_rounds_own_pairs_are_those_found_by_matching_again() -> None:
+    """All pairs compared: the singletons' matches solved from the round's floor pairs attach exactly what
+    matching the singletons again attaches (with LSH the round's pairs replace a second blocking)."""
+    from coordinator.linkage.match import match_clks
+
+    rng = np.random.default_rng(4)
+    people = _bits(rng, 120)
+    # Three agencies; agency 0 holds 20 people twice (near copies), so the solve leaves copies alone.
+    own = np.packbits(np.concatenate([_flip(rng, people[:80], 0.02), _flip(rng, people[:20], 0.01)]), axis=1)
+    others = [np.packbits(_flip(rng, people[rng.permutation(120)[:90]], 0.04), axis=1) for _ in range(2)]
+    datasets = [own, *others]
+    first = match_clks(datasets, 0.55, blocking=None, workers=1, keep_candidates=True)
+    solved = match_clks(datasets, 0.7, blocking=None, workers=1)
+    again = attach_duplicates(datasets, solved.labels, 0.7, blocking=None, workers=1)
+    reused = attach_duplicates(datasets, solved.labels, 0.7, blocking=None, workers=1, candidates=first.candidates)
+    assert again[2] >= 5  # copies were attached: the comparison is not vacuous
+    assert [x.tolist() for x in reused[0]] == [x.tolist() for x in again[0]] and reused[1:] == again[1:]

@@ -310,6 +310,8 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         return {"recall": report.model_dump(mode="json")}
     if job["kind"] == "ray":
         return _measure_ray(job, encodings, blocking)
+    if job["kind"] == "auto":
+        return _measure_auto(job, encodings, blocking, choosing)
     result = match_clks(
         encodings, job["threshold"], blocking=blocking, workers=job["workers"], histogram_bins=None
     )
@@ -317,6 +319,28 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
                                             "seconds_total": result.stats.seconds_total + choosing})
     out = {"stats": stats.model_dump(mode="json"), "labels": list(result.labels),
            "seconds_choosing_blocking": choosing}
+    if blocking is not None:
+        out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
+    return out
+
+
+def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: Any, choosing: float) -> dict[str, Any]:
+    """A round at the automatic threshold (``auto_match``, the default policy), with each phase's time.
+
+    ``choosing``: the seconds the blocking choice took (counted in the floor's blocking and the total).
+    """
+    from coordinator.linkage.auto import auto_match
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    result, calibration, _ = auto_match(encodings, blocking=blocking, workers=job["workers"], timings=timings)
+    seconds = time.perf_counter() - started + choosing
+    timings["floor_blocking"] = timings.get("floor_blocking", 0.0) + choosing
+    stats = result.stats.model_dump(mode="json") | {"seconds_total": seconds,
+                                                    "seconds_blocking": result.stats.seconds_blocking + choosing}
+    estimate = calibration.estimate
+    out = {"stats": stats, "labels": list(result.labels), "auto_phases": timings, "seconds_choosing_blocking": choosing,
+           "estimated": {"precision": estimate.precision, "recall": estimate.recall, "f1": estimate.f1}}
     if blocking is not None:
         out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
     return out
@@ -418,7 +442,8 @@ def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequ
         "agencies": args.agencies,
         "records": list(stats["records"]),
         "seed": args.seed,
-        "threshold": args.threshold,
+        "threshold": stats["threshold"],
+        "threshold_policy": "auto" if args.threshold == "auto" else "fixed",
         "workers": args.workers,
         "seconds": round(seconds, 3),
         "seconds_comparing": round(stats["seconds_comparing"], 3),
@@ -437,6 +462,8 @@ def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequ
         **quality,
         "blocking": stats["blocking"],
         "seconds_choosing_blocking": round(out.get("seconds_choosing_blocking", 0.0), 3),
+        **({"auto_phases": {k: round(v, 3) for k, v in out["auto_phases"].items()},
+            "estimated": {k: round(v, 6) for k, v in out["estimated"].items()}} if "auto_phases" in out else {}),
         "note": note,
         "versions": _versions(),
     }
@@ -459,6 +486,16 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             print(f"note ({r['run']}): {r['note']}")
 
 
+def _threshold(text: str) -> float | str:
+    """``--threshold``: ``auto`` or a number in (0, 1]."""
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or in (0, 1], got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print one JSON line per run, then a table.
 
@@ -472,7 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agencies", type=int, default=2)
     parser.add_argument("--records", type=int, default=10_000, help="records per agency")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--threshold", type=_threshold, default=0.8,
+                        help="a Dice threshold, or 'auto': pplink's automatic round (auto_match, the default "
+                             "policy: calibrate at the floor, choose, match); all-pairs and the blocking recall "
+                             "then run at the threshold it chose")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--all-pairs", action=argparse.BooleanOptionalAction, default=True,
                         help="also run plain anonlink all-pairs on the same encodings")
@@ -510,13 +550,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Blocking recall loss against all-pairs, on an entity subset small enough to compare all pairs.
     fraction = min(1.0, (args.recall_max_comparisons / full_comparisons) ** 0.5) if full_comparisons else 1.0
     subset = entity_subset(entities, fraction, args.seed)
+
+    if args.threshold == "auto":
+        # The automatic round first: its chosen threshold is the one the peers are measured at.
+        out = run_job(base | {"kind": "auto", "blocking": blocking}, args.isolate)
+        base["threshold"] = out["stats"]["threshold"]
     recall = run_job(base | {"kind": "recall", "blocking": blocking, "rows": subset if fraction < 1 else None},
                      args.isolate)["recall"]
     recall_note = ("measured on all records" if fraction >= 1
                    else f"measured on the records of {fraction:.1%} of entities")
-
-    out = run_job(base | {"kind": "match", "blocking": blocking}, args.isolate)
-    row = _row("pplink-blocked", args, out, entities, "")
+    if args.threshold != "auto":
+        out = run_job(base | {"kind": "match", "blocking": blocking}, args.isolate)
+    row = _row("pplink-auto" if args.threshold == "auto" else "pplink-blocked", args, out, entities, "")
     row["blocking_recall_loss"] = recall["recall_loss"]
     row["blocking_recall"] = recall | {"note": recall_note}
     rows.append(row)
@@ -558,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_targets(rows: list[dict[str, Any]], load_at_start: tuple[float, ...], load: tuple[float, ...]) -> None:
     """The issue's targets next to what this run measured, pplink against anonlink in the same run."""
     by_run = {r["run"]: r for r in rows}
-    ours = by_run.get("pplink-blocked")
+    ours = by_run.get("pplink-blocked") or by_run.get("pplink-auto")
     peer = by_run.get("anonlink-all-pairs") or by_run.get("anonlink-all-pairs-subset")
     cores = os.cpu_count()
     print(f"\ntargets (machine load {load_at_start[0]:.1f} at start, {load[0]:.1f} at end, on {cores} cores: "
@@ -581,9 +626,17 @@ def _print_targets(rows: list[dict[str, Any]], load_at_start: tuple[float, ...],
               "counted in blocking)")
     size = f"{len(ours['records'])} x {ours['records'][0]}"
     limit = {"4 x 100000": "< 5 s", "4 x 1000000": "< 180 s and < 4096 MB"}.get(size, "")
-    print(f"  {size}: {ours['seconds']:.1f} s end to end (blocking {ours['seconds_blocking']:.1f}, comparing "
+    floor = "at the floor: " if "auto_phases" in ours else ""
+    print(f"  {size}: {ours['seconds']:.1f} s end to end ({floor}blocking {ours['seconds_blocking']:.1f}, comparing "
           f"{ours['seconds_comparing']:.1f}, solving {ours['seconds_solving']:.1f}), "
           f"peak {ours['peak_memory_mb']:.0f} MB" + (f" (target {limit})" if limit else ""))
+    if "auto_phases" in ours:
+        phases = ours["auto_phases"]
+        print(f"  automatic threshold: chose {ours['threshold']:.3f} from {phases['floor_candidate_pairs']:,} "
+              f"candidate pairs at the floor; estimated precision {ours['estimated']['precision']:.4f}, recall "
+              f"{ours['estimated']['recall']:.4f} (true {ours['precision']:.4f}, {ours['recall']:.4f})")
+        print("  auto phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()
+                                               if k != "floor_candidate_pairs"))
     if "pplink-blocked-subset" in by_run and peer:
         print(f"  F1 on the subset: pplink {by_run['pplink-blocked-subset']['f1']:.4f}, all pairs {peer['f1']:.4f}")
     elif peer:

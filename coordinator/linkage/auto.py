@@ -12,6 +12,7 @@ and the round costs one comparison pass.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -36,7 +37,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
-from coordinator.linkage.similarity import as_words, check_datasets, compute_dice, dice_rows, popcounts
+from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 
 __all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
 
@@ -90,21 +91,42 @@ def linked_pair_scores(datasets: Sequence[np.ndarray], labels: Sequence[np.ndarr
     return np.concatenate(scores), np.concatenate(pairs)
 
 
+class _Clock:
+    """Adds the seconds since the last lap to a phase's total (``None``: a lap nobody counts)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases, self.last = phases, time.perf_counter()
+
+    def lap(self, phase: str | None) -> None:
+        now = time.perf_counter()
+        if phase is not None:
+            self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 def _pair_calibrations(
     datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
-    capture: np.ndarray | None = None,
+    capture: np.ndarray | None = None, timings: dict[str, float] | None = None,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
     """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links."""
     sizes = [len(d) for d in datasets]
     out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
+    words = [as_words(d) for d in datasets]
+    pops = [popcounts(w) for w in words]
+    solving = fitting = 0.0
     for d_a in range(len(datasets)):
         for d_b in range(d_a + 1, len(datasets)):
+            started = time.perf_counter()
             labels, _, _ = solve_candidates(select_candidates(candidates, datasets=(d_a, d_b)), sizes)
             rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
-            scores = compute_dice(datasets[d_a], datasets[d_b], rows_a, rows_b)
+            scores = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
             histogram = replace(score_histogram(scores, floor), capture=capture)
+            solved = time.perf_counter()
             calibration = calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
+            solving, fitting = solving + solved - started, fitting + time.perf_counter() - solved
             out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
+    if timings is not None:
+        timings.update(pair_solves=solving, pair_fits=fitting)
     return out
 
 
@@ -129,6 +151,7 @@ def auto_match(
     bootstrap: int = 20,
     progress: Progress | None = None,
     duplicates: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> tuple[MatchResult, Calibration, dict[tuple[int, int], Calibration]]:
     """Calibrate on a floor solve, choose the threshold (unless given) and match at it.
 
@@ -148,6 +171,10 @@ def auto_match(
         progress: called with ``(done, total)`` work units of the calibration's solve.
         duplicates: attach an agency's own near-identical records to their cluster
             (:mod:`coordinator.linkage.duplicates`).
+        timings: if given, filled with the seconds of each phase (``floor_blocking``,
+            ``floor_comparing``, ``floor_solve``, ``capture_by_score``, ``pair_solves``, ``pair_fits``,
+            ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``, ``attach_duplicates``,
+            ``linked_pair_scores``) and the floor's candidate pairs (``floor_candidate_pairs``).
 
     Returns:
         The match at the threshold, the round's calibration, and each agency pair's own (three or
@@ -159,12 +186,21 @@ def auto_match(
     # The calibration needs the low floor even when the agreed bounds start higher: they bound the
     # chosen threshold, not the data the choice is made from.
     floor = CALIBRATION_FLOOR if threshold is None else min(CALIBRATION_FLOOR, threshold)
+    phases: dict[str, float] = {} if timings is None else timings
+    clock = _Clock(phases)
     first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True)
     assert first.candidates is not None
+    phases.update(floor_blocking=first.stats.seconds_blocking, floor_comparing=first.stats.seconds_comparing,
+                  floor_solve=first.stats.seconds_solving, floor_candidate_pairs=len(first.candidates[0]))
+    clock.lap(None)
     scores, _ = linked_pair_scores(datasets, first.labels)
+    clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
     capture = capture_by_score(datasets, floor, blocking, workers=workers) if blocking is not None else None
-    pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture) if len(datasets) > 2 else {}
+    clock.lap("capture_by_score")
+    pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases)
+             if len(datasets) > 2 else {})
+    clock.lap(None)
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
     overall = calibrate(replace(score_histogram(scores, floor), capture=capture), threshold=threshold,
                         precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches)
@@ -176,19 +212,26 @@ def auto_match(
             "estimate": estimate_at(histogram, calibration.fit, overall.threshold)})
         for key, (histogram, calibration, _) in pairs.items()
     }
+    clock.lap("calibration_fit")
     result = _solve_at(first, datasets, overall.threshold)  # also drops the candidates from the result
+    clock.lap("solve_at_threshold")
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
         links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}
         labels, n_clusters, _ = merge_split_clusters(datasets, labels, links, overall.threshold)
+    clock.lap("merge_split_clusters")
     merged_scores = None
     if duplicates:
         merged_scores, _ = linked_pair_scores(datasets, labels)
+        clock.lap("linked_pair_scores")
         # The singletons' matches are solved from the round's own pairs: no second blocking pass.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
                                                   workers=workers, candidates=first.candidates)
+    clock.lap("attach_duplicates")
+    del first  # the floor's candidates (24 bytes a pair) are not needed past here
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
+    clock.lap("linked_pair_scores")
     missed = missed_links(final_scores, overall.fit, replace(overall.histogram, capture=capture),
                           [(histogram, calibration.fit) for histogram, calibration, _ in pairs.values()])
     overall = estimate_links(overall, final_scores, merged_scores, missed=missed.total)

@@ -309,3 +309,17 @@ def test_benchmark_tiny_run_prints_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert 0.0 <= rows[0]["blocking_recall_loss"] <= 1.0
     assert any(line.startswith("pplink-blocked") for line in lines if not line.startswith("{"))
     assert list(tmp_path.glob("encodings-*.npz"))  # the cache lives where it was told, not in the repo
+
+
+def test_benchmark_runs_the_automatic_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--threshold auto`` runs auto_match and prints its chosen threshold and every phase's time."""
+    module = _load_benchmark()
+    argv = ["--agencies", "3", "--records", "300", "--threshold", "auto", "--no-isolate", "--cache-dir", str(tmp_path)]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["run"] for r in rows] == ["pplink-auto", "anonlink-all-pairs"]
+    auto, peer = rows
+    assert auto["threshold_policy"] == "auto" and peer["threshold"] == auto["threshold"]  # peers at its choice
+    assert {"floor_comparing", "floor_solve", "pair_solves", "attach_duplicates"} <= set(auto["auto_phases"])
+    assert "auto phases (s):" in out and "automatic threshold: chose" in out

@@ -201,3 +201,21 @@ def test_missed_links_are_the_true_links_seen_at_the_floor_that_the_final_pairs_
     assert moved.recall == pytest.approx(tp / (tp + missed.total))
     assert moved.recall < 1.0
     assert estimate_links(calibration, final).estimate.recall == 1.0  # the fit's count alone caps it
+
+
+def test_the_fits_fast_objective_is_the_likelihood_bit_for_bit() -> None:
+    """The optimiser's objective equals the plain negative log-likelihood exactly (so fits are unchanged),
+    with and without a blocking capture rate and DP noise, for parameters across and beyond their clips."""
+    from coordinator.linkage.mixture import _negative_loglik, _Objective
+
+    rng = np.random.default_rng(8)
+    scores, _ = _mixture(9)
+    edges = np.linspace(0.0, 1.0, 201)
+    for floor in (0.5, 0.55, 0.7):
+        histogram = score_histogram(scores, floor)
+        capture = np.clip(rng.random(200), 0.02, 1.0)
+        for cap, noise in ((None, 0.0), (capture, 0.0), (None, 4.0), (capture, 9.0)):
+            objective = _Objective(histogram.counts, edges, histogram.first, cap, noise)
+            for params in rng.normal(0.0, 4.0, (60, 5)):
+                expected = _negative_loglik(params, histogram.counts, edges, histogram.first, cap, noise)
+                assert objective(params) == expected

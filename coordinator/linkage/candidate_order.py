@@ -36,13 +36,12 @@ def _sort_segment(sims: np.ndarray, key: np.ndarray, seg: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _order(sims: np.ndarray, key: np.ndarray) -> np.ndarray:
+def _order(sims: np.ndarray, key: np.ndarray, bucket: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The order, using ``bucket`` (one per pair) and ``start`` (zeros, one more than the pairs) as scratch."""
     n = len(sims)
     lo, hi = sims.min(), sims.max()
     buckets = max(n, 1)
     scale = (buckets - 1) / (hi - lo) if hi > lo else 0.0
-    bucket = np.empty(n, dtype=np.int64)
-    start = np.zeros(buckets + 1, dtype=np.int64)
     for i in range(n):
         b = min(max(int((hi - sims[i]) * scale), 0), buckets - 1)  # monotone: higher similarity, lower bucket
         bucket[i] = b
@@ -89,4 +88,6 @@ def candidate_order(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.
     for column, width in zip((d_a, d_b, r_a, r_b), widths, strict=True):
         key <<= width
         key |= np.asarray(column, dtype=np.int64)
-    return _order(sims, key)
+    # 32-bit scratch where the pairs allow: at the floor of a large round every byte per pair counts.
+    scratch = np.int32 if len(sims) < 2**31 - 1 else np.int64
+    return _order(sims, key, np.empty(len(sims), dtype=scratch), np.zeros(len(sims) + 1, dtype=scratch))

@@ -183,21 +183,30 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
         >>> greedy_roots(np.array([0, 2, 1]), np.array([1, 3, 2]), 4).tolist()
         [0, 0, 2, 2]
     """
-    u = np.ascontiguousarray(u, dtype=np.int64)
-    v = np.ascontiguousarray(v, dtype=np.int64)
-    if len(u) == 0:
-        return np.full(n, -1, dtype=np.int64)
     if n >= 2**31:
         raise ValueError(f"at most 2**31 - 1 records can be solved, got {n}")
+    u = np.ascontiguousarray(u, dtype=np.int32)  # 4 bytes a pair: a round's floor holds millions
+    v = np.ascontiguousarray(v, dtype=np.int32)
+    if len(u) == 0:
+        return np.full(n, -1, dtype=np.int64)
     indptr, nbr = _adjacency(u, v, n)
     # A pair given twice counts twice, as anonlink counts it: then every cross pair's edges are counted.
     repeated = _has_repeats(indptr, nbr, n)
     bit = np.zeros(n, dtype=np.int64)
-    if party is not None and not repeated:
-        party = np.asarray(party, dtype=np.int64)
-        if len(party) and party.max() < 63 and not (party[u] == party[v]).any():
-            bit = np.left_shift(1, party)
+    if party is not None and not repeated and len(party) and 0 <= np.min(party) and np.max(party) < 63:
+        party = np.asarray(party, dtype=np.int8)
+        if not _any_within(u, v, party):
+            bit = np.left_shift(1, party.astype(np.int64))
     return _solve(u, v, n, indptr, nbr, repeated, bit)
+
+
+@njit(cache=True, nogil=True)
+def _any_within(u: np.ndarray, v: np.ndarray, party: np.ndarray) -> bool:
+    """Whether some pair joins two nodes of one party."""
+    for i in range(len(u)):
+        if party[u[i]] == party[v[i]]:
+            return True
+    return False
 
 
 def greedy_solve_groups(candidates: tuple, sizes: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], ...]:

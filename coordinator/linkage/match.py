@@ -7,7 +7,8 @@ value anonlink's C++ kernel gives (``2 * |a & b| / (|a| + |b|)`` in double preci
 per-call overhead is too high for millions of small buckets. Without blocking, every pair is
 scored by ``anonlink.similarities.dice_coefficient_accelerated`` over
 ``anonlink.concurrency.split_to_chunks`` chunks. Either way the pairs at or above the threshold
-go, sorted as anonlink sorts them, to ``anonlink.solving.greedy_solve``.
+go, sorted as anonlink sorts them (``coordinator.linkage.candidate_order``), to a compiled greedy
+solver that gives exactly ``anonlink.solving.greedy_solve``'s groups (``coordinator.linkage.greedy``).
 
 Memory stays bounded and linear in the records: buckets are scored in place, only pairs at or
 above the threshold are kept, and the similarity histogram is a running count. Band keys take

@@ -32,7 +32,12 @@ def _sort_segment(sims: np.ndarray, key: np.ndarray, seg: np.ndarray) -> None:
             seg[j + 1] = x
         return
     by_key = seg[np.argsort(key[seg], kind="mergesort")]
-    seg[:] = by_key[np.argsort(-sims[by_key], kind="mergesort")]
+    first = sims[seg[0]]
+    for i in range(1, m):
+        if sims[seg[i]] != first:
+            seg[:] = by_key[np.argsort(-sims[by_key], kind="mergesort")]
+            return
+    seg[:] = by_key  # one similarity (the usual case: about one bucket per pair): ordered by key
 
 
 @njit(cache=True, nogil=True)

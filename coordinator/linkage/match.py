@@ -233,7 +233,7 @@ def _candidates(found: Found) -> Candidates:
         batches.clear()
     order = candidate_order(*columns)
     for k, column in enumerate(columns):
-        columns[k] = column[order]
+        columns[k] = np.take(column, order)
     del column
     sims, d_a, d_b, r_a, r_b = columns
     return sims, (d_a, d_b), (r_a, r_b)

@@ -114,10 +114,16 @@ def _pair_calibrations(
     words = [as_words(d) for d in datasets]
     pops = [popcounts(w) for w in words]
     solving = fitting = 0.0
+    sims, (first_set, second_set), (first_row, second_row) = candidates
+    # One pass names every pair's agency pair; each selection is then a gather (order kept).
+    code = first_set.astype(np.int64) * len(datasets) + second_set
     for d_a in range(len(datasets)):
         for d_b in range(d_a + 1, len(datasets)):
             started = time.perf_counter()
-            labels, _, _ = solve_candidates(select_candidates(candidates, datasets=(d_a, d_b)), sizes)
+            at = np.flatnonzero(code == d_a * len(datasets) + d_b)
+            selected = (np.take(sims, at), (np.take(first_set, at), np.take(second_set, at)),
+                        (np.take(first_row, at), np.take(second_row, at)))
+            labels, _, _ = solve_candidates(selected, sizes)
             rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
             scores = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
             histogram = replace(score_histogram(scores, floor), capture=capture)
@@ -224,9 +230,12 @@ def auto_match(
     if duplicates:
         merged_scores, _ = linked_pair_scores(datasets, labels)
         clock.lap("linked_pair_scores")
-        # The singletons' matches are solved from the round's own pairs: no second blocking pass.
+        # All pairs compared: the singletons' matches are the round's own pairs (the same result, no
+        # second comparison). Under LSH a second blocking of the singletons draws other band
+        # positions, so its pairs differ slightly from the round's: it is kept, to keep the clusters.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
-                                                  workers=workers, candidates=first.candidates)
+                                                  workers=workers,
+                                                  candidates=first.candidates if blocking is None else None)
     clock.lap("attach_duplicates")
     del first  # the floor's candidates (24 bytes a pair) are not needed past here
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.

@@ -221,6 +221,9 @@ def auto_match(
     clock.lap("calibration_fit")
     result = _solve_at(first, datasets, overall.threshold)  # also drops the candidates from the result
     clock.lap("solve_at_threshold")
+    # The floor's pairs (24 bytes each) go now, unless the duplicates' matches read them (all pairs).
+    floor_pairs = first.candidates if blocking is None else None
+    del first
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
         links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}
@@ -234,10 +237,9 @@ def auto_match(
         # second comparison). Under LSH a second blocking of the singletons draws other band
         # positions, so its pairs differ slightly from the round's: it is kept, to keep the clusters.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
-                                                  workers=workers,
-                                                  candidates=first.candidates if blocking is None else None)
+                                                  workers=workers, candidates=floor_pairs)
     clock.lap("attach_duplicates")
-    del first  # the floor's candidates (24 bytes a pair) are not needed past here
+    del floor_pairs
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
     clock.lap("linked_pair_scores")

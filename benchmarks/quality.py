@@ -12,9 +12,12 @@ truth then scores it. Printed side by side:
   round's ``link-scores`` DP release at the template's ``calibration_epsilon`` (zCDP, its delta);
 * ``blocking``: how the round chose its blocking (``coordinator.linkage.blocking_budget``: all
   pairs up to ``ALL_PAIRS_LIMIT``, else the densest setting a comparison budget allows);
+* ``second_pass``: the setting of the round's second pass among the records its first pass left
+  partnerless (``coordinator.linkage.second_pass``; automatic rounds blocked by budget only), or ``null``;
 * ``round_blocking_loss``: the share of the true cross-agency pairs scoring at least the round's
-  threshold that the blocking the round used never compares (no shared band key, over all
-  records; 0 for an all-pairs round): the blocking recall loss of issue #12's target (< 0.5%);
+  threshold that the round never compares (no shared band key in the first pass and not found by
+  the second; 0 for an all-pairs round): the blocking recall loss of issue #12's target (< 0.5%);
+  ``round_first_pass_loss``: the same for the first pass alone;
 * ``round_linkage_blocking_loss``: recall of the same round over all pairs (same threshold) minus
   the round's recall (a pair not compared may still join its cluster through a third agency);
   ``null`` where all pairs would cost more than 1e9 comparisons;
@@ -29,6 +32,8 @@ One JSON line per dataset, then a table.
 
     uv run python benchmarks/quality.py                  # the target sizes
     uv run python benchmarks/quality.py --size tiny      # seconds; the test suite runs this
+    uv run python benchmarks/quality.py --cap-ladder 21x96 --only households_large uk_style
+                                                         # the blocked path forced: 21 x 96 plus the second pass
 """
 
 from __future__ import annotations
@@ -105,13 +110,18 @@ def _pplink(dataset, root: Path):  # type: ignore[no-untyped-def]
     return setup, predicted, calibration, seconds
 
 
-def _pplink_encodings(dataset, root: Path, choice: list | None = None):  # type: ignore[no-untyped-def]
+def _pplink_encodings(dataset, root: Path, choice: list | None = None,  # type: ignore[no-untyped-def]
+                      cap: tuple[int, int] | None = None):
     """:func:`_pplink`, also returning the encodings (the blocking-loss measurement reads them).
 
-    ``choice``, if given, receives the round's blocking and how it was chosen.
+    ``choice``, if given, receives the round's blocking, how it was chosen and its second pass's
+    budget. ``cap`` forces the budget path with the ladder cut at that ``(bits, bands)`` setting
+    (as a round past a few hundred thousand records falls back to 21 x 96).
     """
     from coordinator.linkage.auto import auto_match
+    from coordinator.linkage.blocking_budget import LADDER, choose_blocking, comparison_budget
     from coordinator.linkage.match_round import round_blocking
+    from coordinator.linkage.second_pass import second_pass_budget
     from nodes.encode import encode_records
     from pplink.lab.datasets import write_dataset
     from tests.support import make_setup
@@ -124,11 +134,17 @@ def _pplink_encodings(dataset, root: Path, choice: list | None = None):  # type:
         ids.append(encoded.record_ids)
         clks.append(encoded.clks)
     started = time.perf_counter()
-    blocking, how = round_blocking(clks)  # the coordinator's own choice, as `coordinator match` makes it
-    result, calibration, _ = auto_match(clks, blocking=blocking, workers=2)
+    if cap is None:
+        blocking, how = round_blocking(clks)  # the coordinator's own choice, as `coordinator match` makes it
+    else:
+        how = choose_blocking(clks, budget=comparison_budget([len(c) for c in clks]),
+                              ladder=LADDER[: LADDER.index(cap) + 1])
+        blocking = how.config()
+    second = second_pass_budget(how, None)
+    result, calibration, _ = auto_match(clks, blocking=blocking, workers=2, second_budget=second)
     seconds = time.perf_counter() - started
     if choice is not None:
-        choice.extend([blocking, how])
+        choice.extend([blocking, how, second])
     predicted = {a: dict(zip(i, lab.tolist(), strict=True)) for a, i, lab in zip(dataset.agencies, ids, result.labels,
                                                                                    strict=True)}
     return setup, predicted, calibration, seconds, clks, ids
@@ -211,9 +227,9 @@ def _dp(dataset, setup, calibration, root: Path):  # type: ignore[no-untyped-def
     return epsilon, release.entry.scale, dp_estimate(release.entry, calibration.threshold)
 
 
-def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
-    """Every figure for one dataset."""
-    from quality_blocking import round_recall, sampled_loss, true_link_loss
+def measure(dataset, cap: tuple[int, int] | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """Every figure for one dataset (``cap``: the blocked path forced, ladder cut there)."""
+    from quality_blocking import round_recall, round_true_link_loss, sampled_loss, true_link_loss
 
     from coordinator.linkage.auto import CALIBRATION_FLOOR
     from coordinator.linkage.blocking import BlockingConfig
@@ -221,13 +237,15 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
 
     choice: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        setup, predicted, calibration, seconds, clks, ids = _pplink_encodings(dataset, Path(tmp), choice)
+        setup, predicted, calibration, seconds, clks, ids = _pplink_encodings(dataset, Path(tmp), choice, cap)
         dp_epsilon, dp_scale, dp = _dp(dataset, setup, calibration, Path(tmp))
-    blocking, how = choice
+    blocking, how, second_budget = choice
     fixed = BlockingConfig()  # today's fixed 96 x 21, whether or not the round blocks: hypothetical
     scores = evaluate_linkage_by_agency(dataset.truth(), predicted)
     threshold, recall = calibration.threshold, scores.overall.recall or 0.0
-    round_loss, true_link_pairs = true_link_loss(dataset, clks, ids, threshold, blocking)
+    round_loss, true_link_pairs, second_pass = round_true_link_loss(dataset, clks, ids, threshold, blocking,
+                                                                   second_budget)
+    first_pass_loss, _ = true_link_loss(dataset, clks, ids, threshold, blocking)
     fixed_loss, _ = true_link_loss(dataset, clks, ids, threshold, fixed)
     all_pairs_recall = recall if blocking is None else round_recall(dataset, clks, ids, threshold, None)
     fixed_recall = round_recall(dataset, clks, ids, threshold, fixed)
@@ -253,7 +271,9 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
         "dp_recall": dp.recall,
         "dp_recall_interval": dp.recall_interval,
         "blocking": how.model_dump(mode="json"),
+        "second_pass": second_pass,
         "round_blocking_loss": round_loss,
+        "round_first_pass_loss": first_pass_loss,
         "round_linkage_blocking_loss": None if all_pairs_recall is None else all_pairs_recall - recall,
         "true_link_pairs_at_threshold": true_link_pairs,
         "hypothetical_21x96_true_link_loss": fixed_loss,
@@ -269,7 +289,8 @@ def measure(dataset) -> dict:  # type: ignore[no-untyped-def]
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'dataset':<16} {'records':>7} {'thr':>6} {'F1':>6} {'P':>6} {'estP':>6} {'dpP':>6} {'R':>6} "
-            f"{'estR':>6} {'dpR':>6} {'|dP|':>6} {'|dR|':>6} {'blocking':>9} {'roundblk':>8} {'linkblk':>8} "
+            f"{'estR':>6} {'dpR':>6} {'|dP|':>6} {'|dR|':>6} {'blocking':>9} {'2nd':>6} {'1stblk':>6} {'roundblk':>8} "
+            f"{'linkblk':>8} "
             f"{'21x96':>6} {'21x96lk':>7} {'oracleF1':>8} {'@thr':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -281,14 +302,17 @@ def _table(rows: list[dict]) -> str:
                      f"{r['precision']:>6.4f} {r['est_precision']:>6.4f} {r['dp_precision']:>6.4f} "
                      f"{r['recall']:>6.4f} {r['est_recall']:>6.4f} {r['dp_recall']:>6.4f} "
                      f"{abs(r['est_precision'] - r['precision']):>6.4f} {abs(r['est_recall'] - r['recall']):>6.4f} "
-                     f"{setting:>9} {r['round_blocking_loss']:>8.2%} {link:>8} "
+                     f"{setting:>9} {r['second_pass'] or '-':>6} {r['round_first_pass_loss']:>6.2%} "
+                     f"{r['round_blocking_loss']:>8.2%} {link:>8} "
                      f"{r['hypothetical_21x96_true_link_loss']:>6.2%} {fixed:>7} "
                      + (f"{r['oracle_f1']:>8.4f} {r['oracle_threshold']:>5.3f}" if r["oracle_f1"] is not None
                         else f"{'-':>8} {'-':>5}"))
     lines.append("|dP|, |dR|: exact estimate against the truth (target <= 0.02); dpP, dpR: the published (DP) "
-                 "estimates;\nblocking: the setting the round used (bits x bands); roundblk: true links scoring at "
-                 "least the threshold that it never compares (target < 0.5%);\nlinkblk: recall over all pairs "
-                 "minus the round's; 21x96, 21x96lk: roundblk and linkblk for the fixed 96 x 21 blocking "
+                 "estimates;\nblocking: the setting the round used (bits x bands); 2nd: its second pass's, among "
+                 "the records the first left partnerless;\n1stblk: true links scoring at least the threshold that "
+                 "the first pass never compares; roundblk: that neither pass compares (target < 0.5%);\n"
+                 "linkblk: recall over all pairs minus the round's; 21x96, 21x96lk: roundblk and linkblk for the "
+                 "fixed 96 x 21 blocking with no second pass "
                  "(hypothetical where the round compares all pairs)")
     return "\n".join(lines)
 
@@ -298,14 +322,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--only", nargs="*", help="dataset names to run (default: all)")
+    parser.add_argument("--cap-ladder", metavar="BITSxBANDS", default=None,
+                        help="force the blocked path (budget rule, ladder cut at this setting, e.g. 21x96: what a "
+                             "round of a few hundred thousand records falls back to), so the second pass runs")
     args = parser.parse_args(argv)
+    cap = None if args.cap_ladder is None else tuple(int(x) for x in args.cap_ladder.split("x"))
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         for dataset in _datasets(args.size):
             if args.only and dataset.name not in args.only:
                 continue
-            row = measure(dataset)
+            row = measure(dataset, cap)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(_table(rows))

@@ -111,3 +111,39 @@ def round_recall(dataset, clks, ids, threshold: float, blocking) -> float | None
     predicted = {a: dict(zip(i, lab.tolist(), strict=True))
                  for a, i, lab in zip(dataset.agencies, ids, result.labels, strict=True)}
     return evaluate_linkage_by_agency(dataset.truth(), predicted).overall.recall or 0.0
+
+
+def round_true_link_loss(dataset, clks, ids, threshold: float, blocking, second_budget):  # type: ignore[no-untyped-def]
+    """:func:`true_link_loss` of the round as run: its first pass and, with a budget, its second pass too.
+
+    The second pass compares the records the floor solve left partnerless
+    (:mod:`coordinator.linkage.second_pass`), so what it compares depends on that solve: the round's
+    floor candidates (every compared pair at or above the floor) are rebuilt here and a true pair
+    scoring at least ``threshold`` (above the floor) counts as compared exactly when it is among them.
+
+    Returns:
+        The loss, how many true pairs scored at least ``threshold``, and the second pass's setting
+        as ``"BITSxBANDS"`` (``None``: no second pass).
+    """
+    from coordinator.linkage.auto import CALIBRATION_FLOOR
+    from coordinator.linkage.match import match_clks
+    from coordinator.linkage.second_pass import rematch_with_second_pass
+
+    if blocking is None or second_budget is None:
+        return (*true_link_loss(dataset, clks, ids, threshold, blocking), None)
+    first = match_clks(clks, CALIBRATION_FLOOR, blocking=blocking, workers=2, keep_candidates=True)
+    both, second = rematch_with_second_pass(clks, first, blocking, second_budget, workers=2)
+    if second is None:
+        return (*true_link_loss(dataset, clks, ids, threshold, blocking), None)
+    pairs = np.array(true_pairs(dataset, ids), dtype=np.int64).reshape(-1, 4)
+    pairs = pairs[pair_dice(clks, pairs) >= threshold]
+    if not len(pairs):
+        return 0.0, 0, f"{second.config.bits_per_band}x{second.config.bands}"
+    _, (d_a, d_b), (r_a, r_b) = both.candidates
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in clks])]).astype(np.int64)
+    have = (offsets[d_a.astype(np.int64)] + r_a) * offsets[-1] + offsets[d_b.astype(np.int64)] + r_b
+    swap = pairs[:, 0] > pairs[:, 2]
+    low, high = np.where(swap, pairs[:, 2], pairs[:, 0]), np.where(swap, pairs[:, 0], pairs[:, 2])
+    row_low, row_high = np.where(swap, pairs[:, 3], pairs[:, 1]), np.where(swap, pairs[:, 1], pairs[:, 3])
+    want = (offsets[low] + row_low) * offsets[-1] + offsets[high] + row_high
+    return float(1.0 - np.isin(want, have).mean()), len(pairs), f"{second.config.bits_per_band}x{second.config.bands}"

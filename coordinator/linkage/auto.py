@@ -37,6 +37,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
+from coordinator.linkage.second_pass import rematch_with_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 
 __all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
@@ -158,6 +159,7 @@ def auto_match(
     progress: Progress | None = None,
     duplicates: bool = True,
     timings: dict[str, float] | None = None,
+    second_budget: float | None = None,
 ) -> tuple[MatchResult, Calibration, dict[tuple[int, int], Calibration]]:
     """Calibrate on a floor solve, choose the threshold (unless given) and match at it.
 
@@ -180,7 +182,9 @@ def auto_match(
         timings: if given, filled with the seconds of each phase (``floor_blocking``,
             ``floor_comparing``, ``floor_solve``, ``capture_by_score``, ``pair_solves``, ``pair_fits``,
             ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``, ``attach_duplicates``,
-            ``linked_pair_scores``) and the floor's candidate pairs (``floor_candidate_pairs``).
+            ``linked_pair_scores``, ``second_pass``) and the floor's candidate pairs (``floor_candidate_pairs``).
+        second_budget: comparisons a second, denser blocking pass among the records the floor solve
+            left without a partner may spend (:mod:`coordinator.linkage.second_pass`); ``None``: none.
 
     Returns:
         The match at the threshold, the round's calibration, and each agency pair's own (three or
@@ -199,10 +203,16 @@ def auto_match(
     phases.update(floor_blocking=first.stats.seconds_blocking, floor_comparing=first.stats.seconds_comparing,
                   floor_solve=first.stats.seconds_solving, floor_candidate_pairs=len(first.candidates[0]))
     clock.lap(None)
+    second = None
+    if second_budget is not None and blocking is not None:
+        first, second = rematch_with_second_pass(datasets, first, blocking, second_budget, workers=workers,
+                                                 bounds=bounds)
+        clock.lap("second_pass")
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
-    capture = capture_by_score(datasets, floor, blocking, workers=workers) if blocking is not None else None
+    capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second) \
+        if blocking is not None else None
     clock.lap("capture_by_score")
     pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases)
              if len(datasets) > 2 else {})

@@ -23,6 +23,7 @@ import numpy as np
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.compare import Found
 from coordinator.linkage.compare import compare_datasets as _compare
+from coordinator.linkage.second_pass import SecondPass
 from coordinator.linkage.similarity import check_datasets
 
 __all__ = ["CAPTURE_SAMPLE_ROWS", "capture_by_score"]
@@ -44,6 +45,24 @@ def _pairs(found: Found, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.concatenate(found.sims)[at]
 
 
+def _second_hits(datasets: Sequence[np.ndarray], floor: float, second: SecondPass, picks: Sequence[np.ndarray],
+                 full_sizes: Sequence[int], workers: int) -> np.ndarray:
+    """Codes (as :func:`_pairs` gives them) of the sampled pairs the round's second pass would find."""
+    sizes = [len(d) for d in datasets]
+    found, *_ = _compare(tuple(datasets), floor, second.config, workers, None, None)
+    codes, _ = _pairs(found, sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    first, other = np.divmod(codes, offsets[-1])
+    d_a, d_b = np.searchsorted(offsets, first, side="right") - 1, np.searchsorted(offsets, other, side="right") - 1
+    keep = np.zeros(len(codes), dtype=bool)
+    for (a, b), (rows_a, rows_b) in second.rows.items():
+        free_a, free_b = np.zeros(full_sizes[a], dtype=bool), np.zeros(full_sizes[b], dtype=bool)
+        free_a[rows_a], free_b[rows_b] = True, True
+        sel = np.flatnonzero((d_a == a) & (d_b == b))
+        keep[sel] = free_a[picks[a][first[sel] - offsets[a]]] & free_b[picks[b][other[sel] - offsets[b]]]
+    return codes[keep]
+
+
 def capture_by_score(
     datasets: Sequence[np.ndarray],
     floor: float,
@@ -53,6 +72,7 @@ def capture_by_score(
     sample_rows: int = CAPTURE_SAMPLE_ROWS,
     seed: int = 0,
     workers: int = 2,
+    second: SecondPass | None = None,
 ) -> np.ndarray:
     """Per similarity bin (``bins`` over [0, 1]), the share of pairs blocking finds; 1 where unmeasured.
 
@@ -69,19 +89,27 @@ def capture_by_score(
         sample_rows: rows per agency compared all-pairs.
         seed: picks the sample.
         workers: threads.
+        second: the round's second pass, if it made one: a sampled pair also counts as found when
+            its setting finds it on the sample and both rows were partnerless for their agency
+            pair in the round's first solve (as the round itself decided).
 
     Returns:
         ``bins`` rates (1 below the floor).
     """
     datasets = check_datasets(datasets)
     rng = np.random.default_rng(seed)
-    datasets = tuple(d if len(d) <= sample_rows else d[np.sort(rng.choice(len(d), sample_rows, replace=False))]
-                     for d in datasets)
+    picks = [np.arange(len(d)) if len(d) <= sample_rows else np.sort(rng.choice(len(d), sample_rows, replace=False))
+             for d in datasets]
+    full_sizes = [len(d) for d in datasets]
+    datasets = tuple(d[p] for d, p in zip(datasets, picks, strict=True))
     sizes = [len(d) for d in datasets]
     reference, *_ = _compare(datasets, floor, None, workers, None, None)
     blocked, *_ = _compare(datasets, floor, blocking, workers, None, None)
     codes, sims = _pairs(reference, sizes)
-    found = np.isin(codes, _pairs(blocked, sizes)[0], assume_unique=True)
+    hits = _pairs(blocked, sizes)[0]
+    if second is not None:
+        hits = np.union1d(hits, _second_hits(datasets, floor, second, picks, full_sizes, workers))
+    found = np.isin(codes, hits)
     coarse = np.minimum((sims * _COARSE).astype(np.int64), _COARSE - 1)
     total = np.bincount(coarse, minlength=_COARSE).astype(np.float64)
     hit = np.bincount(coarse, weights=found.astype(np.float64), minlength=_COARSE)

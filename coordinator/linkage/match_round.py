@@ -25,6 +25,7 @@ from coordinator.linkage.auto import auto_match
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.blocking_budget import ALL_PAIRS_LIMIT, BlockingChoice, all_pairs_count, choose_blocking
 from coordinator.linkage.match import MatchResult
+from coordinator.linkage.second_pass import second_pass_budget
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from pplink.agreement import AgreementConfig
 from pplink.atomic import atomic_write
@@ -212,7 +213,8 @@ def match_files(
     fixed = threshold if threshold is not None else (None if linkage.threshold == "auto" else linkage.threshold)
     result, calibration, per_pair = auto_match([f.clks for f in files], threshold=fixed,
                                         precision_floor=linkage.precision_floor, bounds=(low, high),
-                                        blocking=blocking, workers=workers, progress=progress)
+                                        blocking=blocking, workers=workers, progress=progress,
+                                        second_budget=second_pass_budget(choice, fixed))
     method = "given" if threshold is not None else calibration.method
     parties = tuple(f.header.party for f in files)
     state = LinkageState(

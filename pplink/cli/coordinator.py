@@ -392,17 +392,19 @@ def suggest_threshold_command(agreement_path: Path, encodings: tuple[Path, ...],
     """
     from coordinator.linkage.auto import auto_match
     from coordinator.linkage.match import similarity_histogram
-    from coordinator.linkage.match_round import blocking_for, load_inputs
+    from coordinator.linkage.match_round import load_inputs, round_blocking
+    from coordinator.linkage.second_pass import second_pass_budget
     from coordinator.linkage.threshold import render_histogram
     from pplink.agreement import load_agreement
 
     config = load_agreement(agreement_path)
     files = load_inputs(config, encodings)
     clks = [f.clks for f in files]
-    blocking = blocking_for([len(c) for c in clks], clks)
+    blocking, choice = round_blocking(clks)
     histogram = similarity_histogram(clks, bins=bins, workers=workers, blocking=blocking)
     _, calibration, _ = auto_match(clks, precision_floor=config.linkage.precision_floor,
-                                   bounds=config.linkage.bounds, blocking=blocking, workers=workers)
+                                   bounds=config.linkage.bounds, blocking=blocking, workers=workers,
+                                   second_budget=second_pass_budget(choice, None))
     estimate = {"method": calibration.method, **calibration.estimate.model_dump(mode="json")}
     if output_format == "json":
         click.echo(json.dumps({"suggestion": estimate, "counts": list(histogram.counts),

@@ -33,6 +33,18 @@ def test_quality_benchmark_reports_every_dataset_at_tiny_size() -> None:
 
 
 @pytest.mark.slow
+def test_capped_ladder_forces_the_blocked_path_and_reports_the_second_pass() -> None:
+    """Invariant: with ``--cap-ladder 21x96`` the round blocks at 21 x 96 by budget, makes a second pass, and what
+    neither pass compares is at most what the first alone never compares."""
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--size", "tiny", "--cap-ladder", "21x96",
+                           "--only", "febrl1"], capture_output=True, text=True, timeout=600, check=True)
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert (row["blocking"]["method"], row["blocking"]["bits_per_band"], row["blocking"]["bands"]) == ("budget", 21, 96)
+    assert row["second_pass"] is not None
+    assert 0.0 <= row["round_blocking_loss"] <= row["round_first_pass_loss"] == row["hypothetical_21x96_true_link_loss"]
+
+
+@pytest.mark.slow
 def test_quality_errors_benchmark_counts_every_wrong_pair_once() -> None:
     """Invariant: every missed pair is counted once by its combination of causes, each cause at least
     as often as it appears in a combination, and no count exceeds the true pairs."""

@@ -292,7 +292,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     encodings, _ = load_encodings(Path(job["cache"]))
     if job.get("rows") is not None:
         encodings = [e[rows] for e, rows in zip(encodings, job["rows"], strict=True)]
-    choosing = 0.0
+    choosing, second_budget = 0.0, None
     if job["blocking"] == "policy":
         # The coordinator's own choice (coordinator.linkage.blocking_budget), made on the full
         # encodings (a subset would get a budget of its own), and timed as part of blocking.
@@ -300,8 +300,13 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
 
         started = time.perf_counter()
         full = load_encodings(Path(job["cache"]))[0] if job.get("rows") is not None else encodings
-        blocking = choose_blocking(full).config() or BlockingConfig()
+        choice = choose_blocking(full)
+        blocking = choice.config() or BlockingConfig()
         choosing = time.perf_counter() - started
+        # An automatic round blocked by budget may make a second pass (coordinator.linkage.second_pass).
+        from coordinator.linkage.second_pass import second_pass_budget
+
+        second_budget = second_pass_budget(choice, None)
     else:
         blocking = BlockingConfig(**job["blocking"]) if job["blocking"] is not None else None
     if job["kind"] == "recall":
@@ -311,7 +316,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     if job["kind"] == "ray":
         return _measure_ray(job, encodings, blocking)
     if job["kind"] == "auto":
-        return _measure_auto(job, encodings, blocking, choosing)
+        return _measure_auto(job, encodings, blocking, choosing, second_budget)
     result = match_clks(
         encodings, job["threshold"], blocking=blocking, workers=job["workers"], histogram_bins=None
     )
@@ -324,16 +329,19 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: Any, choosing: float) -> dict[str, Any]:
+def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: Any, choosing: float,
+                  second_budget: float | None = None) -> dict[str, Any]:
     """A round at the automatic threshold (``auto_match``, the default policy), with each phase's time.
 
-    ``choosing``: the seconds the blocking choice took (counted in the floor's blocking and the total).
+    ``choosing``: the seconds the blocking choice took (counted in the floor's blocking and the total);
+    ``second_budget``: what the round's second pass may spend, as ``coordinator match`` gives it.
     """
     from coordinator.linkage.auto import auto_match
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    result, calibration, _ = auto_match(encodings, blocking=blocking, workers=job["workers"], timings=timings)
+    result, calibration, _ = auto_match(encodings, blocking=blocking, workers=job["workers"], timings=timings,
+                                        second_budget=second_budget)
     seconds = time.perf_counter() - started + choosing
     timings["floor_blocking"] = timings.get("floor_blocking", 0.0) + choosing
     stats = result.stats.model_dump(mode="json") | {"seconds_total": seconds,

@@ -340,8 +340,10 @@ def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: An
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    given = job.get("prune_above")
+    prune = {} if given is None else {"prune_above": None if given < 0 else given}
     result, calibration, _ = auto_match(encodings, blocking=blocking, workers=job["workers"], timings=timings,
-                                        second_budget=second_budget)
+                                        second_budget=second_budget, **prune)
     seconds = time.perf_counter() - started + choosing
     timings["floor_blocking"] = timings.get("floor_blocking", 0.0) + choosing
     stats = result.stats.model_dump(mode="json") | {"seconds_total": seconds,
@@ -536,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ray-workers", default="",
                         help="comma-separated Ray worker counts (e.g. 1,2): also compare bands on a local Ray "
                              "cluster of each size (needs pplink[ray])")
+    parser.add_argument("--prune-above", type=int, default=None,
+                        help="--threshold auto: pairs below the bound kept in full before the floor keeps each "
+                             "record's best few (default: auto_match's PRUNE_ABOVE; 0 prunes always, -1 never)")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                         help="run each match in a fresh child process to measure its peak RSS")
     args = parser.parse_args(argv)
@@ -561,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threshold == "auto":
         # The automatic round first: its chosen threshold is the one the peers are measured at.
-        out = run_job(base | {"kind": "auto", "blocking": blocking}, args.isolate)
+        out = run_job(base | {"kind": "auto", "blocking": blocking, "prune_above": args.prune_above}, args.isolate)
         base["threshold"] = out["stats"]["threshold"]
     recall = run_job(base | {"kind": "recall", "blocking": blocking, "rows": subset if fraction < 1 else None},
                      args.isolate)["recall"]

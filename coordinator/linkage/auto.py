@@ -8,6 +8,14 @@ the first (each agency pair's own, and the one at the chosen threshold) filters 
 scored candidates rather than comparing again: blocking does not depend on the threshold, so the
 pairs at or above ``t`` among them are exactly the pairs a round at ``t`` would compare and keep,
 and the round costs one comparison pass.
+
+At scale the floor's pairs outgrow memory (13M at 4 x 100k, ~1e9 at 4 x 1M). Once more than
+``prune_above`` pairs below :data:`KEEP_ALL_FROM` have been kept, the comparison keeps below it
+only each record's best :data:`TOP_K` pairs per other agency (:class:`~coordinator.linkage.topk.PairSink`)
+and every pair at or above it. The floor solve and the agency pairs' solves then read the pruned
+pairs (an approximation: a pair outside both its records' best few is rarely one a one-to-one
+greedy solve takes); the solve at a threshold at or above the bound is exact as before, and one
+below it compares again at that threshold (a second, exact pass).
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ from coordinator.linkage.match import (
 from coordinator.linkage.missed import missed_links
 from coordinator.linkage.second_pass import rematch_with_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
+from coordinator.linkage.topk import PairSink
 
-__all__ = ["CALIBRATION_FLOOR", "auto_match", "linked_pair_scores", "same_cluster_rows"]
+__all__ = ["CALIBRATION_FLOOR", "KEEP_ALL_FROM", "PRUNE_ABOVE", "TOP_K", "auto_match", "linked_pair_scores",
+           "same_cluster_rows"]
 
 #: One agency pair's one-to-one links: ``(rows_a, rows_b, scores)``.
 Links = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -48,6 +58,12 @@ Links = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: The solve the calibration reads starts here: below every default threshold worth using, above
 #: the mass of blocked strangers (they sit around 0.4-0.6 with the default encodings).
 CALIBRATION_FLOOR = 0.55
+#: Pairs at or above this are all kept however many the floor finds (or the agreed lower bound, if higher).
+KEEP_ALL_FROM = 0.7
+#: Below :data:`KEEP_ALL_FROM`, a bounded round keeps each record's best this many pairs per other agency.
+TOP_K = 3
+#: Pairs below :data:`KEEP_ALL_FROM` kept in full before the bound engages (24 bytes each: ~1 GB).
+PRUNE_ABOVE = 40_000_000
 
 
 def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +153,17 @@ def _pair_calibrations(
     return out
 
 
-def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float) -> MatchResult:
-    """The round at ``threshold``, solved from the floor's candidates (no second comparison pass)."""
+def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float, sink: PairSink | None = None,
+              blocking: BlockingConfig | None = None, workers: int = 1) -> MatchResult:
+    """The round at ``threshold``, solved from the floor's candidates (no second comparison pass).
+
+    If the floor's pairs below the sink's bound were pruned and ``threshold`` is below it, the
+    round compares again at ``threshold`` (exact, at the cost of a second comparison pass).
+    """
     assert first.candidates is not None
+    if sink is not None and sink.pruned and threshold < sink.keep_all_from:
+        again = match_clks(datasets, threshold, blocking=blocking, workers=workers, histogram_bins=None)
+        return replace(again, histogram=first.histogram)
     candidates = select_candidates(first.candidates, threshold=threshold)
     labels, n_clusters, linked = solve_candidates(candidates, [len(d) for d in datasets])
     stats = first.stats.model_copy(update={"threshold": threshold, "candidate_pairs": len(candidates[0]),
@@ -160,6 +184,7 @@ def auto_match(
     duplicates: bool = True,
     timings: dict[str, float] | None = None,
     second_budget: float | None = None,
+    prune_above: int | None = PRUNE_ABOVE,
 ) -> tuple[MatchResult, Calibration, dict[tuple[int, int], Calibration]]:
     """Calibrate on a floor solve, choose the threshold (unless given) and match at it.
 
@@ -182,9 +207,14 @@ def auto_match(
         timings: if given, filled with the seconds of each phase (``floor_blocking``,
             ``floor_comparing``, ``floor_solve``, ``capture_by_score``, ``pair_solves``, ``pair_fits``,
             ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``, ``attach_duplicates``,
-            ``linked_pair_scores``, ``second_pass``) and the floor's candidate pairs (``floor_candidate_pairs``).
+            ``linked_pair_scores``, ``second_pass``), the floor's candidate pairs (``floor_candidate_pairs``)
+            and, bounded, the pairs streamed through the top-k (``floor_pruned_streamed``) and the
+            bound (``floor_keep_all_from``).
         second_budget: comparisons a second, denser blocking pass among the records the floor solve
             left without a partner may spend (:mod:`coordinator.linkage.second_pass`); ``None``: none.
+        prune_above: with blocking, pairs below :data:`KEEP_ALL_FROM` kept in full before only each
+            record's best :data:`TOP_K` per other agency are (see the module's docstring); ``None``
+            keeps every pair (exact, memory unbounded).
 
     Returns:
         The match at the threshold, the round's calibration, and each agency pair's own (three or
@@ -198,10 +228,18 @@ def auto_match(
     floor = CALIBRATION_FLOOR if threshold is None else min(CALIBRATION_FLOOR, threshold)
     phases: dict[str, float] = {} if timings is None else timings
     clock = _Clock(phases)
-    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True)
+    sink = None
+    if blocking is not None and prune_above is not None:
+        # The bound never sits below a threshold the round can end at when that is known in advance.
+        keep_all_from = max(KEEP_ALL_FROM, bounds[0]) if threshold is None else min(KEEP_ALL_FROM, threshold)
+        sink = PairSink([len(d) for d in datasets], max(keep_all_from, floor), TOP_K, prune_above)
+    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True,
+                       sink=sink)
     assert first.candidates is not None
     phases.update(floor_blocking=first.stats.seconds_blocking, floor_comparing=first.stats.seconds_comparing,
                   floor_solve=first.stats.seconds_solving, floor_candidate_pairs=len(first.candidates[0]))
+    if sink is not None and sink.pruned:
+        phases.update(floor_pruned_streamed=sink.streamed, floor_keep_all_from=sink.keep_all_from)
     clock.lap(None)
     second = None
     if second_budget is not None and blocking is not None:
@@ -229,7 +267,8 @@ def auto_match(
         for key, (histogram, calibration, _) in pairs.items()
     }
     clock.lap("calibration_fit")
-    result = _solve_at(first, datasets, overall.threshold)  # also drops the candidates from the result
+    # Also drops the candidates from the result.
+    result = _solve_at(first, datasets, overall.threshold, sink, blocking, workers)
     clock.lap("solve_at_threshold")
     # The floor's pairs (24 bytes each) go now, unless the duplicates' matches read them (all pairs).
     floor_pairs = first.candidates if blocking is None else None

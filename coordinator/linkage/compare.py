@@ -29,6 +29,7 @@ from coordinator.linkage.band_sort import band_columns, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
+from coordinator.linkage.topk import PairSink
 from pplink.errors import MatchError
 
 __all__ = ["Found", "Progress", "announce", "compare_bands", "compare_datasets", "run_units"]
@@ -175,6 +176,7 @@ def compare_bands(
     threshold: float,
     bins: int | None,
     tick: Callable[[], None] | None = None,
+    sink: PairSink | None = None,
 ) -> Found:
     """Score every candidate pair of some bands, keeping those that no earlier band found.
 
@@ -187,6 +189,8 @@ def compare_bands(
         threshold: keep pairs scoring at least this.
         bins: histogram bins, or ``None`` for no histogram.
         tick: called after each band.
+        sink: takes each batch of kept pairs first and hands back those to keep here
+            (:class:`~coordinator.linkage.topk.PairSink`); ``None`` keeps them all.
 
     Returns:
         The kept pairs, the histogram and the number of comparisons of these bands.
@@ -217,7 +221,8 @@ def compare_bands(
                     scratch,
                 )  # fmt: skip
                 found.comparisons += comparisons
-                found.add_mixed(*(a[:kept] for a in out.arrays))
+                batch = tuple(a[:kept] for a in out.arrays)
+                found.add_mixed(*(batch if sink is None or not kept else sink.take(*batch)))
                 if entry == start:
                     # The next bucket alone overflows the buffer or the kernel's scratch: grow them to it.
                     records, pairs = _run_size(entries, entry, offsets)
@@ -338,8 +343,12 @@ def compare_datasets(
     workers: int,
     progress: Progress | None,
     bins: int | None,
+    sink: PairSink | None = None,
 ) -> tuple[Found, BlockingStats | None, float, float]:
     """Find the pairs at or above ``threshold``; return them, blocking stats and timings.
+
+    With blocking, a ``sink`` takes each batch of kept pairs first (:func:`compare_bands`); all
+    pairs ignore it.
 
     Returns:
         ``(found, blocking_stats, seconds_blocking, seconds_comparing)``; blocking stats are
@@ -363,7 +372,7 @@ def compare_datasets(
     tasks = [
         lambda tick, first=first: compare_bands(
             range(first, min(first + BAND_GROUP, band_keys.bands)),
-            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick,
+            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick, sink,
         )  # fmt: skip
         for first in range(0, band_keys.bands, BAND_GROUP)
     ]

@@ -33,6 +33,7 @@ from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.greedy import greedy_roots
 from coordinator.linkage.similarity import check_datasets, compute_dice
+from coordinator.linkage.topk import PairSink
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
 
@@ -267,6 +268,7 @@ def match_clks(
     progress: Progress | None = None,
     histogram_bins: int | None = 100,
     keep_candidates: bool = False,
+    sink: PairSink | None = None,
 ) -> MatchResult:
     """Link records across datasets: block, score with Dice, cluster with anonlink's greedy solver.
 
@@ -286,6 +288,9 @@ def match_clks(
         histogram_bins: bins of the similarity histogram of scored pairs; ``None`` for none
             (all-pairs then only returns the pairs at or above the threshold, which is faster).
         keep_candidates: return the scored pairs at or above the threshold with the result.
+        sink: with blocking, takes the kept pairs as they are found and gives back, once all are
+            compared, those to keep below its bound (:class:`~coordinator.linkage.topk.PairSink`:
+            an automatic round's bounded floor).
 
     Returns:
         Clusters (every record in exactly one), stats and the histogram.
@@ -309,8 +314,11 @@ def match_clks(
     if histogram_bins is not None and histogram_bins < 2:
         raise MatchError(f"histogram_bins must be at least 2, got {histogram_bins}")
     found, blocking_stats, seconds_blocking, seconds_comparing = _compare(
-        datasets, threshold, blocking, workers, progress, histogram_bins
+        datasets, threshold, blocking, workers, progress, histogram_bins, sink
     )
+    if sink is not None:
+        for batch in sink.drain():
+            found.add_mixed(*batch)
     return _solve(datasets, threshold, found, blocking, blocking_stats, (seconds_blocking, seconds_comparing),
                   workers, started, progress, keep_candidates)
 

@@ -62,8 +62,9 @@ CALIBRATION_FLOOR = 0.55
 KEEP_ALL_FROM = 0.7
 #: Below :data:`KEEP_ALL_FROM`, a bounded round keeps each record's best this many pairs per other agency.
 TOP_K = 3
-#: Pairs below :data:`KEEP_ALL_FROM` kept in full before the bound engages (24 bytes each: ~1 GB).
-PRUNE_ABOVE = 40_000_000
+#: Pairs below :data:`KEEP_ALL_FROM` kept in full before the bound engages (24 bytes each: ~0.5 GB; a
+#: 4 x 100k round holds ~13M and stays exact).
+PRUNE_ABOVE = 20_000_000
 
 
 def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

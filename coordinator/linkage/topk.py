@@ -50,13 +50,23 @@ def _insert(best_sim: np.ndarray, best_node: np.ndarray, slot: int, sim: float, 
 
 
 @njit(cache=True, nogil=True)
-def _stream(best_sim, best_node, offsets, n_sets, dset_a, dset_b, rows_a, rows_b, sims):  # noqa: ANN001, ANN202
-    """Stream a batch of pairs into both of their records' slots (one slot per record and other agency)."""
+def _stream(best_sim, best_node, offsets, n_sets, dset_a, dset_b, rows_a, rows_b, sims, bound):  # noqa: ANN001, ANN202
+    """Stream a batch's pairs below ``bound`` into both records' slots; move those at or above it to the front.
+
+    Returns how many pairs are at or above the bound (now the batch's first, in their order).
+    """
+    high = 0
     for i in range(len(sims)):
+        if sims[i] >= bound:
+            dset_a[high], dset_b[high], rows_a[high], rows_b[high], sims[high] = (
+                dset_a[i], dset_b[i], rows_a[i], rows_b[i], sims[i])
+            high += 1
+            continue
         a = offsets[dset_a[i]] + rows_a[i]
         b = offsets[dset_b[i]] + rows_b[i]
         _insert(best_sim, best_node, a * n_sets + dset_b[i], sims[i], b)
         _insert(best_sim, best_node, b * n_sets + dset_a[i], sims[i], a)
+    return high
 
 
 @njit(cache=True, nogil=True)
@@ -123,7 +133,7 @@ def top_k_pairs(
         A boolean mask over the pairs.
 
     >>> top_k_pairs([2, 2], np.array([0, 0, 0]), np.array([1, 1, 1]), np.array([0, 0, 1]),
-    ...             np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7]), 1).tolist()
+    ...             np.array([0, 1, 1]), np.array([0.9, 0.8, 0.85]), 1).tolist()
     [True, False, True]
     """
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -164,19 +174,29 @@ class PairSink:
 
     def take(self, dset_a: np.ndarray, dset_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
              sims: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Take a batch: returns its pairs at or above the bound (the caller keeps them); holds or prunes the rest."""
+        """Take a batch: returns its pairs at or above the bound (the caller keeps them); holds or prunes the rest.
+
+        Once pruning, the batch's arrays (the comparison kernel's scratch, int64 and float64) are
+        reordered in place.
+        """
+        if self.best_sim is not None:
+            with self.lock:
+                if self.best_sim is not None:
+                    high, batch = self._stream((dset_a, dset_b, rows_a, rows_b, sims))
+                    return tuple(a[:high] for a in batch)
         high = sims >= self.keep_all_from
         low = ~high
         if not low.any():
             return dset_a, dset_b, rows_a, rows_b, sims
-        below = tuple(np.array(a[low]) for a in (dset_a, dset_b, rows_a, rows_b, sims))
+        # Held as the comparison keeps pairs (uint32 datasets and rows, float64 similarities: 24 bytes).
+        below = (*(a[low].astype(np.uint32) for a in (dset_a, dset_b, rows_a, rows_b)), sims[low].astype(np.float64))
         with self.lock:
             if self.best_sim is None:
                 self.held.append(below)
                 self.held_pairs += len(below[4])
                 if self.held_pairs > self.engage_above:
                     self._engage()
-            else:
+            else:  # engaged by another thread since the check above
                 self._stream(below)
         return tuple(a[high] for a in (dset_a, dset_b, rows_a, rows_b, sims))
 
@@ -189,11 +209,16 @@ class PairSink:
             self._stream(self.held.pop())
         self.held_pairs = 0
 
-    def _stream(self, batch: tuple[np.ndarray, ...]) -> None:
-        dset_a, dset_b, rows_a, rows_b, sims = batch
-        _stream(self.best_sim, self.best_node, self.offsets, len(self.sizes), dset_a.astype(np.int64),
-                dset_b.astype(np.int64), rows_a.astype(np.int64), rows_b.astype(np.int64), sims.astype(np.float64))
-        self.streamed += len(sims)
+    def _stream(self, batch: tuple[np.ndarray, ...]) -> tuple[int, tuple[np.ndarray, ...]]:
+        """Stream a batch: ``(count, arrays)``, the ``count`` pairs at or above the bound moved first.
+
+        The arrays are the batch's own (reordered in place) where they are int64 and float64 already.
+        """
+        arrays = (*(np.ascontiguousarray(a, dtype=np.int64) for a in batch[:4]),
+                  np.ascontiguousarray(batch[4], dtype=np.float64))
+        high = _stream(self.best_sim, self.best_node, self.offsets, len(self.sizes), *arrays, self.keep_all_from)
+        self.streamed += len(arrays[4]) - high
+        return high, arrays
 
     def drain(self) -> list[tuple[np.ndarray, ...]]:
         """The pairs below the bound that are kept: all of them, or (engaged) each record's best ``k``."""

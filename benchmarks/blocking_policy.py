@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        for dataset in _datasets(args.size):
-            if args.only and dataset.name not in args.only:
-                continue
+        for dataset in _datasets(args.size, args.only):
             data = _encode(dataset, args.cache_dir)
             clks = [data[f"clks{d}"] for d in range(len(dataset.agencies))]
             pairs, threshold = data["pairs"], float(data["threshold"])

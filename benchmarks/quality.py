@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,28 +66,36 @@ SIZES = {
 }
 
 
-def _datasets(size: str):  # type: ignore[no-untyped-def]
+def _datasets(size: str, only: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
+    """The datasets at ``size``, by name; with ``only``, just those named (the others are never generated)."""
     from pplink.lab.datasets import AgencyRecords, LinkageDataset
     from pplink.lab.datasets.febrl import load_febrl
     from pplink.lab.datasets.uk_style import COLUMNS, generate_uk_style
     from pplink.lab.synth import generate_synth
 
+    def synth():  # type: ignore[no-untyped-def]
+        data = generate_synth(synth_people, ["social_care", "school", "health", "police"], seed=12, opt_out_rate=0.0)
+        truth = data.truth()
+        extracts = {}
+        for agency, table in data.tables.items():
+            at = [table.columns.index(c) for c in ("record_id", *COLUMNS)]
+            rows = [tuple(r[i] for i in at) for r in table.rows]
+            extracts[agency] = AgencyRecords(tuple(r[0] for r in rows), tuple(r[1:] for r in rows),
+                                             tuple(truth[(agency, r[0])] for r in rows))
+        return LinkageDataset("synth", COLUMNS, tuple(data.tables), extracts)
+
     people, households, synth_people, febrl, large_households = SIZES[size]
-    yield generate_uk_style(people, seed=12)
-    yield generate_uk_style(households, households=True, seed=12)
+    # Names first, generation on demand: a dataset left out by ``only`` costs nothing.
+    makers = [("uk_style", lambda: generate_uk_style(people, seed=12)),
+              ("households", lambda: generate_uk_style(households, households=True, seed=12))]
     if large_households:
-        yield replace(generate_uk_style(large_households, households=True, seed=13), name="households_large")
-    for number in febrl:
-        yield load_febrl(number)
-    synth = generate_synth(synth_people, ["social_care", "school", "health", "police"], seed=12, opt_out_rate=0.0)
-    truth = synth.truth()
-    extracts = {}
-    for agency, table in synth.tables.items():
-        at = [table.columns.index(c) for c in ("record_id", *COLUMNS)]
-        rows = [tuple(r[i] for i in at) for r in table.rows]
-        extracts[agency] = AgencyRecords(tuple(r[0] for r in rows), tuple(r[1:] for r in rows),
-                                         tuple(truth[(agency, r[0])] for r in rows))
-    yield LinkageDataset("synth", COLUMNS, tuple(synth.tables), extracts)
+        makers.append(("households_large", lambda: replace(
+            generate_uk_style(large_households, households=True, seed=13), name="households_large")))
+    makers += [(f"febrl{number}", lambda number=number: load_febrl(number)) for number in febrl]
+    makers.append(("synth", synth))
+    for name, make in makers:
+        if not only or name in only:
+            yield make()
 
 
 def _agreement_edit(dataset):  # type: ignore[no-untyped-def]
@@ -330,9 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        for dataset in _datasets(args.size):
-            if args.only and dataset.name not in args.only:
-                continue
+        for dataset in _datasets(args.size, args.only):
             row = measure(dataset, cap)
             print(json.dumps(row), flush=True)
             rows.append(row)

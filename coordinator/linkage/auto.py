@@ -45,7 +45,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
-from coordinator.linkage.second_pass import rematch_with_second_pass
+from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 from coordinator.linkage.topk import PairSink
 
@@ -242,17 +242,24 @@ def auto_match(
     if sink is not None and sink.pruned:
         phases.update(floor_pruned_streamed=sink.streamed, floor_keep_all_from=sink.keep_all_from)
     clock.lap(None)
-    second = None
-    if second_budget is not None and blocking is not None:
-        first, second = rematch_with_second_pass(datasets, first, blocking, second_budget, workers=workers,
-                                                 bounds=bounds)
-        clock.lap("second_pass")
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
-    capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second) \
-        if blocking is not None else None
+    capture = capture_by_score(datasets, floor, blocking, workers=workers) if blocking is not None else None
     clock.lap("capture_by_score")
+    # The second pass's gate reads the first pass's scores and capture, which the round needs anyway.
+    if second_budget is not None and blocking is not None:
+        labels, second = first.labels, None
+        if wants_second_pass(replace(score_histogram(scores, floor), capture=capture), bounds):
+            first, second = rematch_with_second_pass(datasets, first, blocking, second_budget, workers=workers,
+                                                     check_threshold=False)
+        clock.lap("second_pass")
+        if second is not None:
+            if first.labels is not labels:
+                scores, _ = linked_pair_scores(datasets, first.labels)
+                clock.lap("linked_pair_scores")
+            capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second)
+            clock.lap("capture_by_score")
     pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases)
              if len(datasets) > 2 else {})
     clock.lap(None)

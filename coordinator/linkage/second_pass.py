@@ -27,6 +27,7 @@ from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.blocking_budget import LADDER, BlockingChoice, estimate_comparisons
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.match import Candidates, MatchResult, solve_candidates
+from coordinator.linkage.mixture import ScoreHistogram
 
 __all__ = [
     "SECOND_PASS_BELOW",
@@ -192,6 +193,18 @@ def add_second_pass(
             r_b = np.concatenate([r_b, rb2[new].astype(r_b.dtype)])
             candidates = _order(sims, d_a, d_b, r_a, r_b)
     return candidates, SecondPass(config=config, rows=rows, comparisons=comparisons, added=added)
+
+
+def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0)) -> bool:
+    """Whether the threshold fitted on the first pass's histogram alone is below :data:`SECOND_PASS_BELOW`.
+
+    Args:
+        histogram: the first pass's linked-pair scores, with its blocking's capture rate.
+        bounds: the agreed range of the threshold.
+    """
+    from coordinator.linkage.calibration import calibrate
+
+    return calibrate(histogram, bounds=bounds, bootstrap=0).threshold < SECOND_PASS_BELOW
 
 
 def provisional_threshold(datasets: Sequence[np.ndarray], first: MatchResult, blocking: BlockingConfig,

@@ -37,6 +37,8 @@ __all__ = [
     "rematch_with_second_pass",
     "second_pass_budget",
     "choose_second_setting",
+    "provisional_threshold",
+    "wants_second_pass",
 ]
 
 #: A round whose provisional threshold (fitted on the first pass alone) is at least this makes no
@@ -195,6 +197,13 @@ def add_second_pass(
     return candidates, SecondPass(config=config, rows=rows, comparisons=comparisons, added=added)
 
 
+def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float]) -> float:
+    """The threshold the round's calibration would choose from ``histogram`` alone (no bootstrap, no pair fits)."""
+    from coordinator.linkage.calibration import calibrate
+
+    return calibrate(histogram, bounds=bounds, bootstrap=0).threshold
+
+
 def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0)) -> bool:
     """Whether the threshold fitted on the first pass's histogram alone is below :data:`SECOND_PASS_BELOW`.
 
@@ -202,22 +211,20 @@ def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (
         histogram: the first pass's linked-pair scores, with its blocking's capture rate.
         bounds: the agreed range of the threshold.
     """
-    from coordinator.linkage.calibration import calibrate
-
-    return calibrate(histogram, bounds=bounds, bootstrap=0).threshold < SECOND_PASS_BELOW
+    return _fitted_threshold(histogram, bounds) < SECOND_PASS_BELOW
 
 
 def provisional_threshold(datasets: Sequence[np.ndarray], first: MatchResult, blocking: BlockingConfig,
                           bounds: tuple[float, float] = (0.0, 1.0), *, workers: int = 2) -> float:
     """The threshold the round's calibration would choose from its first pass alone (no bootstrap, no pair fits)."""
     from coordinator.linkage.auto import linked_pair_scores
-    from coordinator.linkage.calibration import calibrate, score_histogram
+    from coordinator.linkage.calibration import score_histogram
     from coordinator.linkage.capture import capture_by_score
 
     floor = first.stats.threshold
     scores, _ = linked_pair_scores(datasets, first.labels)
     capture = capture_by_score(datasets, floor, blocking, workers=workers)
-    return calibrate(replace(score_histogram(scores, floor), capture=capture), bounds=bounds, bootstrap=0).threshold
+    return _fitted_threshold(replace(score_histogram(scores, floor), capture=capture), bounds)
 
 
 def rematch_with_second_pass(

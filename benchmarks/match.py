@@ -442,9 +442,11 @@ def _versions() -> dict[str, str]:
 
 
 def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequence[np.ndarray], note: str) -> dict:
+    from coordinator.linkage.blocking_budget import all_pairs_count
+
     stats = out["stats"]
     sizes = stats["records"]
-    all_pairs = sum(sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
+    all_pairs = all_pairs_count(sizes)
     quality = linkage_quality(out["labels"], entities)
     seconds = stats["seconds_total"]
     return {
@@ -547,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()
 
     from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.blocking_budget import all_pairs_count
 
     overrides = {k: v for k, v in (("bands", args.bands), ("bits_per_band", args.bits_per_band)) if v is not None}
     # An explicit setting wins; otherwise every blocked run uses the coordinator's budget choice.
@@ -556,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# encodings ready in {time.perf_counter() - generated:.1f}s: {cache}", file=sys.stderr)
     _, entities = load_encodings(cache)
     sizes = [len(e) for e in entities]
-    full_comparisons = sum(sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
+    full_comparisons = all_pairs_count(sizes)
     base = {"cache": str(cache), "threshold": args.threshold, "workers": args.workers}
     rows = []
 

@@ -185,12 +185,13 @@ def _oracle(dataset, setup) -> tuple[float | None, float | None]:  # type: ignor
     from clkhash import clk
     from clkhash.schema import from_json_dict
 
+    from coordinator.linkage.blocking_budget import all_pairs_count
     from pplink.agreement import Hardening
     from pplink.encoding import clkhash_schema_dict
     from pplink.lab.linkage_eval import evaluate_linkage_by_agency
 
     sizes = [len(dataset.extracts[a].rows) for a in dataset.agencies]
-    if sum(a * b for i, a in enumerate(sizes) for b in sizes[i + 1:]) > ORACLE_ALL_PAIRS_MAX:
+    if all_pairs_count(sizes) > ORACLE_ALL_PAIRS_MAX:
         return None, None
     identifiers = setup.agreement.identifiers.model_copy(update={"hardening": Hardening()})
     schema = from_json_dict(clkhash_schema_dict(identifiers))

@@ -240,25 +240,6 @@ def _candidates(found: Found) -> Candidates:
     return sims, (d_a, d_b), (r_a, r_b)
 
 
-def _label(groups: Sequence[Sequence[tuple[int, int]]], sizes: Sequence[int]) -> tuple[tuple[np.ndarray, ...], int]:
-    """Cluster index of every record from anonlink-style groups, numbered by their first (dataset, row) member.
-
-    :func:`solve_candidates` numbers its clusters the same way; this labels anonlink's own
-    ``greedy_solve`` groups for comparison (``tests/coordinator/test_greedy.py``).
-    """
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    root = np.arange(offsets[-1], dtype=np.int64)
-    if groups:
-        lengths = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
-        flat = np.array([pair for group in groups for pair in group], dtype=np.int64).reshape(-1, 2)
-        members = offsets[flat[:, 0]] + flat[:, 1]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        root[members] = np.repeat(np.minimum.reduceat(members, starts), lengths)
-    _, labels = np.unique(root, return_inverse=True)
-    n_clusters = int(labels.max()) + 1 if len(labels) else 0
-    return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters
-
-
 def match_clks(
     datasets: Sequence[np.ndarray],
     threshold: float,

@@ -93,10 +93,26 @@ def test_an_edge_to_a_group_of_two_leaves_the_record_waiting_until_every_pair_is
     assert greedy_roots(np.zeros(0, np.int64), np.zeros(0, np.int64), 2).tolist() == [-1, -1]
 
 
+def _label(groups, sizes: list[int]) -> tuple[tuple[np.ndarray, ...], int]:  # type: ignore[no-untyped-def]
+    """Cluster index of every record from anonlink's groups, numbered by their first (dataset, row) member.
+
+    The reference labelling: :func:`solve_candidates` numbers its clusters the same way.
+    """
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    root = np.arange(offsets[-1], dtype=np.int64)
+    if groups:
+        lengths = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
+        flat = np.array([pair for group in groups for pair in group], dtype=np.int64).reshape(-1, 2)
+        members = offsets[flat[:, 0]] + flat[:, 1]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        root[members] = np.repeat(np.minimum.reduceat(members, starts), lengths)
+    _, labels = np.unique(root, return_inverse=True)
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters
+
+
 def test_real_encodings_at_a_low_floor_give_anonlinks_clusters() -> None:
     """Four agencies' noisy copies at floor 0.5 (dense, every kind of merge): the rounds' labels equal anonlink's."""
-    from coordinator.linkage.match import _label
-
     rng = np.random.default_rng(3)
     base = rng.random((500, 1024)) < 0.25
     sets = [np.packbits(base[rng.permutation(500)[:400]] ^ (rng.random((400, 1024)) < p), axis=1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from coordinator.linkage.candidate_order import candidate_order
 from coordinator.linkage.greedy import greedy_roots
 
 __all__ = ["ClusterChange", "components", "fresh_pseudonyms", "greedy_groups", "recluster"]
@@ -118,7 +119,7 @@ def greedy_groups(party: np.ndarray, a: np.ndarray, b: np.ndarray, sim: np.ndarr
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     # Rows of one party keep their relative order in the global numbering, so (party, global row)
     # sorts exactly as (dataset, row) does in a full run.
-    order = np.lexsort((b, a, party[b], party[a], -sim))
+    order = candidate_order(sim, party[a], party[b], a, b)
     root = greedy_roots(a[order], b[order], len(party), party)
     rows = np.flatnonzero(root >= 0)
     return rows, root[rows]

@@ -25,6 +25,7 @@ import numpy as np
 
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.blocking_budget import LADDER, BlockingChoice, estimate_comparisons
+from coordinator.linkage.candidate_order import candidate_order
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.match import Candidates, MatchResult, solve_candidates
 from coordinator.linkage.mixture import ScoreHistogram
@@ -136,7 +137,7 @@ def partnerless(labels: Sequence[np.ndarray]) -> dict[tuple[int, int], tuple[np.
 
 
 def _order(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray, r_b: np.ndarray) -> Candidates:
-    order = np.lexsort((r_b, r_a, d_b, d_a, -sims))
+    order = candidate_order(sims, d_a, d_b, r_a, r_b)
     return sims[order], (d_a[order], d_b[order]), (r_a[order], r_b[order])
 
 

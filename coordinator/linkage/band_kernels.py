@@ -42,21 +42,38 @@ def _dataset_of(record, offsets):  # noqa: ANN001, ANN202
 
 
 @njit(nogil=True, cache=True)
+def least_shared_bits(threshold, most):  # noqa: ANN001, ANN201
+    """Per denominator ``|a| + |b|`` up to ``most``, the fewest shared bits scoring at least ``threshold``.
+
+    The score ``2.0 * shared / denominator`` (0 for an empty denominator) rises with ``shared``, so
+    ``shared >= least[denominator]`` holds exactly when the score reaches the threshold: the kernel
+    tests that instead of dividing. Values above ``denominator`` mean never.
+    """
+    least = np.empty(most + 1, dtype=np.int64)
+    least[0] = 0 if 0.0 >= threshold else 1
+    for denominator in range(1, most + 1):
+        shared = max(0, int(threshold * denominator / 2.0) - 2)
+        while shared <= denominator and not 2.0 * np.float64(shared) / np.float64(denominator) >= threshold:
+            shared += 1
+        least[denominator] = shared
+    return least
+
+
+@njit(nogil=True, cache=True)
 def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
     """Check the ``pending`` pairs against earlier bands; count and keep (compacted) those no earlier band found."""
     bins = histogram.shape[0]
-    line_keys = 64 // keys[0].itemsize
+    # Only each row's first line of keys is loaded ahead: most pairs that score this high were
+    # already found in one of the first bands (a close pair shares most bands), where the check stops.
     for k in range(min(_CHECK_AHEAD, pending)):
-        for column in range(0, band, line_keys):
-            prefetch(keys[out_da[k]], out_ra[k], column)
-            prefetch(keys[out_db[k]], out_rb[k], column)
+        prefetch(keys[out_da[k]], out_ra[k], 0)
+        prefetch(keys[out_db[k]], out_rb[k], 0)
     kept = 0
     for k in range(pending):
         ahead = k + _CHECK_AHEAD
         if ahead < pending:
-            for column in range(0, band, line_keys):
-                prefetch(keys[out_da[ahead]], out_ra[ahead], column)
-                prefetch(keys[out_db[ahead]], out_rb[ahead], column)
+            prefetch(keys[out_da[ahead]], out_ra[ahead], 0)
+            prefetch(keys[out_db[ahead]], out_rb[ahead], 0)
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
         if seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
             continue
@@ -114,12 +131,13 @@ def score_band_runs(
         scratch: the most records of one run the call must hold (at least ``_CHUNK`` are held).
 
     Returns:
-        ``(next_entry, kept, comparisons)``: where to resume (``len(entries)`` when done), pairs
-        written, and pairs scored. A run is started only when all its pairs fit the output and its
+        ``(next_entry, kept, comparisons, largest)``: where to resume (``len(entries)`` when done),
+        pairs written, pairs scored, and the most cross-dataset pairs of one run scored. A run is started only when all its pairs fit the output and its
         records fit ``scratch``: when the call returns ``first``, the next run needs more of either.
     """
     width = words[0].shape[1]
     bins = histogram.shape[0]
+    least_shared = least_shared_bits(threshold, 2 * 64 * width)
     capacity = out_sim.shape[0]
     n = entries.shape[0]
     record_mask = np.uint64((1 << RECORD_BITS) - 1)
@@ -138,6 +156,7 @@ def score_band_runs(
     vector = VECTOR_POPCOUNT and width == 16
     pending = 0
     comparisons = 0
+    largest = 0
     i = first
     full = False
     while i < n and not full:
@@ -164,11 +183,16 @@ def score_band_runs(
                 q = p + 1
                 while q < j and np.int64(entries[q] & record_mask) < offsets[d + 1]:
                     q += 1
+                words_d = words[d]
                 for e in range(p, q):
                     at = m + e - i
                     records[at] = np.int64(entries[e] & record_mask)
                     sets[at] = d
                     rows[at] = records[at] - offsets[d]
+                    # Start loading the encoding now: the walk's own work overlaps the loads, and
+                    # the copy below finds the lines in cache.
+                    for column in range(0, width, _LINE_WORDS):
+                        prefetch(words_d, rows[at], column)
                     stretch_end[at] = m + q - i
                     run_end[at] = m + j - i
                 squares += (q - p) * (q - p)
@@ -181,17 +205,11 @@ def score_band_runs(
                 full = True
                 break
             chunk_pairs += pairs
+            largest = max(largest, pairs)
             m += j - i
             i = j
         # 2. Copy their encodings into one block, loads started a few records ahead so that they overlap.
-        for k in range(min(_AHEAD, m)):
-            for column in range(0, width, _LINE_WORDS):
-                prefetch(words[sets[k]], rows[k], column)
         for k in range(m):
-            ahead = k + _AHEAD
-            if ahead < m:
-                for column in range(0, width, _LINE_WORDS):
-                    prefetch(words[sets[ahead]], rows[ahead], column)
             words_d = words[sets[k]]
             row = rows[k]
             total = np.uint64(0)
@@ -212,6 +230,9 @@ def score_band_runs(
                     for w in range(width):
                         shared += popcount64(block[p, w] & block[q, w])
                 denominator = pop_a + pops[q]
+                if bins == 0 and np.int64(shared) < least_shared[denominator]:
+                    # Below the threshold (``least_shared``): neither counted nor kept, no division needed.
+                    continue
                 # anonlink's arithmetic: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0.
                 sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
                 if sim >= floor and (check or sim >= threshold):
@@ -230,4 +251,4 @@ def score_band_runs(
     if check:
         outputs = (out_da, out_db, out_ra, out_rb, out_sim)
         pending = _drop_seen(keys, band, sentinel, threshold, histogram, pending, *outputs)
-    return i, pending, comparisons
+    return i, pending, comparisons, largest

@@ -100,18 +100,53 @@ def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]
     return column_census(np.concatenate(columns), offsets, cap)
 
 
-def column_census(column: np.ndarray, offsets: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
+def column_census(
+    column: np.ndarray, offsets: np.ndarray, cap: int, *, exact_largest: bool = True
+) -> tuple[np.ndarray, int]:
     """:func:`bucket_census` of one band's keys of all datasets, dataset after dataset (``offsets`` as in ``compare``).
 
     Sorts the band's (key, record) entries once (``band_kernels.sorted_entries``: a compiled
     radix sort, two passes of 11-bit digits for 21-bit keys) and counts each run's records per
     dataset in a compiled loop: far cheaper than key-indexed tables, whose random accesses miss
     the cache.
+
+    With ``exact_largest=False`` a band that cannot hold a giant bucket is not sorted at all: one
+    pass counts its records per hash of the key (:func:`_most_per_hash`, a table that stays in
+    cache), and when no hash holds enough records for more than ``cap`` pairs, no key does
+    either. Such a band reports 0 as its largest bucket: the caller learns it from comparing,
+    which walks every bucket anyway (``compare.compare_datasets`` does).
     """
     from coordinator.linkage.band_sort import sorted_entries
 
+    if not exact_largest:
+        most = _most_per_hash(column)
+        if most * (most - 1) // 2 <= cap:
+            return np.zeros(0, dtype=column.dtype), 0
     records, largest = _census_runs(sorted_entries(column, None), offsets, cap)
     return np.sort(column[records]), largest
+
+
+#: Bits of the key hash that :func:`_most_per_hash` counts records by (64K counters: 256 KB, in cache).
+_SCREEN_BITS = 16
+
+
+@njit(nogil=True, cache=True)
+def _most_per_hash(column: np.ndarray) -> int:
+    """Most records sharing one hash of their key: at least as many as any one key has.
+
+    Equal keys hash alike, so a bucket's records all land in one counter; a counter only ever
+    holds more (other keys hashing alike), which makes it a safe upper bound for a giant check.
+    """
+    counts = np.zeros(1 << _SCREEN_BITS, dtype=np.int64)
+    most = 0
+    shift = np.uint64(64 - _SCREEN_BITS)
+    for i in range(column.shape[0]):
+        # Fibonacci hashing: the top bits of key * 2**64 / golden ratio spread any key pattern.
+        at = (np.uint64(column[i]) * np.uint64(0x9E3779B97F4A7C15)) >> shift
+        counts[at] += 1
+        if counts[at] > most:
+            most = counts[at]
+    return most
 
 
 @njit(nogil=True, cache=True)

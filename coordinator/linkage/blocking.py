@@ -242,6 +242,7 @@ def compute_band_keys(
     *,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    exact_largest: bool = True,
 ) -> BandKeys:
     """Compute every record's key in every band, splitting and skipping giant buckets.
 
@@ -250,6 +251,9 @@ def compute_band_keys(
         config: the blocking settings.
         workers: threads for extracting key bits.
         progress: called with ``(bands counted, bands)`` as buckets are counted.
+        exact_largest: count every band's buckets for ``largest_bucket_pairs``. ``False`` counts
+            only bands that may hold a giant bucket (a cheap bound screens out the rest), so the
+            stat is a lower bound that comparing completes (``compare.compare_datasets``).
 
     Returns:
         The keys (one ``(n_i, bands)`` array per dataset) and what was split or skipped.
@@ -279,7 +283,7 @@ def compute_band_keys(
         columns = band_columns(tuple(keys), bands.start, len(bands))
         out = []
         for column in columns:
-            giant_keys, largest = column_census(column, offsets, cap)
+            giant_keys, largest = column_census(column, offsets, cap, exact_largest=exact_largest)
             out.append((giant_keys.astype(dtype), int(largest)))
         if progress:
             with lock:

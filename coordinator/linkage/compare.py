@@ -32,7 +32,7 @@ from coordinator.linkage.similarity import as_words
 from coordinator.linkage.topk import PairSink
 from pplink.errors import MatchError
 
-__all__ = ["Found", "Progress", "announce", "compare_bands", "compare_datasets", "run_units"]
+__all__ = ["Found", "Progress", "announce", "blocking_stats", "compare_bands", "compare_datasets", "run_units"]
 
 #: Pairs scoring at least this are checked against earlier bands, so that each counts once.
 #: Below it, a pair found in several bands is counted once per band in the histogram: on the
@@ -44,9 +44,9 @@ _ALL_PAIRS_CHUNK = 50_000_000
 #: Comparisons per chunk when the all-pairs run also counts a histogram (every pair comes back).
 _ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
 #: Bands per work unit (one task of a thread or of Ray).
-BAND_GROUP = 4
+BAND_GROUP = 8
 #: Bands whose key columns are copied out of the key matrices together (16 uint32 keys share a cache line).
-_COLUMN_GROUP = 4
+_COLUMN_GROUP = 8
 #: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
 _OUTPUT_PAIRS = 1 << 18
 
@@ -65,6 +65,7 @@ class Found:
         sims: per added batch, the Dice similarities (float64).
         histogram: similarity counts per bin, or ``None`` when not counted.
         comparisons: pair similarities computed.
+        largest_bucket: most cross-dataset pairs of one compared bucket (blocked comparisons only).
     """
 
     dset_a: list[np.ndarray] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Found:
     sims: list[np.ndarray] = field(default_factory=list)
     histogram: np.ndarray | None = None
     comparisons: int = 0
+    largest_bucket: int = 0
 
     @classmethod
     def empty(cls, bins: int | None) -> Found:
@@ -113,6 +115,7 @@ class Found:
         if self.histogram is not None and other.histogram is not None:
             self.histogram += other.histogram
         self.comparisons += other.comparisons
+        self.largest_bucket = max(self.largest_bucket, other.largest_bucket)
 
     @property
     def pairs(self) -> int:
@@ -216,11 +219,12 @@ def compare_bands(
             entry = 0
             while entry < len(entries):
                 start = entry
-                entry, kept, comparisons = score_band_runs(
+                entry, kept, comparisons, largest = score_band_runs(
                     entries, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram, *out.arrays,
                     scratch,
                 )  # fmt: skip
                 found.comparisons += comparisons
+                found.largest_bucket = max(found.largest_bucket, largest)
                 batch = tuple(a[:kept] for a in out.arrays)
                 found.add_mixed(*(batch if sink is None or not kept else sink.take(*batch)))
                 if entry == start:
@@ -325,11 +329,16 @@ def prepare(
 ) -> Prepared:
     """Compute band keys, words and popcounts (``progress`` follows the bands' bucket census).
 
+    The keys' stats count the largest bucket only in bands that may hold a giant one: comparing
+    the bands completes it (:func:`blocking_stats`).
+
     Raises:
         MatchError: the encodings are too short for the blocking.
     """
     try:
-        band_keys = compute_band_keys(datasets, blocking, workers=workers, progress=progress)
+        # Comparing walks every bucket anyway: it counts the largest (``blocking_stats``), so the
+        # census sorts only the bands that may hold a giant bucket.
+        band_keys = compute_band_keys(datasets, blocking, workers=workers, progress=progress, exact_largest=False)
     except ValueError as err:
         raise MatchError(str(err)) from err
     words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
@@ -377,4 +386,10 @@ def compare_datasets(
         for first in range(0, band_keys.bands, BAND_GROUP)
     ]
     found = run_units(tasks, band_keys.bands, workers, progress, bins)
-    return found, band_keys.stats, keyed - started, time.perf_counter() - keyed
+    return found, blocking_stats(band_keys, found), keyed - started, time.perf_counter() - keyed
+
+
+def blocking_stats(band_keys: BandKeys, found: Found) -> BlockingStats:
+    """What blocking did, its largest bucket completed from the comparison of every band (see :func:`prepare`)."""
+    largest = max(band_keys.stats.largest_bucket_pairs, found.largest_bucket)
+    return band_keys.stats.model_copy(update={"largest_bucket_pairs": largest})

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.linkage.blocking import BlockingConfig
-from coordinator.linkage.compare import BAND_GROUP, Found, Progress, announce, compare_bands, prepare
+from coordinator.linkage.compare import BAND_GROUP, Found, Progress, announce, blocking_stats, compare_bands, prepare
 from coordinator.linkage.match import MatchResult, _solve, check_threshold
 from coordinator.linkage.similarity import check_datasets
 from pplink.errors import DependencyMissingError, MatchError
@@ -117,4 +117,4 @@ def match_clks_on_ray(
         if progress:
             progress(done, band_keys.bands)
     seconds = (keyed - started, time.perf_counter() - keyed)
-    return _solve(datasets, threshold, found, blocking, band_keys.stats, seconds, workers, started, progress)
+    return _solve(datasets, threshold, found, blocking, blocking_stats(band_keys, found), seconds, workers, started, progress)

@@ -219,6 +219,23 @@ def score_band_runs(
                 total += popcount64(value)
             pops[k] = np.int64(total)
         # 3. Score every pair (p, q) of a run with q in a later dataset than p, from the block.
+        if vector and bins == 0:
+            # The common case, without a histogram: only pairs at or above the threshold (``least_shared``,
+            # no division) are scored further; the floor is the threshold, so all of them are kept or checked.
+            for p in range(m):
+                pop_a = pops[p]
+                for q in range(stretch_end[p], run_end[p]):
+                    shared = np.int64(and_popcount_1024(block, p, q))
+                    denominator = pop_a + pops[q]
+                    if shared >= least_shared[denominator]:
+                        out_da[pending] = sets[p]
+                        out_db[pending] = sets[q]
+                        out_ra[pending] = rows[p]
+                        out_rb[pending] = rows[q]
+                        out_sim[pending] = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
+                        pending += 1
+            comparisons += chunk_pairs
+            continue
         for p in range(m):
             d_a = sets[p]
             pop_a = pops[p]

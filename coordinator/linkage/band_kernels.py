@@ -31,6 +31,9 @@ _AHEAD = 24
 _CHUNK = 1024
 #: Pairs the earlier-band check looks ahead to start loading the two records' earlier keys.
 _CHECK_AHEAD = 8
+#: Pairs scoring at least this are taken for duplicates of an earlier band when loading their keys
+#: ahead (a hint: the check itself is exact).
+_LIKELY_SEEN = 0.75
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -59,21 +62,31 @@ def least_shared_bits(threshold, most):  # noqa: ANN001, ANN201
     return least
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim):  # noqa: ANN001, ANN202
+    """Start loading the keys that the earlier-band check of a pair will read.
+
+    A pair this close almost surely shares one of the first bands, where the check stops: only the
+    first line of each row's keys. Others are read to ``band``: every line of it.
+    """
+    last = 1 if sim >= _LIKELY_SEEN else band
+    line_keys = 64 // keys[0].itemsize
+    for column in range(0, last, line_keys):
+        prefetch(keys[d_a], row_a, column)
+        prefetch(keys[d_b], row_b, column)
+
+
 @njit(nogil=True, cache=True)
 def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
     """Check the ``pending`` pairs against earlier bands; count and keep (compacted) those no earlier band found."""
     bins = histogram.shape[0]
-    # Only each row's first line of keys is loaded ahead: most pairs that score this high were
-    # already found in one of the first bands (a close pair shares most bands), where the check stops.
     for k in range(min(_CHECK_AHEAD, pending)):
-        prefetch(keys[out_da[k]], out_ra[k], 0)
-        prefetch(keys[out_db[k]], out_rb[k], 0)
+        _prefetch_keys(keys, band, out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k])
     kept = 0
     for k in range(pending):
         ahead = k + _CHECK_AHEAD
         if ahead < pending:
-            prefetch(keys[out_da[ahead]], out_ra[ahead], 0)
-            prefetch(keys[out_db[ahead]], out_rb[ahead], 0)
+            _prefetch_keys(keys, band, out_da[ahead], out_db[ahead], out_ra[ahead], out_rb[ahead], out_sim[ahead])
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
         if seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
             continue
@@ -132,8 +145,9 @@ def score_band_runs(
 
     Returns:
         ``(next_entry, kept, comparisons, largest)``: where to resume (``len(entries)`` when done),
-        pairs written, pairs scored, and the most cross-dataset pairs of one run scored. A run is started only when all its pairs fit the output and its
-        records fit ``scratch``: when the call returns ``first``, the next run needs more of either.
+        pairs written, pairs scored, and the most cross-dataset pairs of one run scored. A run is
+        started only when all its pairs fit the output and its records fit ``scratch``: when the
+        call returns ``first``, the next run needs more of either.
     """
     width = words[0].shape[1]
     bins = histogram.shape[0]
@@ -232,7 +246,8 @@ def score_band_runs(
                         out_db[pending] = sets[q]
                         out_ra[pending] = rows[p]
                         out_rb[pending] = rows[q]
-                        out_sim[pending] = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
+                        sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
+                        out_sim[pending] = sim
                         pending += 1
             comparisons += chunk_pairs
             continue

@@ -117,4 +117,5 @@ def match_clks_on_ray(
         if progress:
             progress(done, band_keys.bands)
     seconds = (keyed - started, time.perf_counter() - keyed)
-    return _solve(datasets, threshold, found, blocking, blocking_stats(band_keys, found), seconds, workers, started, progress)
+    stats = blocking_stats(band_keys, found)
+    return _solve(datasets, threshold, found, blocking, stats, seconds, workers, started, progress)

@@ -69,3 +69,23 @@ def test_compared_blocking_stats_equal_the_exact_census(bins: int | None) -> Non
         assert stats == exact and exact.largest_bucket_pairs > 0
         split.append(exact.buckets_split > 0)
     assert split == [True, False]  # with giant buckets split, and without any
+
+
+@pytest.mark.parametrize("nbytes", [32, 128])
+def test_pairs_kept_without_a_histogram_are_those_kept_with_one(nbytes: int) -> None:
+    """Without a histogram the kernel skips the division below the threshold (and, for 1024-bit
+    encodings on a CPU with vector popcounts, takes its own loop): it keeps exactly the pairs, with
+    the same similarities, and makes the same comparisons as with a histogram."""
+    rng = np.random.default_rng(11)
+    base = np.packbits(rng.random((200, nbytes * 8)) < 0.35, axis=1)
+    datasets = check_datasets([base ^ np.packbits(rng.random((200, nbytes * 8)) < 0.04, axis=1) for _ in range(3)])
+    config = BlockingConfig(bits_per_band=8, bands=12)
+    plain, *_ = compare_datasets(datasets, 0.75, config, 2, None, None)
+    counted, *_ = compare_datasets(datasets, 0.75, config, 2, None, 20)
+
+    def pairs(found: object) -> set:
+        arrays = [np.concatenate(getattr(found, name)) for name in ("dset_a", "dset_b", "rows_a", "rows_b", "sims")]
+        return set(zip(*(a.tolist() for a in arrays), strict=True))
+
+    assert pairs(plain) == pairs(counted) and len(pairs(plain)) > 100
+    assert plain.comparisons == counted.comparisons

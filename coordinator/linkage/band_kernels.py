@@ -2,8 +2,10 @@
 
 The band's records come grouped by key (:func:`coordinator.linkage.band_sort.sorted_entries`).
 The walk over the runs of equal keys copies each shared bucket's encodings into one contiguous
-block (their loads started a few runs ahead, so that they overlap) and scores every
-cross-dataset pair from there (two ``vpopcntq`` per 1024-bit pair where the CPU has them).
+block (each load started as the walk lists the record, so that they overlap the walk) and
+scores every cross-dataset pair from there (two ``vpopcntq`` per 1024-bit pair where the CPU
+has them; without a histogram, pairs below the threshold are told by a table of the fewest
+shared bits per ``|a| + |b|`` (:func:`least_shared_bits`), no division).
 Pairs scoring at least the dedup floor are checked against earlier bands in one batch at the end
 of the call, their earlier keys prefetched a few pairs ahead: only those pairs ever read
 earlier keys.
@@ -21,12 +23,10 @@ from numba import njit
 from coordinator.linkage.band_sort import RECORD_BITS
 from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch, seen_in_earlier_band
 
-__all__ = ["score_band_runs"]
+__all__ = ["least_shared_bits", "score_band_runs"]
 
 #: uint64 words per 64-byte cache line.
 _LINE_WORDS = 8
-#: Entries the walk looks ahead to start loading an encoding (about the loads a core keeps in flight).
-_AHEAD = 24
 #: Shared-bucket records copied, then scored, together (128 KB of 1024-bit encodings: the L2 cache holds them).
 _CHUNK = 1024
 #: Pairs the earlier-band check looks ahead to start loading the two records' earlier keys.
@@ -222,7 +222,7 @@ def score_band_runs(
             largest = max(largest, pairs)
             m += j - i
             i = j
-        # 2. Copy their encodings into one block, loads started a few records ahead so that they overlap.
+        # 2. Copy their encodings into one block (their loads were started by the walk).
         for k in range(m):
             words_d = words[sets[k]]
             row = rows[k]

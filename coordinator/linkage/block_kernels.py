@@ -126,7 +126,7 @@ def column_census(
     return np.sort(column[records]), largest
 
 
-#: Bits of the key hash that :func:`_most_per_hash` counts records by (64K counters: 256 KB, in cache).
+#: Bits of the key hash that :func:`_most_per_hash` counts records by (64K counters: 512 KB, in cache).
 _SCREEN_BITS = 16
 
 

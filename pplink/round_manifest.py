@@ -76,7 +76,8 @@ def _staged_files(stage: Path) -> dict[str, Path]:
     return {p.relative_to(stage).as_posix(): p for p in sorted(stage.rglob("*")) if p.is_file()}
 
 
-def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: Ed25519PrivateKey, *,
+                  digests: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Move every file staged in ``stage`` into ``out_dir`` and publish the signed manifest last.
 
     Args:
@@ -87,6 +88,8 @@ def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: 
             ``round_id`` (unless given: the match round's, which its ledger is bound to) and
             ``files`` (every staged file's SHA-256) are added.
         key: the coordinator's signing key.
+        digests: SHA-256 (hex) of staged files the caller hashed from the bytes it wrote, by
+            relative name (those files are not read back); the others are hashed here.
 
     Returns:
         The manifest as published.
@@ -98,7 +101,7 @@ def publish_round(out_dir: Path, stage: Path, manifest: Mapping[str, Any], key: 
             os.fsync(fh.fileno())
     body_dict = {**manifest, "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
                  "round_id": str(manifest.get("round_id") or secrets.token_hex(16)),
-                 "files": {rel: file_sha256(p) for rel, p in staged.items()}}
+                 "files": {rel: (digests or {}).get(rel) or file_sha256(p) for rel, p in staged.items()}}
     body = canonical_json(body_dict)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here until the end, no reader accepts the folder
     fsync_dir(out_dir)

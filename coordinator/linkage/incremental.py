@@ -267,6 +267,7 @@ def apply_round(
     state.edge_sim = np.concatenate([state.edge_sim, sim])
     clock["compared"] = time.perf_counter()
     seeds = np.union1d(new_rows, lost_edge)
+    entity_before, pseudonyms_before = state.entity, state.pseudonyms  # recluster returns new arrays
     state.entity, state.pseudonyms, change = recluster(
         state.party, (state.edge_a.astype(np.int64), state.edge_b.astype(np.int64), state.edge_sim), seeds,
         state.entity, state.pseudonyms)
@@ -282,7 +283,7 @@ def apply_round(
         chain["sequence"] = up.delta.header.sequence if up.delta is not None else 0
         chain["history"] = [*chain["history"], up.digest]  # type: ignore[misc]
     state.round += 1
-    state.change = RoundChange(n_before, np.flatnonzero(drop), first_new, len(a))
+    state.change = RoundChange(n_before, np.flatnonzero(drop), first_new, len(a), entity_before, pseudonyms_before)
     sizes = np.bincount(state.entity, minlength=len(state.pseudonyms))
     summary = IncrementalSummary(
         round=state.round, parties=tuple(state.parties),

@@ -12,16 +12,18 @@ crashed round leaves no manifest and readers refuse the folder).
 
 from __future__ import annotations
 
-import binascii
 import csv
+import hashlib
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from numba import njit
 
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from coordinator.linkage.state_store import IncrementalState
@@ -31,8 +33,8 @@ from pplink.deltafile import WithdrawReason
 from pplink.entity_files import MAP_HEADER, map_file_name
 from pplink.round_manifest import new_stage, publish_round
 
-__all__ = ["REASON_NAMES", "REPLACED", "WITHDRAWN_HEADER", "linkage_view", "withdrawn_file_name",
-           "write_incremental_outputs"]
+__all__ = ["REASON_NAMES", "REPLACED", "WITHDRAWN_HEADER", "linkage_view", "map_bytes", "withdrawn_file_name",
+           "write_incremental_outputs", "write_map"]
 
 #: Reason code for the rows of an agency that starts over with a full file (nodes never send it).
 REPLACED = 4
@@ -62,20 +64,65 @@ def linkage_view(state: IncrementalState) -> LinkageState:
     )
 
 
-def _hex(rows: np.ndarray) -> np.ndarray:
-    """``(n, 16)`` bytes as ``(n, 32)`` lower-case hex characters (uint8), in one C pass (``binascii``)."""
-    return np.frombuffer(binascii.hexlify(np.ascontiguousarray(rows).tobytes()), dtype=np.uint8).reshape(len(rows), 32)
+#: Each byte's two lower-case hex characters, ``_HEX_PAIRS[b] == b"%02x" % b``.
+_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % b for b in range(256)), dtype=np.uint8).reshape(256, 2)
+#: One map line: 32 hex characters, a comma, 32 hex characters, a line feed.
+_LINE = 66
 
 
-def write_map(path: Path, tokens: np.ndarray, entities: np.ndarray) -> None:
-    """Write ``row_token,entity_id`` lines, as ``pplink.entity_map.write_entity_map`` does, vectorised."""
-    lines = np.empty((len(tokens), 66), dtype=np.uint8)
-    lines[:, :32], lines[:, 32], lines[:, 33:65], lines[:, 65] = _hex(tokens), ord(","), _hex(entities), ord("\n")
+@njit(nogil=True, cache=True)
+def _format_lines(rows, tokens, entity, pseudonyms, pairs, out, offset):  # noqa: ANN001, ANN202
+    """Write a ``row_token,entity_id`` line for each of ``rows`` into ``out`` from ``offset``, in one pass."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        at = offset + i * 66
+        for k in range(16):
+            b = tokens[r, k]
+            out[at + 2 * k] = pairs[b, 0]
+            out[at + 2 * k + 1] = pairs[b, 1]
+        out[at + 32] = 44  # ","
+        e = entity[r]
+        for k in range(16):
+            b = pseudonyms[e, k]
+            out[at + 33 + 2 * k] = pairs[b, 0]
+            out[at + 34 + 2 * k] = pairs[b, 1]
+        out[at + 65] = 10  # "\n"
+
+
+def map_bytes(rows: np.ndarray, tokens: np.ndarray, entity: np.ndarray, pseudonyms: np.ndarray) -> np.ndarray:
+    """A pseudonym map's bytes, as ``pplink.entity_files.write_entity_map`` writes them, formatted in one pass.
+
+    Args:
+        rows: the rows to list, in order.
+        tokens: ``(n, 16)`` every row's token.
+        entity: ``(n,)`` every row's index into ``pseudonyms``.
+        pseudonyms: ``(k, 16)`` the entity pseudonyms.
+
+    Returns:
+        The file's bytes (header, then one line per row) as a ``uint8`` array.
+    """
+    header = (",".join(MAP_HEADER) + "\n").encode("ascii")
+    out = np.empty(len(header) + _LINE * len(rows), dtype=np.uint8)
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    if len(rows):
+        _format_lines(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(tokens),
+                      np.ascontiguousarray(entity, dtype=np.int64), np.ascontiguousarray(pseudonyms), _HEX_PAIRS,
+                      out, len(header))
+    return out
+
+
+def write_map(path: Path, rows: np.ndarray, tokens: np.ndarray, entity: np.ndarray, pseudonyms: np.ndarray) -> str:
+    """Write a party's pseudonym map (see :func:`map_bytes`) durably, in one write; return its SHA-256 (hex).
+
+    The digest is taken from the bytes in memory, so publishing need not read the file back.
+    """
+    data = map_bytes(rows, tokens, entity, pseudonyms)
+    digest = hashlib.sha256(data).hexdigest()  # hashlib releases the GIL on large buffers
     with open(path, "wb") as fh:
-        fh.write((",".join(MAP_HEADER) + "\n").encode("ascii"))
-        fh.write(lines.tobytes())
+        fh.write(memoryview(data))
         fh.flush()
         os.fsync(fh.fileno())
+    return digest
 
 
 def write_incremental_outputs(
@@ -103,16 +150,24 @@ def write_incremental_outputs(
     maps: dict[str, Path] = {}
     try:
         (stage / "coordinator").mkdir()
-        for p, party in enumerate(state.parties):
-            rows = (state.party == p).nonzero()[0]
-            write_map(stage / map_file_name(party), state.tokens[rows], state.pseudonyms[state.entity[rows]])
-            maps[party] = out_dir / map_file_name(party)
-            with open(stage / withdrawn_file_name(party), "w", newline="", encoding="ascii") as fh:
-                writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(WITHDRAWN_HEADER)
-                writer.writerows((token.hex(), REASON_NAMES[code]) for token, code in removed.get(party, []))
-        save_linkage_state(stage / STATE_FILE, linkage_view(state))
-        atomic_write(stage / _REPORT, json.dumps(report, indent=2))
+
+        def one_map(p: int) -> str:
+            return write_map(stage / map_file_name(state.parties[p]), np.flatnonzero(state.party == p), state.tokens,
+                             state.entity, state.pseudonyms)
+
+        # The maps (every live row, ~66 bytes each) are most of the bytes: formatted, hashed and written on
+        # two threads (the formatter, hashing and writing release the GIL) while this one writes the rest.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = {map_file_name(party): pool.submit(one_map, p) for p, party in enumerate(state.parties)}
+            for party in state.parties:
+                maps[party] = out_dir / map_file_name(party)
+                with open(stage / withdrawn_file_name(party), "w", newline="", encoding="ascii") as fh:
+                    writer = csv.writer(fh, lineterminator="\n")
+                    writer.writerow(WITHDRAWN_HEADER)
+                    writer.writerows((token.hex(), REASON_NAMES[code]) for token, code in removed.get(party, []))
+            save_linkage_state(stage / STATE_FILE, linkage_view(state))
+            atomic_write(stage / _REPORT, json.dumps(report, indent=2))
+            digests = {name: future.result() for name, future in pending.items()}
         manifest = {
             "agreement_id": agreement.agreement_id,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -122,7 +177,7 @@ def write_incremental_outputs(
             "maps": {party: map_file_name(party) for party in maps},
             "threshold": state.threshold,
         }
-        publish_round(out_dir, stage, manifest, key)
+        publish_round(out_dir, stage, manifest, key, digests=digests)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return maps

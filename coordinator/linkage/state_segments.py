@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from numba import njit
 
 from coordinator.linkage.state_arrays import keep_runs, replace_rows
 from coordinator.linkage.state_store import (
@@ -102,7 +103,7 @@ def append_delta(path: Path, state: IncrementalState, key: bytes) -> int:
     arrays: dict[str, np.ndarray] = {"removed": change.removed.astype(np.int64)}
     arrays.update({name: getattr(state, name)[tail] for name in _ROW_ARRAYS})
     arrays["keys"] = state.keys[:, tail]
-    arrays["entity"], arrays["pseudonyms"] = state.entity, state.pseudonyms
+    arrays.update(_entity_change(change.entity_before, change.pseudonyms_before, state.entity, state.pseudonyms))
     for name in ("edge_a", "edge_b", "edge_sim"):
         arrays[name] = getattr(state, name)[len(getattr(state, name)) - change.new_edges :]
     new_party = state.party[tail]
@@ -152,6 +153,56 @@ def apply_deltas(path: Path, state: IncrementalState, base_digest: bytes, key: b
     return state
 
 
+@njit(nogil=True, cache=True)
+def _kept_in_order(old, new):  # noqa: ANN001, ANN202
+    """Which of ``old``'s rows (``(k, 2)`` uint64) lead ``new``, in order: ``(kept mask, how many of new they are)``.
+
+    Greedy: ``old[kept]`` equals ``new[:count]`` by construction, whatever the tables are.
+    """
+    kept = np.zeros(old.shape[0], dtype=np.bool_)
+    j = 0
+    for i in range(old.shape[0]):
+        if j < new.shape[0] and old[i, 0] == new[j, 0] and old[i, 1] == new[j, 1]:
+            kept[i] = True
+            j += 1
+    return kept, j
+
+
+def _entity_change(entity_before: np.ndarray | None, table_before: np.ndarray | None, entity: np.ndarray,
+                   table: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays a delta records of the re-solve: only what moved, not every row's entity.
+
+    The solver keeps the old pseudonyms it still uses in their order and appends fresh ones, so the
+    table is written as the old entries ``retired`` and the ``fresh`` ones, and the rows as those
+    whose entity is not their old one renumbered (``moved``, ``moved_entity``): the new rows and the
+    few the round re-clustered. Any change (a rotation too) is recorded exactly: at worst every row
+    moves. Without the state before the re-solve, every row's entity and the table go whole.
+    """
+    if entity_before is None or table_before is None:
+        return {"entity": entity, "pseudonyms": table}
+    words = np.ascontiguousarray(table_before).view(np.uint64)
+    kept, count = _kept_in_order(words, np.ascontiguousarray(table).view(np.uint64))
+    renumber = np.full(len(table_before) + 1, -1, dtype=np.int64)  # the extra last entry maps -1 (a new row)
+    renumber[:-1][kept] = np.arange(count)
+    moved = np.flatnonzero(renumber[entity_before] != entity)
+    return {"retired": np.flatnonzero(~kept), "fresh": np.ascontiguousarray(table[count:]), "moved": moved,
+            "moved_entity": entity[moved].astype(np.int64)}
+
+
+def _changed_entities(before: np.ndarray, table_before: np.ndarray,
+                      arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's entity and the table after a delta (the inverse of :func:`_entity_change`)."""
+    kept = np.ones(len(table_before), dtype=bool)
+    kept[arrays["retired"]] = False
+    renumber = np.full(len(table_before) + 1, -1, dtype=np.int64)
+    renumber[:-1][kept] = np.arange(int(kept.sum()))
+    entity = renumber[before]
+    entity[arrays["moved"]] = arrays["moved_entity"]
+    if (entity < 0).any():
+        raise ValueError("inconsistent")
+    return entity, np.concatenate([table_before[kept], arrays["fresh"]]).astype(np.uint8, copy=False)
+
+
 def _apply(state: IncrementalState, meta: dict[str, object], arrays: dict[str, np.ndarray]) -> int:
     """Apply one delta (as :func:`coordinator.linkage.incremental.apply_round` changed the state)."""
     change = meta.pop("change")
@@ -186,7 +237,11 @@ def _apply(state: IncrementalState, meta: dict[str, object], arrays: dict[str, n
     state.edge_a = np.concatenate([new_index[state.edge_a[live]].astype(np.uint32), arrays["edge_a"]])
     state.edge_b = np.concatenate([new_index[state.edge_b[live]].astype(np.uint32), arrays["edge_b"]])
     state.edge_sim = np.concatenate([state.edge_sim[live], arrays["edge_sim"]])
-    state.entity, state.pseudonyms = arrays["entity"], arrays["pseudonyms"]
+    if "entity" in arrays:  # a delta written before the entity changes were recorded alone
+        state.entity, state.pseudonyms = arrays["entity"], arrays["pseudonyms"]
+    else:
+        before = kept_then(state.entity, np.full(len(arrays["party"]), -1, dtype=np.int64))
+        state.entity, state.pseudonyms = _changed_entities(before, state.pseudonyms, arrays)
     if len(state.entity) != state.n_rows or state.n_rows != change["n_after"]:
         raise ValueError("inconsistent")
     state.attr_codes = codes

@@ -76,12 +76,17 @@ class RoundChange:
         first_new: the row number of the first row the round added (rows before it are the kept
             ones, in their order); every row from it on is new.
         new_edges: edges the round added, at the end of the edge arrays (after the kept edges).
+        entity_before: every row's entity before the round re-solved (the kept rows' old
+            entities, ``-1`` for new rows), against which its delta records the rows that moved.
+        pseudonyms_before: the pseudonym table ``entity_before`` indexes.
     """
 
     n_before: int
     removed: np.ndarray
     first_new: int
     new_edges: int
+    entity_before: np.ndarray | None = None
+    pseudonyms_before: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.linkage.incremental_outputs import _hex
+from coordinator.linkage.incremental_outputs import map_bytes
 from coordinator.linkage.resolve_clusters import components
 from coordinator.linkage.state_arrays import _buffer, array_pieces, keep_runs, replace_rows
 from coordinator.linkage.state_store import _MAGIC, IncrementalState, load_base, write_sealed
@@ -76,7 +76,7 @@ def test_lookup_and_collisions_match_whole_tokens_even_when_prefixes_collide() -
     assert collides(live, np.concatenate([twice, twice[:1]]))
 
 
-def test_components_and_hex_equal_their_plain_definitions() -> None:
+def test_components_and_map_lines_equal_their_plain_definitions() -> None:
     rng = np.random.default_rng(4)
     n = 3000
     a, b = rng.integers(0, n, 2500), rng.integers(0, n, 2500)
@@ -93,4 +93,5 @@ def test_components_and_hex_equal_their_plain_definitions() -> None:
         expected = step
     assert np.array_equal(label, expected)
     tokens = rng.integers(0, 256, (10, 16), dtype=np.uint8)
-    assert [bytes(row).decode() for row in _hex(tokens)] == [bytes(t).hex() for t in tokens]
+    lines = map_bytes(np.arange(10), tokens, np.arange(10)[::-1].copy(), tokens).tobytes().decode().splitlines()
+    assert lines[1:] == [f"{t.tobytes().hex()},{tokens[9 - i].tobytes().hex()}" for i, t in enumerate(tokens)]

@@ -3,9 +3,9 @@ r"""Append-only delta segments of the linkage state: a round writes what it chan
 The state on disk is a base file (``linkage.state``, :mod:`coordinator.linkage.state_store`)
 followed by delta segments ``linkage.state.delta-000001``, ``-000002``, …, one per round since
 the base was written. A delta holds the rows the round removed (their numbers), the rows it
-added (token, encoding, band keys, day, party, attribute codes), the edges it added, every row's
-entity and the pseudonym table (the solver renumbers entities, so these are written whole: 24
-bytes per row and entity, against ~540 per row for the base), and the state's small metadata.
+added (token, encoding, band keys, day, party, attribute codes), the edges it added, what the
+re-solve changed (the pseudonyms it retired and the fresh ones, and the rows whose entity is not
+their old one renumbered: the new rows and the few it moved), and the state's small metadata.
 Loading applies the deltas in order to the base; every few rounds the state is *compacted*:
 written whole as a new base, and the deltas removed.
 

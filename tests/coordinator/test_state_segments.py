@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.linkage import state_segments
 from coordinator.linkage.blocking import BlockingConfig
 from coordinator.linkage.incremental import apply_round
 from coordinator.linkage.state_segments import COMPACT_AFTER_DELTAS, append_delta, delta_paths
@@ -134,3 +135,43 @@ def test_deltas_of_an_earlier_base_are_skipped(world: World) -> None:
         shutil.copy(p, path.parent / p.name)
     assert delta_paths(path)
     _same(load_state(path, key, agreement.agreement_id), expected)
+
+
+def test_a_delta_records_only_the_entities_that_moved_and_replays_any_re_solve() -> None:
+    """Invariant: a delta's retired and fresh pseudonyms and moved rows rebuild every entity and the table
+    exactly, whatever the re-solve did (retire, add, move, rotate every pseudonym), and name only the rows
+    that moved."""
+    rng = np.random.default_rng(5)
+    table = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+    before = rng.integers(0, 50, 1000)
+    before[-30:] = -1  # the round's new rows
+    kept = rng.random(50) > 0.2
+    table_after = np.concatenate([table[kept], rng.integers(0, 256, (7, 16), dtype=np.uint8)])
+    renumber = np.full(50, -1)
+    renumber[kept] = np.arange(int(kept.sum()))
+    entity = np.where(before >= 0, renumber[before], -1)
+    entity[(entity < 0) | (rng.random(1000) < 0.01)] = -1
+    moved = entity < 0
+    entity[moved] = rng.integers(0, len(table_after), int(moved.sum()))
+    for after in (table_after, rng.integers(0, 256, table_after.shape, dtype=np.uint8)):  # then a rotation
+        arrays = state_segments._entity_change(before, table, entity, after)
+        assert "entity" not in arrays
+        if after is table_after:
+            assert len(arrays["moved"]) <= int(moved.sum()) and len(arrays["fresh"]) == 7
+        got, got_table = state_segments._changed_entities(before, table, arrays)
+        assert np.array_equal(got, entity) and np.array_equal(got_table, after)
+
+
+def test_a_delta_written_with_every_entity_still_loads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant: deltas of the older layout (every row's entity and the whole table) load to the same state."""
+    agreement = world.setup.agreement
+    key = derive_state_key(world.setup.key("coordinator"), agreement.agreement_id)
+    path = state_path(world.root / "state")
+    first_round(world)
+    monkeypatch.setattr(state_segments, "_entity_change",
+                        lambda *arrays: {"entity": arrays[2], "pseudonyms": arrays[3]})
+    state = load_state(path, key, agreement.agreement_id)
+    paths = [world.delta(name, add=3, withdraw=2) for name in agreement.agency_ids[:2]]
+    state, _, _ = apply_round(agreement, state, [read_upload(p, agreement) for p in paths])
+    append_delta(path, state, key)
+    _same(load_state(path, key, agreement.agreement_id), state)

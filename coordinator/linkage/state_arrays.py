@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import numpy as np
@@ -32,6 +34,8 @@ ROW_ARRAYS = ("party", "tokens", "clks", "added_day", "entity")
 #: Arrays with one entry per live row along their second axis (``(bands, n)``).
 COLUMN_ARRAYS = ("keys",)
 _U32 = struct.Struct(">I")
+#: Threads that decrypt a base file's segments at load (each decrypts into its own part of the arrays).
+_LOAD_THREADS = 2
 
 
 def headroom(rows: int) -> int:
@@ -196,25 +200,52 @@ def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_
             raise ValueError("unexpected dtype or shape")
         arrays[name], parts = _allocate(name, np.dtype(dtype), tuple(shape))
         regions.extend(parts)
-    region, offset = 0, 0
-    while index < segments:
-        length = next_segment()
-        if region < len(regions) and len(regions[region]) - offset >= length:
-            decrypt(length, regions[region][offset : offset + length])  # straight into place
-            offset += length
-        else:
-            decrypt(length, scratch[:length])
-            done = 0
-            while done < length:
-                if region >= len(regions):
-                    raise ValueError("trailing bytes")
-                take = min(length - done, len(regions[region]) - offset)
-                regions[region][offset : offset + take] = scratch[done : done + take]
-                done, offset = done + take, offset + take
-                if offset == len(regions[region]):
-                    region, offset = region + 1, 0
-        while region < len(regions) and offset == len(regions[region]):
-            region, offset = region + 1, 0
-    if region != len(regions) or fh.read(1):
+    # Where each remaining segment lies in the file and where its plaintext goes: straight into one
+    # region, or (spanning two, in files written before this layout) through a scratch buffer.
+    plan: list[tuple[int, int, int, list[tuple[int, int, int]]]] = []  # (index, file offset, length, pieces)
+    region, offset, at = 0, 0, fh.tell()
+    for i in range(index, segments):
+        length = fh.read(4)
+        if len(length) != 4:
+            raise ValueError("truncated")
+        (n,) = _U32.unpack(length)
+        if not 16 <= n <= _SEGMENT + 16 or at + 4 + n > size:
+            raise ValueError("truncated")
+        pieces, done = [], 0
+        while done < n - 16:
+            if region >= len(regions):
+                raise ValueError("trailing bytes")
+            take = min(n - 16 - done, len(regions[region]) - offset)
+            pieces.append((region, offset, take))
+            done, offset = done + take, offset + take
+            if offset == len(regions[region]):
+                region, offset = region + 1, 0
+        plan.append((i, at + 4, n, pieces))
+        at += 4 + n
+        fh.seek(at)
+    while region < len(regions) and len(regions[region]) == 0:
+        region += 1
+    if region != len(regions) or at != size:
         raise ValueError("truncated or trailing bytes")
+
+    def open_segment(task: tuple[int, int, int, list[tuple[int, int, int]]]) -> None:
+        i, file_at, n, pieces = task
+        sealed = bytearray(n)
+        if os.preadv(fh.fileno(), [sealed], file_at) != n:
+            raise ValueError("truncated")
+        nonce, aad = prefix + _U32.pack(i), _aad(head_digest, i, i == segments - 1)
+        if len(pieces) == 1:
+            r, o, take = pieces[0]
+            aead.decrypt_into(nonce, sealed, aad, regions[r][o : o + take])  # straight into place
+            return
+        plain = memoryview(bytearray(n - 16))
+        aead.decrypt_into(nonce, sealed, aad, plain)
+        done = 0
+        for r, o, take in pieces:
+            regions[r][o : o + take] = plain[done : done + take]
+            done += take
+
+    # Two threads: decryption and reading release the GIL, and each segment has its own destination.
+    with ThreadPoolExecutor(max_workers=_LOAD_THREADS) as pool:
+        list(pool.map(open_segment, plan))
     return meta, arrays

@@ -11,7 +11,8 @@ each band's row, so each band stays one contiguous run of keys for the compare s
 Loading decrypts the base's segments straight into those buffers: the file's layout is
 unchanged (each array's bytes in order; a band's keys are one piece, so a segment never spans
 two bands), and a segment that does span two destinations (files written before this layout)
-goes through one reused scratch buffer.
+goes through a scratch buffer. Every segment is located in the file first (its length prefix),
+so the segments are then read and decrypted on two threads, each straight into its own place.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ target: an estimate, and printed as one.
 Usage::
 
     uv run python benchmarks/incremental.py --agencies 4 --records 100000
+    uv run python benchmarks/incremental.py --agencies 4 --records 1000000 --state-from truth --no-peer \
+        --repeat 1 --work-dir /tmp/incr-work   # the state is built once, then reused by later runs
 """
 
 from __future__ import annotations
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "incremental", "agencies": args.agencies, "records": args.records,
         "new_fraction": args.new_fraction, "withdraw_fraction": args.withdraw_fraction, "threshold": args.threshold,
         "workers": args.workers, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-        "state_from": args.state_from, "first_round_seconds": round(first_seconds, 2),
+        "state_from": args.state_from, "state_reused": reuse, "first_round_seconds": round(first_seconds, 2),
         "first_round_comparisons": first_comparisons,
         "incremental_seconds": round(incremental_seconds, 3),
         "incremental_seconds_all": [round(t, 3) for t, _ in add_runs],

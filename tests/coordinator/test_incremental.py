@@ -336,11 +336,18 @@ def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: P
     import sys
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "incremental.py"
-    done = subprocess.run([sys.executable, str(script), "--agencies", "3", "--records", "600", "--repeat", "1",
-                           "--state-from", "truth", "--no-peer", "--cache-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, check=True)
-    row = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    rows = []
+    for _ in range(2):  # the second run reuses the state the first built and kept in --work-dir
+        done = subprocess.run([sys.executable, str(script), "--agencies", "3", "--records", "600", "--repeat", "1",
+                               "--state-from", "truth", "--no-peer", "--cache-dir", str(tmp_path),
+                               "--work-dir", str(tmp_path / "work")],
+                              capture_output=True, text=True, timeout=600, check=True)
+        rows.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{"))))
+    row = rows[0]
     assert row["incremental_added"] == 3 * 6 and row["incremental_removed"] == {"withdrawn": 3 * 1}
     assert row["saved_as"] == "whole" and row["saved_bytes"] > 0
     assert row["incremental_saved_as"] == "delta" and 0 < row["incremental_saved_bytes"] < row["saved_bytes"]
     assert row["full_rematch_seconds"] is None and row["f1_incremental"] > 0.5
+    assert not row["state_reused"] and rows[1]["state_reused"]
+    same = ("incremental_added", "incremental_removed", "incremental_comparisons", "f1_incremental", "moved_rows")
+    assert {k: rows[1][k] for k in same} == {k: row[k] for k in same}

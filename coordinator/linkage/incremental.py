@@ -45,7 +45,7 @@ from coordinator.linkage.state_store import (
     save_state,
     state_path,
 )
-from coordinator.linkage.state_tokens import collides, lookup
+from coordinator.linkage.state_tokens import lookup, lookup_all, repeats
 from coordinator.linkage.uploads import Upload, check_chain, read_upload
 from pplink.agreement import AgreementConfig
 from pplink.deltafile import WithdrawReason, day_of
@@ -148,12 +148,15 @@ def _rebuild(state: IncrementalState, drop: np.ndarray, uploads: Sequence[Upload
         kept = keep[state.party == p]
         if p not in sent:
             state.attr_codes[name] = {c: codes[kept] for c, codes in state.attr_codes.get(name, {}).items()}
+    # One pass over the live tokens for every upload's new ones (not a copy of each party's tokens).
+    owner = np.repeat([state.parties.index(up.party) for up in uploads], [len(up.added.tokens) for up in uploads])
+    live, new = lookup_all(state.tokens, np.concatenate([up.added.tokens for up in uploads])) if uploads else ([], [])
+    clash = keep[live] & (state.party[live] == owner[new]) if len(live) else np.zeros(0, dtype=bool)
     for up in uploads:
-        p = state.parties.index(up.party)
-        live = state.tokens[(state.party == p) & keep]
-        if collides(live, up.added.tokens):
+        if repeats(up.added.tokens) or (clash & (owner[new] == state.parties.index(up.party))).any():
             raise MatchError(f"{up.source}: repeats a row token (of this file or of a live row)")
-        _attributes(state, up, keep[state.party == p])
+    for up in uploads:
+        _attributes(state, up, keep[state.party == state.parties.index(up.party)])
     n_keep = int(keep.sum())
     # The kept rows move left in place and the new ones follow (state_arrays: the buffers have spare rows).
     runs = keep_runs(keep)
@@ -194,12 +197,16 @@ def _withdrawals(state: IncrementalState, uploads: Sequence[Upload], agreement: 
         if up.delta is None:
             reason[rows] = REPLACED
             continue
+        if not len(up.delta.withdrawn):
+            continue
         found = lookup(state.tokens[rows], up.delta.withdrawn)
         # A token not found was already expired here, by the same retention rule the node applies.
         unknown += int((found < 0).sum())
         reason[rows[found[found >= 0]]] = up.delta.reasons[found >= 0]
-    expired = state.added_day + agreement.retention.linkage_days <= as_of[state.party]
-    reason[expired & (reason == 0)] = WithdrawReason.RETENTION
+    # Most rounds expire nothing: one pass for the oldest row's day, not a per-row comparison.
+    if n and int(state.added_day.min()) + agreement.retention.linkage_days <= int(as_of.max()):
+        expired = state.added_day + agreement.retention.linkage_days <= as_of[state.party]
+        reason[expired & (reason == 0)] = WithdrawReason.RETENTION
     return reason > 0, reason, unknown
 
 
@@ -245,10 +252,12 @@ def apply_round(
     for up in uploads:
         check_chain(state, up)
     drop, reason, unknown = _withdrawals(state, uploads, agreement, today)
+    dropped = np.flatnonzero(drop)
     removed_rows = {name: [(state.tokens[r].tobytes(), int(reason[r]))
-                           for r in np.flatnonzero(drop & (state.party == p)).tolist()]
+                           for r in dropped[state.party[dropped] == p].tolist()]
                     for p, name in enumerate(state.parties)}
-    removed = {REASON_NAMES[int(code)]: int((reason == code).sum()) for code in np.unique(reason[drop])}
+    codes, counts = np.unique(reason[dropped], return_counts=True)
+    removed = {REASON_NAMES[int(code)]: int(count) for code, count in zip(codes, counts, strict=True)}
     lost_edge = _drop_edges(state, drop)
     n_before, first_new = state.n_rows, int((~drop).sum())
     order = {a: i for i, a in enumerate(state.parties + [a for a in agreement.agency_ids if a not in state.parties])}

@@ -22,6 +22,7 @@ from numba import njit
 
 from coordinator.linkage.candidate_order import candidate_order
 from coordinator.linkage.greedy import greedy_roots
+from coordinator.linkage.state_tokens import any_present
 
 __all__ = ["ClusterChange", "components", "fresh_pseudonyms", "greedy_groups", "recluster"]
 
@@ -56,12 +57,12 @@ def fresh_pseudonyms(n: int, taken: np.ndarray) -> np.ndarray:
     """
     # A collision has probability ~n^2 / 2^129; checked anyway (on the first 8 bytes, which is
     # stricter) because a shared id would merge people.
-    known = np.sort(np.ascontiguousarray(taken).view(np.uint64)[:, 0]) if len(taken) else np.zeros(0, np.uint64)
+    # The few new prefixes go in a hash set and the taken ones are looked up in one pass (no sort of the table).
+    known = np.ascontiguousarray(taken).view(np.uint64)[:, 0] if len(taken) else np.zeros(0, np.uint64)
     while True:
         out = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-        prefix = out.view(np.uint64)[:, 0]
-        pos = np.minimum(np.searchsorted(known, prefix), max(len(known) - 1, 0))
-        clash = (known[pos] == prefix).any() if len(known) else False
+        prefix = np.sort(out.view(np.uint64)[:, 0])
+        clash = any_present(known, prefix)
         if not clash and len(np.unique(prefix)) == n:
             return out
 

@@ -62,6 +62,8 @@ def _buffer(dtype: np.dtype, shape: tuple[int, ...], axis: int, rows: int) -> np
 
 def keep_runs(keep: np.ndarray) -> list[tuple[int, int]]:
     """The ``(start, end)`` stretches of kept rows, in order."""
+    if keep.all():  # a round that removes nothing (most do): no pass over every row's flag
+        return [(0, len(keep))] if len(keep) else []
     bounds = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
     return list(zip(bounds[::2].tolist(), bounds[1::2].tolist(), strict=True))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["collides", "lookup"]
+__all__ = ["any_present", "collides", "lookup", "lookup_all", "repeats"]
 
 
 @njit(nogil=True, cache=True)
@@ -86,3 +86,18 @@ def lookup(tokens: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     i, j = _matches(tokens, wanted)
     out[j] = i
     return out
+
+
+def repeats(tokens: np.ndarray) -> bool:
+    """Whether any token appears twice."""
+    return _repeats(tokens)
+
+
+def lookup_all(tokens: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``tokens[i] == wanted[j]`` (tokens may repeat across parties), in one pass."""
+    return _matches(tokens, wanted)
+
+
+def any_present(values: np.ndarray, keys: np.ndarray) -> bool:
+    """Whether any of the many ``values`` (uint64) is among the few ``keys``: one pass, no sort."""
+    return bool(len(values) and len(keys) and len(_present(np.ascontiguousarray(values), keys)))

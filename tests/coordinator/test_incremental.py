@@ -351,3 +351,25 @@ def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: P
     assert not row["state_reused"] and rows[1]["state_reused"]
     same = ("incremental_added", "incremental_removed", "incremental_comparisons", "f1_incremental", "moved_rows")
     assert {k: rows[1][k] for k in same} == {k: row[k] for k in same}
+
+
+def test_a_new_token_repeating_a_live_one_of_its_agency_is_refused(world: World) -> None:
+    """Invariant: a round refuses new rows whose token repeats one of the same agency's live rows or another new
+    row of the same file, and accepts a token that only another agency holds (tokens are per agency)."""
+    first_round(world)
+    agreement = world.setup.agreement
+    school, other = world.agencies["school"], next(a for n, a in world.agencies.items() if n != "school")
+
+    def delta_with(tokens: np.ndarray, tag: str) -> Path:
+        path = world.root / f"school.{tag}.delta"
+        write_delta(path, agreement=agreement, party="school", previous=file_digest(school.last.read_bytes()),
+                    sequence=school.sequence + 1, withdrawn=np.zeros((0, 16), dtype=np.uint8),
+                    reasons=np.zeros(0, dtype=np.uint8), tokens=tokens, clks=world.records(len(tokens)),
+                    attributes={}, key=world.setup.key("school"))
+        return path
+
+    fresh = world.rng.integers(0, 256, (2, 16), dtype=np.uint8)
+    for tokens, tag in ((np.stack([fresh[0], school.tokens[5]]), "live"), (np.stack([fresh[0], fresh[0]]), "twice")):
+        with pytest.raises(MatchError, match="repeats a row token"):
+            world.run([delta_with(tokens, tag)])
+    assert world.run([delta_with(np.stack([fresh[1], other.tokens[0]]), "other")]).added == 2

@@ -110,6 +110,8 @@ def _new_state(agreement: AgreementConfig, uploads: Sequence[Upload], blocking: 
 
 def _drop_edges(state: IncrementalState, drop: np.ndarray) -> np.ndarray:
     """Delete the edges of dropped rows and renumber the rest; return the surviving rows that lost an edge."""
+    if not drop.any():  # a round that removes nothing keeps every edge and row number
+        return np.zeros(0, dtype=np.int64)
     new_index = np.cumsum(~drop) - 1
     lost_a, lost_b = drop[state.edge_a], drop[state.edge_b]
     touched = np.unique(np.concatenate([state.edge_a[lost_b & ~lost_a], state.edge_b[lost_a & ~lost_b]]))

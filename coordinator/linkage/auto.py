@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -45,6 +46,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
+from coordinator.linkage.pair_split import AgencyPairs, pair_links
 from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 from coordinator.linkage.topk import PairSink
@@ -124,33 +126,38 @@ class _Clock:
 
 def _pair_calibrations(
     datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
-    capture: np.ndarray | None = None, timings: dict[str, float] | None = None,
+    capture: np.ndarray | None = None, timings: dict[str, float] | None = None, workers: int = 1,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
     """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links."""
     sizes = [len(d) for d in datasets]
     out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
     words = [as_words(d) for d in datasets]
     pops = [popcounts(w) for w in words]
-    solving = fitting = 0.0
-    sims, (first_set, second_set), (first_row, second_row) = candidates
-    # One pass names every pair's agency pair; each selection is then a gather (order kept).
-    code = first_set.astype(np.int64) * len(datasets) + second_set
+    solving = 0.0
+    # One pass groups the candidates by agency pair (order kept); each pair's solve reads its own.
+    started = time.perf_counter()
+    grouped = AgencyPairs(candidates, len(datasets))
+    solving += time.perf_counter() - started
+    solved: dict[tuple[int, int], tuple[ScoreHistogram, Links]] = {}
     for d_a in range(len(datasets)):
         for d_b in range(d_a + 1, len(datasets)):
-            started = time.perf_counter()
-            at = np.flatnonzero(code == d_a * len(datasets) + d_b)
-            selected = (np.take(sims, at), (np.take(first_set, at), np.take(second_set, at)),
-                        (np.take(first_row, at), np.take(second_row, at)))
-            labels, _, _ = solve_candidates(selected, sizes)
-            rows_a, rows_b = same_cluster_rows(labels[d_a], labels[d_b])
+            rows_a, rows_b = pair_links(grouped, d_a, d_b, sizes[d_a], sizes[d_b])
             scores = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
-            histogram = replace(score_histogram(scores, floor), capture=capture)
-            solved = time.perf_counter()
-            calibration = calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
-            solving, fitting = solving + solved - started, fitting + time.perf_counter() - solved
-            out[(d_a, d_b)] = histogram, calibration, (rows_a, rows_b, scores)
+            solved[(d_a, d_b)] = replace(score_histogram(scores, floor), capture=capture), (rows_a, rows_b, scores)
+    solving += time.perf_counter() - started
+    started = time.perf_counter()
+
+    def fit(histogram: ScoreHistogram) -> Calibration:
+        return calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
+
+    # The fits are independent and spend their time in scipy's incomplete beta function, which
+    # releases the GIL: they run side by side, each exactly as it would alone.
+    with ThreadPoolExecutor(max(1, min(workers, len(solved)))) as pool:
+        fits = list(pool.map(fit, [histogram for histogram, _ in solved.values()]))
+    for (key, (histogram, links)), calibration in zip(solved.items(), fits, strict=True):
+        out[key] = histogram, calibration, links
     if timings is not None:
-        timings.update(pair_solves=solving, pair_fits=fitting)
+        timings.update(pair_solves=solving, pair_fits=time.perf_counter() - started)
     return out
 
 
@@ -250,7 +257,7 @@ def auto_match(
     # The second pass's gate reads the first pass's scores and capture, which the round needs anyway.
     if second_budget is not None and blocking is not None:
         labels, second = first.labels, None
-        if wants_second_pass(replace(score_histogram(scores, floor), capture=capture), bounds):
+        if wants_second_pass(replace(score_histogram(scores, floor), capture=capture), bounds, workers=workers):
             first, second = rematch_with_second_pass(datasets, first, blocking, second_budget, workers=workers,
                                                      check_threshold=False)
         clock.lap("second_pass")
@@ -260,12 +267,13 @@ def auto_match(
                 clock.lap("linked_pair_scores")
             capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second)
             clock.lap("capture_by_score")
-    pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases)
+    pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers)
              if len(datasets) > 2 else {})
     clock.lap(None)
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
     overall = calibrate(replace(score_histogram(scores, floor), capture=capture), threshold=threshold,
-                        precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches)
+                        precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches,
+                        workers=workers)
     # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share
     # of the multi-party round).
     per_pair = {

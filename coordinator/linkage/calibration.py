@@ -47,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -269,9 +270,7 @@ def floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -
         if not histogram.floor < floor <= threshold:
             continue
         first = int(math.floor(floor * bins + 1e-9))
-        counts = histogram.counts.copy()
-        counts[:first] = 0.0
-        higher = ScoreHistogram(counts=counts, floor=floor, capture=histogram.capture, noise=histogram.noise)
+        higher = _from_floor(histogram, floor)
         if higher.total <= 0:
             continue
         other = fit_mixture(higher)
@@ -281,6 +280,13 @@ def floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -
         candidates.append((estimate_at(histogram, spliced, threshold).precision, spliced))
     candidates.sort(key=lambda pair: pair[0])
     return candidates[(len(candidates) - 1) // 2][1]
+
+
+def _from_floor(histogram: ScoreHistogram, floor: float) -> ScoreHistogram:
+    """``histogram`` with the bins below ``floor``'s emptied, from that floor."""
+    counts = histogram.counts.copy()
+    counts[: int(math.floor(floor * len(counts) + 1e-9))] = 0.0
+    return ScoreHistogram(counts=counts, floor=floor, capture=histogram.capture, noise=histogram.noise)
 
 
 def _shifted(interval: tuple[float, float], by: float, top: float | None) -> tuple[float, float]:
@@ -303,6 +309,7 @@ def calibrate(
     seed: int = 0,
     matches: float | None = None,
     higher_floors: bool = True,
+    workers: int = 1,
 ) -> Calibration:
     """Fit, choose (unless ``threshold`` is given) and estimate with bootstrap intervals.
 
@@ -319,6 +326,7 @@ def calibrate(
         higher_floors: take the median precision over fits from higher floors too (see
             :func:`floor_median`); an agency pair's own fit, read only for its count of true
             links, skips them.
+        workers: threads for the fits (the result does not depend on it).
 
     Returns:
         The calibration.
@@ -331,7 +339,16 @@ def calibrate(
         >>> 0.6 < cal.threshold < 0.85, cal.estimate.precision > 0.97
         (True, True)
     """
-    fit = fit_mixture(histogram)
+    if workers > 1 and higher_floors:
+        # The higher floors' fits do not depend on the first fit: made now, side by side, the
+        # median below finds them among the recent fits (those a chosen threshold rules out are spare).
+        higher = [_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor]
+        with ThreadPoolExecutor(workers) as pool:
+            spare = pool.map(fit_mixture, [h for h in higher if h.total > 0])
+            fit = fit_mixture(histogram, workers=max(1, workers - 1))
+            list(spare)
+    else:
+        fit = fit_mixture(histogram, workers=workers)
     own_matches = fit.matches
     if matches is not None:
         # Never fewer than this histogram's own fit shows: the agency pairs' fits are each on fewer
@@ -351,10 +368,13 @@ def calibrate(
         rng = np.random.default_rng(seed)
         probabilities = histogram.counts / histogram.total
         precisions, recalls, missed = [], [], []
-        for _ in range(bootstrap):
-            resampled = ScoreHistogram(rng.multinomial(histogram.total, probabilities).astype(np.float64),
-                                       histogram.floor, histogram.capture)
-            refit = fit_mixture(resampled, start=fit.parameters)
+        # Every resample is drawn first, in order, so the refits (independent, and spending their time
+        # in scipy's incomplete beta function, which releases the GIL) can run side by side.
+        samples = [ScoreHistogram(rng.multinomial(histogram.total, probabilities).astype(np.float64),
+                                  histogram.floor, histogram.capture) for _ in range(bootstrap)]
+        with ThreadPoolExecutor(max(1, min(workers, bootstrap))) as pool:
+            refits = list(pool.map(lambda resampled: fit_mixture(resampled, start=fit.parameters), samples))
+        for resampled, refit in zip(samples, refits, strict=True):
             if matches is not None and own_matches > 0:
                 refit = refit.model_copy(update={"matches": max(refit.matches * fit.matches / own_matches,
                                                                 refit.matches)})

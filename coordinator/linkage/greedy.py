@@ -30,9 +30,20 @@ from numba import njit
 __all__ = ["greedy_roots", "greedy_solve_groups"]
 
 
-@njit(cache=True, nogil=True)
 def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each node's neighbours in edge order (CSR ``(indptr, nbr)``; self-pairs left out)."""
+    """Each node's neighbours in edge order (CSR ``(indptr, nbr)``; self-pairs left out).
+
+    ``nbr`` (8 bytes a pair) is numpy's: numpy asks for huge pages, numba's allocations fault in 4 kB pages.
+    """
+    indptr = _degrees(u, v, n)
+    nbr = np.empty(int(indptr[n]), dtype=np.int32)  # nodes < 2**31 (checked by the caller)
+    _fill(u, v, indptr, nbr)
+    return indptr, nbr
+
+
+@njit(cache=True, nogil=True)
+def _degrees(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """CSR offsets of each node's neighbours."""
     indptr = np.zeros(n + 1, dtype=np.int64)
     for i in range(len(u)):
         if u[i] != v[i]:
@@ -40,8 +51,13 @@ def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
             indptr[v[i] + 1] += 1
     for x in range(n):
         indptr[x + 1] += indptr[x]
+    return indptr
+
+
+@njit(cache=True, nogil=True)
+def _fill(u: np.ndarray, v: np.ndarray, indptr: np.ndarray, nbr: np.ndarray) -> None:
+    """Each node's neighbours in edge order, into ``nbr``."""
     fill = indptr[:-1].copy()
-    nbr = np.empty(indptr[n], dtype=np.int32)  # nodes < 2**31 (checked by the caller)
     for i in range(len(u)):
         a, b = u[i], v[i]
         if a != b:
@@ -49,7 +65,6 @@ def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
             fill[a] += 1
             nbr[fill[b]] = a
             fill[b] += 1
-    return indptr, nbr
 
 
 @njit(cache=True, nogil=True)

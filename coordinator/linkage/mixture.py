@@ -9,8 +9,12 @@ for what is estimated from the fit.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -204,20 +208,48 @@ _STARTS = ((1.5, 0.0, 0.7, 2.9, 3.0), (0.5, 0.0, 1.5, 3.5, 2.0), (2.5, 0.0, 0.0,
            (1.0, -1.0, 1.0, 3.0, 4.5), (2.0, 0.0, 1.0, 3.0, 5.5), (0.0, 0.0, 0.5, 3.0, 2.5))
 
 
-def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None) -> MixtureFit:
+#: Recent fits by their inputs: an automatic round fits the same histogram in its second pass's gate
+#: and again in its calibration (8 Nelder-Mead runs each, and as many per higher floor).
+_RECENT: OrderedDict[tuple, MixtureFit] = OrderedDict()
+_RECENT_SIZE = 32
+_RECENT_LOCK = threading.Lock()
+
+
+def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None, workers: int = 1) -> MixtureFit:
     """Fit true-link and false-link components to a linked-pair histogram by maximum likelihood.
 
     True links: exact matches (the top bin) plus a beta density, truncated to the floor. False links:
     each record's best stranger, a density decaying exponentially from the floor. The binned
-    likelihood is maximised from a few starting points (Nelder-Mead); the best fit is kept.
+    likelihood is maximised from a few starting points (Nelder-Mead); the best fit is kept. The fit
+    is a function of its inputs alone, so a repeated fit (same counts, floor, capture, noise and
+    start) is given back from a small cache of recent ones.
 
     Args:
         histogram: from :func:`score_histogram`.
         start: start only from these parameters (a previous fit's), as the bootstrap does.
+        workers: threads for the starting points' runs (the fit does not depend on it).
 
     Returns:
         The fit.
     """
+    capture = histogram.capture
+    key = (np.asarray(histogram.counts, dtype=np.float64).tobytes(), float(histogram.floor),
+           None if capture is None else np.asarray(capture, dtype=np.float64).tobytes(), float(histogram.noise),
+           None if start is None else tuple(float(x) for x in start))
+    with _RECENT_LOCK:
+        if key in _RECENT:
+            _RECENT.move_to_end(key)
+            return _RECENT[key]
+    fit = _fit_mixture(histogram, start, workers)
+    with _RECENT_LOCK:
+        _RECENT[key] = fit
+        while len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+    return fit
+
+
+def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int) -> MixtureFit:
+    """:func:`fit_mixture`, computed."""
     from scipy.optimize import minimize
 
     counts = histogram.counts
@@ -230,10 +262,22 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
         return MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
                           nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
     objective = _Objective(counts, edges, first, capture, histogram.noise)
+
+    def run(point: Sequence[float]) -> Any:
+        # An objective of its own per run: each reuses a scratch array (its value never depends on it).
+        return minimize(_Objective(counts, edges, first, capture, histogram.noise), np.array(point),
+                        method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
+
+    points = _STARTS if start is None else (tuple(start),)
+    if workers > 1 and len(points) > 1:
+        # The runs are independent and spend their time in scipy's incomplete beta function, which
+        # releases the GIL; the best is then picked in the starts' order, as one after another would.
+        with ThreadPoolExecutor(min(workers, len(points))) as pool:
+            runs = list(pool.map(run, points))
+    else:
+        runs = [run(point) for point in points]
     best = None
-    for point in _STARTS if start is None else (tuple(start),):
-        found = minimize(objective, np.array(point), method="Nelder-Mead",
-                         options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
+    for found in runs:
         if best is None or found.fun < best.fun:
             best = found
     assert best is not None

@@ -198,21 +198,24 @@ def add_second_pass(
     return candidates, SecondPass(config=config, rows=rows, comparisons=comparisons, added=added)
 
 
-def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float]) -> float:
+def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float], workers: int = 1) -> float:
     """The threshold the round's calibration would choose from ``histogram`` alone (no bootstrap, no pair fits)."""
     from coordinator.linkage.calibration import calibrate
 
-    return calibrate(histogram, bounds=bounds, bootstrap=0).threshold
+    return calibrate(histogram, bounds=bounds, bootstrap=0, workers=workers).threshold
 
 
-def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0)) -> bool:
+def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0), *,
+                      workers: int = 1) -> bool:
     """Whether the threshold fitted on the first pass's histogram alone is below :data:`SECOND_PASS_BELOW`.
 
     Args:
         histogram: the first pass's linked-pair scores, with its blocking's capture rate.
         bounds: the agreed range of the threshold.
+        workers: threads for the fits (the answer does not depend on it; the round's own calibration
+            then finds the same fits among the recent ones).
     """
-    return _fitted_threshold(histogram, bounds) < SECOND_PASS_BELOW
+    return _fitted_threshold(histogram, bounds, workers) < SECOND_PASS_BELOW
 
 
 def provisional_threshold(datasets: Sequence[np.ndarray], first: MatchResult, blocking: BlockingConfig,

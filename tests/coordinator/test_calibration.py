@@ -219,3 +219,24 @@ def test_the_fits_fast_objective_is_the_likelihood_bit_for_bit() -> None:
             for params in rng.normal(0.0, 4.0, (60, 5)):
                 expected = _negative_loglik(params, histogram.counts, edges, histogram.first, cap, noise)
                 assert objective(params) == expected
+
+
+def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> None:
+    """Invariant: a fit computed afresh, one given back from the recent fits, one whose starts ran on threads,
+    and calibrations with threaded fits and bootstrap refits are all equal (every field, bit for bit)."""
+    from coordinator.linkage.mixture import _RECENT, _fit_mixture
+
+    rng = np.random.default_rng(4)
+    scores, _ = _mixture(2)
+    histogram = score_histogram(scores, 0.55)
+    blocked = score_histogram(scores, 0.55)
+    blocked = type(blocked)(counts=blocked.counts, floor=blocked.floor, capture=np.clip(rng.random(200), 0.2, 1.0))
+    for h in (histogram, blocked):
+        fresh = _fit_mixture(h, None, 1)
+        assert fit_mixture(h) == fresh and fit_mixture(h) == fresh and _fit_mixture(h, None, 3) == fresh
+        assert fit_mixture(h, start=fresh.parameters) == _fit_mixture(h, fresh.parameters, 1)
+        for threshold in (None, 0.8):
+            _RECENT.clear()  # each calibration computes its fits
+            alone = calibrate(h, threshold=threshold, bootstrap=6)
+            _RECENT.clear()
+            assert calibrate(h, threshold=threshold, bootstrap=6, workers=3) == alone

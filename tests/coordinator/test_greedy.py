@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from anonlink.solving import greedy_solve
 
-from coordinator.linkage.candidate_order import candidate_order
+from coordinator.linkage.candidate_order import candidate_order, sorted_candidates
 from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
 
@@ -132,11 +132,33 @@ def test_candidate_order_is_lexsorts_order() -> None:
     for trial in range(30):
         n = int(rng.integers(1, 5000))
         # Few distinct values (ties), Dice-like fractions, or arbitrary floats; repeated pairs too.
+        near = np.where(rng.random(n) < 0.01, rng.random(n), 0.5 + 1e-12 * rng.integers(0, 30, n))
         sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
-                rng.random(n)][trial % 3]
+                rng.random(n), near][trial % 4]
         d_a, d_b = rng.integers(0, 3, n), rng.integers(0, 5, n)
         r_a, r_b = rng.integers(0, 50, n), rng.integers(0, 1 + trial * 1000, n)
         expected = np.lexsort((r_b, r_a, d_b, d_a, -sims))
         assert candidate_order(sims, d_a, d_b, r_a, r_b).tolist() == expected.tolist()
     wide = np.array([2**40, 1]), np.array([2**40, 3])  # indices too wide to pack: np.lexsort itself
     assert candidate_order(np.array([0.5, 0.5]), np.zeros(2, int), np.ones(2, int), *wide).tolist() == [1, 0]
+
+
+def test_sorted_candidates_are_the_columns_in_lexsorts_order() -> None:
+    """Invariant: each sorted column is the column gathered through np.lexsort's permutation, dtype kept, whether
+    similarity ranks tie across different values (arbitrary floats, values closer than the rank's step) or not."""
+    rng = np.random.default_rng(8)
+    for trial in range(40):
+        n = int(rng.integers(1, 4000))
+        # Near-equal values beside far ones share ranks: long runs of tied ranks with different values.
+        near = np.where(rng.random(n) < 0.01, rng.random(n), 0.5 + 1e-12 * rng.integers(0, 30, n))
+        sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
+                rng.random(n), near][trial % 4]
+        columns = [rng.integers(0, 3, n), rng.integers(0, 5, n), rng.integers(0, 50, n),
+                   rng.integers(0, 1 + trial * 1000, n)]
+        if trial % 2:
+            columns = [c.astype(np.uint32) for c in columns]
+        expected = np.lexsort((columns[3], columns[2], columns[1], columns[0], -sims))
+        copies = [sims.copy(), *(c.copy() for c in columns)]
+        for got in (sorted_candidates(sims, *columns), sorted_candidates(*copies, overwrite=True)):
+            for value, column in zip(got, (sims, *columns), strict=True):
+                assert value.dtype == column.dtype and value.tolist() == column[expected].tolist()

@@ -1,0 +1,94 @@
+"""Each agency pair's own one-to-one solve of a round's candidates, from one pass over them.
+
+An automatic round solves each agency pair's candidates on its own (:mod:`coordinator.linkage.auto`).
+Selecting them with a mask per pair reads every candidate six times at four agencies, and each
+selection's solve numbers every record of the round. Here one counting pass puts the positions of
+each pair's candidates together (candidate order kept), and each pair's solve reads only its own
+pairs and numbers only its two agencies' records: the greedy solver's groups do not depend on how
+the records are numbered, so the links are the same (``tests/coordinator/test_pair_split.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from coordinator.linkage.greedy import greedy_roots
+from coordinator.linkage.match import Candidates
+
+__all__ = ["AgencyPairs", "pair_links"]
+
+
+@njit(cache=True, nogil=True)
+def _count(d_a: np.ndarray, d_b: np.ndarray, agencies: int) -> np.ndarray:
+    """Start of each ``d_a * agencies + d_b`` code's run (one more entry than codes)."""
+    start = np.zeros(agencies * agencies + 1, dtype=np.int64)
+    for i in range(len(d_a)):
+        if d_a[i] < agencies and d_b[i] < agencies:
+            start[d_a[i] * agencies + d_b[i] + 1] += 1
+    for c in range(agencies * agencies):
+        start[c + 1] += start[c]
+    return start
+
+
+@njit(cache=True, nogil=True)
+def _place(d_a: np.ndarray, d_b: np.ndarray, agencies: int, start: np.ndarray, positions: np.ndarray) -> None:
+    """Each candidate's position into its code's run, in candidate order."""
+    fill = start[:-1].copy()
+    for i in range(len(d_a)):
+        if d_a[i] < agencies and d_b[i] < agencies:
+            c = d_a[i] * agencies + d_b[i]
+            positions[fill[c]] = i
+            fill[c] += 1
+
+
+@njit(cache=True, nogil=True)
+def _nodes(r_a: np.ndarray, r_b: np.ndarray, positions: np.ndarray, offset: int, u: np.ndarray,
+           v: np.ndarray) -> None:
+    """Node numbers of a run's pairs: first agency's rows, then the second's after ``offset``."""
+    for j in range(len(positions)):
+        p = positions[j]
+        u[j] = r_a[p]
+        v[j] = offset + r_b[p]
+
+
+class AgencyPairs:
+    """A round's candidates grouped by agency pair, each group in candidate order.
+
+    Args:
+        candidates: the round's scored pairs in anonlink's candidate order.
+        agencies: how many agencies the round has.
+    """
+
+    def __init__(self, candidates: Candidates, agencies: int) -> None:
+        _, (d_a, d_b), (self.r_a, self.r_b) = candidates
+        self.agencies = agencies
+        d_a, d_b = np.ascontiguousarray(d_a), np.ascontiguousarray(d_b)
+        self.start = _count(d_a, d_b, agencies)
+        self.positions = np.empty(int(self.start[-1]), dtype=np.int64)
+        _place(d_a, d_b, agencies, self.start, self.positions)
+
+    def positions_of(self, d_a: int, d_b: int) -> np.ndarray:
+        """Positions (in the candidates) of the pairs between agencies ``d_a`` and ``d_b``, in order."""
+        code = d_a * self.agencies + d_b
+        return self.positions[self.start[code] : self.start[code + 1]]
+
+
+def pair_links(pairs: AgencyPairs, d_a: int, d_b: int, size_a: int, size_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows_a, rows_b)`` linked by the greedy solve of agencies ``d_a`` and ``d_b``'s candidates alone.
+
+    The same rows, in the same order (by ``rows_a``), as
+    :func:`~coordinator.linkage.auto.same_cluster_rows` gives for those agencies' labels after
+    :func:`~coordinator.linkage.match.solve_candidates` of the pair's selected candidates.
+    """
+    from coordinator.linkage.auto import same_cluster_rows
+
+    at = pairs.positions_of(d_a, d_b)
+    node = np.int32 if size_a + size_b < 2**31 else np.int64
+    u, v = np.empty(len(at), dtype=node), np.empty(len(at), dtype=node)
+    _nodes(pairs.r_a, pairs.r_b, at, size_a, u, v)
+    party = np.repeat(np.arange(2), [size_a, size_b])
+    root = greedy_roots(u, v, size_a + size_b, party)
+    alone = root < 0
+    root[alone] = np.flatnonzero(alone)  # a record in no group is its own cluster
+    return same_cluster_rows(root[:size_a], root[size_a:])

@@ -1,0 +1,38 @@
+"""Tests for coordinator.linkage.pair_split: each agency pair's one-to-one solve from one pass over the candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from coordinator.linkage.auto import same_cluster_rows
+from coordinator.linkage.match import select_candidates, solve_candidates
+from coordinator.linkage.pair_split import AgencyPairs, pair_links
+from tests.coordinator.test_greedy import _random_candidates
+
+
+def test_pair_links_are_the_selected_solves_links() -> None:
+    """Invariant: for every agency pair, the links equal (rows and order) those of solving that pair's selected
+    candidates over every record of the round, repeated pairs and tied similarities included."""
+    rng = np.random.default_rng(11)
+    for trial in range(24):
+        sizes = [int(x) for x in rng.integers(1, 60, int(rng.integers(2, 5)))]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(1, 6 * sum(sizes))), ties=trial % 2 == 0,
+                                        within=False, repeats=trial % 3 == 0)
+        grouped = AgencyPairs(candidates, len(sizes))
+        for a in range(len(sizes)):
+            for b in range(a + 1, len(sizes)):
+                labels, _, _ = solve_candidates(select_candidates(candidates, datasets=(a, b)), sizes)
+                expected = same_cluster_rows(labels[a], labels[b])
+                got = pair_links(grouped, a, b, sizes[a], sizes[b])
+                assert [x.tolist() for x in got] == [x.tolist() for x in expected], (trial, a, b)
+
+
+def test_agency_pairs_keep_candidate_order() -> None:
+    """Invariant: a pair's positions are exactly the candidates between those agencies, in increasing order."""
+    rng = np.random.default_rng(5)
+    candidates = _random_candidates(rng, [30, 40, 50], 400, ties=True, within=False, repeats=False)
+    _, (d_a, d_b), _ = candidates
+    grouped = AgencyPairs(candidates, 3)
+    for a in range(3):
+        for b in range(3):
+            assert grouped.positions_of(a, b).tolist() == np.flatnonzero((d_a == a) & (d_b == b)).tolist()

@@ -125,16 +125,25 @@ def _sort_keys(sims: np.ndarray, columns: tuple[np.ndarray, ...], widths: np.nda
                payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sorted keys and ``payload`` carried with them (ties of rank not yet put right).
 
-    The big arrays are numpy's, not numba's: numpy asks for huge pages, so a 100 MB array costs a
-    few hundred page faults rather than 25,000.
+    The scratch arrays are numba's, in small pages: numpy asks the kernel for huge pages, and on a
+    machine whose memory is fragmented each costs a compaction (measured: seconds of system time
+    for a 4 x 100k round's floor, against a fraction of a second in small pages).
     """
-    key = np.empty(len(sims), dtype=np.uint64)
+    key = _empty_like(np.zeros(0, dtype=np.uint64), len(sims))
     _keys(sims, *columns, widths, rank_bits, key)
-    return _radix_sort(key, payload, int(widths.sum()) + rank_bits, np.empty_like(key), np.empty_like(payload))
+    return _radix_sort(key, payload, int(widths.sum()) + rank_bits, _empty_like(key, len(key)),
+                       _empty_like(payload, len(payload)))
+
+
+@njit(cache=True, nogil=True)
+def _empty_like(like: np.ndarray, n: int) -> np.ndarray:
+    """An uninitialised array of ``n`` of ``like``'s dtype, allocated by numba."""
+    return np.empty(n, dtype=like.dtype)
 
 
 @njit(cache=True, nogil=True)
 def _unpack(key: np.ndarray, shift: int, width: int, out: np.ndarray) -> None:
+    """Bits ``shift .. shift + width`` of each key, into ``out``."""
     s = np.uint64(shift)
     mask = np.uint64((1 << width) - 1)
     for i in range(len(key)):

@@ -17,6 +17,7 @@ or two scores above 0.85. Downstream, an entity with two records at one agency i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -86,28 +87,43 @@ def attach_duplicates(
     sizes = np.bincount(flat, minlength=int(flat.max()) + 1 if len(flat) else 0)
     attached = 0
     kept = select_candidates(candidates, threshold=threshold) if candidates is not None else None
-    for d, own in enumerate(datasets):
-        singles = np.flatnonzero(sizes[labels[d]] == 1)
+    # Each agency's singles are fixed before any is attached (``sizes`` is not updated), so every
+    # singles-against-agency match is known up front: they run side by side, each on one thread.
+    singles_of = [np.flatnonzero(sizes[labels[d]] == 1) for d in range(len(datasets))]
+    jobs = [(d, e) for d in range(len(datasets)) if len(singles_of[d])
+            for e in range(len(datasets)) if e != d and len(datasets[e])]
+
+    def partners(job: tuple[int, int]) -> np.ndarray:
+        d, e = job
+        own, other, singles = datasets[d], datasets[e], singles_of[d]
+        if kept is not None:
+            return _partners(kept, d, e, singles, len(own), len(other))
+        found = match_clks([own[singles], other], threshold, blocking=blocking, workers=1, histogram_bins=None)
+        left, right = found.labels
+        partner = np.full(found.n_clusters, -1, dtype=np.int64)
+        partner[right] = np.arange(len(right))
+        return partner[left]
+
+    if kept is None and workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+            matched = dict(zip(jobs, pool.map(partners, jobs), strict=True))
+    else:
+        matched = {job: partners(job) for job in jobs}
+    for d in range(len(datasets)):
+        singles = singles_of[d]
         if not len(singles):
             continue
+        own = datasets[d]
         # The row of agency d in each cluster of two or more records (one per cluster after the solve).
         member = np.full(len(sizes), -1, dtype=np.int64)
         grouped = np.flatnonzero(sizes[labels[d]] > 1)
         member[labels[d][grouped]] = grouped
         best_score = np.zeros(len(singles))
         best_cluster = np.full(len(singles), -1, dtype=np.int64)
-        for e, other in enumerate(datasets):
-            if e == d or not len(other):
+        for e in range(len(datasets)):
+            if (d, e) not in matched:
                 continue
-            if kept is not None:
-                rows_b = _partners(kept, d, e, singles, len(own), len(other))
-            else:
-                found = match_clks([own[singles], other], threshold, blocking=blocking, workers=workers,
-                                   histogram_bins=None)
-                left, right = found.labels
-                partner = np.full(found.n_clusters, -1, dtype=np.int64)
-                partner[right] = np.arange(len(right))
-                rows_b = partner[left]
+            rows_b = matched[(d, e)]
             linked = np.flatnonzero(rows_b >= 0)
             if not len(linked):
                 continue

@@ -30,20 +30,9 @@ from numba import njit
 __all__ = ["greedy_roots", "greedy_solve_groups"]
 
 
-def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each node's neighbours in edge order (CSR ``(indptr, nbr)``; self-pairs left out).
-
-    ``nbr`` (8 bytes a pair) is numpy's: numpy asks for huge pages, numba's allocations fault in 4 kB pages.
-    """
-    indptr = _degrees(u, v, n)
-    nbr = np.empty(int(indptr[n]), dtype=np.int32)  # nodes < 2**31 (checked by the caller)
-    _fill(u, v, indptr, nbr)
-    return indptr, nbr
-
-
 @njit(cache=True, nogil=True)
-def _degrees(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
-    """CSR offsets of each node's neighbours."""
+def _adjacency(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's neighbours in edge order (CSR ``(indptr, nbr)``; self-pairs left out)."""
     indptr = np.zeros(n + 1, dtype=np.int64)
     for i in range(len(u)):
         if u[i] != v[i]:
@@ -51,13 +40,8 @@ def _degrees(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
             indptr[v[i] + 1] += 1
     for x in range(n):
         indptr[x + 1] += indptr[x]
-    return indptr
-
-
-@njit(cache=True, nogil=True)
-def _fill(u: np.ndarray, v: np.ndarray, indptr: np.ndarray, nbr: np.ndarray) -> None:
-    """Each node's neighbours in edge order, into ``nbr``."""
     fill = indptr[:-1].copy()
+    nbr = np.empty(indptr[n], dtype=np.int32)  # nodes < 2**31 (checked by the caller)
     for i in range(len(u)):
         a, b = u[i], v[i]
         if a != b:
@@ -65,6 +49,7 @@ def _fill(u: np.ndarray, v: np.ndarray, indptr: np.ndarray, nbr: np.ndarray) -> 
             fill[a] += 1
             nbr[fill[b]] = a
             fill[b] += 1
+    return indptr, nbr
 
 
 @njit(cache=True, nogil=True)

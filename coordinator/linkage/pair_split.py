@@ -32,14 +32,19 @@ def _count(d_a: np.ndarray, d_b: np.ndarray, agencies: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _place(d_a: np.ndarray, d_b: np.ndarray, agencies: int, start: np.ndarray, positions: np.ndarray) -> None:
-    """Each candidate's position into its code's run, in candidate order."""
+def _place(d_a: np.ndarray, d_b: np.ndarray, agencies: int, start: np.ndarray) -> np.ndarray:
+    """Each candidate's position into its code's run, in candidate order.
+
+    The array is numba's (small pages): see :func:`coordinator.linkage.candidate_order._sort_keys`.
+    """
+    positions = np.empty(start[-1], dtype=np.int64)
     fill = start[:-1].copy()
     for i in range(len(d_a)):
         if d_a[i] < agencies and d_b[i] < agencies:
             c = d_a[i] * agencies + d_b[i]
             positions[fill[c]] = i
             fill[c] += 1
+    return positions
 
 
 @njit(cache=True, nogil=True)
@@ -65,8 +70,7 @@ class AgencyPairs:
         self.agencies = agencies
         d_a, d_b = np.ascontiguousarray(d_a), np.ascontiguousarray(d_b)
         self.start = _count(d_a, d_b, agencies)
-        self.positions = np.empty(int(self.start[-1]), dtype=np.int64)
-        _place(d_a, d_b, agencies, self.start, self.positions)
+        self.positions = _place(d_a, d_b, agencies, self.start)
 
     def positions_of(self, d_a: int, d_b: int) -> np.ndarray:
         """Positions (in the candidates) of the pairs between agencies ``d_a`` and ``d_b``, in order."""

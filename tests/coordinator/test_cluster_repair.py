@@ -104,3 +104,23 @@ def test_duplicates_found_from_the_rounds_own_pairs_are_those_found_by_matching_
     reused = attach_duplicates(datasets, solved.labels, 0.7, blocking=None, workers=1, candidates=first.candidates)
     assert again[2] >= 5  # copies were attached: the comparison is not vacuous
     assert [x.tolist() for x in reused[0]] == [x.tolist() for x in again[0]] and reused[1:] == again[1:]
+
+
+def test_duplicates_matched_side_by_side_are_those_matched_one_after_another() -> None:
+    """Invariant: with LSH blocking, the singletons' matches run on threads (one per match) attach exactly what
+    they attach run in turn on one thread, with agencies on both sides of later attachments."""
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.match import match_clks
+
+    rng = np.random.default_rng(6)
+    people = _bits(rng, 160)
+    # Every agency holds some people twice (near copies): attachments in one agency are read by the next.
+    datasets = [np.packbits(np.concatenate([_flip(rng, people[rng.permutation(160)[:110]], 0.04),
+                                            _flip(rng, people[k * 15 : k * 15 + 15], 0.01)]), axis=1)
+                for k in range(4)]
+    blocking = BlockingConfig(bits_per_band=10, bands=12)
+    solved = match_clks(datasets, 0.7, blocking=blocking, workers=1)
+    alone = attach_duplicates(datasets, solved.labels, 0.7, blocking=blocking, workers=1)
+    threaded = attach_duplicates(datasets, solved.labels, 0.7, blocking=blocking, workers=3)
+    assert alone[2] >= 10  # copies were attached: the comparison is not vacuous
+    assert [x.tolist() for x in threaded[0]] == [x.tolist() for x in alone[0]] and threaded[1:] == alone[1:]

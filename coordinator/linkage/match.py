@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
+from numba import njit
 from pydantic import Field
 
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
@@ -205,17 +206,28 @@ def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tupl
     """
     _, (d_a, d_b), (r_a, r_b) = candidates
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    # Node numbers in 32 bits where they fit (4 bytes a pair; a floor solve takes millions of pairs).
-    node = np.int32 if offsets[-1] < 2**31 else np.int64
-    root = greedy_roots(offsets.astype(node)[d_a] + np.asarray(r_a, dtype=node),
-                        offsets.astype(node)[d_b] + np.asarray(r_b, dtype=node), int(offsets[-1]),
-                        np.repeat(np.arange(len(sizes)), sizes))
+    if offsets[-1] < 2**31 and len(d_a):
+        # Node numbers in 32 bits (4 bytes a pair; a floor solve takes millions of pairs), each in one
+        # compiled pass into numba's small pages (see candidate_order._sort_keys).
+        u, v = _node_numbers(offsets.astype(np.int32), d_a, r_a), _node_numbers(offsets.astype(np.int32), d_b, r_b)
+    else:
+        u, v = offsets[d_a] + np.asarray(r_a, dtype=np.int64), offsets[d_b] + np.asarray(r_b, dtype=np.int64)
+    root = greedy_roots(u, v, int(offsets[-1]), np.repeat(np.arange(len(sizes)), sizes))
     grouped = root >= 0
     linked = int(grouped.sum())
     root[~grouped] = np.flatnonzero(~grouped)
     _, labels = np.unique(root, return_inverse=True)
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
     return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters, linked
+
+
+@njit(cache=True, nogil=True)
+def _node_numbers(offsets: np.ndarray, dataset: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """``offsets[dataset] + row`` as int32 (the caller checks that every node number fits)."""
+    out = np.empty(len(row), dtype=np.int32)
+    for i in range(len(row)):
+        out[i] = offsets[dataset[i]] + row[i]
+    return out
 
 
 def _candidates(found: Found) -> Candidates:

@@ -59,6 +59,11 @@ _MAX_LISTED_REASONS = 20
 #: Raw CSV bytes per chunk: large enough that process round trips are rare, small enough that
 #: two chunks per worker in flight stay a few MB.
 BLOCK_BYTES = 1 << 20
+#: With workers, chunks shrink (to no less than this) until each worker gets about
+#: :data:`_CHUNKS_PER_WORKER` of them: with 7 chunks for 2 workers one worker ran 4 and the other
+#: sat idle for the last one.
+_MIN_PARALLEL_BLOCK_BYTES = 1 << 17
+_CHUNKS_PER_WORKER = 8
 
 
 class OutputFormat(StrEnum):
@@ -158,6 +163,12 @@ def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, Ch
     return len(rows), result, clks
 
 
+def _warm_encoder(init_args: tuple[RecordSpec, IdentifierSchema, bytes]) -> None:
+    """Encode one all-missing row in this process, so that compiled kernels are loaded before a fork."""
+    _, identifiers, key = init_args
+    ClkEncoder(identifiers, key).encode([[""] * len(identifiers.fields)])
+
+
 def _run_chunks(
     chunks: Iterator[Chunk],
     file: str,
@@ -175,6 +186,9 @@ def _run_chunks(
                 on_rows(n_rows)
             yield result, clks
         return
+    # Compiled kernels load (or compile) on first use: done once here, the forked workers inherit
+    # them instead of each paying for it on its first chunk.
+    _warm_encoder(init_args)
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args) as pool:
         pending: deque[Future[tuple[int, ChunkResult, np.ndarray]]] = deque()
 
@@ -265,7 +279,11 @@ def _encode_pass(
     keep_rejected_rows: list[tuple[int, Sequence[str]]] | None,
     settings: ExportSettings,
 ) -> tuple[EncodedRecords, dict[str, set[str]]]:
-    columns, chunks = iter_record_chunks(records, spec, block_bytes=BLOCK_BYTES, settings=settings)
+    block_bytes = BLOCK_BYTES
+    if workers > 1:
+        share = records.stat().st_size // (workers * _CHUNKS_PER_WORKER)
+        block_bytes = min(BLOCK_BYTES, max(share, _MIN_PARALLEL_BLOCK_BYTES))
+    columns, chunks = iter_record_chunks(records, spec, block_bytes=block_bytes, settings=settings)
     file = str(records)
     record_ids: list[str] = []
     clk_parts: list[np.ndarray] = []

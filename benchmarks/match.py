@@ -541,8 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated Ray worker counts (e.g. 1,2): also compare bands on a local Ray "
                              "cluster of each size (needs pplink[ray])")
     parser.add_argument("--prune-above", type=int, default=None,
-                        help="--threshold auto: pairs below the bound kept in full before the floor keeps each "
-                             "record's best few (default: auto_match's PRUNE_ABOVE; 0 prunes always, -1 never)")
+                        help="--threshold auto: pairs below 0.7 kept in full before the floor rises, and the most "
+                             "pairs a risen floor keeps (default: auto_match's PRUNE_ABOVE; -1 never rises)")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                         help="run each match in a fresh child process to measure its peak RSS")
     args = parser.parse_args(argv)

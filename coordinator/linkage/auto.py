@@ -9,13 +9,17 @@ scored candidates rather than comparing again: blocking does not depend on the t
 pairs at or above ``t`` among them are exactly the pairs a round at ``t`` would compare and keep,
 and the round costs one comparison pass.
 
-At scale the floor's pairs outgrow memory (13M at 4 x 100k, ~1e9 at 4 x 1M). Once more than
-``prune_above`` pairs below :data:`KEEP_ALL_FROM` have been kept, the comparison keeps below it
-only each record's best :data:`TOP_K` pairs per other agency (:class:`~coordinator.linkage.topk.PairSink`)
-and every pair at or above it. The floor solve and the agency pairs' solves then read the pruned
-pairs (an approximation: a pair outside both its records' best few is rarely one a one-to-one
-greedy solve takes); the solve at a threshold at or above the bound is exact as before, and one
-below it compares again at that threshold (a second, exact pass).
+At scale the floor's pairs outgrow memory (13M at 4 x 100k, ~1e9 at 4 x 1M). While at most
+``prune_above`` pairs below :data:`KEEP_ALL_FROM` are found, nothing changes: the round keeps every
+pair at or above :data:`CALIBRATION_FLOOR`. Past that the floor rises with the round's size
+(:class:`~coordinator.linkage.floor_sink.FloorSink`): to the lowest edge of the calibration's
+similarity bins at or above which the round's pairs number at most ``prune_above`` (never above
+:data:`HIGHEST_FLOOR`, the agreed lower bound if higher, or a fixed threshold), chosen from the
+round's own counts as the comparison runs: no pair below it is kept, the comparison's threshold
+rises with it, and the floor does not depend on the order pairs are found in. The round is then
+an exact round at that floor: the floor solve, the agency pairs' solves, the blocking capture and
+the calibration all start there, and the solve at the chosen threshold (at or above the floor)
+filters the kept pairs as before.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from coordinator.linkage.calibration import (
     score_histogram,
 )
 from coordinator.linkage.capture import capture_by_score
+from coordinator.linkage.floor_sink import FloorSink
 from coordinator.linkage.match import (
     Candidates,
     MatchResult,
@@ -49,9 +54,8 @@ from coordinator.linkage.missed import missed_links
 from coordinator.linkage.pair_split import AgencyPairs, pair_links
 from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
-from coordinator.linkage.topk import PairSink
 
-__all__ = ["CALIBRATION_FLOOR", "KEEP_ALL_FROM", "PRUNE_ABOVE", "TOP_K", "auto_match", "linked_pair_scores",
+__all__ = ["CALIBRATION_FLOOR", "HIGHEST_FLOOR", "KEEP_ALL_FROM", "PRUNE_ABOVE", "auto_match", "linked_pair_scores",
            "same_cluster_rows"]
 
 #: One agency pair's one-to-one links: ``(rows_a, rows_b, scores)``.
@@ -60,13 +64,15 @@ Links = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: The solve the calibration reads starts here: below every default threshold worth using, above
 #: the mass of blocked strangers (they sit around 0.4-0.6 with the default encodings).
 CALIBRATION_FLOOR = 0.55
-#: Pairs at or above this are all kept however many the floor finds (or the agreed lower bound, if higher).
+#: The floor stays while the pairs below this number at most :data:`PRUNE_ABOVE` (or the agreed
+#: lower bound, if higher).
 KEEP_ALL_FROM = 0.7
-#: Below :data:`KEEP_ALL_FROM`, a bounded round keeps each record's best this many pairs per other agency.
-TOP_K = 3
-#: Pairs below :data:`KEEP_ALL_FROM` kept in full before the bound engages (24 bytes each: ~0.5 GB; a
-#: 4 x 100k round holds ~13M and stays exact).
+#: Pairs below :data:`KEEP_ALL_FROM` kept in full before the floor rises, and the most pairs a raised
+#: floor keeps (24 bytes each: ~0.5 GB; a 4 x 100k round holds ~13M below 0.7 and keeps its floor).
 PRUNE_ABOVE = 20_000_000
+#: A raised floor stays at or below this (or the agreed lower bound, if higher): below every
+#: threshold a round at scale chooses (0.77-0.84 at 4 x 250k-1M), with room under it for the fit.
+HIGHEST_FLOOR = 0.75
 
 
 def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,15 +167,15 @@ def _pair_calibrations(
     return out
 
 
-def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float, sink: PairSink | None = None,
+def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float, sink: FloorSink | None = None,
               blocking: BlockingConfig | None = None, workers: int = 1) -> MatchResult:
     """The round at ``threshold``, solved from the floor's candidates (no second comparison pass).
 
-    If the floor's pairs below the sink's bound were pruned and ``threshold`` is below it, the
-    round compares again at ``threshold`` (exact, at the cost of a second comparison pass).
+    If the floor rose above ``threshold`` (agreed bounds below it), the round compares again at
+    ``threshold`` (exact, at the cost of a second comparison pass).
     """
     assert first.candidates is not None
-    if sink is not None and sink.pruned and threshold < sink.keep_all_from:
+    if sink is not None and sink.raised and threshold < sink.floor:
         again = match_clks(datasets, threshold, blocking=blocking, workers=workers, histogram_bins=None)
         return replace(again, histogram=first.histogram)
     candidates = select_candidates(first.candidates, threshold=threshold)
@@ -216,13 +222,13 @@ def auto_match(
             ``floor_comparing``, ``floor_solve``, ``capture_by_score``, ``pair_solves``, ``pair_fits``,
             ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``, ``attach_duplicates``,
             ``linked_pair_scores``, ``second_pass``), the floor's candidate pairs (``floor_candidate_pairs``)
-            and, bounded, the pairs streamed through the top-k (``floor_pruned_streamed``) and the
-            bound (``floor_keep_all_from``).
+            and, when the floor rose, the floor it rose to (``floor_raised_to``) and the most pairs held
+            at once while comparing (``floor_most_held``).
         second_budget: comparisons a second, denser blocking pass among the records the floor solve
             left without a partner may spend (:mod:`coordinator.linkage.second_pass`); ``None``: none.
-        prune_above: with blocking, pairs below :data:`KEEP_ALL_FROM` kept in full before only each
-            record's best :data:`TOP_K` per other agency are (see the module's docstring); ``None``
-            keeps every pair (exact, memory unbounded).
+        prune_above: with blocking, pairs below :data:`KEEP_ALL_FROM` kept in full before the floor
+            rises, and the most pairs the raised floor keeps (see the module's docstring); ``None``
+            keeps the floor (memory unbounded).
 
     Returns:
         The match at the threshold, the round's calibration, and each agency pair's own (three or
@@ -240,14 +246,18 @@ def auto_match(
     if blocking is not None and prune_above is not None:
         # The bound never sits below a threshold the round can end at when that is known in advance.
         keep_all_from = max(KEEP_ALL_FROM, bounds[0]) if threshold is None else min(KEEP_ALL_FROM, threshold)
-        sink = PairSink([len(d) for d in datasets], max(keep_all_from, floor), TOP_K, prune_above)
+        highest = max(HIGHEST_FLOOR, bounds[0]) if threshold is None else threshold
+        sink = FloorSink(floor, max(keep_all_from, floor), prune_above, highest)
     first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True,
                        sink=sink)
     assert first.candidates is not None
     phases.update(floor_blocking=first.stats.seconds_blocking, floor_comparing=first.stats.seconds_comparing,
                   floor_solve=first.stats.seconds_solving, floor_candidate_pairs=len(first.candidates[0]))
-    if sink is not None and sink.pruned:
-        phases.update(floor_pruned_streamed=sink.streamed, floor_keep_all_from=sink.keep_all_from)
+    if sink is not None and sink.raised:
+        # The round is an exact round at the raised floor: every later phase starts there.
+        floor = sink.floor
+        first = replace(first, stats=first.stats.model_copy(update={"threshold": floor}))
+        phases.update(floor_raised_to=floor, floor_most_held=sink.most_held)
     clock.lap(None)
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
@@ -286,8 +296,10 @@ def auto_match(
     # Also drops the candidates from the result.
     result = _solve_at(first, datasets, overall.threshold, sink, blocking, workers)
     clock.lap("solve_at_threshold")
-    # The floor's pairs (24 bytes each) go now, unless the duplicates' matches read them (all pairs).
-    floor_pairs = first.candidates if blocking is None else None
+    # The floor's pairs (24 bytes each) go now, unless the duplicates' matches read them: all pairs
+    # compared, or a raised floor (at scale a second blocking of every singleton took minutes; the
+    # round's own pairs at or above the threshold cost a filter, and they are at most the bound).
+    floor_pairs = first.candidates if blocking is None or (sink is not None and sink.raised) else None
     del first
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
@@ -300,7 +312,8 @@ def auto_match(
         clock.lap("linked_pair_scores")
         # All pairs compared: the singletons' matches are the round's own pairs (the same result, no
         # second comparison). Under LSH a second blocking of the singletons draws other band
-        # positions, so its pairs differ slightly from the round's: it is kept, to keep the clusters.
+        # positions, so its pairs differ slightly from the round's: it is kept, to keep the clusters
+        # of rounds under the bound; a round whose floor rose reads its own pairs.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
                                                   workers=workers, candidates=floor_pairs)
     clock.lap("attach_duplicates")

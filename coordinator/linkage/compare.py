@@ -27,9 +27,9 @@ import numpy as np
 from coordinator.linkage.band_kernels import score_band_runs
 from coordinator.linkage.band_sort import band_columns, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
+from coordinator.linkage.floor_sink import FloorSink
 from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
-from coordinator.linkage.topk import PairSink
 from pplink.errors import MatchError
 
 __all__ = ["Found", "Progress", "announce", "blocking_stats", "compare_bands", "compare_datasets", "run_units"]
@@ -179,7 +179,7 @@ def compare_bands(
     threshold: float,
     bins: int | None,
     tick: Callable[[], None] | None = None,
-    sink: PairSink | None = None,
+    sink: FloorSink | None = None,
 ) -> Found:
     """Score every candidate pair of some bands, keeping those that no earlier band found.
 
@@ -193,7 +193,8 @@ def compare_bands(
         bins: histogram bins, or ``None`` for no histogram.
         tick: called after each band.
         sink: takes each batch of kept pairs first and hands back those to keep here
-            (:class:`~coordinator.linkage.topk.PairSink`); ``None`` keeps them all.
+            (:class:`~coordinator.linkage.floor_sink.FloorSink`; its rising floor is the kernel's
+            threshold); ``None`` keeps them all.
 
     Returns:
         The kept pairs, the histogram and the number of comparisons of these bands.
@@ -219,9 +220,12 @@ def compare_bands(
             entry = 0
             while entry < len(entries):
                 start = entry
+                # A sink's risen floor is the threshold; the earlier-band check (most of the cost at a
+                # low floor) then starts there too, and the histogram below it counts per band.
+                kept_from = threshold if sink is None else max(threshold, sink.floor)
                 entry, kept, comparisons, largest = score_band_runs(
-                    entries, entry, offsets, words, keys, band, sentinel, threshold, floor, histogram, *out.arrays,
-                    scratch,
+                    entries, entry, offsets, words, keys, band, sentinel, kept_from,
+                    floor if kept_from == threshold else kept_from, histogram, *out.arrays, scratch,
                 )  # fmt: skip
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)
@@ -352,7 +356,7 @@ def compare_datasets(
     workers: int,
     progress: Progress | None,
     bins: int | None,
-    sink: PairSink | None = None,
+    sink: FloorSink | None = None,
 ) -> tuple[Found, BlockingStats | None, float, float]:
     """Find the pairs at or above ``threshold``; return them, blocking stats and timings.
 

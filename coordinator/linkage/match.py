@@ -32,9 +32,9 @@ from coordinator.linkage.blocking import BlockingConfig, BlockingStats
 from coordinator.linkage.candidate_order import sorted_candidates
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
+from coordinator.linkage.floor_sink import FloorSink
 from coordinator.linkage.greedy import greedy_roots
 from coordinator.linkage.similarity import check_datasets, compute_dice
-from coordinator.linkage.topk import PairSink
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
 
@@ -258,7 +258,7 @@ def match_clks(
     progress: Progress | None = None,
     histogram_bins: int | None = 100,
     keep_candidates: bool = False,
-    sink: PairSink | None = None,
+    sink: FloorSink | None = None,
 ) -> MatchResult:
     """Link records across datasets: block, score with Dice, cluster with anonlink's greedy solver.
 
@@ -279,7 +279,7 @@ def match_clks(
             (all-pairs then only returns the pairs at or above the threshold, which is faster).
         keep_candidates: return the scored pairs at or above the threshold with the result.
         sink: with blocking, takes the kept pairs as they are found and gives back, once all are
-            compared, those to keep below its bound (:class:`~coordinator.linkage.topk.PairSink`:
+            compared, those to keep below its bound (:class:`~coordinator.linkage.floor_sink.FloorSink`:
             an automatic round's bounded floor).
 
     Returns:
@@ -307,8 +307,10 @@ def match_clks(
         datasets, threshold, blocking, workers, progress, histogram_bins, sink
     )
     if sink is not None:
+        # The sink's batches are its own (uint32 rows, float64 similarities): adopted, not copied.
         for batch in sink.drain():
-            found.add_mixed(*batch)
+            for name, column in zip(("dset_a", "dset_b", "rows_a", "rows_b", "sims"), batch, strict=True):
+                getattr(found, name).append(column)
     return _solve(datasets, threshold, found, blocking, blocking_stats, (seconds_blocking, seconds_comparing),
                   workers, started, progress, keep_candidates)
 

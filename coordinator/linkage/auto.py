@@ -256,7 +256,8 @@ def auto_match(
     if sink is not None and sink.raised:
         # The round is an exact round at the raised floor: every later phase starts there.
         floor = sink.floor
-        first = replace(first, stats=first.stats.model_copy(update={"threshold": floor}))
+        # Its comparison stopped counting the similarity histogram when the floor rose: none is reported.
+        first = replace(first, stats=first.stats.model_copy(update={"threshold": floor}), histogram=None)
         phases.update(floor_raised_to=floor, floor_most_held=sink.most_held)
     clock.lap(None)
     scores, _ = linked_pair_scores(datasets, first.labels)

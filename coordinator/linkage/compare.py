@@ -220,12 +220,14 @@ def compare_bands(
             entry = 0
             while entry < len(entries):
                 start = entry
-                # A sink's risen floor is the threshold; the earlier-band check (most of the cost at a
-                # low floor) then starts there too, and the histogram below it counts per band.
+                # A sink's risen floor is the threshold, and the earlier-band check starts there; the
+                # round then counts no histogram (counting every comparison, and checking every pair
+                # above 0.5, were most of its comparing: the sink's round reports none).
                 kept_from = threshold if sink is None else max(threshold, sink.floor)
+                risen = kept_from != threshold
                 entry, kept, comparisons, largest = score_band_runs(
                     entries, entry, offsets, words, keys, band, sentinel, kept_from,
-                    floor if kept_from == threshold else kept_from, histogram, *out.arrays, scratch,
+                    kept_from if risen else floor, histogram[:0] if risen else histogram, *out.arrays, scratch,
                 )  # fmt: skip
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)

@@ -16,7 +16,8 @@ pair at or above :data:`CALIBRATION_FLOOR`. Past that the floor rises with the r
 similarity bins at or above which the round's pairs number at most ``prune_above`` (never above
 :data:`HIGHEST_FLOOR`, the agreed lower bound if higher, or a fixed threshold), chosen from the
 round's own counts as the comparison runs: no pair below it is kept, the comparison's threshold
-rises with it, and the floor does not depend on the order pairs are found in. The round is then
+rises with it (and it stops counting the similarity histogram: such a round reports none), and
+the floor does not depend on the order pairs are found in. The round is then
 an exact round at that floor: the floor solve, the agency pairs' solves, the blocking capture and
 the calibration all start there, and the solve at the chosen threshold (at or above the floor)
 filters the kept pairs as before.

@@ -126,17 +126,26 @@ def test_real_encodings_at_a_low_floor_give_anonlinks_clusters() -> None:
     assert (n_clusters, linked) == (expected_clusters, sum(len(g) for g in groups))
 
 
+def _mixed_candidates(rng: np.random.Generator, trial: int, most: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Similarities and ``[d_a, d_b, r_a, r_b]`` of up to ``most`` pairs, the kind of values cycling with ``trial``.
+
+    Few distinct values (ties), Dice-like fractions, arbitrary floats, or near-equal values beside far
+    ones (they share a rank of the packed sort: long runs of tied ranks with different values);
+    repeated pairs too.
+    """
+    n = int(rng.integers(1, most))
+    near = np.where(rng.random(n) < 0.01, rng.random(n), 0.5 + 1e-12 * rng.integers(0, 30, n))
+    sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
+            rng.random(n), near][trial % 4]
+    return sims, [rng.integers(0, 3, n), rng.integers(0, 5, n), rng.integers(0, 50, n),
+                  rng.integers(0, 1 + trial * 1000, n)]
+
+
 def test_candidate_order_is_lexsorts_order() -> None:
     """Similarity descending, then (dataset_a, dataset_b, row_a, row_b): exactly np.lexsort's permutation."""
     rng = np.random.default_rng(7)
     for trial in range(30):
-        n = int(rng.integers(1, 5000))
-        # Few distinct values (ties), Dice-like fractions, or arbitrary floats; repeated pairs too.
-        near = np.where(rng.random(n) < 0.01, rng.random(n), 0.5 + 1e-12 * rng.integers(0, 30, n))
-        sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
-                rng.random(n), near][trial % 4]
-        d_a, d_b = rng.integers(0, 3, n), rng.integers(0, 5, n)
-        r_a, r_b = rng.integers(0, 50, n), rng.integers(0, 1 + trial * 1000, n)
+        sims, (d_a, d_b, r_a, r_b) = _mixed_candidates(rng, trial, 5000)
         expected = np.lexsort((r_b, r_a, d_b, d_a, -sims))
         assert candidate_order(sims, d_a, d_b, r_a, r_b).tolist() == expected.tolist()
     wide = np.array([2**40, 1]), np.array([2**40, 3])  # indices too wide to pack: np.lexsort itself
@@ -148,13 +157,7 @@ def test_sorted_candidates_are_the_columns_in_lexsorts_order() -> None:
     similarity ranks tie across different values (arbitrary floats, values closer than the rank's step) or not."""
     rng = np.random.default_rng(8)
     for trial in range(40):
-        n = int(rng.integers(1, 4000))
-        # Near-equal values beside far ones share ranks: long runs of tied ranks with different values.
-        near = np.where(rng.random(n) < 0.01, rng.random(n), 0.5 + 1e-12 * rng.integers(0, 30, n))
-        sims = [rng.choice([0.6, 0.75, 1.0], n), 2 * rng.integers(0, 200, n) / rng.integers(400, 409, n),
-                rng.random(n), near][trial % 4]
-        columns = [rng.integers(0, 3, n), rng.integers(0, 5, n), rng.integers(0, 50, n),
-                   rng.integers(0, 1 + trial * 1000, n)]
+        sims, columns = _mixed_candidates(rng, trial, 4000)
         if trial % 2:
             columns = [c.astype(np.uint32) for c in columns]
         expected = np.lexsort((columns[3], columns[2], columns[1], columns[0], -sims))

@@ -146,8 +146,7 @@ class FloorSink:
         Each batch leaves the sink as it is yielded (in the order they arrived), so that draining
         into the caller's own lists holds the pairs once.
         """
-        if self.bounded and self.held_pairs > self.bound:
-            self._rise()  # no-op in effect: every take that left too many rose already
+        # No rise here: the take that left the final counts rose already if it had to.
         held, self.held, self.held_pairs = self.held, [], 0
         held.reverse()
         while held:

@@ -209,7 +209,8 @@ def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tupl
     if offsets[-1] < 2**31 and len(d_a):
         # Node numbers in 32 bits (4 bytes a pair; a floor solve takes millions of pairs), each in one
         # compiled pass into numba's small pages (see candidate_order._sort_keys).
-        u, v = _node_numbers(offsets.astype(np.int32), d_a, r_a), _node_numbers(offsets.astype(np.int32), d_b, r_b)
+        narrow = offsets.astype(np.int32)
+        u, v = _node_numbers(narrow, d_a, r_a), _node_numbers(narrow, d_b, r_b)
     else:
         u, v = offsets[d_a] + np.asarray(r_a, dtype=np.int64), offsets[d_b] + np.asarray(r_b, dtype=np.int64)
     root = greedy_roots(u, v, int(offsets[-1]), np.repeat(np.arange(len(sizes)), sizes))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["any_present", "collides", "lookup", "lookup_all", "repeats"]
+__all__ = ["any_present", "lookup", "lookup_all", "repeats"]
 
 
 @njit(nogil=True, cache=True)
@@ -73,11 +73,6 @@ def _matches(tokens: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.nda
               .astype(np.int64)]
     same = (tokens[i] == wanted[j]).all(axis=1)
     return i[same], j[same]
-
-
-def collides(live: np.ndarray, new: np.ndarray) -> bool:
-    """Whether a new token repeats another new one or a live one."""
-    return _repeats(new) or bool(len(_matches(live, new)[0]))
 
 
 def lookup(tokens: np.ndarray, wanted: np.ndarray) -> np.ndarray:

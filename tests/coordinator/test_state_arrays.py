@@ -13,7 +13,7 @@ from coordinator.linkage.incremental_outputs import map_bytes
 from coordinator.linkage.resolve_clusters import components
 from coordinator.linkage.state_arrays import _buffer, array_pieces, keep_runs, replace_rows
 from coordinator.linkage.state_store import _MAGIC, IncrementalState, load_base, write_sealed
-from coordinator.linkage.state_tokens import collides, lookup
+from coordinator.linkage.state_tokens import lookup, lookup_all, repeats
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -70,10 +70,12 @@ def test_lookup_and_collisions_match_whole_tokens_even_when_prefixes_collide() -
     live[7, :8] = live[8, :8]  # two live tokens sharing 8 bytes
     wanted = np.concatenate([live[[8, 5, 7]], rng.integers(0, 256, (2, 16), dtype=np.uint8)])
     assert lookup(live, wanted).tolist() == [8, 5, 7, -1, -1]
-    assert not collides(live, rng.integers(0, 256, (50, 16), dtype=np.uint8))
-    assert collides(live, np.concatenate([rng.integers(0, 256, (5, 16), dtype=np.uint8), live[[8]]]))
+    fresh = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+    assert not repeats(fresh) and not len(lookup_all(live, fresh)[0])
+    one_live = np.concatenate([rng.integers(0, 256, (5, 16), dtype=np.uint8), live[[8]]])
+    assert [x.tolist() for x in lookup_all(live, one_live)] == [[8], [5]] and not repeats(one_live)
     twice = rng.integers(0, 256, (5, 16), dtype=np.uint8)
-    assert collides(live, np.concatenate([twice, twice[:1]]))
+    assert repeats(np.concatenate([twice, twice[:1]]))
 
 
 def test_components_and_map_lines_equal_their_plain_definitions() -> None:

@@ -168,6 +168,16 @@ def _kept_in_order(old, new):  # noqa: ANN001, ANN202
     return kept, j
 
 
+def _renumbering(kept: np.ndarray) -> np.ndarray:
+    """Each old table entry's index in the new table (its kept entries, in order; ``-1`` if retired).
+
+    One extra last entry maps ``-1`` (a row new this round, with no entity before) to ``-1``.
+    """
+    renumber = np.full(len(kept) + 1, -1, dtype=np.int64)
+    renumber[:-1][kept] = np.arange(int(kept.sum()))
+    return renumber
+
+
 def _entity_change(entity_before: np.ndarray | None, table_before: np.ndarray | None, entity: np.ndarray,
                    table: np.ndarray) -> dict[str, np.ndarray]:
     """The arrays a delta records of the re-solve: only what moved, not every row's entity.
@@ -182,9 +192,7 @@ def _entity_change(entity_before: np.ndarray | None, table_before: np.ndarray | 
         return {"entity": entity, "pseudonyms": table}
     words = np.ascontiguousarray(table_before).view(np.uint64)
     kept, count = _kept_in_order(words, np.ascontiguousarray(table).view(np.uint64))
-    renumber = np.full(len(table_before) + 1, -1, dtype=np.int64)  # the extra last entry maps -1 (a new row)
-    renumber[:-1][kept] = np.arange(count)
-    moved = np.flatnonzero(renumber[entity_before] != entity)
+    moved = np.flatnonzero(_renumbering(kept)[entity_before] != entity)
     return {"retired": np.flatnonzero(~kept), "fresh": np.ascontiguousarray(table[count:]), "moved": moved,
             "moved_entity": entity[moved].astype(np.int64)}
 
@@ -194,9 +202,7 @@ def _changed_entities(before: np.ndarray, table_before: np.ndarray,
     """Every row's entity and the table after a delta (the inverse of :func:`_entity_change`)."""
     kept = np.ones(len(table_before), dtype=bool)
     kept[arrays["retired"]] = False
-    renumber = np.full(len(table_before) + 1, -1, dtype=np.int64)
-    renumber[:-1][kept] = np.arange(int(kept.sum()))
-    entity = renumber[before]
+    entity = _renumbering(kept)[before]
     entity[arrays["moved"]] = arrays["moved_entity"]
     if (entity < 0).any():
         raise ValueError("inconsistent")

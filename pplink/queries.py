@@ -19,8 +19,6 @@ or sensitivity shows as a problem instead of being believed. Adding a query kind
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,7 +29,6 @@ from pplink.agreement import AgreementConfig, ReleaseAttribute
 from pplink.errors import ReleaseError
 from pplink.link_scores import (
     link_score_keys,
-    link_score_sensitivity,
     parse_link_score_subject,
 )
 from pplink.query_keys import (
@@ -42,6 +39,19 @@ from pplink.query_keys import (
     attribute_labels,
     combination_keys,
     declared_attribute,
+    presence_agencies,
+)
+from pplink.query_sensitivity import (
+    CKKS_SLACK,
+    confusion_rule,
+    link_rate_rule,
+    link_rate_sensitivity,
+    link_scores_rule,
+    one_unit,
+    release_sensitivity,
+    release_values,
+    residuals_rule,
+    sufficient_statistics_rule,
 )
 
 __all__ = [
@@ -156,10 +166,6 @@ def _link_rate_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: Re
     return tuple(keys)
 
 
-def _presence_agencies(cells: Keys) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(key[0] for key in cells if key))
-
-
 def _confusion_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: ReleaseAttribute | None, _c: bool,
                     cells: Keys, _subject: str = "") -> Keys | None:
     if parties and not cells:
@@ -168,7 +174,7 @@ def _confusion_keys(_a: AgreementConfig, parties: tuple[str, ...], attribute: Re
         return None
     if cells and len(cells[0]) == 3:
         # Scoring's errors by agency presence: (agency, known | not known, outcome) per agency asked.
-        return tuple((agency, where, outcome) for agency in _presence_agencies(cells)
+        return tuple((agency, where, outcome) for agency in presence_agencies(cells)
                      for where in PRESENCE_KEYS for outcome in CONFUSION_OUTCOMES)
     return tuple((group, outcome) for group in _labels(attribute) for outcome in CONFUSION_OUTCOMES)
 
@@ -190,143 +196,30 @@ def _no_cells(*_args: object) -> None:
     return None
 
 
-# --- sensitivities ----------------------------------------------------------------------------
-
-
-def _one(_n: int, _subject: str, _cells: Keys) -> Sensitivity:
-    return Sensitivity(l1=1, l2=1)
-
-
-def _ceil_sqrt(value: int) -> int:
-    return math.isqrt(value - 1) + 1
-
-
-def link_rate_sensitivity(n_parties: int) -> Sensitivity:
-    """A person at k agencies adds 1 to k ``at`` cells and k(k-1)/2 ``both`` cells: L1 = N(N+1)/2.
-
-    L2 = sqrt(N(N+1)/2) rounded up (OpenDP's integer L2 metric takes integer distances).
-
-    >>> link_rate_sensitivity(2), link_rate_sensitivity(4)
-    (Sensitivity(l1=3, l2=2), Sensitivity(l1=10, l2=4))
-    """
-    if n_parties < 2:
-        raise ValueError("link-rate needs at least two agencies")
-    l1 = n_parties * (n_parties + 1) // 2
-    return Sensitivity(l1=l1, l2=_ceil_sqrt(l1))
-
-
-def _link_rate(n: int, _subject: str, _cells: Keys) -> Sensitivity:
-    return link_rate_sensitivity(n)
-
-
-def _confusion(n: int, _subject: str, cells: Keys) -> Sensitivity:
-    if n and not cells:
-        # By presence over the n agencies named: one cell per agency asked plus one total per person.
-        return Sensitivity(l1=n, l2=_ceil_sqrt(n))
-    if cells and len(cells[0]) == 3:
-        # One person is in one (where, outcome) cell of every agency asked.
-        l1 = max(1, len(_presence_agencies(cells)))
-        return Sensitivity(l1=l1, l2=_ceil_sqrt(l1))
-    return Sensitivity(l1=1, l2=1)
-
-
-def _link_scores(n: int, _subject: str, _cells: Keys) -> Sensitivity:
-    return link_score_sensitivity(n)
-
-
-_UNIT = re.compile(r"\bunit 1/(\d+)\b")
-
-
-def _residuals(_n: int, subject: str, _cells: Keys) -> Sensitivity:
-    # A residual in [-1, 1] travels in fixed point: one person moves one entry by at most one unit.
-    match = _UNIT.search(subject)
-    if match is None:
-        raise ValueError("a residuals release must name its fixed-point unit in its subject ('unit 1/N')")
-    unit = int(match.group(1))
-    if unit < 1:
-        raise ValueError("a residuals release's unit must be positive")
-    return Sensitivity(l1=unit, l2=unit)
-
-
-#: The least CKKS error bound per released value (``2**-6``) a sufficient-statistics entry may
-#: state as its slack: a bound on the CKKS error of one encrypted sum (measured at most 1.3e-3 at
-#: 20,000 people); ``pplink.scoring.suffstats.CKKS_ERROR_BOUND`` is this value.
-CKKS_SLACK = 2.0**-6
-
-
-def release_values(release: str, dimension: int) -> int:
-    """How many numbers a sufficient-statistics release has: ``G``'s upper triangle or ``b``.
-
-    >>> release_values("gram", 12), release_values("b", 12)
-    (78, 12)
-    """
-    return dimension * (dimension + 1) // 2 if release == "gram" else dimension
-
-
-def release_sensitivity(release: str, bound: float, unit: int, slack: float, values: int) -> int:
-    """A sufficient-statistics release's L2 sensitivity in integer units: one person, plus the CKKS slack.
-
-    ``G`` (``release == "gram"``) moves by ``C^2``, ``b`` by ``C / 2`` (values), times ``unit``;
-    each of the ``values`` released numbers may carry a CKKS error of at most ``slack``, so a
-    neighbour's vector can differ by ``2 slack sqrt(values)`` more; rounded up for OpenDP. The
-    entry's subject names every input (``pplink.scoring.suffstats_protocol.release_subject``), so
-    the auditor re-derives this exactly.
-
-    >>> release_sensitivity("gram", 2.0, 4, 0.0, 1), release_sensitivity("b", 2.0, 4, 0.0, 1)
-    (16, 4)
-    """
-    moved = bound * bound if release == "gram" else 0.5 * bound
-    return math.ceil(moved * unit + 2 * slack * unit * math.sqrt(values) - 1e-9)
-
-
-_SUFFSTATS = re.compile(r"^sufficient statistics (gram|b): vertical run [0-9a-f]{32}; C ([0-9.e+-]+), unit 1/(\d+), "
-                        r"CKKS slack ([0-9.e+-]+) on (\d+) values$")
-
-
-def _sufficient_statistics(_n: int, subject: str, _cells: Keys) -> Sensitivity:
-    # G moves by C^2, b by C/2 (times the fixed-point unit), plus the CKKS slack on every value: the
-    # subject names each input, so the sensitivity is re-derived exactly, never taken from the entry.
-    match = _SUFFSTATS.match(subject)
-    if match is None:
-        raise ValueError("a sufficient-statistics release must name its release, run, C, unit and CKKS slack in "
-                         "its subject ('sufficient statistics gram|b: vertical run ID; C x, unit 1/N, CKKS slack e "
-                         "on m values')")
-    release, bound, unit, slack, values = match.groups()
-    c, u, e, m = float(bound), int(unit), float(slack), int(values)
-    if not (math.isfinite(c) and c > 0 and u >= 1 and m >= 1):
-        raise ValueError("a sufficient-statistics release's C, unit and value count must be positive")
-    if not e >= CKKS_SLACK:
-        raise ValueError(f"a sufficient-statistics release's CKKS slack {e:g} is below the protocol's {CKKS_SLACK:g}")
-    if release == "gram" and release_values("gram", math.isqrt(2 * m)) != m:
-        raise ValueError("a sufficient-statistics G release's value count is not an upper triangle's")
-    sensitivity = release_sensitivity(release, c, u, e, m)
-    return Sensitivity(l1=sensitivity, l2=sensitivity)
-
-
 #: The table. One row per :class:`~pplink.accounting.QueryKind`.
 QUERY_SPECS: dict[QueryKind, QuerySpec] = {spec.kind: spec for spec in (
     QuerySpec(QueryKind.OVERLAP, "people per combination of agencies", Option.NONE, False, False,
-              PartiesRule.LINKAGE, 1, True, False, _overlap_keys, _one),
+              PartiesRule.LINKAGE, 1, True, False, _overlap_keys, one_unit),
     QuerySpec(QueryKind.COUNT_BY, "people by a release attribute (optionally by agency combination)",
-              Option.REQUIRED, True, False, PartiesRule.LINKAGE, 1, True, False, _count_by_keys, _one),
+              Option.REQUIRED, True, False, PartiesRule.LINKAGE, 1, True, False, _count_by_keys, one_unit),
     QuerySpec(QueryKind.HISTOGRAM, "people by the bins of a numeric release attribute", Option.REQUIRED, False,
-              False, PartiesRule.LINKAGE, 1, True, True, _count_by_keys, _one),
+              False, PartiesRule.LINKAGE, 1, True, True, _count_by_keys, one_unit),
     QuerySpec(QueryKind.LINK_RATE, "share of each agency's people found at each other agency",
-              Option.OPTIONAL, False, False, PartiesRule.LINKAGE, 2, True, False, _link_rate_keys, _link_rate),
+              Option.OPTIONAL, False, False, PartiesRule.LINKAGE, 2, True, False, _link_rate_keys, link_rate_rule),
     QuerySpec(QueryKind.CONFUSION, "model error counts (tp/fp/fn/tn) by subgroup or by agency presence",
-              Option.REQUIRED, False, True, PartiesRule.ANY, 0, False, False, _confusion_keys, _confusion),
+              Option.REQUIRED, False, True, PartiesRule.ANY, 0, False, False, _confusion_keys, confusion_rule),
     QuerySpec(QueryKind.RESIDUALS, "one vertical-scoring step's noisy residuals (sent to the agencies)",
-              Option.NONE, False, True, PartiesRule.NONE, 0, False, False, _no_cells, _residuals),
+              Option.NONE, False, True, PartiesRule.NONE, 0, False, False, _no_cells, residuals_rule),
     QuerySpec(QueryKind.SCORE_HISTOGRAM, "held-out people by score bin and outcome", Option.NONE, False, True,
-              PartiesRule.NONE, 0, False, False, _score_histogram_keys, _one),
+              PartiesRule.NONE, 0, False, False, _score_histogram_keys, one_unit),
     QuerySpec(QueryKind.SUFFICIENT_STATISTICS, "a sufficient-statistics scoring run's G or b (sent to the parties); "
               "C^2 or C/2 in fixed-point units plus the CKKS slack, each named in its subject", Option.NONE,
-              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _sufficient_statistics),
+              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, sufficient_statistics_rule),
     QuerySpec(QueryKind.FEDAVG, "one horizontal FedAvg round's noised model (sent to the agencies)", Option.NONE,
-              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, _one),
+              False, True, PartiesRule.TRAINERS, 2, False, False, _no_cells, one_unit),
     QuerySpec(QueryKind.LINK_SCORES, "a match round's linked pairs by Dice bin, from its calibration floor "
               "(the published precision and recall estimates derive from it)", Option.NONE, False, True,
-              PartiesRule.LINKAGE, 2, False, False, _link_score_keys, _link_scores),
+              PartiesRule.LINKAGE, 2, False, False, _link_score_keys, link_scores_rule),
 )}
 
 

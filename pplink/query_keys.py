@@ -23,6 +23,7 @@ __all__ = [
     "attribute_labels",
     "combination_keys",
     "declared_attribute",
+    "presence_agencies",
 ]
 
 #: The key under which people with no value for an attribute are counted.
@@ -78,3 +79,12 @@ def declared_attribute(agreement: AgreementConfig, column: str | None) -> Releas
         if attribute.column == column:
             return attribute
     raise ReleaseError(f"attribute {column} is not a release attribute of the agreement")
+
+
+def presence_agencies(cells: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The agencies a confusion release by agency presence names, in first-seen order.
+
+    >>> presence_agencies((("police", "known", "tp"), ("police", "known", "fp"), ("school", "known", "tp")))
+    ('police', 'school')
+    """
+    return tuple(dict.fromkeys(key[0] for key in cells if key))

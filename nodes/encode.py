@@ -9,49 +9,40 @@ row gets a random 128-bit token, and the token -> record id map stays at the nod
 from __future__ import annotations
 
 import csv
-import functools
-import gc
 import json
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import chain
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nodes.dates import DateDecision, decide_date_formats
+from nodes.encode_workers import gc_paused, run_chunks, without_gc
 from nodes.export_settings import ExportSettings
-from nodes.records import Chunk, CsvBlock, iter_record_chunks, parse_chunk
+from nodes.records import iter_record_chunks, parse_chunk
 from nodes.validation import (
-    ChunkResult,
     RecordSpec,
     RowProblem,
     apply_date_decisions,
     problem_counts,
     reads_differently,
     record_spec,
-    validate_chunk,
 )
-from pplink.agreement import AgreementConfig, IdentifierSchema
+from pplink.agreement import AgreementConfig
 from pplink.atomic import atomic_write, remove_partials
 from pplink.crypto import SecretBytes, derive_linkage_key, public_key_text, secret_check
 from pplink.encfile import TOKEN_BYTES, write_encodings
-from pplink.encoding import ClkEncoder, encodings_to_anonlink_json
+from pplink.encoding import encodings_to_anonlink_json
 from pplink.entity_files import write_tokens
 from pplink.errors import KeyFileError, RecordValidationError, SecretError, UsageError
 
 __all__ = ["EncodeSummary", "EncodedRecords", "OutputFormat", "encode_file", "encode_records"]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 #: Below this input size one process is faster than starting workers.
 _PARALLEL_MIN_BYTES = 2_000_000
 _MAX_LISTED_PROBLEMS = 1_000
@@ -106,106 +97,7 @@ class EncodeSummary:
     dates: tuple[DateDecision, ...] = ()
 
 
-# --- worker-process state: built once per process by the initializer --------------------------
-_worker: tuple[RecordSpec, ClkEncoder] | None = None
-
-
-def _init_worker(spec: RecordSpec, identifiers: IdentifierSchema, key: bytes) -> None:
-    global _worker
-    _worker = (spec, ClkEncoder(identifiers, key))
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a chunk's rows are built and dropped.
-
-    A chunk creates ~10^5 lists and tuples that reference counting frees; none forms a cycle, yet
-    each allocation burst triggers collections that walk every live object: measured, they cost a
-    third of the time spent parsing and validating.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _without_gc(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with the cyclic collector paused (see :func:`_gc_paused`).
-
-    Encoding a file builds and keeps a few objects per record (ids, attribute rows, token strings)
-    and frees most of them soon after, with no reference cycles: collections during it only walk
-    the growing lists (measured: about a tenth of the CPU of encoding 100,000 records).
-    """
-
-    @functools.wraps(fn)
-    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with _gc_paused():
-            return fn(*args, **kwargs)
-
-    return run
-
-
-def _process_chunk(file: str, columns: list[str], chunk: Chunk) -> tuple[int, ChunkResult, np.ndarray]:
-    assert _worker is not None, "worker initializer did not run"
-    spec, encoder = _worker
-    with _gc_paused():
-        rows = parse_chunk(file, chunk)
-        # A byte scan is far cheaper than looking into every field; only a chunk with a NUL pays that.
-        check_nul = b"\x00" in chunk.data if isinstance(chunk, CsvBlock) else True
-        result = validate_chunk(spec, file, columns, rows, check_nul=check_nul)
-        clks = encoder.encode(result.identifiers)
-    # The normalised identifiers are encoded now; not sending them back halves what crosses the
-    # process boundary (and identifiers need not travel further than they must, even locally).
-    result.identifiers = []
-    return len(rows), result, clks
-
-
-def _warm_encoder(init_args: tuple[RecordSpec, IdentifierSchema, bytes]) -> None:
-    """Encode one all-missing row in this process, so that compiled kernels are loaded before a fork."""
-    _, identifiers, key = init_args
-    ClkEncoder(identifiers, key).encode([[""] * len(identifiers.fields)])
-
-
-def _run_chunks(
-    chunks: Iterator[Chunk],
-    file: str,
-    columns: list[str],
-    workers: int,
-    on_rows: Callable[[int], None] | None,
-    init_args: tuple[RecordSpec, IdentifierSchema, bytes],
-) -> Iterator[tuple[ChunkResult, np.ndarray]]:
-    """Process chunks in order, in this process or in a pool with a bounded number in flight."""
-    if workers <= 1:
-        _init_worker(*init_args)
-        for chunk in chunks:
-            n_rows, result, clks = _process_chunk(file, columns, chunk)
-            if on_rows:
-                on_rows(n_rows)
-            yield result, clks
-        return
-    # Compiled kernels load (or compile) on first use: done once here, the forked workers inherit
-    # them instead of each paying for it on its first chunk.
-    _warm_encoder(init_args)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init_args) as pool:
-        pending: deque[Future[tuple[int, ChunkResult, np.ndarray]]] = deque()
-
-        def drain(limit: int) -> Iterator[tuple[ChunkResult, np.ndarray]]:
-            while len(pending) > limit:
-                n_rows, result, clks = pending.popleft().result()
-                if on_rows:
-                    on_rows(n_rows)
-                yield result, clks
-
-        for chunk in chunks:
-            pending.append(pool.submit(_process_chunk, file, columns, chunk))
-            yield from drain(2 * workers)
-        yield from drain(0)
-
-
-@_without_gc
+@without_gc
 def encode_records(
     agreement: AgreementConfig,
     party: str,
@@ -296,9 +188,9 @@ def _encode_pass(
     date_values: dict[str, set[str]] = {c: set() for c in spec.date_columns}
     init_args = (spec, agreement.identifiers, key)
     # The merge only appends to lists; paused collections keep the growing lists from being walked.
-    with _gc_paused():
+    with gc_paused():
         results = []
-        for result, clks in _run_chunks(chunks, file, columns, workers, on_rows, init_args):
+        for result, clks in run_chunks(chunks, file, columns, workers, on_rows, init_args):
             opted_out += result.opted_out
             if keep_rejected_rows is not None:
                 keep_rejected_rows.extend(result.rejected_values)
@@ -379,7 +271,7 @@ def _write_rejects(path: Path, columns: list[str], problems: list[RowProblem],
             writer.writerow([row_number, "; ".join(reasons.get(row_number, [])), *values])
 
 
-@_without_gc
+@without_gc
 def encode_file(
     agreement: AgreementConfig,
     party: str,

@@ -21,10 +21,11 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["candidate_order", "sorted_candidates"]
+__all__ = ["candidate_order", "sorted_batches", "sorted_candidates"]
 
-#: Bits of a radix digit: 2048 counters stay in the first-level cache.
-_DIGIT = 11
+#: Bits of a radix digit: 4096 counters (32 KB) stay in the first-level cache, and a floor's 60-bit keys
+#: take five passes, not six.
+_DIGIT = 12
 #: Rank bits at most: with the rank's range below 2**22 over a span of 0.45, Dice values of
 #: 1024-bit encodings (at least 2**-21 apart) get distinct ranks.
 _RANK_BITS = 22
@@ -33,32 +34,38 @@ _RANK_BITS = 22
 @njit(cache=True, nogil=True)
 def _radix_sort(key: np.ndarray, payload: np.ndarray, bits: int, key_tmp: np.ndarray,
                 pay_tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stable LSD radix sort of ``key`` (uint64, below ``2**bits``) carrying ``payload``; all four arrays are reused."""
+    """Stable LSD radix sort of ``key`` (uint64, below ``2**bits``) carrying ``payload``; all four arrays are reused.
+
+    Every digit's counts come from one pass over the keys (the keys are the same set before each pass).
+    """
     n = len(key)
     radix = 1 << _DIGIT
     mask = np.uint64(radix - 1)
-    count = np.zeros(radix, dtype=np.int64)
-    shift = 0
-    while shift < bits:
-        s = np.uint64(shift)
-        count[:] = 0
+    passes = (bits + _DIGIT - 1) // _DIGIT
+    counts = np.zeros((max(passes, 1), radix), dtype=np.int64)
+    for i in range(n):
+        k = key[i]
+        for p in range(passes):
+            counts[p, (k >> np.uint64(p * _DIGIT)) & mask] += 1
+    for p in range(passes):
+        count = counts[p]
+        if count.max() == n:  # a digit every key shares orders nothing: skip its pass
+            continue
+        s = np.uint64(p * _DIGIT)
+        total = 0
+        for d in range(radix):
+            c = count[d]
+            count[d] = total
+            total += c
         for i in range(n):
-            count[(key[i] >> s) & mask] += 1
-        if count.max() < n:  # a digit every key shares orders nothing: skip its pass
-            total = 0
-            for d in range(radix):
-                c = count[d]
-                count[d] = total
-                total += c
-            for i in range(n):
-                d = (key[i] >> s) & mask
-                j = count[d]
-                key_tmp[j] = key[i]
-                pay_tmp[j] = payload[i]
-                count[d] = j + 1
-            key, key_tmp = key_tmp, key
-            payload, pay_tmp = pay_tmp, payload
-        shift += _DIGIT
+            k = key[i]
+            d = (k >> s) & mask
+            j = count[d]
+            key_tmp[j] = k
+            pay_tmp[j] = payload[i]
+            count[d] = j + 1
+        key, key_tmp = key_tmp, key
+        payload, pay_tmp = pay_tmp, payload
     return key, payload
 
 
@@ -66,8 +73,19 @@ def _radix_sort(key: np.ndarray, payload: np.ndarray, bits: int, key_tmp: np.nda
 def _keys(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray, r_b: np.ndarray,
           widths: np.ndarray, rank_bits: int, key: np.ndarray) -> np.ndarray:
     """Each pair's key, into ``key``: ``floor((hi - sim) * 2**e)`` above the packed ``(d_a, d_b, r_a, r_b)``."""
+    _keys_into(sims, d_a, d_b, r_a, r_b, widths, rank_bits, sims.min(), sims.max(), key, key[:0], 0)
+    return key
+
+
+@njit(cache=True, nogil=True)
+def _keys_into(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray, r_b: np.ndarray,
+               widths: np.ndarray, rank_bits: int, lo: float, hi: float, key: np.ndarray, sims_out: np.ndarray,
+               start: int) -> None:
+    """:func:`_keys` of one batch, ranked over all batches' ``[lo, hi]``, into ``key[start:]``.
+
+    Its similarities go into ``sims_out[start:]`` too, unless that is empty.
+    """
     n = len(sims)
-    lo, hi = sims.min(), sims.max()
     scale = 0.0
     if hi > lo:
         # The largest power of two keeping (hi - lo) * scale below 2**rank_bits (exact scaling, monotone rank).
@@ -76,11 +94,31 @@ def _keys(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray, r
     s_db = np.uint64(widths[2] + widths[3])
     s_ra = np.uint64(widths[3])
     s_rank = np.uint64(widths[0] + widths[1] + widths[2] + widths[3])
+    copy = len(sims_out) > 0
     for i in range(n):
         rank = np.uint64(int((hi - sims[i]) * scale))
-        key[i] = ((rank << s_rank) | (np.uint64(d_a[i]) << s_da) | (np.uint64(d_b[i]) << s_db)
-                  | (np.uint64(r_a[i]) << s_ra) | np.uint64(r_b[i]))
-    return key
+        key[start + i] = ((rank << s_rank) | (np.uint64(d_a[i]) << s_da) | (np.uint64(d_b[i]) << s_db)
+                          | (np.uint64(r_a[i]) << s_ra) | np.uint64(r_b[i]))
+        if copy:
+            sims_out[start + i] = sims[i]
+
+
+@njit(cache=True, nogil=True)
+def _batch_bounds(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray,
+                  r_b: np.ndarray) -> tuple[float, float, bool, int, int, int, int, int]:
+    """One batch's lowest and highest similarity, whether all are finite, its lowest index and each column's highest."""
+    lo, hi, finite = np.inf, -np.inf, True
+    low = 0
+    m_da, m_db, m_ra, m_rb = 0, 0, 0, 0
+    for i in range(len(sims)):
+        s = sims[i]
+        if not np.isfinite(s):
+            finite = False
+        lo, hi = min(lo, s), max(hi, s)
+        low = min(low, int(d_a[i]), int(d_b[i]), int(r_a[i]), int(r_b[i]))
+        m_da, m_db = max(m_da, int(d_a[i])), max(m_db, int(d_b[i]))
+        m_ra, m_rb = max(m_ra, int(r_a[i])), max(m_rb, int(r_b[i]))
+    return lo, hi, finite, low, m_da, m_db, m_ra, m_rb
 
 
 @njit(cache=True, nogil=True)
@@ -148,6 +186,22 @@ def _unpack(key: np.ndarray, shift: int, width: int, out: np.ndarray) -> None:
     mask = np.uint64((1 << width) - 1)
     for i in range(len(key)):
         out[i] = (key[i] >> s) & mask
+
+
+@njit(cache=True, nogil=True)
+def _unpack_all(key: np.ndarray, widths: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray,
+                r_b: np.ndarray) -> None:
+    """The four packed indices of each key, in one pass."""
+    s_db, s_ra = np.uint64(widths[2] + widths[3]), np.uint64(widths[3])
+    s_da = np.uint64(widths[1]) + s_db
+    m_da, m_db = np.uint64((1 << widths[0]) - 1), np.uint64((1 << widths[1]) - 1)
+    m_ra, m_rb = np.uint64((1 << widths[2]) - 1), np.uint64((1 << widths[3]) - 1)
+    for i in range(len(key)):
+        k = key[i]
+        d_a[i] = (k >> s_da) & m_da
+        d_b[i] = (k >> s_db) & m_db
+        r_a[i] = (k >> s_ra) & m_ra
+        r_b[i] = k & m_rb
 
 
 def _layout(sims: np.ndarray, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, int] | None:
@@ -226,3 +280,55 @@ def sorted_candidates(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: n
         _unpack(key, shift, width, values)
         out.append(values)
     return tuple(out)
+
+
+def sorted_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.ndarray], r_a: list[np.ndarray],
+                   r_b: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """:func:`sorted_candidates` of batches of pairs, each column given as a list of its batches' arrays.
+
+    The batches are never joined: each one's keys are written straight into one array and the batch
+    is dropped (the lists are emptied), and every large array is numba's, in small pages (see
+    :func:`_sort_keys`): at a round's floor, fresh 100 MB numpy arrays cost seconds of page faults.
+
+    >>> [c.tolist() for c in sorted_batches([np.array([0.7]), np.array([0.9, 0.7])], *([np.array([0]),
+    ...                                      np.array([0, 0])],) * 2, [np.array([2]), np.array([0, 1])],
+    ...                                     [np.array([0]), np.array([0, 0])])]
+    [[0.9, 0.7, 0.7], [0, 0, 0], [0, 0, 0], [0, 1, 2], [0, 0, 0]]
+    """
+    columns = (sims, d_a, d_b, r_a, r_b)
+    n = sum(len(x) for x in sims)
+    if n == 0 or any(len(c) != len(sims) for c in columns) or \
+            any(len({x.dtype for x in c}) != 1 for c in columns) or sims[0].dtype != np.float64 or \
+            any(not np.issubdtype(c[0].dtype, np.integer) for c in columns[1:]):
+        joined = [np.concatenate(c) if c else np.zeros(0) for c in columns]
+        for c in columns:
+            c.clear()
+        return sorted_candidates(*joined, overwrite=True)
+    batches = [tuple(np.ascontiguousarray(c[i]) for c in columns) for i in range(len(sims))]
+    for c in columns:
+        c.clear()
+    bounds = [_batch_bounds(*batch) for batch in batches if len(batch[0])]
+    lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    widths = [max(b[4 + k] for b in bounds).bit_length() for k in range(4)]
+    rank_bits = min(64 - sum(widths), _RANK_BITS)
+    if not all(b[2] for b in bounds) or min(b[3] for b in bounds) < 0 or rank_bits < 1:
+        joined = [np.concatenate([batch[k] for batch in batches]) for k in range(5)]
+        batches.clear()
+        return sorted_candidates(*joined, overwrite=True)
+    layout = np.array(widths, dtype=np.int64)
+    dtypes = [batches[0][k].dtype for k in range(5)]
+    key = _empty_like(np.zeros(0, dtype=np.uint64), n)
+    values = _empty_like(np.zeros(0, dtype=np.float64), n)
+    at = 0
+    batches.reverse()
+    while batches:  # each batch goes as soon as its keys are written
+        batch = batches.pop()
+        _keys_into(*batch, layout, rank_bits, lo, hi, key, values, at)
+        at += len(batch[0])
+        del batch
+    key, values = _radix_sort(key, values, int(layout.sum()) + rank_bits, _empty_like(key, n), _empty_like(values, n))
+    index_bits = int(layout.sum())
+    _fix_ties(key, values, values, index_bits, False)
+    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
+    _unpack_all(key, layout, *out)
+    return (values, *out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from anonlink.solving import greedy_solve
 
-from coordinator.linkage.candidate_order import candidate_order, sorted_candidates
+from coordinator.linkage.candidate_order import candidate_order, sorted_batches, sorted_candidates
 from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
 
@@ -162,6 +162,10 @@ def test_sorted_candidates_are_the_columns_in_lexsorts_order() -> None:
             columns = [c.astype(np.uint32) for c in columns]
         expected = np.lexsort((columns[3], columns[2], columns[1], columns[0], -sims))
         copies = [sims.copy(), *(c.copy() for c in columns)]
-        for got in (sorted_candidates(sims, *columns), sorted_candidates(*copies, overwrite=True)):
+        cuts = np.sort(rng.integers(0, len(sims), trial % 5))  # batches, some of them empty
+        batches = [list(np.split(c, cuts)) for c in (sims, *columns)]
+        for got in (sorted_candidates(sims, *columns), sorted_candidates(*copies, overwrite=True),
+                    sorted_batches(*batches)):
             for value, column in zip(got, (sims, *columns), strict=True):
                 assert value.dtype == column.dtype and value.tolist() == column[expected].tolist()
+        assert not any(batches)  # the batches moved out

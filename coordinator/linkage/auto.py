@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -39,6 +38,7 @@ from coordinator.linkage.calibration import (
     calibrate,
     estimate_at,
     estimate_links,
+    fit_mixtures,
     score_histogram,
 )
 from coordinator.linkage.capture import capture_by_score
@@ -152,13 +152,11 @@ def _pair_calibrations(
     solving = time.perf_counter() - started
     started = time.perf_counter()
 
-    def fit(histogram: ScoreHistogram) -> Calibration:
-        return calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
-
-    # The fits are independent and spend their time in scipy's incomplete beta function, which
-    # releases the GIL: they run side by side, each exactly as it would alone.
-    with ThreadPoolExecutor(max(1, min(workers, len(solved)))) as pool:
-        fits = list(pool.map(fit, [histogram for histogram, _ in solved.values()]))
+    # The fits are independent: their optimiser runs advance side by side (each exactly as it would
+    # alone), and each pair's calibration then finds its fit among the recent ones.
+    fit_mixtures([histogram for histogram, _ in solved.values()])
+    fits = [calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
+            for histogram, _ in solved.values()]
     for (key, (histogram, links)), calibration in zip(solved.items(), fits, strict=True):
         out[key] = histogram, calibration, links
     if timings is not None:

@@ -47,11 +47,10 @@ Example:
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from coordinator.linkage.mixture import BINS, MixtureFit, ScoreHistogram, fit_mixture, score_histogram
+from coordinator.linkage.mixture import BINS, MixtureFit, ScoreHistogram, fit_mixture, fit_mixtures, score_histogram
 from pplink.models import PplinkModel
 
 __all__ = [
@@ -340,13 +339,10 @@ def calibrate(
         (True, True)
     """
     if workers > 1 and higher_floors:
-        # The higher floors' fits do not depend on the first fit: made now, side by side, the
-        # median below finds them among the recent fits (those a chosen threshold rules out are spare).
+        # The higher floors' fits do not depend on the first fit: made now, their runs beside its
+        # runs, the median below finds them among the recent fits (those a chosen threshold rules out are spare).
         higher = [_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor]
-        with ThreadPoolExecutor(workers) as pool:
-            spare = pool.map(fit_mixture, [h for h in higher if h.total > 0])
-            fit = fit_mixture(histogram, workers=max(1, workers - 1))
-            list(spare)
+        fit = fit_mixtures([histogram, *(h for h in higher if h.total > 0)])[0]
     else:
         fit = fit_mixture(histogram, workers=workers)
     own_matches = fit.matches
@@ -368,12 +364,10 @@ def calibrate(
         rng = np.random.default_rng(seed)
         probabilities = histogram.counts / histogram.total
         precisions, recalls, missed = [], [], []
-        # Every resample is drawn first, in order, so the refits (independent, and spending their time
-        # in scipy's incomplete beta function, which releases the GIL) can run side by side.
+        # Every resample is drawn first, in order, so the refits (independent) advance side by side.
         samples = [ScoreHistogram(rng.multinomial(histogram.total, probabilities).astype(np.float64),
                                   histogram.floor, histogram.capture) for _ in range(bootstrap)]
-        with ThreadPoolExecutor(max(1, min(workers, bootstrap))) as pool:
-            refits = list(pool.map(lambda resampled: fit_mixture(resampled, start=fit.parameters), samples))
+        refits = fit_mixtures(samples, starts=[fit.parameters] * len(samples))
         for resampled, refit in zip(samples, refits, strict=True):
             if matches is not None and own_matches > 0:
                 refit = refit.model_copy(update={"matches": max(refit.matches * fit.matches / own_matches,

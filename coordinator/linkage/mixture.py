@@ -20,7 +20,7 @@ import numpy as np
 
 from pplink.models import PplinkModel
 
-__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "expected_counts", "fit_mixture", "score_histogram"]
+__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "expected_counts", "fit_mixture", "fit_mixtures", "score_histogram"]
 
 #: Bins over [0, 1] (0.005 wide): fine enough that a threshold's estimate does not jump.
 BINS = 200
@@ -227,29 +227,63 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
     Args:
         histogram: from :func:`score_histogram`.
         start: start only from these parameters (a previous fit's), as the bootstrap does.
-        workers: threads for the starting points' runs (the fit does not depend on it).
+        workers: unused (the starting points' runs advance side by side on one thread); kept for callers.
 
     Returns:
         The fit.
     """
+    return fit_mixtures([histogram], starts=None if start is None else [start])[0]
+
+
+def _key(histogram: ScoreHistogram, start: Sequence[float] | None) -> tuple:
     capture = histogram.capture
-    key = (np.asarray(histogram.counts, dtype=np.float64).tobytes(), float(histogram.floor),
-           None if capture is None else np.asarray(capture, dtype=np.float64).tobytes(), float(histogram.noise),
-           None if start is None else tuple(float(x) for x in start))
+    return (np.asarray(histogram.counts, dtype=np.float64).tobytes(), float(histogram.floor),
+            None if capture is None else np.asarray(capture, dtype=np.float64).tobytes(), float(histogram.noise),
+            None if start is None else tuple(float(x) for x in start))
+
+
+def fit_mixtures(histograms: Sequence[ScoreHistogram],
+                 starts: Sequence[Sequence[float] | None] | None = None) -> list[MixtureFit]:
+    """:func:`fit_mixture` of each histogram (from its own start, if given), their Nelder-Mead runs side by side.
+
+    Each fit is exactly the one :func:`fit_mixture` makes alone (and scipy's ``minimize`` made before,
+    see :mod:`coordinator.linkage.nelder_mead`); fitting them together only shares the optimiser's
+    overhead. Fits among the recent ones are given back; the others join them.
+
+    Args:
+        histograms: from :func:`score_histogram`.
+        starts: per histogram, a previous fit's parameters to start only from, or ``None``.
+
+    Returns:
+        The fits, in order.
+    """
+    starts = [None] * len(histograms) if starts is None else list(starts)
+    keys = [_key(h, start) for h, start in zip(histograms, starts, strict=True)]
+    out: list[MixtureFit | None] = [None] * len(histograms)
     with _RECENT_LOCK:
-        if key in _RECENT:
+        for i, key in enumerate(keys):
+            if key in _RECENT:
+                _RECENT.move_to_end(key)
+                out[i] = _RECENT[key]
+    todo = {}  # one fit per distinct key
+    for i, key in enumerate(keys):
+        if out[i] is None:
+            todo.setdefault(key, i)
+    from coordinator.linkage.mixture_batch import fit_batched
+
+    fits = fit_batched([(histograms[i], starts[i]) for i in todo.values()])
+    with _RECENT_LOCK:
+        for key, fit in zip(todo, fits, strict=True):
+            _RECENT[key] = fit
             _RECENT.move_to_end(key)
-            return _RECENT[key]
-    fit = _fit_mixture(histogram, start, workers)
-    with _RECENT_LOCK:
-        _RECENT[key] = fit
-        while len(_RECENT) > _RECENT_SIZE:
-            _RECENT.popitem(last=False)
-    return fit
+            while len(_RECENT) > _RECENT_SIZE:
+                _RECENT.popitem(last=False)
+    done = dict(zip(todo, fits, strict=True))
+    return [fit if fit is not None else done[key] for fit, key in zip(out, keys, strict=True)]
 
 
 def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int) -> MixtureFit:
-    """:func:`fit_mixture`, computed."""
+    """:func:`fit_mixture` computed one start at a time with scipy's ``minimize``: what the batched fits equal."""
     from scipy.optimize import minimize
 
     counts = histogram.counts
@@ -270,8 +304,8 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
 
     points = _STARTS if start is None else (tuple(start),)
     if workers > 1 and len(points) > 1:
-        # The runs are independent and spend their time in scipy's incomplete beta function, which
-        # releases the GIL; the best is then picked in the starts' order, as one after another would.
+        # The runs are independent; the best is then picked in the starts' order, as one after another
+        # would. (scipy 1.17's incomplete beta function holds the GIL: threads gain nothing here.)
         with ThreadPoolExecutor(min(workers, len(points))) as pool:
             runs = list(pool.map(run, points))
     else:
@@ -291,7 +325,14 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
                          options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
         if alone.fun - best.fun < _BIC_FACTOR * math.log(max(total, 2.0)):
             best.x = np.concatenate([[30.0], alone.x])
-    match, nonmatch, weight, above = _components(best.x, edges, first)
+    return _fitted(histogram, best.x)
+
+
+def _fitted(histogram: ScoreHistogram, x: np.ndarray) -> MixtureFit:
+    """The fit of ``histogram`` at the optimiser's parameters ``x``."""
+    counts, capture, first = histogram.counts, histogram.capture, histogram.first
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    match, nonmatch, weight, above = _components(x, edges, first)
     mix = match + nonmatch
     posterior = np.where(mix > 0, match / np.maximum(mix, _EPS), 0.0)
     posterior[:first] = 0.0
@@ -300,7 +341,7 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
     # The true links below the floor are not counted: extrapolating the true-link density below
     # the floor was measured to be the least stable part of the fit (FEBRL 1-3, synth), while true
     # pairs below the floor are rare with the default fields (under 0.2% on the UK-style set).
-    _, exact_share, a, b, rate = _shape(best.x)
+    _, exact_share, a, b, rate = _shape(x)
     return MixtureFit(
         floor=histogram.floor,
         matches=inside,
@@ -309,7 +350,7 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
         nonmatch_rate=rate,
         match_weight=weight,
         posterior=tuple(float(p) for p in posterior),
-        parameters=tuple(float(x) for x in best.x),
+        parameters=tuple(float(value) for value in x),
     )
 
 

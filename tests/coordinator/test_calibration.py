@@ -240,3 +240,26 @@ def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> N
             alone = calibrate(h, threshold=threshold, bootstrap=6)
             _RECENT.clear()
             assert calibrate(h, threshold=threshold, bootstrap=6, workers=3) == alone
+
+
+def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
+    """Invariant: the batched Nelder-Mead fits (runs advanced side by side, points scored together) equal scipy's
+    ``minimize`` run one start at a time, every field bit for bit: with and without a capture rate and DP noise,
+    from several floors, from a given start, and for an empty histogram, fitted alone or all together."""
+    from coordinator.linkage.mixture import ScoreHistogram, _fit_mixture
+    from coordinator.linkage.mixture_batch import fit_batched
+
+    rng = np.random.default_rng(11)
+    jobs = []
+    for seed, floor in ((3, 0.55), (5, 0.6), (7, 0.5)):
+        scores, _ = _mixture(seed)
+        histogram = score_histogram(scores, floor)
+        capture = np.clip(rng.random(200), 0.1, 1.0)
+        jobs.append((histogram, None))
+        jobs.append((ScoreHistogram(histogram.counts, floor, capture=capture), None))
+        jobs.append((ScoreHistogram(histogram.counts + rng.normal(0, 2, 200), floor, noise=4.0), None))
+    jobs.append((jobs[0][0], _fit_mixture(jobs[0][0], None, 1).parameters))
+    jobs.append((ScoreHistogram(np.zeros(200), 0.55), None))
+    expected = [_fit_mixture(histogram, start, 1) for histogram, start in jobs]
+    assert fit_batched(jobs) == expected
+    assert [fit_batched([job])[0] for job in jobs[:3]] == expected[:3]

@@ -36,3 +36,21 @@ def test_agency_pairs_keep_candidate_order() -> None:
     for a in range(3):
         for b in range(3):
             assert grouped.positions_of(a, b).tolist() == np.flatnonzero((d_a == a) & (d_b == b)).tolist()
+
+
+def test_the_prefix_at_a_threshold_is_the_selection_at_it() -> None:
+    """Invariant: on candidates in anonlink's order, the prefix the solve at the threshold reads equals
+    select_candidates at that threshold, column by column, for thresholds on, between, above and below the values."""
+    from coordinator.linkage.auto import _at_or_above
+
+    rng = np.random.default_rng(12)
+    for trial in range(12):
+        sizes = [int(x) for x in rng.integers(1, 40, 3)]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(0, 300)), ties=trial % 2 == 0,
+                                        within=False, repeats=False)
+        sims = candidates[0]
+        for threshold in (0.0, 1.5, *sims[:: max(1, len(sims) // 5)].tolist(), *rng.random(4).tolist()):
+            expected = select_candidates(candidates, threshold=threshold)
+            got = _at_or_above(candidates, threshold)
+            assert [x.tolist() for x in (got[0], *got[1], *got[2])] == \
+                [x.tolist() for x in (expected[0], *expected[1], *expected[2])]

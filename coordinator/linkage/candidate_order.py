@@ -26,31 +26,37 @@ __all__ = ["candidate_order", "sorted_batches", "sorted_candidates"]
 #: Bits of a radix digit: 4096 counters (32 KB) stay in the first-level cache, and a floor's 60-bit keys
 #: take five passes, not six.
 _DIGIT = 12
+#: Pairs from which a sort's halves run on two threads (below it, threads cost more than they save).
+_PARALLEL_FROM = 1 << 20
 #: Rank bits at most: with the rank's range below 2**22 over a span of 0.45, Dice values of
 #: 1024-bit encodings (at least 2**-21 apart) get distinct ranks.
 _RANK_BITS = 22
 
 
 @njit(cache=True, nogil=True)
-def _radix_sort(key: np.ndarray, payload: np.ndarray, bits: int, key_tmp: np.ndarray,
-                pay_tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stable LSD radix sort of ``key`` (uint64, below ``2**bits``) carrying ``payload``; all four arrays are reused.
-
-    Every digit's counts come from one pass over the keys (the keys are the same set before each pass).
-    """
-    n = len(key)
+def _digit_counts(key: np.ndarray, passes: int) -> np.ndarray:
+    """Every digit's counts over ``key``, in one pass: ``(passes, 2**_DIGIT)``."""
     radix = 1 << _DIGIT
     mask = np.uint64(radix - 1)
-    passes = (bits + _DIGIT - 1) // _DIGIT
     counts = np.zeros((max(passes, 1), radix), dtype=np.int64)
-    for i in range(n):
+    for i in range(len(key)):
         k = key[i]
         for p in range(passes):
             counts[p, (k >> np.uint64(p * _DIGIT)) & mask] += 1
-    for p in range(passes):
-        count = counts[p]
-        if count.max() == n:  # a digit every key shares orders nothing: skip its pass
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _radix_passes(key: np.ndarray, payload: np.ndarray, counts: np.ndarray, run: np.ndarray, key_tmp: np.ndarray,
+                  pay_tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LSD passes ``run`` marks, each scattering by its digit (``counts``: this array's digit counts)."""
+    n = len(key)
+    radix = 1 << _DIGIT
+    mask = np.uint64(radix - 1)
+    for p in range(len(run)):
+        if not run[p]:
             continue
+        count = counts[p].copy()
         s = np.uint64(p * _DIGIT)
         total = 0
         for d in range(radix):
@@ -67,6 +73,74 @@ def _radix_sort(key: np.ndarray, payload: np.ndarray, bits: int, key_tmp: np.nda
         key, key_tmp = key_tmp, key
         payload, pay_tmp = pay_tmp, payload
     return key, payload
+
+
+@njit(cache=True, nogil=True)
+def _radix_sort(key: np.ndarray, payload: np.ndarray, bits: int, key_tmp: np.ndarray,
+                pay_tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable LSD radix sort of ``key`` (uint64, below ``2**bits``) carrying ``payload``; all four arrays are reused.
+
+    Every digit's counts come from one pass over the keys (the keys are the same set before each
+    pass); a digit every key shares orders nothing, and its pass is skipped.
+    """
+    passes = (bits + _DIGIT - 1) // _DIGIT
+    counts = _digit_counts(key, passes)
+    run = np.zeros(passes, dtype=np.bool_)
+    for p in range(passes):
+        run[p] = counts[p].max() < len(key)
+    return _radix_passes(key, payload, counts, run, key_tmp, pay_tmp)
+
+
+@njit(cache=True, nogil=True)
+def _merge(key_a: np.ndarray, pay_a: np.ndarray, key_b: np.ndarray, pay_b: np.ndarray, key_out: np.ndarray,
+           pay_out: np.ndarray) -> None:
+    """Merge two key-sorted runs (``a``'s first among equal keys, as a stable sort of ``a`` then ``b`` puts them)."""
+    i, j, o = 0, 0, 0
+    while i < len(key_a) and j < len(key_b):
+        if key_b[j] < key_a[i]:
+            key_out[o], pay_out[o] = key_b[j], pay_b[j]
+            j += 1
+        else:
+            key_out[o], pay_out[o] = key_a[i], pay_a[i]
+            i += 1
+        o += 1
+    while i < len(key_a):
+        key_out[o], pay_out[o] = key_a[i], pay_a[i]
+        i += 1
+        o += 1
+    while j < len(key_b):
+        key_out[o], pay_out[o] = key_b[j], pay_b[j]
+        j += 1
+        o += 1
+
+
+def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_radix_sort` of ``key`` with ``payload``, each half on its own thread, then merged (equal result).
+
+    Both halves run the passes the whole array needs (a digit every key shares is skipped by both),
+    so both end in the same buffer and the merge writes into the other one, which is already mapped.
+    """
+    n = len(key)
+    key_tmp, pay_tmp = _empty_like(key, n), _empty_like(payload, n)
+    if workers < 2 or n < _PARALLEL_FROM:
+        return _radix_sort(key, payload, bits, key_tmp, pay_tmp)
+    from concurrent.futures import ThreadPoolExecutor
+
+    passes = (bits + _DIGIT - 1) // _DIGIT
+    half = n // 2
+    with ThreadPoolExecutor(2) as pool:
+        counted = pool.submit(_digit_counts, key[:half], passes)
+        second = _digit_counts(key[half:], passes)
+        first = counted.result()
+        total = first + second
+        run = np.array([total[p].max() < n for p in range(passes)], dtype=np.bool_)
+        left = pool.submit(_radix_passes, key[:half], payload[:half], first, run, key_tmp[:half], pay_tmp[:half])
+        k_b, p_b = _radix_passes(key[half:], payload[half:], second, run, key_tmp[half:], pay_tmp[half:])
+        k_a, p_a = left.result()
+    # An even number of passes leaves the halves in ``key``, an odd one in ``key_tmp``: merge into the other.
+    out_key, out_pay = (key_tmp, pay_tmp) if int(run.sum()) % 2 == 0 else (key, payload)
+    _merge(k_a, p_a, k_b, p_b, out_key, out_pay)
+    return out_key, out_pay
 
 
 @njit(cache=True, nogil=True)
@@ -283,12 +357,13 @@ def sorted_candidates(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: n
 
 
 def sorted_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.ndarray], r_a: list[np.ndarray],
-                   r_b: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+                   r_b: list[np.ndarray], *, workers: int = 1) -> tuple[np.ndarray, ...]:
     """:func:`sorted_candidates` of batches of pairs, each column given as a list of its batches' arrays.
 
     The batches are never joined: each one's keys are written straight into one array and the batch
     is dropped (the lists are emptied), and every large array is numba's, in small pages (see
     :func:`_sort_keys`): at a round's floor, fresh 100 MB numpy arrays cost seconds of page faults.
+    With ``workers`` > 1 a large sort's halves run on two threads and are merged (the same order).
 
     >>> [c.tolist() for c in sorted_batches([np.array([0.7]), np.array([0.9, 0.7])], *([np.array([0]),
     ...                                      np.array([0, 0])],) * 2, [np.array([2]), np.array([0, 1])],
@@ -326,7 +401,7 @@ def sorted_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.n
         _keys_into(*batch, layout, rank_bits, lo, hi, key, values, at)
         at += len(batch[0])
         del batch
-    key, values = _radix_sort(key, values, int(layout.sum()) + rank_bits, _empty_like(key, n), _empty_like(values, n))
+    key, values = _sort_halves(key, values, int(layout.sum()) + rank_bits, workers)
     index_bits = int(layout.sum())
     _fix_ties(key, values, values, index_bits, False)
     out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]

@@ -231,7 +231,7 @@ def _node_numbers(offsets: np.ndarray, dataset: np.ndarray, row: np.ndarray) -> 
     return out
 
 
-def _candidates(found: Found) -> Candidates:
+def _candidates(found: Found, workers: int = 1) -> Candidates:
     """Concatenate found pairs in anonlink's candidate order: similarity descending, then indices.
 
     The pairs move out of ``found`` (its batches are emptied).
@@ -240,7 +240,8 @@ def _candidates(found: Found) -> Candidates:
         empty = np.zeros(0, dtype=np.uint32)
         return np.zeros(0), (empty, empty), (empty, empty)
     # The batches are never joined: their keys are sorted, each batch dropped as its keys are written.
-    sims, d_a, d_b, r_a, r_b = sorted_batches(found.sims, found.dset_a, found.dset_b, found.rows_a, found.rows_b)
+    sims, d_a, d_b, r_a, r_b = sorted_batches(found.sims, found.dset_a, found.dset_b, found.rows_a, found.rows_b,
+                                              workers=workers)
     return sims, (d_a, d_b), (r_a, r_b)
 
 
@@ -325,7 +326,7 @@ def _solve(
     """Cluster the found pairs with anonlink's greedy solver and assemble the result."""
     solving = time.perf_counter()
     announce(progress, "solving")
-    candidates = _candidates(found)
+    candidates = _candidates(found, workers)
     sizes = [len(d) for d in datasets]
     labels, n_clusters, linked = solve_candidates(candidates, sizes)
     finished = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from anonlink.solving import greedy_solve
 
 from coordinator.linkage.candidate_order import candidate_order, sorted_batches, sorted_candidates
@@ -152,9 +153,13 @@ def test_candidate_order_is_lexsorts_order() -> None:
     assert candidate_order(np.array([0.5, 0.5]), np.zeros(2, int), np.ones(2, int), *wide).tolist() == [1, 0]
 
 
-def test_sorted_candidates_are_the_columns_in_lexsorts_order() -> None:
+def test_sorted_candidates_are_the_columns_in_lexsorts_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Invariant: each sorted column is the column gathered through np.lexsort's permutation, dtype kept, whether
-    similarity ranks tie across different values (arbitrary floats, values closer than the rank's step) or not."""
+    similarity ranks tie across different values (arbitrary floats, values closer than the rank's step) or not,
+    from joined columns or from batches, sorted on one thread or as two halves merged."""
+    from coordinator.linkage import candidate_order as module
+
+    monkeypatch.setattr(module, "_PARALLEL_FROM", 64)  # the halves path on small inputs too
     rng = np.random.default_rng(8)
     for trial in range(40):
         sims, columns = _mixed_candidates(rng, trial, 4000)
@@ -164,8 +169,9 @@ def test_sorted_candidates_are_the_columns_in_lexsorts_order() -> None:
         copies = [sims.copy(), *(c.copy() for c in columns)]
         cuts = np.sort(rng.integers(0, len(sims), trial % 5))  # batches, some of them empty
         batches = [list(np.split(c, cuts)) for c in (sims, *columns)]
+        again = [list(np.split(c, cuts)) for c in (sims, *columns)]
         for got in (sorted_candidates(sims, *columns), sorted_candidates(*copies, overwrite=True),
-                    sorted_batches(*batches)):
+                    sorted_batches(*batches), sorted_batches(*again, workers=2)):
             for value, column in zip(got, (sims, *columns), strict=True):
                 assert value.dtype == column.dtype and value.tolist() == column[expected].tolist()
         assert not any(batches)  # the batches moved out

@@ -88,8 +88,11 @@ def pair_links(pairs: AgencyPairs, d_a: int, d_b: int, size_a: int, size_b: int)
     from coordinator.linkage.auto import same_cluster_rows
 
     at = pairs.positions_of(d_a, d_b)
-    node = np.int32 if size_a + size_b < 2**31 else np.int64
-    u, v = np.empty(len(at), dtype=node), np.empty(len(at), dtype=node)
+    from coordinator.linkage.candidate_order import _empty_like
+
+    # numba's arrays, in small pages (see candidate_order._sort_keys): a pair holds millions at a floor.
+    like = np.zeros(0, dtype=np.int32 if size_a + size_b < 2**31 else np.int64)
+    u, v = _empty_like(like, len(at)), _empty_like(like, len(at))
     _nodes(pairs.r_a, pairs.r_b, at, size_a, u, v)
     party = np.repeat(np.arange(2), [size_a, size_b])
     root = greedy_roots(u, v, size_a + size_b, party)

@@ -74,13 +74,15 @@ def _solve(u: np.ndarray, v: np.ndarray, n: int, indptr: np.ndarray, nbr: np.nda
     ``bit`` is each node's dataset bit when every pair joins two datasets and none repeats (else 0):
     two groups holding one dataset can then never merge (that dataset's pair is never an edge).
     """
+    # Node numbers, counts and sizes fit 32 bits (n < 2**31, checked by the caller): half the cache
+    # footprint of int64 for the random reads each edge makes (a floor solve takes 13M edges).
     mask = np.zeros(n, dtype=np.int64)  # by group id: datasets present
-    seen = np.zeros(n, dtype=np.int64)  # edges of each node taken so far: a prefix of its neighbours
-    group = np.full(n, -1, dtype=np.int64)  # group id of each node, -1: none yet
-    size = np.zeros(n, dtype=np.int64)  # by group id (a group's id is the node it started from)
-    head = np.full(n, -1, dtype=np.int64)
-    tail = np.full(n, -1, dtype=np.int64)
-    nxt = np.full(n, -1, dtype=np.int64)
+    seen = np.zeros(n, dtype=np.int32)  # edges of each node taken so far: a prefix of its neighbours
+    group = np.full(n, -1, dtype=np.int32)  # group id of each node, -1: none yet
+    size = np.zeros(n, dtype=np.int32)  # by group id (a group's id is the node it started from)
+    head = np.full(n, -1, dtype=np.int32)
+    tail = np.full(n, -1, dtype=np.int32)
+    nxt = np.full(n, -1, dtype=np.int32)
     for i in range(len(u)):
         a, b = u[i], v[i]
         if a == b:
@@ -114,7 +116,7 @@ def _solve(u: np.ndarray, v: np.ndarray, n: int, indptr: np.ndarray, nbr: np.nda
                 head[new] = new
                 tail[new] = new
         elif ga != gb and (mask[ga] & mask[gb]) == 0:
-            need = size[ga] * size[gb]
+            need = np.int64(size[ga]) * np.int64(size[gb])
             count = 0
             x = head[ga]
             while x >= 0 and count >= 0:

@@ -29,7 +29,7 @@ from numba import njit
 from pydantic import Field
 
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
-from coordinator.linkage.candidate_order import sorted_batches
+from coordinator.linkage.candidate_batches import sorted_batches
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.floor_sink import FloorSink

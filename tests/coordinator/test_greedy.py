@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from anonlink.solving import greedy_solve
 
-from coordinator.linkage.candidate_order import candidate_order, sorted_batches, sorted_candidates
+from coordinator.linkage.candidate_batches import sorted_batches
+from coordinator.linkage.candidate_order import candidate_order, sorted_candidates
 from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
 
@@ -157,7 +158,7 @@ def test_sorted_candidates_are_the_columns_in_lexsorts_order(monkeypatch: pytest
     """Invariant: each sorted column is the column gathered through np.lexsort's permutation, dtype kept, whether
     similarity ranks tie across different values (arbitrary floats, values closer than the rank's step) or not,
     from joined columns or from batches, sorted on one thread or as two halves merged."""
-    from coordinator.linkage import candidate_order as module
+    from coordinator.linkage import candidate_batches as module
 
     monkeypatch.setattr(module, "_PARALLEL_FROM", 64)  # the halves path on small inputs too
     rng = np.random.default_rng(8)

@@ -52,7 +52,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
-from coordinator.linkage.pair_split import AgencyPairs, pair_links
+from coordinator.linkage.pair_split import AgencyPairs, pair_links, same_label_rows
 from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 
@@ -82,6 +82,9 @@ def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.nd
     >>> same_cluster_rows(np.array([0, 1, 2]), np.array([2, 0, 0]))
     (array([0, 0, 2]), array([1, 2, 0]))
     """
+    counted = same_label_rows(labels_a, labels_b)  # dense labels: counted, not sorted (the same rows)
+    if counted is not None:
+        return counted
     order_b = np.argsort(labels_b, kind="stable")
     sorted_b = labels_b[order_b]
     left = np.searchsorted(sorted_b, labels_a, side="left")

@@ -16,7 +16,7 @@ from numba import njit
 from coordinator.linkage.greedy import greedy_roots
 from coordinator.linkage.match import Candidates
 
-__all__ = ["AgencyPairs", "pair_links"]
+__all__ = ["AgencyPairs", "pair_links", "same_label_rows"]
 
 
 @njit(cache=True, nogil=True)
@@ -55,6 +55,58 @@ def _nodes(r_a: np.ndarray, r_b: np.ndarray, positions: np.ndarray, offset: int,
         p = positions[j]
         u[j] = r_a[p]
         v[j] = offset + r_b[p]
+
+
+@njit(cache=True, nogil=True)
+def _same_label_rows(labels_a: np.ndarray, labels_b: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`same_label_rows` for labels in ``0..top``, by counting (no sort, no searches)."""
+    start = np.zeros(top + 2, dtype=np.int64)
+    for j in range(len(labels_b)):
+        start[labels_b[j] + 1] += 1
+    for x in range(top + 1):
+        start[x + 1] += start[x]
+    order = np.empty(len(labels_b), dtype=np.int64)  # rows of b by label, rows ascending within one
+    fill = start[:-1].copy()
+    for j in range(len(labels_b)):
+        order[fill[labels_b[j]]] = j
+        fill[labels_b[j]] += 1
+    total = 0
+    for i in range(len(labels_a)):
+        x = labels_a[i]
+        if 0 <= x <= top:
+            total += start[x + 1] - start[x]
+    rows_a = np.empty(total, dtype=np.int64)
+    rows_b = np.empty(total, dtype=np.int64)
+    k = 0
+    for i in range(len(labels_a)):
+        x = labels_a[i]
+        if 0 <= x <= top:
+            for at in range(start[x], start[x + 1]):
+                rows_a[k] = i
+                rows_b[k] = order[at]
+                k += 1
+    return rows_a, rows_b
+
+
+def same_label_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every ``(row_a, row_b)`` whose labels are equal, by ``row_a`` then ``row_b``; ``None`` unless labels are dense.
+
+    Cluster labels (``0..n_clusters-1``) and solver roots (node numbers) are non-negative integers no
+    larger than a few times the rows: they are counted rather than sorted and searched.
+
+    >>> same_label_rows(np.array([0, 1, 2]), np.array([2, 0, 0]))
+    (array([0, 0, 2]), array([1, 2, 0]))
+    """
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if labels_a.dtype.kind not in "iu" or labels_b.dtype.kind not in "iu":
+        return None
+    if not len(labels_b) or not len(labels_a):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy()
+    top = int(labels_b.max())
+    if int(labels_b.min()) < 0 or top > 4 * (len(labels_a) + len(labels_b)) + 1024:
+        return None
+    return _same_label_rows(labels_a.astype(np.int64, copy=False), labels_b.astype(np.int64, copy=False), top)
 
 
 class AgencyPairs:

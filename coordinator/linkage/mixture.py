@@ -227,7 +227,8 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
     Args:
         histogram: from :func:`score_histogram`.
         start: start only from these parameters (a previous fit's), as the bootstrap does.
-        workers: unused (the starting points' runs advance side by side on one thread); kept for callers.
+        workers: unused (the starting points' runs advance side by side, the incomplete beta function's
+            rows shared with a second thread); kept for callers.
 
     Returns:
         The fit.
@@ -304,8 +305,8 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
 
     points = _STARTS if start is None else (tuple(start),)
     if workers > 1 and len(points) > 1:
-        # The runs are independent; the best is then picked in the starts' order, as one after another
-        # would. (scipy 1.17's incomplete beta function holds the GIL: threads gain nothing here.)
+        # The runs are independent and spend their time in scipy's incomplete beta function, which
+        # releases the GIL; the best is then picked in the starts' order, as one after another would.
         with ThreadPoolExecutor(min(workers, len(points))) as pool:
             runs = list(pool.map(run, points))
     else:

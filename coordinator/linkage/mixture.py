@@ -2,8 +2,9 @@
 
 True links are exact matches (the top bin) plus a beta density; false links, each record's best
 stranger, a density decaying from the floor; both truncated to the floor the solve started from.
-The binned likelihood is maximised with Nelder-Mead (scipy). See :mod:`coordinator.linkage.calibration`
-for what is estimated from the fit.
+The binned likelihood is maximised with scipy's Nelder-Mead, its runs advanced side by side
+(:mod:`coordinator.linkage.mixture_batch`, :mod:`coordinator.linkage.nelder_mead`). See
+:mod:`coordinator.linkage.calibration` for what is estimated from the fit.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ row's sum is numpy's pairwise sum of a row as long as the single objective's arr
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ def _group(target: _Target) -> tuple:
 
 
 #: A second thread for the incomplete beta function, most of a fit's time (scipy's ufunc releases the GIL).
-_HELPER: ThreadPoolExecutor | None = None
+_HELPER: tuple[int, ThreadPoolExecutor] | None = None
 _HELPER_LOCK = threading.Lock()
 #: Rows from which half go to the second thread (fewer cost more to hand over than they take).
 _SPLIT_FROM = 8
@@ -84,9 +85,10 @@ def _betainc(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
     if len(a) < _SPLIT_FROM:
         return betainc(a, b, x[None, :])
     with _HELPER_LOCK:
-        if _HELPER is None:
-            _HELPER = ThreadPoolExecutor(1, thread_name_prefix="pplink-betainc")
-        helper = _HELPER
+        # A forked child inherits the executor but not its thread: it makes its own.
+        if _HELPER is None or _HELPER[0] != os.getpid():
+            _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="pplink-betainc"))
+        helper = _HELPER[1]
     half = len(a) // 2
     first = helper.submit(betainc, a[:half], b[:half], x[None, :])
     rest = betainc(a[half:], b[half:], x[None, :])

@@ -1,19 +1,29 @@
-"""The incremental round's compare step, compiled: one scan per band of the state's keys, scoring as it goes.
+"""The incremental round's compare step, compiled: the new rows' candidates gathered band by band, scored row by row.
 
 A round adds few rows (1% is typical) to a large state, whose band keys are stored per band in
-row order. Per band, the new rows' keys become a bitmap over the key space (256 KB at 21 bits:
-it stays in the core's cache) with a rank per 64-bit word, so that a key's group of new rows is
-found with one word read and a popcount. One compiled loop then walks the band's stored keys in
-row order, a chunk at a time: it lists the chunk's rows whose key a new row holds and requests
-their encodings at once (so the loads overlap), then scores each against its group in place,
-with ``vpopcntq`` where the CPU has it. Nothing per candidate pair is sorted, gathered or
-materialised by numpy, and the loop releases the GIL: bands run on every core.
+row order. Per band, the new rows' keys become a bitmap over the key space (256 KB at 21 bits)
+with a rank per 64-bit word, so that a key's group of new rows is found with one word read and a
+popcount. The state's rows are then taken a *pass* (65,536 rows) at a time:
 
-The pairs scored are exactly those of the per-band numpy join it replaces
-(:func:`coordinator.linkage.edges.find_edges`: a new row ``x`` and a row ``y`` of another agency
-sharing a key that is not frozen out; a new-new pair once, as ``y > x``; a pair sharing keys in
-several bands scored in each), and each score is anonlink's Dice arithmetic, so the edges and
-the comparison count are equal (``tests/coordinator/test_edge_kernels.py``).
+1. **Gather** (per band, its tables in the core's cache): one compiled loop walks the pass's keys
+   of the band and lists each candidate pair (new row, state row) it finds, already filtered
+   (another agency; a new-new pair once). The pairs go to one buffer, in band order and, within
+   a band, in row order, with where each block of 2,048 rows starts.
+2. **Score** (per block of 2,048 rows, their 256 KB of encodings in the core's cache): every
+   band's pairs of the block are scored, the new rows' encodings prefetched a few pairs ahead.
+
+Scoring band by band instead (the scan this replaced) reads ~30% of the state's rows per band,
+so every page of the 512 MB of encodings crosses the memory bus once per band: 96 times a round
+at the default blocking; scoring row by row through every band at once keeps only 96 bands'
+tables, too many to stay in cache. Here each encoding is read once per pass and each band's
+tables stay in cache while it is gathered. Nothing is sorted per pair; the loops release the
+GIL, and each of ``workers`` threads takes its share of the rows.
+
+The pairs scored are exactly those of the per-band numpy join
+(:func:`coordinator.linkage.edges._band_edges_few`: a new row ``x`` and a row ``y`` of another
+agency sharing a key that is not frozen out; a new-new pair once, as ``y > x``; a pair sharing
+keys in several bands scored in each), and each score is anonlink's Dice arithmetic, so the
+edges and the comparison count are equal (``tests/coordinator/test_edge_kernels.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +40,16 @@ from coordinator.linkage.kernels import VECTOR_POPCOUNT, popcount64, prefetch, r
 
 __all__ = ["scan_edges"]
 
-#: State rows looked up before their hits are scored: their encodings are requested together.
-_CHUNK = 512
-#: Edges one band's first output holds (a band finding more resumes with twice as many).
+#: State rows per pass (gathered through every band, then scored); at most 65,536 (rows are uint16 in a pass).
+_PASS_ROWS = 1 << 16
+#: State rows per scoring block: their encodings (256 KB at 1024 bits) stay in the core's cache while scored.
+_BLOCK_ROWS = 1 << 11
+#: Candidate pairs one thread's first gather buffer holds (a pass finding more is gathered again, in twice as many).
+_FIRST_PAIRS = 1 << 22
+#: Edges one thread's first output holds (a block finding more resumes with twice as many).
 _FIRST_CAPACITY = 1 << 14
+#: How many pairs ahead the scorer asks for a new row's encoding.
+_AHEAD = 16
 
 
 @njit(nogil=True, cache=True)
@@ -115,80 +131,123 @@ def _and_popcount_1024(typingctx, a, p, b, q):  # noqa: ANN001, ANN202 (numba's 
 
 
 @njit(nogil=True, cache=True)
-def _scan_band(row_keys, first, sentinel, bitmap, rank, group_start, group_rows, new_global, new_words, new_pops,  # noqa: ANN001, ANN202, E501
-               new_party, tags, new_flag, words, threshold, vector, out_x, out_y, out_sim):
-    """Score the rows from ``first`` on against the new rows sharing their key in one band, chunk by chunk.
+def _gather(keys, lo, hi, block, bitmaps, ranks, group_start, group_rows, new_party, new_global, tags, new_flag,  # noqa: ANN001, ANN202, E501
+            pair_x, pair_y, starts):
+    """List the candidate pairs of state rows ``lo:hi``, band by band, each band's in row order.
 
     ``tags[y]`` is row ``y``'s party, plus ``new_flag`` when the row is new this round.
+    ``starts[b, k]`` receives where band ``b``'s pairs of block ``k`` (rows ``lo + k * block`` on)
+    begin in ``pair_x`` (new row index) and ``pair_y`` (row minus ``lo``).
 
     Returns:
-        ``(next_row, kept, scored)``: where to resume (``len(row_keys)`` when done: a chunk whose
-        edges do not fit the output is left for the next call, with a larger output), edges
-        written to ``out_*`` (new row index, other row, similarity), and pairs scored.
+        ``(blocks, pairs)``; ``blocks`` is ``-1`` when the pairs do not fit the buffers.
     """
-    n = row_keys.shape[0]
+    bands = keys.shape[0]
+    blocks = (hi - lo + block - 1) // block
+    capacity = pair_x.shape[0]
+    hit_y = np.empty(block, dtype=np.int64)
+    hit_g = np.empty(block, dtype=np.int64)
+    hit_n = np.empty(block, dtype=np.int64)
+    pos = 0
+    for b in range(bands):
+        row_keys = keys[b]
+        bitmap = bitmaps[b]
+        rank = ranks[b]
+        for k in range(blocks):
+            starts[b, k] = pos
+            first = lo + k * block
+            end = min(first + block, hi)
+            # 1. The block's rows whose key some new row holds, without a branch per row (the frozen-out
+            # sentinel's bit is never set: the bitmaps reach it).
+            hits = 0
+            for y in range(first, end):
+                key = np.int64(row_keys[y])
+                word = bitmap[key >> 6]
+                bit = np.uint64(key & 63)
+                hit_y[hits] = y
+                hit_g[hits] = rank[key >> 6] + np.int64(popcount64(word & ((np.uint64(1) << bit) - np.uint64(1))))
+                hits += np.int64((word >> bit) & np.uint64(1))
+            # 2. Their groups, looked up together (independent loads overlap).
+            total = 0
+            for h in range(hits):
+                g = hit_g[h]
+                hit_g[h] = group_start[g]
+                hit_n[h] = group_start[g + 1] - group_start[g]
+                total += hit_n[h]
+            if pos + total > capacity:
+                return -1, pos
+            # 3. The pairs: another agency's row; a new-new pair once, from its earlier row.
+            for h in range(hits):
+                y = hit_y[h]
+                tag = tags[y]
+                party_y = tag & (new_flag - 1)
+                new_y = tag >= new_flag
+                g0 = hit_g[h]
+                for i in range(g0, g0 + hit_n[h]):
+                    xi = group_rows[i]
+                    pair_x[pos] = xi
+                    pair_y[pos] = y - lo
+                    pos += np.int64((new_party[xi] != party_y) & ((not new_y) | (y > new_global[xi])))
+        starts[b, blocks] = pos
+    return blocks, pos
+
+
+@njit(nogil=True, cache=True)
+def _score_blocks(lo, hi, block, blocks, k0, pair_x, pair_y, starts, new_words, new_pops, words, threshold, vector,  # noqa: ANN001, ANN202, E501
+                  out_x, out_y, out_sim, kept0):
+    """Score the gathered pairs block by block, from block ``k0``; keep those at or above ``threshold``.
+
+    Returns:
+        ``(next_block, kept, scored)``: where to resume (``blocks`` when done: a block whose edges
+        do not fit the output is left for the next call, with a larger output), the edges now in
+        ``out_*`` (new row index, row, similarity), and the pairs scored by this call.
+    """
+    bands = starts.shape[0]
     width = words.shape[1]
     # The outputs are never reassigned here: an array reassigned in a loop costs reference counting on every use.
     capacity = out_sim.shape[0]
-    hit_rows = np.empty(_CHUNK, dtype=np.int64)
-    hit_groups = np.empty(_CHUNK, dtype=np.int64)
-    kept = 0
+    pops = np.empty(block, dtype=np.int64)
+    kept = kept0
     scored = 0
-    for start in range(first, n, _CHUNK):
-        end = min(start + _CHUNK, n)
-        # 1. The chunk's rows whose key some new row holds; their encodings are requested at once (the
-        # loads overlap, where a plain loop would wait on each in turn).
-        hits = 0
-        for y in range(start, end):
-            key = np.int64(row_keys[y])
-            if key >= sentinel:
-                continue
-            word = bitmap[key >> 6]
-            bit = np.uint64(key & 63)
-            if (word >> bit) & np.uint64(1):
-                hit_rows[hits] = y
-                hit_groups[hits] = rank[key >> 6] + np.int64(popcount64(word & ((np.uint64(1) << bit) - np.uint64(1))))
-                hits += 1
-                prefetch(words, y, 0)
-                prefetch(words, y, width - 1)
-        # 2. Score each against its group of new rows.
-        chunk_first, chunk_scored = kept, scored
-        for h in range(hits):
-            y = hit_rows[h]
-            g = hit_groups[h]
-            # One small tag per row (party, and whether it is new) and the popcount from the encoding
-            # itself: per hit row, the scan reads no more than its key, its tag and its encoding.
-            tag = tags[y]
-            party_y = tag & (new_flag - 1)
-            new_y = tag >= new_flag
+    for k in range(k0, blocks):
+        first = lo + k * block
+        end = min(first + block, hi)
+        for y in range(first, end):  # reads the block's encodings into the cache, once
             if vector:
-                pop_y = np.int64(_and_popcount_1024(words, y, words, y))
+                pops[y - first] = np.int64(_and_popcount_1024(words, y, words, y))
             else:
-                pop_y = np.int64(0)
+                count = np.int64(0)
                 for w in range(width):
-                    pop_y += np.int64(popcount64(words[y, w]))
-            for i in range(group_start[g], group_start[g + 1]):
-                xi = group_rows[i]
-                if new_party[xi] == party_y or (new_y and y <= new_global[xi]):
-                    continue
-                scored += 1
+                    count += np.int64(popcount64(words[y, w]))
+                pops[y - first] = count
+        block_kept, block_scored = kept, scored
+        for b in range(bands):
+            stop = starts[b, k + 1]
+            for e in range(starts[b, k], stop):
+                if e + _AHEAD < stop:
+                    ahead = pair_x[e + _AHEAD]
+                    prefetch(new_words, ahead, 0)
+                    prefetch(new_words, ahead, width - 1)
+                xi = pair_x[e]
+                y = lo + np.int64(pair_y[e])
                 if vector:
                     shared = _and_popcount_1024(new_words, xi, words, y)
                 else:
                     shared = np.uint64(0)
                     for w in range(width):
                         shared += popcount64(new_words[xi, w] & words[y, w])
-                denominator = new_pops[xi] + pop_y
+                denominator = new_pops[xi] + pops[y - first]
                 # anonlink's arithmetic: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0.
                 sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
                 if sim >= threshold:
                     if kept == capacity:
-                        return start, chunk_first, chunk_scored
+                        return k, block_kept, block_scored
                     out_x[kept] = xi
                     out_y[kept] = y
                     out_sim[kept] = sim
                     kept += 1
-    return n, kept, scored
+            scored += stop - starts[b, k]
+    return blocks, kept, scored
 
 
 def scan_edges(
@@ -209,7 +268,7 @@ def scan_edges(
         words: every live row's encoding as uint64 words (C-contiguous).
         threshold: keep pairs scoring at least this.
         sentinel: the frozen-out key; every other key is below it.
-        workers: threads, each scanning its share of the bands.
+        workers: threads, each scanning its share of the rows.
 
     Returns:
         ``x`` the new row, ``y`` the other (another agency's row; a new one only when ``y > x``)
@@ -220,34 +279,50 @@ def scan_edges(
     new_keys = np.ascontiguousarray(keys[:, new_rows])
     new_words = words[new_rows]
     new_pops = row_popcounts(new_words)
-    new_party = party[new_rows].astype(np.int64)
-    # A byte per row where the parties allow (fewer than 128), so the scan streams 1 byte a row, not 3.
+    # A byte per row where the parties allow (fewer than 128), so the gather reads 1 byte a row, not 3.
     small = not len(party) or int(party.max()) < 0x80
     new_flag = 0x80 if small else 0x8000
     tags = party.astype(np.uint8 if small else np.uint16)
     tags[new_rows] |= new_flag
+    new_party = tags[new_rows] & (new_flag - 1)
     n = keys.shape[1]
     vector = VECTOR_POPCOUNT and words.shape[1] == 16
+    bitmaps, ranks, group_start, group_rows = _build_tables(new_keys, int(sentinel))
+    pass_rows, block = min(_PASS_ROWS, 1 << 16), _BLOCK_ROWS
 
-    def band(b: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int]:
-        bitmaps, ranks, group_start, group_rows = _build_tables(new_keys[b : b + 1], int(sentinel))
-        xs, ys, sims, scored, first = [], [], [], 0, 0
+    def share(rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        lo, hi = rows
+        size = _FIRST_PAIRS
+        pair_x, pair_y = np.empty(size, np.int32), np.empty(size, np.uint16)
+        starts = np.empty((keys.shape[0], pass_rows // block + 2), np.int64)
         capacity = _FIRST_CAPACITY
-        while first < n:
-            out_x, out_y, out_sim = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
-            first, kept, done = _scan_band(keys[b], first, int(sentinel), bitmaps[0], ranks[0], group_start,
-                                           group_rows, new_rows, new_words, new_pops, new_party, tags, new_flag,
-                                           words, float(threshold), vector, out_x, out_y, out_sim)
-            xs.append(new_rows[out_x[:kept]])
-            ys.append(out_y[:kept])
-            sims.append(out_sim[:kept])
-            scored += done
-            capacity *= 2  # only a call cut short by a full output comes round again
-        return xs, ys, sims, scored
+        out_x, out_y, out_sim = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
+        kept = scored = 0
+        for first in range(lo, hi, pass_rows):
+            end = min(first + pass_rows, hi)
+            while True:
+                blocks, pairs = _gather(keys, first, end, block, bitmaps, ranks, group_start, group_rows, new_party,
+                                        new_rows, tags, new_flag, pair_x, pair_y, starts)
+                if blocks >= 0:
+                    break
+                size *= 2  # only a pass that found more pairs than the buffers hold comes round again
+                pair_x, pair_y = np.empty(size, np.int32), np.empty(size, np.uint16)
+            k = 0
+            while k < blocks:
+                k, kept, done = _score_blocks(first, end, block, blocks, k, pair_x, pair_y, starts, new_words,
+                                              new_pops, words, float(threshold), vector, out_x, out_y, out_sim, kept)
+                scored += done
+                if k < blocks:  # the output is full: twice as large, keeping what it holds
+                    capacity *= 2
+                    out_x, out_y, out_sim = (np.concatenate([a[:kept], np.empty(capacity - kept, a.dtype)])
+                                             for a in (out_x, out_y, out_sim))
+        return new_rows[out_x[:kept]], out_y[:kept], out_sim[:kept], scored
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(band, range(keys.shape[0])))
+    per = -(-n // max(workers, 1)) if n else 0
+    shares = [(lo, min(n, lo + per)) for lo in range(0, n, per)] if per else []
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+        results = list(pool.map(share, shares))
     empty = [np.zeros(0, dtype=np.int64)]
-    x, y = (np.concatenate([part for r in results for part in r[i]] or empty) for i in range(2))
-    sim = np.concatenate([part for r in results for part in r[2]] or [np.zeros(0)])
+    x, y = (np.concatenate([r[i] for r in results] or empty) for i in range(2))
+    sim = np.concatenate([r[2] for r in results] or [np.zeros(0)])
     return (x, y, sim), sum(r[3] for r in results)

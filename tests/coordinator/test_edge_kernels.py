@@ -46,8 +46,13 @@ def _reference(clks: np.ndarray, party: np.ndarray, keys: np.ndarray, new_rows: 
 def test_scan_finds_the_edges_and_count_of_the_per_band_join(width: int, threshold: float,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # 1024-bit rows take the vector popcount where the CPU has it, 128-bit rows the scalar loop; with
-    # small outputs, a band finds more edges than one holds and resumes where it stopped.
+    # small outputs, a block finds more edges than one holds and resumes where it stopped; with small
+    # gather buffers, a pass finds more pairs than they hold and is gathered again; with small passes and
+    # blocks (the last ones partial), each thread's rows take several of each.
     monkeypatch.setattr(edge_kernels, "_FIRST_CAPACITY", 16)
+    monkeypatch.setattr(edge_kernels, "_FIRST_PAIRS", 16)
+    monkeypatch.setattr(edge_kernels, "_PASS_ROWS", 700)
+    monkeypatch.setattr(edge_kernels, "_BLOCK_ROWS", 64)
     clks, party, keys, new_rows, sentinel = _world(5, 3_000, width, 6, 7)
     (a, b, sim), compared = find_edges(clks, party, keys, new_rows, threshold, sentinel=int(sentinel), workers=2)
     expected, expected_compared = _reference(clks, party, keys, new_rows, threshold, int(sentinel))

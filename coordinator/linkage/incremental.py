@@ -35,7 +35,7 @@ from coordinator.linkage.edges import apply_skip, band_keys, find_edges, freeze_
 from coordinator.linkage.incremental_outputs import REASON_NAMES, REPLACED, write_incremental_outputs
 from coordinator.linkage.match_round import blocking_for, check_coordinator_key, check_inputs
 from coordinator.linkage.resolve_clusters import ClusterChange, fresh_pseudonyms, recluster
-from coordinator.linkage.state_arrays import keep_runs, replace_rows
+from coordinator.linkage.state_arrays import keep_runs, replace_rows, small_pages
 from coordinator.linkage.state_segments import append_delta, needs_compaction
 from coordinator.linkage.state_store import (
     IncrementalState,
@@ -279,9 +279,8 @@ def apply_round(
     clock["compared"] = time.perf_counter()
     seeds = np.union1d(new_rows, lost_edge)
     entity_before, pseudonyms_before = state.entity, state.pseudonyms  # recluster returns new arrays
-    state.entity, state.pseudonyms, change = recluster(
-        state.party, (state.edge_a.astype(np.int64), state.edge_b.astype(np.int64), state.edge_sim), seeds,
-        state.entity, state.pseudonyms)
+    state.entity, state.pseudonyms, change = recluster(state.party, (state.edge_a, state.edge_b, state.edge_sim), seeds,
+                                                       state.entity, state.pseudonyms)
     rotated = False
     days = agreement.retention.pseudonym_days
     if days is not None and not created and today - state.epoch_day >= days:
@@ -347,8 +346,9 @@ def run_incremental_round(
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StateError(f"{path.parent}: another round is using this linkage state") from None
-        return _locked_round(agreement, key, paths, Path(out_dir), path, secret, workers, blocking, now, started,
-                             compact)
+        with small_pages():
+            return _locked_round(agreement, key, paths, Path(out_dir), path, secret, workers, blocking, now, started,
+                                 compact)
 
 
 def _locked_round(agreement: AgreementConfig, key: Ed25519PrivateKey, paths: Sequence[Path], out_dir: Path,

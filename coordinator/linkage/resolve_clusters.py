@@ -77,7 +77,9 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     >>> components(5, np.array([0, 3]), np.array([2, 4])).tolist()
     [0, 1, 0, 3, 3]
     """
-    return _union_find(n, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+    # The state's uint32 edge ends are read as they are: a copy of every edge per round costs more than the walk.
+    a, b = (e if e.dtype in (np.uint32, np.int64) else e.astype(np.int64) for e in (a, b))
+    return _union_find(n, a, b)
 
 
 @njit(nogil=True, cache=True)
@@ -137,7 +139,7 @@ def recluster(
 
     Args:
         party: party index of every live row.
-        edges: ``(a, b, sim)`` every live edge at or above the threshold.
+        edges: ``(a, b, sim)`` every live edge at or above the threshold (ends as uint32 or int64).
         seeds: rows whose component must be solved again (new rows, rows that lost an edge).
         entity: each live row's entity index before the round, ``-1`` for new rows.
         pseudonyms: the pseudonym table ``entity`` indexes.
@@ -153,7 +155,7 @@ def recluster(
     marked[comp[seeds]] = True
     affected = marked[comp]
     inside = affected[a] if len(a) else np.zeros(0, dtype=bool)
-    rows, group_of = greedy_groups(party, a[inside], b[inside], sim[inside])
+    rows, group_of = greedy_groups(party, a[inside].astype(np.int64), b[inside].astype(np.int64), sim[inside])
     group = np.arange(n, dtype=np.int64)  # singletons are their own group
     group[rows] = group_of
     touched = np.flatnonzero(affected)

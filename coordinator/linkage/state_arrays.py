@@ -21,14 +21,16 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["COLUMN_ARRAYS", "ROW_ARRAYS", "array_pieces", "headroom", "keep_runs", "read_sealed_arrays",
-           "replace_rows"]
+           "replace_rows", "small_pages"]
 
 #: Arrays with one entry per live row along their first axis.
 ROW_ARRAYS = ("party", "tokens", "clks", "added_day", "entity")
@@ -58,6 +60,29 @@ def _buffer(dtype: np.dtype, shape: tuple[int, ...], axis: int, rows: int) -> np
     flat = np.frombuffer(mmap.mmap(-1, size), dtype=dtype) if size else np.empty(0, dtype=dtype)
     buffer = flat.reshape(full)
     return buffer[:rows] if axis == 0 else buffer[:, :rows]
+
+
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """Within the block, numpy does not ask the kernel for huge pages on its large allocations (restored after).
+
+    The reason :func:`_buffer` uses anonymous maps, for the round's other arrays (edges, the
+    re-solve's per-row arrays, candidate pairs): on a host that compacts memory for huge pages on
+    demand (``defrag = madvise``), first-touching a fresh array stalled for up to a second, which
+    made the same round's re-solve take 0.5 s one run and 1.8 s the next. The switch is numpy's
+    own (what ``NUMPY_MADVISE_HUGEPAGE=0`` sets at import) and process-wide: it only changes how
+    memory is requested, never a result. Where this numpy has no such switch, nothing changes.
+    """
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage as switch
+    except ImportError:  # another numpy layout: keep its default
+        yield
+        return
+    before = switch(False)
+    try:
+        yield
+    finally:
+        switch(before)
 
 
 def keep_runs(keep: np.ndarray) -> list[tuple[int, int]]:

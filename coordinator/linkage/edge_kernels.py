@@ -131,11 +131,12 @@ def _and_popcount_1024(typingctx, a, p, b, q):  # noqa: ANN001, ANN202 (numba's 
 
 
 @njit(nogil=True, cache=True)
-def _gather(keys, lo, hi, block, bitmaps, ranks, group_start, group_rows, new_party, new_global, tags, new_flag,  # noqa: ANN001, ANN202, E501
+def _gather(keys, lo, hi, block, bitmaps, ranks, group_start, group_rows, group_party, group_global, tags, new_flag,  # noqa: ANN001, ANN202, E501
             pair_x, pair_y, starts):
     """List the candidate pairs of state rows ``lo:hi``, band by band, each band's in row order.
 
-    ``tags[y]`` is row ``y``'s party, plus ``new_flag`` when the row is new this round.
+    ``tags[y]`` is row ``y``'s party, plus ``new_flag`` when the row is new this round;
+    ``group_party[i]`` and ``group_global[i]`` are new row ``group_rows[i]``'s party and row number.
     ``starts[b, k]`` receives where band ``b``'s pairs of block ``k`` (rows ``lo + k * block`` on)
     begin in ``pair_x`` (new row index) and ``pair_y`` (row minus ``lo``).
 
@@ -161,33 +162,38 @@ def _gather(keys, lo, hi, block, bitmaps, ranks, group_start, group_rows, new_pa
             # sentinel's bit is never set: the bitmaps reach it).
             hits = 0
             for y in range(first, end):
-                key = np.int64(row_keys[y])
-                word = bitmap[key >> 6]
-                bit = np.uint64(key & 63)
+                key = row_keys[y]
                 hit_y[hits] = y
-                hit_g[hits] = rank[key >> 6] + np.int64(popcount64(word & ((np.uint64(1) << bit) - np.uint64(1))))
-                hits += np.int64((word >> bit) & np.uint64(1))
-            # 2. Their groups, looked up together (independent loads overlap).
+                hits += np.int64((bitmap[key >> 6] >> np.uint64(key & 63)) & np.uint64(1))
+            # 2. Their groups (the key's rank among the band's keys), looked up together (independent loads overlap).
             total = 0
             for h in range(hits):
-                g = hit_g[h]
+                key = np.int64(row_keys[hit_y[h]])
+                word = bitmap[key >> 6]
+                g = rank[key >> 6] + np.int64(popcount64(word & ((np.uint64(1) << np.uint64(key & 63)) - np.uint64(1))))
                 hit_g[h] = group_start[g]
                 hit_n[h] = group_start[g + 1] - group_start[g]
                 total += hit_n[h]
             if pos + total > capacity:
                 return -1, pos
-            # 3. The pairs: another agency's row; a new-new pair once, from its earlier row.
+            # 3. The pairs: another agency's row; a new-new pair once, from its earlier row. Each group
+            # member's party and row number sit beside it (no load waits on another), and the rare new
+            # row takes its own loop.
             for h in range(hits):
                 y = hit_y[h]
                 tag = tags[y]
                 party_y = tag & (new_flag - 1)
-                new_y = tag >= new_flag
                 g0 = hit_g[h]
-                for i in range(g0, g0 + hit_n[h]):
-                    xi = group_rows[i]
-                    pair_x[pos] = xi
-                    pair_y[pos] = y - lo
-                    pos += np.int64((new_party[xi] != party_y) & ((not new_y) | (y > new_global[xi])))
+                if tag >= new_flag:
+                    for i in range(g0, g0 + hit_n[h]):
+                        pair_x[pos] = group_rows[i]
+                        pair_y[pos] = y - lo
+                        pos += np.int64((group_party[i] != party_y) & (y > group_global[i]))
+                else:
+                    for i in range(g0, g0 + hit_n[h]):
+                        pair_x[pos] = group_rows[i]
+                        pair_y[pos] = y - lo
+                        pos += np.int64(group_party[i] != party_y)
         starts[b, blocks] = pos
     return blocks, pos
 
@@ -200,7 +206,7 @@ def _score_blocks(lo, hi, block, blocks, k0, pair_x, pair_y, starts, new_words, 
     Returns:
         ``(next_block, kept, scored)``: where to resume (``blocks`` when done: a block whose edges
         do not fit the output is left for the next call, with a larger output), the edges now in
-        ``out_*`` (new row index, row, similarity), and the pairs scored by this call.
+        ``out_*`` (new row index, row, similarity; each pair once), and the pairs scored by this call.
     """
     bands = starts.shape[0]
     width = words.shape[1]
@@ -247,6 +253,18 @@ def _score_blocks(lo, hi, block, blocks, k0, pair_x, pair_y, starts, new_words, 
                     out_sim[kept] = sim
                     kept += 1
             scored += stop - starts[b, k]
+        # A pair sharing keys in several bands is found in each, always in the same block (its row's): keep it once.
+        if kept - block_kept > 1:
+            code = out_x[block_kept:kept] * block + (out_y[block_kept:kept] - first)
+            order = np.argsort(code)
+            xs, ys, sims = out_x[block_kept:kept][order], out_y[block_kept:kept][order], out_sim[block_kept:kept][order]
+            code = code[order]
+            at = block_kept
+            for i in range(len(order)):
+                if i == 0 or code[i] != code[i - 1]:
+                    out_x[at], out_y[at], out_sim[at] = xs[i], ys[i], sims[i]
+                    at += 1
+            kept = at
     return blocks, kept, scored
 
 
@@ -272,8 +290,8 @@ def scan_edges(
 
     Returns:
         ``x`` the new row, ``y`` the other (another agency's row; a new one only when ``y > x``)
-        and their Dice similarity, for each pair at or above ``threshold`` in each band that finds
-        it (the caller keeps each pair once); and how many scores were computed.
+        and their Dice similarity, for each pair at or above ``threshold``, once (a pair sharing
+        keys in several bands is scored in each); and how many scores were computed.
     """
     new_rows = np.asarray(new_rows, dtype=np.int64)
     new_keys = np.ascontiguousarray(keys[:, new_rows])
@@ -288,6 +306,7 @@ def scan_edges(
     n = keys.shape[1]
     vector = VECTOR_POPCOUNT and words.shape[1] == 16
     bitmaps, ranks, group_start, group_rows = _build_tables(new_keys, int(sentinel))
+    group_party, group_global = new_party[group_rows], new_rows[group_rows]
     pass_rows, block = min(_PASS_ROWS, 1 << 16), _BLOCK_ROWS
 
     def share(rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -301,8 +320,8 @@ def scan_edges(
         for first in range(lo, hi, pass_rows):
             end = min(first + pass_rows, hi)
             while True:
-                blocks, pairs = _gather(keys, first, end, block, bitmaps, ranks, group_start, group_rows, new_party,
-                                        new_rows, tags, new_flag, pair_x, pair_y, starts)
+                blocks, pairs = _gather(keys, first, end, block, bitmaps, ranks, group_start, group_rows, group_party,
+                                        group_global, tags, new_flag, pair_x, pair_y, starts)
                 if blocks >= 0:
                     break
                 size *= 2  # only a pass that found more pairs than the buffers hold comes round again

@@ -60,6 +60,9 @@ def test_scan_finds_the_edges_and_count_of_the_per_band_join(width: int, thresho
     assert {(int(x), int(y), float(s)) for x, y, s in zip(a, b, sim, strict=True)} == expected
     assert compared == expected_compared
     assert (party[a] < party[b]).all() and (np.diff(a * len(party) + b) > 0).all()  # each pair once, sorted
+    # The scan itself keeps a pair found in several bands once.
+    (x, y, _), scanned = edge_kernels.scan_edges(keys, party, new_rows, as_words(clks), threshold, int(sentinel))
+    assert scanned == compared and len(x) == len(a) == len(np.unique(x * len(party) + y))
 
     # The numpy join the scan replaced scores the same pairs, band by band.
     is_new = np.zeros(len(party), dtype=bool)

@@ -306,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "incremental_seconds": round(incremental_seconds, 3),
         "incremental_seconds_all": [round(t, 3) for t, _ in add_runs],
         "incremental_phases": {k: round(v, 3) for k, v in round2.seconds.items()},
+        "incremental_phases_all": [{k: round(v, 3) for k, v in run.seconds.items()} for _, run in add_runs],
         "incremental_saved_as": round2.saved_as, "incremental_saved_bytes": round2.saved_bytes,
         "withdraw_round_seconds": round(withdraw_seconds, 3),
         "withdraw_round_seconds_all": [round(t, 3) for t, _ in runs],
@@ -336,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{round2.comparisons:>13,} comparisons  state saved as a {round2.saved_as} "
           f"({round2.saved_bytes / 1e6:.1f} MB)")
     print("    phases: " + ", ".join(f"{k} {v:.2f}" for k, v in round2.seconds.items()))
+    if len(add_runs) > 1:  # every run's phases: on a shared machine the slow phase differs from run to run
+        for seconds, run in sorted(add_runs, key=lambda r: r[1].seconds["total"]):
+            print(f"      run {seconds:5.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in run.seconds.items()
+                                                          if k != "total"))
     if args.withdraw_fraction > 0:
         print(f"  the same round also withdrawing {args.withdraw_fraction:.1%} (median of {len(runs)}): "
               f"{withdraw_seconds:5.2f} s  F1 {incremental_quality['f1']:.4f}  state saved "

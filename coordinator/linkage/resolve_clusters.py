@@ -155,14 +155,17 @@ def recluster(
     marked[comp[seeds]] = True
     affected = marked[comp]
     inside = affected[a] if len(a) else np.zeros(0, dtype=bool)
-    rows, group_of = greedy_groups(party, a[inside].astype(np.int64), b[inside].astype(np.int64), sim[inside])
-    group = np.arange(n, dtype=np.int64)  # singletons are their own group
-    group[rows] = group_of
     touched = np.flatnonzero(affected)
+    # Solved over the touched rows alone, numbered in order (so ties break as over the global numbers): the
+    # solver's per-node arrays then hold the ~1% of rows a round touches, not every row.
+    local_rows, local_group = greedy_groups(party[touched], np.searchsorted(touched, a[inside]),
+                                            np.searchsorted(touched, b[inside]), sim[inside])
+    group_t = touched.copy()  # each touched row's group (its smallest row); singletons are their own group
+    group_t[local_rows] = touched[local_group]
     old = entity[touched]
     had = old >= 0
     # Overlap of (old entity, new group) over the touched rows that had an entity.
-    pairs = np.stack([old[had], group[touched][had]], axis=1)
+    pairs = np.stack([old[had], group_t[had]], axis=1)
     combos, counts = np.unique(pairs, axis=0, return_counts=True) if len(pairs) else (np.zeros((0, 2), np.int64), [])
     order = sorted(range(len(combos)), key=lambda i: (-int(counts[i]), int(combos[i, 0]), int(combos[i, 1])))
     given: dict[int, int] = {}
@@ -172,12 +175,12 @@ def recluster(
         if g not in given and e not in taken:
             given[g] = e
             taken.add(e)
-    groups = np.unique(group[touched])
+    groups = np.unique(group_t)
     fresh = [g for g in groups.tolist() if g not in given]
     table = np.concatenate([pseudonyms, fresh_pseudonyms(len(fresh), pseudonyms)])
     given.update((g, len(pseudonyms) + i) for i, g in enumerate(fresh))
     new_entity = entity.copy()
-    new_entity[touched] = np.fromiter((given[g] for g in group[touched].tolist()), dtype=np.int64, count=len(touched))
+    new_entity[touched] = np.fromiter((given[g] for g in group_t.tolist()), dtype=np.int64, count=len(touched))
     splits = merges = 0
     if len(combos):
         splits = int((np.unique(combos[:, 0], return_counts=True)[1] > 1).sum())

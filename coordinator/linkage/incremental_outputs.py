@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numba import njit
 
+from coordinator.linkage.direct_writes import DirectFile
 from coordinator.linkage.state import STATE_FILE, LinkageState, save_linkage_state
 from coordinator.linkage.state_store import IncrementalState
 from pplink.agreement import AgreementConfig
@@ -121,7 +121,8 @@ def write_map(path: Path, rows: np.ndarray, tokens: np.ndarray, entity: np.ndarr
     The lines are formatted a chunk at a time into one reused buffer, hashed and written from it,
     so the digest is taken from the bytes written (publishing need not read the file back) and a
     map of millions of rows touches megabytes of fresh memory, not hundreds (each fresh page is
-    faulted in, and large fresh allocations stalled for up to a second on a busy host).
+    faulted in, and large fresh allocations stalled for up to a second on a busy host); the file is
+    written around the page cache where the system allows (:mod:`coordinator.linkage.direct_writes`).
     """
     header = (",".join(MAP_HEADER) + "\n").encode("ascii")
     digest = hashlib.sha256(header)
@@ -129,7 +130,7 @@ def write_map(path: Path, rows: np.ndarray, tokens: np.ndarray, entity: np.ndarr
     tokens, pseudonyms = np.ascontiguousarray(tokens), np.ascontiguousarray(pseudonyms)
     entity = np.ascontiguousarray(entity, dtype=np.int64)
     buffer = np.empty(_LINE * min(len(rows), _MAP_CHUNK_ROWS), dtype=np.uint8)
-    with open(path, "wb") as fh:
+    with DirectFile.create(path) as fh:  # around the page cache where allowed; fsynced when closed
         fh.write(header)
         for start in range(0, len(rows), _MAP_CHUNK_ROWS):
             part = rows[start : start + _MAP_CHUNK_ROWS]
@@ -137,8 +138,6 @@ def write_map(path: Path, rows: np.ndarray, tokens: np.ndarray, entity: np.ndarr
             _format_lines(part, tokens, entity, pseudonyms, _HEX_PAIRS, out, 0)
             digest.update(out)  # hashlib and the write release the GIL on large buffers
             fh.write(memoryview(out))
-        fh.flush()
-        os.fsync(fh.fileno())
     return digest.hexdigest()
 
 

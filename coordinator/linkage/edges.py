@@ -11,10 +11,11 @@ in some band and that bucket is not frozen out; in ``all-pairs`` mode (small lin
 cross-agency pair is.
 
 Keys are stored per band and row (4 bytes each), so a round only computes the new rows' keys.
-A round adding few rows compares them in one compiled scan per band of the stored keys
-(:mod:`coordinator.linkage.edge_kernels`); the first round, where every row is new, joins the
-bands per pair of agencies and scores through ``coordinator.similarity.dice_rows``. Both are
-bit-identical to anonlink's Dice and score the same pairs.
+A round adding few rows gathers their candidates from the stored keys band by band and scores
+them block by block of rows, compiled (:mod:`coordinator.linkage.edge_kernels`); the first round,
+where every row is new, joins the bands per pair of agencies and scores through
+``coordinator.similarity.dice_rows``. Both are bit-identical to anonlink's Dice and score the
+same pairs.
 """
 
 from __future__ import annotations

@@ -232,7 +232,10 @@ def compare_bands(
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)
                 batch = tuple(a[:kept] for a in out.arrays)
-                found.add_mixed(*(batch if sink is None or not kept else sink.take(*batch)))
+                if sink is None:
+                    found.add_mixed(*batch)
+                elif kept:
+                    sink.take(*batch)
                 if entry == start:
                     # The next bucket alone overflows the buffer or the kernel's scratch: grow them to it.
                     records, pairs = _run_size(entries, entry, offsets)
@@ -268,7 +271,8 @@ class _Output:
 
     def grow(self, size: int) -> None:
         size = max(size, _OUTPUT_PAIRS)
-        self.arrays = (*(np.empty(size, dtype=np.int64) for _ in range(4)), np.empty(size, dtype=np.float64))
+        # uint32 datasets and rows (checked below 2**32 records), as the pairs are kept.
+        self.arrays = (*(np.empty(size, dtype=np.uint32) for _ in range(4)), np.empty(size, dtype=np.float64))
 
 
 def _run_size(entries: np.ndarray, entry: int, offsets: np.ndarray) -> tuple[int, int]:

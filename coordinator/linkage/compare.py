@@ -47,7 +47,7 @@ _ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
 BAND_GROUP = 8
 #: Bands whose key columns are copied out of the key matrices together (16 uint32 keys share a cache line).
 _COLUMN_GROUP = 8
-#: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
+#: Kept pairs the kernel may write per call (24 bytes each); grown to the largest bucket if needed.
 _OUTPUT_PAIRS = 1 << 18
 
 Progress = Callable[[int, int], None]

@@ -164,7 +164,11 @@ def score_band_runs(
     rows = np.empty(size, dtype=np.int64)
     stretch_end = np.empty(size, dtype=np.int64)
     run_end = np.empty(size, dtype=np.int64)
-    block = np.empty((size, width), dtype=np.uint64)
+    # On a 64-byte boundary: each pair's score loads its two rows as 64-byte vectors, which would
+    # otherwise each straddle two lines.
+    raw = np.empty(size * width + _LINE_WORDS, dtype=np.uint64)
+    lead = (_LINE_WORDS - (raw.ctypes.data % 64) // 8) % _LINE_WORDS
+    block = raw[lead : lead + size * width].reshape((size, width))
     pops = np.empty(size, dtype=np.int64)
     check = band > 0
     vector = VECTOR_POPCOUNT and width == 16
@@ -207,6 +211,9 @@ def score_band_runs(
                     # the copy below finds the lines in cache.
                     for column in range(0, width, _LINE_WORDS):
                         prefetch(words_d, rows[at], column)
+                    # A row need not start on a line (numpy aligns arrays to 16 bytes): its last
+                    # words may lie on one more line than the loop above starts loading.
+                    prefetch(words_d, rows[at], width - 1)
                     stretch_end[at] = m + q - i
                     run_end[at] = m + j - i
                 squares += (q - p) * (q - p)

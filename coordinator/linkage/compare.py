@@ -47,7 +47,7 @@ _ALL_PAIRS_HISTOGRAM_CHUNK = 2_000_000
 BAND_GROUP = 8
 #: Bands whose key columns are copied out of the key matrices together (16 uint32 keys share a cache line).
 _COLUMN_GROUP = 8
-#: Kept pairs the kernel may write per call (16 bytes each); grown to the largest bucket if needed.
+#: Kept pairs the kernel may write per call (24 bytes each); grown to the largest bucket if needed.
 _OUTPUT_PAIRS = 1 << 18
 
 Progress = Callable[[int, int], None]
@@ -232,7 +232,10 @@ def compare_bands(
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)
                 batch = tuple(a[:kept] for a in out.arrays)
-                found.add_mixed(*(batch if sink is None or not kept else sink.take(*batch)))
+                if sink is None:
+                    found.add_mixed(*batch)
+                elif kept:
+                    sink.take(*batch)
                 if entry == start:
                     # The next bucket alone overflows the buffer or the kernel's scratch: grow them to it.
                     records, pairs = _run_size(entries, entry, offsets)
@@ -268,7 +271,8 @@ class _Output:
 
     def grow(self, size: int) -> None:
         size = max(size, _OUTPUT_PAIRS)
-        self.arrays = (*(np.empty(size, dtype=np.int64) for _ in range(4)), np.empty(size, dtype=np.float64))
+        # uint32 datasets and rows (checked below 2**32 records), as the pairs are kept.
+        self.arrays = (*(np.empty(size, dtype=np.uint32) for _ in range(4)), np.empty(size, dtype=np.float64))
 
 
 def _run_size(entries: np.ndarray, entry: int, offsets: np.ndarray) -> tuple[int, int]:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
+from numba import njit
 
 from coordinator.linkage.mixture import BINS
 
@@ -39,6 +40,32 @@ EDGES = np.arange(BINS + 1, dtype=np.float64) / BINS
 def _bins(sims: np.ndarray) -> np.ndarray:
     """Each similarity's bin, exact at the edges (``s >= EDGES[i]`` iff its bin is at least ``i``)."""
     return np.searchsorted(EDGES, sims, side="right") - 1
+
+
+@njit(nogil=True, cache=True)
+def _tally(sims, floor, keep_all_from, edges, counts):  # noqa: ANN001, ANN202
+    """Count the similarities at or above ``floor`` into ``counts`` by :func:`_bins`.
+
+    Returns:
+        How many were counted, and how many of those are below ``keep_all_from``.
+    """
+    top = edges.shape[0] - 1
+    held = 0
+    below = 0
+    for s in sims:
+        if not s >= floor:
+            continue
+        # ``s * top`` is within one of the bin; the edges themselves decide, as ``_bins``'s search does.
+        at = min(max(int(s * top), 0), top)
+        while at < top and s >= edges[at + 1]:
+            at += 1
+        while at > 0 and s < edges[at]:
+            at -= 1
+        counts[at] += 1
+        held += 1
+        if s < keep_all_from:
+            below += 1
+    return held, below
 
 
 def lowest_fitting_floor(counts: np.ndarray, start: float, highest: float, bound: int) -> float:
@@ -106,13 +133,20 @@ class FloorSink:
         Returns:
             Nothing to keep: empty slices of the batch (every pair is handed out by :meth:`drain`).
         """
-        # The floor may have risen since the batch was scored.
-        keep = sims >= self.floor
-        # Held as the comparison keeps pairs (uint32 datasets and rows, float64 similarities: 24 bytes).
-        kept = (*(a[keep].astype(np.uint32) for a in (dset_a, dset_b, rows_a, rows_b)), sims[keep].astype(np.float64))
-        if len(kept[4]):
-            counts = np.bincount(_bins(kept[4]), minlength=len(EDGES))
-            below = int(np.count_nonzero(kept[4] < self.keep_all_from))
+        # The floor may have risen since the batch was scored: one compiled pass counts the pairs at
+        # or above it per bin, and the batch is filtered only if some fall below it.
+        floor = self.floor
+        sims = np.asarray(sims, dtype=np.float64)
+        counts = np.zeros(len(EDGES), dtype=np.int64)
+        held, below = _tally(sims, floor, self.keep_all_from, EDGES, counts)
+        # Held as the comparison keeps pairs (uint32 datasets and rows, float64 similarities: 24 bytes),
+        # copied out of the caller's scratch.
+        if held == len(sims):
+            kept = (*(np.array(a, dtype=np.uint32) for a in (dset_a, dset_b, rows_a, rows_b)), sims.copy())
+        else:
+            keep = sims >= floor
+            kept = (*(a[keep].astype(np.uint32) for a in (dset_a, dset_b, rows_a, rows_b)), sims[keep])
+        if held:
             with self.lock:
                 self.counts += counts
                 self.below_keep_all += below

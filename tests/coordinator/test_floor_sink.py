@@ -124,3 +124,21 @@ def test_auto_round_under_the_bound_is_unchanged_and_a_bounded_one_calibrates_fr
     floor = timings[2]["floor_raised_to"]
     assert timings[2]["floor_candidate_pairs"] < timings[0]["floor_candidate_pairs"]
     assert bounded_cal.floor == floor and bounded_cal.threshold >= floor
+
+
+def test_compiled_tally_bins_like_the_edge_search() -> None:
+    """The compiled count of a batch puts every similarity at or above the floor in the bin the edge
+    search (``_bins``) gives, exactly at and beside the edges too, and counts those below ``keep_all_from``."""
+    from coordinator.linkage.floor_sink import _bins, _tally
+
+    # Every edge, the doubles on either side of it, Dice values of 1024-bit encodings, and random values.
+    dice = (2.0 * np.arange(0, 513)[:, None] / np.array([513.0, 700.0, 1024.0])).ravel()
+    sims = np.concatenate([EDGES, np.nextafter(EDGES, 0.0), np.nextafter(EDGES, 2.0), dice,
+                           np.random.default_rng(3).random(5000)])
+    sims = sims[(sims >= 0) & (sims <= 1)]
+    for floor in (0.0, 0.55, 0.7):
+        counts = np.zeros(len(EDGES), dtype=np.int64)
+        held, below = _tally(sims, floor, 0.7, EDGES, counts)
+        above = sims[sims >= floor]
+        assert held == len(above) and below == int(np.count_nonzero(above < 0.7))
+        assert np.array_equal(counts, np.bincount(_bins(above), minlength=len(EDGES)))

@@ -417,7 +417,17 @@ def run_job(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child, args=(job, child))
-        process.start()
+        # A default Python caches each imported module's bytecode on first import. Where
+        # PYTHONDONTWRITEBYTECODE is set (as on the machines these figures come from), every child
+        # would compile numpy, numba and scipy from source, ~1 s that landed in whichever phase
+        # imported them first: the child writes its bytecode as a default install does, and only
+        # a first run pays for it (as the first run pays for numba's compiled kernels).
+        saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        try:
+            process.start()
+        finally:
+            if saved is not None:
+                os.environ["PYTHONDONTWRITEBYTECODE"] = saved
         child.close()
         out = parent.recv()
         process.join()

@@ -319,10 +319,10 @@ def auto_match(
     # Also drops the candidates from the result.
     result = _solve_at(first, datasets, overall.threshold, sink, blocking, workers)
     clock.lap("solve_at_threshold")
-    # The floor's pairs (24 bytes each) go now, unless the duplicates' matches read them: all pairs
-    # compared, or a raised floor (at scale a second blocking of every singleton took minutes; the
-    # round's own pairs at or above the threshold cost a filter, and they are at most the bound).
-    floor_pairs = first.candidates if blocking is None or (sink is not None and sink.raised) else None
+    # The duplicates' matches read the round's own pairs at or above the threshold (a filter of the
+    # floor's): a second blocking of every agency's singletons cost 12 blocked matches (~2.8 s of a
+    # 4 x 100k round's ~14 s, minutes at scale) for F1 within 0.00014 of this (docs/scaling.md).
+    floor_pairs = first.candidates if duplicates else None
     del first
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
@@ -333,10 +333,6 @@ def auto_match(
     if duplicates:
         merged_scores, _ = linked_pair_scores(datasets, labels)
         clock.lap("linked_pair_scores")
-        # All pairs compared: the singletons' matches are the round's own pairs (the same result, no
-        # second comparison). Under LSH a second blocking of the singletons draws other band
-        # positions, so its pairs differ slightly from the round's: it is kept, to keep the clusters
-        # of rounds under the bound; a round whose floor rose reads its own pairs.
         labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
                                                   workers=workers, candidates=floor_pairs)
     clock.lap("attach_duplicates")

@@ -52,7 +52,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
-from coordinator.linkage.pair_split import AgencyPairs, pair_links, same_label_rows
+from coordinator.linkage.pair_split import AgencyPairs, pair_links, same_label_rows, sorted_label_rows
 from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
 
@@ -83,15 +83,7 @@ def same_cluster_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.nd
     (array([0, 0, 2]), array([1, 2, 0]))
     """
     counted = same_label_rows(labels_a, labels_b)  # dense labels: counted, not sorted (the same rows)
-    if counted is not None:
-        return counted
-    order_b = np.argsort(labels_b, kind="stable")
-    sorted_b = labels_b[order_b]
-    left = np.searchsorted(sorted_b, labels_a, side="left")
-    counts = np.searchsorted(sorted_b, labels_a, side="right") - left
-    rows_a = np.repeat(np.arange(len(labels_a)), counts)
-    within = np.arange(len(rows_a)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return rows_a, order_b[np.repeat(left, counts) + within]
+    return counted if counted is not None else sorted_label_rows(labels_a, labels_b)
 
 
 def linked_pair_scores(datasets: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

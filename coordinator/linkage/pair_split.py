@@ -16,7 +16,7 @@ from numba import njit
 from coordinator.linkage.greedy import greedy_roots
 from coordinator.linkage.match import Candidates
 
-__all__ = ["AgencyPairs", "pair_links", "same_label_rows"]
+__all__ = ["AgencyPairs", "pair_links", "same_label_rows", "sorted_label_rows"]
 
 
 @njit(cache=True, nogil=True)
@@ -107,6 +107,21 @@ def same_label_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndar
     if int(labels_b.min()) < 0 or top > 4 * (len(labels_a) + len(labels_b)) + 1024:
         return None
     return _same_label_rows(labels_a.astype(np.int64, copy=False), labels_b.astype(np.int64, copy=False), top)
+
+
+def sorted_label_rows(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(row_a, row_b)`` whose labels are equal, by ``row_a`` then ``row_b``: any labels, sorted and searched.
+
+    >>> sorted_label_rows(np.array([7, -3]), np.array([-3, 7, 7]))
+    (array([0, 0, 1]), array([1, 2, 0]))
+    """
+    order_b = np.argsort(labels_b, kind="stable")
+    sorted_b = labels_b[order_b]
+    left = np.searchsorted(sorted_b, labels_a, side="left")
+    counts = np.searchsorted(sorted_b, labels_a, side="right") - left
+    rows_a = np.repeat(np.arange(len(labels_a)), counts)
+    within = np.arange(len(rows_a)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows_a, order_b[np.repeat(left, counts) + within]
 
 
 class AgencyPairs:

@@ -60,15 +60,7 @@ def test_counted_same_label_rows_are_the_sorted_ones() -> None:
     """Invariant: counting dense labels gives the rows (and their order) that sorting and searching them gives,
     with labels missing on either side, repeated ones and empty sides; sparse or negative labels are left to sorting."""
     from coordinator.linkage.pair_split import same_label_rows
-
-    def by_sorting(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order_b = np.argsort(labels_b, kind="stable")
-        sorted_b = labels_b[order_b]
-        left = np.searchsorted(sorted_b, labels_a, side="left")
-        counts = np.searchsorted(sorted_b, labels_a, side="right") - left
-        rows_a = np.repeat(np.arange(len(labels_a)), counts)
-        within = np.arange(len(rows_a)) - np.repeat(np.cumsum(counts) - counts, counts)
-        return rows_a, order_b[np.repeat(left, counts) + within]
+    from coordinator.linkage.pair_split import sorted_label_rows as by_sorting
 
     rng = np.random.default_rng(13)
     for trial in range(40):
@@ -78,6 +70,9 @@ def test_counted_same_label_rows_are_the_sorted_ones() -> None:
         got = same_label_rows(labels_a, labels_b)
         assert got is not None
         assert [x.tolist() for x in got] == [x.tolist() for x in by_sorting(labels_a, labels_b)], trial
+        # Both against the definition: every equal-label pair, by row_a then row_b.
+        pairs = [(i, j) for i in range(len(labels_a)) for j in range(len(labels_b)) if labels_a[i] == labels_b[j]]
+        assert list(zip(*[x.tolist() for x in got], strict=True)) == pairs, trial
         assert all(x.dtype == np.int64 for x in got)
     assert same_label_rows(np.array([0, 5]), np.array([-1, 0])) is None
     assert same_label_rows(np.array([0]), np.array([10**12])) is None

@@ -19,6 +19,7 @@ Usage::
     uv run python benchmarks/incremental.py --agencies 4 --records 100000
     uv run python benchmarks/incremental.py --agencies 4 --records 1000000 --state-from truth --no-peer \
         --repeat 1 --work-dir /tmp/incr-work   # the state is built once, then reused by later runs
+    uv run python benchmarks/incremental.py ... --cold   # also with the state read cold, as a real round reads it
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from match import cached_encodings, linkage_quality, load_encodings  # noqa: E402
+from page_cache import copy_folder, fresh_copy  # noqa: E402
 
 #: Candidate-pair comparisons per second per core that issue #17 sets as the kernel target.
 KERNEL_TARGET = 1e8
@@ -157,6 +159,35 @@ def _truth_state(root: Path, agreement, key, names: list[str], clks: list[np.nda
     return time.perf_counter() - started
 
 
+def _cache_figures(add: dict, withdraw: dict) -> dict[str, object]:  # type: ignore[type-arg]
+    """The JSON figures of the cold runs, and every run's measured share of the state cached."""
+    out: dict[str, object] = {"state_cached_share": {
+        cache: [None if share is None else round(share, 4) for _, _, share in found] for cache, found in add.items()}}
+    for name, by_cache in (("incremental", add), ("withdraw_round", withdraw)):
+        if "cold" in by_cache:
+            found = by_cache["cold"]
+            seconds, run, _ = found[len(found) // 2]
+            out[f"{name}_seconds_cold"] = round(seconds, 3)
+            out[f"{name}_seconds_cold_all"] = [round(t, 3) for t, _, _ in found]
+            out[f"{name}_phases_cold"] = {k: round(v, 3) for k, v in run.seconds.items()}
+    return out
+
+
+def _print_cold(by_cache: dict, label: str) -> None:  # type: ignore[type-arg]
+    """Print the cold runs' median and every run's phases (nothing without ``--cold``)."""
+    if "cold" not in by_cache:
+        return
+    found = by_cache["cold"]
+    seconds, run, _ = found[len(found) // 2]
+    shares = [share for _, _, share in found]
+    cached = "unmeasured" if None in shares else f"at most {max(shares):.1%}"  # type: ignore[type-var]
+    print(f"{label} (median of {len(found)}; state cached before each run: {cached}): {seconds:5.2f} s")
+    print("    phases: " + ", ".join(f"{k} {v:.2f}" for k, v in run.seconds.items()))
+    for seconds, run, _ in found if len(found) > 1 else ():
+        print(f"      run {seconds:5.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in run.seconds.items()
+                                                      if k != "total"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print one JSON line, then a table.
 
@@ -181,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="make the round's starting state by a first round (a full match), or from the "
                              "truth (the true matches as edges: minutes faster at 4 x 1M; no F1 then)")
     parser.add_argument("--no-peer", action="store_true", help="skip the full re-match (the peer) and F1")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time each round with the state's files dropped from the page cache first (as a "
+                             "real round, days after the last, finds them), interleaved with the warm runs")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep the keys and the starting state here and reuse them when this run's settings "
                              "made them (saves rebuilding a 4 x 1M state, ~2 min, per run); default: a temporary "
@@ -210,8 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reuse:
             first_seconds = 0.0
             heads = json.loads((root / "heads.json").read_text())
-            shutil.rmtree(root / "state", ignore_errors=True)
-            shutil.copytree(root / "state-before", root / "state")
         elif args.state_from == "truth":
             first_seconds = _truth_state(root, agreement, keys["coordinator"], names,
                                          [e[: cut[d]] for d, e in enumerate(encodings)],
@@ -249,31 +281,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         # machine's load makes single timings noisy).
         if not reuse:
             marker.unlink(missing_ok=True)
-            shutil.rmtree(root / "state-before", ignore_errors=True)
-            shutil.copytree(root / "state", root / "state-before")
+            copy_folder(root / "state", root / "state-before")
             (root / "heads.json").write_text(json.dumps(heads))
             marker.write_text(made_by)
 
-        def timed(paths: list[Path]):  # type: ignore[no-untyped-def]
-            runs = []
-            for _ in range(args.repeat):
-                shutil.rmtree(root / "state")
-                shutil.copytree(root / "state-before", root / "state")
-                shutil.rmtree(root / "round2", ignore_errors=True)
-                os.sync()  # the copy's writeback belongs to no round: a real round starts long after the last
-                started = time.perf_counter()
-                summary = run_incremental_round(agreement, keys["coordinator"], paths, root / "round2", root / "state",
-                                                workers=args.workers)
-                runs.append((time.perf_counter() - started, summary))
-            runs.sort(key=lambda run: run[0])
-            return runs
+        caches = ("warm", "cold") if args.cold else ("warm",)
 
-        add_runs = timed(adds)
-        incremental_seconds, round2 = add_runs[len(add_runs) // 2]
+        def timed(paths: list[Path]):  # type: ignore[no-untyped-def]
+            """Per page-cache state, the runs (seconds, summary, share of the state cached), fastest first."""
+            runs: dict[str, list] = {cache: [] for cache in caches}  # type: ignore[type-arg]
+            for _ in range(args.repeat):
+                for cache in caches:  # interleaved, so the machine's load drifts over both alike
+                    share = fresh_copy(root / "state-before", root / "state", "linkage.state*", cache)
+                    shutil.rmtree(root / "round2", ignore_errors=True)
+                    os.sync()  # no writeback of earlier work inside the round: a real round starts long after the last
+                    started = time.perf_counter()
+                    summary = run_incremental_round(agreement, keys["coordinator"], paths, root / "round2",
+                                                    root / "state", workers=args.workers)
+                    runs[cache].append((time.perf_counter() - started, summary, share))
+            return {cache: sorted(found, key=lambda run: run[0]) for cache, found in runs.items()}
+
+        by_cache = timed(adds)
+        add_runs = by_cache["warm"]
+        incremental_seconds, round2, _ = add_runs[len(add_runs) // 2]
         # Then the round as configured (withdrawing too, which writes the state whole: erasure is not
         # deferred); its state is the one scored against the truth below.
-        runs = timed(deltas) if args.withdraw_fraction > 0 else add_runs
-        withdraw_seconds, withdraw_round = runs[len(runs) // 2]
+        withdraw_by_cache = timed(deltas) if args.withdraw_fraction > 0 else by_cache
+        runs = withdraw_by_cache["warm"]
+        withdraw_seconds, withdraw_round, _ = runs[len(runs) // 2]
         state_bytes = sum(f.stat().st_size for f in (root / "state").glob("linkage.state*"))
         state = _load_state(root, agreement, keys["coordinator"])
         # Truth for the live rows, in the state's order (each party's old rows, then its new ones).
@@ -304,18 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "state_from": args.state_from, "state_reused": reuse, "first_round_seconds": round(first_seconds, 2),
         "first_round_comparisons": first_comparisons,
         "incremental_seconds": round(incremental_seconds, 3),
-        "incremental_seconds_all": [round(t, 3) for t, _ in add_runs],
+        "incremental_seconds_all": [round(t, 3) for t, _, _ in add_runs],
         "incremental_phases": {k: round(v, 3) for k, v in round2.seconds.items()},
-        "incremental_phases_all": [{k: round(v, 3) for k, v in run.seconds.items()} for _, run in add_runs],
+        "incremental_phases_all": [{k: round(v, 3) for k, v in run.seconds.items()} for _, run, _ in add_runs],
         "incremental_saved_as": round2.saved_as, "incremental_saved_bytes": round2.saved_bytes,
         "withdraw_round_seconds": round(withdraw_seconds, 3),
-        "withdraw_round_seconds_all": [round(t, 3) for t, _ in runs],
+        "withdraw_round_seconds_all": [round(t, 3) for t, _, _ in runs],
         "withdraw_round_phases": {k: round(v, 3) for k, v in withdraw_round.seconds.items()},
         "incremental_added": round2.added, "incremental_removed": withdraw_round.removed,
         "incremental_comparisons": round2.comparisons, "rows_resolved": withdraw_round.change.rows_resolved,
         "splits": withdraw_round.change.splits, "merges": withdraw_round.change.merges,
         "moved_rows": withdraw_round.change.moved_rows,
         "state_bytes": state_bytes, "saved_as": withdraw_round.saved_as, "saved_bytes": withdraw_round.saved_bytes,
+        **_cache_figures(by_cache, withdraw_by_cache),
         "full_rematch_seconds": None if full_seconds is None else round(full_seconds, 2),
         "full_rematch_comparisons": full_comparisons, "f1_incremental": incremental_quality["f1"],
         "f1_full_rematch": full_quality["f1"],
@@ -338,24 +374,32 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({round2.saved_bytes / 1e6:.1f} MB)")
     print("    phases: " + ", ".join(f"{k} {v:.2f}" for k, v in round2.seconds.items()))
     if len(add_runs) > 1:  # every run's phases: on a shared machine the slow phase differs from run to run
-        for seconds, run in sorted(add_runs, key=lambda r: r[1].seconds["total"]):
+        for seconds, run, _ in sorted(add_runs, key=lambda r: r[1].seconds["total"]):
             print(f"      run {seconds:5.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in run.seconds.items()
                                                           if k != "total"))
+    _print_cold(by_cache, f"  the same round, +{args.new_fraction:.1%} new, with the state read cold")
     if args.withdraw_fraction > 0:
         print(f"  the same round also withdrawing {args.withdraw_fraction:.1%} (median of {len(runs)}): "
               f"{withdraw_seconds:5.2f} s  F1 {incremental_quality['f1']:.4f}  state saved "
               f"{withdraw_round.saved_as} ({withdraw_round.saved_bytes / 1e6:.1f} MB; {state_bytes / 1e6:.0f} MB on "
               "disk): erasure rewrites the state")
         print("    phases: " + ", ".join(f"{k} {v:.2f}" for k, v in withdraw_round.seconds.items()))
+        _print_cold(withdraw_by_cache,
+                    f"  the same round also withdrawing {args.withdraw_fraction:.1%}, the state read cold")
     if full_seconds is not None:
         print(f"  full re-match (match_clks):      {full_seconds:8.2f} s  {full_comparisons:>13,} comparisons  "
               f"F1 {full_quality['f1']:.4f}  (incremental/full: {incremental_seconds / full_seconds:.3f})")
     if args.records * args.agencies >= 4_000_000:
         verdict = "met" if incremental_seconds < 10 else "not met"
         print(f"  target (issue #17): an incremental round adding {args.new_fraction:.0%} new records to "
-              f"{args.agencies} x {args.records:,} in < 10 s: {incremental_seconds:.2f} s measured, {verdict} "
-              f"(load {result['load_average']:.1f}; with {args.withdraw_fraction:.1%} withdrawn as well: "
-              f"{withdraw_seconds:.2f} s)")
+              f"{args.agencies} x {args.records:,} in < 10 s: {incremental_seconds:.2f} s measured (state in the page "
+              f"cache), {verdict} (load {result['load_average']:.1f}; with {args.withdraw_fraction:.1%} withdrawn as "
+              f"well: {withdraw_seconds:.2f} s)")
+        if "cold" in by_cache:  # how a real round, days after the last, finds its state
+            cold, cold_withdraw = result["incremental_seconds_cold"], result["withdraw_round_seconds_cold"]
+            print(f"  target, the state read cold (as a real round reads it): {cold:.2f} s measured, "
+                  f"{'met' if cold < 10 else 'not met'} (with {args.withdraw_fraction:.1%} withdrawn as well: "
+                  f"{cold_withdraw:.2f} s)")
     extrapolated = args.extrapolate_to != args.records
     for label, key in (("today's kernel", "kernel_now"), (f"kernel at {KERNEL_TARGET:.0e}/s/core", "kernel_target")):
         if not extrapolated:  # measured at the size itself: no estimate to print

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO
+from queue import SimpleQueue
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from coordinator.linkage.direct_reads import DirectReader
 
 __all__ = ["COLUMN_ARRAYS", "ROW_ARRAYS", "array_pieces", "headroom", "keep_runs", "read_sealed_arrays",
            "replace_rows", "small_pages"]
@@ -168,13 +169,13 @@ def _allocate(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.nd
     return array, [memoryview(array.reshape(-1).view(np.uint8))] if array.nbytes else []
 
 
-def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_digest: bytes, key: bytes,
+def read_sealed_arrays(reader: DirectReader, at: int, header: dict[str, object], head_digest: bytes, key: bytes,
                        dtypes: set[str]) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     """Authenticate and decrypt a sealed state file (after its header) straight into its arrays.
 
     Args:
-        fh: the file, at its first segment.
-        size: the file's size.
+        reader: the file (read around the page cache where allowed).
+        at: where its first segment starts (after the header).
         header: its header (segment count, nonce prefix).
         head_digest: the header's digest.
         key: the state key.
@@ -190,35 +191,45 @@ def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_
     from coordinator.linkage.state_store import _SEGMENT, _aad
 
     segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
-    if segments < 1 or size - fh.tell() - segments * (4 + 16) < 0:
+    size = reader.size
+    if segments < 1 or size - at - segments * (4 + 16) < 0:
         raise ValueError("truncated")
     aead = AESGCM(key)
-    sealed = memoryview(bytearray(_SEGMENT + 16))
+    # One aligned read buffer per thread, reused: a fresh 32 MB buffer per segment is 8,192 page faults.
+    buffers: SimpleQueue[mmap.mmap] = SimpleQueue()
+    for _ in range(_LOAD_THREADS):
+        buffers.put(reader.buffer(_SEGMENT + 16))
+    small = reader.buffer(4)
     scratch = memoryview(bytearray(_SEGMENT))
-    index = 0
 
-    def next_segment() -> int:
-        """Read the next segment's ciphertext into ``sealed``; return its plaintext length."""
-        length = fh.read(4)
+    def length_at(offset: int) -> int:
+        """The ciphertext length of the segment whose length prefix is at ``offset``."""
+        length = reader.read(offset, 4, small)
         if len(length) != 4:
             raise ValueError("truncated")
         (n,) = _U32.unpack(length)
-        if not 16 <= n <= _SEGMENT + 16 or fh.readinto(sealed[:n]) != n:
+        if not 16 <= n <= _SEGMENT + 16 or offset + 4 + n > size:
             raise ValueError("truncated")
-        return n - 16
+        return n
 
-    def decrypt(length: int, out: memoryview) -> None:
-        nonlocal index
-        aead.decrypt_into(prefix + _U32.pack(index), sealed[: length + 16],
-                          _aad(head_digest, index, index == segments - 1), out)
-        index += 1
+    def decrypt(i: int, file_at: int, n: int, out: memoryview) -> None:
+        """Read segment ``i`` (``n`` bytes at ``file_at``) and decrypt it into ``out``."""
+        buffer = buffers.get()
+        try:
+            sealed = reader.read(file_at, n, buffer)
+            if len(sealed) != n:
+                raise ValueError("truncated")
+            aead.decrypt_into(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1), out)
+        finally:
+            buffers.put(buffer)
 
     # The metadata is the first piece: whole segments of its own.
-    head = bytearray()
+    head, index = bytearray(), 0
     while index < segments and (len(head) < 4 or len(head) < 4 + _U32.unpack(head[:4])[0]):
-        length = next_segment()
-        decrypt(length, scratch[:length])
-        head += scratch[:length]
+        n = length_at(at)
+        decrypt(index, at + 4, n, scratch[: n - 16])
+        head += scratch[: n - 16]
+        index, at = index + 1, at + 4 + n
     if len(head) < 4 or len(head) != 4 + _U32.unpack(head[:4])[0]:
         raise ValueError("layout")
     meta = json.loads(bytes(head[4:]))
@@ -231,14 +242,9 @@ def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_
     # Where each remaining segment lies in the file and where its plaintext goes: straight into one
     # region, or (spanning two, in files written before this layout) through a scratch buffer.
     plan: list[tuple[int, int, int, list[tuple[int, int, int]]]] = []  # (index, file offset, length, pieces)
-    region, offset, at = 0, 0, fh.tell()
+    region, offset = 0, 0
     for i in range(index, segments):
-        length = fh.read(4)
-        if len(length) != 4:
-            raise ValueError("truncated")
-        (n,) = _U32.unpack(length)
-        if not 16 <= n <= _SEGMENT + 16 or at + 4 + n > size:
-            raise ValueError("truncated")
+        n = length_at(at)
         pieces, done = [], 0
         while done < n - 16:
             if region >= len(regions):
@@ -250,7 +256,6 @@ def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_
                 region, offset = region + 1, 0
         plan.append((i, at + 4, n, pieces))
         at += 4 + n
-        fh.seek(at)
     while region < len(regions) and len(regions[region]) == 0:
         region += 1
     if region != len(regions) or at != size:
@@ -258,22 +263,19 @@ def read_sealed_arrays(fh: BinaryIO, size: int, header: dict[str, object], head_
 
     def open_segment(task: tuple[int, int, int, list[tuple[int, int, int]]]) -> None:
         i, file_at, n, pieces = task
-        sealed = bytearray(n)
-        if os.preadv(fh.fileno(), [sealed], file_at) != n:
-            raise ValueError("truncated")
-        nonce, aad = prefix + _U32.pack(i), _aad(head_digest, i, i == segments - 1)
         if len(pieces) == 1:
             r, o, take = pieces[0]
-            aead.decrypt_into(nonce, sealed, aad, regions[r][o : o + take])  # straight into place
+            decrypt(i, file_at, n, regions[r][o : o + take])  # straight into place
             return
         plain = memoryview(bytearray(n - 16))
-        aead.decrypt_into(nonce, sealed, aad, plain)
+        decrypt(i, file_at, n, plain)
         done = 0
         for r, o, take in pieces:
             regions[r][o : o + take] = plain[done : done + take]
             done += take
 
-    # Two threads: decryption and reading release the GIL, and each segment has its own destination.
+    # Two threads: reading and decryption release the GIL, and each segment has its own destination.
+    # (The buffers are left to the collector: a failed segment's traceback may still hold a view of one.)
     with ThreadPoolExecutor(max_workers=_LOAD_THREADS) as pool:
         list(pool.map(open_segment, plan))
     return meta, arrays

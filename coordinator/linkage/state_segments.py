@@ -36,6 +36,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from numba import njit
 
+from coordinator.linkage.direct_reads import DirectReader
 from coordinator.linkage.state_arrays import keep_runs, replace_rows
 from coordinator.linkage.state_store import (
     IncrementalState,
@@ -133,7 +134,7 @@ def apply_deltas(path: Path, state: IncrementalState, base_digest: bytes, key: b
     """
     base_rows, changed, last, count = state.n_rows, 0, base_digest, 0
     for index, delta in delta_paths(path):
-        fh, size = open_sized(delta)
+        fh, _ = open_sized(delta)
         with fh:
             try:
                 header, digest = read_header(fh, _MAGIC)
@@ -143,7 +144,8 @@ def apply_deltas(path: Path, state: IncrementalState, base_digest: bytes, key: b
                     raise ValueError("out of order")
                 if header.get("agreement_id") != state.agreement_id:
                     raise ValueError("agreement")
-                meta, arrays = unpack(open_sealed(fh, size, header, digest, key))
+                with DirectReader(fh.fileno(), delta) as reader:  # around the page cache where allowed
+                    meta, arrays = unpack(open_sealed(reader, fh.tell(), header, digest, key))
                 changed += _apply(state, meta, arrays)
             except (InvalidTag, ValueError, KeyError, TypeError, IndexError, struct.error):
                 raise StateError(f"{delta}: the linkage state fails authentication (tampered with, reordered, "

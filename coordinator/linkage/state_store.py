@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from coordinator.linkage.direct_reads import DirectReader
 from coordinator.linkage.direct_writes import direct_atomic_file
 from pplink.errors import StateError
 
@@ -313,15 +314,17 @@ def read_header(fh: BinaryIO, magic: bytes) -> tuple[dict[str, object], bytes]:
     return header, hashlib.sha256(magic + header_bytes).digest()
 
 
-def open_sealed(fh: BinaryIO, size: int, header: dict[str, object], head_digest: bytes, key: bytes) -> bytearray:
+def open_sealed(reader: DirectReader, at: int, header: dict[str, object], head_digest: bytes,
+                key: bytes) -> bytearray:
     """Authenticate and decrypt the segments after a header (see :func:`read_header`), streaming.
 
-    Each segment is read into one reused buffer and decrypted straight into its place in the
-    plaintext, so loading holds the plaintext and one segment, never the whole file twice.
+    Each segment is read into one reused aligned buffer (around the page cache where allowed) and
+    decrypted straight into its place in the plaintext, so loading holds the plaintext and one
+    segment, never the whole file twice.
 
     Args:
-        fh: the file, at its first segment.
-        size: the file's size in bytes.
+        reader: the file.
+        at: where its first segment starts (after the header).
         header: its header.
         head_digest: the header's digest.
         key: the state key.
@@ -332,25 +335,28 @@ def open_sealed(fh: BinaryIO, size: int, header: dict[str, object], head_digest:
     """
     segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
     # A well-formed file holds a 4-byte length and a 16-byte tag per segment around the plaintext.
-    payload = size - fh.tell() - segments * (4 + 16)
+    payload = reader.size - at - segments * (4 + 16)
     if segments < 0 or payload < 0:
         raise ValueError("truncated")
     plain = bytearray(payload)
     out = memoryview(plain)
-    sealed = memoryview(bytearray(_SEGMENT + 16))
+    buffer = reader.buffer(_SEGMENT + 16)
     aead = AESGCM(key)
-    at = 0
+    done = 0
     for i in range(segments):
-        length = fh.read(4)
+        length = reader.read(at, 4, buffer)
         if len(length) != 4:
             raise ValueError("truncated")
         (n,) = _U32.unpack(length)
-        if not 16 <= n <= _SEGMENT + 16 or at + n - 16 > payload or fh.readinto(sealed[:n]) != n:
+        if not 16 <= n <= _SEGMENT + 16 or done + n - 16 > payload:
             raise ValueError("truncated")
-        aead.decrypt_into(prefix + _U32.pack(i), sealed[:n], _aad(head_digest, i, i == segments - 1),
-                          out[at : at + n - 16])
-        at += n - 16
-    if at != payload:
+        sealed = reader.read(at + 4, n, buffer)
+        if len(sealed) != n:
+            raise ValueError("truncated")
+        aead.decrypt_into(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1),
+                          out[done : done + n - 16])
+        done, at = done + n - 16, at + 4 + n
+    if done != payload:
         raise ValueError("trailing bytes")
     return plain
 
@@ -383,7 +389,7 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
     from coordinator.linkage.state_arrays import read_sealed_arrays
 
     path = Path(path)
-    fh, size = open_sized(path)
+    fh, _ = open_sized(path)
     with fh:
         try:
             header, head_digest = read_header(fh, _MAGIC)
@@ -393,7 +399,9 @@ def load_base(path: Path, key: bytes, agreement_id: str) -> tuple[IncrementalSta
         if header.get("agreement_id") != agreement_id:
             raise StateError(f"{path}: the linkage state belongs to another agreement")
         try:
-            state = IncrementalState.from_parts(*read_sealed_arrays(fh, size, header, head_digest, key, _DTYPES))
+            with DirectReader(fh.fileno(), path) as reader:  # around the page cache where allowed
+                state = IncrementalState.from_parts(*read_sealed_arrays(reader, fh.tell(), header, head_digest,
+                                                                        key, _DTYPES))
         except (InvalidTag, ValueError, KeyError, TypeError, struct.error):
             raise StateError(f"{path}: the linkage state fails authentication (tampered with, truncated, "
                              "or sealed under another coordinator key)") from None

@@ -330,17 +330,18 @@ def test_incremental_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
 def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: Path) -> None:
     """Invariant: with --state-from truth the benchmark builds the starting state without a first round, and its
     round applies every delta to it; the round withdraws rows, so it saves the state whole (erasure is not deferred),
-    while the same round without withdrawals (the timed target) appends a delta segment."""
+    while the same round without withdrawals (the timed target) appends a delta segment. With --cold each round is
+    also timed with the state dropped from the page cache first (never more of it cached than in the warm run)."""
     import json
     import subprocess
     import sys
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "incremental.py"
     rows = []
-    for _ in range(2):  # the second run reuses the state the first built and kept in --work-dir
+    for cold in ([], ["--cold"]):  # the second run reuses the state the first built and kept in --work-dir
         done = subprocess.run([sys.executable, str(script), "--agencies", "3", "--records", "600", "--repeat", "1",
                                "--state-from", "truth", "--no-peer", "--cache-dir", str(tmp_path),
-                               "--work-dir", str(tmp_path / "work")],
+                               "--work-dir", str(tmp_path / "work"), *cold],
                               capture_output=True, text=True, timeout=600, check=True)
         rows.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{"))))
     row = rows[0]
@@ -351,6 +352,11 @@ def test_incremental_benchmark_round_on_a_state_built_from_the_truth(tmp_path: P
     assert not row["state_reused"] and rows[1]["state_reused"]
     same = ("incremental_added", "incremental_removed", "incremental_comparisons", "f1_incremental", "moved_rows")
     assert {k: rows[1][k] for k in same} == {k: row[k] for k in same}
+    assert "incremental_seconds_cold" not in row and "cold" not in row["state_cached_share"]
+    assert rows[1]["incremental_seconds_cold"] > 0 and rows[1]["withdraw_round_seconds_cold"] > 0
+    shares = rows[1]["state_cached_share"]
+    assert len(shares["cold"]) == len(shares["warm"]) == 1
+    assert all(c is None or c <= w for c, w in zip(shares["cold"], shares["warm"], strict=True))
 
 
 def test_a_new_token_repeating_a_live_one_of_its_agency_is_refused(world: World) -> None:

@@ -8,12 +8,13 @@ cache: on the 2-core VM this project is measured on, a cold buffered read of the
 
 So :class:`DirectReader` reads a byte range as whole aligned blocks straight from the device
 into a page-aligned buffer (:meth:`DirectReader.buffer`) and returns a view of the bytes asked
-for. It does so even when the page cache holds the file (the kernel writes back any dirty pages
-of the range first, so the bytes are always the file's): asking the cache first
-(``RWF_NOWAIT``) was tried and dropped, because a miss starts the kernel's readahead, which read
-~45% of a cold state a second time. Where ``O_DIRECT`` is refused (another OS, or a file system
-such as tmpfs), every range is read the ordinary way. Either way a read returns exactly the
-file's bytes.
+for (the kernel writes back any dirty pages of the range first, so the bytes are always the
+file's). A long range whose first page is in the page cache (a state written the ordinary way,
+or read moments ago) is copied from the cache instead: a one-byte ``RWF_NOWAIT`` read, which
+only the cache answers, tells. Asking the cache for the whole range that way was tried and
+dropped: each miss started the kernel's readahead of the range, which read ~45% of a cold state
+a second time. Where ``O_DIRECT`` is refused (another OS, or a file system such as tmpfs), every
+range is read the ordinary way. Either way a read returns exactly the file's bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = ["DirectReader"]
 _ALIGN = 4096
 #: Errors that mean the file system does not do ``O_DIRECT`` (not that the file is unreadable).
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+#: Ranges this long or longer are read from the page cache when their first page is there.
+_PROBED = 1 << 20
 
 
 class DirectReader:
@@ -50,6 +53,7 @@ class DirectReader:
         self.size = stat.st_size
         self._direct_fd = _open_direct(Path(path), stat)
         self.direct = self._direct_fd is not None
+        self._nowait = getattr(os, "RWF_NOWAIT", 0)
 
     def buffer(self, length: int) -> mmap.mmap:
         """A page-aligned buffer that :meth:`read` can read up to ``length`` bytes into, wherever they start."""
@@ -64,7 +68,7 @@ class DirectReader:
             buffer: from :meth:`buffer` with at least ``length``; overwritten.
         """
         view = memoryview(buffer)
-        if self._direct_fd is None:
+        if self._direct_fd is None or (length >= _PROBED and self._cached(offset)):
             return view[: _read_full(self._fd, view[:length], offset)]
         start = offset - offset % _ALIGN
         end = -(-(offset + length) // _ALIGN) * _ALIGN
@@ -73,6 +77,21 @@ class DirectReader:
         got = _read_full(self._direct_fd, view[: end - start], start)
         skip = offset - start
         return view[skip : max(skip, min(got, skip + length))]
+
+    def _cached(self, offset: int) -> bool:
+        """Whether the page at ``offset`` is in the page cache (then the range around it is read from there).
+
+        One byte read with ``RWF_NOWAIT``, which only the cache answers. A miss starts the kernel's
+        readahead of a few pages there, not of the range (which is why only one byte is asked).
+        """
+        if not self._nowait:
+            return False
+        try:
+            return os.preadv(self._fd, [bytearray(1)], offset, self._nowait) == 1
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # no such reads here (an older kernel, another file system)
+                self._nowait = 0
+            return False
 
     def close(self) -> None:
         """Close the ``O_DIRECT`` descriptor (the caller's own stays open)."""

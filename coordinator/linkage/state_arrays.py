@@ -13,6 +13,10 @@ unchanged (each array's bytes in order; a band's keys are one piece, so a segmen
 two bands), and a segment that does span two destinations (files written before this layout)
 goes through a scratch buffer. Every segment is located in the file first (its length prefix),
 so the segments are then read and decrypted on two threads, each straight into its own place.
+The reads go around the page cache where the file system allows
+(:mod:`coordinator.linkage.direct_reads`): a round finds its state on disk, not in memory, and a
+cold buffered read of 2.26 GB ran at a third of the speed here. :func:`open_sealed` reads a
+delta segment's file the same way, into one plaintext.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from coordinator.linkage.direct_reads import DirectReader
 
-__all__ = ["COLUMN_ARRAYS", "ROW_ARRAYS", "array_pieces", "headroom", "keep_runs", "read_sealed_arrays",
+__all__ = ["COLUMN_ARRAYS", "ROW_ARRAYS", "array_pieces", "headroom", "keep_runs", "open_sealed", "read_sealed_arrays",
            "replace_rows", "small_pages"]
 
 #: Arrays with one entry per live row along their first axis.
@@ -279,3 +283,52 @@ def read_sealed_arrays(reader: DirectReader, at: int, header: dict[str, object],
     with ThreadPoolExecutor(max_workers=_LOAD_THREADS) as pool:
         list(pool.map(open_segment, plan))
     return meta, arrays
+
+
+def open_sealed(reader: DirectReader, at: int, header: dict[str, object], head_digest: bytes,
+                key: bytes) -> bytearray:
+    """Authenticate and decrypt the segments after a sealed file's header into one plaintext, streaming.
+
+    Each segment is read into one reused aligned buffer (around the page cache where allowed) and
+    decrypted straight into its place in the plaintext, so loading holds the plaintext and one
+    segment, never the whole file twice.
+
+    Args:
+        reader: the file.
+        at: where its first segment starts (after the header).
+        header: its header.
+        head_digest: the header's digest.
+        key: the state key.
+
+    Raises:
+        InvalidTag: a segment fails authentication.
+        ValueError: truncated, oversized or trailing bytes.
+    """
+    from coordinator.linkage.state_store import _SEGMENT, _aad
+
+    segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
+    # A well-formed file holds a 4-byte length and a 16-byte tag per segment around the plaintext.
+    payload = reader.size - at - segments * (4 + 16)
+    if segments < 0 or payload < 0:
+        raise ValueError("truncated")
+    plain = bytearray(payload)
+    out = memoryview(plain)
+    buffer = reader.buffer(_SEGMENT + 16)
+    aead = AESGCM(key)
+    done = 0
+    for i in range(segments):
+        length = reader.read(at, 4, buffer)
+        if len(length) != 4:
+            raise ValueError("truncated")
+        (n,) = _U32.unpack(length)
+        if not 16 <= n <= _SEGMENT + 16 or done + n - 16 > payload:
+            raise ValueError("truncated")
+        sealed = reader.read(at + 4, n, buffer)
+        if len(sealed) != n:
+            raise ValueError("truncated")
+        aead.decrypt_into(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1),
+                          out[done : done + n - 16])
+        done, at = done + n - 16, at + 4 + n
+    if done != payload:
+        raise ValueError("trailing bytes")
+    return plain

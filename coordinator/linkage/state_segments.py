@@ -37,11 +37,10 @@ from cryptography.exceptions import InvalidTag
 from numba import njit
 
 from coordinator.linkage.direct_reads import DirectReader
-from coordinator.linkage.state_arrays import keep_runs, replace_rows
+from coordinator.linkage.state_arrays import keep_runs, open_sealed, replace_rows
 from coordinator.linkage.state_store import (
     IncrementalState,
     SegmentChain,
-    open_sealed,
     open_sized,
     pack,
     read_header,

@@ -314,53 +314,6 @@ def read_header(fh: BinaryIO, magic: bytes) -> tuple[dict[str, object], bytes]:
     return header, hashlib.sha256(magic + header_bytes).digest()
 
 
-def open_sealed(reader: DirectReader, at: int, header: dict[str, object], head_digest: bytes,
-                key: bytes) -> bytearray:
-    """Authenticate and decrypt the segments after a header (see :func:`read_header`), streaming.
-
-    Each segment is read into one reused aligned buffer (around the page cache where allowed) and
-    decrypted straight into its place in the plaintext, so loading holds the plaintext and one
-    segment, never the whole file twice.
-
-    Args:
-        reader: the file.
-        at: where its first segment starts (after the header).
-        header: its header.
-        head_digest: the header's digest.
-        key: the state key.
-
-    Raises:
-        InvalidTag: a segment fails authentication.
-        ValueError: truncated, oversized or trailing bytes.
-    """
-    segments, prefix = int(header["segments"]), bytes.fromhex(str(header["nonce_prefix"]))  # type: ignore[call-overload]
-    # A well-formed file holds a 4-byte length and a 16-byte tag per segment around the plaintext.
-    payload = reader.size - at - segments * (4 + 16)
-    if segments < 0 or payload < 0:
-        raise ValueError("truncated")
-    plain = bytearray(payload)
-    out = memoryview(plain)
-    buffer = reader.buffer(_SEGMENT + 16)
-    aead = AESGCM(key)
-    done = 0
-    for i in range(segments):
-        length = reader.read(at, 4, buffer)
-        if len(length) != 4:
-            raise ValueError("truncated")
-        (n,) = _U32.unpack(length)
-        if not 16 <= n <= _SEGMENT + 16 or done + n - 16 > payload:
-            raise ValueError("truncated")
-        sealed = reader.read(at + 4, n, buffer)
-        if len(sealed) != n:
-            raise ValueError("truncated")
-        aead.decrypt_into(prefix + _U32.pack(i), sealed, _aad(head_digest, i, i == segments - 1),
-                          out[done : done + n - 16])
-        done, at = done + n - 16, at + 4 + n
-    if done != payload:
-        raise ValueError("trailing bytes")
-    return plain
-
-
 def save_state(path: Path, state: IncrementalState, key: bytes) -> int:
     """Encrypt and write the whole state atomically, owner-only, and drop its delta segments; return the bytes.
 

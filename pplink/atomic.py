@@ -23,12 +23,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-__all__ = ["PARTIAL_SUFFIX", "atomic_file", "atomic_replace", "atomic_write", "fsync_dir", "remove_partials"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "atomic_file",
+    "atomic_opened",
+    "atomic_replace",
+    "atomic_write",
+    "fsync_dir",
+    "remove_partials",
+]
+
+_Handle = TypeVar("_Handle", bound=AbstractContextManager[Any])
 
 #: Every temporary file and folder pplink writes ends with this.
 PARTIAL_SUFFIX = ".partial"
@@ -49,6 +59,39 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
+def atomic_opened(path: Path, opener: Callable[[int], _Handle], *, mode: int = 0o644) -> Iterator[_Handle]:
+    """A temporary file beside ``path``, opened by ``opener``; on a clean exit it becomes ``path`` atomically.
+
+    ``opener`` takes the new file's descriptor (already given permission bits ``mode``) and returns
+    a context manager that owns it: its ``__exit__`` closes the descriptor, and on a clean exit the
+    block must leave the bytes on disk (fsynced) before the rename.
+
+    Yields:
+        What ``opener`` returned. If the block raises, the temporary file is removed and ``path``
+        is untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=folder)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, mode)
+        handle = opener(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        with handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+
+
+@contextmanager
 def atomic_file(path: Path, *, mode: int = 0o644, text: bool = False, encoding: str = "utf-8",
                 newline: str | None = "") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit make it ``path`` atomically.
@@ -64,27 +107,14 @@ def atomic_file(path: Path, *, mode: int = 0o644, text: bool = False, encoding: 
     Yields:
         The open file. If the block raises, the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    folder = path.parent
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=folder)
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, mode)
-        fh = os.fdopen(fd, "w", encoding=encoding, newline=newline) if text else os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
+
+    def opener(fd: int) -> IO[Any]:
+        return os.fdopen(fd, "w", encoding=encoding, newline=newline) if text else os.fdopen(fd, "wb")
+
+    with atomic_opened(path, opener, mode=mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:

@@ -17,12 +17,11 @@ import errno
 import fcntl
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pplink.atomic import PARTIAL_SUFFIX, fsync_dir
+from pplink.atomic import atomic_opened
 
 __all__ = ["DirectFile", "direct_atomic_file"]
 
@@ -151,25 +150,9 @@ def _write_all(fd: int, data: memoryview) -> None:
 def direct_atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[DirectFile]:
     """As :func:`pplink.atomic.atomic_file` (a temporary file beside ``path``, renamed over it) via DirectFile.
 
-    The temporary file is named as ``atomic_file`` names its own, so
-    :func:`pplink.atomic.remove_partials` clears one an interrupted write left.
+    Both go through :func:`pplink.atomic.atomic_opened`, so the temporary file is named as
+    ``atomic_file`` names its own and :func:`pplink.atomic.remove_partials` clears one an
+    interrupted write left; :meth:`DirectFile.close` fsyncs before the rename.
     """
-    path = Path(path)
-    folder = path.parent
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=folder)
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, mode)
-        out = DirectFile(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        with out:
-            yield out
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
+    with atomic_opened(path, DirectFile, mode=mode) as out:
+        yield out

@@ -23,6 +23,8 @@ import numpy as np
 from coordinator.linkage.mixture import (
     _BIC_FACTOR,
     _EPS,
+    _RESTART_GAIN,
+    _RESTARTS,
     _STARTS,
     MixtureFit,
     ScoreHistogram,
@@ -151,6 +153,17 @@ def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None]]) -
         # The best run, the first among equals, as the starts' results were compared in order.
         if j not in best or found[1] < best[j][1]:
             best[j] = found
+    # Restarts from each best run while they gain (fits without a given start), as _fit_mixture makes them.
+    restarting = [j for j in best if jobs[j][1] is None]
+    for _ in range(_RESTARTS):
+        if not restarting:
+            break
+        again = minimize_all([Run(best[j][0], _group(targets[j]), _score, targets[j]) for j in restarting], **_OPTIONS)
+        gained = [j for j, found in zip(restarting, again, strict=True) if found[1] < best[j][1] - _RESTART_GAIN]
+        for j, found in zip(restarting, again, strict=True):
+            if found[1] < best[j][1] - _RESTART_GAIN:
+                best[j] = found
+        restarting = gained
     # Is there a false-link component at all? True links alone (share pinned) are fitted from each
     # best run, as _fit_mixture does.
     alone_jobs = [j for j in best if jobs[j][1] is None]

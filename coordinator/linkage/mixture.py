@@ -2,8 +2,9 @@
 
 True links are exact matches (the top bin) plus a beta density; false links, each record's best
 stranger, a density decaying from the floor; both truncated to the floor the solve started from.
-The binned likelihood is maximised with scipy's Nelder-Mead, its runs advanced side by side
-(:mod:`coordinator.linkage.mixture_batch`, :mod:`coordinator.linkage.nelder_mead`). See
+The binned likelihood is maximised with scipy's Nelder-Mead (the best run restarted while it gains),
+its runs advanced side by side (:mod:`coordinator.linkage.mixture_batch`,
+:mod:`coordinator.linkage.nelder_mead`). See
 :mod:`coordinator.linkage.calibration` for what is estimated from the fit.
 """
 
@@ -230,7 +231,8 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
 
     True links: exact matches (the top bin) plus a beta density, truncated to the floor. False links:
     each record's best stranger, a density decaying exponentially from the floor. The binned
-    likelihood is maximised from a few starting points (Nelder-Mead); the best fit is kept. The fit
+    likelihood is maximised from a few starting points (Nelder-Mead); the best run is restarted from
+    its end while that gains (see :data:`_RESTARTS`), and kept. The fit
     is a function of its inputs alone, so a repeated fit (same counts, floor, capture, noise and
     start) is given back from a small cache of recent ones.
 

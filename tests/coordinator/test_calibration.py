@@ -266,7 +266,7 @@ def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
 
 
 #: Linked pairs per 0.005 bin from 0.72 up: the floor solve of ``benchmarks/match.py``'s 4 x 1M automatic round
-#: (its floor rose to 0.72; blocking found 28 of 51 sampled pairs in 0.72-0.75, all above).
+#: (its floor rose to 0.72; blocking capture 28/51 of the sampled pairs in 0.72-0.75, all above).
 _RAISED_FLOOR_COUNTS = (
     15315, 16274, 16601, 16139, 16506, 16052, 17196, 16576, 17005, 17629, 17893, 18297, 19118, 19517, 20466, 19975,
     23506, 23127, 24578, 26506, 28315, 30794, 32989, 35492, 39396, 41513, 45956, 48575, 52139, 55651, 57899, 63806,

@@ -49,6 +49,7 @@ from coordinator.linkage.match import (
     MatchResult,
     Progress,
     match_clks,
+    select_candidates,
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
@@ -164,23 +165,6 @@ def _pair_calibrations(
     return out
 
 
-def _at_or_above(candidates: Candidates, threshold: float) -> Candidates:
-    """``select_candidates(candidates, threshold=threshold)`` for candidates in anonlink's order: a prefix, as views.
-
-    The similarities descend, so the pairs at or above ``threshold`` come first: a binary search finds
-    where they end, with no mask and no copies of the floor's columns (13M pairs at 4 x 100k).
-    """
-    sims, (d_a, d_b), (r_a, r_b) = candidates
-    low, high = 0, len(sims)  # sims[:low] >= threshold, sims[high:] < threshold
-    while low < high:
-        middle = (low + high) // 2
-        if sims[middle] >= threshold:
-            low = middle + 1
-        else:
-            high = middle
-    return sims[:low], (d_a[:low], d_b[:low]), (r_a[:low], r_b[:low])
-
-
 def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float, sink: FloorSink | None = None,
               blocking: BlockingConfig | None = None, workers: int = 1) -> MatchResult:
     """The round at ``threshold``, solved from the floor's candidates (no second comparison pass).
@@ -192,7 +176,7 @@ def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: flo
     if sink is not None and sink.raised and threshold < sink.floor:
         again = match_clks(datasets, threshold, blocking=blocking, workers=workers, histogram_bins=None)
         return replace(again, histogram=first.histogram)
-    candidates = _at_or_above(first.candidates, threshold)
+    candidates = select_candidates(first.candidates, threshold=threshold)
     labels, n_clusters, linked = solve_candidates(candidates, [len(d) for d in datasets])
     stats = first.stats.model_copy(update={"threshold": threshold, "candidate_pairs": len(candidates[0]),
                                            "clusters": n_clusters, "linked_records": linked})

@@ -179,7 +179,7 @@ Candidates = tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, 
 
 def select_candidates(candidates: Candidates, *, threshold: float | None = None,
                       datasets: tuple[int, int] | None = None) -> Candidates:
-    """The candidates at or above ``threshold`` and/or between two datasets, order kept.
+    """The candidates at or above ``threshold`` and/or between two datasets, order kept (a threshold alone: views).
 
     The greedy solver takes pairs in this order, so solving a selection is solving the round that
     would have compared only those pairs (blocking does not depend on the threshold).
@@ -190,11 +190,20 @@ def select_candidates(candidates: Candidates, *, threshold: float | None = None,
     ([0.9, 0.8], [0.7])
     """
     sims, (d_a, d_b), (r_a, r_b) = candidates
-    keep = np.ones(len(sims), dtype=bool)
     if threshold is not None:
-        keep &= sims >= threshold
-    if datasets is not None:
-        keep &= (d_a == datasets[0]) & (d_b == datasets[1])
+        # The similarities descend, so the pairs at or above the threshold are a prefix: a binary
+        # search finds its end, and the columns are views (no mask, no copies of a floor's 13M pairs).
+        low, high = 0, len(sims)  # sims[:low] >= threshold, sims[high:] < threshold
+        while low < high:
+            middle = (low + high) // 2
+            if sims[middle] >= threshold:
+                low = middle + 1
+            else:
+                high = middle
+        sims, d_a, d_b, r_a, r_b = sims[:low], d_a[:low], d_b[:low], r_a[:low], r_b[:low]
+    if datasets is None:
+        return sims, (d_a, d_b), (r_a, r_b)
+    keep = (d_a == datasets[0]) & (d_b == datasets[1])
     return sims[keep], (d_a[keep], d_b[keep]), (r_a[keep], r_b[keep])
 
 

@@ -39,9 +39,9 @@ def test_agency_pairs_keep_candidate_order() -> None:
 
 
 def test_the_prefix_at_a_threshold_is_the_selection_at_it() -> None:
-    """Invariant: on candidates in anonlink's order, the prefix the solve at the threshold reads equals
-    select_candidates at that threshold, column by column, for thresholds on, between, above and below the values."""
-    from coordinator.linkage.auto import _at_or_above
+    """Invariant: on candidates in anonlink's order, the prefix select_candidates takes at a threshold equals
+    the pairs a mask at that threshold keeps, column by column, for thresholds on, between, above and below the
+    values."""
 
     rng = np.random.default_rng(12)
     for trial in range(12):
@@ -50,8 +50,10 @@ def test_the_prefix_at_a_threshold_is_the_selection_at_it() -> None:
                                         within=False, repeats=False)
         sims = candidates[0]
         for threshold in (0.0, 1.5, *sims[:: max(1, len(sims) // 5)].tolist(), *rng.random(4).tolist()):
-            expected = select_candidates(candidates, threshold=threshold)
-            got = _at_or_above(candidates, threshold)
+            keep = sims >= threshold
+            expected = sims[keep], (candidates[1][0][keep], candidates[1][1][keep]), \
+                (candidates[2][0][keep], candidates[2][1][keep])
+            got = select_candidates(candidates, threshold=threshold)
             assert [x.tolist() for x in (got[0], *got[1], *got[2])] == \
                 [x.tolist() for x in (expected[0], *expected[1], *expected[2])]
 

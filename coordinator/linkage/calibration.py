@@ -325,7 +325,8 @@ def calibrate(
         higher_floors: take the median precision over fits from higher floors too (see
             :func:`floor_median`); an agency pair's own fit, read only for its count of true
             links, skips them.
-        workers: threads for the fits (the result does not depend on it).
+        workers: above 1, the higher floors' fits are made beside the first one, whether or not a threshold
+            needs them (the result does not depend on it).
 
     Returns:
         The calibration.
@@ -344,7 +345,7 @@ def calibrate(
         higher = [_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor]
         fit = fit_mixtures([histogram, *(h for h in higher if h.total > 0)])[0]
     else:
-        fit = fit_mixture(histogram, workers=workers)
+        fit = fit_mixture(histogram)
     own_matches = fit.matches
     if matches is not None:
         # Never fewer than this histogram's own fit shows: the agency pairs' fits are each on fewer

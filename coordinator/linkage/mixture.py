@@ -226,7 +226,7 @@ _RECENT_SIZE = 32
 _RECENT_LOCK = threading.Lock()
 
 
-def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None, workers: int = 1) -> MixtureFit:
+def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None) -> MixtureFit:
     """Fit true-link and false-link components to a linked-pair histogram by maximum likelihood.
 
     True links: exact matches (the top bin) plus a beta density, truncated to the floor. False links:
@@ -239,8 +239,6 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
     Args:
         histogram: from :func:`score_histogram`.
         start: start only from these parameters (a previous fit's), as the bootstrap does.
-        workers: unused (the starting points' runs advance side by side, the incomplete beta function's
-            rows shared with a second thread); kept for callers.
 
     Returns:
         The fit.

@@ -44,7 +44,14 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# A default Python caches each imported module's bytecode on first import. Where
+# PYTHONDONTWRITEBYTECODE is set (as on the machines these figures come from) every run would compile
+# numpy, numba and scipy from source, ~1.4 s of a 4 x 100k round landing in whichever phase imported
+# them first. This script writes bytecode as a default install does, before its heavy imports; the
+# spawned child (started with ``-B`` from the parent's flags) runs this line too, as ``__mp_main__``.
+sys.dont_write_bytecode = False
+
+import numpy as np  # noqa: E402
 
 #: Bump when the generator changes so that stale caches are not reused.
 GENERATOR_VERSION = 1
@@ -417,17 +424,7 @@ def run_job(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child, args=(job, child))
-        # A default Python caches each imported module's bytecode on first import. Where
-        # PYTHONDONTWRITEBYTECODE is set (as on the machines these figures come from), every child
-        # would compile numpy, numba and scipy from source, ~1 s that landed in whichever phase
-        # imported them first: the child writes its bytecode as a default install does, and only
-        # a first run pays for it (as the first run pays for numba's compiled kernels).
-        saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        try:
-            process.start()
-        finally:
-            if saved is not None:
-                os.environ["PYTHONDONTWRITEBYTECODE"] = saved
+        process.start()
         child.close()
         out = parent.recv()
         process.join()

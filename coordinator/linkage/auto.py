@@ -246,8 +246,17 @@ def auto_match(
         keep_all_from = max(KEEP_ALL_FROM, bounds[0]) if threshold is None else min(KEEP_ALL_FROM, threshold)
         highest = max(HIGHEST_FLOOR, bounds[0]) if threshold is None else threshold
         sink = FloorSink(floor, max(keep_all_from, floor), prune_above, highest)
-    first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress, keep_candidates=True,
-                       sink=sink)
+    # The blocking capture depends only on the encodings, the floor and the setting: it runs beside the
+    # floor match on one thread, filling the core its single-threaded stretches leave idle (the
+    # solve's greedy pass, the Python between phases). A risen floor measures it again at the floor.
+    background = ThreadPoolExecutor(1) if blocking is not None else None
+    early = None if background is None else background.submit(capture_by_score, datasets, floor, blocking, workers=1)
+    try:
+        first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress,
+                           keep_candidates=True, sink=sink)
+    finally:
+        if background is not None:
+            background.shutdown(wait=False)
     assert first.candidates is not None
     phases.update(floor_blocking=first.stats.seconds_blocking, floor_comparing=first.stats.seconds_comparing,
                   floor_solve=first.stats.seconds_solving, floor_candidate_pairs=len(first.candidates[0]))
@@ -261,7 +270,11 @@ def auto_match(
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
-    capture = capture_by_score(datasets, floor, blocking, workers=workers) if blocking is not None else None
+    capture = None
+    if early is not None:
+        capture = early.result()
+        if sink is not None and sink.raised:
+            capture = capture_by_score(datasets, floor, blocking, workers=workers)
     clock.lap("capture_by_score")
     # The second pass's gate reads the first pass's scores and capture, which the round needs anyway.
     if second_budget is not None and blocking is not None:

@@ -6,7 +6,9 @@ and :func:`_score` gives each point the value :class:`~coordinator.linkage.mixtu
 it, bit for bit. Every operation is the single objective's, applied to one row per point: the
 incomplete beta function, ``exp``, ``log`` and the arithmetic act on each element alone, and each
 row's sum is numpy's pairwise sum of a row as long as the single objective's array, zeros included
-(``tests/coordinator/test_calibration.py`` checks the fits against scipy's).
+(``tests/coordinator/test_calibration.py`` checks the fits against scipy's). The incomplete beta
+function, most of a fit's time, is computed once per ``(a, b)`` and floor among a call's fits
+(:class:`_Scorer`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from coordinator.linkage.mixture import (
     _fitted,
     _shape,
 )
-from coordinator.linkage.nelder_mead import Run, minimize_all
+from coordinator.linkage.nelder_mead import Plan, Run, minimize_plans
 
 __all__ = ["fit_batched"]
 
@@ -72,45 +74,85 @@ def _group(target: _Target) -> tuple:
 #: A second thread for the incomplete beta function, most of a fit's time (scipy's ufunc releases the GIL).
 _HELPER: tuple[int, ThreadPoolExecutor] | None = None
 _HELPER_LOCK = threading.Lock()
-#: Rows from which half go to the second thread (fewer cost more to hand over than they take).
-_SPLIT_FROM = 8
+#: Elements from which half go to the second thread (fewer cost more to hand over than they take).
+_SPLIT_FROM = 1536
 
 
 def _betainc(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``betainc(a, b, x)`` with one row per ``(a, b)`` (column vectors) over ``x``, half the rows on a second thread.
+    """``betainc(a, b, x)`` element by element (equal-length 1-D arrays), half of them on a second thread.
 
-    Each element is computed alone, so splitting the rows changes no value.
+    Each element is computed alone, so splitting the elements changes no value.
     """
     from scipy.special import betainc
 
     global _HELPER
     if len(a) < _SPLIT_FROM:
-        return betainc(a, b, x[None, :])
+        return betainc(a, b, x)
     with _HELPER_LOCK:
         # A forked child inherits the executor but not its thread: it makes its own.
         if _HELPER is None or _HELPER[0] != os.getpid():
             _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="pplink-betainc"))
         helper = _HELPER[1]
     half = len(a) // 2
-    first = helper.submit(betainc, a[:half], b[:half], x[None, :])
-    rest = betainc(a[half:], b[half:], x[None, :])
+    first = helper.submit(betainc, a[:half], b[:half], x[:half])
+    rest = betainc(a[half:], b[half:], x[half:])
     return np.concatenate([first.result(), rest])
 
 
-def _score(points: np.ndarray, runs: list[Run]) -> np.ndarray:
-    """The negative log-likelihood of each point (one row each) under its run's target, as ``_Objective`` gives it."""
+class _Scorer:
+    """Scores every waiting point of a set of fits at once, keeping the incomplete beta rows it has computed.
+
+    A row ``betainc(a, b, edges from the floor's bin)`` depends on ``(a, b)``, the bins and the
+    floor's bin alone; points that share them (every fit's first simplex starts from the same points, several
+    of its vertices differ only in other parameters, and a restart begins at a point already
+    scored) reuse it rather than recompute it. The rows every group still needs are computed in
+    one call, whatever their groups, so the call is large enough to split over two threads.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[float, float, int, int], np.ndarray] = {}
+
+    def __call__(self, groups: list[tuple[np.ndarray, list[Run]]]) -> list[np.ndarray]:
+        rows = self.rows
+        shaped = []
+        fresh: list[tuple[float, float, int, int]] = []
+        edges: list[np.ndarray] = []
+        for points, runs in groups:
+            t: _Target = runs[0].data  # type: ignore[assignment]
+            if t.pinned:
+                points = np.concatenate([np.full((len(points), 1), 30.0), points], axis=1)
+            shapes = [_shape(row) for row in points]
+            keys = [(shape[2], shape[3], t.first, t.bins) for shape in shapes]
+            for key in keys:
+                if key not in rows:
+                    rows[key] = None  # type: ignore[assignment]  # computed below, once
+                    fresh.append(key)
+                    edges.append(t.clipped)
+            shaped.append((t, shapes, keys, runs))
+        if fresh:
+            lengths = [len(x) for x in edges]
+            raw = _betainc(np.repeat(np.array([key[0] for key in fresh]), lengths),
+                           np.repeat(np.array([key[1] for key in fresh]), lengths), np.concatenate(edges))
+            at = 0
+            for key, length in zip(fresh, lengths, strict=True):
+                rows[key] = raw[at:at + length]
+                at += length
+        return [_score(t, shapes, np.stack([rows[key] for key in keys]), runs) for t, shapes, keys, runs in shaped]
+
+
+def _score(t: _Target, shapes: list[tuple[float, float, float, float, float]], raw: np.ndarray,
+           runs: list[Run]) -> np.ndarray:
+    """The negative log-likelihood of each point (its ``_shape`` and ``betainc`` row) under its run's target.
+
+    Each value is the one ``_Objective`` gives the point.
+    """
     targets: list[_Target] = [run.data for run in runs]  # type: ignore[misc]
-    t = targets[0]
-    if t.pinned:
-        points = np.concatenate([np.full((len(points), 1), 30.0), points], axis=1)
-    shapes = [_shape(row) for row in points]
-    weight, exact, a, b, rate = (np.array(column, dtype=np.float64)[:, None] for column in zip(*shapes, strict=True))
-    raw = _betainc(a, b, t.clipped)
+    weight, exact, _, _, rate = (np.array(column, dtype=np.float64)[:, None] for column in zip(*shapes, strict=True))
     beta = raw[:, 1:] - raw[:, :-1]
     beta_in = np.maximum(np.add.reduce(beta, axis=1), _EPS)[:, None]
     match = np.array([1 - e for e, in exact.tolist()])[:, None] * beta / beta_in
     match[:, -1] += exact[:, 0]
-    decay = np.zeros((len(points), t.bins))
+    decay = np.zeros((len(shapes), t.bins))
     decay[:, t.first:] = np.exp(-rate * t.distance[None, :])
     decay_first = decay[:, t.first:] / np.maximum(np.add.reduce(decay, axis=1), _EPS)[:, None]
     mix = weight * match + np.array([1 - w for w, in weight.tolist()])[:, None] * decay_first
@@ -125,6 +167,44 @@ def _score(points: np.ndarray, runs: list[Run]) -> np.ndarray:
     return -np.add.reduce(counts * np.log(np.maximum(mix, _EPS)), axis=1)
 
 
+def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, scorer: _Scorer) -> Plan:
+    """The Nelder-Mead stages of ``_fit_mixture(histogram, start, 1)``; returns its fit.
+
+    The fit of true links alone starts from the best run's point; it is made beside each restart,
+    from the point that restart starts from, and kept when the restart does not gain (the point is
+    then the final one), so a fit whose restarts stop early takes one stage for both.
+    """
+    target = _target(histogram, False)
+    found = yield [Run(np.array(point), _group(target), scorer, target)
+                   for point in (_STARTS if start is None else (tuple(start),))]
+    best: tuple[np.ndarray, float] | None = None
+    for run in found:
+        # The best run, the first among equals, as the starts' results were compared in order.
+        if best is None or run[1] < best[1]:
+            best = run
+    assert best is not None
+    if start is not None:
+        return _fitted(histogram, best[0])
+    pinned = _target(histogram, True)
+
+    def alone_from(x: np.ndarray) -> Run:
+        return Run(np.array(x[1:]), _group(pinned), scorer, pinned)
+
+    # Restarts from the best run while they gain, as _fit_mixture makes them.
+    for _ in range(_RESTARTS):
+        again, alone = yield [Run(best[0], _group(target), scorer, target), alone_from(best[0])]
+        if not again[1] < best[1] - _RESTART_GAIN:
+            break
+        best = again
+    else:
+        (alone,) = yield [alone_from(best[0])]
+    # Is there a false-link component at all? True links alone (share pinned), as _fit_mixture decides.
+    x = best[0]
+    if alone[1] - best[1] < _BIC_FACTOR * math.log(max(float(histogram.counts.sum()), 2.0)):
+        x = np.concatenate([[30.0], alone[0]])
+    return _fitted(histogram, x)
+
+
 def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None]]) -> list[MixtureFit]:
     """Each ``(histogram, start)``'s fit, exactly ``_fit_mixture(histogram, start, 1)``.
 
@@ -135,47 +215,17 @@ def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None]]) -
         The fits, in order.
     """
     out: list[MixtureFit | None] = [None] * len(jobs)
-    runs: list[Run] = []
+    scorer = _Scorer()
+    plans: list[Plan] = []
     owner: list[int] = []
-    targets: dict[int, _Target] = {}
     for j, (histogram, start) in enumerate(jobs):
         if float(histogram.counts.sum()) <= 0:
             bins = len(histogram.counts)
             out[j] = MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
                                 nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
             continue
-        target = targets[j] = _target(histogram, False)
-        for point in _STARTS if start is None else (tuple(start),):
-            runs.append(Run(np.array(point), _group(target), _score, target))
-            owner.append(j)
-    best: dict[int, tuple[np.ndarray, float]] = {}
-    for j, found in zip(owner, minimize_all(runs, **_OPTIONS), strict=True):
-        # The best run, the first among equals, as the starts' results were compared in order.
-        if j not in best or found[1] < best[j][1]:
-            best[j] = found
-    # Restarts from each best run while they gain (fits without a given start), as _fit_mixture makes them.
-    restarting = [j for j in best if jobs[j][1] is None]
-    for _ in range(_RESTARTS):
-        if not restarting:
-            break
-        again = minimize_all([Run(best[j][0], _group(targets[j]), _score, targets[j]) for j in restarting], **_OPTIONS)
-        gained = [j for j, found in zip(restarting, again, strict=True) if found[1] < best[j][1] - _RESTART_GAIN]
-        for j, found in zip(restarting, again, strict=True):
-            if found[1] < best[j][1] - _RESTART_GAIN:
-                best[j] = found
-        restarting = gained
-    # Is there a false-link component at all? True links alone (share pinned) are fitted from each
-    # best run, as _fit_mixture does.
-    alone_jobs = [j for j in best if jobs[j][1] is None]
-    alone_runs = []
-    for j in alone_jobs:
-        pinned = _target(jobs[j][0], True)
-        alone_runs.append(Run(np.array(best[j][0][1:]), _group(pinned), _score, pinned))
-    chosen = {j: x for j, (x, _) in best.items()}
-    for j, (x, fun) in zip(alone_jobs, minimize_all(alone_runs, **_OPTIONS), strict=True):
-        total = float(jobs[j][0].counts.sum())
-        if fun - best[j][1] < _BIC_FACTOR * math.log(max(total, 2.0)):
-            chosen[j] = np.concatenate([[30.0], x])
-    for j, x in chosen.items():
-        out[j] = _fitted(jobs[j][0], x)
+        plans.append(_plan(histogram, start, scorer))
+        owner.append(j)
+    for j, fit in zip(owner, minimize_plans(plans, **_OPTIONS), strict=True):
+        out[j] = fit  # type: ignore[assignment]
     return [fit for fit in out if fit is not None]

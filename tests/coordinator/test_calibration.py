@@ -295,3 +295,15 @@ def test_a_fit_is_not_left_where_a_collapsed_simplex_stopped() -> None:
     again = minimize(objective, np.array(fit.parameters), method="Nelder-Mead",
                      options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
     assert objective(np.array(fit.parameters)) <= again.fun + _RESTART_GAIN
+
+
+def test_the_batched_fits_parameter_transform_is_shapes_bit_for_bit() -> None:
+    """Invariant: the batched fits' inlined transform gives every point ``_shape``'s values exactly, across and
+    beyond the clips, with the share free and pinned."""
+    from coordinator.linkage.mixture import _shape
+    from coordinator.linkage.mixture_batch import _shapes
+
+    rng = np.random.default_rng(12)
+    points = np.concatenate([rng.normal(0.0, 3.0, (300, 5)), rng.normal(0.0, 40.0, (300, 5))]).tolist()
+    assert _shapes(points, False) == [_shape(point) for point in points]
+    assert _shapes([point[1:] for point in points], True) == [_shape([30.0, *point[1:]]) for point in points]

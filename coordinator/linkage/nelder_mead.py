@@ -1,6 +1,6 @@
 """scipy's Nelder-Mead, step for step, with many runs advanced side by side and their points scored together.
 
-A round's calibration makes a few dozen Nelder-Mead runs (seven per mixture fit: the starting
+A round's calibration makes a few dozen Nelder-Mead runs (eight per mixture fit: six starting
 points, a restart and a fit of true links alone; nine fits at 4 x 100k, plus the bootstrap's
 refits), each of thousands of evaluations of an objective over ~100 bins. One at a time, the
 optimiser and numpy's per-call overhead cost far more than the arithmetic, and threads do not help

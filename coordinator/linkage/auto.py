@@ -39,6 +39,7 @@ from coordinator.linkage.calibration import (
     calibrate,
     estimate_at,
     estimate_links,
+    fit_mixture,
     fit_mixtures,
     score_histogram,
 )
@@ -53,6 +54,7 @@ from coordinator.linkage.match import (
     solve_candidates,
 )
 from coordinator.linkage.missed import missed_links
+from coordinator.linkage.mixture import warm_start
 from coordinator.linkage.pair_split import AgencyPairs, pair_links, same_label_rows, sorted_label_rows
 from coordinator.linkage.second_pass import rematch_with_second_pass, wants_second_pass
 from coordinator.linkage.similarity import as_words, check_datasets, dice_rows, popcounts
@@ -130,8 +132,13 @@ class _Clock:
 def _pair_calibrations(
     datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
     capture: np.ndarray | None = None, timings: dict[str, float] | None = None, workers: int = 1,
+    warm: Sequence[float] | None = None,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
-    """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links."""
+    """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links.
+
+    ``warm``: where each pair's fit starts in place of the fixed starting points (the round's own
+    fit's :func:`~coordinator.linkage.mixture.warm_start`; ``None``: the fixed starts).
+    """
     sizes = [len(d) for d in datasets]
     out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
     words = [as_words(d) for d in datasets]
@@ -155,8 +162,8 @@ def _pair_calibrations(
 
     # The fits are independent: their optimiser runs advance side by side (each exactly as it would
     # alone), and each pair's calibration then finds its fit among the recent ones.
-    fit_mixtures([histogram for histogram, _ in solved.values()])
-    fits = [calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False)
+    fit_mixtures([histogram for histogram, _ in solved.values()], warms=[warm] * len(solved))
+    fits = [calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False, warm=warm)
             for histogram, _ in solved.values()]
     for (key, (histogram, links)), calibration in zip(solved.items(), fits, strict=True):
         out[key] = histogram, calibration, links
@@ -289,11 +296,16 @@ def auto_match(
                 clock.lap("linked_pair_scores")
             capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second)
             clock.lap("capture_by_score")
-    pairs = (_pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers)
-             if len(datasets) > 2 else {})
+    histogram = replace(score_histogram(scores, floor), capture=capture)
+    pairs = {}
+    if len(datasets) > 2:
+        # The round's own fit first (the gate's, when it made one): each agency pair's starts from it.
+        warm = warm_start(fit_mixture(histogram))
+        clock.lap("calibration_fit")
+        pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers, warm)
     clock.lap(None)
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
-    overall = calibrate(replace(score_histogram(scores, floor), capture=capture), threshold=threshold,
+    overall = calibrate(histogram, threshold=threshold,
                         precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches,
                         workers=workers)
     # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share

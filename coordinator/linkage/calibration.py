@@ -47,10 +47,19 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from coordinator.linkage.mixture import BINS, MixtureFit, ScoreHistogram, fit_mixture, fit_mixtures, score_histogram
+from coordinator.linkage.mixture import (
+    BINS,
+    MixtureFit,
+    ScoreHistogram,
+    fit_mixture,
+    fit_mixtures,
+    score_histogram,
+    warm_start,
+)
 from pplink.models import PplinkModel
 
 __all__ = [
@@ -272,7 +281,7 @@ def floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -
         higher = _from_floor(histogram, floor)
         if higher.total <= 0:
             continue
-        other = fit_mixture(higher)
+        other = fit_mixture(higher, warm=warm_start(fit))  # its optimum lies next to the first fit's
         posterior = np.asarray(fit.posterior).copy()
         posterior[first:] = np.asarray(other.posterior)[first:]
         spliced = fit.model_copy(update={"posterior": tuple(float(p) for p in posterior)})
@@ -309,6 +318,7 @@ def calibrate(
     matches: float | None = None,
     higher_floors: bool = True,
     workers: int = 1,
+    warm: Sequence[float] | None = None,
 ) -> Calibration:
     """Fit, choose (unless ``threshold`` is given) and estimate with bootstrap intervals.
 
@@ -325,8 +335,11 @@ def calibrate(
         higher_floors: take the median precision over fits from higher floors too (see
             :func:`floor_median`); an agency pair's own fit, read only for its count of true
             links, skips them.
-        workers: above 1, the higher floors' fits are made beside the first one, whether or not a threshold
+        workers: above 1, the higher floors' fits are made together, whether or not a threshold
             needs them (the result does not depend on it).
+        warm: a related fit's parameters for the fit to start from in place of the fixed starting
+            points (:func:`~coordinator.linkage.mixture.warm_start`: an agency pair's fit starts from
+            the round's). The higher floors' fits start from the first fit's.
 
     Returns:
         The calibration.
@@ -339,13 +352,13 @@ def calibrate(
         >>> 0.6 < cal.threshold < 0.85, cal.estimate.precision > 0.97
         (True, True)
     """
+    fit = fit_mixture(histogram, warm=warm)
     if workers > 1 and higher_floors:
-        # The higher floors' fits do not depend on the first fit: made now, their runs beside its
-        # runs, the median below finds them among the recent fits (those a chosen threshold rules out are spare).
-        higher = [_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor]
-        fit = fit_mixtures([histogram, *(h for h in higher if h.total > 0)])[0]
-    else:
-        fit = fit_mixture(histogram)
+        # The higher floors' fits start from the first fit: made now, their runs side by side, the
+        # median below finds them among the recent fits (those a chosen threshold rules out are spare).
+        higher = [h for h in (_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor)
+                  if h.total > 0]
+        fit_mixtures(higher, warms=[warm_start(fit)] * len(higher))
     own_matches = fit.matches
     if matches is not None:
         # Never fewer than this histogram's own fit shows: the agency pairs' fits are each on fewer

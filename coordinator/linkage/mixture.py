@@ -22,7 +22,8 @@ import numpy as np
 
 from pplink.models import PplinkModel
 
-__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "expected_counts", "fit_mixture", "fit_mixtures", "score_histogram"]
+__all__ = ["BINS", "MixtureFit", "ScoreHistogram", "expected_counts", "fit_mixture", "fit_mixtures", "score_histogram",
+           "warm_start"]
 
 #: Bins over [0, 1] (0.005 wide): fine enough that a threshold's estimate does not jump.
 BINS = 200
@@ -210,6 +211,9 @@ _STARTS = ((1.5, 0.0, 0.7, 2.9, 3.0), (0.5, 0.0, 1.5, 3.5, 2.0), (2.5, 0.0, 0.0,
            (1.0, -1.0, 1.0, 3.0, 4.5), (2.0, 0.0, 1.0, 3.0, 5.5), (0.0, 0.0, 0.5, 3.0, 2.5))
 
 
+#: The first parameter of a fit of true links alone: the false-link share pinned (its logistic is 1 - 1e-13).
+_ALONE_SHARE = 30.0
+
 #: Nelder-Mead restarts from a fit's best run (while each gains more than :data:`_RESTART_GAIN`). A
 #: simplex can collapse before it reaches the optimum: on the 4 x 1M round (3.3M links from a raised
 #: floor of 0.72) every start stopped 2,000 log-likelihood units short, the false links' decay came
@@ -226,7 +230,8 @@ _RECENT_SIZE = 32
 _RECENT_LOCK = threading.Lock()
 
 
-def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None) -> MixtureFit:
+def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = None,
+                warm: Sequence[float] | None = None) -> MixtureFit:
     """Fit true-link and false-link components to a linked-pair histogram by maximum likelihood.
 
     True links: exact matches (the top bin) plus a beta density, truncated to the floor. False links:
@@ -239,22 +244,42 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
     Args:
         histogram: from :func:`score_histogram`.
         start: start only from these parameters (a previous fit's), as the bootstrap does.
+        warm: a related fit's parameters to start from in place of the fixed starting points, with
+            the restarts and the test of true links alone as usual (see :func:`warm_start`).
 
     Returns:
         The fit.
     """
-    return fit_mixtures([histogram], starts=None if start is None else [start])[0]
+    return fit_mixtures([histogram], starts=None if start is None else [start],
+                        warms=None if warm is None else [warm])[0]
 
 
-def _key(histogram: ScoreHistogram, start: Sequence[float] | None) -> tuple:
+def warm_start(fit: MixtureFit) -> tuple[float, ...] | None:
+    """Where fits of histograms like ``fit``'s may start in place of :data:`_STARTS`, or ``None``.
+
+    A subset of a round's linked pairs (one agency pair's, or the pairs above a higher floor) has
+    nearly the round's shape: its optimum lies next to the round's, and one run from there (with its
+    restarts) reaches what the six fixed starts reach, at a sixth of the runs (on the 4 x 100k round the
+    agency pairs' counts of true links moved by at most 0.074 of 47,000, the threshold and
+    estimates not at all; docs/scaling.md). A fit of true links alone (share pinned) is never a
+    start: from there every run stays in the "all links true" optimum the fixed starts guard against.
+    """
+    if not fit.parameters or fit.parameters[0] == _ALONE_SHARE:
+        return None
+    return fit.parameters
+
+
+def _key(histogram: ScoreHistogram, start: Sequence[float] | None, warm: Sequence[float] | None) -> tuple:
     capture = histogram.capture
     return (np.asarray(histogram.counts, dtype=np.float64).tobytes(), float(histogram.floor),
             None if capture is None else np.asarray(capture, dtype=np.float64).tobytes(), float(histogram.noise),
-            None if start is None else tuple(float(x) for x in start))
+            None if start is None else tuple(float(x) for x in start),
+            None if warm is None else tuple(float(x) for x in warm))
 
 
 def fit_mixtures(histograms: Sequence[ScoreHistogram],
-                 starts: Sequence[Sequence[float] | None] | None = None) -> list[MixtureFit]:
+                 starts: Sequence[Sequence[float] | None] | None = None,
+                 warms: Sequence[Sequence[float] | None] | None = None) -> list[MixtureFit]:
     """:func:`fit_mixture` of each histogram (from its own start, if given), their Nelder-Mead runs side by side.
 
     Each fit is exactly the one :func:`fit_mixture` makes alone (and scipy's ``minimize`` made before,
@@ -264,12 +289,15 @@ def fit_mixtures(histograms: Sequence[ScoreHistogram],
     Args:
         histograms: from :func:`score_histogram`.
         starts: per histogram, a previous fit's parameters to start only from, or ``None``.
+        warms: per histogram, a related fit's parameters to start from in place of the fixed
+            starting points (restarts and all; :func:`warm_start`), or ``None``.
 
     Returns:
         The fits, in order.
     """
     starts = [None] * len(histograms) if starts is None else list(starts)
-    keys = [_key(h, start) for h, start in zip(histograms, starts, strict=True)]
+    warms = [None] * len(histograms) if warms is None else list(warms)
+    keys = [_key(h, start, warm) for h, start, warm in zip(histograms, starts, warms, strict=True)]
     out: list[MixtureFit | None] = [None] * len(histograms)
     with _RECENT_LOCK:
         for i, key in enumerate(keys):
@@ -282,7 +310,7 @@ def fit_mixtures(histograms: Sequence[ScoreHistogram],
             todo.setdefault(key, i)
     from coordinator.linkage.mixture_batch import fit_batched
 
-    fits = fit_batched([(histograms[i], starts[i]) for i in todo.values()])
+    fits = fit_batched([(histograms[i], starts[i], warms[i]) for i in todo.values()])
     with _RECENT_LOCK:
         for key, fit in zip(todo, fits, strict=True):
             _RECENT[key] = fit
@@ -293,7 +321,8 @@ def fit_mixtures(histograms: Sequence[ScoreHistogram],
     return [fit if fit is not None else done[key] for fit, key in zip(out, keys, strict=True)]
 
 
-def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int) -> MixtureFit:
+def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int,
+                 warm: Sequence[float] | None = None) -> MixtureFit:
     """:func:`fit_mixture` computed one start at a time with scipy's ``minimize``: what the batched fits equal."""
     from scipy.optimize import minimize
 
@@ -313,7 +342,7 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
         return minimize(_Objective(counts, edges, first, capture, histogram.noise), np.array(point),
                         method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
 
-    points = _STARTS if start is None else (tuple(start),)
+    points = (tuple(start),) if start is not None else _STARTS if warm is None else (tuple(warm),)
     if workers > 1 and len(points) > 1:
         # The runs are independent and spend their time in scipy's incomplete beta function, which
         # releases the GIL; the best is then picked in the starts' order, as one after another would.
@@ -336,11 +365,11 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
         # that unless the mixture's likelihood gain beats a BIC penalty for its two extra parameters:
         # where nearly every link is true (FEBRL), a steep "false" component would otherwise swallow
         # the true links' low tail and call a lower threshold unsafe.
-        alone = minimize(lambda x: objective(np.concatenate([[30.0], x])),
+        alone = minimize(lambda x: objective(np.concatenate([[_ALONE_SHARE], x])),
                          np.array(best.x[1:]), method="Nelder-Mead",
                          options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
         if alone.fun - best.fun < _BIC_FACTOR * math.log(max(total, 2.0)):
-            best.x = np.concatenate([[30.0], alone.x])
+            best.x = np.concatenate([[_ALONE_SHARE], alone.x])
     return _fitted(histogram, best.x)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.linkage.mixture import (
+    _ALONE_SHARE,
     _BIC_FACTOR,
     _EPS,
     _RESTART_GAIN,
@@ -112,7 +113,7 @@ def _shapes(points: list[list[float]], pinned: bool) -> list[tuple[float, float,
     for point in points:
         if pinned:
             exact, mean, concentration, rate = point
-            share = 30.0
+            share = _ALONE_SHARE
         else:
             share, exact, mean, concentration, rate = point
         mean = 0.6 + 0.4 * (1.0 / (1.0 + exp(-min(max(mean, -30.0), 30.0))))
@@ -189,8 +190,9 @@ def _score(t: _Target, shapes: list[tuple[float, float, float, float, float]], r
     return -np.add.reduce(counts * np.log(np.maximum(mix, _EPS)), axis=1)
 
 
-def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, scorer: _Scorer) -> Plan:
-    """The Nelder-Mead stages of ``_fit_mixture(histogram, start, 1)``; returns its fit.
+def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, warm: Sequence[float] | None,
+          scorer: _Scorer) -> Plan:
+    """The Nelder-Mead stages of ``_fit_mixture(histogram, start, 1, warm)``; returns its fit.
 
     The fit of true links alone starts from the best run's point; it is made beside each restart,
     from the point that restart starts from, and kept when the restart does not gain (the point is
@@ -198,7 +200,7 @@ def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, scorer: _Sco
     """
     target = _target(histogram, False)
     found = yield [Run(np.array(point), _group(target), scorer, target)
-                   for point in (_STARTS if start is None else (tuple(start),))]
+                   for point in ((tuple(start),) if start is not None else _STARTS if warm is None else (tuple(warm),))]
     best: tuple[np.ndarray, float] | None = None
     for run in found:
         # The best run, the first among equals, as the starts' results were compared in order.
@@ -223,15 +225,17 @@ def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, scorer: _Sco
     # Is there a false-link component at all? True links alone (share pinned), as _fit_mixture decides.
     x = best[0]
     if alone[1] - best[1] < _BIC_FACTOR * math.log(max(float(histogram.counts.sum()), 2.0)):
-        x = np.concatenate([[30.0], alone[0]])
+        x = np.concatenate([[_ALONE_SHARE], alone[0]])
     return _fitted(histogram, x)
 
 
-def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None]]) -> list[MixtureFit]:
-    """Each ``(histogram, start)``'s fit, exactly ``_fit_mixture(histogram, start, 1)``.
+def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None, Sequence[float] | None]]
+                ) -> list[MixtureFit]:
+    """Each ``(histogram, start, warm)``'s fit, exactly ``_fit_mixture(histogram, start, 1, warm)``.
 
     Args:
-        jobs: histograms, each with a previous fit's parameters to start only from, or ``None``.
+        jobs: histograms, each with a previous fit's parameters to start only from (or ``None``) and
+            a related fit's parameters to start from in place of the fixed starts (or ``None``).
 
     Returns:
         The fits, in order.
@@ -240,13 +244,13 @@ def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None]]) -
     scorer = _Scorer()
     plans: list[Plan] = []
     owner: list[int] = []
-    for j, (histogram, start) in enumerate(jobs):
+    for j, (histogram, start, warm) in enumerate(jobs):
         if float(histogram.counts.sum()) <= 0:
             bins = len(histogram.counts)
             out[j] = MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
                                 nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
             continue
-        plans.append(_plan(histogram, start, scorer))
+        plans.append(_plan(histogram, start, warm, scorer))
         owner.append(j)
     for j, fit in zip(owner, minimize_plans(plans, **_OPTIONS), strict=True):
         out[j] = fit  # type: ignore[assignment]

@@ -235,6 +235,7 @@ def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> N
         fresh = _fit_mixture(h, None, 1)
         assert fit_mixture(h) == fresh and fit_mixture(h) == fresh and _fit_mixture(h, None, 3) == fresh
         assert fit_mixture(h, start=fresh.parameters) == _fit_mixture(h, fresh.parameters, 1)
+        assert fit_mixture(h, warm=fresh.parameters) == _fit_mixture(h, None, 1, fresh.parameters)
         for threshold in (None, 0.8):
             _RECENT.clear()  # each calibration computes its fits
             alone = calibrate(h, threshold=threshold, bootstrap=6)
@@ -245,7 +246,8 @@ def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> N
 def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
     """Invariant: the batched Nelder-Mead fits (runs advanced side by side, points scored together) equal scipy's
     ``minimize`` run one start at a time, every field bit for bit: with and without a capture rate and DP noise,
-    from several floors, from a given start, and for an empty histogram, fitted alone or all together."""
+    from several floors, from a given start, warm from a related fit, and for an empty histogram, fitted alone or
+    all together."""
     from coordinator.linkage.mixture import ScoreHistogram, _fit_mixture
     from coordinator.linkage.mixture_batch import fit_batched
 
@@ -255,12 +257,14 @@ def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
         scores, _ = _mixture(seed)
         histogram = score_histogram(scores, floor)
         capture = np.clip(rng.random(200), 0.1, 1.0)
-        jobs.append((histogram, None))
-        jobs.append((ScoreHistogram(histogram.counts, floor, capture=capture), None))
-        jobs.append((ScoreHistogram(histogram.counts + rng.normal(0, 2, 200), floor, noise=4.0), None))
-    jobs.append((jobs[0][0], _fit_mixture(jobs[0][0], None, 1).parameters))
-    jobs.append((ScoreHistogram(np.zeros(200), 0.55), None))
-    expected = [_fit_mixture(histogram, start, 1) for histogram, start in jobs]
+        jobs.append((histogram, None, None))
+        jobs.append((ScoreHistogram(histogram.counts, floor, capture=capture), None, None))
+        jobs.append((ScoreHistogram(histogram.counts + rng.normal(0, 2, 200), floor, noise=4.0), None, None))
+    base = _fit_mixture(jobs[0][0], None, 1).parameters
+    jobs.append((jobs[0][0], base, None))
+    jobs.append((jobs[3][0], None, base))  # another round's histogram, warm from the first one's fit
+    jobs.append((ScoreHistogram(np.zeros(200), 0.55), None, None))
+    expected = [_fit_mixture(histogram, start, 1, warm) for histogram, start, warm in jobs]
     assert fit_batched(jobs) == expected
     assert [fit_batched([job])[0] for job in jobs[:3]] == expected[:3]
 
@@ -307,3 +311,39 @@ def test_the_batched_fits_parameter_transform_is_shapes_bit_for_bit() -> None:
     points = np.concatenate([rng.normal(0.0, 3.0, (300, 5)), rng.normal(0.0, 40.0, (300, 5))]).tolist()
     assert _shapes(points, False) == [_shape(point) for point in points]
     assert _shapes([point[1:] for point in points], True) == [_shape([30.0, *point[1:]]) for point in points]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_warm_fit_of_a_subset_reaches_the_fixed_starts_optimum(seed: int) -> None:
+    """Invariant: a subset of a round's pairs (a sixth of them, as one agency pair of four agencies holds; or the
+    pairs above a higher floor) fitted from the round's fit (:func:`warm_start`) reaches the optimum its six fixed
+    starts reach: the same count of true links and precision at a threshold, within 1e-4."""
+    from coordinator.linkage.calibration import _from_floor
+    from coordinator.linkage.mixture import _RECENT, ScoreHistogram, expected_counts, warm_start
+
+    scores, _ = _mixture(seed, true=24000, false=3600)
+    whole = score_histogram(scores, 0.55)
+    base = fit_mixture(whole)
+    rng = np.random.default_rng(seed)
+    subsets = [ScoreHistogram(rng.binomial(whole.counts.astype(np.int64), 1 / 6).astype(np.float64), 0.55),
+               _from_floor(whole, 0.6)]
+    for subset in subsets:
+        _RECENT.clear()
+        fixed, warm = fit_mixture(subset), fit_mixture(subset, warm=warm_start(base))
+        assert warm.matches == pytest.approx(fixed.matches, rel=1e-4)
+        assert estimate_at(subset, warm, 0.75).precision == pytest.approx(estimate_at(subset, fixed, 0.75).precision,
+                                                                          abs=1e-4)
+        assert expected_counts(warm, subset) == pytest.approx(expected_counts(fixed, subset), rel=1e-3, abs=0.5)
+
+
+def test_a_fit_of_true_links_alone_is_never_a_warm_start() -> None:
+    """Invariant: :func:`warm_start` gives a mixture fit's parameters, and nothing for a fit of true links alone
+    (share pinned): from there every run would stay in the "all links true" optimum the fixed starts guard against."""
+    from coordinator.linkage.mixture import _ALONE_SHARE, warm_start
+
+    scores, _ = _mixture(3)
+    fit = fit_mixture(score_histogram(scores, 0.55))
+    assert fit.parameters[0] != _ALONE_SHARE and warm_start(fit) == fit.parameters
+    alone = fit.model_copy(update={"parameters": (_ALONE_SHARE, *fit.parameters[1:])})
+    assert warm_start(alone) is None
+    assert warm_start(fit.model_copy(update={"parameters": ()})) is None

@@ -4,11 +4,14 @@ The band's records come grouped by key (:func:`coordinator.linkage.band_sort.sor
 The walk over the runs of equal keys copies each shared bucket's encodings into one contiguous
 block (each load started as the walk lists the record, so that they overlap the walk) and
 scores every cross-dataset pair from there (two ``vpopcntq`` per 1024-bit pair where the CPU
-has them; without a histogram, pairs below the threshold are told by a table of the fewest
-shared bits per ``|a| + |b|`` (:func:`least_shared_bits`), no division).
+has them). No pair is divided unless it is written: pairs below the threshold (or the dedup
+floor) are told by a table of the fewest shared bits per ``|a| + |b|`` (:func:`least_shared_bits`),
+and with a histogram each pair's bin is looked up by ``(|a| + |b|, shared)`` in a table computed
+once by the division itself (:func:`dice_bins`), counted into several sub-histograms in turn
+(consecutive pairs in one bin would otherwise wait on each other's increment).
 Pairs scoring at least the dedup floor are checked against earlier bands in one batch at the end
 of the call, their earlier keys prefetched a few pairs ahead: only those pairs ever read
-earlier keys.
+earlier keys, and those an earlier band found are taken back out of the histogram.
 
 Results are those of :func:`coordinator.linkage.kernels.bucket_pair_dice`: the same Dice
 arithmetic, the same first-band rule, the same comparison count; only the order in which pairs

@@ -28,7 +28,7 @@ from coordinator.linkage.band_kernels import dice_bins, score_band_runs
 from coordinator.linkage.band_sort import band_columns, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.floor_sink import FloorSink
-from coordinator.linkage.kernels import row_popcounts
+from coordinator.linkage.kernels import line_aligned, row_popcounts
 from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
@@ -358,7 +358,7 @@ def prepare(
         band_keys = compute_band_keys(datasets, blocking, workers=workers, progress=progress, exact_largest=False)
     except ValueError as err:
         raise MatchError(str(err)) from err
-    words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
+    words = tuple(line_aligned(as_words(d)) for d in datasets)
     return Prepared(words=words, pops=tuple(row_popcounts(w) for w in words), band_keys=band_keys)
 
 

@@ -4,11 +4,14 @@ The band's records come grouped by key (:func:`coordinator.linkage.band_sort.sor
 The walk over the runs of equal keys copies each shared bucket's encodings into one contiguous
 block (each load started as the walk lists the record, so that they overlap the walk) and
 scores every cross-dataset pair from there (two ``vpopcntq`` per 1024-bit pair where the CPU
-has them; without a histogram, pairs below the threshold are told by a table of the fewest
-shared bits per ``|a| + |b|`` (:func:`least_shared_bits`), no division).
+has them). No pair is divided unless it is written: pairs below the threshold (or the dedup
+floor) are told by a table of the fewest shared bits per ``|a| + |b|`` (:func:`least_shared_bits`),
+and with a histogram each pair's bin is looked up by ``(|a| + |b|, shared)`` in a table computed
+once by the division itself (:func:`dice_bins`), counted into several sub-histograms in turn
+(consecutive pairs in one bin would otherwise wait on each other's increment).
 Pairs scoring at least the dedup floor are checked against earlier bands in one batch at the end
 of the call, their earlier keys prefetched a few pairs ahead: only those pairs ever read
-earlier keys.
+earlier keys, and those an earlier band found are taken back out of the histogram.
 
 Results are those of :func:`coordinator.linkage.kernels.bucket_pair_dice`: the same Dice
 arithmetic, the same first-band rule, the same comparison count; only the order in which pairs
@@ -23,12 +26,14 @@ from numba import njit
 from coordinator.linkage.band_sort import RECORD_BITS
 from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch, seen_in_earlier_band
 
-__all__ = ["least_shared_bits", "score_band_runs"]
+__all__ = ["dice_bins", "least_shared_bits", "score_band_runs"]
 
 #: uint64 words per 64-byte cache line.
 _LINE_WORDS = 8
 #: Shared-bucket records copied, then scored, together (128 KB of 1024-bit encodings: the L2 cache holds them).
 _CHUNK = 1024
+#: Histograms counted in turn by consecutive pairs (a power of two).
+_SUBCOUNTS = 8
 #: Pairs the earlier-band check looks ahead to start loading the two records' earlier keys.
 _CHECK_AHEAD = 8
 #: Pairs scoring at least this are taken for duplicates of an earlier band when loading their keys
@@ -62,6 +67,30 @@ def least_shared_bits(threshold, most):  # noqa: ANN001, ANN201
     return least
 
 
+def dice_bins(bins, lowest_pop, highest_pop):  # noqa: ANN001, ANN201
+    """Each pair's histogram bin by ``|a| + |b|`` and shared bits, for popcounts within ``[lowest_pop, highest_pop]``.
+
+    ``table[denominator - 2 * lowest_pop, shared]`` is ``min(int(sim * bins), bins - 1)`` for the
+    pair's Dice ``sim`` (anonlink's ``2.0 * shared / denominator``, 0 for an empty denominator),
+    computed here once by that very arithmetic (numpy's float64 division and product round as
+    the kernel's do), so that the kernel looks the bin up instead of dividing. Shared counts
+    above the smaller popcount cannot occur; their entries are never read.
+
+    Returns:
+        ``(table, lowest_denominator)``: a ``(2 * (highest_pop - lowest_pop) + 1, highest_pop + 1)``
+        table of unsigned bins (uint8 up to 256 bins), and ``2 * lowest_pop``.
+    """
+    lowest = 2 * lowest_pop
+    shared = np.arange(highest_pop + 1, dtype=np.float64)
+    denominators = np.arange(lowest, 2 * highest_pop + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sims = 2.0 * shared[None, :] / denominators[:, None]
+    sims[denominators == 0] = 0.0
+    dtype = np.uint8 if bins <= 1 << 8 else np.uint16 if bins <= 1 << 16 else np.int64
+    table = np.minimum((sims * bins).astype(np.int64), bins - 1).astype(dtype)
+    return table, lowest
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim):  # noqa: ANN001, ANN202
     """Start loading the keys that the earlier-band check of a pair will read.
@@ -78,7 +107,11 @@ def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim):  # noqa: ANN001, AN
 
 @njit(nogil=True, cache=True)
 def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
-    """Check the ``pending`` pairs against earlier bands; count and keep (compacted) those no earlier band found."""
+    """Check the ``pending`` pairs against earlier bands; keep (compacted) those no earlier band found.
+
+    Every pending pair was counted in ``histogram`` when scored: those an earlier band found are
+    taken back out of their bin (the same bin: :func:`dice_bins` is this arithmetic).
+    """
     bins = histogram.shape[0]
     for k in range(min(_CHECK_AHEAD, pending)):
         _prefetch_keys(keys, band, out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k])
@@ -89,13 +122,30 @@ def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_
             _prefetch_keys(keys, band, out_da[ahead], out_db[ahead], out_ra[ahead], out_rb[ahead], out_sim[ahead])
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
         if seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
+            if bins > 0:
+                histogram[min(int(sim * bins), bins - 1)] -= 1
             continue
-        if bins > 0:
-            histogram[min(int(sim * bins), bins - 1)] += 1
         if sim >= threshold:
             out_da[kept], out_db[kept], out_ra[kept], out_rb[kept], out_sim[kept] = d_a, d_b, row_a, row_b, sim
             kept += 1
     return kept
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _shared_bits(block, p, q, vector):  # noqa: ANN001, ANN202
+    """popcount(block[p] & block[q]), as two vector popcounts where ``vector`` (1024-bit rows)."""
+    if vector:
+        return np.int64(and_popcount_1024(block, p, q))
+    shared = np.uint64(0)
+    for w in range(block.shape[1]):
+        shared += popcount64(block[p, w] & block[q, w])
+    return np.int64(shared)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _dice(shared, denominator):  # noqa: ANN001, ANN202
+    """Dice as anonlink computes it: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0."""
+    return 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
 
 
 @njit(nogil=True, cache=True)
@@ -110,6 +160,8 @@ def score_band_runs(
     threshold,
     floor,
     histogram,
+    bin_of,
+    lowest_denominator,
     out_da,
     out_db,
     out_ra,
@@ -135,6 +187,9 @@ def score_band_runs(
         threshold: keep pairs scoring at least this.
         floor: pairs scoring at least this are checked against earlier bands (at most ``threshold``).
         histogram: similarity counts per bin (updated), or an empty array for none.
+        bin_of: with a histogram, each pair's bin by popcounts (:func:`dice_bins` of the histogram's
+            bins, for popcounts covering every record's); unread without one.
+        lowest_denominator: the denominator of ``bin_of``'s first row.
         out_da: output, dataset of each kept pair's first record (likewise ``out_db``, ``out_ra``,
             ``out_rb``, ``out_sim``: its second record's dataset, the rows and the similarity).
         out_db: see ``out_da``.
@@ -148,10 +203,18 @@ def score_band_runs(
         pairs written, pairs scored, and the most cross-dataset pairs of one run scored. A run is
         started only when all its pairs fit the output and its records fit ``scratch``: when the
         call returns ``first``, the next run needs more of either.
+
+    Raises:
+        ValueError: with a histogram, a record's popcount lies outside ``bin_of``'s.
     """
     width = words[0].shape[1]
     bins = histogram.shape[0]
     least_shared = least_shared_bits(threshold, 2 * 64 * width)
+    # With a histogram, pairs from the floor on are checked against earlier bands (from the threshold
+    # on in the first band: there is none to check).
+    least_pending = least_shared_bits(floor if band > 0 else threshold, 2 * 64 * width)
+    lowest_pop = (lowest_denominator + 1) // 2
+    highest_pop = bin_of.shape[1] - 1
     capacity = out_sim.shape[0]
     n = entries.shape[0]
     record_mask = np.uint64((1 << RECORD_BITS) - 1)
@@ -170,6 +233,9 @@ def score_band_runs(
     lead = (_LINE_WORDS - (raw.ctypes.data % 64) // 8) % _LINE_WORDS
     block = raw[lead : lead + size * width].reshape((size, width))
     pops = np.empty(size, dtype=np.int64)
+    # Pairs are counted into _SUBCOUNTS histograms in turn, summed at the end: consecutive pairs in
+    # one bin would otherwise each wait for the previous increment's store.
+    counts = np.zeros((_SUBCOUNTS, max(bins, 1)), dtype=np.int64)
     check = band > 0
     vector = VECTOR_POPCOUNT and width == 16
     pending = 0
@@ -239,54 +305,48 @@ def score_band_runs(
                 block[k, w] = value
                 total += popcount64(value)
             pops[k] = np.int64(total)
+            if bins > 0 and not lowest_pop <= pops[k] <= highest_pop:
+                raise ValueError("a popcount lies outside the histogram's bin table")
         # 3. Score every pair (p, q) of a run with q in a later dataset than p, from the block.
-        if vector and bins == 0:
-            # The common case, without a histogram: only pairs at or above the threshold (``least_shared``,
-            # no division) are scored further; the floor is the threshold, so all of them are kept or checked.
+        if bins > 0:
+            # Every pair is counted by its bin (``bin_of``, no division); those from ``least_pending``
+            # on are written for the earlier-band check (which takes those found there back out)
+            # or, in the first band, kept from the threshold on.
             for p in range(m):
+                d_a = sets[p]
                 pop_a = pops[p]
                 for q in range(stretch_end[p], run_end[p]):
-                    shared = np.int64(and_popcount_1024(block, p, q))
+                    shared = _shared_bits(block, p, q, vector)
                     denominator = pop_a + pops[q]
-                    if shared >= least_shared[denominator]:
-                        out_da[pending] = sets[p]
+                    counts[q & (_SUBCOUNTS - 1), bin_of[denominator - lowest_denominator, shared]] += 1
+                    if shared >= least_pending[denominator]:
+                        out_da[pending] = d_a
                         out_db[pending] = sets[q]
                         out_ra[pending] = rows[p]
                         out_rb[pending] = rows[q]
-                        sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
-                        out_sim[pending] = sim
+                        out_sim[pending] = _dice(shared, denominator)
                         pending += 1
             comparisons += chunk_pairs
             continue
+        # Without a histogram, only pairs at or above the threshold (``least_shared``, no division)
+        # are scored further; the floor is the threshold, so all of them are kept or checked.
         for p in range(m):
             d_a = sets[p]
             pop_a = pops[p]
             for q in range(stretch_end[p], run_end[p]):
-                if vector:
-                    shared = and_popcount_1024(block, p, q)
-                else:
-                    shared = np.uint64(0)
-                    for w in range(width):
-                        shared += popcount64(block[p, w] & block[q, w])
+                shared = _shared_bits(block, p, q, vector)
                 denominator = pop_a + pops[q]
-                if bins == 0 and np.int64(shared) < least_shared[denominator]:
-                    # Below the threshold (``least_shared``): neither counted nor kept, no division needed.
-                    continue
-                # anonlink's arithmetic: (2 * popcount(a & b)) / (double)(|a| + |b|); two empty encodings score 0.
-                sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
-                if sim >= floor and (check or sim >= threshold):
-                    # Checked against earlier bands (and then counted) in one batch below.
+                if shared >= least_shared[denominator]:
                     out_da[pending] = d_a
                     out_db[pending] = sets[q]
                     out_ra[pending] = rows[p]
                     out_rb[pending] = rows[q]
-                    out_sim[pending] = sim
+                    out_sim[pending] = _dice(shared, denominator)
                     pending += 1
-                    if check:
-                        continue
-                if bins > 0:
-                    histogram[min(int(sim * bins), bins - 1)] += 1
         comparisons += chunk_pairs
+    for b in range(bins):
+        for sub in range(_SUBCOUNTS):
+            histogram[b] += counts[sub, b]
     if check:
         outputs = (out_da, out_db, out_ra, out_rb, out_sim)
         pending = _drop_seen(keys, band, sentinel, threshold, histogram, pending, *outputs)

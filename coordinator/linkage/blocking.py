@@ -208,11 +208,13 @@ def _pack_bits(data: np.ndarray, positions: np.ndarray, dtype: type[np.unsignedi
     reads each encoding once as uint64 words (``pack_keys``); threads share the rows.
     """
     from coordinator.linkage.block_kernels import bit_word_shifts, pack_keys
+    from coordinator.linkage.kernels import empty_line_aligned
     from coordinator.linkage.similarity import as_words
 
     words = np.ascontiguousarray(as_words(np.ascontiguousarray(data)))
     word, shift = bit_word_shifts(positions)
-    out = np.empty((data.shape[0], positions.shape[0]), dtype=dtype)
+    # Line-aligned: the earlier-band check reads records' key rows from all over the matrix.
+    out = empty_line_aligned((data.shape[0], positions.shape[0]), dtype)
     starts = range(0, data.shape[0], _ROW_BLOCK)
     if workers > 1 and len(starts) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:

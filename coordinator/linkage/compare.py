@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.linkage.band_kernels import score_band_runs
+from coordinator.linkage.band_kernels import dice_bins, score_band_runs
 from coordinator.linkage.band_sort import band_columns, sorted_entries
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.floor_sink import FloorSink
-from coordinator.linkage.kernels import row_popcounts
+from coordinator.linkage.kernels import line_aligned, row_popcounts
 from coordinator.linkage.similarity import as_words
 from pplink.errors import MatchError
 
@@ -207,6 +207,12 @@ def compare_bands(
     offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
     if offsets[-1] >= 2**32:
         raise MatchError("blocked matching handles fewer than 2**32 records in all")
+    # The kernel looks each pair's bin up by popcounts instead of dividing (``dice_bins``).
+    bin_of, lowest_denominator = np.zeros((0, 0), dtype=np.uint8), 0
+    if len(histogram) and offsets[-1]:
+        present = [p for p in pops if len(p)]
+        lowest_pop, highest_pop = min(int(p.min()) for p in present), max(int(p.max()) for p in present)
+        bin_of, lowest_denominator = dice_bins(len(histogram), lowest_pop, highest_pop)
     words, keys = _one_type(words), _one_type(keys)
     out = _Output()
     scratch = 0
@@ -227,7 +233,8 @@ def compare_bands(
                 risen = kept_from != threshold
                 entry, kept, comparisons, largest = score_band_runs(
                     entries, entry, offsets, words, keys, band, sentinel, kept_from,
-                    kept_from if risen else floor, histogram[:0] if risen else histogram, *out.arrays, scratch,
+                    kept_from if risen else floor, histogram[:0] if risen else histogram, bin_of, lowest_denominator,
+                    *out.arrays, scratch,
                 )  # fmt: skip
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)
@@ -351,7 +358,7 @@ def prepare(
         band_keys = compute_band_keys(datasets, blocking, workers=workers, progress=progress, exact_largest=False)
     except ValueError as err:
         raise MatchError(str(err)) from err
-    words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
+    words = tuple(line_aligned(as_words(d)) for d in datasets)
     return Prepared(words=words, pops=tuple(row_popcounts(w) for w in words), band_keys=band_keys)
 
 

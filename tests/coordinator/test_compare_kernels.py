@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
-from coordinator.linkage.band_kernels import least_shared_bits
+from coordinator.linkage import compare
+from coordinator.linkage.band_kernels import dice_bins, least_shared_bits
 from coordinator.linkage.block_kernels import column_census
 from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage.compare import compare_datasets
-from coordinator.linkage.similarity import check_datasets
+from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
+from coordinator.linkage.similarity import as_words, check_datasets
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.55, 0.8, 0.9137, 1.0])
@@ -73,9 +76,9 @@ def test_compared_blocking_stats_equal_the_exact_census(bins: int | None) -> Non
 
 @pytest.mark.parametrize("nbytes", [32, 128])
 def test_pairs_kept_without_a_histogram_are_those_kept_with_one(nbytes: int) -> None:
-    """Without a histogram the kernel skips the division below the threshold (and, for 1024-bit
-    encodings on a CPU with vector popcounts, takes its own loop): it keeps exactly the pairs, with
-    the same similarities, and makes the same comparisons as with a histogram."""
+    """Without a histogram the kernel skips the division below the threshold (and with one it looks
+    each pair's bin up in a table): it keeps exactly the pairs, with the same similarities, and makes
+    the same comparisons as with a histogram."""
     rng = np.random.default_rng(11)
     base = np.packbits(rng.random((200, nbytes * 8)) < 0.35, axis=1)
     datasets = check_datasets([base ^ np.packbits(rng.random((200, nbytes * 8)) < 0.04, axis=1) for _ in range(3)])
@@ -89,3 +92,103 @@ def test_pairs_kept_without_a_histogram_are_those_kept_with_one(nbytes: int) -> 
 
     assert pairs(plain) == pairs(counted) and len(pairs(plain)) > 100
     assert plain.comparisons == counted.comparisons
+
+
+@njit(cache=False)
+def _division_bins(bins: int, denominator: int, most_shared: int) -> np.ndarray:
+    """The bins the kernel's division gives: ``min(int(sim * bins), bins - 1)`` of anonlink's Dice."""
+    out = np.empty(most_shared + 1, dtype=np.int64)
+    for shared in range(most_shared + 1):
+        sim = 0.0 if denominator == 0 else 2.0 * np.float64(shared) / np.float64(denominator)
+        out[shared] = min(int(sim * bins), bins - 1)
+    return out
+
+
+@pytest.mark.parametrize("bins", [10, 100, 256, 1000])
+def test_bin_table_is_the_division_for_every_pair_of_1024_bits(bins: int) -> None:
+    """For every denominator ``|a| + |b|`` and shared count that 1024-bit encodings can give
+    (``shared <= min(|a|, |b|) <= denominator / 2``), the table's bin is the division's."""
+    table, lowest = dice_bins(bins, 0, 1024)
+    assert lowest == 0 and table.shape == (2049, 1025)
+    for denominator in range(2049):
+        most = min(denominator // 2, 1024)
+        expected = _division_bins(bins, denominator, most)
+        assert np.array_equal(table[denominator, : most + 1].astype(np.int64), expected), denominator
+    # A table over a narrower popcount range holds the same bins, shifted to its lowest denominator.
+    narrow, lowest = dice_bins(bins, 300, 400)
+    assert lowest == 600 and np.array_equal(narrow, table[600:801, :401])
+
+
+def _bucket_reference(words: tuple, pops: tuple, keys: tuple, band: int, sentinel: int, threshold: float,
+                      bins: int) -> tuple[set, np.ndarray, int]:
+    """One band by :func:`bucket_pair_dice` (the division and the earlier-band check pair by pair)."""
+    column_a, column_b = keys[0][:, band], keys[1][:, band]
+    shared_keys = np.setdiff1d(np.intersect1d(column_a, column_b), [sentinel])
+    order_a, order_b = np.argsort(column_a, kind="stable"), np.argsort(column_b, kind="stable")
+    sides = []
+    for column, order in ((column_a, order_a), (column_b, order_b)):
+        starts = np.searchsorted(column[order], shared_keys, side="left")
+        counts = np.searchsorted(column[order], shared_keys, side="right") - starts
+        sides.append((starts.astype(np.int64), counts.astype(np.int64)))
+    (start_a, count_a), (start_b, count_b) = sides
+    capacity = int((count_a * count_b).sum()) + 1
+    out_a, out_b, out_sim = np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity)
+    histogram = np.zeros(bins, np.int64)
+    done, kept, comparisons = bucket_pair_dice(
+        words[0][order_a], words[1][order_b], pops[0][order_a], pops[1][order_b], order_a, order_b,
+        start_a, count_a, start_b, count_b, 0, keys[0], keys[1], band, sentinel, threshold, compare.DEDUP_FLOOR,
+        histogram, out_a, out_b, out_sim,
+    )  # fmt: skip
+    assert done == len(shared_keys)
+    kept_pairs = zip(out_a[:kept], out_b[:kept], out_sim[:kept], strict=True)
+    pairs = {(0, 1, int(a), int(b), float(s)) for a, b, s in kept_pairs}
+    return pairs, histogram, int(comparisons)
+
+
+@pytest.mark.parametrize("nbytes", [32, 128])
+def test_band_histogram_equals_the_bucket_kernels(nbytes: int) -> None:
+    """On random encodings whose pairs score across [0, 1], each band's histogram (bins by table,
+    counted in sub-histograms, pairs an earlier band found taken back out), kept pairs and comparison
+    count equal those of the reference bucket kernel, which divides and checks pair by pair."""
+    rng = np.random.default_rng(17)
+    n_a, n_b, bands = 400, 350, 3
+    base = np.packbits(rng.random((n_a, nbytes * 8)) < 0.35, axis=1)
+    noise = rng.random(n_a)[:, None] * 0.5  # per record: from near copies to unrelated
+    a = base
+    b = (base ^ np.packbits(rng.random(base.shape[:1] + (nbytes * 8,)) < noise, axis=1))[:n_b]
+    sentinel = 2**32 - 1
+    keys_a = rng.integers(0, 40, (n_a, bands)).astype(np.uint32)
+    keys_b = rng.integers(0, 40, (n_b, bands)).astype(np.uint32)
+    keys_b[: n_b // 2] = keys_a[: n_b // 2]  # these pairs share every band: later bands must drop them
+    keys_a[:10, 0] = sentinel  # skipped records share no key, the sentinel included
+    keys_b[:10, 0] = sentinel
+    words = (np.ascontiguousarray(as_words(a)), np.ascontiguousarray(as_words(b)))
+    pops = tuple(row_popcounts(w) for w in words)
+    keys = (keys_a, keys_b)
+    for band in range(bands):
+        pairs, histogram, comparisons = _bucket_reference(words, pops, keys, band, sentinel, 0.7, 100)
+        found = compare.compare_bands(range(band, band + 1), words, pops, keys, sentinel, 0.7, 100)
+        got = set()
+        for arrays in zip(found.dset_a, found.dset_b, found.rows_a, found.rows_b, found.sims, strict=True):
+            got |= {(int(x), int(y), int(r), int(t), float(s)) for x, y, r, t, s in zip(*arrays, strict=True)}
+        assert found.histogram is not None and np.array_equal(found.histogram, histogram), band
+        assert got == pairs and found.comparisons == comparisons, band
+        twins = {(int(r), int(t)) for _, _, r, t, _ in got if r == t and r < n_b // 2}
+        if band == 0:
+            assert histogram[:50].sum() > 100 and histogram[50:].sum() > 100  # both sides of the dedup floor
+            assert len(twins) > 50
+        else:
+            # Found in band 0 already, but for those skipped there (first found in band 1).
+            assert all(r < 10 for r, _ in twins) and (len(twins) > 0) == (band == 1)
+
+
+def test_a_popcount_outside_the_bin_table_is_refused() -> None:
+    """The kernel indexes the bin table without bounds checks: popcounts that the table (built from
+    the caller's ``pops``) does not cover are refused, not read out of bounds."""
+    rng = np.random.default_rng(3)
+    data = np.packbits(rng.random((50, 1024)) < 0.35, axis=1)
+    words = (np.ascontiguousarray(as_words(data)),) * 2
+    keys = (np.zeros((50, 1), np.uint32),) * 2
+    wrong = (np.full(50, 5, np.int64),) * 2
+    with pytest.raises(ValueError, match="outside the histogram's bin table"):
+        compare.compare_bands(range(1), words, wrong, keys, 2**32 - 1, 0.7, 100)

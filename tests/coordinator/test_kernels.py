@@ -13,7 +13,7 @@ from coordinator.linkage.band_sort import radix_sort
 from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
 from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage.compare import Found, compare_datasets
-from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
+from coordinator.linkage.kernels import bucket_pair_dice, empty_line_aligned, line_aligned, row_popcounts
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice
 from pplink.errors import MatchError
 
@@ -277,3 +277,18 @@ def test_a_bucket_larger_than_the_kernels_chunk_is_scored_whole() -> None:
             rows_a, rows_b = np.nonzero(sims >= 0.7)
             expected |= {(d_a, d_b, int(a), int(b), float(sims[a, b])) for a, b in zip(rows_a, rows_b, strict=True)}
     assert _pairs(found) == expected and len(expected) >= 3 * 700
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+def test_line_aligned_arrays_start_on_a_cache_line(dtype: type) -> None:
+    """Encodings and key matrices handed to the kernels start on a 64-byte line, with the same values;
+    an array that already does is used as it is."""
+    base = np.arange(16 * 101 + 2, dtype=dtype)
+    for offset in range(3):  # numpy's 16-byte alignment, and offsets off it
+        array = base[offset : offset + 16 * 101].reshape(101, 16)
+        aligned = line_aligned(array)
+        assert aligned.ctypes.data % 64 == 0 and aligned.flags.c_contiguous
+        assert np.array_equal(aligned, array) and aligned.dtype == array.dtype
+        assert line_aligned(aligned) is aligned
+    empty = empty_line_aligned((7, 96), dtype)
+    assert empty.ctypes.data % 64 == 0 and empty.shape == (7, 96) and empty.dtype == dtype

@@ -31,6 +31,8 @@ __all__ = ["sorted_batches", "sorted_distinct_batches"]
 _PARALLEL_FROM = 1 << 20
 #: Keys sharing their sorted low bits searched for a repeated index before the answer is "not known".
 _RUN_MOST = 256
+#: A rank no pair has yet: a NaN's bits, never those of a similarity the sort takes (all finite).
+_UNSET = 0xFFFFFFFFFFFFFFFF
 
 
 @njit(cache=True, nogil=True)
@@ -54,6 +56,67 @@ def _merge(key_a: np.ndarray, pay_a: np.ndarray, key_b: np.ndarray, pay_b: np.nd
         key_out[o], pay_out[o] = key_b[j], pay_b[j]
         j += 1
         o += 1
+
+
+@njit(cache=True, nogil=True)
+def _merge_keys(key_a: np.ndarray, key_b: np.ndarray, key_out: np.ndarray) -> None:
+    """:func:`_merge` of keys that carry nothing."""
+    i, j, o = 0, 0, 0
+    while i < len(key_a) and j < len(key_b):
+        if key_b[j] < key_a[i]:
+            key_out[o] = key_b[j]
+            j += 1
+        else:
+            key_out[o] = key_a[i]
+            i += 1
+        o += 1
+    key_out[o : o + len(key_a) - i] = key_a[i:]
+    o += len(key_a) - i
+    key_out[o : o + len(key_b) - j] = key_b[j:]
+
+
+@njit(cache=True, nogil=True)
+def _unset_table(rank_bits: int) -> np.ndarray:
+    """A table of each rank's similarity (its float64 bits), every slot :data:`_UNSET`."""
+    return np.full(1 << rank_bits, np.uint64(_UNSET), dtype=np.uint64)
+
+
+@njit(cache=True, nogil=True)
+def _table_ranks(key: np.ndarray, sims_bits: np.ndarray, rank_shift: int, table: np.ndarray, start: int) -> bool:
+    """Note each pair's similarity (``sims_bits``, keys ``key[start:]``) under its rank; ``False``: a rank holds two."""
+    consistent = True
+    shift = np.uint64(rank_shift)
+    for i in range(len(sims_bits)):
+        rank = key[start + i] >> shift
+        held = table[rank]
+        if held != sims_bits[i]:
+            if held == np.uint64(_UNSET):
+                table[rank] = sims_bits[i]
+            else:
+                consistent = False
+    return consistent
+
+
+@njit(cache=True, nogil=True)
+def _join_tables(table: np.ndarray, other: np.ndarray) -> bool:
+    """Add ``other``'s ranks to ``table``; ``False`` if a rank holds two similarities."""
+    for r in range(len(table)):
+        if other[r] != np.uint64(_UNSET):
+            if table[r] == np.uint64(_UNSET):
+                table[r] = other[r]
+            elif table[r] != other[r]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _unpack_tabled(key: np.ndarray, widths: np.ndarray, table: np.ndarray, sims_bits: np.ndarray, d_a: np.ndarray,
+                   d_b: np.ndarray, r_a: np.ndarray, r_b: np.ndarray) -> None:
+    """:func:`_unpack_all`, and each pair's similarity read from ``table`` by its rank."""
+    rank_shift = np.uint64(widths[0] + widths[1] + widths[2] + widths[3])
+    _unpack_all(key, widths, d_a, d_b, r_a, r_b)
+    for i in range(len(key)):
+        sims_bits[i] = table[key[i] >> rank_shift]
 
 
 @njit(cache=True, nogil=True)
@@ -100,10 +163,11 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
     so both end in the same buffer and the merge writes into the other one, which is already mapped.
     Also says whether the keys' low ``index_bits`` are known to be distinct: after the passes of the
     digits below them the halves are sorted by those digits, and one walk over both finds equal
-    ones (:func:`_index_repeats`; no ``index_bits``: not known).
+    ones (:func:`_index_repeats`; no ``index_bits``: not known). An empty ``payload`` carries
+    nothing (the keys alone move).
     """
     n = len(key)
-    key_tmp, pay_tmp = _empty_like(key, n), _empty_like(payload, n)
+    key_tmp, pay_tmp = _empty_like(key, n), _empty_like(payload, len(payload))
     passes = (bits + _DIGIT - 1) // _DIGIT
     split = min(index_bits // _DIGIT, passes)  # passes of digits wholly below ``index_bits``
     parallel = workers >= 2 and n >= _PARALLEL_FROM
@@ -123,13 +187,16 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
             k_b, p_b = _radix_passes(k[half:], q[half:], second, stage, k_tmp[half:], q_tmp[half:])
             k_a, p_a = left.result()
             where ^= int(stage.sum()) % 2
-            if repeats < 0 and split:
+            if repeats < 0 and index_bits:
                 repeats = _index_repeats(k_a, k_b, split * _DIGIT, index_bits)
     if not parallel:
         return k_a, p_a, repeats == 0
     # The halves lie in one buffer: merged into the other, already mapped.
     out_key, out_pay = buffers[1 - where]
-    _merge(k_a, p_a, k_b, p_b, out_key, out_pay)
+    if len(payload):
+        _merge(k_a, p_a, k_b, p_b, out_key, out_pay)
+    else:
+        _merge_keys(k_a, k_b, out_key)
     return out_key, out_pay, repeats == 0
 
 
@@ -177,10 +244,12 @@ def sorted_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.n
                    r_b: list[np.ndarray], *, workers: int = 1) -> tuple[np.ndarray, ...]:
     """:func:`sorted_candidates` of batches of pairs, each column given as a list of its batches' arrays.
 
-    The batches are never joined: each one's keys are written straight into one array and the batch
-    is dropped (the lists are emptied), and every large array is numba's, in small pages (see
-    :func:`_sort_keys`): at a round's floor, fresh 100 MB numpy arrays cost seconds of page faults.
-    With ``workers`` > 1 a large sort's halves run on two threads and are merged (the same order).
+    The batches are never joined: each one's keys are written straight into one array (the lists
+    are emptied), and every large array is numba's, in small pages (see :func:`_sort_keys`): at a
+    round's floor, fresh 100 MB numpy arrays cost seconds of page faults. When every similarity
+    rank holds one value (Dice values of one round's encodings), the keys are sorted alone and the
+    similarities read back by rank; otherwise they ride with their keys. With ``workers`` > 1 a
+    large sort's halves run on two threads and are merged (the same order).
 
     >>> [c.tolist() for c in sorted_batches([np.array([0.7]), np.array([0.9, 0.7])], *([np.array([0]),
     ...                                      np.array([0, 0])],) * 2, [np.array([2]), np.array([0, 1])],
@@ -229,10 +298,52 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     layout = np.array(widths, dtype=np.int64)
     dtypes = [batches[0][k].dtype for k in range(5)]
     key = _empty_like(np.zeros(0, dtype=np.uint64), n)
-    values = _empty_like(np.zeros(0, dtype=np.float64), n)
     # With some pair's datasets the other way round (or one dataset) a repeat may be spelt differently.
     index_bits = int(layout.sum())
     checked = index_bits if all(b[8] for b in bounds) else 0
+    parallel = workers > 1 and n >= _PARALLEL_FROM and len(batches) > 1
+    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
+    half = n // 2
+    if parallel:
+        starts = np.cumsum([0] + [len(batch[0]) for batch in batches])
+        cut = min(max(int(np.searchsorted(starts, n // 2)), 1), len(batches) - 1)
+        parts = [(batches[:cut], 0), (batches[cut:], int(starts[cut]))]
+    else:
+        parts = [(batches[:], 0)]
+    batches.clear()
+
+    # First the keys alone, each similarity noted under its rank: Dice values of the same encodings
+    # are far enough apart that every rank holds one (see candidate_order), and then the sort moves
+    # the keys alone (half the bytes a pass moves with the similarities) and reads them back by rank.
+    def tabled(part: list[tuple[np.ndarray, ...]], at: int) -> tuple[np.ndarray, bool]:
+        table, consistent = _unset_table(rank_bits), True
+        for batch in part:
+            _keys_into(*batch, layout, rank_bits, lo, hi, key, key[:0], at)
+            consistent &= _table_ranks(key, batch[0].view(np.uint64), index_bits, table, at)
+            at += len(batch[0])
+        return table, consistent
+
+    with ThreadPoolExecutor(1) as pool:
+        keyed = [pool.submit(tabled, *part) for part in parts[1:]]
+        results = [tabled(*parts[0])] + [f.result() for f in keyed]
+    table = results[0][0]
+    if all(ok for _, ok in results) and all(_join_tables(table, other) for other, _ in results[1:]):
+        parts.clear()
+        results.clear()
+        key, _, distinct = _sort_halves(key, np.zeros(0), index_bits + rank_bits, workers, checked)
+        values = _empty_like(np.zeros(0, dtype=np.float64), n)
+        if parallel:
+            with ThreadPoolExecutor(1) as pool:
+                unpacked = pool.submit(_unpack_tabled, key[:half], layout, table, values[:half].view(np.uint64),
+                                       *(o[:half] for o in out))
+                _unpack_tabled(key[half:], layout, table, values[half:].view(np.uint64), *(o[half:] for o in out))
+                unpacked.result()
+        else:
+            _unpack_tabled(key, layout, table, values.view(np.uint64), *out)
+        return (values, *out), distinct
+    results.clear()
+    # Some rank holds two similarities: the similarities ride with their keys, and ties are put right.
+    values = _empty_like(np.zeros(0, dtype=np.float64), n)
 
     def fill(part: list[tuple[np.ndarray, ...]], at: int) -> None:
         part.reverse()
@@ -242,27 +353,19 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
             at += len(batch[0])
             del batch
 
-    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
-    if workers > 1 and n >= _PARALLEL_FROM and len(batches) > 1:
-        # Two threads key the batches of each half of the pairs, and unpack each half of the sorted keys.
-        starts = np.cumsum([0] + [len(batch[0]) for batch in batches])
-        cut = min(max(int(np.searchsorted(starts, n // 2)), 1), len(batches) - 1)
-        first, second, at = batches[:cut], batches[cut:], int(starts[cut])
-        batches.clear()
-        with ThreadPoolExecutor(1) as pool:
-            keyed = pool.submit(fill, first, 0)
-            fill(second, at)
-            keyed.result()
-        key, values, distinct = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
-        _fix_ties(key, values, values, index_bits, False)
-        half = n // 2
+    with ThreadPoolExecutor(1) as pool:
+        keyed = [pool.submit(fill, *part) for part in parts[1:]]
+        fill(*parts[0])
+        for f in keyed:
+            f.result()
+    parts.clear()
+    key, values, distinct = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
+    _fix_ties(key, values, values, index_bits, False)
+    if parallel:
         with ThreadPoolExecutor(1) as pool:
             unpacked = pool.submit(_unpack_all, key[:half], layout, *(o[:half] for o in out))
             _unpack_all(key[half:], layout, *(o[half:] for o in out))
             unpacked.result()
-        return (values, *out), distinct
-    fill(batches, 0)
-    key, values, distinct = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
-    _fix_ties(key, values, values, index_bits, False)
-    _unpack_all(key, layout, *out)
+    else:
+        _unpack_all(key, layout, *out)
     return (values, *out), distinct

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-__all__ = ["greedy_roots", "greedy_solve_groups"]
+__all__ = ["distinct_dataset_roots", "greedy_roots", "greedy_solve_groups"]
 
 
 @njit(cache=True, nogil=True)
@@ -155,8 +155,14 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _solve_distinct(u: np.ndarray, v: np.ndarray, n: int, bit: np.ndarray) -> np.ndarray:
-    """:func:`_solve`'s groups when no pair repeats and every pair joins two parties (``bit``: each node's, < 2**31).
+def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, sets_b: np.ndarray,
+                    offsets: np.ndarray, party: np.ndarray, n: int) -> tuple[np.ndarray, bool]:
+    """:func:`_solve`'s groups when no pair repeats and every pair joins two parties (below 31): ``(root, True)``.
+
+    A pair's ends are nodes ``offsets[sets_a[i]] + rows_a[i]`` and ``offsets[sets_b[i]] + rows_b[i]``
+    of parties ``sets_a[i]`` and ``sets_b[i]`` (a round's columns, read as they are: no node numbers
+    are written), or, with ``sets_a`` empty, nodes ``rows_a[i]`` and ``rows_b[i]`` of parties
+    ``party[...]``. A pair inside one party ends the solve: ``(empty, False)``.
 
     Then two groups sharing a party never merge (that party's pair is never an edge), a group holds
     at most one node per party, and few edges can ever be counted: an edge is counted only while its
@@ -177,14 +183,23 @@ def _solve_distinct(u: np.ndarray, v: np.ndarray, n: int, bit: np.ndarray) -> np
     other = np.empty(1024, dtype=np.int32)  # by kept edge end: the other end
     older = np.empty(1024, dtype=np.int32)  # by kept edge end: the same node's previous one
     m = 0
-    for i in range(len(u)):
-        a, b = u[i], v[i]
+    by_sets = len(sets_a) > 0
+    one = np.int64(1)
+    for i in range(len(rows_a)):
+        if by_sets:
+            pa, pb = np.int64(sets_a[i]), np.int64(sets_b[i])
+            a, b = offsets[pa] + np.int64(rows_a[i]), offsets[pb] + np.int64(rows_b[i])
+        else:
+            a, b = np.int64(rows_a[i]), np.int64(rows_b[i])
+            pa, pb = np.int64(party[a]), np.int64(party[b])
+        if pa == pb:
+            return np.zeros(0, dtype=np.int64), False
         sa, sb = state[a], state[b]
         if sa != 0 and sb != 0 and (((sa & sb) >> 32) != 0 or (sa & low) == (sb & low)):
             continue  # one group already, or two sharing a party: nothing changes, nothing to keep
         ga, gb = np.int32((sa & low) - 1), np.int32((sb & low) - 1)
         if ga < 0 and gb < 0:
-            word = ((bit[a] | bit[b]) << 32) | (a + 1)
+            word = (((one << pa) | (one << pb)) << 32) | (a + 1)
             state[a] = word
             state[b] = word
             size[a] = 2
@@ -194,18 +209,18 @@ def _solve_distinct(u: np.ndarray, v: np.ndarray, n: int, bit: np.ndarray) -> np
             continue
         if ga < 0 or gb < 0:
             if ga < 0:
-                g, new = gb, a
+                g, new, bit = gb, a, one << pa
             else:
-                g, new = ga, b
+                g, new, bit = ga, b, one << pb
             if size[g] == 1:
-                word = (bit[new] << 32) | state[g]
+                word = (bit << 32) | state[g]
                 state[g] = word
                 state[new] = word
                 nxt[tail[g]] = new
                 tail[g] = new
                 size[g] = 2
                 continue
-            state[new] = (bit[new] << 32) | (new + 1)
+            state[new] = (bit << 32) | (new + 1)
             size[new] = 1
             head[new] = new
             tail[new] = new
@@ -246,7 +261,7 @@ def _solve_distinct(u: np.ndarray, v: np.ndarray, n: int, bit: np.ndarray) -> np
         kept[a] += 1
         kept[b] += 1
         m += 2
-    return _roots(size, head, nxt)
+    return _roots(size, head, nxt), True
 
 
 @njit(cache=True, nogil=True)
@@ -309,9 +324,10 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
     if len(u) == 0:
         return np.full(n, -1, dtype=np.int64)
     if distinct and party is not None and len(party) and 0 <= np.min(party) and np.max(party) < 31:
-        party = np.asarray(party, dtype=np.int8)
-        if not _any_within(u, v, party):
-            return _solve_distinct(u, v, n, np.left_shift(1, party.astype(np.int64)))
+        none = np.zeros(0, dtype=np.int64)
+        root, solved = _solve_distinct(u, none, v, none, none, np.asarray(party, dtype=np.int8), n)
+        if solved:
+            return root
     indptr, nbr = _adjacency(u, v, n)
     # A pair given twice counts twice, as anonlink counts it: then every cross pair's edges are counted.
     repeated = _has_repeats(indptr, nbr, n)
@@ -321,6 +337,29 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
         if not _any_within(u, v, party):
             bit = np.left_shift(1, party.astype(np.int64))
     return _solve(u, v, n, indptr, nbr, repeated, bit)
+
+
+def distinct_dataset_roots(sizes: Sequence[int], d_a: np.ndarray, r_a: np.ndarray, d_b: np.ndarray,
+                           r_b: np.ndarray) -> np.ndarray | None:
+    """:func:`greedy_roots` of distinct pairs ``(d_a, r_a) - (d_b, r_b)`` between datasets of ``sizes`` records.
+
+    Records are numbered dataset after dataset. The pairs must be known distinct (see ``distinct``
+    of :func:`greedy_roots`); the columns are read as they are. ``None`` where the adjacency-free
+    solve does not apply (a pair inside one dataset, 31 datasets or more, 2**31 records or more):
+    then number the nodes and call :func:`greedy_roots`.
+
+    >>> distinct_dataset_roots([2, 2], np.array([0, 0]), np.array([0, 1]), np.array([1, 1]), np.array([1, 0])).tolist()
+    [0, 1, 1, 0]
+    """
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(offsets[-1])
+    if n >= 2**31 or len(sizes) >= 31:
+        return None
+    if len(d_a) == 0:
+        return np.full(n, -1, dtype=np.int64)
+    columns = [np.ascontiguousarray(x) for x in (r_a, d_a, r_b, d_b)]
+    root, solved = _solve_distinct(*columns, offsets, np.zeros(0, dtype=np.int8), n)
+    return root if solved else None
 
 
 @njit(cache=True, nogil=True)

@@ -33,7 +33,7 @@ from coordinator.linkage.candidate_batches import sorted_distinct_batches
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.floor_sink import FloorSink
-from coordinator.linkage.greedy import greedy_roots
+from coordinator.linkage.greedy import distinct_dataset_roots, greedy_roots
 from coordinator.linkage.similarity import check_datasets, compute_dice
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
@@ -221,6 +221,11 @@ def solve_candidates(candidates: Candidates, sizes: Sequence[int], *,
     """
     _, (d_a, d_b), (r_a, r_b) = candidates
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    # Distinct pairs are solved from the columns themselves (no node numbers written, no adjacency).
+    root = distinct_dataset_roots(sizes, d_a, r_a, d_b, r_b) if distinct else None
+    if root is not None:
+        labels, n_clusters, linked = _labels(root)
+        return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters, linked
     if offsets[-1] < 2**31 and len(d_a):
         # Node numbers in 32 bits (4 bytes a pair; a floor solve takes millions of pairs), each in one
         # compiled pass into numba's small pages (see candidate_order._sort_keys).

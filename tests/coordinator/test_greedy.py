@@ -255,3 +255,14 @@ def test_sorted_batches_say_whether_pairs_are_distinct(monkeypatch: pytest.Monke
             got, distinct = sorted_distinct_batches(*[list(np.split(c, cuts)) for c in columns], workers=workers)
             assert distinct == (change == 0), (trial, workers)
             assert all(x.tolist() == y.tolist() for x, y in zip(got, expected, strict=True))
+
+
+def test_sorted_batches_keep_each_similaritys_bits() -> None:
+    """Invariant: 0.0 and -0.0 share a rank but not their bits: the similarities come back as given, in order."""
+    sims = np.array([0.0, -0.0, 0.5, -0.0])
+    columns = [np.zeros(4, np.uint32), np.ones(4, np.uint32), np.array([3, 1, 2, 0], np.uint32), np.zeros(4, np.uint32)]
+    expected = np.lexsort((columns[3], columns[2], columns[1], columns[0], -sims))
+    for workers in (1, 2):
+        got, distinct = sorted_distinct_batches([sims.copy()], *([c.copy()] for c in columns), workers=workers)
+        assert np.signbit(got[0]).tolist() == np.signbit(sims[expected]).tolist() and distinct
+        assert got[3].tolist() == columns[2][expected].tolist()

@@ -155,6 +155,33 @@ def _index_repeats(key_a: np.ndarray, key_b: np.ndarray, sorted_bits: int, index
     return 0
 
 
+@njit(cache=True, nogil=True)
+def _first_at_least(key: np.ndarray, sorted_bits: int, value: np.uint64) -> int:
+    """Where the first key whose low ``sorted_bits`` are at least ``value`` is (``key`` sorted by those bits)."""
+    low = np.uint64((1 << sorted_bits) - 1)
+    lo, hi = 0, len(key)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if key[mid] & low < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _repeats_on_two_threads(pool: ThreadPoolExecutor | None, key_a: np.ndarray, key_b: np.ndarray, sorted_bits: int,
+                            index_bits: int) -> int:
+    """:func:`_index_repeats` split at one value of the sorted bits (no run split) on two threads; no pool: one."""
+    if pool is None or sorted_bits == 0 or len(key_a) == 0:
+        return _index_repeats(key_a, key_b, sorted_bits, index_bits)
+    pivot = key_a[len(key_a) // 2] & np.uint64((1 << sorted_bits) - 1)
+    at_a, at_b = _first_at_least(key_a, sorted_bits, pivot), _first_at_least(key_b, sorted_bits, pivot)
+    below = pool.submit(_index_repeats, key_a[:at_a], key_b[:at_b], sorted_bits, index_bits)
+    above = _index_repeats(key_a[at_a:], key_b[at_b:], sorted_bits, index_bits)
+    answers = (below.result(), above)
+    return 1 if 1 in answers else -1 if -1 in answers else 0
+
+
 def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
                  index_bits: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
     """:func:`_radix_sort` of ``key`` with ``payload``, each half on its own thread, then merged (equal result).
@@ -188,7 +215,7 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
             k_a, p_a = left.result()
             where ^= int(stage.sum()) % 2
             if repeats < 0 and index_bits:
-                repeats = _index_repeats(k_a, k_b, split * _DIGIT, index_bits)
+                repeats = _repeats_on_two_threads(pool if parallel else None, k_a, k_b, split * _DIGIT, index_bits)
     if not parallel:
         return k_a, p_a, repeats == 0
     # The halves lie in one buffer: merged into the other, already mapped.

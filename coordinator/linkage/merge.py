@@ -104,20 +104,23 @@ def merge_split_clusters(
     members: dict[int, list[tuple[int, int]]] = {}
     for d, lab in enumerate(labels):
         np.bitwise_or.at(mask, lab, 1 << d)
-    edges = []
+    edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for (d_a, d_b), (rows_a, rows_b, scores) in links.items():
         keep = scores >= threshold
         c_a, c_b = labels[d_a][rows_a[keep]], labels[d_b][rows_b[keep]]
         apart = c_a != c_b
         if duplicate_similarity is None:
             apart &= (mask[c_a] & mask[c_b]) == 0
-        edges.extend(zip(scores[keep][apart].tolist(), c_a[apart].tolist(), c_b[apart].tolist(), strict=True))
-    if not edges:
+        edges.append((np.asarray(scores[keep][apart], dtype=np.float64), c_a[apart], c_b[apart]))
+    score, first, second = (np.concatenate(column) for column in zip(*edges, strict=True)) if edges else ((),) * 3
+    if not len(score):
         out, count = relabel(labels)
         return out, count, 0
-    involved = {c for _, a, b in edges for c in (a, b)}
+    involved = np.zeros(n, dtype=np.bool_)
+    involved[first] = True
+    involved[second] = True
     for d, lab in enumerate(labels):
-        for row in np.flatnonzero(np.isin(lab, list(involved))).tolist():
+        for row in np.flatnonzero(involved[lab]).tolist():
             members.setdefault(int(lab[row]), []).append((d, row))
     parent = list(range(n))
 
@@ -129,7 +132,9 @@ def merge_split_clusters(
 
     _scores = _Scorer(datasets)
     joins = 0
-    for _, a, b in sorted(edges, key=lambda e: (-e[0], e[1], e[2])):
+    # Most similar first, then by cluster numbers; a stable sort, as ``sorted`` on (-score, a, b) orders them.
+    order = np.lexsort((second, first, -score))
+    for a, b in zip(first[order].tolist(), second[order].tolist(), strict=True):
         ra, rb = root(a), root(b)
         if ra == rb:
             continue

@@ -112,7 +112,10 @@ def _join_tables(table: np.ndarray, other: np.ndarray) -> bool:
 @njit(cache=True, nogil=True)
 def _unpack_tabled(key: np.ndarray, widths: np.ndarray, table: np.ndarray, sims_bits: np.ndarray, d_a: np.ndarray,
                    d_b: np.ndarray, r_a: np.ndarray, r_b: np.ndarray) -> None:
-    """:func:`_unpack_all`, and each pair's similarity read from ``table`` by its rank."""
+    """:func:`_unpack_all`, and each pair's similarity read from ``table`` by its rank.
+
+    ``sims_bits`` may be ``key``'s own memory: every key is read before its slot is written.
+    """
     rank_shift = np.uint64(widths[0] + widths[1] + widths[2] + widths[3])
     _unpack_all(key, widths, d_a, d_b, r_a, r_b)
     for i in range(len(key)):
@@ -183,7 +186,7 @@ def _repeats_on_two_threads(pool: ThreadPoolExecutor | None, key_a: np.ndarray, 
 
 
 def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
-                 index_bits: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:
+                 index_bits: int = 0) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
     """:func:`_radix_sort` of ``key`` with ``payload``, each half on its own thread, then merged (equal result).
 
     Both halves run the passes the whole array needs (a digit every key shares is skipped by both),
@@ -191,7 +194,7 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
     Also says whether the keys' low ``index_bits`` are known to be distinct: after the passes of the
     digits below them the halves are sorted by those digits, and one walk over both finds equal
     ones (:func:`_index_repeats`; no ``index_bits``: not known). An empty ``payload`` carries
-    nothing (the keys alone move).
+    nothing (the keys alone move). Last comes the other key buffer, mapped and free for reuse.
     """
     n = len(key)
     key_tmp, pay_tmp = _empty_like(key, n), _empty_like(payload, len(payload))
@@ -217,14 +220,14 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
             if repeats < 0 and index_bits:
                 repeats = _repeats_on_two_threads(pool if parallel else None, k_a, k_b, split * _DIGIT, index_bits)
     if not parallel:
-        return k_a, p_a, repeats == 0
+        return k_a, p_a, repeats == 0, buffers[1 - where][0]
     # The halves lie in one buffer: merged into the other, already mapped.
     out_key, out_pay = buffers[1 - where]
     if len(payload):
         _merge(k_a, p_a, k_b, p_b, out_key, out_pay)
     else:
         _merge_keys(k_a, k_b, out_key)
-    return out_key, out_pay, repeats == 0
+    return out_key, out_pay, repeats == 0, buffers[where][0]
 
 
 @njit(cache=True, nogil=True)
@@ -329,7 +332,6 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     index_bits = int(layout.sum())
     checked = index_bits if all(b[8] for b in bounds) else 0
     parallel = workers > 1 and n >= _PARALLEL_FROM and len(batches) > 1
-    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
     half = n // 2
     if parallel:
         starts = np.cumsum([0] + [len(batch[0]) for batch in batches])
@@ -357,8 +359,16 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     if all(ok for _, ok in results) and all(_join_tables(table, other) for other, _ in results[1:]):
         parts.clear()
         results.clear()
-        key, _, distinct = _sort_halves(key, np.zeros(0), index_bits + rank_bits, workers, checked)
-        values = _empty_like(np.zeros(0, dtype=np.float64), n)
+        key, _, distinct, spare = _sort_halves(key, np.zeros(0), index_bits + rank_bits, workers, checked)
+        # Fresh memory costs its page faults (~35 ms per 100 MB): the similarities overwrite their own
+        # sorted keys (each slot once its key is read), and two 4-byte columns fill the sort's spare buffer.
+        values = key.view(np.float64)
+        out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[3:]]
+        if dtypes[1].itemsize == dtypes[2].itemsize == 4:
+            out = [spare.view(dtypes[1])[:n], spare.view(dtypes[2])[n:], *out]
+        else:
+            out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:3]] + out
+        del spare
         if parallel:
             with ThreadPoolExecutor(1) as pool:
                 unpacked = pool.submit(_unpack_tabled, key[:half], layout, table, values[:half].view(np.uint64),
@@ -371,6 +381,7 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     results.clear()
     # Some rank holds two similarities: the similarities ride with their keys, and ties are put right.
     values = _empty_like(np.zeros(0, dtype=np.float64), n)
+    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
 
     def fill(part: list[tuple[np.ndarray, ...]], at: int) -> None:
         part.reverse()
@@ -386,7 +397,7 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
         for f in keyed:
             f.result()
     parts.clear()
-    key, values, distinct = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
+    key, values, distinct, _ = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
     _fix_ties(key, values, values, index_bits, False)
     if parallel:
         with ThreadPoolExecutor(1) as pool:

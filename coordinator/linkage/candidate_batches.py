@@ -344,20 +344,26 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     # First the keys alone, each similarity noted under its rank: Dice values of the same encodings
     # are far enough apart that every rank holds one (see candidate_order), and then the sort moves
     # the keys alone (half the bytes a pass moves with the similarities) and reads them back by rank.
-    def tabled(part: list[tuple[np.ndarray, ...]], at: int) -> tuple[np.ndarray, bool]:
-        table, consistent = _unset_table(rank_bits), True
-        for batch in part:
+    # Each batch's indices go as soon as its keys are written; its similarities stay until the table
+    # is known to hold them (no more memory than the similarities' copy riding with the keys took).
+    def tabled(part: list[tuple[np.ndarray, ...]], at: int) -> tuple[np.ndarray, bool, list[np.ndarray]]:
+        table, consistent, kept = _unset_table(rank_bits), True, []
+        part.reverse()
+        while part:
+            batch = part.pop()
             _keys_into(*batch, layout, rank_bits, lo, hi, key, key[:0], at)
             consistent &= _table_ranks(key, batch[0].view(np.uint64), index_bits, table, at)
             at += len(batch[0])
-        return table, consistent
+            kept.append(batch[0])
+            del batch
+        return table, consistent, kept
 
     with ThreadPoolExecutor(1) as pool:
         keyed = [pool.submit(tabled, *part) for part in parts[1:]]
         results = [tabled(*parts[0])] + [f.result() for f in keyed]
+    parts.clear()
     table = results[0][0]
-    if all(ok for _, ok in results) and all(_join_tables(table, other) for other, _ in results[1:]):
-        parts.clear()
+    if all(ok for _, ok, _ in results) and all(_join_tables(table, other) for other, _, _ in results[1:]):
         results.clear()
         key, _, distinct, spare = _sort_halves(key, np.zeros(0), index_bits + rank_bits, workers, checked)
         # Fresh memory costs its page faults (~35 ms per 100 MB): the similarities overwrite their own
@@ -378,25 +384,16 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
         else:
             _unpack_tabled(key, layout, table, values.view(np.uint64), *out)
         return (values, *out), distinct
-    results.clear()
-    # Some rank holds two similarities: the similarities ride with their keys, and ties are put right.
+    # Some rank holds two similarities: the similarities ride with their keys (in the keys' order:
+    # the parts' batches in turn), and ties are put right.
     values = _empty_like(np.zeros(0, dtype=np.float64), n)
+    at = 0
+    for _, _, kept in results:
+        for sims_part in kept:
+            values[at : at + len(sims_part)] = sims_part
+            at += len(sims_part)
+    results.clear()
     out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
-
-    def fill(part: list[tuple[np.ndarray, ...]], at: int) -> None:
-        part.reverse()
-        while part:  # each batch goes as soon as its keys are written
-            batch = part.pop()
-            _keys_into(*batch, layout, rank_bits, lo, hi, key, values, at)
-            at += len(batch[0])
-            del batch
-
-    with ThreadPoolExecutor(1) as pool:
-        keyed = [pool.submit(fill, *part) for part in parts[1:]]
-        fill(*parts[0])
-        for f in keyed:
-            f.result()
-    parts.clear()
     key, values, distinct, _ = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
     _fix_ties(key, values, values, index_bits, False)
     if parallel:

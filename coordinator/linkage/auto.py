@@ -132,12 +132,13 @@ class _Clock:
 def _pair_calibrations(
     datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
     capture: np.ndarray | None = None, timings: dict[str, float] | None = None, workers: int = 1,
-    warm: Sequence[float] | None = None,
+    warm: Sequence[float] | None = None, distinct: bool = False,
 ) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
     """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links.
 
     ``warm``: where each pair's fit starts in place of the fixed starting points (the round's own
     fit's :func:`~coordinator.linkage.mixture.warm_start`; ``None``: the fixed starts).
+    ``distinct``: the candidates are known to hold no pair twice (faster solves).
     """
     sizes = [len(d) for d in datasets]
     out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
@@ -149,7 +150,7 @@ def _pair_calibrations(
 
     def solve(key: tuple[int, int]) -> tuple[ScoreHistogram, Links]:
         d_a, d_b = key
-        rows_a, rows_b = pair_links(grouped, d_a, d_b, sizes[d_a], sizes[d_b])
+        rows_a, rows_b = pair_links(grouped, d_a, d_b, sizes[d_a], sizes[d_b], distinct=distinct)
         scores = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
         return replace(score_histogram(scores, floor), capture=capture), (rows_a, rows_b, scores)
 
@@ -184,7 +185,8 @@ def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: flo
         again = match_clks(datasets, threshold, blocking=blocking, workers=workers, histogram_bins=None)
         return replace(again, histogram=first.histogram)
     candidates = select_candidates(first.candidates, threshold=threshold)
-    labels, n_clusters, linked = solve_candidates(candidates, [len(d) for d in datasets])
+    labels, n_clusters, linked = solve_candidates(candidates, [len(d) for d in datasets],
+                                                  distinct=first.candidates_distinct)
     stats = first.stats.model_copy(update={"threshold": threshold, "candidate_pairs": len(candidates[0]),
                                            "clusters": n_clusters, "linked_records": linked})
     return MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=first.histogram)
@@ -302,7 +304,8 @@ def auto_match(
         # The round's own fit first (the gate's, when it made one): each agency pair's starts from it.
         warm = warm_start(fit_mixture(histogram))
         clock.lap("calibration_fit")
-        pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers, warm)
+        pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers, warm,
+                                   first.candidates_distinct)
     clock.lap(None)
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
     overall = calibrate(histogram, threshold=threshold,

@@ -47,10 +47,14 @@ def _digit_counts(key: np.ndarray, passes: int) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _radix_passes(key: np.ndarray, payload: np.ndarray, counts: np.ndarray, run: np.ndarray, key_tmp: np.ndarray,
                   pay_tmp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The LSD passes ``run`` marks, each scattering by its digit (``counts``: this array's digit counts)."""
+    """The LSD passes ``run`` marks, each scattering by its digit (``counts``: this array's digit counts).
+
+    An empty ``payload`` (and ``pay_tmp``) carries nothing: the keys alone move.
+    """
     n = len(key)
     radix = 1 << _DIGIT
     mask = np.uint64(radix - 1)
+    carry = len(payload) > 0
     for p in range(len(run)):
         if not run[p]:
             continue
@@ -61,13 +65,21 @@ def _radix_passes(key: np.ndarray, payload: np.ndarray, counts: np.ndarray, run:
             c = count[d]
             count[d] = total
             total += c
-        for i in range(n):
-            k = key[i]
-            d = (k >> s) & mask
-            j = count[d]
-            key_tmp[j] = k
-            pay_tmp[j] = payload[i]
-            count[d] = j + 1
+        if carry:
+            for i in range(n):
+                k = key[i]
+                d = (k >> s) & mask
+                j = count[d]
+                key_tmp[j] = k
+                pay_tmp[j] = payload[i]
+                count[d] = j + 1
+        else:
+            for i in range(n):
+                k = key[i]
+                d = (k >> s) & mask
+                j = count[d]
+                key_tmp[j] = k
+                count[d] = j + 1
         key, key_tmp = key_tmp, key
         payload, pay_tmp = pay_tmp, payload
     return key, payload

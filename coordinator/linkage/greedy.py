@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-__all__ = ["greedy_roots", "greedy_solve_groups"]
+__all__ = ["distinct_dataset_roots", "greedy_roots", "greedy_solve_groups"]
 
 
 @njit(cache=True, nogil=True)
@@ -141,6 +141,133 @@ def _solve(u: np.ndarray, v: np.ndarray, n: int, indptr: np.ndarray, nbr: np.nda
                 size[keep] += size[gone]
                 size[gone] = 0
                 mask[keep] |= mask[gone]
+    return _roots(size, head, nxt)
+
+
+@njit(cache=True, nogil=True)
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    """``a``, or a copy at least twice as long when it holds fewer than ``need``."""
+    if need <= len(a):
+        return a
+    out = np.empty(max(need, 2 * len(a)), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, sets_b: np.ndarray,
+                    offsets: np.ndarray, party: np.ndarray, n: int) -> tuple[np.ndarray, bool]:
+    """:func:`_solve`'s groups when no pair repeats and every pair joins two parties (below 31): ``(root, True)``.
+
+    A pair's ends are nodes ``offsets[sets_a[i]] + rows_a[i]`` and ``offsets[sets_b[i]] + rows_b[i]``
+    of parties ``sets_a[i]`` and ``sets_b[i]`` (a round's columns, read as they are: no node numbers
+    are written), or, with ``sets_a`` empty, nodes ``rows_a[i]`` and ``rows_b[i]`` of parties
+    ``party[...]``. A pair inside one party ends the solve: ``(empty, False)``.
+
+    Then two groups sharing a party never merge (that party's pair is never an edge), a group holds
+    at most one node per party, and few edges can ever be counted: an edge is counted only while its
+    ends are in two groups that may still merge, and an edge whose ends were not, when it came (they
+    were grouped together by it or before it, or in groups sharing a party), never will be: groups
+    only grow. So no adjacency of every edge is built: only the others are kept, in a linked list per
+    node (a few percent of a round's floor), and a node's group and that group's parties are one
+    word, so the ~94% of a floor's edges that change nothing cost two reads.
+    """
+    low = np.int64(0xFFFFFFFF)
+    state = np.zeros(n, dtype=np.int64)  # by node: its group's parties << 32 | (group id + 1); 0: no group
+    size = np.zeros(n, dtype=np.int32)  # by group id (a group's id is the node it started from)
+    head = np.full(n, -1, dtype=np.int32)
+    tail = np.full(n, -1, dtype=np.int32)
+    nxt = np.full(n, -1, dtype=np.int32)
+    first = np.full(n, -1, dtype=np.int32)  # by node: its latest kept edge end
+    kept = np.zeros(n, dtype=np.int32)  # by node: its kept edges
+    other = np.empty(1024, dtype=np.int32)  # by kept edge end: the other end
+    older = np.empty(1024, dtype=np.int32)  # by kept edge end: the same node's previous one
+    m = 0
+    by_sets = len(sets_a) > 0
+    one = np.int64(1)
+    for i in range(len(rows_a)):
+        if by_sets:
+            pa, pb = np.int64(sets_a[i]), np.int64(sets_b[i])
+            a, b = offsets[pa] + np.int64(rows_a[i]), offsets[pb] + np.int64(rows_b[i])
+        else:
+            a, b = np.int64(rows_a[i]), np.int64(rows_b[i])
+            pa, pb = np.int64(party[a]), np.int64(party[b])
+        if pa == pb:
+            return np.zeros(0, dtype=np.int64), False
+        sa, sb = state[a], state[b]
+        if sa != 0 and sb != 0 and (((sa & sb) >> 32) != 0 or (sa & low) == (sb & low)):
+            continue  # one group already, or two sharing a party: nothing changes, nothing to keep
+        ga, gb = np.int32((sa & low) - 1), np.int32((sb & low) - 1)
+        if ga < 0 and gb < 0:
+            word = (((one << pa) | (one << pb)) << 32) | (a + 1)
+            state[a] = word
+            state[b] = word
+            size[a] = 2
+            head[a] = a
+            nxt[a] = b
+            tail[a] = b
+            continue
+        if ga < 0 or gb < 0:
+            if ga < 0:
+                g, new, bit = gb, a, one << pa
+            else:
+                g, new, bit = ga, b, one << pb
+            if size[g] == 1:
+                word = (bit << 32) | state[g]
+                state[g] = word
+                state[new] = word
+                nxt[tail[g]] = new
+                tail[g] = new
+                size[g] = 2
+                continue
+            state[new] = (bit << 32) | (new + 1)
+            size[new] = 1
+            head[new] = new
+            tail[new] = new
+        else:
+            # Every cross pair but this one must be a kept edge (each pair is at most one edge).
+            every = True
+            x = head[ga]
+            while x >= 0 and every:
+                y = head[gb]
+                while y >= 0:
+                    if x != a or y != b:
+                        p, q = (x, y) if kept[x] <= kept[y] else (y, x)
+                        k = first[p]
+                        while k >= 0 and other[k] != q:
+                            k = older[k]
+                        if k < 0:
+                            every = False
+                            break
+                    y = nxt[y]
+                x = nxt[x]
+            if every:
+                keep, gone = (ga, gb) if size[ga] >= size[gb] else (gb, ga)
+                nxt[tail[keep]] = head[gone]
+                tail[keep] = tail[gone]
+                size[keep] += size[gone]
+                size[gone] = 0
+                word = ((sa | sb) & ~low) | (keep + 1)
+                y = head[keep]
+                while y >= 0:
+                    state[y] = word
+                    y = nxt[y]
+                continue
+        # The edge now joins two groups that may still merge: kept for their later checks.
+        if m + 2 > len(other):
+            other, older = _grown(other, m + 2), _grown(older, m + 2)
+        other[m], older[m], first[a] = b, first[a], m
+        other[m + 1], older[m + 1], first[b] = a, first[b], m + 1
+        kept[a] += 1
+        kept[b] += 1
+        m += 2
+    return _roots(size, head, nxt), True
+
+
+@njit(cache=True, nogil=True)
+def _roots(size: np.ndarray, head: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Each node's group's smallest member (``-1``: in no group of two or more), from the groups' member lists."""
+    n = len(size)
     root = np.full(n, -1, dtype=np.int64)
     for g in range(n):
         if size[g] > 1:
@@ -168,7 +295,8 @@ def _has_repeats(indptr: np.ndarray, nbr: np.ndarray, n: int) -> bool:
     return False
 
 
-def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None = None) -> np.ndarray:
+def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None = None, *,
+                 distinct: bool = False) -> np.ndarray:
     """The groups of anonlink's greedy solver over nodes ``0..n-1`` from edges ``(u[i], v[i])`` taken in order.
 
     Args:
@@ -177,6 +305,10 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
         n: number of nodes.
         party: each node's dataset, if known: when every pair joins two datasets (as a round's
             candidates do) merges of groups sharing a dataset are refused without looking.
+        distinct: the caller knows no pair of nodes is given twice (either way round), as
+            :func:`~coordinator.linkage.candidate_batches.sorted_distinct_batches` finds out: with
+            ``party`` (and no pair inside one party) the solve then keeps no adjacency of every
+            edge (:func:`_solve_distinct`). Wrongly set, the groups may differ from anonlink's.
 
     Returns:
         Per node, the smallest node of its group, or ``-1`` when it is in no group of two or more.
@@ -191,6 +323,11 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
     v = np.ascontiguousarray(v, dtype=np.int32)
     if len(u) == 0:
         return np.full(n, -1, dtype=np.int64)
+    if distinct and party is not None and len(party) and 0 <= np.min(party) and np.max(party) < 31:
+        none = np.zeros(0, dtype=np.int64)
+        root, solved = _solve_distinct(u, none, v, none, none, np.asarray(party, dtype=np.int8), n)
+        if solved:
+            return root
     indptr, nbr = _adjacency(u, v, n)
     # A pair given twice counts twice, as anonlink counts it: then every cross pair's edges are counted.
     repeated = _has_repeats(indptr, nbr, n)
@@ -200,6 +337,29 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
         if not _any_within(u, v, party):
             bit = np.left_shift(1, party.astype(np.int64))
     return _solve(u, v, n, indptr, nbr, repeated, bit)
+
+
+def distinct_dataset_roots(sizes: Sequence[int], d_a: np.ndarray, r_a: np.ndarray, d_b: np.ndarray,
+                           r_b: np.ndarray) -> np.ndarray | None:
+    """:func:`greedy_roots` of distinct pairs ``(d_a, r_a) - (d_b, r_b)`` between datasets of ``sizes`` records.
+
+    Records are numbered dataset after dataset. The pairs must be known distinct (see ``distinct``
+    of :func:`greedy_roots`); the columns are read as they are. ``None`` where the adjacency-free
+    solve does not apply (a pair inside one dataset, 31 datasets or more, 2**31 records or more):
+    then number the nodes and call :func:`greedy_roots`.
+
+    >>> distinct_dataset_roots([2, 2], np.array([0, 0]), np.array([0, 1]), np.array([1, 1]), np.array([1, 0])).tolist()
+    [0, 1, 1, 0]
+    """
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(offsets[-1])
+    if n >= 2**31 or len(sizes) >= 31:
+        return None
+    if len(d_a) == 0:
+        return np.full(n, -1, dtype=np.int64)
+    columns = [np.ascontiguousarray(x) for x in (r_a, d_a, r_b, d_b)]
+    root, solved = _solve_distinct(*columns, offsets, np.zeros(0, dtype=np.int8), n)
+    return root if solved else None
 
 
 @njit(cache=True, nogil=True)

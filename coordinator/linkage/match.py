@@ -29,11 +29,11 @@ from numba import njit
 from pydantic import Field
 
 from coordinator.linkage.blocking import BlockingConfig, BlockingStats
-from coordinator.linkage.candidate_batches import sorted_batches
+from coordinator.linkage.candidate_batches import sorted_distinct_batches
 from coordinator.linkage.compare import Found, Progress, announce
 from coordinator.linkage.compare import compare_datasets as _compare
 from coordinator.linkage.floor_sink import FloorSink
-from coordinator.linkage.greedy import greedy_roots
+from coordinator.linkage.greedy import distinct_dataset_roots, greedy_roots
 from coordinator.linkage.similarity import check_datasets, compute_dice
 from pplink.errors import MatchError
 from pplink.models import PplinkModel
@@ -137,6 +137,8 @@ class MatchResult:
         candidates: the scored pairs at or above the threshold in anonlink's candidate order, if
             they were asked for (``keep_candidates``): a later solve at a higher threshold, or of
             one agency pair, filters them instead of comparing again.
+        candidates_distinct: whether the candidates are known to hold no pair twice (then so does
+            any selection of them: pass it on to :func:`solve_candidates`).
     """
 
     labels: tuple[np.ndarray, ...]
@@ -144,6 +146,7 @@ class MatchResult:
     stats: MatchStats
     histogram: SimilarityHistogram | None = None
     candidates: Candidates | None = None
+    candidates_distinct: bool = False
 
     def clusters(self) -> list[list[tuple[int, int]]]:
         """Every cluster as a list of ``(dataset_index, row_index)``, in cluster-index order.
@@ -207,14 +210,22 @@ def select_candidates(candidates: Candidates, *, threshold: float | None = None,
     return sims[keep], (d_a[keep], d_b[keep]), (r_a[keep], r_b[keep])
 
 
-def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tuple[np.ndarray, ...], int, int]:
+def solve_candidates(candidates: Candidates, sizes: Sequence[int], *,
+                     distinct: bool = False) -> tuple[tuple[np.ndarray, ...], int, int]:
     """Cluster candidates with anonlink's greedy rule: ``(labels, n_clusters, linked_records)``.
 
     The compiled solver (:mod:`coordinator.linkage.greedy`) gives exactly anonlink's
     ``greedy_solve`` groups; clusters are numbered by their first ``(dataset, row)`` member.
+    ``distinct``: the candidates are known to hold no pair twice (a faster solve; see
+    :func:`~coordinator.linkage.greedy.greedy_roots`).
     """
     _, (d_a, d_b), (r_a, r_b) = candidates
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    # Distinct pairs are solved from the columns themselves (no node numbers written, no adjacency).
+    root = distinct_dataset_roots(sizes, d_a, r_a, d_b, r_b) if distinct else None
+    if root is not None:
+        labels, n_clusters, linked = _labels(root)
+        return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters, linked
     if offsets[-1] < 2**31 and len(d_a):
         # Node numbers in 32 bits (4 bytes a pair; a floor solve takes millions of pairs), each in one
         # compiled pass into numba's small pages (see candidate_order._sort_keys).
@@ -222,13 +233,30 @@ def solve_candidates(candidates: Candidates, sizes: Sequence[int]) -> tuple[tupl
         u, v = _node_numbers(narrow, d_a, r_a), _node_numbers(narrow, d_b, r_b)
     else:
         u, v = offsets[d_a] + np.asarray(r_a, dtype=np.int64), offsets[d_b] + np.asarray(r_b, dtype=np.int64)
-    root = greedy_roots(u, v, int(offsets[-1]), np.repeat(np.arange(len(sizes)), sizes))
-    grouped = root >= 0
-    linked = int(grouped.sum())
-    root[~grouped] = np.flatnonzero(~grouped)
-    _, labels = np.unique(root, return_inverse=True)
-    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    root = greedy_roots(u, v, int(offsets[-1]), np.repeat(np.arange(len(sizes)), sizes), distinct=distinct)
+    labels, n_clusters, linked = _labels(root)
     return tuple(labels[offsets[d] : offsets[d + 1]] for d in range(len(sizes))), n_clusters, linked
+
+
+@njit(cache=True, nogil=True)
+def _labels(root: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Cluster of every node numbered by its first member, clusters, and nodes grouped, from the solver's roots.
+
+    A root is its group's smallest node (``-1``: a node alone), so counting the nodes that start a
+    cluster in node order numbers the clusters as ``np.unique`` of the roots would, without a sort.
+    """
+    labels = np.empty(len(root), dtype=np.int64)
+    clusters, linked = 0, 0
+    for x in range(len(root)):
+        r = root[x]
+        if r >= 0:
+            linked += 1
+        if r < 0 or r == x:
+            labels[x] = clusters
+            clusters += 1
+        else:
+            labels[x] = labels[r]
+    return labels, clusters, linked
 
 
 @njit(cache=True, nogil=True)
@@ -240,18 +268,19 @@ def _node_numbers(offsets: np.ndarray, dataset: np.ndarray, row: np.ndarray) -> 
     return out
 
 
-def _candidates(found: Found, workers: int = 1) -> Candidates:
+def _candidates(found: Found, workers: int = 1) -> tuple[Candidates, bool]:
     """Concatenate found pairs in anonlink's candidate order: similarity descending, then indices.
 
-    The pairs move out of ``found`` (its batches are emptied).
+    Also says whether they are known to hold no pair twice. The pairs move out of ``found`` (its
+    batches are emptied).
     """
     if not found.sims:
         empty = np.zeros(0, dtype=np.uint32)
-        return np.zeros(0), (empty, empty), (empty, empty)
+        return (np.zeros(0), (empty, empty), (empty, empty)), True
     # The batches are never joined: their keys are sorted, each batch dropped as its keys are written.
-    sims, d_a, d_b, r_a, r_b = sorted_batches(found.sims, found.dset_a, found.dset_b, found.rows_a, found.rows_b,
-                                              workers=workers)
-    return sims, (d_a, d_b), (r_a, r_b)
+    (sims, d_a, d_b, r_a, r_b), distinct = sorted_distinct_batches(
+        found.sims, found.dset_a, found.dset_b, found.rows_a, found.rows_b, workers=workers)
+    return (sims, (d_a, d_b), (r_a, r_b)), distinct
 
 
 def match_clks(
@@ -335,9 +364,9 @@ def _solve(
     """Cluster the found pairs with anonlink's greedy solver and assemble the result."""
     solving = time.perf_counter()
     announce(progress, "solving")
-    candidates = _candidates(found, workers)
+    candidates, distinct = _candidates(found, workers)
     sizes = [len(d) for d in datasets]
-    labels, n_clusters, linked = solve_candidates(candidates, sizes)
+    labels, n_clusters, linked = solve_candidates(candidates, sizes, distinct=distinct)
     finished = time.perf_counter()
     stats = MatchStats(
         records=tuple(sizes),
@@ -357,7 +386,8 @@ def _solve(
     if found.histogram is not None:
         histogram = SimilarityHistogram(counts=tuple(found.histogram.tolist()), blocked=blocking is not None)
     return MatchResult(labels=labels, n_clusters=n_clusters, stats=stats, histogram=histogram,
-                       candidates=candidates if keep_candidates else None)
+                       candidates=candidates if keep_candidates else None,
+                       candidates_distinct=distinct and keep_candidates)
 
 
 def similarity_histogram(

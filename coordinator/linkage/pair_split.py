@@ -145,12 +145,14 @@ class AgencyPairs:
         return self.positions[self.start[code] : self.start[code + 1]]
 
 
-def pair_links(pairs: AgencyPairs, d_a: int, d_b: int, size_a: int, size_b: int) -> tuple[np.ndarray, np.ndarray]:
+def pair_links(pairs: AgencyPairs, d_a: int, d_b: int, size_a: int, size_b: int, *,
+               distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(rows_a, rows_b)`` linked by the greedy solve of agencies ``d_a`` and ``d_b``'s candidates alone.
 
     The same rows, in the same order (by ``rows_a``), as
     :func:`~coordinator.linkage.auto.same_cluster_rows` gives for those agencies' labels after
     :func:`~coordinator.linkage.match.solve_candidates` of the pair's selected candidates.
+    ``distinct``: the candidates are known to hold no pair twice (a faster solve).
     """
     from coordinator.linkage.auto import same_cluster_rows
 
@@ -162,7 +164,7 @@ def pair_links(pairs: AgencyPairs, d_a: int, d_b: int, size_a: int, size_b: int)
     u, v = _empty_like(like, len(at)), _empty_like(like, len(at))
     _nodes(pairs.r_a, pairs.r_b, at, size_a, u, v)
     party = np.repeat(np.arange(2), [size_a, size_b])
-    root = greedy_roots(u, v, size_a + size_b, party)
+    root = greedy_roots(u, v, size_a + size_b, party, distinct=distinct)
     alone = root < 0
     root[alone] = np.flatnonzero(alone)  # a record in no group is its own cluster
     return same_cluster_rows(root[:size_a], root[size_a:])

@@ -270,4 +270,5 @@ def rematch_with_second_pass(
     stats = first.stats.model_copy(update={
         "comparisons": first.stats.comparisons + second.comparisons, "candidate_pairs": len(candidates[0]),
         "clusters": n_clusters, "linked_records": linked})
-    return replace(first, labels=labels, n_clusters=n_clusters, stats=stats, candidates=candidates), second
+    return replace(first, labels=labels, n_clusters=n_clusters, stats=stats, candidates=candidates,
+                   candidates_distinct=False), second

@@ -124,3 +124,30 @@ def test_duplicates_matched_side_by_side_are_those_matched_one_after_another() -
     threaded = attach_duplicates(datasets, solved.labels, 0.7, blocking=blocking, workers=3)
     assert alone[2] >= 10  # copies were attached: the comparison is not vacuous
     assert [x.tolist() for x in threaded[0]] == [x.tolist() for x in alone[0]] and threaded[1:] == alone[1:]
+
+
+def test_merge_scorer_and_roots_match_their_definitions() -> None:
+    """Invariant: the compiled scorer gives compute_dice's value for every pair (any datasets, any rows), and the
+    joins' roots are those of walking each parent chain."""
+    from coordinator.linkage.match import compute_dice
+    from coordinator.linkage.merge import _roots, _Scorer
+
+    rng = np.random.default_rng(4)
+    datasets = [np.packbits(rng.random((n, 128)) < 0.3, axis=1) for n in (5, 9, 7)]
+    datasets[1][2] = 0  # an empty encoding: Dice 0 against another empty one
+    datasets[2][0] = 0
+    pairs = [((int(a), int(rng.integers(0, len(datasets[a])))), (int(b), int(rng.integers(0, len(datasets[b])))))
+             for a, b in rng.integers(0, 3, (200, 2))] + [((1, 2), (2, 0))]
+    expected = [float(compute_dice(datasets[x[0]], datasets[y[0]], np.array([x[1]]), np.array([y[1]]))[0])
+                for x, y in pairs]
+    assert _Scorer(datasets)(pairs).tolist() == expected
+    assert len(_Scorer(datasets)([])) == 0
+    for trial in range(20):
+        parent = [int(rng.integers(0, c + 1)) if rng.random() < 0.7 else c for c in range(int(rng.integers(1, 300)))]
+
+        def walk(c: int, parent: list[int] = parent) -> int:
+            while parent[c] != c:
+                c = parent[c]
+            return c
+
+        assert _roots(parent).tolist() == [walk(c) for c in range(len(parent))], trial

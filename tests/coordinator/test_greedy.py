@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from anonlink.solving import greedy_solve
 
-from coordinator.linkage.candidate_batches import sorted_batches
+from coordinator.linkage.candidate_batches import sorted_batches, sorted_distinct_batches
 from coordinator.linkage.candidate_order import candidate_order, sorted_candidates
 from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
@@ -88,6 +88,44 @@ def test_repeated_pairs_and_pairs_within_a_dataset_are_counted_as_anonlink_count
         assert _without_dataset_hint(candidates, sizes) == expected, seed
 
 
+def test_distinct_pairs_solved_without_adjacency_give_anonlinks_groups() -> None:
+    """Invariant: told the pairs are distinct, the solver (its adjacency-free path) gives anonlink's groups and
+    exactly the roots of its general path, on random sets with ties, 2-6 parties, either spelling of each pair."""
+    solved_fast = 0
+    for seed in range(300):
+        rng = np.random.default_rng(2000 + seed)
+        datasets = 2 + seed % 5
+        sizes = [int(x) for x in rng.integers(5, 60, datasets)]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(10, 3 * sum(sizes))), ties=seed % 2 == 0,
+                                        within=False, repeats=False)
+        expected = _partition(greedy_solve(candidates))
+        _, (d_a, d_b), (r_a, r_b) = candidates
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        u, v = offsets[d_a] + r_a, offsets[d_b] + r_b
+        flip = rng.random(len(u)) < 0.3 * (seed % 2)  # some pairs spelt the other way round
+        u, v = np.where(flip, v, u), np.where(flip, u, v)
+        party = np.repeat(np.arange(datasets), sizes)
+        general = greedy_roots(u, v, int(offsets[-1]), party)
+        fast = greedy_roots(u, v, int(offsets[-1]), party, distinct=True)
+        assert fast.tolist() == general.tolist(), seed
+        labels, _, _ = solve_candidates(candidates, sizes, distinct=True)
+        assert [x.tolist() for x in labels] == [x.tolist() for x in _label(greedy_solve(candidates), sizes)[0]]
+        groups: dict[int, set[tuple[int, int]]] = {}
+        for node in np.flatnonzero(fast >= 0).tolist():
+            d = int(np.searchsorted(offsets, node, side="right") - 1)
+            groups.setdefault(int(fast[node]), set()).add((d, node - int(offsets[d])))
+        assert {frozenset(g) for g in groups.values()} == expected, seed
+        solved_fast += any(len(g) > 2 for g in expected)
+    assert solved_fast > 150
+
+
+def test_distinct_is_not_trusted_where_it_does_not_apply() -> None:
+    """Pairs within one party (or no parties) take the general path even when said to be distinct."""
+    u, v = np.array([0, 2, 1]), np.array([1, 3, 2])
+    for party in (None, np.array([0, 0, 1, 1])):
+        assert greedy_roots(u, v, 4, party, distinct=True).tolist() == greedy_roots(u, v, 4, party).tolist()
+
+
 def test_an_edge_to_a_group_of_two_leaves_the_record_waiting_until_every_pair_is_seen() -> None:
     """Node 2 meets group {0, 1} through 0 only (no merge), then through 1 (merge): anonlink's rule."""
     assert greedy_roots(np.array([0, 0]), np.array([1, 2]), 3).tolist() == [0, 0, -1]
@@ -126,6 +164,13 @@ def test_real_encodings_at_a_low_floor_give_anonlinks_clusters() -> None:
     expected, expected_clusters = _label(groups, [400] * 4)
     assert [x.tolist() for x in labels] == [x.tolist() for x in expected]
     assert (n_clusters, linked) == (expected_clusters, sum(len(g) for g in groups))
+    # The round's sort found its pairs distinct: its own solve took the adjacency-free path, to the same labels.
+    assert first.candidates_distinct
+    assert [x.tolist() for x in first.labels] == [x.tolist() for x in expected]
+    blocked = match_clks(sets, 0.5, workers=2, keep_candidates=True)
+    assert blocked.candidates_distinct and blocked.candidates is not None
+    assert [x.tolist() for x in blocked.labels] == [x.tolist() for x in solve_candidates(blocked.candidates,
+                                                                                         [400] * 4)[0]]
 
 
 def _mixed_candidates(rng: np.random.Generator, trial: int, most: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -176,3 +221,48 @@ def test_sorted_candidates_are_the_columns_in_lexsorts_order(monkeypatch: pytest
             for value, column in zip(got, (sims, *columns), strict=True):
                 assert value.dtype == column.dtype and value.tolist() == column[expected].tolist()
         assert not any(batches)  # the batches moved out
+
+
+def test_sorted_batches_say_whether_pairs_are_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant: distinct is True exactly when no pair repeats (checked on one thread and as two halves), and
+    False when a pair repeats with its own or another similarity, or when some pair is spelt second dataset first."""
+    from coordinator.linkage import candidate_batches as module
+
+    monkeypatch.setattr(module, "_PARALLEL_FROM", 64)
+    rng = np.random.default_rng(9)
+    for trial in range(60):
+        sizes = [int(x) for x in rng.integers(20, 300, 2 + trial % 4)]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(50, 4 * sum(sizes))), ties=trial % 2 == 0,
+                                        within=False, repeats=False)
+        sims, (d_a, d_b), (r_a, r_b) = candidates
+        columns = [sims, d_a, d_b, r_a, r_b]
+        change = trial % 3  # 0: as they are, 1: one pair again, 2: one pair the other way round
+        if change == 1:
+            k = int(rng.integers(0, len(sims)))
+            again = sims[k] if trial % 2 else float(rng.random())
+            columns = [np.append(c, again if j == 0 else c[k]) for j, c in enumerate(columns)]
+        elif change == 2:
+            k = int(rng.integers(0, len(sims)))
+            columns[1], columns[2] = columns[1].copy(), columns[2].copy()
+            columns[1][k], columns[2][k] = d_b[k], d_a[k]
+            columns[3], columns[4] = columns[3].copy(), columns[4].copy()
+            columns[3][k], columns[4][k] = r_b[k], r_a[k]
+        order = rng.permutation(len(columns[0]))  # the batches come in any order
+        columns = [c[order] for c in columns]
+        cuts = np.sort(rng.integers(0, len(columns[0]), trial % 6))
+        expected = sorted_batches(*[list(np.split(c, cuts)) for c in columns])
+        for workers in (1, 2):
+            got, distinct = sorted_distinct_batches(*[list(np.split(c, cuts)) for c in columns], workers=workers)
+            assert distinct == (change == 0), (trial, workers)
+            assert all(x.tolist() == y.tolist() for x, y in zip(got, expected, strict=True))
+
+
+def test_sorted_batches_keep_each_similaritys_bits() -> None:
+    """Invariant: 0.0 and -0.0 share a rank but not their bits: the similarities come back as given, in order."""
+    sims = np.array([0.0, -0.0, 0.5, -0.0])
+    columns = [np.zeros(4, np.uint32), np.ones(4, np.uint32), np.array([3, 1, 2, 0], np.uint32), np.zeros(4, np.uint32)]
+    expected = np.lexsort((columns[3], columns[2], columns[1], columns[0], -sims))
+    for workers in (1, 2):
+        got, distinct = sorted_distinct_batches([sims.copy()], *([c.copy()] for c in columns), workers=workers)
+        assert np.signbit(got[0]).tolist() == np.signbit(sims[expected]).tolist() and distinct
+        assert got[3].tolist() == columns[2][expected].tolist()

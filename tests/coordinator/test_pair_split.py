@@ -25,6 +25,9 @@ def test_pair_links_are_the_selected_solves_links() -> None:
                 expected = same_cluster_rows(labels[a], labels[b])
                 got = pair_links(grouped, a, b, sizes[a], sizes[b])
                 assert [x.tolist() for x in got] == [x.tolist() for x in expected], (trial, a, b)
+                if trial % 3:  # no pair repeats: the adjacency-free solve gives the same links
+                    got = pair_links(grouped, a, b, sizes[a], sizes[b], distinct=True)
+                    assert [x.tolist() for x in got] == [x.tolist() for x in expected], (trial, a, b)
 
 
 def test_agency_pairs_keep_candidate_order() -> None:

@@ -26,8 +26,8 @@ filters the kept pairs as before.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -44,6 +44,7 @@ from coordinator.linkage.calibration import (
     score_histogram,
 )
 from coordinator.linkage.capture import capture_by_score
+from coordinator.linkage.compare import announce
 from coordinator.linkage.floor_sink import FloorSink
 from coordinator.linkage.match import (
     Candidates,
@@ -127,6 +128,24 @@ class _Clock:
         if phase is not None:
             self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
         self.last = now
+
+
+class _AtStage:
+    """A match's progress callback: passes all on to ``progress``; calls ``start`` once, as stage ``name`` begins."""
+
+    def __init__(self, progress: Progress | None, name: str, start: Callable[[], None]) -> None:
+        self.progress, self.name, self.start = progress, name, start
+        self.started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        announce(self.progress, name, total)
+        if name == self.name and not self.started:
+            self.started = True
+            self.start()
 
 
 def _pair_calibrations(
@@ -255,14 +274,20 @@ def auto_match(
         keep_all_from = max(KEEP_ALL_FROM, bounds[0]) if threshold is None else min(KEEP_ALL_FROM, threshold)
         highest = max(HIGHEST_FLOOR, bounds[0]) if threshold is None else threshold
         sink = FloorSink(floor, max(keep_all_from, floor), prune_above, highest)
-    # The blocking capture depends only on the encodings, the floor and the setting: it runs beside the
-    # floor match on one thread, filling the core its single-threaded stretches leave idle (the
-    # solve's greedy pass, the Python between phases). A risen floor measures it again at the floor.
+    # The blocking capture depends only on the encodings, the final floor and the setting: it runs on
+    # one thread from the floor match's solve on (the floor is final by then), filling the core the
+    # solve's single-threaded stretches and the phases after it leave idle.
     background = ThreadPoolExecutor(1) if blocking is not None else None
-    early = None if background is None else background.submit(capture_by_score, datasets, floor, blocking, workers=1)
+    early: list[Future[np.ndarray]] = []
+
+    def start_capture() -> None:
+        if background is not None:
+            final = sink.floor if sink is not None and sink.raised else floor
+            early.append(background.submit(capture_by_score, datasets, final, blocking, workers=1))
+
     try:
-        first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=progress,
-                           keep_candidates=True, sink=sink)
+        first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=_AtStage(progress, "solving",
+                           start_capture), keep_candidates=True, sink=sink)
     finally:
         if background is not None:
             background.shutdown(wait=False)
@@ -280,10 +305,8 @@ def auto_match(
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
     capture = None
-    if early is not None:
-        capture = early.result()
-        if sink is not None and sink.raised:
-            capture = capture_by_score(datasets, floor, blocking, workers=workers)
+    if blocking is not None:
+        capture = early[0].result() if early else capture_by_score(datasets, floor, blocking, workers=workers)
     clock.lap("capture_by_score")
     # The second pass's gate reads the first pass's scores and capture, which the round needs anyway.
     if second_budget is not None and blocking is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["bit_word_shifts", "bucket_census", "column_census", "merge_join", "pack_keys"]
+__all__ = ["bit_word_shifts", "bucket_census", "column_census", "gather_columns", "merge_join", "pack_keys"]
 
 
 def bit_word_shifts(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +78,24 @@ def pack_keys(words: np.ndarray, word: np.ndarray, shift: np.ndarray, out: np.nd
                         wide[r] |= ((column[r] >> at) & np.uint64(1)) << bit
                 for r in range(rows):
                     out[start + r, band] = wide[r]
+
+
+@njit(nogil=True, cache=True)
+def gather_columns(keys, first, out):  # noqa: ANN001, ANN201
+    """Copy columns ``first .. first + len(out) - 1`` of the key matrices into ``out``'s rows, datasets in turn.
+
+    What ``band_sort.band_columns`` computes, written into a buffer the caller allocates (with
+    numpy) and reuses: a large array allocated inside a numba kernel does not get numpy's
+    huge-page advice, and first touching its 4 KB pages cost ten times the copy on the shared VM.
+    """
+    at = 0
+    for d in range(len(keys)):
+        matrix = keys[d]
+        for row in range(matrix.shape[0]):
+            for c in range(out.shape[0]):
+                out[c, at + row] = matrix[row, first + c]
+        at += matrix.shape[0]
+    return out
 
 
 def bucket_census(columns: list[np.ndarray], cap: int) -> tuple[np.ndarray, int]:

@@ -275,18 +275,25 @@ def compute_band_keys(
 
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
 
+    # Column buffers, one per thread at a time, reused from group to group (see ``gather_columns``).
+    buffers: list[np.ndarray] = []
+
     def giants(first: int) -> list[tuple[np.ndarray, int]]:
-        from coordinator.linkage.band_sort import band_columns
-        from coordinator.linkage.block_kernels import column_census
+        from coordinator.linkage.block_kernels import column_census, gather_columns
 
         bands = range(first, min(first + _BAND_GROUP, config.bands))
+        with lock:
+            buffer = buffers.pop() if buffers else np.empty((_BAND_GROUP, int(offsets[-1])), dtype=dtype)
         # One compiled copy of a group of columns reads each row's keys once; a column at a time
         # would read a whole cache line per key.
-        columns = band_columns(tuple(keys), bands.start, len(bands))
+        columns = gather_columns(tuple(keys), bands.start, buffer[: len(bands)])
         out = []
         for column in columns:
             giant_keys, largest = column_census(column, offsets, cap, exact_largest=exact_largest)
-            out.append((giant_keys.astype(dtype), int(largest)))
+            # A copy: the buffer is overwritten by the next group.
+            out.append((giant_keys.astype(dtype, copy=True), int(largest)))
+        with lock:
+            buffers.append(buffer)
         if progress:
             with lock:
                 counted.append(len(bands))

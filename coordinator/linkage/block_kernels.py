@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["bit_word_shifts", "bucket_census", "column_census", "gather_columns", "merge_join", "pack_keys"]
+__all__ = [
+    "bit_counts", "bit_word_shifts", "bucket_census", "column_census", "gather_columns", "merge_join", "pack_keys",
+]
 
 
 def bit_word_shifts(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +33,38 @@ def bit_word_shifts(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     positions = np.asarray(positions, dtype=np.int64)
     return positions // 64, 8 * ((positions // 8) % 8) + 7 - positions % 8
+
+
+#: Rows counted into 8-bit lanes before the lanes are flushed (a lane holds at most 255).
+_LANE_ROWS = 255
+
+
+@njit(nogil=True, cache=True)
+def bit_counts(words: np.ndarray, rows: np.ndarray, totals: np.ndarray) -> None:
+    """Add to ``totals[p]`` how many of ``rows`` set bit position ``p`` (big-endian-packed bytes as uint64 words).
+
+    Bit ``j`` of all eight bytes of a word is counted at once, each byte in its own 8-bit lane
+    (``(word >> j) & 0x0101...``): eight shifts and adds per word and row instead of unpacking 64
+    bits to bytes; the lanes are added to ``totals`` every 255 rows, before they can overflow.
+    """
+    n_words = words.shape[1]
+    lanes = np.zeros((n_words, 8), dtype=np.uint64)
+    ones = np.uint64(0x0101010101010101)
+    for start in range(0, rows.shape[0], _LANE_ROWS):
+        stop = min(start + _LANE_ROWS, rows.shape[0])
+        for i in range(start, stop):
+            row = rows[i]
+            for w in range(n_words):
+                value = words[row, w]
+                for j in range(8):
+                    lanes[w, j] += (value >> np.uint64(j)) & ones
+        for w in range(n_words):
+            for j in range(8):
+                lane = lanes[w, j]
+                for b in range(8):
+                    # Byte b of word w is byte 8w + b; its bit j is position 8 * (8w + b) + 7 - j.
+                    totals[64 * w + 8 * b + 7 - j] += np.int64((lane >> np.uint64(8 * b)) & np.uint64(0xFF))
+                lanes[w, j] = 0
 
 
 #: Rows whose words are transposed together in ``pack_keys`` (16 words x 512 rows: 64 KB).

@@ -160,17 +160,22 @@ def bit_frequencies(datasets: Sequence[np.ndarray], *, seed: int = 0) -> np.ndar
         >>> bit_frequencies([np.array([[0b10000000], [0b10000001]], dtype=np.uint8)]).tolist()
         [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]
     """
+    from coordinator.linkage.block_kernels import bit_counts
+    from coordinator.linkage.similarity import as_words
+
     rng = np.random.default_rng(seed)
     nbits = datasets[0].shape[1] * 8
-    totals = np.zeros(nbits, dtype=np.int64)
+    # Counted per uint64 word (the zero bytes that pad a row to whole words count nothing).
+    totals = np.zeros(-(-nbits // 64) * 64, dtype=np.int64)
     rows = 0
     for data in datasets:
-        if data.shape[0] > _FREQUENCY_SAMPLE:
-            data = data[np.sort(rng.choice(data.shape[0], _FREQUENCY_SAMPLE, replace=False))]
-        for start in range(0, data.shape[0], _ROW_BLOCK):
-            totals += np.unpackbits(data[start : start + _ROW_BLOCK], axis=1).sum(axis=0, dtype=np.int64)
-        rows += data.shape[0]
-    return totals / rows if rows else np.zeros(nbits)
+        # The sample rows are counted where they lie, not copied out.
+        sample = (np.sort(rng.choice(data.shape[0], _FREQUENCY_SAMPLE, replace=False))
+                  if data.shape[0] > _FREQUENCY_SAMPLE else np.arange(data.shape[0]))
+        if len(sample):
+            bit_counts(as_words(np.ascontiguousarray(data)), sample, totals)
+        rows += len(sample)
+    return totals[:nbits] / rows if rows else np.zeros(nbits)
 
 
 def choose_band_bits(frequencies: np.ndarray, config: BlockingConfig) -> np.ndarray:

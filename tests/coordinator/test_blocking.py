@@ -66,6 +66,36 @@ def test_bit_frequencies_match_unpacked_means() -> None:
     np.testing.assert_allclose(bit_frequencies(datasets), expected)
 
 
+def _sampled_unpacked_frequencies(datasets: list[np.ndarray], seed: int, sample: int) -> np.ndarray:
+    """The frequencies as first computed: the same seeded sample rows, unpacked and averaged."""
+    rng = np.random.default_rng(seed)
+    totals, rows = np.zeros(datasets[0].shape[1] * 8, dtype=np.int64), 0
+    for data in datasets:
+        if data.shape[0] > sample:
+            data = data[np.sort(rng.choice(data.shape[0], sample, replace=False))]
+        totals += np.unpackbits(data, axis=1).sum(axis=0, dtype=np.int64)
+        rows += data.shape[0]
+    return totals / rows
+
+
+@pytest.mark.parametrize("nbytes", [1, 5, 8, 128])
+def test_bit_frequencies_count_the_sampled_rows_exactly(nbytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled lane counter gives bit for bit the unpacked counts of the same sample rows.
+
+    A small sample size makes the seeded sampling path run, and more than 255 rows per dataset
+    make the 8-bit lanes flush (an overflow would show as a wrong count).
+    """
+    import coordinator.linkage.blocking as blocking
+
+    monkeypatch.setattr(blocking, "_FREQUENCY_SAMPLE", 700)
+    rng = np.random.default_rng(7)
+    datasets = [_random_encodings(rng, 1000, nbytes, 0.9), _random_encodings(rng, 600, nbytes, 0.3),
+                _random_encodings(rng, 0, nbytes)]
+    for seed in (0, 5):
+        expected = _sampled_unpacked_frequencies(datasets, seed, 700)
+        assert np.array_equal(bit_frequencies(datasets, seed=seed), expected)
+
+
 def test_band_bits_are_seeded_distinct_and_informative() -> None:
     """Same seed, same bands; positions distinct within a band; rare and constant bits excluded."""
     freq = np.full(256, 0.3)

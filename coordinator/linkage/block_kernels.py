@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit
 
 __all__ = [
-    "bit_counts", "bit_word_shifts", "bucket_census", "column_census", "gather_columns", "merge_join", "pack_keys",
+    "bit_counts", "bit_word_shifts", "bucket_census", "bucket_pair_weights", "column_census", "gather_columns",
+    "merge_join", "pack_keys",
 ]
 
 
@@ -257,3 +258,94 @@ def merge_join(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.n
             i += 1
             j += 1
     return ia[:n], ib[:n]
+
+
+#: Most bits per radix digit when sorting a band's sampled codes (4096 counters: 32 KB).
+_CODE_DIGIT = 12
+
+
+@njit(nogil=True, cache=True)
+def _radix_sort(values, spare, bits, counts):  # noqa: ANN001, ANN202
+    """Sort ``values`` (below ``2 ** bits``) by LSD radix passes of equal digits; returns ``(sorted, scratch)``."""
+    passes = max(1, (bits + _CODE_DIGIT - 1) // _CODE_DIGIT)
+    digit = (bits + passes - 1) // passes
+    mask = np.uint64((1 << digit) - 1)
+    for p in range(passes):
+        shift = np.uint64(p * digit)
+        counts[: 1 << digit] = 0
+        for i in range(values.shape[0]):
+            counts[(values[i] >> shift) & mask] += 1
+        total = 0
+        for d in range(1 << digit):
+            count = counts[d]
+            counts[d] = total
+            total += count
+        for i in range(values.shape[0]):
+            d = (values[i] >> shift) & mask
+            spare[counts[d]] = values[i]
+            counts[d] += 1
+        values, spare = spare, values
+    return values, spare
+
+
+@njit(nogil=True, cache=True)
+def bucket_pair_weights(keys, owners, weights, owner_bits, values):  # noqa: ANN001, ANN201
+    """Weighted cross-agency pairs of every (band, key) bucket of sampled band keys, bands then keys ascending.
+
+    ``keys[i]`` is an ``(n_i, bands)`` key matrix of agency ``owners[i]``, whose records each
+    weigh ``weights[i]``. A bucket whose agencies weigh ``W_a`` in all gives
+    ``((sum W_a) ** 2 - sum W_a ** 2) / 2`` pairs. Each band's ``key << owner_bits | owner`` codes
+    are radix-sorted on their own (a band's few thousand fit in cache), and the sums are taken in the
+    order, and with the operations, of numpy's ``bincount`` over the codes of all bands sorted at
+    once, so the values are the same floats.
+
+    Returns:
+        How many buckets there are: their pairs are written to ``values[:count]`` (allocated by the
+        caller, with numpy: see ``gather_columns``; one per key suffices).
+    """
+    total = 0
+    for i in range(len(keys)):
+        total += keys[i].shape[0]
+    bands = keys[0].shape[1]
+    codes = np.empty(total, dtype=np.uint64)
+    spare = np.empty(total, dtype=np.uint64)
+    scaled = np.empty(total, dtype=np.float64)
+    top = 0
+    for i in range(len(keys)):
+        matrix = keys[i]
+        for row in range(matrix.shape[0]):
+            for band in range(matrix.shape[1]):
+                top |= np.int64(matrix[row, band])
+    code_bits = owner_bits
+    while top > 0:
+        code_bits += 1
+        top >>= 1
+    counts = np.empty(1 << _CODE_DIGIT, dtype=np.int64)
+    count = 0
+    mask = np.uint64((1 << owner_bits) - 1)
+    for band in range(bands):
+        at = 0
+        for i in range(len(keys)):
+            matrix = keys[i]
+            for row in range(matrix.shape[0]):
+                codes[at] = (np.uint64(matrix[row, band]) << np.uint64(owner_bits)) | np.uint64(owners[i])
+                at += 1
+        codes, spare = _radix_sort(codes, spare, code_bits, counts)
+        for e in range(total):
+            scaled[e] = weights[np.int64(codes[e] & mask)]
+        e = 0
+        while e < total:
+            bucket = codes[e] >> np.uint64(owner_bits)
+            weighted = 0.0
+            squares = 0.0
+            while e < total and codes[e] >> np.uint64(owner_bits) == bucket:
+                code = codes[e]
+                cell = 0.0
+                while e < total and codes[e] == code:
+                    weighted += scaled[e]
+                    cell += scaled[e]
+                    e += 1
+                squares += cell * cell
+            values[count] = (weighted * weighted - squares) / 2
+            count += 1
+    return count

@@ -147,32 +147,24 @@ def estimate_comparisons(
     """
     if config.bits_per_band > 30:
         raise ValueError("comparison estimates cover settings of at most 30 bits per band")
+    from coordinator.linkage.block_kernels import bucket_pair_weights
+
     if frequencies is None:
         frequencies = bit_frequencies(datasets, seed=config.seed)
     if sample is None:
         sample = _sample(datasets, sample_rows, config.seed)
     positions = choose_band_bits(frequencies, config)[:, : config.bits_per_band]
     weights = np.array([len(d) / len(s) if len(s) else 0.0 for d, s in zip(datasets, sample, strict=True)])
-    # One sort of (band, key, agency) codes groups every band's buckets, agencies in the low bits.
+    # Agencies in the low bits of each band's (key, agency) codes, so that one sort groups the buckets.
     owner_bits = max(1, (len(sample) - 1).bit_length())
-    band_code = (np.arange(config.bands, dtype=np.uint64) << np.uint64(32))[None, :]
-    codes = np.sort(np.concatenate([
-        (((_pack_bits(s, positions, np.uint32).astype(np.uint64) | band_code) << np.uint64(owner_bits))
-         | np.uint64(d)).ravel()
-        for d, s in enumerate(sample) if len(s)]))
-    if not len(codes):
+    present = [d for d, s in enumerate(sample) if len(s)]
+    if not present:
         return 0.0
-    bucket = codes >> np.uint64(owner_bits)
-    group = np.concatenate([[0], np.cumsum(bucket[1:] != bucket[:-1])])
-    owner = (codes & np.uint64((1 << owner_bits) - 1)).astype(np.int64)
-    scaled = weights[owner]
-    weighted = np.bincount(group, weights=scaled)
-    # Each agency's weighted count per bucket, squared: entries of one (bucket, agency) are adjacent.
-    cell = np.concatenate([[0], np.cumsum(codes[1:] != codes[:-1])])
-    per_cell = np.bincount(cell, weights=scaled)
-    squares = np.bincount(group[np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])],
-                          weights=per_cell * per_cell, minlength=len(weighted))
-    return float(((weighted * weighted - squares) / 2).sum())
+    keys = tuple(_pack_bits(sample[d], positions, np.uint32) for d in present)
+    values = np.empty(sum(len(k) for k in keys) * config.bands)
+    count = bucket_pair_weights(keys, np.array(present, dtype=np.int64), weights, owner_bits, values)
+    # numpy's (pairwise) sum over the buckets in (band, key) order, as the estimate was first summed.
+    return float(values[:count].sum())
 
 
 def choose_blocking(

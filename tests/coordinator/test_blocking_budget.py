@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.linkage.blocking import BlockingConfig, bit_frequencies
+from coordinator.linkage.blocking import BlockingConfig, _pack_bits, bit_frequencies, choose_band_bits
 from coordinator.linkage.blocking_budget import (
     ALL_PAIRS_LIMIT,
     LADDER,
     BlockingChoice,
+    _sample,
     choose_blocking,
     comparison_budget,
     estimate_comparisons,
@@ -41,6 +42,42 @@ def test_estimate_on_every_row_is_the_rounds_comparison_count(bits: int, bands: 
     config = BlockingConfig(bits_per_band=bits, bands=bands)
     estimate = estimate_comparisons(data, config, sample=data, frequencies=bit_frequencies(data, seed=config.seed))
     assert estimate == _counted(data, config) > 0
+
+
+def _numpy_estimate(datasets: list[np.ndarray], config: BlockingConfig, sample: list[np.ndarray],
+                    frequencies: np.ndarray) -> float:
+    """The estimate as first computed: every band's codes sorted at once, bucket sums by ``bincount``."""
+    positions = choose_band_bits(frequencies, config)[:, : config.bits_per_band]
+    weights = np.array([len(d) / len(s) if len(s) else 0.0 for d, s in zip(datasets, sample, strict=True)])
+    owner_bits = max(1, (len(sample) - 1).bit_length())
+    band_code = (np.arange(config.bands, dtype=np.uint64) << np.uint64(32))[None, :]
+    codes = np.sort(np.concatenate([
+        (((_pack_bits(s, positions, np.uint32).astype(np.uint64) | band_code) << np.uint64(owner_bits))
+         | np.uint64(d)).ravel()
+        for d, s in enumerate(sample) if len(s)]))
+    bucket = codes >> np.uint64(owner_bits)
+    group = np.concatenate([[0], np.cumsum(bucket[1:] != bucket[:-1])])
+    scaled = weights[(codes & np.uint64((1 << owner_bits) - 1)).astype(np.int64)]
+    weighted = np.bincount(group, weights=scaled)
+    cell = np.concatenate([[0], np.cumsum(codes[1:] != codes[:-1])])
+    per_cell = np.bincount(cell, weights=scaled)
+    squares = np.bincount(group[np.concatenate([[0], np.flatnonzero(codes[1:] != codes[:-1]) + 1])],
+                          weights=per_cell * per_cell, minlength=len(weighted))
+    return float(((weighted * weighted - squares) / 2).sum())
+
+
+@pytest.mark.parametrize(("bits", "bands"), [*SMALL_LADDER, (21, 4), (30, 2)])
+def test_compiled_estimate_is_the_numpy_estimate_to_the_bit(bits: int, bands: int) -> None:
+    """The compiled per-band sort and walk give the same float as the one numpy sort and ``bincount``,
+    with sampling weights that are not whole numbers and an agency whose sample is empty."""
+    data = _agencies(700, agencies=4, seed=3)
+    data = [data[0], data[1][:523], data[2][:0], data[3][:301]]
+    config = BlockingConfig(bits_per_band=bits, bands=bands)
+    sample = _sample(data, 250, config.seed)
+    frequencies = bit_frequencies(sample, seed=config.seed)
+    expected = _numpy_estimate(data, config, sample, frequencies)
+    assert expected > 0
+    assert estimate_comparisons(data, config, sample=sample, frequencies=frequencies) == expected
 
 
 def test_estimate_on_a_sample_is_close_to_the_count() -> None:

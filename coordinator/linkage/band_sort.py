@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["RECORD_BITS", "band_columns", "band_entries", "radix_sort", "sorted_entries"]
+__all__ = ["RECORD_BITS", "band_columns", "band_entries", "band_entries_into", "radix_sort", "sorted_entries"]
 
 #: Most bits per radix digit: 4096 counters (32 KB) stay in the first-level cache.
 _DIGIT = 12
@@ -101,7 +101,17 @@ def band_entries(column, sentinel):  # noqa: ANN001, ANN201
         uint64 entries ``key << 32 | record``, ascending.
     """
     n = column.shape[0]
-    entries = np.empty(n, dtype=np.uint64)
+    return band_entries_into(column, sentinel, np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.uint64))
+
+
+@njit(nogil=True, cache=True)
+def band_entries_into(column, sentinel, entries, spare):  # noqa: ANN001, ANN201
+    """:func:`band_entries` sorted in the caller's buffers (each at least ``len(column)`` long): a view of one.
+
+    A caller comparing band after band reuses its buffers: fresh ones for every band cost more in
+    first-touched pages than the sort itself (~0.35 s of CPU over 96 bands of 400k records).
+    """
+    n = column.shape[0]
     at = 0
     top = np.uint64(0)
     for record in range(n):
@@ -110,7 +120,7 @@ def band_entries(column, sentinel):  # noqa: ANN001, ANN201
             entries[at] = (np.uint64(key) << np.uint64(RECORD_BITS)) | np.uint64(record)
             top |= np.uint64(key)
             at += 1
-    return _radix_sort_bits(entries[:at], np.empty(at, dtype=np.uint64), RECORD_BITS, _bit_length(top))
+    return _radix_sort_bits(entries[:at], spare[:at], RECORD_BITS, _bit_length(top))
 
 
 @njit(nogil=True, cache=True)
@@ -134,7 +144,8 @@ def band_columns(keys, first, count):  # noqa: ANN001, ANN201
     return out
 
 
-def sorted_entries(column: np.ndarray, sentinel: int | None) -> np.ndarray:
+def sorted_entries(column: np.ndarray, sentinel: int | None,
+                   scratch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """:func:`band_entries` of one band's keys of any unsigned or non-negative integer type.
 
     Keys that do not fit below ``2**32 - 1`` (``bits_per_band + split_bits > 30``, or a column
@@ -144,15 +155,19 @@ def sorted_entries(column: np.ndarray, sentinel: int | None) -> np.ndarray:
     Args:
         column: the band's key of every record of all datasets, dataset after dataset.
         sentinel: the key of skipped records, left out; ``None`` when none is skipped.
+        scratch: two uint64 buffers at least ``len(column)`` long to sort in (the result is a view
+            of one, valid until they are reused); ``None``: fresh ones.
 
     Returns:
         uint64 entries ``key << 32 | record``, ascending.
     """
+    if scratch is None:
+        scratch = np.empty(len(column), dtype=np.uint64), np.empty(len(column), dtype=np.uint64)
     narrow_sentinel = np.uint32(np.iinfo(np.uint32).max)
     if column.dtype == np.uint32 and (sentinel == narrow_sentinel or not np.any(column == narrow_sentinel)):
-        return band_entries(column, narrow_sentinel)
+        return band_entries_into(column, narrow_sentinel, *scratch)
     skipped = np.zeros(len(column), dtype=bool) if sentinel is None else column == sentinel
     _, ranks = np.unique(column, return_inverse=True)
     ranks = ranks.reshape(-1).astype(np.uint32)
     ranks[skipped] = narrow_sentinel
-    return band_entries(ranks, narrow_sentinel)
+    return band_entries_into(ranks, narrow_sentinel, *scratch)

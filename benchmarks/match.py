@@ -245,9 +245,13 @@ def cached_encodings(cache_dir: Path, agencies: int, records: int, seed: int) ->
 
 def load_encodings(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Load cached encodings and entity ids."""
+    from pplink.aligned import line_aligned
+
     with np.load(path) as data:
         agencies = sum(1 for name in data.files if name.startswith("enc"))
-        return [data[f"enc{d}"] for d in range(agencies)], [data[f"ent{d}"] for d in range(agencies)]
+        # On a cache line, as pplink's own loader (pplink.encfile) gives them: the match copies nothing.
+        return ([line_aligned(data[f"enc{d}"]) for d in range(agencies)],
+                [data[f"ent{d}"] for d in range(agencies)])
 
 
 def entity_subset(entities: Sequence[np.ndarray], fraction: float, seed: int) -> list[np.ndarray]:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, ValidationError
 
 from pplink.agreement import AgreementConfig, Role, canonical_json
+from pplink.aligned import empty_line_aligned
 from pplink.atomic import atomic_file
 from pplink.crypto import sign, verify
 from pplink.errors import AgreementMismatchError, EncodingFileError, SignatureError
@@ -281,6 +282,10 @@ def _parse(
     undeclared = sorted(set(attributes) - declared)
     if undeclared:
         raise EncodingFileError(f"{path}: carries attributes the agreement does not declare: {', '.join(undeclared)}")
-    tokens = np.frombuffer(tokens_raw, dtype=np.uint8).reshape(n, TOKEN_BYTES)
-    clks = np.frombuffer(clks_raw, dtype=np.uint8).reshape(n, width)
+    # Copies, not views of the file's bytes (freed on return): the encodings on a cache line, as the
+    # matching kernels read them (pplink.aligned), so the match does not copy them again.
+    tokens = np.frombuffer(tokens_raw, dtype=np.uint8).reshape(n, TOKEN_BYTES).copy()
+    clks = empty_line_aligned((n, width), np.uint8)
+    clks[...] = np.frombuffer(clks_raw, dtype=np.uint8).reshape(n, width)
+    tokens.flags.writeable = clks.flags.writeable = False  # read-only, as the views were
     return EncodingsFile(header=header, tokens=tokens, clks=clks, attributes=attributes, path=origin)

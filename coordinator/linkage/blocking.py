@@ -213,8 +213,8 @@ def _pack_bits(data: np.ndarray, positions: np.ndarray, dtype: type[np.unsignedi
     reads each encoding once as uint64 words (``pack_keys``); threads share the rows.
     """
     from coordinator.linkage.block_kernels import bit_word_shifts, pack_keys
-    from coordinator.linkage.kernels import empty_line_aligned
     from coordinator.linkage.similarity import as_words
+    from pplink.aligned import empty_line_aligned
 
     words = np.ascontiguousarray(as_words(np.ascontiguousarray(data)))
     word, shift = bit_word_shifts(positions)

@@ -29,8 +29,9 @@ from coordinator.linkage.band_sort import sorted_entries
 from coordinator.linkage.block_kernels import gather_columns
 from coordinator.linkage.blocking import BandKeys, BlockingConfig, BlockingStats, compute_band_keys
 from coordinator.linkage.floor_sink import FloorSink
-from coordinator.linkage.kernels import line_aligned, row_popcounts
+from coordinator.linkage.kernels import row_popcounts
 from coordinator.linkage.similarity import as_words
+from pplink.aligned import line_aligned
 from pplink.errors import MatchError
 
 __all__ = ["Found", "Progress", "announce", "blocking_stats", "compare_bands", "compare_datasets", "run_units"]

@@ -26,9 +26,7 @@ __all__ = [
     "VECTOR_POPCOUNT",
     "and_popcount_1024",
     "bucket_pair_dice",
-    "empty_line_aligned",
     "gather_buckets",
-    "line_aligned",
     "pair_dice",
     "popcount64",
     "prefetch",
@@ -116,29 +114,6 @@ def and_popcount_1024(typingctx, block, p, q):  # noqa: ANN001, ANN202 (numba's 
         return builder.call(reduce, [total])
 
     return signature, codegen
-
-
-def empty_line_aligned(shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array starting on a 64-byte cache line.
-
-    The kernels read records' rows from all over their matrices: a 128-byte row (1024 bits, or 32
-    band keys) on a line boundary is two lines to load, where numpy's 16-byte alignment makes most
-    such rows three.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    size = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(size + 64 // itemsize, dtype=dtype)
-    lead = (-raw.ctypes.data % 64) // itemsize
-    return raw[lead : lead + size].reshape(shape)
-
-
-def line_aligned(array: np.ndarray) -> np.ndarray:
-    """``array`` if it is C-contiguous and starts on a cache line, else such a copy (:func:`empty_line_aligned`)."""
-    if array.flags.c_contiguous and array.ctypes.data % 64 == 0:
-        return array
-    out = empty_line_aligned(array.shape, array.dtype)
-    out[...] = array
-    return out
 
 
 @njit(nogil=True, cache=True)

@@ -13,8 +13,9 @@ from coordinator.linkage.band_sort import radix_sort
 from coordinator.linkage.block_kernels import bit_word_shifts, bucket_census, merge_join, pack_keys
 from coordinator.linkage.blocking import BlockingConfig, compute_band_keys
 from coordinator.linkage.compare import Found, compare_datasets
-from coordinator.linkage.kernels import bucket_pair_dice, empty_line_aligned, line_aligned, row_popcounts
+from coordinator.linkage.kernels import bucket_pair_dice, row_popcounts
 from coordinator.linkage.similarity import as_words, check_datasets, compute_dice
+from pplink.aligned import empty_line_aligned, line_aligned
 from pplink.errors import MatchError
 
 

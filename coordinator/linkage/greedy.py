@@ -154,6 +154,20 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
     return out
 
 
+#: Fields of a node's record in :func:`_solve_distinct` (by group id: a group's id is the node it started from).
+_HEAD, _TAIL, _NEXT, _FIRST, _SIZE, _KEPT = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, nogil=True)
+def _records(n: int) -> np.ndarray:
+    """Every node's record: no members, no successor, no kept edge (``-1``), size and kept edges 0."""
+    rec = np.empty((n, 8), dtype=np.int32)
+    for x in range(n):
+        rec[x, _HEAD] = rec[x, _TAIL] = rec[x, _NEXT] = rec[x, _FIRST] = -1
+        rec[x, _SIZE] = rec[x, _KEPT] = rec[x, 6] = rec[x, 7] = 0
+    return rec
+
+
 @njit(cache=True, nogil=True)
 def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, sets_b: np.ndarray,
                     offsets: np.ndarray, party: np.ndarray, n: int) -> tuple[np.ndarray, bool]:
@@ -174,12 +188,10 @@ def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, 
     """
     low = np.int64(0xFFFFFFFF)
     state = np.zeros(n, dtype=np.int64)  # by node: its group's parties << 32 | (group id + 1); 0: no group
-    size = np.zeros(n, dtype=np.int32)  # by group id (a group's id is the node it started from)
-    head = np.full(n, -1, dtype=np.int32)
-    tail = np.full(n, -1, dtype=np.int32)
-    nxt = np.full(n, -1, dtype=np.int32)
-    first = np.full(n, -1, dtype=np.int32)  # by node: its latest kept edge end
-    kept = np.zeros(n, dtype=np.int32)  # by node: its kept edges
+    # The rest of a node's (and its group's) state in one 32-byte record, not in six arrays: a pair
+    # that changes something touches a record or two, not a cache line in each array (at a round's
+    # floor the state is megabytes, and those misses were most of the solve).
+    rec = _records(n)
     other = np.empty(1024, dtype=np.int32)  # by kept edge end: the other end
     older = np.empty(1024, dtype=np.int32)  # by kept edge end: the same node's previous one
     m = 0
@@ -202,66 +214,66 @@ def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, 
             word = (((one << pa) | (one << pb)) << 32) | (a + 1)
             state[a] = word
             state[b] = word
-            size[a] = 2
-            head[a] = a
-            nxt[a] = b
-            tail[a] = b
+            rec[a, _SIZE] = 2
+            rec[a, _HEAD] = a
+            rec[a, _NEXT] = b
+            rec[a, _TAIL] = b
             continue
         if ga < 0 or gb < 0:
             if ga < 0:
                 g, new, bit = gb, a, one << pa
             else:
                 g, new, bit = ga, b, one << pb
-            if size[g] == 1:
+            if rec[g, _SIZE] == 1:
                 word = (bit << 32) | state[g]
                 state[g] = word
                 state[new] = word
-                nxt[tail[g]] = new
-                tail[g] = new
-                size[g] = 2
+                rec[rec[g, _TAIL], _NEXT] = new
+                rec[g, _TAIL] = new
+                rec[g, _SIZE] = 2
                 continue
             state[new] = (bit << 32) | (new + 1)
-            size[new] = 1
-            head[new] = new
-            tail[new] = new
+            rec[new, _SIZE] = 1
+            rec[new, _HEAD] = new
+            rec[new, _TAIL] = new
         else:
             # Every cross pair but this one must be a kept edge (each pair is at most one edge).
             every = True
-            x = head[ga]
+            x = rec[ga, _HEAD]
             while x >= 0 and every:
-                y = head[gb]
+                y = rec[gb, _HEAD]
                 while y >= 0:
                     if x != a or y != b:
-                        p, q = (x, y) if kept[x] <= kept[y] else (y, x)
-                        k = first[p]
+                        p, q = (x, y) if rec[x, _KEPT] <= rec[y, _KEPT] else (y, x)
+                        k = rec[p, _FIRST]
                         while k >= 0 and other[k] != q:
                             k = older[k]
                         if k < 0:
                             every = False
                             break
-                    y = nxt[y]
-                x = nxt[x]
+                    y = rec[y, _NEXT]
+                x = rec[x, _NEXT]
             if every:
-                keep, gone = (ga, gb) if size[ga] >= size[gb] else (gb, ga)
-                nxt[tail[keep]] = head[gone]
-                tail[keep] = tail[gone]
-                size[keep] += size[gone]
-                size[gone] = 0
+                keep, gone = (ga, gb) if rec[ga, _SIZE] >= rec[gb, _SIZE] else (gb, ga)
+                rec[rec[keep, _TAIL], _NEXT] = rec[gone, _HEAD]
+                rec[keep, _TAIL] = rec[gone, _TAIL]
+                rec[keep, _SIZE] += rec[gone, _SIZE]
+                rec[gone, _SIZE] = 0
                 word = ((sa | sb) & ~low) | (keep + 1)
-                y = head[keep]
+                y = rec[keep, _HEAD]
                 while y >= 0:
                     state[y] = word
-                    y = nxt[y]
+                    y = rec[y, _NEXT]
                 continue
         # The edge now joins two groups that may still merge: kept for their later checks.
         if m + 2 > len(other):
             other, older = _grown(other, m + 2), _grown(older, m + 2)
-        other[m], older[m], first[a] = b, first[a], m
-        other[m + 1], older[m + 1], first[b] = a, first[b], m + 1
-        kept[a] += 1
-        kept[b] += 1
+        other[m], older[m], rec[a, _FIRST] = b, rec[a, _FIRST], m
+        other[m + 1], older[m + 1], rec[b, _FIRST] = a, rec[b, _FIRST], m + 1
+        rec[a, _KEPT] += 1
+        rec[b, _KEPT] += 1
         m += 2
-    return _roots(size, head, nxt), True
+    return _roots(rec[:, _SIZE], rec[:, _HEAD], rec[:, _NEXT]), True
 
 
 @njit(cache=True, nogil=True)

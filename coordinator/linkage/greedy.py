@@ -154,9 +154,37 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
     return out
 
 
+#: Fields of a node's record in :func:`_solve_distinct` (by group id: a group's id is the node it started from).
+_HEAD, _TAIL, _NEXT, _FIRST, _SIZE, _KEPT = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, nogil=True)
+def _records(n: int) -> np.ndarray:
+    """Every node's record: no members, no successor, no kept edge (``-1``), size and kept edges 0."""
+    rec = np.empty((n, 8), dtype=np.int32)
+    for x in range(n):
+        rec[x, _HEAD] = rec[x, _TAIL] = rec[x, _NEXT] = rec[x, _FIRST] = -1
+        rec[x, _SIZE] = rec[x, _KEPT] = rec[x, 6] = rec[x, 7] = 0
+    return rec
+
+
+def _state_words(n: int, parties: int) -> tuple[np.ndarray, int]:
+    """Zeroed node words for :func:`_solve_distinct` and the shift of the parties' bits above the group id.
+
+    4 bytes a node where the group id + 1 (at most ``n``) and the parties' bits fit 31 bits (a
+    round's four agencies and 400k records take 23): half the cache footprint of the words every
+    edge reads; else 8 bytes, the parties above bit 32.
+    """
+    shift = max(n.bit_length(), 1)
+    if shift + parties <= 31:
+        return np.zeros(n, dtype=np.int32), shift
+    return np.zeros(n, dtype=np.int64), 32
+
+
 @njit(cache=True, nogil=True)
 def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, sets_b: np.ndarray,
-                    offsets: np.ndarray, party: np.ndarray, n: int) -> tuple[np.ndarray, bool]:
+                    offsets: np.ndarray, party: np.ndarray, n: int, state: np.ndarray,
+                    shift: int) -> tuple[np.ndarray, bool]:
     """:func:`_solve`'s groups when no pair repeats and every pair joins two parties (below 31): ``(root, True)``.
 
     A pair's ends are nodes ``offsets[sets_a[i]] + rows_a[i]`` and ``offsets[sets_b[i]] + rows_b[i]``
@@ -171,15 +199,16 @@ def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, 
     only grow. So no adjacency of every edge is built: only the others are kept, in a linked list per
     node (a few percent of a round's floor), and a node's group and that group's parties are one
     word, so the ~94% of a floor's edges that change nothing cost two reads.
+
+    ``state`` (zeros, one per node; see :func:`_state_words`) receives each node's word: its group's
+    parties ``<< shift`` above its group id + 1 (0: no group).
     """
-    low = np.int64(0xFFFFFFFF)
-    state = np.zeros(n, dtype=np.int64)  # by node: its group's parties << 32 | (group id + 1); 0: no group
-    size = np.zeros(n, dtype=np.int32)  # by group id (a group's id is the node it started from)
-    head = np.full(n, -1, dtype=np.int32)
-    tail = np.full(n, -1, dtype=np.int32)
-    nxt = np.full(n, -1, dtype=np.int32)
-    first = np.full(n, -1, dtype=np.int32)  # by node: its latest kept edge end
-    kept = np.zeros(n, dtype=np.int32)  # by node: its kept edges
+    low = np.int64((1 << shift) - 1)
+    up = np.int64(shift)
+    # The rest of a node's (and its group's) state in one 32-byte record, not in six arrays: a pair
+    # that changes something touches a record or two, not a cache line in each array (at a round's
+    # floor the state is megabytes, and those misses were most of the solve).
+    rec = _records(n)
     other = np.empty(1024, dtype=np.int32)  # by kept edge end: the other end
     older = np.empty(1024, dtype=np.int32)  # by kept edge end: the same node's previous one
     m = 0
@@ -194,74 +223,74 @@ def _solve_distinct(rows_a: np.ndarray, sets_a: np.ndarray, rows_b: np.ndarray, 
             pa, pb = np.int64(party[a]), np.int64(party[b])
         if pa == pb:
             return np.zeros(0, dtype=np.int64), False
-        sa, sb = state[a], state[b]
-        if sa != 0 and sb != 0 and (((sa & sb) >> 32) != 0 or (sa & low) == (sb & low)):
+        sa, sb = np.int64(state[a]), np.int64(state[b])
+        if sa != 0 and sb != 0 and (((sa & sb) >> up) != 0 or (sa & low) == (sb & low)):
             continue  # one group already, or two sharing a party: nothing changes, nothing to keep
         ga, gb = np.int32((sa & low) - 1), np.int32((sb & low) - 1)
         if ga < 0 and gb < 0:
-            word = (((one << pa) | (one << pb)) << 32) | (a + 1)
+            word = (((one << pa) | (one << pb)) << up) | (a + 1)
             state[a] = word
             state[b] = word
-            size[a] = 2
-            head[a] = a
-            nxt[a] = b
-            tail[a] = b
+            rec[a, _SIZE] = 2
+            rec[a, _HEAD] = a
+            rec[a, _NEXT] = b
+            rec[a, _TAIL] = b
             continue
         if ga < 0 or gb < 0:
             if ga < 0:
                 g, new, bit = gb, a, one << pa
             else:
                 g, new, bit = ga, b, one << pb
-            if size[g] == 1:
-                word = (bit << 32) | state[g]
+            if rec[g, _SIZE] == 1:
+                word = (bit << up) | state[g]
                 state[g] = word
                 state[new] = word
-                nxt[tail[g]] = new
-                tail[g] = new
-                size[g] = 2
+                rec[rec[g, _TAIL], _NEXT] = new
+                rec[g, _TAIL] = new
+                rec[g, _SIZE] = 2
                 continue
-            state[new] = (bit << 32) | (new + 1)
-            size[new] = 1
-            head[new] = new
-            tail[new] = new
+            state[new] = (bit << up) | (new + 1)
+            rec[new, _SIZE] = 1
+            rec[new, _HEAD] = new
+            rec[new, _TAIL] = new
         else:
             # Every cross pair but this one must be a kept edge (each pair is at most one edge).
             every = True
-            x = head[ga]
+            x = rec[ga, _HEAD]
             while x >= 0 and every:
-                y = head[gb]
+                y = rec[gb, _HEAD]
                 while y >= 0:
                     if x != a or y != b:
-                        p, q = (x, y) if kept[x] <= kept[y] else (y, x)
-                        k = first[p]
+                        p, q = (x, y) if rec[x, _KEPT] <= rec[y, _KEPT] else (y, x)
+                        k = rec[p, _FIRST]
                         while k >= 0 and other[k] != q:
                             k = older[k]
                         if k < 0:
                             every = False
                             break
-                    y = nxt[y]
-                x = nxt[x]
+                    y = rec[y, _NEXT]
+                x = rec[x, _NEXT]
             if every:
-                keep, gone = (ga, gb) if size[ga] >= size[gb] else (gb, ga)
-                nxt[tail[keep]] = head[gone]
-                tail[keep] = tail[gone]
-                size[keep] += size[gone]
-                size[gone] = 0
+                keep, gone = (ga, gb) if rec[ga, _SIZE] >= rec[gb, _SIZE] else (gb, ga)
+                rec[rec[keep, _TAIL], _NEXT] = rec[gone, _HEAD]
+                rec[keep, _TAIL] = rec[gone, _TAIL]
+                rec[keep, _SIZE] += rec[gone, _SIZE]
+                rec[gone, _SIZE] = 0
                 word = ((sa | sb) & ~low) | (keep + 1)
-                y = head[keep]
+                y = rec[keep, _HEAD]
                 while y >= 0:
                     state[y] = word
-                    y = nxt[y]
+                    y = rec[y, _NEXT]
                 continue
         # The edge now joins two groups that may still merge: kept for their later checks.
         if m + 2 > len(other):
             other, older = _grown(other, m + 2), _grown(older, m + 2)
-        other[m], older[m], first[a] = b, first[a], m
-        other[m + 1], older[m + 1], first[b] = a, first[b], m + 1
-        kept[a] += 1
-        kept[b] += 1
+        other[m], older[m], rec[a, _FIRST] = b, rec[a, _FIRST], m
+        other[m + 1], older[m + 1], rec[b, _FIRST] = a, rec[b, _FIRST], m + 1
+        rec[a, _KEPT] += 1
+        rec[b, _KEPT] += 1
         m += 2
-    return _roots(size, head, nxt), True
+    return _roots(rec[:, _SIZE], rec[:, _HEAD], rec[:, _NEXT]), True
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +354,8 @@ def greedy_roots(u: np.ndarray, v: np.ndarray, n: int, party: np.ndarray | None 
         return np.full(n, -1, dtype=np.int64)
     if distinct and party is not None and len(party) and 0 <= np.min(party) and np.max(party) < 31:
         none = np.zeros(0, dtype=np.int64)
-        root, solved = _solve_distinct(u, none, v, none, none, np.asarray(party, dtype=np.int8), n)
+        party = np.asarray(party, dtype=np.int8)
+        root, solved = _solve_distinct(u, none, v, none, none, party, n, *_state_words(n, int(np.max(party)) + 1))
         if solved:
             return root
     indptr, nbr = _adjacency(u, v, n)
@@ -358,7 +388,7 @@ def distinct_dataset_roots(sizes: Sequence[int], d_a: np.ndarray, r_a: np.ndarra
     if len(d_a) == 0:
         return np.full(n, -1, dtype=np.int64)
     columns = [np.ascontiguousarray(x) for x in (r_a, d_a, r_b, d_b)]
-    root, solved = _solve_distinct(*columns, offsets, np.zeros(0, dtype=np.int8), n)
+    root, solved = _solve_distinct(*columns, offsets, np.zeros(0, dtype=np.int8), n, *_state_words(n, len(sizes)))
     return root if solved else None
 
 

@@ -8,7 +8,7 @@ from anonlink.solving import greedy_solve
 
 from coordinator.linkage.candidate_batches import sorted_batches, sorted_distinct_batches
 from coordinator.linkage.candidate_order import candidate_order, sorted_candidates
-from coordinator.linkage.greedy import greedy_roots, greedy_solve_groups
+from coordinator.linkage.greedy import _state_words, greedy_roots, greedy_solve_groups
 from coordinator.linkage.match import match_clks, solve_candidates
 
 
@@ -117,6 +117,30 @@ def test_distinct_pairs_solved_without_adjacency_give_anonlinks_groups() -> None
         assert {frozenset(g) for g in groups.values()} == expected, seed
         solved_fast += any(len(g) > 2 for g in expected)
     assert solved_fast > 150
+
+
+def test_distinct_solve_with_wide_node_words_gives_the_general_paths_groups() -> None:
+    """Invariant: where group ids and parties overflow 4-byte node words (many parties, or many nodes), the
+    adjacency-free solve's 8-byte words give the general path's roots, as the 4-byte words do below that."""
+    assert _state_words(400_000, 4)[0].dtype == np.int32  # a 4 x 100k round: the narrow words
+    assert _state_words(2**27, 4)[0].dtype == np.int64
+    wide = 0
+    for seed in range(40):
+        rng = np.random.default_rng(5000 + seed)
+        datasets = 25 + seed % 6  # 25-30 parties and 75+ nodes: 7 + 25 bits, 8-byte words
+        sizes = [int(x) for x in rng.integers(3, 12, datasets)]
+        candidates = _random_candidates(rng, sizes, int(rng.integers(10, 3 * sum(sizes))), ties=seed % 2 == 0,
+                                        within=False, repeats=False)
+        _, (d_a, d_b), (r_a, r_b) = candidates
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        u, v = offsets[d_a] + r_a, offsets[d_b] + r_b
+        party = np.repeat(np.arange(datasets), sizes)
+        wide += _state_words(int(offsets[-1]), datasets)[0].dtype == np.int64
+        general = greedy_roots(u, v, int(offsets[-1]), party)
+        assert greedy_roots(u, v, int(offsets[-1]), party, distinct=True).tolist() == general.tolist(), seed
+        labels, _, _ = solve_candidates(candidates, sizes, distinct=True)
+        assert [x.tolist() for x in labels] == [x.tolist() for x in _label(greedy_solve(candidates), sizes)[0]], seed
+    assert wide == 40
 
 
 def test_distinct_is_not_trusted_where_it_does_not_apply() -> None:

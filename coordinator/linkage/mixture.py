@@ -257,12 +257,13 @@ def fit_mixture(histogram: ScoreHistogram, *, start: Sequence[float] | None = No
 def warm_start(fit: MixtureFit) -> tuple[float, ...] | None:
     """Where fits of histograms like ``fit``'s may start in place of :data:`_STARTS`, or ``None``.
 
-    A subset of a round's linked pairs (one agency pair's, or the pairs above a higher floor) has
-    nearly the round's shape: its optimum lies next to the round's, and one run from there (with its
-    restarts) reaches what the six fixed starts reach, at a sixth of the runs (on the 4 x 100k round the
-    agency pairs' counts of true links moved by at most 0.074 of 47,000, the threshold and
-    estimates not at all; docs/scaling.md). A fit of true links alone (share pinned) is never a
-    start: from there every run stays in the "all links true" optimum the fixed starts guard against.
+    One agency pair's linked pairs, a thinned sample of the round's, have nearly the round's shape:
+    their optimum lies next to the round's, and one run from there (with its restarts) reaches what
+    the six fixed starts reach, at a sixth of the runs (on the 4 x 100k round the agency pairs'
+    counts of true links moved by at most 0.074 of 47,000, the threshold and estimates not at all;
+    docs/scaling.md). The pairs above a higher floor are not such a sample (most false links are cut
+    away) and keep the fixed starts. A fit of true links alone (share pinned) is never a start: from
+    there every run stays in the "all links true" optimum the fixed starts guard against.
     """
     if not fit.parameters or fit.parameters[0] == _ALONE_SHARE:
         return None

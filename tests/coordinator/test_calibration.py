@@ -315,18 +315,17 @@ def test_the_batched_fits_parameter_transform_is_shapes_bit_for_bit() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_warm_fit_of_a_subset_reaches_the_fixed_starts_optimum(seed: int) -> None:
-    """Invariant: a subset of a round's pairs (a sixth of them, as one agency pair of four agencies holds; or the
-    pairs above a higher floor) fitted from the round's fit (:func:`warm_start`) reaches the optimum its six fixed
-    starts reach: the same count of true links and precision at a threshold, within 1e-4."""
-    from coordinator.linkage.calibration import _from_floor
+    """Invariant: a thinned sample of a round's pairs (a sixth of them, as one agency pair of four agencies holds)
+    fitted from the round's fit (:func:`warm_start`) reaches the optimum its six fixed starts reach: the same count
+    of true links and precision at a threshold, within 1e-4."""
     from coordinator.linkage.mixture import _RECENT, ScoreHistogram, expected_counts, warm_start
 
     scores, _ = _mixture(seed, true=24000, false=3600)
     whole = score_histogram(scores, 0.55)
     base = fit_mixture(whole)
     rng = np.random.default_rng(seed)
-    subsets = [ScoreHistogram(rng.binomial(whole.counts.astype(np.int64), 1 / 6).astype(np.float64), 0.55),
-               _from_floor(whole, 0.6)]
+    subsets = [ScoreHistogram(rng.binomial(whole.counts.astype(np.int64), share).astype(np.float64), 0.55)
+               for share in (1 / 6, 1 / 3)]
     for subset in subsets:
         _RECENT.clear()
         fixed, warm = fit_mixture(subset), fit_mixture(subset, warm=warm_start(base))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["RECORD_BITS", "band_columns", "band_entries", "band_entries_into", "radix_sort", "sorted_entries"]
+__all__ = ["RECORD_BITS", "band_entries", "band_entries_into", "radix_sort", "radix_sort_bits", "sorted_entries"]
 
 #: Most bits per radix digit: 4096 counters (32 KB) stay in the first-level cache.
 _DIGIT = 12
@@ -37,7 +37,7 @@ def _digit_bits(bits):  # noqa: ANN001, ANN202
 
 
 @njit(nogil=True, cache=True)
-def _radix_sort_bits(values, spare, low, bits):  # noqa: ANN001, ANN202
+def radix_sort_bits(values, spare, low, bits):  # noqa: ANN001, ANN202
     """Stable LSD radix sort of uint64 ``values`` by their bits ``low .. low + bits - 1``.
 
     One read counts the digits of every pass; a pass whose digit is the same for every value is
@@ -84,7 +84,7 @@ def radix_sort(values: np.ndarray) -> np.ndarray:
     top = np.uint64(0)
     for i in range(keys.shape[0]):
         top |= keys[i]
-    out = _radix_sort_bits(keys, np.empty_like(keys), 0, _bit_length(top))
+    out = radix_sort_bits(keys, np.empty_like(keys), 0, _bit_length(top))
     return out.astype(values.dtype)
 
 
@@ -120,28 +120,7 @@ def band_entries_into(column, sentinel, entries, spare):  # noqa: ANN001, ANN201
             entries[at] = (np.uint64(key) << np.uint64(RECORD_BITS)) | np.uint64(record)
             top |= np.uint64(key)
             at += 1
-    return _radix_sort_bits(entries[:at], spare[:at], RECORD_BITS, _bit_length(top))
-
-
-@njit(nogil=True, cache=True)
-def band_columns(keys, first, count):  # noqa: ANN001, ANN201
-    """Columns ``first .. first + count - 1`` of the key matrices, as ``(count, records)`` rows of all datasets.
-
-    One pass reads each record's keys of these bands together, from one cache line where they
-    share one, instead of a whole line per key and band.
-    """
-    total = 0
-    for d in range(len(keys)):
-        total += keys[d].shape[0]
-    out = np.empty((count, total), dtype=keys[0].dtype)
-    at = 0
-    for d in range(len(keys)):
-        matrix = keys[d]
-        for row in range(matrix.shape[0]):
-            for c in range(count):
-                out[c, at] = matrix[row, first + c]
-            at += 1
-    return out
+    return radix_sort_bits(entries[:at], spare[:at], RECORD_BITS, _bit_length(top))
 
 
 def sorted_entries(column: np.ndarray, sentinel: int | None,

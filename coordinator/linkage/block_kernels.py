@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from coordinator.linkage.band_sort import radix_sort_bits
+
 __all__ = [
     "bit_counts", "bit_word_shifts", "bucket_census", "bucket_pair_weights", "column_census", "gather_columns",
     "merge_join", "pack_keys",
@@ -119,9 +121,10 @@ def pack_keys(words: np.ndarray, word: np.ndarray, shift: np.ndarray, out: np.nd
 def gather_columns(keys, first, out):  # noqa: ANN001, ANN201
     """Copy columns ``first .. first + len(out) - 1`` of the key matrices into ``out``'s rows, datasets in turn.
 
-    What ``band_sort.band_columns`` computes, written into a buffer the caller allocates (with
-    numpy) and reuses: a large array allocated inside a numba kernel does not get numpy's
-    huge-page advice, and first touching its 4 KB pages cost ten times the copy on the shared VM.
+    One pass reads each record's keys of these bands together, from one cache line where they share
+    one, instead of a whole line per key and band. The buffer is the caller's (allocated with numpy)
+    and reused: a large array allocated inside a numba kernel does not get numpy's huge-page advice,
+    and first touching its 4 KB pages cost ten times the copy on the shared VM.
     """
     at = 0
     for d in range(len(keys)):
@@ -260,34 +263,6 @@ def merge_join(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.n
     return ia[:n], ib[:n]
 
 
-#: Most bits per radix digit when sorting a band's sampled codes (4096 counters: 32 KB).
-_CODE_DIGIT = 12
-
-
-@njit(nogil=True, cache=True)
-def _radix_sort(values, spare, bits, counts):  # noqa: ANN001, ANN202
-    """Sort ``values`` (below ``2 ** bits``) by LSD radix passes of equal digits; returns ``(sorted, scratch)``."""
-    passes = max(1, (bits + _CODE_DIGIT - 1) // _CODE_DIGIT)
-    digit = (bits + passes - 1) // passes
-    mask = np.uint64((1 << digit) - 1)
-    for p in range(passes):
-        shift = np.uint64(p * digit)
-        counts[: 1 << digit] = 0
-        for i in range(values.shape[0]):
-            counts[(values[i] >> shift) & mask] += 1
-        total = 0
-        for d in range(1 << digit):
-            count = counts[d]
-            counts[d] = total
-            total += count
-        for i in range(values.shape[0]):
-            d = (values[i] >> shift) & mask
-            spare[counts[d]] = values[i]
-            counts[d] += 1
-        values, spare = spare, values
-    return values, spare
-
-
 @njit(nogil=True, cache=True)
 def bucket_pair_weights(keys, owners, weights, owner_bits, values):  # noqa: ANN001, ANN201
     """Weighted cross-agency pairs of every (band, key) bucket of sampled band keys, bands then keys ascending.
@@ -320,7 +295,6 @@ def bucket_pair_weights(keys, owners, weights, owner_bits, values):  # noqa: ANN
     while top > 0:
         code_bits += 1
         top >>= 1
-    counts = np.empty(1 << _CODE_DIGIT, dtype=np.int64)
     count = 0
     mask = np.uint64((1 << owner_bits) - 1)
     for band in range(bands):
@@ -330,18 +304,19 @@ def bucket_pair_weights(keys, owners, weights, owner_bits, values):  # noqa: ANN
             for row in range(matrix.shape[0]):
                 codes[at] = (np.uint64(matrix[row, band]) << np.uint64(owner_bits)) | np.uint64(owners[i])
                 at += 1
-        codes, spare = _radix_sort(codes, spare, code_bits, counts)
+        # Sorted in whichever of the two buffers the passes end in; the next band refills ``codes``.
+        ordered = radix_sort_bits(codes, spare, 0, code_bits)
         for e in range(total):
-            scaled[e] = weights[np.int64(codes[e] & mask)]
+            scaled[e] = weights[np.int64(ordered[e] & mask)]
         e = 0
         while e < total:
-            bucket = codes[e] >> np.uint64(owner_bits)
+            bucket = ordered[e] >> np.uint64(owner_bits)
             weighted = 0.0
             squares = 0.0
-            while e < total and codes[e] >> np.uint64(owner_bits) == bucket:
-                code = codes[e]
+            while e < total and ordered[e] >> np.uint64(owner_bits) == bucket:
+                code = ordered[e]
                 cell = 0.0
-                while e < total and codes[e] == code:
+                while e < total and ordered[e] == code:
                     weighted += scaled[e]
                     cell += scaled[e]
                     e += 1

@@ -273,7 +273,7 @@ class Scratch:
         self._entries = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64))
 
     def columns(self, keys: tuple[np.ndarray, ...], first: int, count: int) -> np.ndarray:
-        """Columns ``first .. first + count - 1`` of the key matrices (``band_sort.band_columns``), in the buffer."""
+        """Columns ``first .. first + count - 1`` of the key matrices, one row per band, in the buffer."""
         total = sum(matrix.shape[0] for matrix in keys)
         if self._columns.dtype != keys[0].dtype or self._columns.shape[0] < count or self._columns.shape[1] < total:
             self._columns = np.empty((max(count, _COLUMN_GROUP), total), dtype=keys[0].dtype)

@@ -228,12 +228,13 @@ def test_sort_band_with_64_bit_keys_groups_like_32_bit() -> None:
 
 
 def test_gathered_columns_are_the_band_columns() -> None:
-    """The census's column copy into a reused buffer equals ``band_columns``' fresh one, for any group."""
-    from coordinator.linkage.band_sort import band_columns
+    """The column copy into a reused buffer is each band's keys of all datasets, dataset after dataset, for any
+    group of bands (the buffer's earlier contents never show through)."""
     from coordinator.linkage.block_kernels import gather_columns
 
     rng = np.random.default_rng(8)
     keys = tuple(rng.integers(0, 2**21, (n, 20), dtype=np.uint32) for n in (37, 0, 55))
     buffer = np.full((8, 92), 7, dtype=np.uint32)
     for first, count in ((0, 8), (8, 8), (16, 4)):
-        assert np.array_equal(gather_columns(keys, first, buffer[:count]), band_columns(keys, first, count))
+        expected = np.concatenate([k[:, first : first + count] for k in keys]).T
+        assert np.array_equal(gather_columns(keys, first, buffer[:count]), expected)

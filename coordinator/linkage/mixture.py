@@ -322,6 +322,13 @@ def fit_mixtures(histograms: Sequence[ScoreHistogram],
     return [fit if fit is not None else done[key] for fit, key in zip(out, keys, strict=True)]
 
 
+def _start_points(start: Sequence[float] | None, warm: Sequence[float] | None) -> tuple[tuple[float, ...], ...]:
+    """Where a fit's Nelder-Mead runs start: the given start alone, else the warm point alone, else :data:`_STARTS`."""
+    if start is not None:
+        return (tuple(start),)
+    return _STARTS if warm is None else (tuple(warm),)
+
+
 def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int,
                  warm: Sequence[float] | None = None) -> MixtureFit:
     """:func:`fit_mixture` computed one start at a time with scipy's ``minimize``: what the batched fits equal."""
@@ -343,7 +350,7 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
         return minimize(_Objective(counts, edges, first, capture, histogram.noise), np.array(point),
                         method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
 
-    points = (tuple(start),) if start is not None else _STARTS if warm is None else (tuple(warm),)
+    points = _start_points(start, warm)
     if workers > 1 and len(points) > 1:
         # The runs are independent and spend their time in scipy's incomplete beta function, which
         # releases the GIL; the best is then picked in the starts' order, as one after another would.

@@ -28,10 +28,10 @@ from coordinator.linkage.mixture import (
     _EPS,
     _RESTART_GAIN,
     _RESTARTS,
-    _STARTS,
     MixtureFit,
     ScoreHistogram,
     _fitted,
+    _start_points,
 )
 from coordinator.linkage.nelder_mead import Plan, Run, minimize_plans
 
@@ -200,7 +200,7 @@ def _plan(histogram: ScoreHistogram, start: Sequence[float] | None, warm: Sequen
     """
     target = _target(histogram, False)
     found = yield [Run(np.array(point), _group(target), scorer, target)
-                   for point in ((tuple(start),) if start is not None else _STARTS if warm is None else (tuple(warm),))]
+                   for point in _start_points(start, warm)]
     best: tuple[np.ndarray, float] | None = None
     for run in found:
         # The best run, the first among equals, as the starts' results were compared in order.

@@ -16,11 +16,13 @@ pair at or above :data:`CALIBRATION_FLOOR`. Past that the floor rises with the r
 similarity bins at or above which the round's pairs number at most ``prune_above`` (never above
 :data:`HIGHEST_FLOOR`, the agreed lower bound if higher, or a fixed threshold), chosen from the
 round's own counts as the comparison runs: no pair below it is kept, the comparison's threshold
-rises with it (and it stops counting the similarity histogram: such a round reports none), and
-the floor does not depend on the order pairs are found in. The round is then
+rises with it, and the floor does not depend on the order pairs are found in. The round is then
 an exact round at that floor: the floor solve, the agency pairs' solves, the blocking capture and
 the calibration all start there, and the solve at the chosen threshold (at or above the floor)
 filters the kept pairs as before.
+
+The round's similarity histogram (its match report's) is that of its kept pairs, from the floor up
+(:func:`~coordinator.linkage.match.floor_histogram`): exact there, and free; the comparison counts none.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from coordinator.linkage.match import (
     Candidates,
     MatchResult,
     Progress,
+    floor_histogram,
     match_clks,
     select_candidates,
     solve_candidates,
@@ -245,11 +248,11 @@ def auto_match(
         duplicates: attach an agency's own near-identical records to their cluster
             (:mod:`coordinator.linkage.duplicates`).
         timings: if given, filled with the seconds of each phase (``floor_blocking``,
-            ``floor_comparing``, ``floor_solve``, ``capture_by_score``, ``pair_solves``, ``pair_fits``,
-            ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``, ``attach_duplicates``,
-            ``linked_pair_scores``, ``second_pass``), the floor's candidate pairs (``floor_candidate_pairs``)
-            and, when the floor rose, the floor it rose to (``floor_raised_to``) and the most pairs held
-            at once while comparing (``floor_most_held``).
+            ``floor_comparing``, ``floor_solve``, ``floor_histogram``, ``capture_by_score``, ``pair_solves``,
+            ``pair_fits``, ``calibration_fit``, ``solve_at_threshold``, ``merge_split_clusters``,
+            ``attach_duplicates``, ``linked_pair_scores``, ``second_pass``), the floor's candidate pairs
+            (``floor_candidate_pairs``) and, when the floor rose, the floor it rose to (``floor_raised_to``)
+            and the most pairs held at once while comparing (``floor_most_held``).
         second_budget: comparisons a second, denser blocking pass among the records the floor solve
             left without a partner may spend (:mod:`coordinator.linkage.second_pass`); ``None``: none.
         prune_above: with blocking, pairs below :data:`KEEP_ALL_FROM` kept in full before the floor
@@ -286,8 +289,9 @@ def auto_match(
             early.append(background.submit(capture_by_score, datasets, final, blocking, workers=1))
 
     try:
+        # No histogram of every comparison: the round's is its kept pairs' (below).
         first = match_clks(datasets, floor, blocking=blocking, workers=workers, progress=_AtStage(progress, "solving",
-                           start_capture), keep_candidates=True, sink=sink)
+                           start_capture), keep_candidates=True, sink=sink, histogram_bins=None)
     finally:
         if background is not None:
             background.shutdown(wait=False)
@@ -297,10 +301,13 @@ def auto_match(
     if sink is not None and sink.raised:
         # The round is an exact round at the raised floor: every later phase starts there.
         floor = sink.floor
-        # Its comparison stopped counting the similarity histogram when the floor rose: none is reported.
-        first = replace(first, stats=first.stats.model_copy(update={"threshold": floor}), histogram=None)
+        first = replace(first, stats=first.stats.model_copy(update={"threshold": floor}))
         phases.update(floor_raised_to=floor, floor_most_held=sink.most_held)
     clock.lap(None)
+    # The first pass's kept pairs are every distinct compared pair at or above the floor: their
+    # histogram is the round's similarity histogram from the floor up, exact.
+    first = replace(first, histogram=floor_histogram(first.candidates[0], floor, blocked=blocking is not None))
+    clock.lap("floor_histogram")
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.

@@ -110,7 +110,7 @@ def test_raised_floor_round_is_the_exact_round_at_that_floor(workers: int) -> No
 def test_auto_round_under_the_bound_is_unchanged_and_a_bounded_one_calibrates_from_its_floor() -> None:
     """A round whose pairs below keep_all_from fit the bound is the unbounded round (same clusters,
     threshold, estimate and histogram); a bounded round's calibration starts at its raised floor, the
-    threshold it chooses is at or above it, and it reports no histogram (it stopped counting one)."""
+    threshold it chooses is at or above it, and its histogram is the exact one from that floor up."""
     sets = _agencies(7, 500, 400, spread=0.12)
     blocking = BlockingConfig()
     timings: list[dict[str, float]] = [{}, {}, {}]
@@ -120,10 +120,15 @@ def test_auto_round_under_the_bound_is_unchanged_and_a_bounded_one_calibrates_fr
     assert "floor_raised_to" not in timings[1]
     assert [x.tolist() for x in under.labels] == [x.tolist() for x in exact.labels]
     assert under_cal.threshold == exact_cal.threshold and under_cal.estimate == exact_cal.estimate
-    assert under.histogram == exact.histogram and bounded.histogram is None  # a risen floor counts none
+    assert under.histogram == exact.histogram
     floor = timings[2]["floor_raised_to"]
     assert timings[2]["floor_candidate_pairs"] < timings[0]["floor_candidate_pairs"]
     assert bounded_cal.floor == floor and bounded_cal.threshold >= floor
+    # Counted from the raised floor up: the unbounded round's bins there, none below.
+    assert bounded.histogram is not None and bounded.histogram.floor == floor
+    first = int(np.ceil(floor * bounded.histogram.bins - 1e-9))
+    assert bounded.histogram.counts[first:] == exact.histogram.counts[first:]
+    assert not any(bounded.histogram.counts[:first])
 
 
 def test_compiled_tally_bins_like_the_edge_search() -> None:

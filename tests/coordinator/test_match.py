@@ -174,6 +174,25 @@ def test_histograms_count_each_pair_once(people: tuple[list[np.ndarray], list[np
     assert all(got >= want for got, want in zip(blocked.counts[:25], expected[:25].tolist(), strict=True))
 
 
+def test_a_rounds_histogram_is_exact_from_its_floor_and_empty_below(
+    people: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    """An automatic round's histogram (its kept pairs', not counted while comparing) equals the
+    brute-force histogram of every pair from the floor's bin up, blocked or not, and is empty below."""
+    from coordinator.linkage.auto import CALIBRATION_FLOOR, auto_match
+
+    datasets = people[0]
+    expected = sum(_brute_histogram([datasets[a], datasets[b]], 100)
+                   for a in range(len(datasets)) for b in range(a + 1, len(datasets)))
+    first = int(np.ceil(CALIBRATION_FLOOR * 100 - 1e-9))
+    for blocking in (None, EVERY_PAIR):
+        result, _, _ = auto_match(datasets, blocking=blocking, workers=1, bootstrap=0)
+        histogram = result.histogram
+        assert histogram is not None and histogram.floor == CALIBRATION_FLOOR
+        assert histogram.blocked == (blocking is not None)
+        assert histogram.counts[first:] == tuple(expected[first:].tolist()) and not any(histogram.counts[:first])
+
+
 def test_every_record_is_in_exactly_one_cluster(people: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     """Invariants: each (dataset, row) appears once; no cluster holds two rows of one dataset;
     labels number clusters in order of their first member."""

@@ -129,6 +129,10 @@ def test_the_exact_page_shows_the_rounds_threshold_and_its_estimates(setup: Setu
                                                             "stats": {"threshold": 0.63}, "calibration": calibration})
     assert page is not None
     assert "threshold 0.63" in page and "precision 0.991" in page and "recall 0.972" in page
+    assert "counted from" not in page  # an older match.json: every pair counted
+    floored = render_exact_page(setup.agreement, match_report={"histogram": {"counts": [0, 900, 40, 7], "floor": 0.55},
+                                                               "stats": {"threshold": 0.63}})
+    assert floored is not None and "counted from the round's floor 0.55 up" in floored
 
 
 def test_the_dp_page_shows_the_rounds_link_scores_release_and_only_its_noisy_counts(setup: Setup) -> None:

@@ -46,8 +46,11 @@ def render_exact_page(config: AgreementConfig, *, match_report: dict[str, Any] |
             estimate = (f"<p>Threshold {calibration['threshold']:g} ({_e(calibration['method'])}), estimated from "
                         f"the pairs alone, with no truth: precision {calibration['precision']:.3f}, recall "
                         f"{calibration['recall']:.3f}, about {calibration['missed']:.0f} links missed.</p>")
+        # A round counts the pairs it kept, from its floor up (older match.json files counted every pair).
+        floor = match_report["histogram"].get("floor") or 0.0
+        counted = f", counted from the round's floor {floor:g} up" if floor > 0 else ""
         parts.append("<section><h2>Similarity distribution (coordinator only)</h2><p>Dice similarity of the "
-                     "candidate pairs in the last match, with the round's threshold: exact counts of "
+                     f"candidate pairs in the last match{counted}, with the round's threshold: exact counts of "
                      "pairs of encodings.</p>" + estimate + chart + "</section>")
     if model:
         metrics = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in model.get("metrics", {}).items()]

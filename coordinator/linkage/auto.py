@@ -43,6 +43,7 @@ from coordinator.linkage.calibration import (
     estimate_links,
     fit_mixture,
     fit_mixtures,
+    later_fits,
     score_histogram,
 )
 from coordinator.linkage.capture import capture_by_score
@@ -151,48 +152,30 @@ class _AtStage:
             self.start()
 
 
-def _pair_calibrations(
-    datasets: Sequence[np.ndarray], candidates: Candidates, threshold: float | None, floor: float,
-    capture: np.ndarray | None = None, timings: dict[str, float] | None = None, workers: int = 1,
-    warm: Sequence[float] | None = None, distinct: bool = False,
-) -> dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]]:
-    """Each agency pair's own one-to-one solve of the floor's candidates: histogram, calibration, links.
+def _pair_solves(
+    datasets: Sequence[np.ndarray], candidates: Candidates, floor: float, workers: int = 1, distinct: bool = False,
+) -> dict[tuple[int, int], tuple[ScoreHistogram, Links]]:
+    """Each agency pair's own one-to-one solve of the floor's candidates: its linked-pair histogram and links.
 
-    ``warm``: where each pair's fit starts in place of the fixed starting points (the round's own
-    fit's :func:`~coordinator.linkage.mixture.warm_start`; ``None``: the fixed starts).
-    ``distinct``: the candidates are known to hold no pair twice (faster solves).
+    ``distinct``: the candidates are known to hold no pair twice (faster solves). The histograms
+    carry no capture (the caller adds the round's).
     """
     sizes = [len(d) for d in datasets]
-    out: dict[tuple[int, int], tuple[ScoreHistogram, Calibration, Links]] = {}
     words = [as_words(d) for d in datasets]
     pops = [popcounts(w) for w in words]
     # One pass groups the candidates by agency pair (order kept); each pair's solve reads its own.
-    started = time.perf_counter()
     grouped = AgencyPairs(candidates, len(datasets))
 
     def solve(key: tuple[int, int]) -> tuple[ScoreHistogram, Links]:
         d_a, d_b = key
         rows_a, rows_b = pair_links(grouped, d_a, d_b, sizes[d_a], sizes[d_b], distinct=distinct)
         scores = dice_rows(words[d_a], words[d_b], pops[d_a], pops[d_b], rows_a, rows_b)
-        return replace(score_histogram(scores, floor), capture=capture), (rows_a, rows_b, scores)
+        return score_histogram(scores, floor), (rows_a, rows_b, scores)
 
     keys = [(d_a, d_b) for d_a in range(len(datasets)) for d_b in range(d_a + 1, len(datasets))]
     # The pairs' solves are independent and mostly compiled greedy passes that release the GIL.
     with ThreadPoolExecutor(max(1, min(workers, len(keys)))) as pool:
-        solved = dict(zip(keys, pool.map(solve, keys), strict=True))
-    solving = time.perf_counter() - started
-    started = time.perf_counter()
-
-    # The fits are independent: their optimiser runs advance side by side (each exactly as it would
-    # alone), and each pair's calibration then finds its fit among the recent ones.
-    fit_mixtures([histogram for histogram, _ in solved.values()], warms=[warm] * len(solved))
-    fits = [calibrate(histogram, threshold=threshold, bootstrap=0, higher_floors=False, warm=warm)
-            for histogram, _ in solved.values()]
-    for (key, (histogram, links)), calibration in zip(solved.items(), fits, strict=True):
-        out[key] = histogram, calibration, links
-    if timings is not None:
-        timings.update(pair_solves=solving, pair_fits=time.perf_counter() - started)
-    return out
+        return dict(zip(keys, pool.map(solve, keys), strict=True))
 
 
 def _solve_at(first: MatchResult, datasets: Sequence[np.ndarray], threshold: float, sink: FloorSink | None = None,
@@ -308,6 +291,13 @@ def auto_match(
     # histogram is the round's similarity histogram from the floor up, exact.
     first = replace(first, histogram=floor_histogram(first.candidates[0], floor, blocked=blocking is not None))
     clock.lap("floor_histogram")
+    # Each agency pair's own solve reads only the floor's candidates: solved on a thread of their own,
+    # one after another, beside the round's fit below (mostly one core: the other is free).
+    solver = ThreadPoolExecutor(1, thread_name_prefix="pplink-pairs") if len(datasets) > 2 else None
+    early_pairs = None
+    if solver is not None:
+        early_pairs = solver.submit(_pair_solves, datasets, first.candidates, floor, 1, first.candidates_distinct)
+        solver.shutdown(wait=False)
     scores, _ = linked_pair_scores(datasets, first.labels)
     clock.lap("linked_pair_scores")
     # Blocking thins the pairs most near the floor, where false links live: the fit is told by how much.
@@ -328,15 +318,32 @@ def auto_match(
                 clock.lap("linked_pair_scores")
             capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second)
             clock.lap("capture_by_score")
+            if early_pairs is not None:
+                # The second pass's pairs joined the candidates: the agency pairs are solved again.
+                early_pairs.result()
+                early_pairs = None
     histogram = replace(score_histogram(scores, floor), capture=capture)
-    pairs = {}
+    # The round's own fit (the gate's, when it made one).
+    fit = fit_mixture(histogram)
+    clock.lap("calibration_fit")
+    solved: dict[tuple[int, int], tuple[ScoreHistogram, Links]] = {}
     if len(datasets) > 2:
-        # The round's own fit first (the gate's, when it made one): each agency pair's starts from it.
-        warm = warm_start(fit_mixture(histogram))
-        clock.lap("calibration_fit")
-        pairs = _pair_calibrations(datasets, first.candidates, threshold, floor, capture, phases, workers, warm,
-                                   first.candidates_distinct)
-    clock.lap(None)
+        solved = (early_pairs.result() if early_pairs is not None
+                  else _pair_solves(datasets, first.candidates, floor, workers, first.candidates_distinct))
+        solved = {key: (replace(h, capture=capture), links) for key, (h, links) in solved.items()}
+        clock.lap("pair_solves")
+    # Every fit the calibrations below make besides the round's, side by side in one batch (each
+    # exactly as it would be alone; they then find them among the recent fits): each agency pair's,
+    # started from the round's fit, and the round's higher floors' and bootstrap refits.
+    warm = warm_start(fit)
+    later = later_fits(histogram, fit, bootstrap)
+    pair_histograms = [h for h, _ in solved.values()]
+    fit_mixtures([*pair_histograms, *(h for h, _ in later)],
+                 starts=[None] * len(pair_histograms) + [start for _, start in later],
+                 warms=[warm] * len(pair_histograms) + [None] * len(later))
+    clock.lap("later_fits")
+    pairs = {key: (h, calibrate(h, threshold=threshold, bootstrap=0, higher_floors=False, warm=warm), links)
+             for key, (h, links) in solved.items()}
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
     overall = calibrate(histogram, threshold=threshold,
                         precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches,

@@ -67,12 +67,14 @@ __all__ = [
     "Estimate",
     "MixtureFit",
     "ScoreHistogram",
+    "bootstrap_samples",
     "calibrate",
     "choose_threshold",
     "estimate_at",
     "estimate_links",
     "floor_median",
     "fit_mixture",
+    "later_fits",
     "score_histogram",
 ]
 
@@ -289,6 +291,36 @@ def floor_median(histogram: ScoreHistogram, fit: MixtureFit, threshold: float) -
     return candidates[(len(candidates) - 1) // 2][1]
 
 
+def _higher_histograms(histogram: ScoreHistogram) -> list[ScoreHistogram]:
+    """``histogram`` from each of :data:`_ALTERNATIVE_FLOORS` above its floor (those holding pairs)."""
+    return [h for h in (_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor)
+            if h.total > 0]
+
+
+def bootstrap_samples(histogram: ScoreHistogram, bootstrap: int, seed: int = 0) -> list[ScoreHistogram]:
+    """The resampled histograms behind :func:`calibrate`'s intervals: ``bootstrap`` draws, in order, from ``seed``."""
+    if bootstrap <= 0 or histogram.total <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    probabilities = histogram.counts / histogram.total
+    return [ScoreHistogram(rng.multinomial(histogram.total, probabilities).astype(np.float64),
+                           histogram.floor, histogram.capture) for _ in range(bootstrap)]
+
+
+def later_fits(histogram: ScoreHistogram, fit: MixtureFit, bootstrap: int = 20, seed: int = 0,
+               ) -> list[tuple[ScoreHistogram, tuple[float, ...] | None]]:
+    """The fits :func:`calibrate` makes after its first fit ``fit``: ``(histogram, start)`` of each.
+
+    Its higher floors' fits (from the fixed starts; made whether or not the threshold needs them,
+    as ``calibrate(..., workers=2)`` makes them) and its bootstrap refits (each from ``fit``'s
+    parameters, which no later step changes). A caller that knows ``fit`` early can make them
+    beside other fits (:func:`~coordinator.linkage.mixture.fit_mixtures`); ``calibrate`` then finds
+    them among the recent fits.
+    """
+    return ([(h, None) for h in _higher_histograms(histogram)]
+            + [(h, fit.parameters) for h in bootstrap_samples(histogram, bootstrap, seed)])
+
+
 def _from_floor(histogram: ScoreHistogram, floor: float) -> ScoreHistogram:
     """``histogram`` with the bins below ``floor``'s emptied, from that floor."""
     counts = histogram.counts.copy()
@@ -357,8 +389,7 @@ def calibrate(
         # They start from the fixed points, not warm from the first fit: a higher floor cuts away most
         # false links, and from the first fit's point such a fit can settle in another optimum (on the
         # test mixtures of calibrate's example and test_capture the precision moved by 0.003-0.01).
-        higher = [h for h in (_from_floor(histogram, floor) for floor in _ALTERNATIVE_FLOORS if histogram.floor < floor)
-                  if h.total > 0]
+        higher = _higher_histograms(histogram)
         fit = fit_mixtures([histogram, *higher], warms=[warm] + [None] * len(higher))[0]
     else:
         fit = fit_mixture(histogram, warm=warm)
@@ -378,12 +409,9 @@ def calibrate(
         fit = floor_median(histogram, fit, chosen)
     estimate = estimate_at(histogram, fit, chosen)
     if bootstrap > 0 and histogram.total > 0:
-        rng = np.random.default_rng(seed)
-        probabilities = histogram.counts / histogram.total
         precisions, recalls, missed = [], [], []
         # Every resample is drawn first, in order, so the refits (independent) advance side by side.
-        samples = [ScoreHistogram(rng.multinomial(histogram.total, probabilities).astype(np.float64),
-                                  histogram.floor, histogram.capture) for _ in range(bootstrap)]
+        samples = bootstrap_samples(histogram, bootstrap, seed)
         refits = fit_mixtures(samples, starts=[fit.parameters] * len(samples))
         for resampled, refit in zip(samples, refits, strict=True):
             if matches is not None and own_matches > 0:

@@ -3,9 +3,10 @@
 True links are exact matches (the top bin) plus a beta density; false links, each record's best
 stranger, a density decaying from the floor; both truncated to the floor the solve started from.
 The binned likelihood is maximised with scipy's Nelder-Mead (the best run restarted while it gains),
-its runs advanced side by side (:mod:`coordinator.linkage.mixture_batch`,
-:mod:`coordinator.linkage.nelder_mead`). See
-:mod:`coordinator.linkage.calibration` for what is estimated from the fit.
+compiled (:mod:`coordinator.linkage.mixture_kernels`), many fits' runs on two threads
+(:mod:`coordinator.linkage.mixture_batch`); :func:`_fit_mixture`, with scipy itself, is the
+reference they are tested against. See :mod:`coordinator.linkage.calibration` for what is
+estimated from the fit.
 """
 
 from __future__ import annotations
@@ -224,9 +225,10 @@ _RESTARTS = 3
 _RESTART_GAIN = 1e-3
 
 #: Recent fits by their inputs: an automatic round fits the same histogram in its second pass's gate
-#: and again in its calibration (8 Nelder-Mead runs each, and as many per higher floor).
+#: and again in its calibration (8 Nelder-Mead runs each), and makes its agency pairs', higher floors'
+#: and bootstrap fits in one batch before the calibrations ask for them (29 fits with 4 agencies).
 _RECENT: OrderedDict[tuple, MixtureFit] = OrderedDict()
-_RECENT_SIZE = 32
+_RECENT_SIZE = 64
 _RECENT_LOCK = threading.Lock()
 
 
@@ -283,9 +285,9 @@ def fit_mixtures(histograms: Sequence[ScoreHistogram],
                  warms: Sequence[Sequence[float] | None] | None = None) -> list[MixtureFit]:
     """:func:`fit_mixture` of each histogram (from its own start, if given), their Nelder-Mead runs side by side.
 
-    Each fit is exactly the one :func:`fit_mixture` makes alone (and scipy's ``minimize`` made before,
-    see :mod:`coordinator.linkage.nelder_mead`); fitting them together only shares the optimiser's
-    overhead. Fits among the recent ones are given back; the others join them.
+    Each fit is exactly the one :func:`fit_mixture` makes alone (scipy's ``minimize`` up to its
+    tolerances, see :mod:`coordinator.linkage.mixture_kernels`); fitting them together only keeps
+    both threads busy. Fits among the recent ones are given back; the others join them.
 
     Args:
         histograms: from :func:`score_histogram`.
@@ -331,7 +333,10 @@ def _start_points(start: Sequence[float] | None, warm: Sequence[float] | None) -
 
 def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, workers: int,
                  warm: Sequence[float] | None = None) -> MixtureFit:
-    """:func:`fit_mixture` computed one start at a time with scipy's ``minimize``: what the batched fits equal."""
+    """:func:`fit_mixture` computed one start at a time with scipy's ``minimize``.
+
+    The reference the compiled fits (:mod:`coordinator.linkage.mixture_batch`) are tested against.
+    """
     from scipy.optimize import minimize
 
     counts = histogram.counts

@@ -199,10 +199,14 @@ def add_second_pass(
 
 
 def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float], workers: int = 1) -> float:
-    """The threshold the round's calibration would choose from ``histogram`` alone (no bootstrap, no pair fits)."""
+    """The threshold the round's calibration would choose from ``histogram`` alone (no bootstrap, no pair fits).
+
+    The threshold is chosen from the first fit alone (the higher floors' fits only move the
+    estimate at it, see :func:`~coordinator.linkage.calibration.floor_median`): they are not made here.
+    """
     from coordinator.linkage.calibration import calibrate
 
-    return calibrate(histogram, bounds=bounds, bootstrap=0, workers=workers).threshold
+    return calibrate(histogram, bounds=bounds, bootstrap=0, workers=workers, higher_floors=False).threshold
 
 
 def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0), *,
@@ -212,8 +216,8 @@ def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (
     Args:
         histogram: the first pass's linked-pair scores, with its blocking's capture rate.
         bounds: the agreed range of the threshold.
-        workers: threads for the fits (the answer does not depend on it; the round's own calibration
-            then finds the same fits among the recent ones).
+        workers: threads for the fit (the answer does not depend on it; the round's own calibration
+            then finds the same fit among the recent ones).
     """
     return _fitted_threshold(histogram, bounds, workers) < SECOND_PASS_BELOW
 

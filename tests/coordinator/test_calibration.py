@@ -8,6 +8,7 @@ import pytest
 from coordinator.linkage.auto import auto_match, linked_pair_scores, same_cluster_rows
 from coordinator.linkage.calibration import calibrate, choose_threshold, estimate_at, fit_mixture, score_histogram
 from coordinator.linkage.match import match_clks
+from coordinator.linkage.mixture import MixtureFit, ScoreHistogram
 
 
 def _mixture(seed: int, true: int = 4000, false: int = 600, floor: float = 0.55):  # type: ignore[no-untyped-def]
@@ -221,9 +222,25 @@ def test_the_fits_fast_objective_is_the_likelihood_bit_for_bit() -> None:
                 assert objective(params) == expected
 
 
+def _same_fit(fit: MixtureFit, reference: MixtureFit, histogram: ScoreHistogram) -> bool:
+    """Whether a compiled fit is scipy's up to the optimiser's tolerances: the same likelihood at its optimum
+    (1e-9 relative), the same count of true links and posterior (1e-6), whatever its parameters along flat
+    directions (where a component has no weight, its shape is free)."""
+    from coordinator.linkage.mixture import _Objective
+
+    if not reference.parameters:
+        return fit == reference
+    objective = _Objective(histogram.counts, np.linspace(0.0, 1.0, len(histogram.counts) + 1), histogram.first,
+                           histogram.capture, histogram.noise)
+    value, expected = objective(np.array(fit.parameters)), objective(np.array(reference.parameters))
+    return (abs(value - expected) <= 1e-9 * abs(expected)
+            and fit.matches == pytest.approx(reference.matches, rel=1e-6)
+            and fit.posterior == pytest.approx(reference.posterior, abs=1e-6) and fit.floor == reference.floor)
+
+
 def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> None:
-    """Invariant: a fit computed afresh, one given back from the recent fits, one whose starts ran on threads,
-    and calibrations with threaded fits and bootstrap refits are all equal (every field, bit for bit)."""
+    """Invariant: a fit computed afresh, one given back from the recent fits, and calibrations with threaded fits and
+    bootstrap refits are all equal (every field, bit for bit); each is scipy's fit (:func:`_same_fit`)."""
     from coordinator.linkage.mixture import _RECENT, _fit_mixture
 
     rng = np.random.default_rng(4)
@@ -232,10 +249,15 @@ def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> N
     blocked = score_histogram(scores, 0.55)
     blocked = type(blocked)(counts=blocked.counts, floor=blocked.floor, capture=np.clip(rng.random(200), 0.2, 1.0))
     for h in (histogram, blocked):
-        fresh = _fit_mixture(h, None, 1)
-        assert fit_mixture(h) == fresh and fit_mixture(h) == fresh and _fit_mixture(h, None, 3) == fresh
-        assert fit_mixture(h, start=fresh.parameters) == _fit_mixture(h, fresh.parameters, 1)
-        assert fit_mixture(h, warm=fresh.parameters) == _fit_mixture(h, None, 1, fresh.parameters)
+        _RECENT.clear()
+        fresh = fit_mixture(h)
+        assert fit_mixture(h) == fresh
+        _RECENT.clear()
+        assert fit_mixture(h) == fresh
+        scipys = _fit_mixture(h, None, 1)
+        assert _fit_mixture(h, None, 3) == scipys and _same_fit(fresh, scipys, h)
+        assert _same_fit(fit_mixture(h, start=fresh.parameters), _fit_mixture(h, fresh.parameters, 1), h)
+        assert _same_fit(fit_mixture(h, warm=fresh.parameters), _fit_mixture(h, None, 1, fresh.parameters), h)
         for threshold in (None, 0.8):
             _RECENT.clear()  # each calibration computes its fits
             alone = calibrate(h, threshold=threshold, bootstrap=6)
@@ -243,11 +265,10 @@ def test_fits_and_calibrations_do_not_depend_on_threads_or_on_recent_fits() -> N
             assert calibrate(h, threshold=threshold, bootstrap=6, workers=3) == alone
 
 
-def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
-    """Invariant: the batched Nelder-Mead fits (runs advanced side by side, points scored together) equal scipy's
-    ``minimize`` run one start at a time, every field bit for bit: with and without a capture rate and DP noise,
-    from several floors, from a given start, warm from a related fit, and for an empty histogram, fitted alone or
-    all together."""
+def test_compiled_fits_are_scipys_fits_and_do_not_depend_on_their_batch() -> None:
+    """Invariant: the compiled fits (runs on a pool of threads) are scipy's ``minimize`` run one start at a time
+    (:func:`_same_fit`), with and without a capture rate and DP noise, from several floors, from a given start, warm
+    from a related fit, and for an empty histogram; and a fit made alone equals it made in a batch, bit for bit."""
     from coordinator.linkage.mixture import ScoreHistogram, _fit_mixture
     from coordinator.linkage.mixture_batch import fit_batched
 
@@ -265,8 +286,39 @@ def test_fits_made_side_by_side_are_scipys_fits_one_at_a_time() -> None:
     jobs.append((jobs[3][0], None, base))  # another round's histogram, warm from the first one's fit
     jobs.append((ScoreHistogram(np.zeros(200), 0.55), None, None))
     expected = [_fit_mixture(histogram, start, 1, warm) for histogram, start, warm in jobs]
-    assert fit_batched(jobs) == expected
-    assert [fit_batched([job])[0] for job in jobs[:3]] == expected[:3]
+    together = fit_batched(jobs)
+    assert all(_same_fit(fit, want, job[0]) for fit, want, job in zip(together, expected, jobs, strict=True))
+    assert [fit_batched([job])[0] for job in jobs] == together
+
+
+def test_the_compiled_likelihood_is_the_objectives_and_its_sums_numpys() -> None:
+    """Invariant: the compiled negative log-likelihood equals the numpy objective's to 1e-14 relative (only the C
+    library's exp and log may differ from numpy's, in the last bit), with the share free and pinned, across and beyond
+    the clips, with and without a capture rate and DP noise; its pairwise sums are ``np.add.reduce`` bit for bit."""
+    from coordinator.linkage.mixture import _ALONE_SHARE, _Objective
+    from coordinator.linkage.mixture_kernels import BETAINC, negative_loglik, pairwise_sum, target
+
+    rng = np.random.default_rng(12)
+    for n in [0, 1, 7, 8, 9, 127, 128, 129, 200, 257, 1000, 4099]:
+        values = rng.normal(0.0, 1.0, n) * 10.0 ** rng.uniform(-6, 6, n)
+        assert pairwise_sum(values, 0, n) == np.add.reduce(values)
+        assert n < 3 or pairwise_sum(values, 3, n - 3) == np.add.reduce(values[3:])
+    scores, _ = _mixture(9)
+    edges = np.linspace(0.0, 1.0, 201)
+    for floor in (0.5, 0.55, 0.7):
+        histogram = score_histogram(scores, floor)
+        capture = np.clip(rng.random(200), 0.02, 1.0)
+        for cap, noise in ((None, 0.0), (capture, 0.0), (None, 4.0), (capture, 9.0)):
+            objective = _Objective(histogram.counts, edges, histogram.first, cap, noise)
+            t = target(histogram.counts, histogram.first, cap, noise)
+            work = np.empty(2 * len(t.counts) + t.bins + 1)
+            for params in np.concatenate([rng.normal(0.0, 3.0, (40, 5)), rng.normal(0.0, 40.0, (40, 5))]):
+                for pinned in (False, True):
+                    x = params[1:] if pinned else params
+                    expected = objective(np.concatenate([[_ALONE_SHARE], x]) if pinned else x)
+                    got = negative_loglik(BETAINC, x, pinned, t.counts, t.capture, t.clipped, t.distance, t.bins,
+                                          t.first, t.noise, work)
+                    assert got == pytest.approx(expected, rel=1e-14)
 
 
 #: Linked pairs per 0.005 bin from 0.72 up: the floor solve of ``benchmarks/match.py``'s 4 x 1M automatic round
@@ -294,23 +346,11 @@ def test_a_fit_is_not_left_where_a_collapsed_simplex_stopped() -> None:
     histogram = ScoreHistogram(counts, 0.72, capture=capture)
     _RECENT.clear()
     fit = fit_mixture(histogram)
-    assert fit == _fit_mixture(histogram, None, 1)  # batched and one at a time, restarts included
+    assert _same_fit(fit, _fit_mixture(histogram, None, 1), histogram)  # restarts included
     objective = _Objective(counts, np.linspace(0.0, 1.0, 201), histogram.first, capture, 0.0)
     again = minimize(objective, np.array(fit.parameters), method="Nelder-Mead",
                      options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
     assert objective(np.array(fit.parameters)) <= again.fun + _RESTART_GAIN
-
-
-def test_the_batched_fits_parameter_transform_is_shapes_bit_for_bit() -> None:
-    """Invariant: the batched fits' inlined transform gives every point ``_shape``'s values exactly, across and
-    beyond the clips, with the share free and pinned."""
-    from coordinator.linkage.mixture import _shape
-    from coordinator.linkage.mixture_batch import _shapes
-
-    rng = np.random.default_rng(12)
-    points = np.concatenate([rng.normal(0.0, 3.0, (300, 5)), rng.normal(0.0, 40.0, (300, 5))]).tolist()
-    assert _shapes(points, False) == [_shape(point) for point in points]
-    assert _shapes([point[1:] for point in points], True) == [_shape([30.0, *point[1:]]) for point in points]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

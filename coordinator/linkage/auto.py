@@ -332,33 +332,27 @@ def auto_match(
                   else _pair_solves(datasets, first.candidates, floor, workers, first.candidates_distinct))
         solved = {key: (replace(h, capture=capture), links) for key, (h, links) in solved.items()}
         clock.lap("pair_solves")
-    # Every fit the calibrations below make besides the round's, side by side in one batch (each
-    # exactly as it would be alone; they then find them among the recent fits): each agency pair's,
-    # started from the round's fit, and the round's higher floors' and bootstrap refits.
+    # Each agency pair's fit, started from the round's fit, side by side (each exactly as it would be
+    # alone; the pairs' calibrations then find them among the recent fits).
     warm = warm_start(fit)
-    later = later_fits(histogram, fit, bootstrap)
     pair_histograms = [h for h, _ in solved.values()]
-    fit_mixtures([*pair_histograms, *(h for h, _ in later)],
-                 starts=[None] * len(pair_histograms) + [start for _, start in later],
-                 warms=[warm] * len(pair_histograms) + [None] * len(later))
-    clock.lap("later_fits")
+    fit_mixtures(pair_histograms, warms=[warm] * len(pair_histograms))
     pairs = {key: (h, calibrate(h, threshold=threshold, bootstrap=0, higher_floors=False, warm=warm), links)
              for key, (h, links) in solved.items()}
     matches = sum(c.fit.matches for _, c, _ in pairs.values()) if pairs else None
-    overall = calibrate(histogram, threshold=threshold,
-                        precision_floor=precision_floor, bounds=bounds, bootstrap=bootstrap, matches=matches,
-                        workers=workers)
-    # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share
-    # of the multi-party round).
-    per_pair = {
-        key: calibration.model_copy(update={
-            "method": overall.method, "threshold": overall.threshold,
-            "estimate": estimate_at(histogram, calibration.fit, overall.threshold)})
-        for key, (histogram, calibration, _) in pairs.items()
-    }
+    clock.lap("pair_fits")
+    # The round's threshold: its calibration's, which reads neither its higher floors' fits nor its
+    # bootstrap's. Those (most of its fits) are made on a thread of their own while the round is
+    # solved at the threshold; the calibration then finds them among the recent fits.
+    chosen = calibrate(histogram, threshold=threshold, precision_floor=precision_floor, bounds=bounds, bootstrap=0,
+                       matches=matches, higher_floors=False).threshold
+    later = later_fits(histogram, fit, bootstrap)
+    fitter = ThreadPoolExecutor(1, thread_name_prefix="pplink-later-fits")
+    later_fitted = fitter.submit(fit_mixtures, [h for h, _ in later], starts=[start for _, start in later])
+    fitter.shutdown(wait=False)
     clock.lap("calibration_fit")
     # Also drops the candidates from the result.
-    result = _solve_at(first, datasets, overall.threshold, sink, blocking, workers)
+    result = _solve_at(first, datasets, chosen, sink, blocking, workers)
     clock.lap("solve_at_threshold")
     # The duplicates' matches read the round's own pairs at or above the threshold (a filter of the
     # floor's): a second blocking of every agency's singletons cost 12 blocked matches (~2.8 s of a
@@ -368,19 +362,33 @@ def auto_match(
     labels, n_clusters = result.labels, result.n_clusters
     if pairs:
         links = {key: pair_links for key, (_, _, pair_links) in pairs.items()}
-        labels, n_clusters, _ = merge_split_clusters(datasets, labels, links, overall.threshold)
+        labels, n_clusters, _ = merge_split_clusters(datasets, labels, links, chosen)
     clock.lap("merge_split_clusters")
     merged_scores = None
     if duplicates:
         merged_scores, _ = linked_pair_scores(datasets, labels)
         clock.lap("linked_pair_scores")
-        labels, n_clusters, _ = attach_duplicates(datasets, labels, overall.threshold, blocking=blocking,
+        labels, n_clusters, _ = attach_duplicates(datasets, labels, chosen, blocking=blocking,
                                                   workers=workers, candidates=floor_pairs)
     clock.lap("attach_duplicates")
     del floor_pairs
     # The estimate is of what the round hands out: its final clusters' pairs, not the floor solve's.
     final_scores, _ = linked_pair_scores(datasets, labels)
     clock.lap("linked_pair_scores")
+    later_fitted.result()
+    clock.lap("later_fits")
+    overall = calibrate(histogram, threshold=threshold, precision_floor=precision_floor, bounds=bounds,
+                        bootstrap=bootstrap, matches=matches, workers=workers)
+    assert overall.threshold == chosen
+    # Each pair's estimate at the round's threshold (its own solve's, an approximation of its share
+    # of the multi-party round).
+    per_pair = {
+        key: calibration.model_copy(update={
+            "method": overall.method, "threshold": overall.threshold,
+            "estimate": estimate_at(pair_histogram, calibration.fit, overall.threshold)})
+        for key, (pair_histogram, calibration, _) in pairs.items()
+    }
+    clock.lap("calibration_fit")
     missed = missed_links(final_scores, overall.fit, replace(overall.histogram, capture=capture),
                           [(histogram, calibration.fit) for histogram, calibration, _ in pairs.values()])
     overall = estimate_links(overall, final_scores, merged_scores, missed=missed.total)

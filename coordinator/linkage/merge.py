@@ -20,6 +20,7 @@ from numba import njit
 
 from coordinator.linkage.duplicates import DUPLICATE_SIMILARITY, relabel
 from coordinator.linkage.kernels import pair_dice
+from coordinator.linkage.numpy_sums import pairwise_sum
 from coordinator.linkage.similarity import as_words, check_datasets, popcounts
 
 __all__ = ["MERGE_MARGIN", "MERGE_SHARE", "merge_split_clusters"]
@@ -34,35 +35,125 @@ MERGE_SHARE = 0.5
 MERGE_MARGIN = 0.2
 
 
-class _Scorer:
-    """Dice of record pairs across the round's datasets, words and popcounts computed once.
+@njit(cache=True, nogil=True, inline="always")
+def _root(parent, c):  # noqa: ANN001, ANN202
+    """``c``'s root in the joins' forest, halving the path as it goes."""
+    while parent[c] != c:
+        parent[c] = parent[parent[c]]
+        c = parent[c]
+    return c
 
-    ``compute_dice`` counts the bits of both whole datasets on every call: once per pair here it
-    cost 20-30 s at 4 x 100k records for a few thousand joins considered. A call's pairs are scored
-    in one compiled loop (a call per pair from Python cost ~0.1 s of a 4 x 100k round's ~10k calls).
+
+@njit(cache=True, nogil=True, inline="always")
+def _record_dice(words, pops, d_x, r_x, d_y, r_y, row_x, row_y, out):  # noqa: ANN001, ANN202
+    """Dice of record ``r_x`` of dataset ``d_x`` and ``r_y`` of ``d_y`` (:func:`pair_dice`'s arithmetic).
+
+    ``row_x``, ``row_y``, ``out``: one-element scratch arrays (allocated once per call of :func:`_join`).
     """
-
-    def __init__(self, datasets: Sequence[np.ndarray]) -> None:
-        self.words = tuple(np.ascontiguousarray(as_words(d)) for d in check_datasets(datasets))
-        self.pops = tuple(popcounts(w) for w in self.words)
-
-    def __call__(self, pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> np.ndarray:
-        # The rows are the datasets' own: in range.
-        codes = np.array([(d_x, r_x, d_y, r_y) for (d_x, r_x), (d_y, r_y) in pairs], dtype=np.int64).reshape(-1, 4)
-        out = np.empty(len(pairs), dtype=np.float64)
-        _pairs_dice(self.words, self.pops, codes, out)
-        return out
+    row_x[0], row_y[0] = r_x, r_y
+    pair_dice(words[d_x], words[d_y], pops[d_x], pops[d_y], row_x, row_y, out)
+    return out[0]
 
 
 @njit(cache=True, nogil=True)
-def _pairs_dice(words: tuple, pops: tuple, codes: np.ndarray, out: np.ndarray) -> None:
-    """Dice of each pair ``(d_x, r_x, d_y, r_y)`` of ``codes``, into ``out`` (:func:`pair_dice`'s arithmetic)."""
-    for k in range(len(codes)):
-        d_x, d_y = codes[k, 0], codes[k, 2]
-        pair_dice(words[d_x], words[d_y], pops[d_x], pops[d_y], codes[k, 1:2], codes[k, 3:4], out[k : k + 1])
+def _join(words, pops, node_d, node_row, head, following, tail, mask, parent, first, second, threshold,  # noqa: ANN001, ANN202, PLR0913, PLR0912
+          share, margin, duplicate_similarity):
+    """Consider each candidate join ``(first[k], second[k])`` in order; join where the rules allow; count the joins.
+
+    Each cluster's members are a list of nodes (``head``, ``following``, ``tail``; a node is a record
+    ``(node_d, node_row)``), in the order the rules read them; a join appends the second list to
+    the first. ``margin`` or ``duplicate_similarity`` below 0: no such rule.
+    """
+    joins = 0
+    row_x, row_y, out = np.empty(1, dtype=np.int64), np.empty(1, dtype=np.int64), np.empty(1)
+    for k in range(len(first)):
+        ra, rb = _root(parent, first[k]), _root(parent, second[k])
+        if ra == rb:
+            continue
+        size_a, size_b = 0, 0
+        x = head[ra]
+        while x >= 0:
+            size_a += 1
+            x = following[x]
+        x = head[rb]
+        while x >= 0:
+            size_b += 1
+            x = following[x]
+        # Every pair (x of ra, y of rb) in list order: same-agency pairs and cross pairs apart.
+        same = np.empty(size_a * size_b)
+        cross = np.empty(size_a * size_b)
+        n_same, n_cross = 0, 0
+        x = head[ra]
+        while x >= 0:
+            y = head[rb]
+            while y >= 0:
+                sim = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y], row_x, row_y, out)
+                if node_d[x] == node_d[y]:
+                    same[n_same] = sim
+                    n_same += 1
+                else:
+                    cross[n_cross] = sim
+                    n_cross += 1
+                y = following[y]
+            x = following[x]
+        if mask[ra] & mask[rb]:
+            if duplicate_similarity < 0:
+                continue
+            blocked = False
+            for i in range(n_same):
+                if same[i] < duplicate_similarity:
+                    blocked = True
+            if blocked:
+                continue
+        reaching = 0
+        for i in range(n_cross):
+            if cross[i] >= threshold:
+                reaching += 1
+        if n_cross == 0 or reaching < share * n_cross:
+            continue
+        if margin >= 0:
+            # The pairs inside each cluster, in list order (numpy's mean of them, bit for bit).
+            inside = np.empty((size_a * (size_a - 1) + size_b * (size_b - 1)) // 2)
+            n_inside = 0
+            for group in (ra, rb):
+                x = head[group]
+                while x >= 0:
+                    y = following[x]
+                    while y >= 0:
+                        inside[n_inside] = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y],
+                                                       row_x, row_y, out)
+                        n_inside += 1
+                        y = following[y]
+                    x = following[x]
+            if n_inside and (pairwise_sum(cross, 0, n_cross) / n_cross
+                             < pairwise_sum(inside, 0, n_inside) / n_inside - margin):
+                continue
+        parent[rb] = ra
+        mask[ra] |= mask[rb]
+        following[tail[ra]] = head[rb]
+        tail[ra] = tail[rb]
+        head[rb] = -1
+        joins += 1
+    return joins
 
 
-def _roots(parent: list[int]) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _member_lists(node_cluster: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster, the list of its nodes in node order: first node, each node's next (-1: none), last node."""
+    head = np.full(n, -1, dtype=np.int64)
+    tail = np.full(n, -1, dtype=np.int64)
+    following = np.full(len(node_cluster), -1, dtype=np.int64)
+    for node in range(len(node_cluster)):
+        c = node_cluster[node]
+        if head[c] < 0:
+            head[c] = node
+        else:
+            following[tail[c]] = node
+        tail[c] = node
+    return head, following, tail
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
     """Every cluster's root in the joins' forest (``parent``: each cluster's parent, a root its own)."""
     roots = np.asarray(parent, dtype=np.int64)
     while True:  # pointer jumping: each round halves every path
@@ -101,7 +192,6 @@ def merge_split_clusters(
     labels = [np.asarray(x, dtype=np.int64) for x in labels]
     n = int(max((x.max() for x in labels if len(x)), default=-1)) + 1
     mask = np.zeros(n, dtype=np.int64)
-    members: dict[int, list[tuple[int, int]]] = {}
     for d, lab in enumerate(labels):
         np.bitwise_or.at(mask, lab, 1 << d)
     edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -119,42 +209,21 @@ def merge_split_clusters(
     involved = np.zeros(n, dtype=np.bool_)
     involved[first] = True
     involved[second] = True
-    for d, lab in enumerate(labels):
-        for row in np.flatnonzero(involved[lab]).tolist():
-            members.setdefault(int(lab[row]), []).append((d, row))
-    parent = list(range(n))
-
-    def root(c: int) -> int:
-        while parent[c] != c:
-            parent[c] = parent[parent[c]]
-            c = parent[c]
-        return c
-
-    _scores = _Scorer(datasets)
-    joins = 0
+    # Each involved cluster's members in (dataset, row) order, as lists of nodes.
+    rows = [np.flatnonzero(involved[lab]) for lab in labels]
+    node_d = np.concatenate([np.full(len(r), d, dtype=np.int64) for d, r in enumerate(rows)])
+    node_row = np.concatenate(rows).astype(np.int64)
+    node_cluster = np.concatenate([labels[d][r] for d, r in enumerate(rows)])
+    head, following, tail = _member_lists(node_cluster, n)
+    parent = np.arange(n, dtype=np.int64)
+    words = tuple(np.ascontiguousarray(as_words(d)) for d in check_datasets(datasets))
+    pops = tuple(popcounts(w) for w in words)
     # Most similar first, then by cluster numbers; a stable sort, as ``sorted`` on (-score, a, b) orders them.
     order = np.lexsort((second, first, -score))
-    for a, b in zip(first[order].tolist(), second[order].tolist(), strict=True):
-        ra, rb = root(a), root(b)
-        if ra == rb:
-            continue
-        pairs = [(x, y) for x in members[ra] for y in members[rb]]
-        if mask[ra] & mask[rb]:
-            same = _scores([(x, y) for x, y in pairs if x[0] == y[0]])
-            if duplicate_similarity is None or (same < duplicate_similarity).any():
-                continue
-        cross = _scores([(x, y) for x, y in pairs if x[0] != y[0]])
-        if not len(cross) or (cross >= threshold).sum() < share * len(cross):
-            continue
-        if margin is not None:
-            inside = _scores([(x, y) for group in (members[ra], members[rb])
-                              for i, x in enumerate(group) for y in group[i + 1 :]])
-            if len(inside) and cross.mean() < inside.mean() - margin:
-                continue
-        parent[rb] = ra
-        mask[ra] |= mask[rb]
-        members[ra] = members[ra] + members.pop(rb)
-        joins += 1
+    joins = _join(words, pops, node_d, node_row, head, following, tail, mask, parent, first[order].astype(np.int64),
+                  second[order].astype(np.int64), float(threshold), float(share),
+                  -1.0 if margin is None else float(margin),
+                  -1.0 if duplicate_similarity is None else float(duplicate_similarity))
     roots = _roots(parent)
     merged = [roots[lab] for lab in labels]
     out, count = relabel(merged)

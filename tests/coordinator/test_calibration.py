@@ -296,7 +296,8 @@ def test_the_compiled_likelihood_is_the_objectives_and_its_sums_numpys() -> None
     library's exp and log may differ from numpy's, in the last bit), with the share free and pinned, across and beyond
     the clips, with and without a capture rate and DP noise; its pairwise sums are ``np.add.reduce`` bit for bit."""
     from coordinator.linkage.mixture import _ALONE_SHARE, _Objective
-    from coordinator.linkage.mixture_kernels import BETAINC, negative_loglik, pairwise_sum, target
+    from coordinator.linkage.mixture_kernels import BETAINC, negative_loglik, target
+    from coordinator.linkage.numpy_sums import pairwise_sum
 
     rng = np.random.default_rng(12)
     for n in [0, 1, 7, 8, 9, 127, 128, 129, 200, 257, 1000, 4099]:

@@ -63,10 +63,35 @@ from coordinator.linkage.numpy_sums import pairwise_sum
 
 __all__ = ["BETAINC", "Target", "negative_loglik", "run_nelder_mead", "target"]
 
-#: The address of scipy's double-precision ``double betainc(double a, double b, double x, int skip_dispatch)``.
-#: Passed to the kernels as a number, not read as a global (nor as a ctypes function, which numba
-#: compiles in as a constant): the address changes from process to process, and the kernels are cached.
-BETAINC = get_cython_function_address("scipy.special.cython_special", "__pyx_fuse_0betainc")
+#: What scipy's double-precision ``betainc`` is declared as (a ``cpdef`` function's C entry takes a flag too).
+_BETAINC_DECLARATIONS = (b"double (double, double, double, int __pyx_skip_dispatch)",
+                         b"double (double, double, double)")
+
+
+def _betainc_address() -> int:
+    """The C address of ``scipy.special.cython_special``'s double-precision ``betainc``.
+
+    ``betainc`` is a fused function there: one C entry per argument type, named ``__pyx_fuse_<n>betainc``
+    in an order scipy does not promise, so the entry is found by its declared C type.
+    """
+    import ctypes
+
+    from scipy.special import cython_special
+
+    name_of = ctypes.pythonapi.PyCapsule_GetName
+    name_of.restype, name_of.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    for name, capsule in cython_special.__pyx_capi__.items():  # type: ignore[attr-defined]
+        fused = name.startswith("__pyx_fuse_") and name.endswith("betainc") and name[11:-7].isdigit()
+        if (name == "betainc" or fused) and name_of(capsule) in _BETAINC_DECLARATIONS:
+            return get_cython_function_address("scipy.special.cython_special", name)
+    raise ImportError("scipy.special.cython_special exports no double-precision betainc")
+
+
+#: The address of scipy's double-precision ``betainc`` (the kernels pass a last argument, 0: skip
+#: Python dispatch; ignored where the entry takes three). Passed to the kernels as a number, not
+#: read as a global (nor as a ctypes function, which numba compiles in as a constant): the address
+#: changes from process to process, and the kernels are cached.
+BETAINC = _betainc_address()
 
 
 @intrinsic

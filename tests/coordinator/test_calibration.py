@@ -207,19 +207,28 @@ def test_missed_links_are_the_true_links_seen_at_the_floor_that_the_final_pairs_
 def test_the_fits_fast_objective_is_the_likelihood_bit_for_bit() -> None:
     """The optimiser's objective equals the plain negative log-likelihood exactly (so fits are unchanged),
     with and without a blocking capture rate and DP noise, for parameters across and beyond their clips."""
-    from coordinator.linkage.mixture import _negative_loglik, _Objective
+    from coordinator.linkage.mixture import _negative_loglik
 
     rng = np.random.default_rng(8)
+    edges = np.linspace(0.0, 1.0, 201)
+    for histogram, cap, noise, objective in _objectives(rng):
+        for params in rng.normal(0.0, 4.0, (60, 5)):
+            expected = _negative_loglik(params, histogram.counts, edges, histogram.first, cap, noise)
+            assert objective(params) == expected
+
+
+def _objectives(rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """``(histogram, capture, noise, objective)``: a known mixture from three floors, with and without a blocking
+    capture rate and DP noise, and the numpy objective of each."""
+    from coordinator.linkage.mixture import _Objective
+
     scores, _ = _mixture(9)
     edges = np.linspace(0.0, 1.0, 201)
     for floor in (0.5, 0.55, 0.7):
         histogram = score_histogram(scores, floor)
         capture = np.clip(rng.random(200), 0.02, 1.0)
         for cap, noise in ((None, 0.0), (capture, 0.0), (None, 4.0), (capture, 9.0)):
-            objective = _Objective(histogram.counts, edges, histogram.first, cap, noise)
-            for params in rng.normal(0.0, 4.0, (60, 5)):
-                expected = _negative_loglik(params, histogram.counts, edges, histogram.first, cap, noise)
-                assert objective(params) == expected
+            yield histogram, cap, noise, _Objective(histogram.counts, edges, histogram.first, cap, noise)
 
 
 def _same_fit(fit: MixtureFit, reference: MixtureFit, histogram: ScoreHistogram) -> bool:
@@ -295,7 +304,7 @@ def test_the_compiled_likelihood_is_the_objectives_and_its_sums_numpys() -> None
     """Invariant: the compiled negative log-likelihood equals the numpy objective's to 1e-14 relative (only the C
     library's exp and log may differ from numpy's, in the last bit), with the share free and pinned, across and beyond
     the clips, with and without a capture rate and DP noise; its pairwise sums are ``np.add.reduce`` bit for bit."""
-    from coordinator.linkage.mixture import _ALONE_SHARE, _Objective
+    from coordinator.linkage.mixture import _ALONE_SHARE
     from coordinator.linkage.mixture_kernels import BETAINC, negative_loglik, target
     from coordinator.linkage.numpy_sums import pairwise_sum
 
@@ -304,22 +313,16 @@ def test_the_compiled_likelihood_is_the_objectives_and_its_sums_numpys() -> None
         values = rng.normal(0.0, 1.0, n) * 10.0 ** rng.uniform(-6, 6, n)
         assert pairwise_sum(values, 0, n) == np.add.reduce(values)
         assert n < 3 or pairwise_sum(values, 3, n - 3) == np.add.reduce(values[3:])
-    scores, _ = _mixture(9)
-    edges = np.linspace(0.0, 1.0, 201)
-    for floor in (0.5, 0.55, 0.7):
-        histogram = score_histogram(scores, floor)
-        capture = np.clip(rng.random(200), 0.02, 1.0)
-        for cap, noise in ((None, 0.0), (capture, 0.0), (None, 4.0), (capture, 9.0)):
-            objective = _Objective(histogram.counts, edges, histogram.first, cap, noise)
-            t = target(histogram.counts, histogram.first, cap, noise)
-            work = np.empty(2 * len(t.counts) + t.bins + 1)
-            for params in np.concatenate([rng.normal(0.0, 3.0, (40, 5)), rng.normal(0.0, 40.0, (40, 5))]):
-                for pinned in (False, True):
-                    x = params[1:] if pinned else params
-                    expected = objective(np.concatenate([[_ALONE_SHARE], x]) if pinned else x)
-                    got = negative_loglik(BETAINC, x, pinned, t.counts, t.capture, t.clipped, t.distance, t.bins,
-                                          t.first, t.noise, work)
-                    assert got == pytest.approx(expected, rel=1e-14)
+    for histogram, cap, noise, objective in _objectives(rng):
+        t = target(histogram.counts, histogram.first, cap, noise)
+        work = np.empty(2 * len(t.counts) + t.bins + 1)
+        for params in np.concatenate([rng.normal(0.0, 3.0, (40, 5)), rng.normal(0.0, 40.0, (40, 5))]):
+            for pinned in (False, True):
+                x = params[1:] if pinned else params
+                expected = objective(np.concatenate([[_ALONE_SHARE], x]) if pinned else x)
+                got = negative_loglik(BETAINC, x, pinned, t.counts, t.capture, t.clipped, t.distance, t.bins,
+                                      t.first, t.noise, work)
+                assert got == pytest.approx(expected, rel=1e-14)
 
 
 #: Linked pairs per 0.005 bin from 0.72 up: the floor solve of ``benchmarks/match.py``'s 4 x 1M automatic round

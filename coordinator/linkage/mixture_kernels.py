@@ -20,8 +20,9 @@ What is computed is what :class:`coordinator.linkage.mixture._Objective` and sci
 
 So a value agrees with the numpy objective's to ~1e-15 relative, and a run ends where scipy's
 ends up to its tolerances (``xatol`` 1e-4, ``fatol`` 1e-6): not bit for bit.
-``tests/coordinator/test_mixture_kernels.py`` checks the objective against numpy's, the sums
-against ``np.add.reduce``, and the fits and the thresholds chosen from them against scipy's.
+``tests/coordinator/test_calibration.py`` checks the likelihood against numpy's, the sums against
+``np.add.reduce``, and the fits (likelihood at the optimum, count of true links, posterior)
+against scipy's.
 """
 
 # The Nelder-Mead steps follow SciPy's ``scipy/optimize/_optimize.py`` (``_minimize_neldermead``),
@@ -59,6 +60,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import get_cython_function_address, intrinsic
 
+from coordinator.linkage.mixture import _ALONE_SHARE, _EPS
 from coordinator.linkage.numpy_sums import pairwise_sum
 
 __all__ = ["BETAINC", "Target", "negative_loglik", "run_nelder_mead", "target"]
@@ -108,10 +110,7 @@ def _betainc_at(typingctx, address, a, b, x):  # noqa: ANN001, ANN202, ARG001
 
     return signature, codegen
 
-_EPS = 1e-12
 _LOG4, _LOG2000, _LOG5 = math.log(4.0), math.log(2000.0), math.log(5.0)
-#: The first parameter of a fit of true links alone (mixture._ALONE_SHARE).
-_ALONE_SHARE = 30.0
 
 
 @dataclass(frozen=True)

@@ -305,10 +305,11 @@ def auto_match(
     if blocking is not None:
         capture = early[0].result() if early else capture_by_score(datasets, floor, blocking, workers=workers)
     clock.lap("capture_by_score")
-    # The second pass's gate reads the first pass's scores and capture, which the round needs anyway.
+    histogram = replace(score_histogram(scores, floor), capture=capture)
+    # The second pass's gate reads the first pass's histogram, which the round needs anyway.
     if second_budget is not None and blocking is not None:
         labels, second = first.labels, None
-        if wants_second_pass(replace(score_histogram(scores, floor), capture=capture), bounds, workers=workers):
+        if wants_second_pass(histogram, bounds):
             first, second = rematch_with_second_pass(datasets, first, blocking, second_budget, workers=workers,
                                                      check_threshold=False)
         clock.lap("second_pass")
@@ -318,11 +319,11 @@ def auto_match(
                 clock.lap("linked_pair_scores")
             capture = capture_by_score(datasets, floor, blocking, workers=workers, second=second)
             clock.lap("capture_by_score")
+            histogram = replace(score_histogram(scores, floor), capture=capture)
             if early_pairs is not None:
                 # The second pass's pairs joined the candidates: the agency pairs are solved again.
                 early_pairs.result()
                 early_pairs = None
-    histogram = replace(score_histogram(scores, floor), capture=capture)
     # The round's own fit (the gate's, when it made one).
     fit = fit_mixture(histogram)
     clock.lap("calibration_fit")

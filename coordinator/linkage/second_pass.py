@@ -198,7 +198,7 @@ def add_second_pass(
     return candidates, SecondPass(config=config, rows=rows, comparisons=comparisons, added=added)
 
 
-def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float], workers: int = 1) -> float:
+def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float]) -> float:
     """The threshold the round's calibration would choose from ``histogram`` alone (no bootstrap, no pair fits).
 
     The threshold is chosen from the first fit alone (the higher floors' fits only move the
@@ -206,20 +206,19 @@ def _fitted_threshold(histogram: ScoreHistogram, bounds: tuple[float, float], wo
     """
     from coordinator.linkage.calibration import calibrate
 
-    return calibrate(histogram, bounds=bounds, bootstrap=0, workers=workers, higher_floors=False).threshold
+    return calibrate(histogram, bounds=bounds, bootstrap=0, higher_floors=False).threshold
 
 
-def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0), *,
-                      workers: int = 1) -> bool:
+def wants_second_pass(histogram: ScoreHistogram, bounds: tuple[float, float] = (0.0, 1.0)) -> bool:
     """Whether the threshold fitted on the first pass's histogram alone is below :data:`SECOND_PASS_BELOW`.
+
+    The round's own calibration then finds the same fit among the recent ones.
 
     Args:
         histogram: the first pass's linked-pair scores, with its blocking's capture rate.
         bounds: the agreed range of the threshold.
-        workers: threads for the fit (the answer does not depend on it; the round's own calibration
-            then finds the same fit among the recent ones).
     """
-    return _fitted_threshold(histogram, bounds, workers) < SECOND_PASS_BELOW
+    return _fitted_threshold(histogram, bounds) < SECOND_PASS_BELOW
 
 
 def provisional_threshold(datasets: Sequence[np.ndarray], first: MatchResult, blocking: BlockingConfig,

@@ -30,6 +30,7 @@ __all__ = [
     "pair_dice",
     "popcount64",
     "prefetch",
+    "record_dice",
     "row_popcounts",
 ]
 
@@ -129,7 +130,8 @@ def row_popcounts(words: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _dice(words_a, words_b, row_a, row_b, pop_a, pop_b):  # noqa: ANN001, ANN202
+def record_dice(words_a, words_b, row_a, row_b, pop_a, pop_b):  # noqa: ANN001, ANN201
+    """Dice of ``words_a[row_a]`` and ``words_b[row_b]`` (popcounts ``pop_a``, ``pop_b``): anonlink's arithmetic."""
     shared = np.uint64(0)
     for w in range(words_a.shape[1]):
         shared += popcount64(words_a[row_a, w] & words_b[row_b, w])
@@ -153,7 +155,7 @@ def pair_dice(
     """Dice of the scattered pairs ``(words_a[rows_a[k]], words_b[rows_b[k]])`` into ``out[k]``."""
     for k in range(rows_a.shape[0]):
         a, b = rows_a[k], rows_b[k]
-        out[k] = _dice(words_a, words_b, a, b, pops_a[a], pops_b[b])
+        out[k] = record_dice(words_a, words_b, a, b, pops_a[a], pops_b[b])
 
 
 def gather_buckets(
@@ -258,7 +260,7 @@ def bucket_pair_dice(
         for p in range(first_a, first_a + size_a):
             pop_a = pops_a[p]
             for q in range(first_b, first_b + size_b):
-                sim = _dice(sorted_a, sorted_b, p, q, pop_a, pops_b[q])
+                sim = record_dice(sorted_a, sorted_b, p, q, pop_a, pops_b[q])
                 if sim >= floor and band > 0:
                     if seen_in_earlier_band(keys_a, keys_b, order_a[p], order_b[q], band, sentinel):
                         continue

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from coordinator.linkage.duplicates import DUPLICATE_SIMILARITY, relabel
-from coordinator.linkage.kernels import pair_dice
+from coordinator.linkage.kernels import record_dice
 from coordinator.linkage.numpy_sums import pairwise_sum
 from coordinator.linkage.similarity import as_words, check_datasets, popcounts
 
@@ -45,14 +45,9 @@ def _root(parent, c):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _record_dice(words, pops, d_x, r_x, d_y, r_y, row_x, row_y, out):  # noqa: ANN001, ANN202
-    """Dice of record ``r_x`` of dataset ``d_x`` and ``r_y`` of ``d_y`` (:func:`pair_dice`'s arithmetic).
-
-    ``row_x``, ``row_y``, ``out``: one-element scratch arrays (allocated once per call of :func:`_join`).
-    """
-    row_x[0], row_y[0] = r_x, r_y
-    pair_dice(words[d_x], words[d_y], pops[d_x], pops[d_y], row_x, row_y, out)
-    return out[0]
+def _record_dice(words, pops, d_x, r_x, d_y, r_y):  # noqa: ANN001, ANN202
+    """Dice of record ``r_x`` of dataset ``d_x`` and ``r_y`` of ``d_y``."""
+    return record_dice(words[d_x], words[d_y], r_x, r_y, pops[d_x][r_x], pops[d_y][r_y])
 
 
 @njit(cache=True, nogil=True)
@@ -65,7 +60,6 @@ def _join(words, pops, node_d, node_row, head, following, tail, mask, parent, fi
     the first. ``margin`` or ``duplicate_similarity`` below 0: no such rule.
     """
     joins = 0
-    row_x, row_y, out = np.empty(1, dtype=np.int64), np.empty(1, dtype=np.int64), np.empty(1)
     for k in range(len(first)):
         ra, rb = _root(parent, first[k]), _root(parent, second[k])
         if ra == rb:
@@ -87,7 +81,7 @@ def _join(words, pops, node_d, node_row, head, following, tail, mask, parent, fi
         while x >= 0:
             y = head[rb]
             while y >= 0:
-                sim = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y], row_x, row_y, out)
+                sim = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y])
                 if node_d[x] == node_d[y]:
                     same[n_same] = sim
                     n_same += 1
@@ -120,8 +114,7 @@ def _join(words, pops, node_d, node_row, head, following, tail, mask, parent, fi
                 while x >= 0:
                     y = following[x]
                     while y >= 0:
-                        inside[n_inside] = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y],
-                                                       row_x, row_y, out)
+                        inside[n_inside] = _record_dice(words, pops, node_d[x], node_row[x], node_d[y], node_row[y])
                         n_inside += 1
                         y = following[y]
                     x = following[x]

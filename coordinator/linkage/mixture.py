@@ -137,6 +137,18 @@ def _negative_loglik(params: np.ndarray, counts: np.ndarray, edges: np.ndarray, 
     return -float((counts[first:] * np.log(np.maximum(mix, _EPS))).sum())
 
 
+def _from_floor_bin(counts: np.ndarray, edges: np.ndarray, first: int, capture: np.ndarray | None,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """What the likelihood reads of a histogram from its floor's bin ``first`` on.
+
+    Its counts, its capture (``None`` if none), the bin edges clipped to [0, 1], and each bin's
+    midpoint less the floor bin's.
+    """
+    mids = (edges[:-1] + edges[1:]) / 2
+    return (counts[first:], capture[first:] if capture is not None else None, np.clip(edges, 0.0, 1.0)[first:],
+            mids[first:] - mids[first])
+
+
 class _Objective:
     """:func:`_negative_loglik` for one histogram, bit for bit, with its constant arrays computed once.
 
@@ -148,13 +160,9 @@ class _Objective:
 
     def __init__(self, counts: np.ndarray, edges: np.ndarray, first: int, capture: np.ndarray | None,
                  noise: float) -> None:
-        mids = (edges[:-1] + edges[1:]) / 2
-        self.clipped = np.clip(edges, 0.0, 1.0)[first:]
-        self.distance = mids[first:] - mids[first]
+        self.counts, self.capture, self.clipped, self.distance = _from_floor_bin(counts, edges, first, capture)
         self.decay = np.zeros(len(edges) - 1)
         self.first, self.noise = first, noise
-        self.counts = counts[first:]
-        self.capture = capture[first:] if capture is not None else None
 
     def __call__(self, params: np.ndarray) -> float:
         from scipy.special import betainc
@@ -223,10 +231,12 @@ _ALONE_SHARE = 30.0
 _RESTARTS = 3
 #: A restart counts only if it lowers the negative log-likelihood by more than this.
 _RESTART_GAIN = 1e-3
+#: Every Nelder-Mead run's options (scipy's ``minimize(..., method="Nelder-Mead", options=...)``).
+_NELDER_MEAD = {"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6}
 
 #: Recent fits by their inputs: an automatic round fits the same histogram in its second pass's gate
-#: and again in its calibration (8 Nelder-Mead runs each), and makes its agency pairs', higher floors'
-#: and bootstrap fits in one batch before the calibrations ask for them (29 fits with 4 agencies).
+#: and again in its calibration (8 Nelder-Mead runs each), and makes its agency pairs' fits and then
+#: its higher floors' and bootstrap fits before the calibrations ask for them (29 fits with 4 agencies).
 _RECENT: OrderedDict[tuple, MixtureFit] = OrderedDict()
 _RECENT_SIZE = 64
 _RECENT_LOCK = threading.Lock()
@@ -346,14 +356,13 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
     first = histogram.first
     total = float(counts.sum())
     if total <= 0:
-        return MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
-                          nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
+        return _empty_fit(histogram)
     objective = _Objective(counts, edges, first, capture, histogram.noise)
 
     def run(point: Sequence[float]) -> Any:
         # An objective of its own per run: each reuses a scratch array (its value never depends on it).
         return minimize(_Objective(counts, edges, first, capture, histogram.noise), np.array(point),
-                        method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
+                        method="Nelder-Mead", options=_NELDER_MEAD)
 
     points = _start_points(start, warm)
     if workers > 1 and len(points) > 1:
@@ -380,10 +389,16 @@ def _fit_mixture(histogram: ScoreHistogram, start: Sequence[float] | None, worke
         # the true links' low tail and call a lower threshold unsafe.
         alone = minimize(lambda x: objective(np.concatenate([[_ALONE_SHARE], x])),
                          np.array(best.x[1:]), method="Nelder-Mead",
-                         options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
+                         options=_NELDER_MEAD)
         if alone.fun - best.fun < _BIC_FACTOR * math.log(max(total, 2.0)):
             best.x = np.concatenate([[_ALONE_SHARE], alone.x])
     return _fitted(histogram, best.x)
+
+
+def _empty_fit(histogram: ScoreHistogram) -> MixtureFit:
+    """The fit of a histogram that holds no pair: no links, no parameters."""
+    return MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
+                      nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * len(histogram.counts)))
 
 
 def _fitted(histogram: ScoreHistogram, x: np.ndarray) -> MixtureFit:

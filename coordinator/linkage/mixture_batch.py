@@ -20,10 +20,12 @@ import numpy as np
 from coordinator.linkage.mixture import (
     _ALONE_SHARE,
     _BIC_FACTOR,
+    _NELDER_MEAD,
     _RESTART_GAIN,
     _RESTARTS,
     MixtureFit,
     ScoreHistogram,
+    _empty_fit,
     _fitted,
     _start_points,
 )
@@ -31,8 +33,6 @@ from coordinator.linkage.mixture_kernels import BETAINC, Target, run_nelder_mead
 
 __all__ = ["fit_batched"]
 
-#: scipy's options for every run (as ``minimize(..., method="Nelder-Mead", options=...)`` had them).
-_OPTIONS = {"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6}
 #: Threads that run the waiting runs (the machine's cores, at most 2: a round's other work uses the rest).
 _THREADS = max(1, min(2, os.cpu_count() or 1))
 
@@ -57,8 +57,8 @@ def _pool() -> ThreadPoolExecutor:
 def _run(run: Run) -> tuple[np.ndarray, float]:
     x0, pinned, t = run
     x, fun = run_nelder_mead(BETAINC, np.asarray(x0, dtype=np.float64), pinned, t.counts, t.capture, t.clipped,
-                             t.distance, t.bins, t.first, t.noise, _OPTIONS["maxiter"], _OPTIONS["xatol"],
-                             _OPTIONS["fatol"])
+                             t.distance, t.bins, t.first, t.noise, _NELDER_MEAD["maxiter"], _NELDER_MEAD["xatol"],
+                             _NELDER_MEAD["fatol"])
     return x, float(fun)
 
 
@@ -118,9 +118,7 @@ def fit_batched(jobs: Sequence[tuple[ScoreHistogram, Sequence[float] | None, Seq
 
     for j, (histogram, start, warm) in enumerate(jobs):
         if float(histogram.counts.sum()) <= 0:
-            bins = len(histogram.counts)
-            out[j] = MixtureFit(floor=histogram.floor, matches=0.0, match_beta=(1.0, 1.0), exact_share=0.0,
-                                nonmatch_rate=1.0, match_weight=0.0, posterior=tuple([0.0] * bins))
+            out[j] = _empty_fit(histogram)
             continue
         plans[j] = _plan(histogram, start, warm)
         submit(j, next(plans[j]))

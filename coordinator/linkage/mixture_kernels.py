@@ -60,7 +60,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import get_cython_function_address, intrinsic
 
-from coordinator.linkage.mixture import _ALONE_SHARE, _EPS
+from coordinator.linkage.mixture import _ALONE_SHARE, _EPS, _from_floor_bin
 from coordinator.linkage.numpy_sums import pairwise_sum
 
 __all__ = ["BETAINC", "Target", "negative_loglik", "run_nelder_mead", "target"]
@@ -137,15 +137,12 @@ class Target:
 
 
 def target(counts: np.ndarray, first: int, capture: np.ndarray | None, noise: float) -> Target:
-    """A histogram's :class:`Target` (``counts`` over all bins, ``first`` its floor's bin)."""
-    edges = np.linspace(0.0, 1.0, len(counts) + 1)
-    mids = (edges[:-1] + edges[1:]) / 2
-    tail = np.ascontiguousarray(counts[first:], dtype=np.float64)
-    return Target(counts=tail,
-                  capture=np.zeros(0) if capture is None else np.ascontiguousarray(capture[first:], dtype=np.float64),
-                  clipped=np.ascontiguousarray(np.clip(edges, 0.0, 1.0)[first:]),
-                  distance=np.ascontiguousarray(mids[first:] - mids[first]), bins=len(counts), first=first,
-                  noise=float(noise))
+    """A histogram's :class:`Target` (``first``: its floor's bin), what ``mixture._Objective`` reads of it."""
+    tail, captured, clipped, distance = _from_floor_bin(counts, np.linspace(0.0, 1.0, len(counts) + 1), first, capture)
+    return Target(counts=np.ascontiguousarray(tail, dtype=np.float64),
+                  capture=np.zeros(0) if captured is None else np.ascontiguousarray(captured, dtype=np.float64),
+                  clipped=np.ascontiguousarray(clipped), distance=np.ascontiguousarray(distance), bins=len(counts),
+                  first=first, noise=float(noise))
 
 
 @njit(cache=True, nogil=True, inline="always")

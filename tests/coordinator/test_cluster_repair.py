@@ -143,8 +143,7 @@ def test_merge_scorer_and_roots_match_their_definitions() -> None:
                 for x, y in pairs]
     words = tuple(np.ascontiguousarray(as_words(d)) for d in datasets)
     pops = tuple(popcounts(w) for w in words)
-    scratch = np.empty(1, dtype=np.int64), np.empty(1, dtype=np.int64), np.empty(1)
-    assert [_record_dice(words, pops, x[0], x[1], y[0], y[1], *scratch) for x, y in pairs] == expected
+    assert [_record_dice(words, pops, x[0], x[1], y[0], y[1]) for x, y in pairs] == expected
     for trial in range(20):
         parent = [int(rng.integers(0, c + 1)) if rng.random() < 0.7 else c for c in range(int(rng.integers(1, 300)))]
 

@@ -337,6 +337,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
            "seconds_choosing_blocking": choosing}
     if blocking is not None:
         out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
+        out["per_record"] = per_record_work(encodings, blocking)
     return out
 
 
@@ -364,7 +365,45 @@ def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: An
            "estimated": {"precision": estimate.precision, "recall": estimate.recall, "f1": estimate.f1}}
     if blocking is not None:
         out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
+        out["per_record"] = per_record_work(encodings, blocking)
     return out
+
+
+def per_record_work(encodings: Sequence[np.ndarray], blocking: Any, bands: int = 8) -> dict[str, float]:
+    """What comparing spends per band on the records themselves, before any pair is scored, on one core.
+
+    Over ``bands`` bands of the round's setting (its bits per band and seed; keys for that many
+    bands only, to keep memory down), the same compiled steps comparing runs: each band's sort
+    (``sorted_entries``) and the listing of its shared buckets with the copy of their records'
+    encodings (``gather_band_runs``). Scaled to the round's bands, these seconds bound the rate of
+    end-to-end comparing per core however fast the pair kernel is: ``comparisons / seconds``.
+    """
+    from coordinator.linkage.band_kernels import gather_band_runs
+    from coordinator.linkage.band_sort import sorted_entries
+    from coordinator.linkage.blocking import BlockingConfig
+    from coordinator.linkage.compare import Scratch, one_type, prepare
+
+    sample = BlockingConfig(**(blocking.model_dump() | {"bands": min(bands, blocking.bands)}))
+    prepared = prepare(tuple(encodings), sample, workers=1)
+    words, keys = one_type(prepared.words), one_type(prepared.band_keys.keys)
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+    buffers = Scratch()
+    columns = buffers.columns(keys, 0, sample.bands)
+    sorting = gathering = 0.0
+    records = 0
+    # Compiled (or loaded from numba's cache) before the clock runs.
+    gather_band_runs(np.zeros(0, dtype=np.uint64), offsets, words, 0)
+    for band in range(sample.bands):
+        started = time.perf_counter()
+        entries = sorted_entries(columns[band], prepared.band_keys.sentinel, buffers.entries(columns.shape[1]))
+        sorted_at = time.perf_counter()
+        copied, _, _ = gather_band_runs(entries, offsets, words, len(entries))
+        gathering += time.perf_counter() - sorted_at
+        sorting += sorted_at - started
+        records += copied
+    scale = blocking.bands / sample.bands
+    return {"sorting_s": sorting * scale, "gathering_s": gathering * scale, "records_gathered": records * scale,
+            "bands_sampled": sample.bands}
 
 
 def kernel_rate(a: np.ndarray, b: np.ndarray, rows: int = 2000) -> float:
@@ -476,6 +515,7 @@ def _row(run: str, args: argparse.Namespace, out: dict[str, Any], entities: Sequ
         "pairs_per_s_per_core": (round(stats["comparisons"] / stats["seconds_comparing"] / stats["workers"])
                                  if stats["seconds_comparing"] else None),
         "kernel_pairs_per_s_per_core": round(out["kernel_pairs_per_s"]) if out.get("kernel_pairs_per_s") else None,
+        **({"per_record_work": {k: round(v, 3) for k, v in out["per_record"].items()}} if "per_record" in out else {}),
         "seconds_blocking": round(stats["seconds_blocking"], 3),
         "seconds_solving": round(stats["seconds_solving"], 3),
         "peak_memory_mb": round(out["peak_memory_mb"], 1),
@@ -645,6 +685,13 @@ def _print_targets(rows: list[dict[str, Any]], load_at_start: tuple[float, ...],
         kernel = ours["kernel_pairs_per_s_per_core"]
         ratio = f", {kernel / peer_rate:.2f}x anonlink all-pairs" if peer_rate else ""
         print(f"  compiled kernel per core: {kernel:.3g}/s{ratio}")
+    if ours.get("per_record_work"):
+        work = ours["per_record_work"]
+        seconds = work["sorting_s"] + work["gathering_s"]
+        print(f"  per-record work per core, no pair scored ({work['bands_sampled']} bands timed, scaled to all): "
+              f"sorting {work['sorting_s']:.2f} s, listing and copying {work['records_gathered']:.3g} records "
+              f"{work['gathering_s']:.2f} s: comparing reaches at most {ours['comparisons'] / seconds:.3g} pairs/s per "
+              "core at this size, however fast the kernel")
     if peer_rate:
         print(f"  anonlink all-pairs per core in this run: {peer_rate:.3g}/s")
     if ours.get("blocking"):

@@ -26,7 +26,7 @@ from numba import njit
 from coordinator.linkage.band_sort import RECORD_BITS
 from coordinator.linkage.kernels import VECTOR_POPCOUNT, and_popcount_1024, popcount64, prefetch, seen_in_earlier_band
 
-__all__ = ["dice_bins", "least_shared_bits", "score_band_runs"]
+__all__ = ["dice_bins", "gather_band_runs", "least_shared_bits", "score_band_runs"]
 
 #: uint64 words per 64-byte cache line.
 _LINE_WORDS = 8
@@ -149,6 +149,160 @@ def _dice(shared, denominator):  # noqa: ANN001, ANN202
 
 
 @njit(nogil=True, cache=True)
+def _chunk_space(size, width):  # noqa: ANN001, ANN202
+    """Room for a chunk of ``size`` shared-bucket records (see :func:`_list_shared_runs`) and their encodings.
+
+    Returns:
+        Per record: global record, dataset, row, where its dataset's stretch of its run ends and
+        where its run ends (int64); then a ``(size, width)`` block for the encodings, starting on a
+        64-byte boundary (each pair's score loads its two rows as 64-byte vectors, which would
+        otherwise each straddle two lines), and the popcounts.
+    """
+    records = np.empty(size, dtype=np.int64)
+    sets = np.empty(size, dtype=np.int64)
+    rows = np.empty(size, dtype=np.int64)
+    stretch_end = np.empty(size, dtype=np.int64)
+    run_end = np.empty(size, dtype=np.int64)
+    raw = np.empty(size * width + _LINE_WORDS, dtype=np.uint64)
+    lead = (_LINE_WORDS - (raw.ctypes.data % 64) // 8) % _LINE_WORDS
+    block = raw[lead : lead + size * width].reshape((size, width))
+    return records, sets, rows, stretch_end, run_end, block, np.empty(size, dtype=np.int64)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _list_shared_runs(entries, i, offsets, words, room, records, sets, rows, stretch_end, run_end):  # noqa: ANN001, ANN202
+    """List the shared buckets (runs of equal keys holding two datasets or more) from entry ``i`` on.
+
+    At most ``_CHUNK`` records are listed (more only when one run needs them) and at most ``room``
+    cross-dataset pairs; each record's encoding starts loading as it is listed, so that the walk's
+    own work overlaps the loads and :func:`_copy_chunk` finds the lines in cache.
+
+    Returns:
+        ``(next_entry, records_listed, pairs, largest_run_pairs, full)``; ``full`` when the next run
+        alone needs more records than the arrays hold or more pairs than ``room``.
+    """
+    n = entries.shape[0]
+    size = records.shape[0]
+    width = words[0].shape[1]
+    record_mask = np.uint64((1 << RECORD_BITS) - 1)
+    m = 0
+    chunk_pairs = 0
+    largest = 0
+    full = False
+    while i < n and m < _CHUNK:
+        key = entries[i] >> np.uint64(RECORD_BITS)
+        j = i + 1
+        while j < n and entries[j] >> np.uint64(RECORD_BITS) == key:
+            j += 1
+        if j - i < 2:
+            i = j
+            continue
+        if m + j - i > size:
+            # This run starts the next chunk; alone, it needs a larger ``scratch`` from the caller.
+            full = m == 0
+            break
+        # Records ascend within a key, so each dataset is one stretch of the run.
+        squares = 0
+        p = i
+        while p < j:
+            d = _dataset_of(np.int64(entries[p] & record_mask), offsets)
+            q = p + 1
+            while q < j and np.int64(entries[q] & record_mask) < offsets[d + 1]:
+                q += 1
+            words_d = words[d]
+            for e in range(p, q):
+                at = m + e - i
+                records[at] = np.int64(entries[e] & record_mask)
+                sets[at] = d
+                rows[at] = records[at] - offsets[d]
+                # Start loading the encoding now: the walk's own work overlaps the loads, and
+                # the copy below finds the lines in cache.
+                for column in range(0, width, _LINE_WORDS):
+                    prefetch(words_d, rows[at], column)
+                # A row need not start on a line (numpy aligns arrays to 16 bytes): its last
+                # words may lie on one more line than the loop above starts loading.
+                prefetch(words_d, rows[at], width - 1)
+                stretch_end[at] = m + q - i
+                run_end[at] = m + j - i
+            squares += (q - p) * (q - p)
+            p = q
+        pairs = ((j - i) * (j - i) - squares) // 2
+        if pairs == 0:
+            i = j
+            continue
+        if chunk_pairs + pairs > room:
+            full = True
+            break
+        chunk_pairs += pairs
+        largest = max(largest, pairs)
+        m += j - i
+        i = j
+    return i, m, chunk_pairs, largest, full
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _copy_chunk(m, words, sets, rows, block, pops, check_pops, lowest_pop, highest_pop):  # noqa: ANN001, ANN202
+    """Copy the ``m`` listed records' encodings into ``block`` and their popcounts into ``pops``.
+
+    Raises:
+        ValueError: ``check_pops`` and a popcount lies outside ``[lowest_pop, highest_pop]``.
+    """
+    width = block.shape[1]
+    for k in range(m):
+        words_d = words[sets[k]]
+        row = rows[k]
+        total = np.uint64(0)
+        for w in range(width):
+            value = words_d[row, w]
+            block[k, w] = value
+            total += popcount64(value)
+        pops[k] = np.int64(total)
+        if check_pops and not lowest_pop <= pops[k] <= highest_pop:
+            raise ValueError("a popcount lies outside the histogram's bin table")
+
+
+@njit(nogil=True, cache=True)
+def gather_band_runs(entries, offsets, words, scratch):  # noqa: ANN001, ANN201
+    """What :func:`score_band_runs` does to a band's records before it scores any pair, and nothing else.
+
+    It lists the shared buckets and copies their encodings into the block, exactly as comparing
+    does (the same compiled steps). ``benchmarks/match.py`` times it to show the per-record work
+    that a faster pair kernel cannot remove: at 4 x 100k most records share a bucket in every band,
+    and their loads bound the comparison rate per core (docs/scaling.md).
+
+    Args:
+        entries: the band's sorted entries (:func:`coordinator.linkage.band_sort.sorted_entries`).
+        offsets: ``offsets[d]`` is dataset ``d``'s first global record number.
+        words: per dataset, the encodings as uint64 words (a tuple of arrays of one type).
+        scratch: the most records of one run (at least ``_CHUNK`` are held).
+
+    Returns:
+        ``(records, pairs, popcounts)``: records copied, cross-dataset pairs their runs hold, and
+        the sum of their popcounts (read, so that no copy can be skipped).
+
+    Raises:
+        ValueError: a run holds more records than ``scratch``.
+    """
+    size = max(_CHUNK, scratch)
+    records, sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, words[0].shape[1])
+    copied = 0
+    pairs = 0
+    total = 0
+    i = 0
+    while i < entries.shape[0]:
+        i, m, chunk_pairs, _, full = _list_shared_runs(entries, i, offsets, words, np.int64(1) << 62, records, sets,
+                                                       rows, stretch_end, run_end)
+        if full and m == 0:
+            raise ValueError("a run holds more records than the scratch")
+        _copy_chunk(m, words, sets, rows, block, pops, False, 0, 0)
+        for k in range(m):
+            total += pops[k]
+        copied += m
+        pairs += chunk_pairs
+    return copied, pairs, total
+
+
+@njit(nogil=True, cache=True)
 def score_band_runs(
     entries,
     first,
@@ -217,22 +371,9 @@ def score_band_runs(
     highest_pop = bin_of.shape[1] - 1
     capacity = out_sim.shape[0]
     n = entries.shape[0]
-    record_mask = np.uint64((1 << RECORD_BITS) - 1)
-    # The shared buckets' records of a chunk of runs, in run order: global record, dataset, row,
-    # where the record's dataset stretch of its run ends; then their encodings and popcounts.
     # Allocated once: arrays reassigned inside the loops would cost reference counting on every run.
     size = max(_CHUNK, scratch)
-    records = np.empty(size, dtype=np.int64)
-    sets = np.empty(size, dtype=np.int64)
-    rows = np.empty(size, dtype=np.int64)
-    stretch_end = np.empty(size, dtype=np.int64)
-    run_end = np.empty(size, dtype=np.int64)
-    # On a 64-byte boundary: each pair's score loads its two rows as 64-byte vectors, which would
-    # otherwise each straddle two lines.
-    raw = np.empty(size * width + _LINE_WORDS, dtype=np.uint64)
-    lead = (_LINE_WORDS - (raw.ctypes.data % 64) // 8) % _LINE_WORDS
-    block = raw[lead : lead + size * width].reshape((size, width))
-    pops = np.empty(size, dtype=np.int64)
+    records, sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, width)
     # Pairs are counted into _SUBCOUNTS histograms in turn, summed at the end: consecutive pairs in
     # one bin would otherwise each wait for the previous increment's store.
     counts = np.zeros((_SUBCOUNTS, max(bins, 1)), dtype=np.int64)
@@ -244,70 +385,11 @@ def score_band_runs(
     i = first
     full = False
     while i < n and not full:
-        # 1. List the next shared buckets (runs of equal keys holding two datasets or more).
-        m = 0
-        chunk_pairs = 0
-        while i < n and m < _CHUNK:
-            key = entries[i] >> np.uint64(RECORD_BITS)
-            j = i + 1
-            while j < n and entries[j] >> np.uint64(RECORD_BITS) == key:
-                j += 1
-            if j - i < 2:
-                i = j
-                continue
-            if m + j - i > size:
-                # This run starts the next chunk; alone, it needs a larger ``scratch`` from the caller.
-                full = m == 0
-                break
-            # Records ascend within a key, so each dataset is one stretch of the run.
-            squares = 0
-            p = i
-            while p < j:
-                d = _dataset_of(np.int64(entries[p] & record_mask), offsets)
-                q = p + 1
-                while q < j and np.int64(entries[q] & record_mask) < offsets[d + 1]:
-                    q += 1
-                words_d = words[d]
-                for e in range(p, q):
-                    at = m + e - i
-                    records[at] = np.int64(entries[e] & record_mask)
-                    sets[at] = d
-                    rows[at] = records[at] - offsets[d]
-                    # Start loading the encoding now: the walk's own work overlaps the loads, and
-                    # the copy below finds the lines in cache.
-                    for column in range(0, width, _LINE_WORDS):
-                        prefetch(words_d, rows[at], column)
-                    # A row need not start on a line (numpy aligns arrays to 16 bytes): its last
-                    # words may lie on one more line than the loop above starts loading.
-                    prefetch(words_d, rows[at], width - 1)
-                    stretch_end[at] = m + q - i
-                    run_end[at] = m + j - i
-                squares += (q - p) * (q - p)
-                p = q
-            pairs = ((j - i) * (j - i) - squares) // 2
-            if pairs == 0:
-                i = j
-                continue
-            if pending + chunk_pairs + pairs > capacity:
-                full = True
-                break
-            chunk_pairs += pairs
-            largest = max(largest, pairs)
-            m += j - i
-            i = j
-        # 2. Copy their encodings into one block (their loads were started by the walk).
-        for k in range(m):
-            words_d = words[sets[k]]
-            row = rows[k]
-            total = np.uint64(0)
-            for w in range(width):
-                value = words_d[row, w]
-                block[k, w] = value
-                total += popcount64(value)
-            pops[k] = np.int64(total)
-            if bins > 0 and not lowest_pop <= pops[k] <= highest_pop:
-                raise ValueError("a popcount lies outside the histogram's bin table")
-        # 3. Score every pair (p, q) of a run with q in a later dataset than p, from the block.
+        i, m, chunk_pairs, most, full = _list_shared_runs(entries, i, offsets, words, capacity - pending, records,
+                                                          sets, rows, stretch_end, run_end)
+        largest = max(largest, most)
+        _copy_chunk(m, words, sets, rows, block, pops, bins > 0, lowest_pop, highest_pop)
+        # Score every pair (p, q) of a run with q in a later dataset than p, from the block.
         if bins > 0:
             # Every pair is counted by its bin (``bin_of``, no division); those from ``least_pending``
             # on are written for the earlier-band check (which takes those found there back out)

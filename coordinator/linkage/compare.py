@@ -34,7 +34,9 @@ from coordinator.linkage.similarity import as_words
 from pplink.aligned import line_aligned
 from pplink.errors import MatchError
 
-__all__ = ["Found", "Progress", "announce", "blocking_stats", "compare_bands", "compare_datasets", "run_units"]
+__all__ = [
+    "Found", "Progress", "announce", "blocking_stats", "compare_bands", "compare_datasets", "one_type", "run_units",
+]
 
 #: Pairs scoring at least this are checked against earlier bands, so that each counts once.
 #: Below it, a pair found in several bands is counted once per band in the histogram: on the
@@ -219,7 +221,7 @@ def compare_bands(
         present = [p for p in pops if len(p)]
         lowest_pop, highest_pop = min(int(p.min()) for p in present), max(int(p.max()) for p in present)
         bin_of, lowest_denominator = dice_bins(len(histogram), lowest_pop, highest_pop)
-    words, keys = _one_type(words), _one_type(keys)
+    words, keys = one_type(words), one_type(keys)
     out = _Output()
     scratch = 0
     order = sorted(bands)
@@ -286,7 +288,7 @@ class Scratch:
         return self._entries
 
 
-def _one_type(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+def one_type(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     """Read-only C-contiguous views of one dtype: the kernel indexes them as one tuple type.
 
     Arrays from different places (a caller's, Ray's object store) differ in writeability, and a

@@ -192,3 +192,33 @@ def test_a_popcount_outside_the_bin_table_is_refused() -> None:
     wrong = (np.full(50, 5, np.int64),) * 2
     with pytest.raises(ValueError, match="outside the histogram's bin table"):
         compare.compare_bands(range(1), words, wrong, keys, 2**32 - 1, 0.7, 100)
+
+
+def test_gathering_lists_the_shared_buckets_records_that_comparing_scores() -> None:
+    """``gather_band_runs`` (the benchmark's per-record work) copies exactly the records of the keys that
+    two datasets or more share, and their runs hold exactly the pairs that comparing scores."""
+    from coordinator.linkage.band_kernels import gather_band_runs
+    from coordinator.linkage.band_sort import sorted_entries
+
+    rng = np.random.default_rng(5)
+    sizes = (300, 250, 40)
+    data = [np.packbits(rng.random((n, 1024)) < 0.35, axis=1) for n in sizes]
+    words = compare.one_type([np.ascontiguousarray(as_words(d)) for d in data])
+    keys = compare.one_type([rng.integers(0, 90, (n, 1)).astype(np.uint32) for n in sizes])
+    column = np.concatenate([k[:, 0] for k in keys])
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    records, pairs, total = gather_band_runs(sorted_entries(column, 2**32 - 1), offsets, words, 0)
+    dataset = np.repeat(np.arange(len(sizes)), sizes)
+    pops = np.concatenate([row_popcounts(w) for w in words])
+    want_records = want_pairs = want_total = 0
+    for key in np.unique(column):
+        members = np.flatnonzero(column == key)
+        per_set = np.bincount(dataset[members], minlength=len(sizes))
+        if (per_set > 0).sum() >= 2:
+            want_records += len(members)
+            want_pairs += (len(members) ** 2 - int((per_set**2).sum())) // 2
+            want_total += int(pops[members].sum())
+    found = compare.compare_bands(range(1), words, tuple(row_popcounts(w) for w in words), keys, 2**32 - 1, 0.5, None)
+    assert want_records > 100  # shared and unshared keys both occur
+    assert (records, pairs, total) == (want_records, want_pairs, want_total)
+    assert found.comparisons == pairs

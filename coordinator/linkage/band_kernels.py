@@ -92,12 +92,14 @@ def dice_bins(bins, lowest_pop, highest_pop):  # noqa: ANN001, ANN201
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim):  # noqa: ANN001, ANN202
-    """Start loading the keys that the earlier-band check of a pair will read.
+def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim, unchecked_below):  # noqa: ANN001, ANN202
+    """Start loading the keys that the earlier-band check of a pair will read (none, below ``unchecked_below``).
 
     A pair this close almost surely shares one of the first bands, where the check stops: only the
     first line of each row's keys. Others are read to ``band``: every line of it.
     """
+    if sim < unchecked_below:
+        return
     last = 1 if sim >= _LIKELY_SEEN else band
     line_keys = 64 // keys[0].itemsize
     for column in range(0, last, line_keys):
@@ -106,22 +108,25 @@ def _prefetch_keys(keys, band, d_a, d_b, row_a, row_b, sim):  # noqa: ANN001, AN
 
 
 @njit(nogil=True, cache=True)
-def _drop_seen(keys, band, sentinel, threshold, histogram, pending, out_da, out_db, out_ra, out_rb, out_sim):  # noqa: ANN001, ANN202, E501
+def _drop_seen(keys, band, sentinel, threshold, unchecked_below, histogram, pending, out_da, out_db, out_ra, out_rb,
+               out_sim):  # noqa: ANN001, ANN202
     """Check the ``pending`` pairs against earlier bands; keep (compacted) those no earlier band found.
 
-    Every pending pair was counted in ``histogram`` when scored: those an earlier band found are
-    taken back out of their bin (the same bin: :func:`dice_bins` is this arithmetic).
+    Pairs scoring below ``unchecked_below`` are kept unchecked (see :func:`score_band_runs`). Every
+    pending pair was counted in ``histogram`` when scored: those an earlier band found are taken
+    back out of their bin (the same bin: :func:`dice_bins` is this arithmetic).
     """
     bins = histogram.shape[0]
     for k in range(min(_CHECK_AHEAD, pending)):
-        _prefetch_keys(keys, band, out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k])
+        _prefetch_keys(keys, band, out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k], unchecked_below)
     kept = 0
     for k in range(pending):
         ahead = k + _CHECK_AHEAD
         if ahead < pending:
-            _prefetch_keys(keys, band, out_da[ahead], out_db[ahead], out_ra[ahead], out_rb[ahead], out_sim[ahead])
+            _prefetch_keys(keys, band, out_da[ahead], out_db[ahead], out_ra[ahead], out_rb[ahead], out_sim[ahead],
+                           unchecked_below)
         d_a, d_b, row_a, row_b, sim = out_da[k], out_db[k], out_ra[k], out_rb[k], out_sim[k]
-        if seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
+        if sim >= unchecked_below and seen_in_earlier_band(keys[d_a], keys[d_b], row_a, row_b, band, sentinel):
             if bins > 0:
                 histogram[min(int(sim * bins), bins - 1)] -= 1
             continue
@@ -322,13 +327,15 @@ def score_band_runs(
     out_rb,
     out_sim,
     scratch,
+    repeats_below=0.0,
 ):  # noqa: ANN001, ANN201  (fmt: one argument per kernel input)
     """Score every cross-dataset pair of every run of equal keys from entry ``first`` on.
 
     Pairs are ``(d_a, row_a)``, ``(d_b, row_b)`` with ``d_a < d_b``. A pair scoring at least
-    ``floor`` that shares a key (other than ``sentinel``) in a band before ``band`` is neither
-    counted nor kept (the first-band rule); every other pair is counted in ``histogram`` (when it
-    has bins) and kept in the ``out_*`` arrays if it scores at least ``threshold``.
+    ``floor`` (and, without a histogram, at least ``repeats_below``) that shares a key (other than
+    ``sentinel``) in a band before ``band`` is neither counted nor kept (the first-band rule); every
+    other pair is counted in ``histogram`` (when it has bins) and kept in the ``out_*`` arrays if it
+    scores at least ``threshold``.
 
     Args:
         entries: the band's sorted entries (:func:`coordinator.linkage.band_sort.sorted_entries`).
@@ -351,6 +358,9 @@ def score_band_runs(
         out_rb: see ``out_da``.
         out_sim: see ``out_da``.
         scratch: the most records of one run the call must hold (at least ``_CHUNK`` are held).
+        repeats_below: without a histogram, pairs scoring below this are kept without the
+            earlier-band check: a pair that several bands find is then kept by each of them, and
+            the caller drops the repeats. With a histogram every pair is checked.
 
     Returns:
         ``(next_entry, kept, comparisons, largest)``: where to resume (``len(entries)`` when done),
@@ -431,5 +441,6 @@ def score_band_runs(
             histogram[b] += counts[sub, b]
     if check:
         outputs = (out_da, out_db, out_ra, out_rb, out_sim)
-        pending = _drop_seen(keys, band, sentinel, threshold, histogram, pending, *outputs)
+        unchecked_below = repeats_below if bins == 0 else -1.0
+        pending = _drop_seen(keys, band, sentinel, threshold, unchecked_below, histogram, pending, *outputs)
     return i, pending, comparisons, largest

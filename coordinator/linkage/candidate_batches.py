@@ -231,6 +231,25 @@ def _sort_halves(key: np.ndarray, payload: np.ndarray, bits: int, workers: int,
 
 
 @njit(cache=True, nogil=True)
+def _drop_repeated_keys(key: np.ndarray, payload: np.ndarray) -> int:
+    """Keep the first of each run of equal keys of sorted ``key`` in place (``payload`` with it, if as long).
+
+    Returns:
+        How many keys remain, at the front of ``key``.
+    """
+    n = len(key)
+    carry = len(payload) == n
+    kept = min(n, 1)
+    for i in range(1, n):
+        if key[i] != key[kept - 1]:
+            key[kept] = key[i]
+            if carry:
+                payload[kept] = payload[i]
+            kept += 1
+    return kept
+
+
+@njit(cache=True, nogil=True)
 def _batch_bounds(sims: np.ndarray, d_a: np.ndarray, d_b: np.ndarray, r_a: np.ndarray,
                   r_b: np.ndarray) -> tuple[float, float, bool, int, int, int, int, int, bool]:
     """One batch's similarity bounds, whether all are finite, its lowest index, each column's highest, and more.
@@ -291,7 +310,7 @@ def sorted_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.n
 
 def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: list[np.ndarray],
                             r_a: list[np.ndarray], r_b: list[np.ndarray], *,
-                            workers: int = 1) -> tuple[tuple[np.ndarray, ...], bool]:
+                            workers: int = 1, drop_repeats: bool = False) -> tuple[tuple[np.ndarray, ...], bool]:
     """:func:`sorted_batches`, and whether the pairs are known to be distinct (no pair given twice).
 
     Known when every pair's first dataset is below its second (a pair has one spelling) and the
@@ -299,6 +318,12 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     significant digit first), finds no two equal indices on the way (:func:`_index_repeats`): the
     greedy solver then needs no adjacency (:func:`~coordinator.linkage.greedy.greedy_roots`).
     ``False`` means repeated or not known.
+
+    With ``drop_repeats``, a pair given more than once is kept once (a comparison that kept
+    repeats: ``compare.REPEATS_BELOW``): with one spelling per pair its repeats share a key and
+    lie side by side once sorted, and the pairs are then known to be distinct. With some pair
+    spelt the other way round (or with batches of mixed types) the repeats stay, and are not
+    known distinct: the solver's adjacency takes them, as for any repeats.
 
     >>> columns, distinct = sorted_distinct_batches([np.array([0.7, 0.9])], [np.array([0, 0])], [np.array([1, 1])],
     ...                                             [np.array([2, 2])], [np.array([0, 1])])
@@ -366,14 +391,18 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
     if all(ok for _, ok, _ in results) and all(_join_tables(table, other) for other, _, _ in results[1:]):
         results.clear()
         key, _, distinct, spare = _sort_halves(key, np.zeros(0), index_bits + rank_bits, workers, checked)
+        kept = n
+        if drop_repeats and checked:
+            kept = _drop_repeated_keys(key, key[:0])
+            key, distinct, half = key[:kept], True, kept // 2
         # Fresh memory costs its page faults (~35 ms per 100 MB): the similarities overwrite their own
         # sorted keys (each slot once its key is read), and two 4-byte columns fill the sort's spare buffer.
         values = key.view(np.float64)
-        out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[3:]]
+        out = [_empty_like(np.zeros(0, dtype=dtype), kept) for dtype in dtypes[3:]]
         if dtypes[1].itemsize == dtypes[2].itemsize == 4:
-            out = [spare.view(dtypes[1])[:n], spare.view(dtypes[2])[n:], *out]
+            out = [spare.view(dtypes[1])[:kept], spare.view(dtypes[2])[n : n + kept], *out]
         else:
-            out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:3]] + out
+            out = [_empty_like(np.zeros(0, dtype=dtype), kept) for dtype in dtypes[1:3]] + out
         del spare
         if parallel:
             with ThreadPoolExecutor(1) as pool:
@@ -393,9 +422,12 @@ def sorted_distinct_batches(sims: list[np.ndarray], d_a: list[np.ndarray], d_b: 
             values[at : at + len(sims_part)] = sims_part
             at += len(sims_part)
     results.clear()
-    out = [_empty_like(np.zeros(0, dtype=dtype), n) for dtype in dtypes[1:]]
     key, values, distinct, _ = _sort_halves(key, values, index_bits + rank_bits, workers, checked)
     _fix_ties(key, values, values, index_bits, False)
+    if drop_repeats and checked:
+        kept = _drop_repeated_keys(key, values)
+        key, values, distinct, half = key[:kept], values[:kept], True, kept // 2
+    out = [_empty_like(np.zeros(0, dtype=dtype), len(key)) for dtype in dtypes[1:]]
     if parallel:
         with ThreadPoolExecutor(1) as pool:
             unpacked = pool.submit(_unpack_all, key[:half], layout, *(o[:half] for o in out))

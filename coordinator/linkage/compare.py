@@ -7,7 +7,9 @@ a chunk of runs at a time and every cross-dataset pair scored from there, keepin
 above the threshold and counting the histogram as it goes. Groups of ``BAND_GROUP`` bands run on
 ``workers`` threads (the kernels release the GIL). Memory stays bounded: a band's working set is
 ~32 bytes per record, and the kernel writes kept pairs to a fixed buffer that the caller drains
-between calls.
+between calls. A pair that several bands find is kept by the first of them only (each kept pair is
+checked against the two records' keys in earlier bands), except, without a histogram, below
+``repeats_below``: there the caller drops the repeats (:data:`REPEATS_BELOW`).
 
 Without blocking, every pair is scored by ``anonlink.similarities.dice_coefficient_accelerated``
 over ``anonlink.concurrency.split_to_chunks`` chunks: the reference that blocking is measured
@@ -43,6 +45,12 @@ __all__ = [
 #: benchmark's clkhash data (default blocking, 2 x 100k) that overcounts a bin by at most 0.3%,
 #: while checking every pair would cost about as much as the Dice computation itself.
 DEDUP_FLOOR = 0.5
+#: An automatic round's floor keeps pairs from 0.55 up; those below this are kept unchecked against
+#: earlier bands when the caller drops repeats itself (``repeats_below``: ``match_clks`` does, in its
+#: sort). Most of them are found by one band only (at 4 x 100k, 13.56M kept for 12.72M distinct pairs),
+#: yet each one's check read every earlier band's keys of both records: a fifth of the floor's comparing.
+#: Closer pairs are found by many bands, and checked (their check stops at the first shared band).
+REPEATS_BELOW = 0.75
 #: Comparisons per anonlink all-pairs chunk (its own chunking helper aims at this).
 _ALL_PAIRS_CHUNK = 50_000_000
 #: Comparisons per chunk when the all-pairs run also counts a histogram (every pair comes back).
@@ -69,6 +77,8 @@ class Found:
         sims: per added batch, the Dice similarities (float64).
         histogram: similarity counts per bin, or ``None`` when not counted.
         comparisons: pair similarities computed.
+        may_repeat: whether a pair may be kept more than once (found by several bands below
+            ``repeats_below``: see :func:`compare_bands`).
         largest_bucket: most cross-dataset pairs of one compared bucket (blocked comparisons only).
     """
 
@@ -80,6 +90,7 @@ class Found:
     histogram: np.ndarray | None = None
     comparisons: int = 0
     largest_bucket: int = 0
+    may_repeat: bool = False
 
     @classmethod
     def empty(cls, bins: int | None) -> Found:
@@ -120,6 +131,7 @@ class Found:
             self.histogram += other.histogram
         self.comparisons += other.comparisons
         self.largest_bucket = max(self.largest_bucket, other.largest_bucket)
+        self.may_repeat |= other.may_repeat
 
     @property
     def pairs(self) -> int:
@@ -185,6 +197,7 @@ def compare_bands(
     tick: Callable[[], None] | None = None,
     sink: FloorSink | None = None,
     buffers: Scratch | None = None,
+    repeats_below: float = 0.0,
 ) -> Found:
     """Score every candidate pair of some bands, keeping those that no earlier band found.
 
@@ -202,6 +215,9 @@ def compare_bands(
             threshold); ``None`` keeps them all.
         buffers: for the bands' key columns and sorted entries, used by one call at a time
             (:class:`Scratch`; a match's threads each reuse one); ``None``: fresh ones.
+        repeats_below: without a histogram, pairs scoring below this are kept by every band that
+            finds them, unchecked against earlier bands (:data:`REPEATS_BELOW`); ``Found.may_repeat``
+            then says so, and the caller drops the repeats. With a histogram every pair is checked.
 
     Returns:
         The kept pairs, the histogram and the number of comparisons of these bands.
@@ -239,11 +255,14 @@ def compare_bands(
                 # above 0.5, were most of its comparing: the sink's round reports none).
                 kept_from = threshold if sink is None else max(threshold, sink.floor)
                 risen = kept_from != threshold
+                counted = histogram[:0] if risen else histogram
+                unchecked = repeats_below if not len(counted) and repeats_below > kept_from else 0.0
                 entry, kept, comparisons, largest = score_band_runs(
                     entries, entry, offsets, words, keys, band, sentinel, kept_from,
-                    kept_from if risen else floor, histogram[:0] if risen else histogram, bin_of, lowest_denominator,
-                    *out.arrays, scratch,
+                    kept_from if risen else floor, counted, bin_of, lowest_denominator,
+                    *out.arrays, scratch, unchecked,
                 )  # fmt: skip
+                found.may_repeat |= unchecked > 0.0 and band > 0 and kept > 0
                 found.comparisons += comparisons
                 found.largest_bucket = max(found.largest_bucket, largest)
                 batch = tuple(a[:kept] for a in out.arrays)
@@ -404,11 +423,12 @@ def compare_datasets(
     progress: Progress | None,
     bins: int | None,
     sink: FloorSink | None = None,
+    repeats_below: float = 0.0,
 ) -> tuple[Found, BlockingStats | None, float, float]:
     """Find the pairs at or above ``threshold``; return them, blocking stats and timings.
 
-    With blocking, a ``sink`` takes each batch of kept pairs first (:func:`compare_bands`); all
-    pairs ignore it.
+    With blocking, a ``sink`` takes each batch of kept pairs first, and pairs below ``repeats_below``
+    may be kept more than once (:func:`compare_bands`); all pairs ignore both.
 
     Returns:
         ``(found, blocking_stats, seconds_blocking, seconds_comparing)``; blocking stats are
@@ -441,6 +461,7 @@ def compare_datasets(
         lambda tick, first=first: compare_bands(
             range(first, min(first + BAND_GROUP, band_keys.bands)),
             prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick, sink, buffers(),
+            repeats_below,
         )  # fmt: skip
         for first in range(0, band_keys.bands, BAND_GROUP)
     ]

@@ -19,6 +19,13 @@ exact (every pair at or above it was counted) and only grow, and whether the pai
 ``keep_all_from`` pass the bound is known as soon as they do. So the raised floor is the lowest
 edge whose pairs fit the bound, as if all pairs had been counted first, at the cost of one pass;
 the round is then an exact round at that floor, and the calibration fits ``[floor, 1]``.
+
+Pairs below ``keep_all_from`` may come once per band that finds them (``match_clks`` lets the
+comparison keep repeats below it, :data:`~coordinator.linkage.compare.REPEATS_BELOW`, and its solve
+drops them): the sink counts and holds them as handed over, repeats included, so the bound on the
+pairs below ``keep_all_from`` is one on the pairs held there (its memory). From ``keep_all_from`` up
+every pair comes once, so a raised floor (always at or above it when the bound passes) is chosen
+from distinct pairs' counts, as above.
 """
 
 from __future__ import annotations

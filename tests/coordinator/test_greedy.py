@@ -290,3 +290,41 @@ def test_sorted_batches_keep_each_similaritys_bits() -> None:
         got, distinct = sorted_distinct_batches([sims.copy()], *([c.copy()] for c in columns), workers=workers)
         assert np.signbit(got[0]).tolist() == np.signbit(sims[expected]).tolist() and distinct
         assert got[3].tolist() == columns[2][expected].tolist()
+
+
+def test_sorted_batches_drop_repeated_pairs_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant: with drop_repeats, pairs given several times (each time with its one similarity, as
+    a comparison that keeps repeats gives them) come back once, in the order of the distinct pairs'
+    sort, and known distinct; a pair spelt second dataset first keeps every repeat, not known distinct.
+    Similarities of every kind, near-equal ones included (ranks shared by different values)."""
+    from coordinator.linkage import candidate_batches as module
+
+    monkeypatch.setattr(module, "_PARALLEL_FROM", 64)
+    rng = np.random.default_rng(12)
+    for trial in range(40):
+        sims, _ = _mixed_candidates(rng, trial, 3000)
+        n = len(sims)
+        d_a = rng.integers(0, 3, n)
+        d_b = d_a + rng.integers(1, 3, n)
+        r_a, r_b = rng.integers(0, 40, n), rng.integers(0, 40 + trial * 500, n)
+        _, first = np.unique(np.stack([d_a, d_b, r_a, r_b]), axis=1, return_index=True)
+        distinct_columns = [c[np.sort(first)] for c in (sims, d_a, d_b, r_a, r_b)]
+        again = rng.integers(0, len(first), int(rng.integers(1, 3 * len(first) + 1)))  # repeats, some many times
+        columns = [np.concatenate([c, c[again]]) for c in distinct_columns]
+        if trial % 5 == 4:  # one repeat spelt the other way round
+            k = len(first) + int(rng.integers(0, len(again)))
+            columns[1], columns[2], columns[3], columns[4] = (c.copy() for c in columns[1:])
+            columns[1][k], columns[2][k], columns[3][k], columns[4][k] = (
+                columns[2][k], columns[1][k], columns[4][k], columns[3][k])
+        order = rng.permutation(len(columns[0]))
+        columns = [c[order] for c in columns]
+        cuts = np.sort(rng.integers(0, len(columns[0]), trial % 6))
+        if trial % 5 == 4:
+            expected = sorted_batches(*[list(np.split(c, cuts)) for c in columns])
+        else:
+            expected = sorted_batches(*[[c.copy()] for c in distinct_columns])
+        for workers in (1, 2):
+            got, distinct = sorted_distinct_batches(*[list(np.split(c, cuts)) for c in columns], workers=workers,
+                                                    drop_repeats=True)
+            assert distinct == (trial % 5 != 4), (trial, workers)
+            assert all(x.tolist() == y.tolist() for x, y in zip(got, expected, strict=True)), (trial, workers)

@@ -160,6 +160,27 @@ def test_blocked_match_with_every_pair_a_candidate_equals_brute_force(
     assert _groups(result) == _brute_greedy(candidates)  # ...but are solved once
 
 
+def test_pairs_kept_once_per_band_below_repeats_below_are_solved_once(
+    people: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    """Without a histogram, the comparison keeps pairs below ``REPEATS_BELOW`` from every band that
+    finds them (no earlier-band check): the round's candidates are still every brute-force pair once,
+    known distinct, and its clusters the brute-force ones."""
+    from coordinator.linkage.compare import REPEATS_BELOW, compare_datasets
+
+    datasets = people[0]
+    found, *_ = compare_datasets(tuple(datasets), 0.5, EVERY_PAIR, 1, None, None, repeats_below=REPEATS_BELOW)
+    candidates = _brute_candidates(datasets, 0.5)
+    below = sum(1 for c in candidates if c[0] < REPEATS_BELOW)
+    assert found.may_repeat and found.pairs > len(candidates) and below > 100  # repeats were kept
+    result = match_clks(datasets, 0.5, blocking=EVERY_PAIR, workers=2, histogram_bins=None, keep_candidates=True)
+    assert result.candidates is not None and result.candidates_distinct
+    sims, (d_a, d_b), (r_a, r_b) = result.candidates
+    got = list(zip(sims.tolist(), zip(d_a.tolist(), r_a.tolist()), zip(d_b.tolist(), r_b.tolist()), strict=True))
+    assert got == candidates
+    assert _groups(result) == _brute_greedy(candidates)
+
+
 def test_histograms_count_each_pair_once(people: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     """All-pairs histograms equal the brute-force histogram; blocked ones do from 0.5 up, where
     pairs found in several bands are deduplicated (below 0.5 they may count once per band)."""

@@ -176,7 +176,9 @@ def test_pairs_kept_once_per_band_below_repeats_below_are_solved_once(
     result = match_clks(datasets, 0.5, blocking=EVERY_PAIR, workers=2, histogram_bins=None, keep_candidates=True)
     assert result.candidates is not None and result.candidates_distinct
     sims, (d_a, d_b), (r_a, r_b) = result.candidates
-    got = list(zip(sims.tolist(), zip(d_a.tolist(), r_a.tolist()), zip(d_b.tolist(), r_b.tolist()), strict=True))
+    firsts = zip(d_a.tolist(), r_a.tolist(), strict=True)
+    seconds = zip(d_b.tolist(), r_b.tolist(), strict=True)
+    got = list(zip(sims.tolist(), firsts, seconds, strict=True))
     assert got == candidates
     assert _groups(result) == _brute_greedy(candidates)
 

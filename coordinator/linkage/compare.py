@@ -270,6 +270,8 @@ def compare_bands(
                     found.add_mixed(*batch)
                 elif kept:
                     sink.take(*batch)
+                    if sink.refused:  # the comparison runs again (compare_datasets): stop here
+                        return found
                 if entry == start:
                     # The next bucket alone overflows the buffer or the kernel's scratch: grow them to it.
                     records, pairs = _run_size(entries, entry, offsets)
@@ -457,15 +459,25 @@ def compare_datasets(
             local.buffers = Scratch()
         return local.buffers
 
-    tasks = [
-        lambda tick, first=first: compare_bands(
-            range(first, min(first + BAND_GROUP, band_keys.bands)),
-            prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick, sink, buffers(),
-            repeats_below,
-        )  # fmt: skip
-        for first in range(0, band_keys.bands, BAND_GROUP)
-    ]
-    found = run_units(tasks, band_keys.bands, workers, progress, bins)
+    def tasks(repeats: float) -> list[Task]:
+        return [
+            lambda tick, first=first: compare_bands(
+                range(first, min(first + BAND_GROUP, band_keys.bands)),
+                prepared.words, prepared.pops, band_keys.keys, band_keys.sentinel, threshold, bins, tick, sink,
+                buffers(), repeats,
+            )  # fmt: skip
+            for first in range(0, band_keys.bands, BAND_GROUP)
+        ]
+
+    if sink is not None:
+        sink.restart(repeats=repeats_below > threshold and not bins)
+    found = run_units(tasks(repeats_below), band_keys.bands, workers, progress, bins)
+    if sink is not None and sink.refused:
+        # The round outgrows its sink's bound: its floor may rise, which needs distinct pairs' counts.
+        # Each band group stopped at its first refused batch; they run again, every pair checked.
+        sink.restart()
+        announce(progress, "comparing (every pair checked)", blocking.bands)
+        found = run_units(tasks(0.0), band_keys.bands, workers, progress, bins)
     return found, blocking_stats(band_keys, found), keyed - started, time.perf_counter() - keyed
 
 

@@ -342,13 +342,9 @@ def match_clks(
         raise MatchError(f"workers must be at least 1, got {workers}")
     if histogram_bins is not None and histogram_bins < 2:
         raise MatchError(f"histogram_bins must be at least 2, got {histogram_bins}")
-    # Without a histogram the sort below drops repeated pairs, so the comparison may keep them; with a
-    # sink, only below its keep_all_from: a raised floor is chosen from its counts above that, which
-    # stay those of distinct pairs (at 4 x 1M, counted with repeats, the floor rose to 0.73 instead of
-    # 0.72, and the estimated precision fell from 0.962 to 0.886 against a true 0.969).
+    # Without a histogram the sort below drops repeated pairs, so the comparison may keep them (a sink
+    # takes them only while it holds every pair: see coordinator.linkage.floor_sink).
     repeats_below = 0.0 if histogram_bins is not None else REPEATS_BELOW
-    if sink is not None:
-        repeats_below = min(repeats_below, sink.keep_all_from)
     found, blocking_stats, seconds_blocking, seconds_comparing = _compare(
         datasets, threshold, blocking, workers, progress, histogram_bins, sink, repeats_below
     )

@@ -107,6 +107,32 @@ def test_raised_floor_round_is_the_exact_round_at_that_floor(workers: int) -> No
         assert [x.tolist() for x in solved.labels] == [x.tolist() for x in fresh.labels]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sink_handed_repeats_ends_where_one_handed_each_pair_once_does(workers: int) -> None:
+    """Invariant: a comparison that hands its sink repeated pairs (no histogram: below REPEATS_BELOW)
+    ends with the floor and the candidates of one that hands each pair once, whatever the bound: the
+    floor rises (the comparison runs again, checked), or a bound that only the repeats pass raises
+    nothing (again, checked), or nothing passes it (no second run)."""
+    from coordinator.linkage.compare import REPEATS_BELOW, compare_datasets
+
+    sets = _agencies(7, 500, 400)
+    blocking = BlockingConfig()
+    full = match_clks(sets, 0.55, blocking=blocking, workers=workers, keep_candidates=True)
+    low = int((full.candidates[0] < 0.7).sum())
+    found, *_ = compare_datasets(tuple(sets), 0.55, blocking, workers, None, None, repeats_below=REPEATS_BELOW)
+    handed = sum(int((sims < 0.7).sum()) for sims in found.sims)
+    assert handed > low  # the repeats pass a bound that the distinct pairs fit
+    for bound in (low // 4, low, handed):
+        checked = FloorSink(0.55, 0.7, bound, 0.75)
+        once = match_clks(sets, 0.55, blocking=blocking, workers=workers, keep_candidates=True, sink=checked)
+        repeated = FloorSink(0.55, 0.7, bound, 0.75)
+        again = match_clks(sets, 0.55, blocking=blocking, workers=workers, keep_candidates=True, sink=repeated,
+                           histogram_bins=None)
+        assert repeated.floor == checked.floor and repeated.raised == (bound < low), bound
+        assert again.candidates_distinct and _same(again.candidates, once.candidates), bound
+        assert repeated.repeats == (bound >= handed), bound  # a restart compares every pair checked
+
+
 def test_auto_round_under_the_bound_is_unchanged_and_a_bounded_one_calibrates_from_its_floor() -> None:
     """A round whose pairs below keep_all_from fit the bound is the unbounded round (same clusters,
     threshold, estimate and histogram); a bounded round's calibration starts at its raised floor, the

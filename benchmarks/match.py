@@ -336,8 +336,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     out = {"stats": stats.model_dump(mode="json"), "labels": list(result.labels),
            "seconds_choosing_blocking": choosing}
     if blocking is not None:
-        out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
-        out["per_record"] = per_record_work(encodings, blocking)
+        out |= _kernel_figures(encodings, blocking)
     return out
 
 
@@ -364,9 +363,14 @@ def _measure_auto(job: dict[str, Any], encodings: list[np.ndarray], blocking: An
     out = {"stats": stats, "labels": list(result.labels), "auto_phases": timings, "seconds_choosing_blocking": choosing,
            "estimated": {"precision": estimate.precision, "recall": estimate.recall, "f1": estimate.f1}}
     if blocking is not None:
-        out["kernel_pairs_per_s"] = kernel_rate(encodings[0], encodings[1])
-        out["per_record"] = per_record_work(encodings, blocking)
+        out |= _kernel_figures(encodings, blocking)
     return out
+
+
+def _kernel_figures(encodings: Sequence[np.ndarray], blocking: Any) -> dict[str, Any]:
+    """The pair kernel's rate and the per-record work of a blocked run, measured after it."""
+    return {"kernel_pairs_per_s": kernel_rate(encodings[0], encodings[1]),
+            "per_record": per_record_work(encodings, blocking)}
 
 
 def per_record_work(encodings: Sequence[np.ndarray], blocking: Any, bands: int = 8) -> dict[str, float]:

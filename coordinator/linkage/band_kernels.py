@@ -158,12 +158,11 @@ def _chunk_space(size, width):  # noqa: ANN001, ANN202
     """Room for a chunk of ``size`` shared-bucket records (see :func:`_list_shared_runs`) and their encodings.
 
     Returns:
-        Per record: global record, dataset, row, where its dataset's stretch of its run ends and
-        where its run ends (int64); then a ``(size, width)`` block for the encodings, starting on a
+        Per record: dataset, row, where its dataset's stretch of its run ends and where its run
+        ends (int64); then a ``(size, width)`` block for the encodings, starting on a
         64-byte boundary (each pair's score loads its two rows as 64-byte vectors, which would
         otherwise each straddle two lines), and the popcounts.
     """
-    records = np.empty(size, dtype=np.int64)
     sets = np.empty(size, dtype=np.int64)
     rows = np.empty(size, dtype=np.int64)
     stretch_end = np.empty(size, dtype=np.int64)
@@ -171,11 +170,11 @@ def _chunk_space(size, width):  # noqa: ANN001, ANN202
     raw = np.empty(size * width + _LINE_WORDS, dtype=np.uint64)
     lead = (_LINE_WORDS - (raw.ctypes.data % 64) // 8) % _LINE_WORDS
     block = raw[lead : lead + size * width].reshape((size, width))
-    return records, sets, rows, stretch_end, run_end, block, np.empty(size, dtype=np.int64)
+    return sets, rows, stretch_end, run_end, block, np.empty(size, dtype=np.int64)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _list_shared_runs(entries, i, offsets, words, room, records, sets, rows, stretch_end, run_end):  # noqa: ANN001, ANN202
+def _list_shared_runs(entries, i, offsets, words, room, sets, rows, stretch_end, run_end):  # noqa: ANN001, ANN202
     """List the shared buckets (runs of equal keys holding two datasets or more) from entry ``i`` on.
 
     At most ``_CHUNK`` records are listed (more only when one run needs them) and at most ``room``
@@ -187,7 +186,7 @@ def _list_shared_runs(entries, i, offsets, words, room, records, sets, rows, str
         alone needs more records than the arrays hold or more pairs than ``room``.
     """
     n = entries.shape[0]
-    size = records.shape[0]
+    size = sets.shape[0]
     width = words[0].shape[1]
     record_mask = np.uint64((1 << RECORD_BITS) - 1)
     m = 0
@@ -217,9 +216,8 @@ def _list_shared_runs(entries, i, offsets, words, room, records, sets, rows, str
             words_d = words[d]
             for e in range(p, q):
                 at = m + e - i
-                records[at] = np.int64(entries[e] & record_mask)
                 sets[at] = d
-                rows[at] = records[at] - offsets[d]
+                rows[at] = np.int64(entries[e] & record_mask) - offsets[d]
                 # Start loading the encoding now: the walk's own work overlaps the loads, and
                 # the copy below finds the lines in cache.
                 for column in range(0, width, _LINE_WORDS):
@@ -289,14 +287,14 @@ def gather_band_runs(entries, offsets, words, scratch):  # noqa: ANN001, ANN201
         ValueError: a run holds more records than ``scratch``.
     """
     size = max(_CHUNK, scratch)
-    records, sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, words[0].shape[1])
+    sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, words[0].shape[1])
     copied = 0
     pairs = 0
     total = 0
     i = 0
     while i < entries.shape[0]:
-        i, m, chunk_pairs, _, full = _list_shared_runs(entries, i, offsets, words, np.int64(1) << 62, records, sets,
-                                                       rows, stretch_end, run_end)
+        i, m, chunk_pairs, _, full = _list_shared_runs(entries, i, offsets, words, np.int64(1) << 62, sets, rows,
+                                                       stretch_end, run_end)
         if full and m == 0:
             raise ValueError("a run holds more records than the scratch")
         _copy_chunk(m, words, sets, rows, block, pops, False, 0, 0)
@@ -383,7 +381,7 @@ def score_band_runs(
     n = entries.shape[0]
     # Allocated once: arrays reassigned inside the loops would cost reference counting on every run.
     size = max(_CHUNK, scratch)
-    records, sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, width)
+    sets, rows, stretch_end, run_end, block, pops = _chunk_space(size, width)
     # Pairs are counted into _SUBCOUNTS histograms in turn, summed at the end: consecutive pairs in
     # one bin would otherwise each wait for the previous increment's store.
     counts = np.zeros((_SUBCOUNTS, max(bins, 1)), dtype=np.int64)
@@ -395,8 +393,8 @@ def score_band_runs(
     i = first
     full = False
     while i < n and not full:
-        i, m, chunk_pairs, most, full = _list_shared_runs(entries, i, offsets, words, capacity - pending, records,
-                                                          sets, rows, stretch_end, run_end)
+        i, m, chunk_pairs, most, full = _list_shared_runs(entries, i, offsets, words, capacity - pending, sets, rows,
+                                                          stretch_end, run_end)
         largest = max(largest, most)
         _copy_chunk(m, words, sets, rows, block, pops, bins > 0, lowest_pop, highest_pop)
         # Score every pair (p, q) of a run with q in a later dataset than p, from the block.
